@@ -1,0 +1,460 @@
+"""The node-local content cache, shared by every job and process on the node.
+
+Layout below the cache folder (mode 0700)::
+
+    objects/ab/<sha256>     immutable object bytes, named by (url, generation); present = verified
+    tmp/                    downloads in progress (``<sha>.<pid>.<rand>``); never read as data
+    locks/<xyz>.lock        4096 striped flock files: one download per object across processes
+    runs/<run>/             job workspaces (inputs/ hold hardlinks to objects) + run.lock
+    index.sqlite            entries (size, checksum, last use) and counters; JSON-free, no pickle
+
+Why these choices: the object file's name *is* its identity, so a changed object is a new
+name and an unchanged one is never fetched again; rename-after-verify means a reader can
+never see a partial file; ``flock`` dies with its process, so a SIGKILL leaves no stale lock;
+and workspaces see objects through hardlinks, so eviction (which skips any object with a
+link count above one) can never pull a file from under a running job. The index is plain
+sqlite rather than diskcache: nothing here is ever unpickled (see README, Security).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import random
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from jitrender.errors import ConfigError
+from jitrender.storage import ChecksumMismatch, Crc32cWriter, ObjectInfo, Store, crc32c_of_file
+
+_STRIPES = 4096
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    generation TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    crc32c TEXT,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    uses INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("JITRENDER_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "jitrender"
+
+
+def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | None:
+    """``50GB``, ``500MiB``, ``1T``, a plain byte count, or None for no cap."""
+    if text is None:
+        return None
+    if isinstance(text, int):
+        return text
+    value = text.strip().upper().replace(" ", "")
+    units = {
+        "": 1,
+        "B": 1,
+        "K": 1000,
+        "KB": 1000,
+        "KIB": 1024,
+        "M": 1000**2,
+        "MB": 1000**2,
+        "MIB": 1024**2,
+        "G": 1000**3,
+        "GB": 1000**3,
+        "GIB": 1024**3,
+        "T": 1000**4,
+        "TB": 1000**4,
+        "TIB": 1024**4,
+    }
+    number = value.rstrip("KMGTIB")
+    unit = value[len(number) :]
+    try:
+        return int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        raise ConfigError(f"{where}: {text!r} is not a size (use e.g. 50GB, 500MiB)") from None
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """Where an object now is locally, and whether this call had to move it over the network."""
+
+    path: Path
+    fetched: bool
+    bytes_fetched: int
+
+
+class Cache:
+    """A size-capped, process-safe object cache. Thread-safe; one instance per process is
+    enough, but any number may share one folder."""
+
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self.locks = self.root / "locks"
+        self.runs = self.root / "runs"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.root, 0o700)
+            for folder in (self.objects, self.tmp, self.locks, self.runs):
+                folder.mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"{self.root}: cannot use as cache folder: {exc}") from None
+        self._db_local = threading.local()
+        self._inflight: dict[str, Future[CacheResult]] = {}
+        self._inflight_lock = threading.Lock()
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    # -- identity ------------------------------------------------------------------------
+
+    @staticmethod
+    def key(info: ObjectInfo) -> str:
+        return hashlib.sha256(f"{info.url}\0{info.generation}".encode()).hexdigest()
+
+    def object_path(self, info: ObjectInfo) -> Path:
+        key = self.key(info)
+        return self.objects / key[:2] / key
+
+    # -- the index -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = getattr(self._db_local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._db_local.conn = conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _record(
+        self,
+        infos: Iterable[ObjectInfo],
+        *,
+        hits: int = 0,
+        misses: int = 0,
+        fetched_bytes: int = 0,
+        cached_bytes: int = 0,
+    ) -> None:
+        now = time.time()
+        rows = [(self.key(i), i.url, i.generation, i.size, i.crc32c, now, now) for i in infos]
+        with self._db() as db:
+            db.executemany(
+                "INSERT INTO entries(key,url,generation,size,crc32c,created,last_used,uses)"
+                " VALUES(?,?,?,?,?,?,?,1) ON CONFLICT(key) DO UPDATE SET"
+                " last_used=excluded.last_used, uses=uses+1",
+                rows,
+            )
+            for name, value in (
+                ("hits", hits),
+                ("misses", misses),
+                ("bytes_fetched", fetched_bytes),
+                ("bytes_from_cache", cached_bytes),
+            ):
+                if value:
+                    db.execute(
+                        "INSERT INTO counters(name,value) VALUES(?,?) ON CONFLICT(name)"
+                        " DO UPDATE SET value=value+excluded.value",
+                        (name, value),
+                    )
+
+    def record_hits(self, infos: list[ObjectInfo]) -> None:
+        """Mark cached objects as used now (one transaction for the batch)."""
+        if infos:
+            self._record(infos, hits=len(infos), cached_bytes=sum(i.size for i in infos))
+
+    # -- lookups and fetches ------------------------------------------------------------
+
+    def lookup(self, info: ObjectInfo) -> Path | None:
+        """The cached file for exactly this object version, if present and whole."""
+        path = self.object_path(info)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        if st.st_size != info.size:
+            # Torn by a power loss or tampered with: drop it rather than serve it.
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return None
+        return path
+
+    @contextlib.contextmanager
+    def _stripe_lock(self, key: str) -> Iterator[None]:
+        lock_path = self.locks / f"{int(key[:6], 16) % _STRIPES:04d}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock, also when the process dies
+
+    def fetch(self, info: ObjectInfo, store: Store, *, record: bool = True) -> CacheResult:
+        """Make ``info`` present in the cache, downloading it at most once however many
+        threads and processes ask at the same time. Raises the store's errors as they are
+        (the caller retries), and :class:`ChecksumMismatch` on corrupt bytes."""
+        key = self.key(info)
+        with self._inflight_lock:
+            pending = self._inflight.get(key)
+            owner = pending is None
+            if owner:
+                pending = Future()
+                self._inflight[key] = pending
+        assert pending is not None
+        if not owner:
+            found = pending.result()
+            return CacheResult(found.path, False, 0)
+        try:
+            result = self._fetch_once(info, store, key)
+            pending.set_result(result)
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(key, None)
+        if record:
+            if result.fetched:
+                self._record([info], misses=1, fetched_bytes=result.bytes_fetched)
+            else:
+                self.record_hits([info])
+        return result
+
+    def _fetch_once(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
+        found = self.lookup(info)
+        if found is not None:
+            return CacheResult(found, False, 0)
+        with self._stripe_lock(key):
+            found = self.lookup(info)
+            if found is not None:  # another process fetched it while we waited
+                return CacheResult(found, False, 0)
+            final = self.object_path(info)
+            final.parent.mkdir(exist_ok=True, mode=0o700)
+            part = self.tmp / f"{key}.{os.getpid()}.{random.getrandbits(32):08x}"
+            try:
+                with open(part, "xb") as handle:
+                    writer = Crc32cWriter(handle)
+                    store.download(info, writer)  # type: ignore[arg-type]
+                    handle.flush()
+                if writer.size != info.size:
+                    raise ChecksumMismatch(
+                        f"{info.url}: got {writer.size} bytes, storage said {info.size}"
+                    )
+                if info.crc32c is not None and writer.digest_b64() != info.crc32c:
+                    raise ChecksumMismatch(f"{info.url}: crc32c mismatch")
+                os.chmod(part, 0o400)
+                os.replace(part, final)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+            self._maybe_evict()
+            return CacheResult(final, True, info.size)
+
+    def link_into(self, cached: Path, dest: Path) -> None:
+        """Hardlink a cached object to ``dest`` (a copy when the workspace is on another
+        filesystem). The link keeps the bytes alive even if the cache evicts the entry."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
+        try:
+            os.link(cached, dest)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            shutil.copyfile(cached, dest)
+
+    # -- eviction ------------------------------------------------------------------------
+
+    def _maybe_evict(self) -> None:
+        if self.max_bytes is None:
+            return
+        with self._db() as db:
+            (total,) = db.execute("SELECT COALESCE(SUM(size),0) FROM entries").fetchone()
+        if total > self.max_bytes:
+            self.evict_to(self.max_bytes)
+
+    def evict_to(self, max_bytes: int) -> tuple[int, int]:
+        """Evict least-recently-used entries until at most ``max_bytes`` remain. Entries that a
+        workspace links to (link count > 1) or that are being written are skipped.
+        Returns (entries evicted, bytes evicted)."""
+        evicted = evicted_bytes = 0
+        with self._db() as db:
+            rows = db.execute("SELECT key, size FROM entries ORDER BY last_used ASC").fetchall()
+        total = sum(size for _, size in rows)
+        gone: list[str] = []
+        for key, size in rows:
+            if total <= max_bytes:
+                break
+            path = self.objects / key[:2] / key
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                gone.append(key)
+                total -= size
+                continue
+            if st.st_nlink > 1:
+                continue  # pinned: a running job's workspace links to it
+            with self._stripe_lock(key), contextlib.suppress(FileNotFoundError):
+                if path.stat().st_nlink > 1:
+                    continue
+                path.unlink()
+            gone.append(key)
+            total -= size
+            evicted += 1
+            evicted_bytes += size
+        if gone:
+            with self._db() as db:
+                db.executemany("DELETE FROM entries WHERE key=?", [(k,) for k in gone])
+        return evicted, evicted_bytes
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int | float | None]:
+        with self._db() as db:
+            entries, total = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size),0) FROM entries"
+            ).fetchone()
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            keys = [k for (k,) in db.execute("SELECT key FROM entries")]
+        pinned = 0
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                st = (self.objects / key[:2] / key).stat()
+                if st.st_nlink > 1:
+                    pinned += st.st_size
+        hits, misses = counters.get("hits", 0), counters.get("misses", 0)
+        return {
+            "entries": entries,
+            "bytes": total,
+            "max_bytes": self.max_bytes,
+            "pinned_bytes": pinned,
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+            "bytes_fetched": counters.get("bytes_fetched", 0),
+            "bytes_from_cache": counters.get("bytes_from_cache", 0),
+        }
+
+    def verify(self) -> dict[str, int]:
+        """Re-checksum every entry against what storage said; drop bad or missing ones and
+        adopt nothing unknown (orphan files are removed)."""
+        checked = bad = 0
+        with self._db() as db:
+            rows = db.execute("SELECT key, size, crc32c FROM entries").fetchall()
+        known = set()
+        drop = []
+        for key, size, crc in rows:
+            known.add(key)
+            path = self.objects / key[:2] / key
+            checked += 1
+            try:
+                ok = path.stat().st_size == size and (crc is None or crc32c_of_file(path) == crc)
+            except FileNotFoundError:
+                ok = False
+            if not ok:
+                bad += 1
+                drop.append(key)
+                with self._stripe_lock(key), contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        orphans = 0
+        for path in self.objects.glob("*/*"):
+            if path.name not in known:
+                orphans += 1
+                with self._stripe_lock(path.name), contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        if drop:
+            with self._db() as db:
+                db.executemany("DELETE FROM entries WHERE key=?", [(k,) for k in drop])
+        return {"checked": checked, "bad": bad, "orphans_removed": orphans}
+
+    def clean_leftovers(self) -> dict[str, int]:
+        """Remove downloads and workspaces left by processes that died."""
+        parts = runs = 0
+        for part in self.tmp.iterdir():
+            pid_text = part.name.split(".")[1] if part.name.count(".") >= 2 else ""
+            if not pid_text.isdigit() or not _pid_alive(int(pid_text)):
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                    parts += 1
+        for run in self.runs.iterdir():
+            if run.is_dir() and not run_is_live(run):
+                shutil.rmtree(run, ignore_errors=True)
+                runs += 1
+        return {"partial_downloads_removed": parts, "dead_workspaces_removed": runs}
+
+    def prune(self, max_bytes: int | None = None) -> dict[str, int]:
+        cleaned = self.clean_leftovers()
+        cap = max_bytes if max_bytes is not None else self.max_bytes
+        evicted, evicted_bytes = self.evict_to(cap) if cap is not None else (0, 0)
+        return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
+
+    def clear(self) -> dict[str, int]:
+        """Evict everything that no running job is using."""
+        cleaned = self.clean_leftovers()
+        evicted, evicted_bytes = self.evict_to(0)
+        return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
+
+    # -- workspaces ------------------------------------------------------------------------
+
+    def new_run_dir(self, name: str) -> tuple[Path, int]:
+        """A fresh workspace folder below the cache (same filesystem, so hardlinks work) and
+        the fd of its held ``run.lock``; the lock dies with the process."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+        run_dir = self.runs / f"{safe}-{os.getpid()}-{random.getrandbits(32):08x}"
+        run_dir.mkdir(mode=0o700)
+        fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return run_dir, fd
+
+
+def run_is_live(run_dir: Path) -> bool:
+    """True while the process that owns the workspace holds its ``run.lock``."""
+    lock = run_dir / "run.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        # A workspace that has no lock yet may be being created right now; give it a minute.
+        return time.time() - run_dir.stat().st_mtime < 60
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,267 @@
+"""The job.yaml schema (version 1), validated with pydantic. Pure: reads the file, nothing else.
+
+Every mistake in a job file becomes one :class:`ConfigError` line that names the file, the
+line, the key and what is wrong; never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jitrender.errors import ConfigError
+from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from
+from jitrender.sequences import parse_frames
+
+_STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PathRuleSpec(BaseModel):
+    """``from`` (a path prefix as written in scenes) -> ``to`` (a URL prefix)."""
+
+    model_config = _STRICT
+    from_: str = Field(alias="from", min_length=1)
+    to: str = Field(min_length=1)
+    format: Literal["posix", "windows", "auto"] = "auto"
+
+
+class DepSpec(BaseModel):
+    """An extra dependency listed by hand: one file (may hold frame/UDIM tokens) or a prefix."""
+
+    model_config = _STRICT
+    path: str | None = None
+    prefix: str | None = None
+    frames: str | None = None  # the frames that need it; default: every frame
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DepSpec:
+        if (self.path is None) == (self.prefix is None):
+            raise ValueError("give exactly one of 'path' or 'prefix'")
+        return self
+
+
+class StageSpec(BaseModel):
+    """One stage: a command template or a built-in engine, run per frame or once per chunk."""
+
+    model_config = _STRICT
+    name: str = Field(min_length=1)
+    per: Literal["frame", "chunk"] = "frame"
+    command: str | list[str] | None = None
+    engine: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _command_or_engine(self) -> StageSpec:
+        if self.command is None and self.engine is None:
+            raise ValueError("give a 'command' or an 'engine'")
+        if self.command is not None and self.engine not in (None, "command"):
+            raise ValueError(f"'command' goes with engine 'command', not {self.engine!r}")
+        if isinstance(self.command, list) and not self.command:
+            raise ValueError("'command' is an empty list")
+        return self
+
+
+class OutputsSpec(BaseModel):
+    """Which workspace files are outputs (patterns below ``outputs/``) and where they go."""
+
+    model_config = _STRICT
+    to: str = Field(min_length=1)
+    files: list[str] = Field(default_factory=lambda: ["**/*"], min_length=1)
+
+
+class CacheSpec(BaseModel):
+    model_config = _STRICT
+    dir: str | None = None
+    max_size: str | int | None = None
+
+
+class RetriesSpec(BaseModel):
+    model_config = _STRICT
+    frame: int = Field(default=1, ge=0, le=100)  # extra attempts per frame
+    storage: int = Field(default=5, ge=1, le=100)  # attempts per storage call
+
+
+class Job(BaseModel):
+    """A render job. ``source`` is the job file it came from (not part of the schema)."""
+
+    model_config = _STRICT
+    version: Literal[1] = 1
+    name: str | None = None
+    scene: str | None = None
+    resolver: str = "auto"
+    frames: str | int
+    chunk: int | None = Field(default=None, ge=1)  # frames per farm task, when split by index
+    path_map: list[PathRuleSpec] | dict[str, Any] = Field(default_factory=list)
+    deps: list[str | DepSpec] = Field(default_factory=list)
+    stages: list[StageSpec] = Field(min_length=1)
+    outputs: OutputsSpec
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    retries: RetriesSpec = Field(default_factory=RetriesSpec)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_parse(cls, value: str | int) -> str | int:
+        try:
+            parse_frames(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message.removeprefix("frames: ")) from None
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        names = [s.name for s in stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        return stages
+
+    # -- derived values ------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The folder URL that relative paths in the job file start from."""
+        folder = self.source.parent if self.source is not None else Path.cwd()
+        return file_url(folder)
+
+    def resolve_url(self, value: str) -> str:
+        """A URL as given in the job: absolute URL, absolute path, or relative to the job file."""
+        if is_url(value):
+            return value
+        path = Path(value)
+        if not path.is_absolute():
+            base = self.source.parent if self.source is not None else Path.cwd()
+            path = base / path
+        return file_url(path.resolve())
+
+    @property
+    def scene_url(self) -> str | None:
+        return self.resolve_url(self.scene) if self.scene is not None else None
+
+    @property
+    def outputs_url(self) -> str:
+        return self.resolve_url(self.outputs.to).rstrip("/")
+
+    def frame_list(self) -> list[int]:
+        return parse_frames(self.frames)
+
+    def path_mapping(self) -> PathMap:
+        if isinstance(self.path_map, dict):
+            return PathMap.from_openjd(self.path_map, f"{self.source or 'job'}: path_map")
+        rules: list[PathRule] = []
+        for spec in self.path_map:
+            rule = rule_from(spec.from_, self.resolve_url(spec.to))
+            if spec.format != "auto":
+                rule = PathRule(rule.source, rule.destination, spec.format)
+            rules.append(rule)
+        return PathMap(rules)
+
+    def job_hash(self) -> str:
+        """Identity of what the job produces: changes when anything that shapes outputs does
+        (not the frame range, cache or retry settings)."""
+        shape = self.model_dump(
+            mode="json", by_alias=True, exclude={"frames", "cache", "retries", "chunk"}
+        )
+        shape["scene"] = self.scene_url
+        shape["outputs"]["to"] = self.outputs_url
+        canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        return self.source.stem if self.source is not None else "job"
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def load_job(path: Path) -> Job:
+    """Read and validate a job file. Raises :class:`ConfigError` with one line on any mistake."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: job file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read job file: {exc}") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job file is a YAML mapping (key: value lines)")
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(path, node, exc)) from None
+    job.source = path.resolve()
+    return job
+
+
+def _one_line(path: Path, node: yaml.Node | None, exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and "[" in part)]
+    loc = [
+        p for p in loc if p not in ("str", "int", "list[PathRuleSpec]", "dict[str,any]", "DepSpec")
+    ]
+    key = _format_loc(loc)
+    line = _line_of(node, loc)
+    where = f"{path}:{line}" if line else str(path)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling and the job.yaml reference in the README)"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{where}: {key or 'job'}: {message}{more}"
+
+
+def _format_loc(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part).removesuffix("_")
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
+    """The 1-based line of the deepest node along ``loc`` that exists in the YAML."""
+    best = node.start_mark.line + 1 if node is not None else None
+    current = node
+    for part in loc:
+        if isinstance(current, yaml.MappingNode):
+            key = str(part).removesuffix("_")
+            match = next((v for k, v in current.value if getattr(k, "value", None) == key), None)
+            if match is None:
+                key_node = next(
+                    (k for k, _ in current.value if getattr(k, "value", None) == key), None
+                )
+                return key_node.start_mark.line + 1 if key_node is not None else best
+            key_node = next(k for k, v in current.value if v is match)
+            best = key_node.start_mark.line + 1
+            current = match
+        elif isinstance(current, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(current.value):
+                return best
+            current = current.value[part]
+            best = current.start_mark.line + 1
+        else:
+            return best
+    return best

@@ -1,0 +1,243 @@
+"""Path semantics in one place: scene paths as written <-> object URLs <-> workspace paths.
+
+URLs are plain ``scheme://netloc/path`` strings, never percent-encoded (``file:///abs/path``,
+``gs://bucket/key``), so they compare as strings and round-trip through scene files.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from jitrender.errors import ConfigError
+
+_URL_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]+)://(?P<rest>.*)$")
+_DRIVE_RE = re.compile(r"^[a-zA-Z]:[\\/]")
+
+PathFormat = Literal["posix", "windows"]
+
+
+def is_url(value: str) -> bool:
+    return _URL_RE.match(value) is not None and not _DRIVE_RE.match(value)
+
+
+def split_url(url: str) -> tuple[str, str, str]:
+    """``gs://b/a`` -> ``("gs", "b", "/a")``; ``file:///x/y`` -> ``("file", "", "/x/y")``."""
+    match = _URL_RE.match(url)
+    if match is None:
+        raise ValueError(f"not a URL: {url!r}")
+    scheme = match["scheme"].lower()
+    rest = match["rest"]
+    netloc, slash, path = rest.partition("/")
+    return scheme, netloc, slash + path
+
+
+def join_url(base_url: str, relative: str) -> str:
+    """Resolve ``relative`` (posix, may hold ``..``) against the *folder* URL ``base_url``."""
+    scheme, netloc, path = split_url(base_url)
+    joined = posixpath.normpath(posixpath.join(path or "/", relative))
+    if joined.startswith("//"):
+        joined = "/" + joined.lstrip("/")
+    return f"{scheme}://{netloc}{joined}"
+
+
+def url_dirname(url: str) -> str:
+    scheme, netloc, path = split_url(url)
+    return f"{scheme}://{netloc}{posixpath.dirname(path)}"
+
+
+def url_basename(url: str) -> str:
+    return posixpath.basename(split_url(url)[2])
+
+
+def file_url(path: str | Path) -> str:
+    """The ``file://`` URL of a local path (made absolute)."""
+    return "file://" + Path(path).absolute().as_posix()
+
+
+def local_path_of(url: str) -> Path:
+    """The local path behind a ``file://`` URL."""
+    scheme, netloc, path = split_url(url)
+    if scheme != "file":
+        raise ValueError(f"not a file:// URL: {url}")
+    return Path(f"//{netloc}{path}" if netloc else path)
+
+
+def workspace_relpath(url: str) -> PurePosixPath:
+    """Where an object lives below a workspace's ``inputs/``: ``<scheme>/<netloc>/<path>``.
+
+    The bucket's own layout is kept under its root, so paths relative to a scene keep working.
+    """
+    scheme, netloc, path = split_url(url)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"URL escapes its bucket: {url}")
+    return PurePosixPath(scheme, netloc or "_", *parts)
+
+
+def is_windows_path(path: str) -> bool:
+    return bool(_DRIVE_RE.match(path)) or path.startswith("\\\\")
+
+
+def _normalise_scene_path(path: str) -> str:
+    """Backslashes to slashes for Windows paths; duplicate slashes folded (not a leading ``//``)."""
+    if is_windows_path(path) or ("\\" in path and "/" not in path):
+        path = path.replace("\\", "/")
+    head = "//" if path.startswith("//") else ""
+    return head + re.sub(r"/{2,}", "/", path[len(head) :])
+
+
+@dataclass(frozen=True)
+class PathRule:
+    """Scene paths starting with ``source`` map to ``destination`` (a URL prefix).
+
+    ``source_format`` says how ``source`` is spelled; Windows sources match case-insensitively
+    and with either slash.
+    """
+
+    source: str
+    destination: str
+    source_format: PathFormat = "posix"
+
+    def _source_key(self) -> str:
+        source = _normalise_scene_path(self.source).rstrip("/")
+        return source.lower() if self.source_format == "windows" else source
+
+    def match(self, path: str) -> str | None:
+        """The rest of ``path`` after the source prefix (``""`` for the prefix itself), or None."""
+        candidate = _normalise_scene_path(path)
+        key = self._source_key()
+        compare = candidate.lower() if self.source_format == "windows" else candidate
+        if compare == key:
+            return ""
+        if compare.startswith(key + "/"):
+            return candidate[len(key) + 1 :]
+        return None
+
+    def reverse(self, url: str) -> str | None:
+        dest = self.destination.rstrip("/")
+        if url == dest:
+            rest = ""
+        elif url.startswith(dest + "/"):
+            rest = url[len(dest) + 1 :]
+        else:
+            return None
+        source = self.source.rstrip("/\\")
+        if self.source_format == "windows":
+            return source + ("\\" + rest.replace("/", "\\") if rest else "")
+        return source + ("/" + rest if rest else "")
+
+
+class PathMap:
+    """Prefix rules from scene paths to URLs and back; longest source prefix wins."""
+
+    def __init__(self, rules: Iterable[PathRule] = ()) -> None:
+        self.rules = sorted(rules, key=lambda r: len(r._source_key()), reverse=True)
+
+    def __repr__(self) -> str:
+        return f"PathMap({self.rules!r})"
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def to_url(self, path: str, relative_to: str | None = None, *, blender: bool = False) -> str:
+        """Map a path as written in a scene to an object URL.
+
+        ``relative_to`` is the URL of the folder relative paths start from (the scene's folder).
+        With ``blender=True`` a leading ``//`` means "relative to the .blend file", as in Blender.
+        """
+        path = path.strip()
+        if is_url(path):
+            return path
+        if blender and path.startswith("//"):
+            return self._relative(path[2:], relative_to, path)
+        for rule in self.rules:
+            rest = rule.match(path)
+            if rest is not None:
+                dest = rule.destination.rstrip("/")
+                return f"{dest}/{rest}" if rest else dest
+        normal = _normalise_scene_path(path)
+        if normal.startswith("/") or is_windows_path(path):
+            return "file://" + (normal if normal.startswith("/") else "/" + normal)
+        return self._relative(normal, relative_to, path)
+
+    @staticmethod
+    def _relative(rel: str, relative_to: str | None, original: str) -> str:
+        if relative_to is None:
+            raise ValueError(f"relative path {original!r} with nothing to be relative to")
+        return join_url(relative_to, _normalise_scene_path(rel))
+
+    def to_scene_path(self, url: str) -> str | None:
+        """The path a scene would write for ``url`` under the first rule that maps it, if any."""
+        for rule in sorted(self.rules, key=lambda r: len(r.destination), reverse=True):
+            found = rule.reverse(url)
+            if found is not None:
+                return found
+        return None
+
+    def is_mapped(self, path: str) -> bool:
+        return any(rule.match(path) is not None for rule in self.rules)
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[str]) -> PathMap:
+        """From ``FROM=TO`` strings as given on the command line."""
+        rules = []
+        for pair in pairs:
+            source, sep, dest = pair.partition("=")
+            if not sep or not source or not dest:
+                raise ConfigError(f"--path-map {pair!r}: expected FROM=TO")
+            rules.append(rule_from(source, dest))
+        return cls(rules)
+
+    @classmethod
+    def from_openjd(cls, document: Mapping[str, Any], where: str = "path mapping") -> PathMap:
+        """From Open Job Description path-mapping rules (``pathmapping-1.0`` JSON)."""
+        rules_json = document.get("path_mapping_rules")
+        if not isinstance(rules_json, list):
+            raise ConfigError(f"{where}: expected a 'path_mapping_rules' list")
+        rules = []
+        for index, item in enumerate(rules_json):
+            try:
+                fmt = str(item["source_path_format"]).lower()
+                source, dest = str(item["source_path"]), str(item["destination_path"])
+            except (KeyError, TypeError):
+                raise ConfigError(
+                    f"{where}: path_mapping_rules[{index}] needs source_path_format, "
+                    "source_path and destination_path"
+                ) from None
+            if fmt not in ("posix", "windows"):
+                raise ConfigError(
+                    f"{where}: path_mapping_rules[{index}].source_path_format must be "
+                    "POSIX or WINDOWS"
+                )
+            rules.append(PathRule(source, _as_url(dest), fmt))  # type: ignore[arg-type]
+        return cls(rules)
+
+    @classmethod
+    def load_openjd(cls, path: Path) -> PathMap:
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read path mapping rules: {exc}") from None
+        return cls.from_openjd(document, str(path))
+
+    def merged(self, other: PathMap) -> PathMap:
+        return PathMap([*other.rules, *self.rules])
+
+
+def _as_url(destination: str) -> str:
+    if is_url(destination):
+        return destination.rstrip("/")
+    return file_url(destination).rstrip("/")
+
+
+def rule_from(source: str, destination: str) -> PathRule:
+    fmt: PathFormat = "windows" if is_windows_path(source) or "\\" in source else "posix"
+    return PathRule(source, _as_url(destination), fmt)

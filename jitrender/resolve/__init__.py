@@ -1,0 +1,95 @@
+"""Dependency resolvers: one module per scene format, registered by name and by entry point.
+
+A resolver is a function ``(ResolveContext) -> Dependencies``. It reads the scene from the
+local copy the context gives it and asks storage nothing except through the context's
+callbacks (folder listings for UDIM tiles, local copies of referenced files such as linked
+libraries or precomps). Studios add their own with the ``jitrender.resolvers`` entry point.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from jitrender.deps import Dependencies
+from jitrender.errors import ConfigError
+from jitrender.resolve.base import ResolveContext
+
+Resolver = Callable[[ResolveContext], Dependencies]
+
+# name -> module that registers it on import; keeps start-up free of heavy imports (pxr, BAT).
+_BUILTIN_MODULES = {
+    "manifest": "jitrender.resolve.manifest",
+    "nuke": "jitrender.resolve.nuke",
+    "blender": "jitrender.resolve.blend",
+    "usd": "jitrender.resolve.usd",
+}
+_BUILTIN_SUFFIXES = {
+    ".nk": "nuke",
+    ".nknc": "nuke",
+    ".blend": "blender",
+    ".usd": "usd",
+    ".usda": "usd",
+    ".usdc": "usd",
+    ".usdz": "usd",
+    ".txt": "manifest",
+    ".manifest": "manifest",
+}
+
+_registry: dict[str, Resolver] = {}
+_suffixes: dict[str, str] = {}
+
+
+def register(name: str, *suffixes: str) -> Callable[[Resolver], Resolver]:
+    """Decorator: make ``fn`` the resolver called ``name``, and the ``auto`` choice for files
+    ending in ``suffixes``."""
+
+    def decorate(fn: Resolver) -> Resolver:
+        _registry[name] = fn
+        for suffix in suffixes:
+            _suffixes[suffix.lower()] = name
+        return fn
+
+    return decorate
+
+
+def _load(name: str) -> Resolver | None:
+    if name in _registry:
+        return _registry[name]
+    module = _BUILTIN_MODULES.get(name)
+    if module is not None:
+        importlib.import_module(module)
+        return _registry.get(name)
+    for entry in entry_points(group="jitrender.resolvers"):
+        if entry.name == name:
+            loaded = entry.load()
+            _registry[name] = loaded
+            return loaded  # type: ignore[no-any-return]
+    return None
+
+
+def available() -> list[str]:
+    names = set(_BUILTIN_MODULES) | set(_registry)
+    names |= {entry.name for entry in entry_points(group="jitrender.resolvers")}
+    return sorted(names)
+
+
+def resolver_for(name: str, scene_url: str) -> tuple[str, Resolver]:
+    """The resolver to use: by name, or with ``auto`` by the scene's file type."""
+    if name == "auto":
+        lower = scene_url.lower()
+        suffix = "." + lower.rsplit(".", 1)[-1] if "." in lower.rsplit("/", 1)[-1] else ""
+        name = _suffixes.get(suffix) or _BUILTIN_SUFFIXES.get(suffix) or ""
+        if not name:
+            raise ConfigError(
+                f"{scene_url}: no resolver for this file type; set 'resolver:' to one of "
+                f"{', '.join(available())}"
+            )
+    resolver = _load(name)
+    if resolver is None:
+        raise ConfigError(f"resolver {name!r} is not known; available: {', '.join(available())}")
+    return name, resolver
+
+
+__all__ = ["ResolveContext", "Resolver", "available", "register", "resolver_for"]

@@ -1,0 +1,128 @@
+"""What every resolver gets, and the path expansion they all share."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jitrender.deps import Dependencies, Dependency, Unresolved
+from jitrender.paths import PathMap, split_url, url_dirname
+from jitrender.sequences import (
+    expand_frame,
+    expand_views,
+    has_frame_token,
+    has_udim_token,
+    match_udim_tiles,
+)
+from jitrender.storage import ObjectInfo
+
+
+@dataclass(frozen=True)
+class ResolveContext:
+    """Everything a resolver may use.
+
+    ``scene_file`` is a local copy of the scene at ``scene_url``. ``list_prefix(url,
+    recursive)`` lists objects in storage (one call per folder: use it for UDIM tiles, never
+    one request per tile). ``fetch(url)`` returns a local copy of another file the scene
+    references (linked libraries, precomps) and raises if it does not exist.
+    """
+
+    scene_url: str
+    scene_file: Path
+    frames: tuple[int, ...]
+    path_map: PathMap
+    list_prefix: Callable[[str, bool], list[ObjectInfo]]
+    fetch: Callable[[str], Path]
+    views: tuple[str, ...] = ("left", "right")
+    _listings: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def scene_folder_url(self) -> str:
+        return url_dirname(self.scene_url)
+
+    def with_scene(self, scene_url: str, scene_file: Path) -> ResolveContext:
+        """The same context for a referenced scene (a linked library, a precomp)."""
+        return ResolveContext(
+            scene_url,
+            scene_file,
+            self.frames,
+            self.path_map,
+            self.list_prefix,
+            self.fetch,
+            self.views,
+            self._listings,
+        )
+
+    def names_in_folder(self, folder_url: str) -> list[str]:
+        """Object names directly in a folder, listed once per folder per resolve."""
+        names = self._listings.get(folder_url)
+        if names is None:
+            prefix = folder_url.rstrip("/") + "/"
+            names = [
+                info.url[len(prefix) :]
+                for info in self.list_prefix(prefix, False)
+                if "/" not in info.url[len(prefix) :]
+            ]
+            self._listings[folder_url] = names
+        return names
+
+    def map(self, written: str, *, blender: bool = False, relative_to: str | None = None) -> str:
+        return self.path_map.to_url(written, relative_to or self.scene_folder_url, blender=blender)
+
+
+def file_dependencies(
+    ctx: ResolveContext,
+    written: str,
+    source: str,
+    *,
+    frame_map: Mapping[int, Sequence[int]] | None = None,
+    blender: bool = False,
+    relative_to: str | None = None,
+    views: Sequence[str] | None = None,
+) -> Dependencies:
+    """The dependencies behind one path as written in a scene.
+
+    Frame tokens are expanded for exactly the frames asked: ``frame_map`` maps each file
+    frame number to the render frames that need it (default: the context's frames, one to
+    one). UDIM/UVTILE tokens become the tiles that exist in storage (one listing per
+    folder); ``%V``/``%v`` become each view. A path without tokens is needed by every frame.
+    """
+    out = Dependencies()
+    if not written.strip():
+        return out
+    for path in expand_views(written, list(views) if views is not None else list(ctx.views)):
+        try:
+            pattern_url = ctx.map(path, blender=blender, relative_to=relative_to)
+        except ValueError as exc:
+            out.unresolved.append(Unresolved(source, written, str(exc)))
+            continue
+        if has_frame_token(path):
+            mapping = frame_map if frame_map is not None else {f: [f] for f in ctx.frames}
+            by_url: dict[str, set[int]] = {}
+            for file_frame, render_frames in mapping.items():
+                by_url.setdefault(expand_frame(pattern_url, file_frame), set()).update(
+                    render_frames
+                )
+            for url, frames in by_url.items():
+                out.extend(_tiles(ctx, path, url, source, tuple(sorted(frames))))
+        else:
+            out.extend(_tiles(ctx, path, pattern_url, source, None))
+    return out
+
+
+def _tiles(
+    ctx: ResolveContext, written: str, url: str, source: str, frames: tuple[int, ...] | None
+) -> Dependencies:
+    if not has_udim_token(url):
+        return Dependencies([Dependency(written, url, frames, source)])
+    scheme, netloc, path = split_url(url)
+    folder = f"{scheme}://{netloc}{posixpath.dirname(path)}"
+    tiles = match_udim_tiles(posixpath.basename(path), ctx.names_in_folder(folder))
+    if not tiles:
+        return Dependencies(
+            [],
+            [Unresolved(source, written, f"no UDIM tiles exist for {url}")],
+        )
+    return Dependencies([Dependency(written, f"{folder}/{name}", frames, source) for name in tiles])

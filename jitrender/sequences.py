@@ -1,0 +1,149 @@
+"""Frame, tile and view tokens in file paths, expanded for exactly the frames requested.
+
+Shared by every resolver. Padding counts one digit per ``#`` or ``@`` (as Nuke, Houdini and
+Blender do); ``%04d``/``%d``, ``$F``/``$F4`` and ``{frame:04d}`` are understood too. UDIM
+(``<UDIM>``, ``<udim>``, ``%(UDIM)d``) and ``<UVTILE>`` tiles are matched against a folder
+listing, never probed one request per tile.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fileseq.exceptions import ParseException
+from fileseq.frameset import FrameSet
+
+from jitrender.errors import ConfigError
+
+# One alternative per spelling; the named group tells which.
+_FRAME_TOKEN = re.compile(
+    r"(?P<hash>#+)"
+    r"|(?P<at>@+)"
+    r"|%(?P<printf>0?\d*)d"
+    r"|\$F(?P<houdini>\d?)(?![A-Za-z_])"
+    r"|\{frame(?::(?P<fmt>0?\d*)d)?\}"
+)
+_UDIM_TOKEN = re.compile(r"<UDIM>|<udim>|%\(UDIM\)d|<UVTILE>|<uvtile>")
+_VIEW_TOKEN = re.compile(r"%V|%v")
+
+
+@dataclass(frozen=True)
+class FrameToken:
+    """Where the frame number goes in a path, and how wide it is (0 = no padding)."""
+
+    start: int
+    end: int
+    padding: int
+
+    def format(self, frame: int) -> str:
+        if frame < 0:
+            return "-" + str(-frame).zfill(max(self.padding - 1, 0))
+        return str(frame).zfill(self.padding)
+
+
+def find_frame_token(path: str) -> FrameToken | None:
+    """The last frame token in ``path`` (the file name's, when folders have tokens too)."""
+    found: FrameToken | None = None
+    for match in _FRAME_TOKEN.finditer(path):
+        if match["hash"] is not None:
+            pad = len(match["hash"])
+        elif match["at"] is not None:
+            pad = len(match["at"])
+        elif match["printf"] is not None:
+            pad = int(match["printf"] or "0")
+        elif match["houdini"] is not None:
+            pad = int(match["houdini"] or "0")
+        else:
+            pad = int(match["fmt"] or "0")
+        found = FrameToken(match.start(), match.end(), pad)
+    return found
+
+
+def has_frame_token(path: str) -> bool:
+    return find_frame_token(path) is not None
+
+
+def has_udim_token(path: str) -> bool:
+    return _UDIM_TOKEN.search(path) is not None
+
+
+def has_view_token(path: str) -> bool:
+    return _VIEW_TOKEN.search(path) is not None
+
+
+def expand_frame(path: str, frame: int) -> str:
+    """``path`` with every frame token replaced by ``frame`` at that token's padding."""
+
+    def substitute(match: re.Match[str]) -> str:
+        token = find_frame_token(match.group(0))
+        assert token is not None
+        return token.format(frame)
+
+    return _FRAME_TOKEN.sub(substitute, path)
+
+
+def expand_frames(path: str, frames: Iterable[int]) -> dict[str, list[int]]:
+    """Each distinct path the frames need -> the frames that need it (a path without a token:
+    one entry for all of them)."""
+    result: dict[str, list[int]] = {}
+    for frame in frames:
+        result.setdefault(expand_frame(path, frame), []).append(frame)
+    return result
+
+
+def expand_views(path: str, views: Sequence[str]) -> list[str]:
+    """``%V`` -> each view's name, ``%v`` -> its first letter (Nuke's convention)."""
+    if not has_view_token(path):
+        return [path]
+    out = []
+    for view in views:
+        out.append(path.replace("%V", view).replace("%v", view[:1]))
+    return list(dict.fromkeys(out))
+
+
+def udim_regex(file_name: str) -> re.Pattern[str]:
+    """A regex that matches the names a UDIM/UVTILE file-name pattern stands for."""
+    pieces = []
+    last = 0
+    for match in _UDIM_TOKEN.finditer(file_name):
+        pieces.append(re.escape(file_name[last : match.start()]))
+        if match.group(0).lower() == "<uvtile>":
+            pieces.append(r"u\d+_v\d+")
+        else:
+            pieces.append(r"1\d{3}")
+        last = match.end()
+    pieces.append(re.escape(file_name[last:]))
+    return re.compile("".join(pieces) + r"\Z")
+
+
+def match_udim_tiles(file_name: str, names_in_folder: Iterable[str]) -> list[str]:
+    """The names in a folder listing that are tiles of the UDIM pattern ``file_name``."""
+    regex = udim_regex(file_name)
+    return sorted(name for name in names_in_folder if regex.match(name))
+
+
+def parse_frames(spec: str | int, where: str = "frames") -> list[int]:
+    """Frames from farm syntax (``1001-1100``, ``1-100x2``, ``1,5,9-12``): unique, in order."""
+    text = str(spec).strip()
+    if not text:
+        raise ConfigError(f"{where}: empty frame range")
+    try:
+        frame_set = FrameSet(text)
+    except (ParseException, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"{where}: {text!r} is not a frame range (use e.g. 1001-1100, 1-100x2, 1,5,9-12): {exc}"
+        ) from None
+    frames = list(dict.fromkeys(int(f) for f in frame_set))
+    if not frames:
+        raise ConfigError(f"{where}: {text!r} selects no frames")
+    return frames
+
+
+def format_frames(frames: Iterable[int]) -> str:
+    """The compact farm spelling of a frame list (``1-5,7``)."""
+    values = sorted(set(frames))
+    if not values:
+        return ""
+    return str(FrameSet(values))

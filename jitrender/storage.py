@@ -1,0 +1,625 @@
+"""One thin layer over object storage: stat, list, download, create-if-absent upload.
+
+``file://`` (a local folder acting as the bucket) is the embedded default, ``gs://`` goes
+through google-cloud-storage (generation-pinned reads, ``ifGenerationMatch=0`` writes), and
+every other fsspec protocol works through :class:`FsspecStore`. Stores know nothing about
+scenes, jobs or the cache; the caller decides what to transfer.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import os
+import random
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, TypeVar
+
+import google_crc32c
+
+from jitrender.errors import (
+    DataError,
+    JitrenderError,
+    MissingDependencyError,
+    PermissionDeniedError,
+    TransientError,
+)
+from jitrender.paths import local_path_of, split_url
+
+T = TypeVar("T")
+
+# Custom metadata written on every output: which job (by hash) created the object.
+JOB_METADATA_KEY = "jitrender-job"
+_PART_SUFFIX = ".jitrender-part"
+_XATTR_PREFIX = "user.jitrender."
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What storage says about one object. ``generation`` changes whenever the content may have."""
+
+    url: str
+    size: int
+    generation: str
+    crc32c: str | None = None  # base64 of the big-endian CRC32C, as GCS reports it
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+PutOutcome = Literal["created", "identical", "conflict", "overwritten"]
+
+
+@dataclass(frozen=True)
+class PutResult:
+    outcome: PutOutcome
+    info: ObjectInfo | None
+
+
+class ChecksumMismatch(Exception):
+    """Downloaded bytes do not match what storage promised. Retried, then exit 75."""
+
+
+class Crc32cWriter:
+    """Wraps a binary file: counts and checksums what is written through it."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.size = 0
+        self._crc = google_crc32c.Checksum()
+
+    def write(self, data: bytes) -> int:
+        self._crc.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def digest_b64(self) -> str:
+        return base64.b64encode(self._crc.digest()).decode("ascii")
+
+
+def crc32c_of_file(path: Path, block: int = 4 << 20) -> str:
+    crc = google_crc32c.Checksum()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            crc.update(chunk)
+    return base64.b64encode(crc.digest()).decode("ascii")
+
+
+def crc32c_of_bytes(data: bytes) -> str:
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter for transient storage failures."""
+
+    attempts: int = 5
+    base_delay: float = 0.2
+    max_delay: float = 10.0
+
+    def delays(self) -> Iterator[float]:
+        for attempt in range(self.attempts - 1):
+            yield random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+def _status_of(exc: BaseException) -> int | None:
+    for attr in ("code", "status_code", "status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def classify(exc: BaseException) -> Literal["transient", "missing", "denied", "other"]:
+    """How a storage exception should be treated."""
+    if isinstance(exc, JitrenderError):
+        return "other"
+    if isinstance(exc, ChecksumMismatch):
+        return "transient"
+    status = _status_of(exc)
+    if status == 404 or isinstance(exc, FileNotFoundError):
+        return "missing"
+    if status in (401, 403) or isinstance(exc, PermissionError):
+        return "denied"
+    if status is not None and (status == 408 or status == 429 or status >= 500):
+        return "transient"
+    name = type(exc).__name__
+    transient_names = (
+        "ConnectionError",
+        "Timeout",
+        "ReadTimeout",
+        "ConnectTimeout",
+        "ChunkedEncodingError",
+        "ProtocolError",
+        "IncompleteRead",
+        "DataCorruption",
+        "InvalidResponse",
+        "ServiceUnavailable",
+        "TransportError",
+        "RemoteDisconnected",
+        "ContentDecodingError",
+    )
+    if name in transient_names or isinstance(exc, ConnectionError | TimeoutError):
+        return "transient"
+    if isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+        return "transient"
+    return "other"
+
+
+def with_retries(
+    call: Callable[[], T],
+    url: str,
+    policy: RetryPolicy,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Run a storage call; retry transient failures, translate the rest into jitrender errors."""
+    delays = policy.delays()
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == "missing":
+                raise MissingDependencyError(url) from exc
+            if kind == "denied":
+                raise PermissionDeniedError(f"{url}: permission denied ({exc})") from exc
+            if kind != "transient":
+                raise
+            delay = next(delays, None)
+            if delay is None:
+                raise TransientError(
+                    f"{url}: storage still failing after {policy.attempts} attempts: {exc}"
+                ) from exc
+            if on_retry is not None:
+                on_retry(exc)
+            time.sleep(delay)
+
+
+# -- the interface ------------------------------------------------------------------------
+
+
+class Store(ABC):
+    """One storage backend. Methods raise the underlying library's exceptions; callers wrap
+    them in :func:`with_retries`."""
+
+    @abstractmethod
+    def stat(self, url: str) -> ObjectInfo | None:
+        """The object's info, or None when it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
+        """Objects whose URL starts with ``prefix_url`` (a folder when it ends with ``/``)."""
+
+    @abstractmethod
+    def download(
+        self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
+    ) -> None:
+        """Write the object's bytes ``[start, end)`` (the whole object by default) to ``sink``."""
+
+    @abstractmethod
+    def put_if_absent(
+        self,
+        source: Path,
+        url: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> PutResult:
+        """Create the object from a local file only if it does not exist (or, with ``overwrite``,
+        replace it). An existing object with the same bytes is ``identical``, not a conflict."""
+
+    def put_bytes_if_absent(
+        self, data: bytes, url: str, metadata: Mapping[str, str] | None = None
+    ) -> PutResult:
+        """Create a small object from bytes only if it does not exist."""
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(prefix="jitrender-put-") as handle:
+            handle.write(data)
+            handle.flush()
+            return self.put_if_absent(Path(handle.name), url, metadata)
+
+    def read_bytes(self, url: str) -> bytes:
+        import io
+
+        info = self.stat(url)
+        if info is None:
+            raise FileNotFoundError(url)
+        buffer = io.BytesIO()
+        self.download(info, buffer)
+        return buffer.getvalue()
+
+    @abstractmethod
+    def delete(self, url: str) -> None:
+        """Remove an object (used by ``--overwrite`` paths and tests, never by a normal run)."""
+
+
+def _compare(source: Path, existing: ObjectInfo | None, url: str) -> PutResult:
+    if existing is None:
+        return PutResult("conflict", None)
+    if existing.crc32c is not None:
+        same = existing.crc32c == crc32c_of_file(source)
+    else:
+        same = existing.size == source.stat().st_size
+    return PutResult("identical" if same else "conflict", existing)
+
+
+# -- file:// ------------------------------------------------------------------------------
+
+
+class LocalStore(Store):
+    """A local folder used as a bucket. Writes are temp + ``link`` (atomic create-if-absent);
+    objects carry their metadata as ``user.jitrender.*`` extended attributes where the
+    filesystem supports them."""
+
+    def stat(self, url: str) -> ObjectInfo | None:
+        path = local_path_of(url)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        if not path.is_file():
+            return None
+        return ObjectInfo(url, st.st_size, _local_generation(st), None, _read_xattrs(path))
+
+    def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
+        prefix_path = local_path_of(prefix_url)
+        if prefix_url.endswith("/") or prefix_path.is_dir():
+            folder, name_prefix = prefix_path, ""
+        else:
+            folder, name_prefix = prefix_path.parent, prefix_path.name
+        if not folder.is_dir():
+            return []
+        found: list[ObjectInfo] = []
+        base = "file://" + folder.as_posix().rstrip("/")
+        stack = [(folder, base)]
+        while stack:
+            current, current_url = stack.pop()
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    top = current == folder
+                    if top and not entry.name.startswith(name_prefix):
+                        continue
+                    if entry.name.endswith(_PART_SUFFIX):
+                        continue
+                    entry_url = f"{current_url}/{entry.name}"
+                    if entry.is_dir(follow_symlinks=True):
+                        if recursive:
+                            stack.append((Path(entry.path), entry_url))
+                    elif entry.is_file(follow_symlinks=True):
+                        st = entry.stat(follow_symlinks=True)
+                        found.append(ObjectInfo(entry_url, st.st_size, _local_generation(st)))
+        found.sort(key=lambda info: info.url)
+        return found
+
+    def download(
+        self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
+    ) -> None:
+        path = local_path_of(info.url)
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if _local_generation(st) != info.generation:
+                # The object changed since it was listed: this is not the version we keyed.
+                raise ChecksumMismatch(f"{info.url} changed while being read")
+            handle.seek(start)
+            remaining = (end if end is not None else st.st_size) - start
+            while remaining > 0:
+                chunk = handle.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                sink.write(chunk)
+                remaining -= len(chunk)
+
+    def put_if_absent(
+        self,
+        source: Path,
+        url: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> PutResult:
+        final = local_path_of(url)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_parts(final)
+        part = final.with_name(f".{final.name}.{os.getpid()}.{random.getrandbits(32):08x}")
+        part = part.with_name(part.name + _PART_SUFFIX)
+        try:
+            with open(source, "rb") as src, open(part, "xb") as dst:
+                while chunk := src.read(4 << 20):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            _write_xattrs(part, metadata or {})
+            if overwrite:
+                existed = final.exists()
+                os.replace(part, final)
+                return PutResult("overwritten" if existed else "created", self.stat(url))
+            try:
+                os.link(part, final)
+            except FileExistsError:
+                return _compare(source, self.stat(url), url)
+            return PutResult("created", self.stat(url))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+    def delete(self, url: str) -> None:
+        local_path_of(url).unlink()
+
+
+def _local_generation(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}-{st.st_ino}-{st.st_size}"
+
+
+def _remove_dead_parts(final: Path) -> None:
+    """A killed upload leaves ``.<name>.<pid>.<rand>.jitrender-part``: remove those of dead pids."""
+    with contextlib.suppress(OSError):
+        for leftover in final.parent.glob(f".{final.name}.*{_PART_SUFFIX}"):
+            pid_text = leftover.name[len(final.name) + 2 :].split(".", 1)[0]
+            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_xattrs(path: Path, metadata: Mapping[str, str]) -> None:
+    for key, value in metadata.items():
+        with contextlib.suppress(OSError, AttributeError):
+            os.setxattr(path, _XATTR_PREFIX + key, value.encode())
+
+
+def _read_xattrs(path: Path) -> dict[str, str]:
+    try:
+        names = os.listxattr(path)
+    except (OSError, AttributeError):
+        return {}
+    found = {}
+    for name in names:
+        if name.startswith(_XATTR_PREFIX):
+            with contextlib.suppress(OSError):
+                found[name[len(_XATTR_PREFIX) :]] = os.getxattr(path, name).decode()
+    return found
+
+
+# -- gs:// --------------------------------------------------------------------------------
+
+
+class GCSStore(Store):
+    """Google Cloud Storage through google-cloud-storage. Reads are pinned to the generation
+    that was listed, so a changed object can never be mixed with the old one. Honours
+    ``STORAGE_EMULATOR_HOST`` (anonymous credentials) for tests and local emulators."""
+
+    def __init__(self, project: str | None = None) -> None:
+        self._project = project
+        self._local = threading.local()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            from google.cloud import storage
+
+            if os.environ.get("STORAGE_EMULATOR_HOST"):
+                from google.auth.credentials import AnonymousCredentials
+
+                client = storage.Client(
+                    project=self._project or "jitrender-emulator",
+                    credentials=AnonymousCredentials(),
+                )
+            else:
+                client = storage.Client(project=self._project)
+            self._local.client = client
+        return client
+
+    @staticmethod
+    def _split(url: str) -> tuple[str, str]:
+        _, bucket, path = split_url(url)
+        return bucket, path.lstrip("/")
+
+    def _info(self, blob: Any) -> ObjectInfo:
+        return ObjectInfo(
+            url=f"gs://{blob.bucket.name}/{blob.name}",
+            size=int(blob.size or 0),
+            generation=str(blob.generation),
+            crc32c=blob.crc32c,
+            metadata=dict(blob.metadata or {}),
+        )
+
+    def stat(self, url: str) -> ObjectInfo | None:
+        bucket_name, name = self._split(url)
+        blob = self._client().bucket(bucket_name).get_blob(name, retry=None)
+        return None if blob is None else self._info(blob)
+
+    def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
+        bucket_name, prefix = self._split(prefix_url)
+        blobs = self._client().list_blobs(
+            bucket_name, prefix=prefix, delimiter=None if recursive else "/", retry=None
+        )
+        return [self._info(blob) for blob in blobs if not blob.name.endswith("/")]
+
+    def download(
+        self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
+    ) -> None:
+        bucket_name, name = self._split(info.url)
+        generation = int(info.generation) if info.generation.isdigit() else None
+        blob = self._client().bucket(bucket_name).blob(name, generation=generation)
+        whole = start == 0 and (end is None or end >= info.size)
+        blob.download_to_file(
+            sink,
+            start=None if whole else start,
+            end=None if whole else (end if end is not None else info.size) - 1,
+            raw_download=True,
+            checksum=None,  # verified by the caller over exactly the bytes it kept
+            retry=None,
+        )
+
+    def put_if_absent(
+        self,
+        source: Path,
+        url: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> PutResult:
+        from google.api_core.exceptions import PreconditionFailed
+
+        bucket_name, name = self._split(url)
+        blob = self._client().bucket(bucket_name).blob(name)
+        if metadata:
+            blob.metadata = dict(metadata)
+        existing = self.stat(url) if overwrite else None
+        match = 0 if existing is None else int(existing.generation)
+        try:
+            blob.upload_from_filename(
+                str(source), if_generation_match=match, checksum="crc32c", retry=None
+            )
+        except PreconditionFailed:
+            if overwrite:
+                raise
+            return _compare(source, self.stat(url), url)
+        outcome: PutOutcome = "created" if existing is None else "overwritten"
+        return PutResult(outcome, self._info(blob))
+
+    def delete(self, url: str) -> None:
+        bucket_name, name = self._split(url)
+        self._client().bucket(bucket_name).blob(name).delete(retry=None)
+
+
+# -- anything else fsspec speaks ----------------------------------------------------------
+
+
+class FsspecStore(Store):
+    """Any other fsspec protocol. Create-if-absent is check-then-write here (not atomic):
+    use a store with preconditions (``gs://``, ``file://``) where exactly-once matters."""
+
+    def __init__(self, protocol: str) -> None:
+        import fsspec
+
+        self.protocol = protocol
+        self.fs = fsspec.filesystem(protocol)
+
+    def _path(self, url: str) -> str:
+        return str(self.fs._strip_protocol(url))
+
+    def _info(self, url: str, raw: Mapping[str, Any]) -> ObjectInfo:
+        generation = (
+            raw.get("generation")
+            or raw.get("ETag")
+            or raw.get("etag")
+            or raw.get("mtime")
+            or raw.get("LastModified")
+            or raw.get("created")
+            or raw.get("size")
+        )
+        return ObjectInfo(url, int(raw.get("size") or 0), str(generation), raw.get("crc32c"))
+
+    def stat(self, url: str) -> ObjectInfo | None:
+        try:
+            raw = self.fs.info(self._path(url))
+        except FileNotFoundError:
+            return None
+        if raw.get("type") == "directory":
+            return None
+        return self._info(url, raw)
+
+    def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
+        path = self._path(prefix_url)
+        base = path if prefix_url.endswith("/") else path.rsplit("/", 1)[0]
+        try:
+            found = self.fs.find(base, detail=True) if recursive else self.fs.ls(base, detail=True)
+        except FileNotFoundError:
+            return []
+        items = found.values() if isinstance(found, dict) else found
+        infos = []
+        for raw in items:
+            name = str(raw["name"])
+            if raw.get("type") == "directory" or not name.startswith(path.rstrip("/")):
+                continue
+            infos.append(self._info(f"{self.protocol}://{name.lstrip('/')}", raw))
+        return sorted(infos, key=lambda i: i.url)
+
+    def download(
+        self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
+    ) -> None:
+        with self.fs.open(self._path(info.url), "rb") as handle:
+            handle.seek(start)
+            remaining = (end if end is not None else info.size) - start
+            while remaining > 0:
+                chunk = handle.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                sink.write(chunk)
+                remaining -= len(chunk)
+
+    def put_if_absent(
+        self,
+        source: Path,
+        url: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> PutResult:
+        existing = self.stat(url)
+        if existing is not None and not overwrite:
+            return _compare(source, existing, url)
+        self.fs.put_file(str(source), self._path(url))
+        return PutResult("created" if existing is None else "overwritten", self.stat(url))
+
+    def delete(self, url: str) -> None:
+        self.fs.rm_file(self._path(url))
+
+
+# -- registry -----------------------------------------------------------------------------
+
+_STORE_FACTORIES: dict[str, Callable[[str], Store]] = {
+    "file": lambda _scheme: LocalStore(),
+    "gs": lambda _scheme: GCSStore(),
+}
+
+
+def register_store(scheme: str, factory: Callable[[str], Store]) -> None:
+    """Make ``scheme://`` URLs use ``factory`` (fsspec-style registry)."""
+    _STORE_FACTORIES[scheme] = factory
+
+
+class Stores:
+    """One store instance per scheme, created on first use. Not global: each run owns one."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, Store] = {}
+        self._lock = threading.Lock()
+
+    def for_url(self, url: str) -> Store:
+        scheme = split_url(url)[0]
+        with self._lock:
+            store = self._stores.get(scheme)
+            if store is None:
+                factory = _STORE_FACTORIES.get(scheme, FsspecStore)
+                try:
+                    store = factory(scheme)
+                except (ImportError, ValueError) as exc:
+                    raise DataError(f"{url}: no storage backend for {scheme}:// ({exc})") from None
+                self._stores[scheme] = store
+            return store

@@ -1,0 +1,65 @@
+"""Storage against the real GCS API server and a local folder bucket."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from jitrender.storage import GCSStore, LocalStore, Store, crc32c_of_bytes
+from tests.conftest import put_object
+
+
+@pytest.fixture(params=["gs", "file"])
+def bucket_and_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Store]:
+    if request.param == "gs":
+        return request.getfixturevalue("gcs_bucket"), GCSStore()
+    root = tmp_path / "bucket"
+    root.mkdir()
+    return f"file://{root}", LocalStore()
+
+
+def test_stat_list_download_roundtrip(bucket_and_store: tuple[str, Store]) -> None:
+    bucket, store = bucket_and_store
+    put_object(f"{bucket}/seq/a.0001.exr", b"one")
+    put_object(f"{bucket}/seq/a.0002.exr", b"two!")
+    put_object(f"{bucket}/seq/sub/deep.txt", b"deep")
+    info = store.stat(f"{bucket}/seq/a.0002.exr")
+    assert info is not None and info.size == 4
+    assert store.stat(f"{bucket}/seq/nope.exr") is None
+    names = [i.url.rsplit("/", 1)[1] for i in store.list(f"{bucket}/seq/", recursive=False)]
+    assert names == ["a.0001.exr", "a.0002.exr"]
+    assert len(store.list(f"{bucket}/seq/")) == 3
+    sink = io.BytesIO()
+    store.download(info, sink)
+    assert sink.getvalue() == b"two!"
+    sink = io.BytesIO()
+    store.download(info, sink, 1, 3)
+    assert sink.getvalue() == b"wo"
+
+
+def test_gcs_reports_crc32c(gcs_bucket: str) -> None:
+    put_object(f"{gcs_bucket}/x.bin", b"hello")
+    info = GCSStore().stat(f"{gcs_bucket}/x.bin")
+    assert info is not None and info.crc32c == crc32c_of_bytes(b"hello")
+
+
+def test_put_if_absent_never_overwrites(
+    bucket_and_store: tuple[str, Store], tmp_path: Path
+) -> None:
+    bucket, store = bucket_and_store
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"frame one")
+    second.write_bytes(b"frame one, different")
+    url = f"{bucket}/out/f.0001.png"
+    assert store.put_if_absent(first, url, {"jitrender-job": "abc"}).outcome == "created"
+    before = store.stat(url)
+    assert store.put_if_absent(first, url).outcome == "identical"
+    assert store.put_if_absent(second, url).outcome == "conflict"
+    after = store.stat(url)
+    assert before is not None and after is not None
+    assert after.generation == before.generation
+    assert store.read_bytes(url) == b"frame one"
+    assert store.put_if_absent(second, url, overwrite=True).outcome == "overwritten"
+    assert store.read_bytes(url) == b"frame one, different"
