@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jitrender.errors import ConfigError
-from jitrender.storage import ChecksumMismatch, Crc32cWriter, ObjectInfo, Store, crc32c_of_file
+from jitrender.storage import (
+    ChecksumMismatch,
+    Crc32cWriter,
+    ObjectInfo,
+    Store,
+    crc32c_of_file,
+    pid_alive,
+)
 
 _STRIPES = 4096
 _SCHEMA = """
@@ -122,8 +129,10 @@ class Cache:
         self._db_local = threading.local()
         self._inflight: dict[str, Future[CacheResult]] = {}
         self._inflight_lock = threading.Lock()
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        try:
+            self._connection().executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{self.root}/index.sqlite: cannot open cache index: {exc}") from None
 
     # -- identity ------------------------------------------------------------------------
 
@@ -137,14 +146,18 @@ class Cache:
 
     # -- the index -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._db_local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.root / "index.sqlite", timeout=60, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._db_local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -188,6 +201,17 @@ class Cache:
         """Mark cached objects as used now (one transaction for the batch)."""
         if infos:
             self._record(infos, hits=len(infos), cached_bytes=sum(i.size for i in infos))
+
+    def record_run(self, hits: list[ObjectInfo], fetched: list[ObjectInfo]) -> None:
+        """Record a whole run's hits and downloads in one transaction."""
+        if hits or fetched:
+            self._record(
+                [*hits, *fetched],
+                hits=len(hits),
+                misses=len(fetched),
+                fetched_bytes=sum(i.size for i in fetched),
+                cached_bytes=sum(i.size for i in hits),
+            )
 
     # -- lookups and fetches ------------------------------------------------------------
 
@@ -398,7 +422,7 @@ class Cache:
         parts = runs = 0
         for part in self.tmp.iterdir():
             pid_text = part.name.split(".")[1] if part.name.count(".") >= 2 else ""
-            if not pid_text.isdigit() or not _pid_alive(int(pid_text)):
+            if not pid_text.isdigit() or not pid_alive(int(pid_text)):
                 with contextlib.suppress(OSError):
                     part.unlink()
                     parts += 1
@@ -448,13 +472,3 @@ def run_is_live(run_dir: Path) -> bool:
     finally:
         os.close(fd)
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

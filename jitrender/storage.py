@@ -24,7 +24,7 @@ from typing import IO, Any, Literal, TypeVar
 import google_crc32c
 
 from jitrender.errors import (
-    DataError,
+    ConfigError,
     JitrenderError,
     MissingDependencyError,
     PermissionDeniedError,
@@ -370,12 +370,13 @@ def _remove_dead_parts(final: Path) -> None:
     with contextlib.suppress(OSError):
         for leftover in final.parent.glob(f".{final.name}.*{_PART_SUFFIX}"):
             pid_text = leftover.name[len(final.name) + 2 :].split(".", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            if pid_text.isdigit() and not pid_alive(int(pid_text)):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (on this host)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -620,6 +621,8 @@ class Stores:
                 try:
                     store = factory(scheme)
                 except (ImportError, ValueError) as exc:
-                    raise DataError(f"{url}: no storage backend for {scheme}:// ({exc})") from None
+                    raise ConfigError(
+                        f"{url}: no storage backend for {scheme}:// ({exc})"
+                    ) from None
                 self._stores[scheme] = store
             return store

@@ -1,0 +1,734 @@
+"""One run of a job on this node: resume, resolve, fetch, render, upload, mark, report.
+
+The order of a frame's life, and why it is safe to kill the process at any point:
+
+1. Frames with a done marker (``<outputs>/_jitrender/<job hash>/frame.<n>.json``) are skipped;
+   frames whose expected outputs all exist and carry this job's hash get their marker now.
+2. Dependencies of the remaining frames are resolved, stat'ed (missing -> exit 65 before
+   anything renders) and fetched into the shared cache (rename-after-verify: no partial
+   entry), then hardlinked into the workspace.
+3. Stages run; each finished output is uploaded create-if-absent as soon as it is whole.
+4. A frame's marker is written last, create-if-absent, once all its outputs are uploaded.
+
+A kill between any two steps leaves only whole objects and a marker-less frame, which the
+next run either completes from its uploaded outputs or renders again without overwriting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from jitrender.cache import Cache, default_cache_dir, parse_size
+from jitrender.deps import Dependencies, Dependency
+from jitrender.engines import StageCall, Workspace, engine_named
+from jitrender.errors import (
+    ConfigError,
+    DataError,
+    ExitCode,
+    JitrenderError,
+    MissingDependencyError,
+    Preempted,
+    TransientError,
+)
+from jitrender.job import Job, StageSpec
+from jitrender.outputs import OutputPatterns, Uploader, UploadRecord
+from jitrender.paths import PathMap, workspace_relpath
+from jitrender.progress import Progress, QuietProgress
+from jitrender.report import FrameFailure, Report
+from jitrender.resolve import resolver_for
+from jitrender.resolve.base import ResolveContext
+from jitrender.resolve.manifest import entry_dependencies
+from jitrender.stages import StageOutcome, run_invocation
+from jitrender.storage import (
+    JOB_METADATA_KEY,
+    ObjectInfo,
+    RetryPolicy,
+    Store,
+    Stores,
+    with_retries,
+)
+
+MARKER_FOLDER = "_jitrender"
+# How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
+FLUSH_BUDGET_S = 8.0
+
+
+@dataclass
+class RunOptions:
+    frames: list[int] | None = None  # overrides the job's frames (already split by task)
+    cache_dir: Path | None = None
+    cache_max_bytes: int | None = None
+    report_path: Path | None = None
+    overwrite: bool = False
+    keep_workspace: bool = False
+    fetch_workers: int = 16
+    upload_workers: int = 4
+    extra_path_map: PathMap | None = None
+    progress: Progress = field(default_factory=QuietProgress)
+    task: dict[str, Any] | None = None
+
+
+def marker_prefix(job: Job) -> str:
+    return f"{job.outputs_url}/{MARKER_FOLDER}/{job.job_hash()}/"
+
+
+def marker_url(job: Job, frame: int) -> str:
+    return f"{marker_prefix(job)}frame.{frame}.json"
+
+
+def frames_with_markers(markers: list[ObjectInfo], prefix: str) -> set[int]:
+    done = set()
+    for info in markers:
+        name = info.url[len(prefix) :]
+        if name.startswith("frame.") and name.endswith(".json"):
+            with contextlib.suppress(ValueError):
+                done.add(int(name[len("frame.") : -len(".json")]))
+    return done
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT -> a stop event; a second signal exits at once with 75."""
+
+    def __init__(self, stop: threading.Event, progress: Progress) -> None:
+        self.stop = stop
+        self.progress = progress
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            os._exit(int(ExitCode.TEMPFAIL))
+        self.progress.event("warning", message=f"got {signal.Signals(signum).name}: stopping")
+        self.stop.set()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        for signum in (int(signal.SIGTERM), int(signal.SIGINT)):
+            self.previous[signum] = signal.signal(signum, self._handle)
+        try:
+            yield
+        finally:
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
+
+
+class JobRun:
+    """Executes one job on this node. Use :func:`run_job`."""
+
+    def __init__(self, job: Job, options: RunOptions) -> None:
+        self.job = job
+        self.options = options
+        self.progress = options.progress
+        self.stop = threading.Event()
+        self.stores = Stores()
+        self.retry = RetryPolicy(attempts=job.retries.storage)
+        self.job_hash = job.job_hash()
+        self.report = Report(job=job.display_name, job_hash=self.job_hash, task=options.task)
+        self.patterns = OutputPatterns(job.outputs.files)
+        self.path_map = job.path_mapping()
+        if options.extra_path_map is not None:
+            self.path_map = self.path_map.merged(options.extra_path_map)
+        cache_dir = options.cache_dir or (
+            Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir()
+        )
+        max_bytes = options.cache_max_bytes
+        if max_bytes is None:
+            max_bytes = parse_size(job.cache.max_size)
+        self.cache = Cache(cache_dir, max_bytes)
+        self._lock = threading.Lock()
+        self._stages_done: set[int] = set()
+        self._marked: set[int] = set()
+        self._known: dict[str, ObjectInfo] = {}
+        self._dep_futures: dict[str, Future[Path]] = {}
+        self._deps: list[Dependency] = []
+        self._hits: list[ObjectInfo] = []
+        self._fetched: list[ObjectInfo] = []
+        self._fetch_pool = ThreadPoolExecutor(options.fetch_workers, thread_name_prefix="fetch")
+        self.workspace: Workspace | None = None
+        self.uploader: Uploader | None = None
+        self._attempt = os.environ.get("BATCH_TASK_ATTEMPT") or os.environ.get(
+            "JITRENDER_ATTEMPT", "0"
+        )
+
+    # -- storage helpers -----------------------------------------------------------------
+
+    def _store(self, url: str) -> Store:
+        return self.stores.for_url(url)
+
+    def _call(self, url: str, call: Callable[[Store], Any]) -> Any:
+        store = self._store(url)
+        return with_retries(lambda: call(store), url, self.retry)
+
+    def _stat(self, url: str) -> ObjectInfo | None:
+        known = self._known.get(url)
+        if known is not None:
+            return known
+        info: ObjectInfo | None = self._call(url, lambda s: s.stat(url))
+        if info is not None:
+            self._known[url] = info
+        return info
+
+    def _list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
+        infos: list[ObjectInfo] = self._call(prefix, lambda s: s.list(prefix, recursive=recursive))
+        for info in infos:
+            self._known[info.url] = info
+        return infos
+
+    # -- the run -------------------------------------------------------------------------
+
+    def execute(self) -> Report:
+        started = time.monotonic()
+        report = self.report
+        try:
+            with _StopSignal(self.stop, self.progress).installed():
+                self._execute()
+        except Preempted as exc:
+            report.status, report.exit_code, report.error = "preempted", 75, exc.message
+        except TransientError as exc:
+            report.status, report.exit_code, report.error = "preempted", 75, exc.message
+        except JitrenderError as exc:
+            report.status, report.exit_code, report.error = (
+                "failed",
+                int(exc.exit_code),
+                exc.message,
+            )
+        finally:
+            self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+            report.timings["wall_s"] = time.monotonic() - started
+            self._finish()
+        return report
+
+    def _finish(self) -> None:
+        report = self.report
+        if self.uploader is not None:
+            self.uploader.close()
+        with contextlib.suppress(JitrenderError, OSError):
+            self.cache.record_run(self._hits, self._fetched)
+        report.hits, report.misses = len(self._hits), len(self._fetched)
+        report.bytes_fetched = sum(i.size for i in self._fetched)
+        report.bytes_from_cache = sum(i.size for i in self._hits)
+        if self.workspace is not None:
+            report.workspace = str(self.workspace.root)
+            if not self.options.keep_workspace:
+                shutil.rmtree(self.workspace.root, ignore_errors=True)
+        if self.options.report_path is not None:
+            report.write(self.options.report_path)
+
+    def _execute(self) -> None:
+        job, report = self.job, self.report
+        frames = self.options.frames if self.options.frames is not None else job.frame_list()
+        report.requested = list(frames)
+        if not frames:
+            self.progress.event("phase", message="no frames for this task: nothing to do")
+            return
+        if job.scene_url is None and not job.deps and job.resolver != "auto":
+            raise ConfigError(f"{job.source}: resolver {job.resolver!r} needs a 'scene'")
+
+        todo = self._resume(frames)
+        if not todo:
+            self.progress.event("phase", message="every requested frame is already done")
+            return
+
+        run_dir, _lock_fd = self.cache.new_run_dir(f"{job.display_name}-{self.job_hash[:8]}")
+        t0 = time.monotonic()
+        resolved, scene_local = self.resolve(todo, run_dir)
+        deps = resolved.deps
+        missing = resolved.missing
+        if missing:
+            names = ", ".join(f"{d.url} ({d.source})" for d in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DataError(f"{len(missing)} dependencies missing from storage: {names}{more}")
+        report.timings["resolve_s"] = time.monotonic() - t0
+        self.workspace = Workspace(run_dir, scene_local)
+        self.workspace.create()
+        self._start_fetches(deps)
+        self._start_uploader()
+        self.progress.totals(len(deps), report.bytes_needed, len(todo))
+        t1 = time.monotonic()
+        self._run_stages(todo)
+        report.timings["render_s"] = time.monotonic() - t1 - report.timings["fetch_s"]
+        self._settle(todo)
+
+    # -- 1. resume -----------------------------------------------------------------------
+
+    def _resume(self, frames: list[int]) -> list[int]:
+        """Frames still to render. One listing of the outputs prefix finds markers and outputs."""
+        prefix = marker_prefix(self.job)
+        existing = self._list(self.job.outputs_url + "/")
+        markers = [i for i in existing if i.url.startswith(prefix)]
+        marked = frames_with_markers(markers, prefix) & set(frames)
+        by_url = {i.url: i for i in existing}
+        completed_unmarked = []
+        for frame in frames:
+            if frame in marked or not self.patterns.per_frame:
+                continue
+            urls = [f"{self.job.outputs_url}/{rel}" for rel in self.patterns.expected_for(frame)]
+            if all(u in by_url for u in urls) and all(self._ours(by_url[u]) for u in urls):
+                completed_unmarked.append(frame)
+        for frame in completed_unmarked:
+            outputs = {u: by_url[u].crc32c for u in self._expected_urls(frame)}
+            self._write_marker(frame, outputs, resumed=True)
+        skipped = sorted(marked | set(completed_unmarked))
+        self.report.skipped_already_done = skipped
+        for frame in skipped:
+            self.progress.event("frame", frame=frame, status="skipped")
+        return [f for f in frames if f not in set(skipped)]
+
+    def _ours(self, info: ObjectInfo) -> bool:
+        if info.metadata.get(JOB_METADATA_KEY) == self.job_hash:
+            return True
+        if info.metadata:
+            return False
+        full = self._call(info.url, lambda s: s.stat(info.url))  # listings may omit metadata
+        return full is not None and full.metadata.get(JOB_METADATA_KEY) == self.job_hash
+
+    def _expected_urls(self, frame: int) -> list[str]:
+        return [f"{self.job.outputs_url}/{rel}" for rel in self.patterns.expected_for(frame)]
+
+    def _write_marker(
+        self, frame: int, outputs: dict[str, str | None], *, resumed: bool = False
+    ) -> None:
+        body = {
+            "job": self.job_hash,
+            "job_name": self.job.display_name,
+            "frame": frame,
+            "attempt": self._attempt,
+            "host": socket.gethostname(),
+            "time": time.time(),
+            "resumed_from_outputs": resumed,
+            "outputs": outputs,
+        }
+        url = marker_url(self.job, frame)
+        data = json.dumps(body, sort_keys=True).encode()
+        self._call(
+            url, lambda s: s.put_bytes_if_absent(data, url, {JOB_METADATA_KEY: self.job_hash})
+        )
+        with self._lock:
+            self._marked.add(frame)
+
+    # -- 2. resolve and fetch ------------------------------------------------------------
+
+    def _fetch_local(self, url: str) -> Path:
+        """A local copy of ``url`` for a resolver (linked libraries, precomps)."""
+        info = self._stat(url)
+        if info is None:
+            raise MissingDependencyError(url)
+        result = with_retries(
+            lambda: self.cache.fetch(info, self._store(url), record=False), url, self.retry
+        )
+        (self._fetched if result.fetched else self._hits).append(info)
+        return result.path
+
+    def resolve(
+        self, frames: list[int], run_dir: Path | None = None
+    ) -> tuple[Dependencies, Path | None]:
+        """The job's dependencies for ``frames``, each stat'ed (size, exists). With ``run_dir``
+        the scene is also linked into that workspace."""
+        job = self.job
+        scene_url = job.scene_url
+        found = Dependencies()
+        scene_local: Path | None = None
+        base_url = scene_url if scene_url is not None else job.base_url + "/job"
+        scene_file = Path(os.devnull)
+        if scene_url is not None:
+            info = self._stat(scene_url)
+            if info is None:
+                raise ConfigError(f"{job.source}: scene: {scene_url} does not exist")
+            scene_file = self._fetch_local(scene_url)
+            if run_dir is not None:
+                scene_local = run_dir / "inputs" / workspace_relpath(scene_url)
+                self.cache.link_into(scene_file, scene_local)
+        ctx = ResolveContext(
+            scene_url=base_url,
+            scene_file=scene_file,
+            frames=tuple(frames),
+            path_map=self.path_map,
+            list_prefix=self._list,
+            fetch=self._fetch_local,
+        )
+        if scene_url is not None:
+            name, resolver = resolver_for(job.resolver, scene_url)
+            self.progress.event("phase", message=f"resolving {scene_url} with '{name}'")
+            found.extend(resolver(ctx))
+        for index, entry in enumerate(job.deps):
+            source = f"job deps[{index}]"
+            if isinstance(entry, str):
+                found.extend(entry_dependencies(ctx, entry, source))
+            else:
+                written = entry.path if entry.path is not None else (entry.prefix or "")
+                if entry.prefix is not None and not written.endswith("/"):
+                    written += "/"
+                found.extend(entry_dependencies(ctx, written, source, entry.frames))
+        merged = found.merged()
+        deps = [d for d in merged.deps if d.url != scene_url]
+        deps = self._stat_all(deps)
+        self.report.unresolved = [u.to_json() for u in merged.unresolved]
+        for item in merged.unresolved:
+            self.progress.event("warning", message=f"unresolved {item.source}: {item.why}")
+        self.report.missing = [d.to_json() for d in deps if d.exists is False]
+        scene_bytes = self._known[scene_url].size if scene_url is not None else 0
+        self.report.deps_count = len(deps) + (1 if scene_url is not None else 0)
+        self.report.bytes_needed = sum(d.size or 0 for d in deps) + scene_bytes
+        self._deps = deps
+        return Dependencies(deps, merged.unresolved), scene_local
+
+    def _stat_all(self, deps: list[Dependency]) -> list[Dependency]:
+        unknown = [d.url for d in deps if d.url not in self._known]
+        if unknown:
+            with ThreadPoolExecutor(self.options.fetch_workers) as pool:
+                list(pool.map(self._stat, unknown))
+        out = []
+        for dep in deps:
+            info = self._known.get(dep.url)
+            out.append(
+                Dependency(
+                    dep.path,
+                    dep.url,
+                    dep.frames,
+                    dep.source,
+                    info.size if info else None,
+                    info is not None,
+                )
+            )
+        return out
+
+    def _start_fetches(self, deps: list[Dependency]) -> None:
+        """Fetch in the order frames need them; stages wait only for their own frame's deps."""
+        assert self.workspace is not None
+        order = sorted(deps, key=lambda d: (min(d.frames) if d.frames else -(2**31), d.url))
+        started = time.monotonic()
+        pending = [len(order)]
+
+        def fetch(dep: Dependency) -> Path:
+            assert self.workspace is not None
+            info = self._known[dep.url]
+            store = self._store(dep.url)
+            result = with_retries(
+                lambda: self.cache.fetch(info, store, record=False), dep.url, self.retry
+            )
+            dest = self.workspace.inputs / workspace_relpath(dep.url)
+            try:
+                self.cache.link_into(result.path, dest)
+            except FileNotFoundError:  # evicted between fetch and link: fetch again
+                result = self.cache.fetch(info, store, record=False)
+                self.cache.link_into(result.path, dest)
+            with self._lock:
+                (self._fetched if result.fetched else self._hits).append(info)
+                pending[0] -= 1
+                if pending[0] == 0:
+                    self.report.timings["fetch_s"] = time.monotonic() - started
+            self.progress.event("fetched", url=dep.url, size=info.size, cached=not result.fetched)
+            return dest
+
+        for dep in order:
+            self._dep_futures[dep.url] = self._fetch_pool.submit(fetch, dep)
+
+    def _wait_for_deps(self, frames: tuple[int, ...]) -> None:
+        wanted = set(frames)
+        for dep in self._deps:
+            if dep.frames is not None and not wanted.intersection(dep.frames):
+                continue
+            future = self._dep_futures[dep.url]
+            while True:
+                if self.stop.is_set():
+                    raise Preempted("stopped while waiting for dependencies")
+                try:
+                    future.result(timeout=0.2)
+                    break
+                except TimeoutError:
+                    continue
+
+    # -- 3. stages and uploads ---------------------------------------------------------------
+
+    def _start_uploader(self) -> None:
+        assert self.workspace is not None
+        url = self.job.outputs_url
+        self.uploader = Uploader(
+            self.workspace.outputs,
+            url,
+            self._store(url),
+            self.patterns,
+            self.job_hash,
+            overwrite=self.options.overwrite,
+            retry=self.retry,
+            on_uploaded=self._on_uploaded,
+            workers=self.options.upload_workers,
+        )
+        self.uploader.start()
+
+    def _on_uploaded(self, record: UploadRecord) -> None:
+        if record.outcome in ("created", "identical", "kept_previous", "overwritten"):
+            self.progress.event("uploaded", url=record.url, outcome=record.outcome)
+        else:
+            self.progress.event("error", message=f"{record.url}: upload {record.outcome}")
+        frame = self.patterns.frame_of(record.relpath)
+        if frame is not None:
+            self._maybe_mark(frame)
+
+    def _maybe_mark(self, frame: int) -> None:
+        """Write the frame's marker once its stages are done and every output is uploaded."""
+        assert self.uploader is not None
+        with self._lock:
+            if frame in self._marked or frame not in self._stages_done:
+                return
+        expected = self.patterns.expected_for(frame)
+        if not all(self.uploader.is_uploaded(rel) for rel in expected):
+            return
+        outputs = {
+            self.uploader.records[rel].url: self.uploader.records[rel].crc32c for rel in expected
+        }
+        try:
+            self._write_marker(frame, outputs)
+        except JitrenderError as exc:
+            self.progress.event("error", message=f"frame {frame}: marker not written: {exc}")
+            return
+        self.progress.event("frame", frame=frame, status="done")
+
+    def _stage_env(self, call: StageCall) -> dict[str, str]:
+        assert self.workspace is not None
+        ws = self.workspace
+        env = dict(os.environ)
+        env.update(self.job.env)
+        env.update(
+            {
+                "JITRENDER_WORKSPACE": str(ws.root),
+                "JITRENDER_INPUTS": str(ws.inputs),
+                "JITRENDER_OUTPUTS": str(ws.outputs),
+                "JITRENDER_SCRATCH": str(ws.scratch),
+                "JITRENDER_FRAMES": ",".join(str(f) for f in call.frames),
+                "JITRENDER_SCENE": str(ws.scene or ""),
+                "JITRENDER_JOB_HASH": self.job_hash,
+            }
+        )
+        return env
+
+    def _invoke(self, spec: StageSpec, frames: tuple[int, ...], attempt: int) -> StageOutcome:
+        assert self.workspace is not None and self.uploader is not None
+        call = StageCall(
+            spec.name,
+            frames,
+            self.workspace,
+            spec.args,
+            spec.command,
+            {k: v for k, v in spec.env.items()},
+        )
+        invocation = engine_named(spec.engine or "command")(call)
+        label = f"{frames[0]}" if len(frames) == 1 else f"{frames[0]}-{frames[-1]}"
+        log = self.workspace.root / "logs" / f"{spec.name}.{label}.{attempt}.log"
+        self.progress.event("stage", stage=spec.name, frames=label, attempt=attempt)
+        uploader = self.uploader
+
+        def watch(proc: subprocess.Popen[bytes]) -> None:
+            uploader.writer_alive = lambda: proc.poll() is None
+
+        outcome = run_invocation(
+            invocation,
+            log,
+            env=self._stage_env(call),
+            stop=self.stop,
+            timeout=spec.timeout,
+            on_start=watch,
+        )
+        uploader.writer_alive = lambda: False
+        if outcome.ok:
+            uploader.stage_succeeded()
+        else:
+            uploader.stage_failed()
+        return outcome
+
+    def _groups(self) -> list[tuple[str, list[StageSpec]]]:
+        """Consecutive per-frame stages run together frame by frame; chunk stages alone."""
+        groups: list[tuple[str, list[StageSpec]]] = []
+        for spec in self.job.stages:
+            if spec.per == "frame" and groups and groups[-1][0] == "frame":
+                groups[-1][1].append(spec)
+            else:
+                groups.append((spec.per, [spec]))
+        return groups
+
+    def _run_stages(self, frames: list[int]) -> None:
+        alive = list(frames)
+        failures: dict[int, FrameFailure] = {}
+        groups = self._groups()
+        for index, (per, specs) in enumerate(groups):
+            last_group = index == len(groups) - 1
+            if per == "frame":
+                for frame in list(alive):
+                    self._check_stop()
+                    failure = self._run_frame(frame, specs, last_group)
+                    if failure is not None:
+                        failures[frame] = failure
+                        alive.remove(frame)
+                        self.progress.event("frame", frame=frame, status="failed")
+            else:
+                for frame, failure in self._run_chunk(alive, specs[0], last_group).items():
+                    failures[frame] = failure
+                    alive.remove(frame)
+                    self.progress.event("frame", frame=frame, status="failed")
+        self.report.failures = sorted(failures.values(), key=lambda f: f.frame)
+        self.report.failed = sorted(failures)
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Preempted("stopped by signal")
+
+    def _run_frame(self, frame: int, specs: list[StageSpec], last: bool) -> FrameFailure | None:
+        self._wait_for_deps((frame,))
+        failure: FrameFailure | None = None
+        for attempt in range(self.job.retries.frame + 1):
+            failure = None
+            for spec in specs:
+                outcome = self._invoke(spec, (frame,), attempt)
+                if outcome.stopped:
+                    raise Preempted(f"stopped during stage {spec.name} of frame {frame}")
+                if not outcome.ok:
+                    failure = FrameFailure(frame, spec.name, outcome.why(), list(outcome.tail))
+                    break
+            if failure is None and last:
+                failure = self._check_outputs(frame, specs[-1].name)
+            if failure is None:
+                if last:
+                    self._frame_stages_done(frame)
+                return None
+            self.progress.event("warning", message=f"frame {frame}: {failure.why}")
+            self._check_stop()
+        return failure
+
+    def _run_chunk(self, frames: list[int], spec: StageSpec, last: bool) -> dict[int, FrameFailure]:
+        remaining = list(frames)
+        failures: dict[int, FrameFailure] = {}
+        for attempt in range(self.job.retries.frame + 1):
+            if not remaining:
+                break
+            self._wait_for_deps(tuple(remaining))
+            outcome = self._invoke(spec, tuple(remaining), attempt)
+            if outcome.stopped:
+                if last:
+                    for frame in remaining:
+                        if self._check_outputs(frame, spec.name) is None:
+                            self._frame_stages_done(frame)
+                raise Preempted(f"stopped during stage {spec.name}")
+            failures = {}
+            for frame in remaining:
+                if outcome.ok:
+                    failure = self._check_outputs(frame, spec.name) if last else None
+                elif self.patterns.per_frame and self._check_outputs(frame, spec.name) is None:
+                    failure = None  # this frame's outputs were finished before the failure
+                else:
+                    failure = FrameFailure(frame, spec.name, outcome.why(), list(outcome.tail))
+                if failure is None:
+                    if last:
+                        self._frame_stages_done(frame)
+                else:
+                    failures[frame] = failure
+            remaining = sorted(failures)
+            if remaining:
+                self.progress.event("warning", message=f"{spec.name}: {outcome.why()}")
+            self._check_stop()
+        return failures
+
+    def _check_outputs(self, frame: int, stage: str) -> FrameFailure | None:
+        assert self.workspace is not None
+        missing = [
+            rel
+            for rel in self.patterns.expected_for(frame)
+            if not (self.workspace.outputs / rel).is_file()
+        ]
+        if missing:
+            return FrameFailure(frame, stage, f"did not write outputs/{missing[0]}")
+        return None
+
+    def _frame_stages_done(self, frame: int) -> None:
+        with self._lock:
+            self._stages_done.add(frame)
+        self._maybe_mark(frame)
+
+    # -- 4. settle: flush uploads, markers, the report -----------------------------------
+
+    def _settle(self, frames: list[int]) -> None:
+        assert self.uploader is not None
+        t0 = time.monotonic()
+        budget = FLUSH_BUDGET_S if self.stop.is_set() else None
+        self.uploader.sweep()
+        if not self.uploader.wait(budget):
+            raise Preempted("stopped before every upload finished")
+        for frame in frames:
+            self._maybe_mark(frame)
+        self.report.timings["upload_s"] = self.uploader.upload_seconds
+        self.report.timings["upload_tail_s"] = time.monotonic() - t0
+        self._collect_outputs()
+        with self._lock:
+            done = sorted(self._marked & set(frames))
+        self.report.done = done
+        errors = [r for r in self.uploader.records.values() if r.outcome == "error"]
+        conflicts = self.report.conflicts
+        for frame in frames:
+            if frame in done or frame in self.report.failed:
+                continue
+            self.report.failed.append(frame)
+            why = "outputs not uploaded"
+            bad = [u for u in conflicts if self.patterns.frame_of(u) == frame]
+            if bad:
+                why = f"output exists in the bucket with other content: {bad[0]}"
+            self.report.failures.append(FrameFailure(frame, "upload", why))
+        if self.stop.is_set():
+            raise Preempted("stopped by signal")
+        transient = [r for r in errors if r.transient]
+        if transient:
+            raise TransientError(transient[0].error or "uploads failed")
+        if self.report.failed:
+            first = self.report.failures[0]
+            raise DataError(
+                f"{len(self.report.failed)} frame(s) failed; first: frame {first.frame} "
+                f"({first.stage}): {first.why}"
+            )
+
+    def _collect_outputs(self) -> None:
+        assert self.uploader is not None
+        for record in self.uploader.records.values():
+            if record.outcome in ("created", "identical", "kept_previous", "overwritten"):
+                self.report.output_urls.append(record.url)
+                self.report.output_bytes += record.size
+            elif record.outcome == "conflict":
+                self.report.conflicts.append(record.relpath)
+        if self.uploader.changed_after_upload:
+            changed = self.uploader.changed_after_upload[0]
+            self.progress.event(
+                "warning",
+                message=f"outputs/{changed} changed after it was uploaded; write outputs once "
+                "(or to a temp name, then rename)",
+            )
+
+
+def resolve_job(job: Job, frames: list[int], options: RunOptions) -> Dependencies:
+    """The dependencies ``frames`` of ``job`` need, stat'ed against storage; fetches only the
+    scene (and files the resolver must read, such as linked libraries) into the cache."""
+    run = JobRun(job, options)
+    try:
+        return run.resolve(frames)[0]
+    finally:
+        run._fetch_pool.shutdown(wait=False)
+        with contextlib.suppress(JitrenderError, OSError):
+            run.cache.record_run(run._hits, run._fetched)
+
+
+def run_job(job: Job, options: RunOptions) -> Report:
+    """Run ``job`` on this node; never raises for the job's own problems: the report's
+    ``status`` and ``exit_code`` say what happened."""
+    return JobRun(job, options).execute()

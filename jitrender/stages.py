@@ -1,0 +1,126 @@
+"""Running one stage invocation: its own process group, a log file, a timeout, and a stop
+signal that reaches every process the renderer started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from jitrender.engines import Invocation
+
+# Time a renderer gets between SIGTERM and SIGKILL when the run is stopping.
+TERM_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    returncode: int | None  # None when it could not start
+    seconds: float
+    log: Path
+    tail: tuple[str, ...]
+    stopped: bool = False  # ended because the run was asked to stop
+    timed_out: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.stopped and not self.timed_out
+
+    def why(self) -> str:
+        if self.error:
+            return self.error
+        if self.timed_out:
+            return "timed out"
+        if self.stopped:
+            return "stopped"
+        last = self.tail[-1] if self.tail else ""
+        return f"exit code {self.returncode}" + (f": {last}" if last else "")
+
+
+def log_tail(path: Path, lines: int = 20) -> tuple[str, ...]:
+    try:
+        with open(path, errors="replace") as handle:
+            return tuple(line.rstrip("\n") for line in deque(handle, maxlen=lines))
+    except OSError:
+        return ()
+
+
+def run_invocation(
+    invocation: Invocation,
+    log: Path,
+    *,
+    env: Mapping[str, str],
+    stop: threading.Event,
+    timeout: float | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> StageOutcome:
+    """Run ``invocation`` to completion, or until ``stop`` is set or ``timeout`` passes (then
+    the whole process group gets SIGTERM and, after a grace period, SIGKILL)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    full_env = {**env, **invocation.env}
+    with open(log, "ab") as sink:
+        sink.write(f"$ {' '.join(invocation.argv)}\n".encode())
+        sink.flush()
+        try:
+            proc = subprocess.Popen(
+                invocation.argv,
+                cwd=invocation.cwd,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: signals reach its children too
+            )
+        except OSError as exc:
+            return StageOutcome(
+                None,
+                0.0,
+                log,
+                (),
+                error=f"cannot start {invocation.argv[0]!r}: {exc.strerror or exc}",
+            )
+        if on_start is not None:
+            on_start(proc)
+        stopped = timed_out = False
+        while True:
+            try:
+                proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if stop.is_set():
+                stopped = True
+            elif timeout is not None and time.monotonic() - started > timeout:
+                timed_out = True
+            if stopped or timed_out:
+                terminate_group(proc)
+                break
+    return StageOutcome(
+        proc.returncode,
+        time.monotonic() - started,
+        log,
+        log_tail(log),
+        stopped=stopped,
+        timed_out=timed_out,
+    )
+
+
+def terminate_group(proc: subprocess.Popen[bytes], grace: float = TERM_GRACE_S) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
