@@ -1,0 +1,507 @@
+"""Blender ``.blend`` scenes, read without Blender (blender-asset-tracer 1.x).
+
+BAT enumerates the datablocks and the paths they use; the per-frame expansion is done here,
+because BAT's own sequence expansion globs whatever is on the local disk. What a frame range
+needs:
+
+- images: single files, movies (one file), UDIM tiles (those that exist in storage),
+  sequences per frame through each image user's Frames/Start/Offset/Cyclic
+  (:class:`~jitrender.resolve.blend_frames.ImageUser`);
+- linked libraries, recursively: each library is fetched and only the datablocks this file
+  links from it (and what they use) are followed; cycles are cut;
+- sounds, fonts, movie clips, volumes, cache files (Alembic/USD), IES lights, external mesh
+  data, and simulation caches (point caches, fluid, ocean, geometry-nodes bakes) per frame.
+
+The main file's every datablock counts (as Blender's ``bpy.data.file_path_map`` does); in a
+library, only what the linking file asks for.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import re
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blender_asset_tracer import blendfile, cdefs
+from blender_asset_tracer.blendfile import exceptions as bat_exceptions
+from blender_asset_tracer.blendfile import iterators
+from blender_asset_tracer.trace import blocks2assets, expanders
+
+from jitrender.deps import Dependencies, Dependency, Unresolved
+from jitrender.errors import JitrenderError, SceneParseError
+from jitrender.paths import url_basename, url_dirname
+from jitrender.resolve import register
+from jitrender.resolve.base import ResolveContext, file_dependencies
+from jitrender.resolve.blend_frames import (
+    ImageUser,
+    cache_file_frame,
+    clip_file_frame,
+    sequence_pattern,
+    volume_file_frame,
+)
+from jitrender.sequences import expand_frame
+
+Block = Any  # blender_asset_tracer.blendfile.BlendFileBlock (BAT ships no type hints)
+
+MCLIP_SRC_SEQUENCE = 1
+# Errors BAT raises (or lets through) on a malformed or truncated file.
+_PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    bat_exceptions.BlendFileError,
+    bat_exceptions.SegmentationFault,
+    struct.error,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AssertionError,
+    AttributeError,
+    UnicodeDecodeError,
+)
+_POINT_CACHE_NAME = re.compile(r"_(?P<frame>\d{6})_\d{2}\.[^.]+$")
+_LAST_DIGITS = re.compile(r"(\d+)(?!.*\d)")
+
+
+@dataclass
+class _Walk:
+    """State of one resolve across the main file and its libraries."""
+
+    out: Dependencies = field(default_factory=Dependencies)
+    # Library URL -> ID names (b"OBChair") already followed there; cuts cycles.
+    followed: dict[str, set[bytes]] = field(default_factory=dict)
+
+
+@dataclass
+class _Parsed:
+    """What one .blend file asks for: its dependencies, and IDs to follow into libraries."""
+
+    deps: Dependencies = field(default_factory=Dependencies)
+    # Library path as written -> ID names linked from it.
+    links: dict[str, set[bytes]] = field(default_factory=dict)
+
+
+@register("blender", ".blend")
+def resolve_blend(ctx: ResolveContext) -> Dependencies:
+    """The files a .blend scene's requested frames need (see the module docstring)."""
+    walk = _Walk()
+    _resolve_file(ctx, None, walk)
+    return walk.out.merged()
+
+
+def _resolve_file(ctx: ResolveContext, names: set[bytes] | None, walk: _Walk) -> None:
+    parsed = _parse(ctx, names)
+    walk.out.extend(parsed.deps)
+    for written, wanted in parsed.links.items():
+        source = f"LI:{posixpath.basename(_slashes(written))}"
+        try:
+            lib_url = ctx.map(written, blender=True)
+        except ValueError as exc:
+            walk.out.unresolved.append(Unresolved(source, written, str(exc)))
+            continue
+        seen = walk.followed.setdefault(lib_url, set())
+        new = wanted - seen
+        if not new:
+            continue  # already followed (a cycle, or two files linking the same IDs)
+        seen.update(new)
+        try:
+            local = ctx.fetch(lib_url)
+        except JitrenderError:
+            raise
+        except Exception:
+            # The library's own dependency entry reports it missing; nothing to follow.
+            continue
+        _resolve_file(ctx.with_scene(lib_url, local), new, walk)
+
+
+def _parse(ctx: ResolveContext, names: set[bytes] | None) -> _Parsed:
+    try:
+        bfile = blendfile.BlendFile(Path(ctx.scene_file))
+    except _PARSE_ERRORS as exc:
+        raise SceneParseError(f"{ctx.scene_url}: not a readable .blend file: {_why(exc)}") from None
+    try:
+        return _parse_open(ctx, bfile, names)
+    except JitrenderError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise SceneParseError(f"{ctx.scene_url}: malformed .blend file: {_why(exc)}") from None
+    finally:
+        bfile.close()
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+def _parse_open(ctx: ResolveContext, bfile: Any, names: set[bytes] | None) -> _Parsed:
+    parsed = _Parsed()
+    library = "" if names is None else f"@{url_basename(ctx.scene_url)}"
+    blocks, placeholders = _blocks_in_scope(bfile, names, parsed)
+    for placeholder in placeholders:
+        lib = placeholder.get_pointer(b"lib")
+        if lib is None:
+            continue
+        written = _text(lib[b"name"])
+        parsed.links.setdefault(written, set()).add(bytes(placeholder[b"name"]).rstrip(b"\0"))
+        if names is not None:
+            blocks.append(lib)  # a library used by a library: its file is a dependency too
+    users = _image_users(blocks)
+    seen: set[int] = set()
+    for block in blocks:
+        if block.addr_old in seen:
+            continue
+        seen.add(block.addr_old)
+        for usage in blocks2assets.iter_assets(block):
+            written = _text(bytes(usage.asset_path))
+            if not written:
+                continue
+            source = _source(usage.block_name, library)
+            handler = _HANDLERS.get(usage.block.code)
+            if block.code == b"SC":
+                handler = _strip
+            elif handler is None:
+                handler = _cache_folder if usage.is_sequence else _single
+            parsed.deps.extend(handler(ctx, usage.block, written, source, users))
+    return parsed
+
+
+def _blocks_in_scope(
+    bfile: Any, names: set[bytes] | None, parsed: _Parsed
+) -> tuple[list[Block], list[Block]]:
+    """ID blocks whose paths count, and the linked-ID placeholders met on the way.
+
+    The main file: every ID block. A library: the named IDs and everything they reach through
+    BAT's expanders (plus the pointers those miss: cache files of modifiers, speaker sounds).
+    """
+    placeholders: list[Block] = []
+    if names is None:
+        blocks = []
+        for block in bfile.blocks:
+            if block.code == b"ID":
+                placeholders.append(block)
+            elif len(block.code) <= 2 and block.code != b"DATA":
+                blocks.append(block)
+        return blocks, placeholders
+    queue: list[Block] = []
+    for name in sorted(names):
+        found = [b for b in bfile.find_blocks_from_code(name[:2]) if b.id_name == name]
+        if not found:
+            parsed.deps.unresolved.append(
+                Unresolved(f"{name[:2].decode()}:{_text(name[2:])}", _text(name), "not in library")
+            )
+        queue.extend(found)
+    reached: dict[int, Block] = {}
+    while queue:
+        block = queue.pop()
+        if block.addr_old in reached:
+            continue
+        reached[block.addr_old] = block
+        if block.code == b"ID":
+            placeholders.append(block)
+            continue
+        queue.extend(b for b in _expand(block) if b is not None and b.addr_old not in reached)
+    return [b for b in reached.values() if b.code != b"ID"], placeholders
+
+
+def _expand(block: Block) -> Iterator[Block | None]:
+    yield from expanders.expand_block(block)
+    # BAT 1.23 looks for Blender 5 materials' trees under the compositor's field name.
+    for tree in _embedded_trees(block):
+        for node in iterators.listbase(tree.get_pointer((b"nodes", b"first"))):
+            yield node.get_pointer(b"id", default=None)
+            for socket in iterators.listbase(node.get_pointer((b"inputs", b"first"))):
+                value = socket.get_pointer(b"default_value", default=None)
+                if value is not None and value.dna_type.has_field(b"value"):
+                    pointer = value.get_pointer(b"value", default=None)
+                    if isinstance(pointer, blendfile.BlendFileBlock):
+                        yield pointer
+    if block.code == b"OB":
+        for modifier in iterators.modifiers(block):
+            yield modifier.get_pointer(b"cache_file", default=None)
+    elif block.code == b"SK":
+        yield block.get_pointer(b"sound", default=None)
+
+
+def _embedded_trees(block: Block) -> list[Block]:
+    """The node trees a material, world, light, texture or scene embeds."""
+    trees = []
+    for name in (b"nodetree", b"compositing_node_group"):
+        if block.dna_type.has_field(name):
+            tree = block.get_pointer(name, default=None)
+            if tree is not None and tree.dna_type_name == "bNodeTree":
+                trees.append(tree)
+    return trees
+
+
+def _image_users(blocks: Iterable[Block]) -> dict[int, list[ImageUser]]:
+    """Image block address -> the image users (texture nodes, textures) that show it."""
+    users: dict[int, list[ImageUser]] = {}
+    for block in blocks:
+        if block.code == b"TE":
+            _add_user(users, block.get_pointer(b"ima", default=None), block, b"iuser")
+        for tree in [block] if block.code == b"NT" else _embedded_trees(block):
+            for node in iterators.listbase(tree.get_pointer((b"nodes", b"first"))):
+                image = node.get_pointer(b"id", default=None)
+                storage = node.get_pointer(b"storage", default=None)
+                if image is None or image.code != b"IM" or storage is None:
+                    continue
+                if storage.dna_type_name == "ImageUser":
+                    _add_user(users, image, storage, None)
+                elif storage.dna_type.has_field(b"iuser"):
+                    _add_user(users, image, storage, b"iuser")
+    return users
+
+
+def _add_user(
+    users: dict[int, list[ImageUser]], image: Block | None, holder: Block, prefix: bytes | None
+) -> None:
+    if image is None:
+        return
+
+    def get(name: bytes) -> int:
+        return int(holder[(prefix, name)] if prefix else holder[name])
+
+    user = ImageUser(get(b"frames"), get(b"sfra"), get(b"offset"), bool(get(b"cycl")))
+    found = users.setdefault(image.addr_old, [])
+    if user not in found:
+        found.append(user)
+
+
+# -- one function per datablock kind ------------------------------------------------------
+
+Handler = Callable[[ResolveContext, Block, str, str, dict[int, list[ImageUser]]], Dependencies]
+
+
+def _single(
+    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+) -> Dependencies:
+    """One file every frame needs (single images, movies, sounds, fonts, libraries...)."""
+    return _files(ctx, written, source, None)
+
+
+def _image(
+    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+) -> Dependencies:
+    kind = block.get(b"source", default=cdefs.IMA_SRC_FILE)
+    if kind == cdefs.IMA_SRC_TILED:
+        return _files(ctx, _udim_pattern(written), source, None)
+    if kind != cdefs.IMA_SRC_SEQUENCE:
+        return _files(ctx, written, source, None)
+    image_users = users.get(block.addr_old, [])
+    if not image_users:
+        return Dependencies(
+            [],
+            [Unresolved(source, written, "image sequence with no image user: frames unknown")],
+        )
+    wanted: dict[int, set[int]] = {}
+    optional: dict[int, set[int]] = {}
+    for user in image_users:
+        for frame in ctx.frames:
+            number, in_range = user.file_frame(frame)
+            # Before the first frame or clamped past the last: Blender loads the file if it is
+            # there and renders without it if not, so only an existing file is needed.
+            target = wanted if in_range and number > user.offset else optional
+            target.setdefault(number, set()).add(frame)
+    return _numbered(ctx, written, source, wanted, optional)
+
+
+def _volume(
+    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+) -> Dependencies:
+    if not block.get(b"is_sequence", default=0):
+        return _files(ctx, written, source, None)
+    wanted: dict[int, set[int]] = {}
+    for frame in ctx.frames:
+        number = volume_file_frame(
+            frame,
+            start=int(block[b"frame_start"]),
+            duration=int(block[b"frame_duration"]),
+            offset=int(block[b"frame_offset"]),
+            mode=int(block[b"sequence_mode"]),
+        )
+        if number is not None:
+            wanted.setdefault(number, set()).add(frame)
+    return _numbered(ctx, written, source, wanted, {})
+
+
+def _movie_clip(
+    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+) -> Dependencies:
+    found = sequence_pattern(written)
+    if block.get(b"source", default=0) != MCLIP_SRC_SEQUENCE or found is None:
+        return _files(ctx, written, source, None)
+    wanted: dict[int, set[int]] = {}
+    optional: dict[int, set[int]] = {}
+    for frame in ctx.frames:
+        number = clip_file_frame(
+            frame,
+            first_number=found[1],
+            start=int(block[b"start_frame"]),
+            offset=int(block[b"frame_offset"]),
+        )
+        # Before the clip's first file Blender shows nothing rather than failing.
+        (wanted if number >= found[1] else optional).setdefault(number, set()).add(frame)
+    return _numbered(ctx, written, source, wanted, optional)
+
+
+def _cache_file(
+    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+) -> Dependencies:
+    if not block.get(b"is_sequence", default=0):
+        return _files(ctx, written, source, None)
+    wanted: dict[int, set[int]] = {}
+    for frame in ctx.frames:
+        number = cache_file_frame(
+            frame, override=bool(block[b"override_frame"]), frame=float(block[b"frame"])
+        )
+        wanted.setdefault(number, set()).add(frame)
+    return _numbered(ctx, written, source, wanted, {})
+
+
+def _strip(
+    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+) -> Dependencies:
+    """A video-sequencer strip. BAT names only the first file of an image strip, so the rest
+    of the strip is reported, not guessed."""
+    out = _files(ctx, written, source, None)
+    if block.get(b"type", default=None) == cdefs.SEQ_TYPE_IMAGE:
+        out.unresolved.append(
+            Unresolved(source, written, "sequencer image strip: only its first file is listed")
+        )
+    return out
+
+
+def _cache_folder(
+    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+) -> Dependencies:
+    """A simulation cache (point cache, fluid, ocean, bake folder): one listing, then per frame
+    the file of that frame, or the nearest cached frames either side (Blender interpolates
+    between them); files without a frame number are needed by every frame."""
+    path = _slashes(written)
+    if "*" in posixpath.basename(path):
+        folder, pattern = posixpath.dirname(path), posixpath.basename(path)
+    else:
+        folder, pattern = path.rstrip("/"), "*"
+    try:
+        folder_url = ctx.map(folder, blender=True)
+    except ValueError as exc:
+        return Dependencies([], [Unresolved(source, written, str(exc))])
+    prefix = folder_url.rstrip("/") + "/"
+    by_frame: dict[int, list[str]] = {}
+    always: list[str] = []
+    for info in ctx.list_prefix(prefix, pattern == "*"):
+        name = posixpath.basename(info.url)
+        if not fnmatch.fnmatchcase(name, pattern):
+            continue
+        number = _cache_frame_number(name)
+        if number is None:
+            always.append(info.url)
+        else:
+            by_frame.setdefault(number, []).append(info.url)
+    if not by_frame and not always:
+        return Dependencies([], [Unresolved(source, written, f"no cache files below {prefix}")])
+    out = Dependencies([Dependency(written, url, None, source) for url in always])
+    cached = sorted(by_frame)
+    needs: dict[str, set[int]] = {}
+    for frame in ctx.frames:
+        for number in _nearest(cached, frame):
+            for url in by_frame[number]:
+                needs.setdefault(url, set()).add(frame)
+    out.deps.extend(
+        Dependency(written, url, tuple(sorted(frames)), source) for url, frames in needs.items()
+    )
+    return out
+
+
+def _cache_frame_number(name: str) -> int | None:
+    point_cache = _POINT_CACHE_NAME.search(name)
+    if point_cache is not None:
+        return int(point_cache["frame"])
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    found = _LAST_DIGITS.search(stem)
+    return int(found.group(1)) if found else None
+
+
+def _nearest(cached: list[int], frame: int) -> list[int]:
+    if frame in cached:
+        return [frame]
+    before = [n for n in cached if n < frame]
+    after = [n for n in cached if n > frame]
+    return ([before[-1]] if before else []) + ([after[0]] if after else [])
+
+
+_HANDLERS: dict[bytes, Handler] = {
+    b"IM": _image,
+    b"VO": _volume,
+    b"MC": _movie_clip,
+    b"CF": _cache_file,
+}
+
+
+# -- shared helpers ---------------------------------------------------------------------
+
+
+def _files(
+    ctx: ResolveContext, written: str, source: str, frame_map: dict[int, list[int]] | None
+) -> Dependencies:
+    return file_dependencies(ctx, written, source, frame_map=frame_map, blender=True)
+
+
+def _numbered(
+    ctx: ResolveContext,
+    written: str,
+    source: str,
+    wanted: dict[int, set[int]],
+    optional: dict[int, set[int]],
+) -> Dependencies:
+    """A sequence's files by number: ``wanted`` always, ``optional`` only if it exists."""
+    found = sequence_pattern(written)
+    if found is None:
+        frames = set().union(*wanted.values(), *optional.values())
+        return _files(ctx, written, source, None) if frames else Dependencies()
+    pattern = found[0]
+    if optional:
+        try:
+            pattern_url = ctx.map(pattern, blender=True)
+        except ValueError as exc:
+            return Dependencies([], [Unresolved(source, written, str(exc))])
+        for number, frames in optional.items():
+            url = expand_frame(pattern_url, number)
+            if url_basename(url) in ctx.names_in_folder(url_dirname(url)):
+                wanted.setdefault(number, set()).update(frames)
+    if not wanted:
+        return Dependencies()
+    frame_map = {number: sorted(frames) for number, frames in wanted.items()}
+    return _files(ctx, pattern, source, frame_map)
+
+
+def _udim_pattern(written: str) -> str:
+    """Tiled images store ``<UDIM>`` since Blender 2.93; older files store the first tile."""
+    if "<UDIM>" in written or "<UVTILE>" in written:
+        return written
+    head, _, name = _slashes(written).rpartition("/")
+    tile = list(re.finditer(r"(?<!\d)1\d{3}(?!\d)", name))
+    if not tile:
+        return written
+    match = tile[-1]
+    replaced = name[: match.start()] + "<UDIM>" + name[match.end() :]
+    return f"{head}/{replaced}" if head or written.startswith("/") else replaced
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _slashes(path: str) -> str:
+    return path.replace("\\", "/")
+
+
+def _source(block_name: bytes, library: str) -> str:
+    name = _text(block_name)
+    return f"{name[:2]}:{name[2:]}{library}"
