@@ -1,0 +1,194 @@
+"""How bytes move: ranged, concurrent chunk downloads of large objects and a byte budget that
+keeps prefetch in frame order.
+
+The decisions about *what* to fetch live in :mod:`jitrender.run` and :mod:`jitrender.cache`;
+this module only moves one object's bytes into one local file as fast as the link allows.
+
+Large objects are split into ranges fetched by parallel connections and written in place with
+``os.pwrite`` into a preallocated file; each range is checksummed as it arrives and the
+CRC32C values are combined (GF(2) arithmetic, microseconds) into the whole object's CRC32C,
+so verifying needs no second read of the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from jitrender.storage import ChecksumMismatch, Crc32cWriter, ObjectInfo, Store
+
+# Objects at least this large are fetched as concurrent ranges (below it one GET is cheaper).
+LARGE_OBJECT_BYTES = 32 << 20
+CHUNK_BYTES = 16 << 20
+CHUNK_WORKERS = 8
+
+_CRC32C_POLY = 0x82F63B78  # reflected Castagnoli polynomial
+
+
+def _mult_mod_p(a: int, b: int) -> int:
+    """a * b modulo the CRC32C polynomial (reflected bit order), as in zlib's multmodp."""
+    m = 1 << 31
+    product = 0
+    while True:
+        if a & m:
+            product ^= b
+            if (a & (m - 1)) == 0:
+                break
+        m >>= 1
+        b = (b >> 1) ^ _CRC32C_POLY if b & 1 else b >> 1
+    return product
+
+
+def _x2n_table() -> tuple[int, ...]:
+    table = [1 << 30]  # x^1
+    for _ in range(31):
+        table.append(_mult_mod_p(table[-1], table[-1]))
+    return tuple(table)
+
+
+_X2N = _x2n_table()
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC32C of ``A + B`` from ``crc(A)``, ``crc(B)`` and ``len(B)``."""
+    factor = 1 << 31  # x^0
+    n, k = len2, 3  # x^(8 * len2): bytes to bits
+    while n:
+        if n & 1:
+            factor = _mult_mod_p(_X2N[k & 31], factor)
+        n >>= 1
+        k += 1
+    return _mult_mod_p(factor, crc1) ^ crc2
+
+
+def crc32c_b64(value: int) -> str:
+    return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    start: int
+    size: int
+    crc32c: int
+
+
+class _PositionalWriter:
+    """Writes one range in place (``os.pwrite``), never past its end whatever the server sends."""
+
+    def __init__(self, fd: int, start: int, limit: int) -> None:
+        self.fd = fd
+        self.offset = start
+        self.end = start + limit
+
+    def write(self, data: bytes) -> int:
+        if self.offset + len(data) > self.end:
+            raise ChecksumMismatch("server sent more bytes than the range asked for")
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, self.offset)
+            self.offset += written
+            view = view[written:]
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+
+def _crc_int(writer: Crc32cWriter) -> int:
+    return int.from_bytes(base64.b64decode(writer.digest_b64()), "big")
+
+
+def chunk_ranges(size: int, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges that tile ``[0, size)``; the last one may be shorter."""
+    return [(start, min(start + chunk_bytes, size)) for start in range(0, size, chunk_bytes)]
+
+
+def download_ranged(
+    info: ObjectInfo,
+    store: Store,
+    dest: Path,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    workers: int = CHUNK_WORKERS,
+    download_range: Callable[[ObjectInfo, Crc32cWriter, int, int], None] | None = None,
+) -> str:
+    """Fetch ``info`` into the new file ``dest`` as concurrent ranges and return the whole
+    object's CRC32C (base64). Raises :class:`ChecksumMismatch` when any range comes back
+    short or long, or the combined checksum differs from what storage promised; ``dest`` is
+    then left for the caller to delete. Store errors propagate unchanged (the caller retries)."""
+    ranges = chunk_ranges(info.size, chunk_bytes)
+    fetch = download_range or (lambda i, sink, s, e: store.download(i, sink, s, e))  # type: ignore[arg-type]
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        if info.size:
+            # Reserve the space up front: no ENOSPC half way, no fragmentation from 8 writers.
+            try:
+                os.posix_fallocate(fd, 0, info.size)
+            except OSError:
+                os.ftruncate(fd, info.size)
+
+        def one(bounds: tuple[int, int]) -> ChunkResult:
+            start, end = bounds
+            sink = Crc32cWriter(_PositionalWriter(fd, start, end - start))  # type: ignore[arg-type]
+            fetch(info, sink, start, end)
+            if sink.size != end - start:
+                raise ChecksumMismatch(
+                    f"{info.url}: range {start}-{end} gave {sink.size} bytes, not {end - start}"
+                )
+            return ChunkResult(start, sink.size, _crc_int(sink))
+
+        with ThreadPoolExecutor(max(1, min(workers, len(ranges))), "chunk") as pool:
+            results = list(pool.map(one, ranges))
+    finally:
+        os.close(fd)
+    whole = 0
+    for result in results:  # ranges are in order, so combining left to right is the whole CRC
+        whole = crc32c_combine(whole, result.crc32c, result.size)
+    digest = crc32c_b64(whole)
+    if info.crc32c is not None and digest != info.crc32c:
+        raise ChecksumMismatch(f"{info.url}: crc32c mismatch over {len(ranges)} ranges")
+    return digest
+
+
+class InflightBudget:
+    """Admits downloads in the order they ask, while the bytes in flight stay under a cap.
+
+    Prefetch submits every frame's dependencies at once; without a cap, frame N+20's files
+    share the link with frame N+1's and the next frame to render waits longest. The first
+    waiter is always admitted when nothing is in flight, so one object larger than the cap
+    still proceeds (alone). ``should_stop`` is polled while waiting."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._next_ticket = 0
+        self._serving = 0
+
+    def acquire(self, size: int, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Wait for this download's turn; False if ``should_stop`` became true meanwhile (the
+        run is stopping, so later waiters stop too)."""
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while not (
+                self._serving == ticket
+                and (self._inflight == 0 or self._inflight + size <= self.max_bytes)
+            ):
+                if should_stop():
+                    return False
+                self._cond.wait(0.2)
+            self._serving += 1
+            self._inflight += size
+            self._cond.notify_all()
+            return True
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self._inflight -= size
+            self._cond.notify_all()
