@@ -149,7 +149,8 @@ class Uploader:
         self._observer: Any = None
         self._closed: dict[str, float] = {}  # relpath -> when its writer closed it
         self.writer_alive: Callable[[], bool] = lambda: False
-        self.settle_s = 0.5
+        self.settle_s = 0.3
+        self._alive_at = 0.0  # last time the writer was seen alive
         self._ticker_stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -184,16 +185,22 @@ class Uploader:
                 with self._lock:
                     self._closed[relpath] = time.monotonic()
 
+    def _proven_whole(self) -> list[str]:
+        """Closed files whose writer was seen alive ``settle_s`` after the close: a dying
+        process finishes closing its files within milliseconds, so these were closed on
+        purpose."""
+        with self._lock:
+            ready = [r for r, t in self._closed.items() if self._alive_at - t >= self.settle_s]
+            for relpath in ready:
+                del self._closed[relpath]
+        return ready
+
     def _settle_loop(self) -> None:
-        while not self._ticker_stop.wait(0.1):
-            now = time.monotonic()
-            with self._lock:
-                ready = [r for r, t in self._closed.items() if now - t >= self.settle_s]
-            if ready and self.writer_alive():
-                for relpath in ready:
-                    with self._lock:
-                        self._closed.pop(relpath, None)
-                    self.submit(self.outputs_dir / relpath)
+        while not self._ticker_stop.wait(0.05):
+            if self.writer_alive():
+                self._alive_at = time.monotonic()
+            for relpath in self._proven_whole():
+                self.submit(self.outputs_dir / relpath)
 
     def stage_succeeded(self) -> None:
         """The writer exited 0: everything it wrote is whole; submit it all."""
@@ -204,6 +211,8 @@ class Uploader:
     def stage_failed(self) -> None:
         """The writer failed or was killed: files it closed but that did not settle may be
         partial. Delete them so that nothing can ever upload them; a retry rewrites them."""
+        for relpath in self._proven_whole():
+            self.submit(self.outputs_dir / relpath)
         with self._lock:
             doomed, self._closed = list(self._closed), {}
         for relpath in doomed:

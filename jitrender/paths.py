@@ -198,8 +198,9 @@ class PathMap:
 
     @classmethod
     def from_openjd(cls, document: Mapping[str, Any], where: str = "path mapping") -> PathMap:
-        """From Open Job Description path-mapping rules (``pathmapping-1.0`` JSON)."""
-        rules_json = document.get("path_mapping_rules")
+        """From Open Job Description path-mapping rules (``pathmapping-1.0`` JSON). An empty
+        document (``{}``, what a farm writes when it has no rules) means no rules."""
+        rules_json = document.get("path_mapping_rules", [])
         if not isinstance(rules_json, list):
             raise ConfigError(f"{where}: expected a 'path_mapping_rules' list")
         rules = []

@@ -131,9 +131,9 @@ def parse_frames(spec: str | int, where: str = "frames") -> list[int]:
         raise ConfigError(f"{where}: empty frame range")
     try:
         frame_set = FrameSet(text)
-    except (ParseException, ValueError, TypeError) as exc:
+    except (ParseException, ValueError, TypeError):
         raise ConfigError(
-            f"{where}: {text!r} is not a frame range (use e.g. 1001-1100, 1-100x2, 1,5,9-12): {exc}"
+            f"{where}: {text!r} is not a frame range (use e.g. 1001-1100, 1-100x2, 1,5,9-12)"
         ) from None
     frames = list(dict.fromkeys(int(f) for f in frame_set))
     if not frames:

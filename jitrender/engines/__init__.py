@@ -64,6 +64,7 @@ class StageCall:
             "first": min(self.frames),
             "last": max(self.frames),
             "frames": format_frames(self.frames),
+            "frame_list": ",".join(str(f) for f in self.frames),
             "inputs": str(ws.inputs),
             "scratch": str(ws.scratch),
             "outputs": str(ws.outputs),

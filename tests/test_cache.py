@@ -1,0 +1,232 @@
+"""The node-local cache against the real GCS API server: single flight across processes,
+rename-after-verify, identity by generation, and eviction that never breaks a running job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from jitrender.cache import Cache, run_is_live
+from jitrender.storage import GCSStore, LocalStore, ObjectInfo
+from tests.conftest import put_object
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _info(store: GCSStore, url: str) -> ObjectInfo:
+    info = store.stat(url)
+    assert info is not None
+    return info
+
+
+def test_cache_folder_is_private_and_has_no_pickle(cache_dir: Path) -> None:
+    cache = Cache(cache_dir)
+    assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
+    source = (ROOT / "jitrender" / "cache.py").read_text()
+    assert "pickle" not in source.replace("no pickle", "").replace("unpickled", "")
+    assert cache.stats()["entries"] == 0
+
+
+def test_cold_fetch_then_warm_hit(gcs_bucket: str, cache_dir: Path) -> None:
+    store = GCSStore()
+    put_object(f"{gcs_bucket}/tex/a.png", b"a" * 1000)
+    info = _info(store, f"{gcs_bucket}/tex/a.png")
+    cache = Cache(cache_dir)
+    cold = cache.fetch(info, store)
+    assert cold.fetched and cold.bytes_fetched == 1000
+    assert cold.path.read_bytes() == b"a" * 1000
+    warm = cache.fetch(info, store)
+    assert not warm.fetched and warm.path == cold.path
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"], stats["bytes_fetched"]) == (1, 1, 1000)
+
+
+def test_changed_object_is_refetched(gcs_bucket: str, cache_dir: Path) -> None:
+    store = GCSStore()
+    url = f"{gcs_bucket}/tex/a.png"
+    put_object(url, b"version one")
+    cache = Cache(cache_dir)
+    first = cache.fetch(_info(store, url), store)
+    put_object(url, b"version two!")
+    second = cache.fetch(_info(store, url), store)
+    assert second.fetched and second.path != first.path
+    assert second.path.read_bytes() == b"version two!"
+    again = cache.fetch(_info(store, url), store)
+    assert not again.fetched
+
+
+def test_corrupt_download_is_rejected_and_leaves_nothing(gcs_bucket: str, cache_dir: Path) -> None:
+    store = GCSStore()
+    url = f"{gcs_bucket}/a.bin"
+    put_object(url, b"real bytes")
+    info = _info(store, url)
+    lying = ObjectInfo(info.url, info.size, info.generation, "AAAAAA==")
+    cache = Cache(cache_dir)
+    from jitrender.storage import ChecksumMismatch
+
+    with pytest.raises(ChecksumMismatch):
+        cache.fetch(lying, store)
+    assert cache.lookup(lying) is None
+    assert list(cache.tmp.iterdir()) == []
+
+
+FETCH_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from jitrender.cache import Cache
+    from jitrender.storage import GCSStore
+    cache = Cache(Path(sys.argv[1]))
+    store = GCSStore()
+    urls = sys.argv[2:]
+    infos = [store.stat(u) for u in urls]
+    fetched = [cache.fetch(i, store).fetched for i in infos]
+    print(json.dumps(fetched))
+    """
+)
+
+
+def test_eight_processes_download_each_object_once(gcs_bucket: str, cache_dir: Path) -> None:
+    urls = [f"{gcs_bucket}/seq/p.{i:04d}.exr" for i in range(1, 13)]
+    for i, url in enumerate(urls):
+        put_object(url, bytes([i]) * 200_000)
+    Cache(cache_dir)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FETCH_SCRIPT, str(cache_dir), *urls],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(8)
+    ]
+    import json
+
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    per_object = [sum(r[i] for r in results) for i in range(len(urls))]
+    assert per_object == [1] * len(urls), per_object
+    stats = Cache(cache_dir).stats()
+    assert stats["misses"] == len(urls)
+    assert stats["bytes_fetched"] == 12 * 200_000
+
+
+STALL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from jitrender.cache import Cache
+    from jitrender.storage import LocalStore
+
+    class StallingStore(LocalStore):
+        def download(self, info, sink, start=0, end=None):
+            sink.write(b"x" * (info.size // 2))
+            sink.flush()
+            print("half", flush=True)
+            time.sleep(600)
+
+    store = StallingStore()
+    url = sys.argv[2]
+    Cache(Path(sys.argv[1])).fetch(store.stat(url), store)
+    """
+)
+
+
+def test_download_killed_half_way_leaves_no_entry(tmp_path: Path, cache_dir: Path) -> None:
+    """The store stalls after half the bytes (standing in for a network that hangs) and the
+    process is SIGKILLed: the real cache must show nothing, and a retry must succeed."""
+    source = tmp_path / "bucket" / "big.exr"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(1_000_000))
+    url = f"file://{source}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STALL_SCRIPT, str(cache_dir), url],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "half"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    store = LocalStore()
+    info = store.stat(url)
+    assert info is not None
+    cache = Cache(cache_dir)
+    assert cache.lookup(info) is None
+    assert list(cache.objects.glob("*/*")) == []
+    assert len(list(cache.tmp.iterdir())) == 1  # the partial file, never visible as data
+    result = cache.fetch(info, store)  # the dead process's lock died with it
+    assert result.fetched and result.path.read_bytes() == source.read_bytes()
+    assert cache.clean_leftovers()["partial_downloads_removed"] == 1
+
+
+def test_eviction_keeps_cap_and_never_breaks_a_running_job(tmp_path: Path, cache_dir: Path) -> None:
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    store = LocalStore()
+    infos = []
+    for i in range(10):
+        path = bucket / f"f{i}.bin"
+        path.write_bytes(bytes([i]) * 100_000)
+        info = store.stat(f"file://{path}")
+        assert info is not None
+        infos.append(info)
+    cache = Cache(cache_dir, max_bytes=450_000)
+    workspace = cache_dir / "runs" / "job-1"
+    # A running job links the first two objects into its workspace.
+    for info in infos[:2]:
+        cache.link_into(cache.fetch(info, store).path, workspace / Path(info.url).name)
+        time.sleep(0.01)
+    for info in infos[2:]:
+        cache.fetch(info, store)
+        time.sleep(0.01)
+    stats = cache.stats()
+    assert stats["bytes"] <= 450_000 + 0, stats
+    # The job's files are still whole, and still in the cache (pinned, not evicted).
+    for info in infos[:2]:
+        linked = workspace / Path(info.url).name
+        assert linked.read_bytes() == local_bytes(info)
+        assert cache.lookup(info) is not None
+    assert stats["pinned_bytes"] == 200_000
+    # The newest entries survive; the oldest unpinned ones went first.
+    assert cache.lookup(infos[-1]) is not None
+    assert cache.lookup(infos[2]) is None
+    # Even an entry evicted while linked elsewhere keeps the job's copy intact.
+    cache.evict_to(0)
+    assert (workspace / "f0.bin").read_bytes() == local_bytes(infos[0])
+
+
+def local_bytes(info: ObjectInfo) -> bytes:
+    return Path(info.url[len("file://") :]).read_bytes()
+
+
+def test_dead_workspaces_are_cleaned_live_ones_kept(cache_dir: Path) -> None:
+    cache = Cache(cache_dir)
+    live, fd = cache.new_run_dir("live")
+    dead = cache.runs / "dead-1"
+    dead.mkdir()
+    (dead / "run.lock").write_text("")
+    assert run_is_live(live) and not run_is_live(dead)
+    assert cache.clean_leftovers()["dead_workspaces_removed"] == 1
+    assert live.exists() and not dead.exists()
+    os.close(fd)
+
+
+def test_verify_drops_tampered_entries(gcs_bucket: str, cache_dir: Path) -> None:
+    store = GCSStore()
+    url = f"{gcs_bucket}/a.bin"
+    put_object(url, b"good bytes")
+    cache = Cache(cache_dir)
+    path = cache.fetch(_info(store, url), store).path
+    os.chmod(path, 0o600)
+    path.write_bytes(b"evil bytes")
+    assert cache.verify() == {"checked": 1, "bad": 1, "orphans_removed": 0}
+    assert cache.lookup(_info(store, url)) is None

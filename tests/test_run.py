@@ -1,0 +1,218 @@
+"""`jitrender run` end to end against the real GCS API server, through the real command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jitrender.storage import GCSStore
+from tests.conftest import put_object
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Render stage: copies the frame's plate into the frame's output (a stand-in renderer).
+# Literal braces are doubled: commands are templates ({frame}, {inputs}...).
+RENDER = (
+    "import sys, pathlib; f = int(sys.argv[1]); ins = pathlib.Path(sys.argv[2]); "
+    "plate = next(ins.rglob(f'p.{{f:04d}}.exr')).read_bytes(); "
+    "tex = next(ins.rglob('wood.png')).read_bytes(); "
+    "pathlib.Path(sys.argv[3], f'r.{{f:04d}}.exr').write_bytes(plate + tex)"
+)
+
+
+def make_show(bucket: str, frames: int = 100) -> dict[str, int]:
+    """A shot with a long plate sequence, a texture, and data the job does not need."""
+    sizes = {}
+    for f in range(1, frames + 1):
+        data = bytes([f % 251]) * (1000 + f)
+        put_object(f"{bucket}/show/plates/p.{f:04d}.exr", data)
+        sizes[f"p.{f:04d}.exr"] = len(data)
+    put_object(f"{bucket}/show/tex/wood.png", b"w" * 5000)
+    sizes["wood.png"] = 5000
+    put_object(f"{bucket}/show/other_shot/huge.exr", b"z" * 200_000)
+    return sizes
+
+
+def write_job(tmp: Path, bucket: str, name: str = "job", **overrides: Any) -> Path:
+    job: dict[str, Any] = {
+        "name": name,
+        "frames": "1-100",
+        "path_map": [{"from": "/mnt/show", "to": f"{bucket}/show"}],
+        "deps": ["/mnt/show/plates/p.####.exr", {"path": "/mnt/show/tex/wood.png"}],
+        "stages": [
+            {
+                "name": "render",
+                "command": [sys.executable, "-c", RENDER, "{frame}", "{inputs}", "{outputs}"],
+            }
+        ],
+        "outputs": {"to": f"{bucket}/renders/{name}", "files": ["r.####.exr"]},
+    }
+    job.update(overrides)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def jitrender(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", *args, "--json", "--progress", "plain"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    report = json.loads(result.stdout) if result.stdout.strip() else {}
+    return result.returncode, report, result.stderr
+
+
+def test_cold_run_fetches_exactly_the_needed_files_warm_run_none(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    sizes = make_show(gcs_bucket)
+    cache = str(tmp_path / "cache")
+    code, report, err = jitrender(
+        str(write_job(tmp_path, gcs_bucket, "a")), "--frames", "11-20", "--cache-dir", cache
+    )
+    assert code == 0, err
+    needed = sum(sizes[f"p.{f:04d}.exr"] for f in range(11, 21)) + sizes["wood.png"]
+    assert report["deps"]["count"] == 11
+    assert report["deps"]["bytes_needed"] == needed
+    assert report["cache"]["bytes_fetched"] == needed
+    assert report["cache"]["fetch_ratio"] == 1.0
+    assert report["frames"]["done"] == list(range(11, 21))
+    store = GCSStore()
+    for f in range(11, 21):
+        data = store.read_bytes(f"{gcs_bucket}/renders/a/r.{f:04d}.exr")
+        assert data == bytes([f % 251]) * (1000 + f) + b"w" * 5000
+
+    # Another job on the same node needing the same files: nothing crosses the network.
+    code, report, err = jitrender(
+        str(write_job(tmp_path, gcs_bucket, "b")), "--frames", "11-20", "--cache-dir", cache
+    )
+    assert code == 0, err
+    assert report["cache"]["bytes_fetched"] == 0
+    assert report["cache"]["hits"] == 11
+    assert report["cache"]["fetch_ratio"] == 0
+
+    # A changed object is fetched again; the unchanged ones are not.
+    put_object(f"{gcs_bucket}/show/plates/p.0012.exr", b"regraded")
+    code, report, err = jitrender(
+        str(write_job(tmp_path, gcs_bucket, "c")), "--frames", "11-20", "--cache-dir", cache
+    )
+    assert code == 0, err
+    assert report["cache"]["misses"] == 1
+    assert report["cache"]["bytes_fetched"] == len(b"regraded")
+
+
+def test_rerun_skips_done_frames(gcs_bucket: str, tmp_path: Path) -> None:
+    make_show(gcs_bucket, frames=10)
+    job = str(write_job(tmp_path, gcs_bucket, frames="1-10"))
+    cache = str(tmp_path / "cache")
+    assert jitrender(job, "--frames", "1-3", "--cache-dir", cache)[0] == 0
+    code, report, err = jitrender(job, "--cache-dir", cache)
+    assert code == 0, err
+    assert report["frames"]["skipped_already_done"] == [1, 2, 3]
+    assert report["frames"]["done"] == list(range(4, 11))
+    code, report, _ = jitrender(job, "--cache-dir", cache)
+    assert code == 0 and report["frames"]["done"] == []
+    assert report["cache"]["bytes_fetched"] == 0 and report["deps"]["count"] == 0
+
+
+def test_outputs_reach_the_bucket_while_the_job_is_still_rendering(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """Frame 3's stage waits until frame 1's output is in the bucket; it fails otherwise."""
+    make_show(gcs_bucket, frames=3)
+    bucket_name = gcs_bucket[len("gs://") :]
+    wait_for_frame_1 = (
+        "import sys, time\n"
+        "from google.auth.credentials import AnonymousCredentials\n"
+        "from google.cloud import storage\n"
+        "if int(sys.argv[1]) == 3:\n"
+        "    client = storage.Client(project='t', credentials=AnonymousCredentials())\n"
+        f"    blob = client.bucket('{bucket_name}').blob('renders/job/r.0001.exr')\n"
+        "    deadline = time.time() + 30\n"
+        "    while not blob.exists():\n"
+        "        if time.time() > deadline: sys.exit('frame 1 never reached the bucket')\n"
+        "        time.sleep(0.1)\n"
+    )
+    stages = [
+        {"name": "wait", "command": [sys.executable, "-c", wait_for_frame_1, "{frame}"]},
+        {
+            "name": "render",
+            "command": [sys.executable, "-c", RENDER, "{frame}", "{inputs}", "{outputs}"],
+        },
+    ]
+    job = write_job(tmp_path, gcs_bucket, frames="1-3", stages=stages)
+    code, report, err = jitrender(str(job), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0, err
+    assert report["frames"]["done"] == [1, 2, 3]
+
+
+def test_existing_output_is_not_overwritten(gcs_bucket: str, tmp_path: Path) -> None:
+    make_show(gcs_bucket, frames=2)
+    url = f"{gcs_bucket}/renders/job/r.0001.exr"
+    put_object(url, b"somebody else's frame")
+    store = GCSStore()
+    before = store.stat(url)
+    assert before is not None
+    job = str(write_job(tmp_path, gcs_bucket, frames="1-2"))
+    code, report, err = jitrender(job, "--cache-dir", str(tmp_path / "cache"))
+    assert code == 65, err
+    assert report["frames"]["done"] == [2] and report["frames"]["failed"] == [1]
+    assert "r.0001.exr" in report["outputs"]["conflicts"]
+    after = store.stat(url)
+    assert after is not None and after.generation == before.generation
+    assert store.read_bytes(url) == b"somebody else's frame"
+
+    code, report, err = jitrender(job, "--cache-dir", str(tmp_path / "cache"), "--overwrite")
+    assert code == 0, err
+    assert store.read_bytes(url) != b"somebody else's frame"
+
+
+def test_missing_dependency_fails_before_rendering(gcs_bucket: str, tmp_path: Path) -> None:
+    make_show(gcs_bucket, frames=5)
+    job = str(write_job(tmp_path, gcs_bucket, frames="1-8"))
+    code, report, err = jitrender(job, "--cache-dir", str(tmp_path / "cache"))
+    assert code == 65
+    assert "p.0006.exr" in err and "missing" in err
+    assert report["outputs"]["count"] == 0
+    assert [m["url"].rsplit("/", 1)[1] for m in report["deps"]["missing"]] == [
+        "p.0006.exr",
+        "p.0007.exr",
+        "p.0008.exr",
+    ]
+    assert GCSStore().list(f"{gcs_bucket}/renders/") == []
+
+
+def test_chunk_stage_and_failed_frame_report(gcs_bucket: str, tmp_path: Path) -> None:
+    """A chunk stage renders all frames in one process; one frame keeps failing: the others
+    are delivered, the run exits 65 and the report says which frame and why."""
+    make_show(gcs_bucket, frames=4)
+    chunk = (
+        "import sys, pathlib, time\n"
+        "out = pathlib.Path(sys.argv[2])\n"
+        "for f in sys.argv[1].split(','):\n"
+        "    time.sleep(0.6)  # a frame takes time to render\n"
+        "    if f == '3': sys.exit('renderer crashed on frame 3')\n"
+        "    (out / f'r.{{int(f):04d}}.exr').write_bytes(b'frame' + f.encode())\n"
+    )
+    stages = [
+        {
+            "name": "render",
+            "per": "chunk",
+            "command": [sys.executable, "-c", chunk, "{frame_list}", "{outputs}"],
+        }
+    ]
+    job = write_job(tmp_path, gcs_bucket, frames="1-4", stages=stages)
+    code, report, err = jitrender(str(job), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 65, err
+    assert report["frames"]["done"] == [1, 2]
+    assert report["frames"]["failed"] == [3, 4]
+    failure = report["frames"]["failures"][0]
+    assert failure["frame"] == 3 and "renderer crashed on frame 3" in failure["why"]
