@@ -122,6 +122,9 @@ def _status_of(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+_AUTH_FAILURES = ("RefreshError", "DefaultCredentialsError", "InvalidOperation")
+
+
 def classify(exc: BaseException) -> Literal["transient", "missing", "denied", "other"]:
     """How a storage exception should be treated."""
     if isinstance(exc, JitrenderError):
@@ -133,6 +136,9 @@ def classify(exc: BaseException) -> Literal["transient", "missing", "denied", "o
         return "missing"
     if status in (401, 403) or isinstance(exc, PermissionError):
         return "denied"
+    if type(exc).__module__.startswith("google.auth") and type(exc).__name__ in _AUTH_FAILURES:
+        # A 401 makes google-auth refresh; a refresh that cannot succeed is a credentials problem.
+        return "transient" if getattr(exc, "retryable", False) else "denied"
     if status is not None and (status == 408 or status == 429 or status >= 500):
         return "transient"
     name = type(exc).__name__

@@ -1,0 +1,216 @@
+"""Helpers for tests that run ``jitrender run`` as a real process against fake-gcs-server:
+a job with per-frame and shared dependencies, a fake renderer whose phases the test can
+watch and steer through environment variables, and bucket inspection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import gcs_client, put_object
+
+# The fake renderer: reads its inputs, says where it is (files in $PHASE_DIR), may sleep,
+# fail or write a half file, and writes its output to a temp name then renames (the safe way).
+RENDERER = r"""
+import os, pathlib, sys, time, zlib
+frame = int(sys.argv[1]); inputs = pathlib.Path(sys.argv[2]); outputs = pathlib.Path(sys.argv[3])
+phase = pathlib.Path(os.environ["PHASE_DIR"])
+(phase / f"start.{frame}.{os.getpid()}").write_text("")
+wanted = ("lut.bin", f"tex.{frame:04d}.bin")
+data = b"".join(p.read_bytes() for p in sorted(inputs.rglob("*")) if p.name in wanted)
+fail = {int(f) for f in os.environ.get("FAIL_FRAMES", "").split(",") if f}
+if frame in fail:
+    print(f"renderer: frame {frame} exploded: out of cheese", flush=True)
+    sys.exit(3)
+time.sleep(float(os.environ.get("RENDER_SLEEP", "0")))
+body = f"frame {frame} crc {zlib.crc32(data)} len {len(data)}\n".encode() * 64
+out = outputs / f"frame.{frame:04d}.txt"
+tmp = outputs / f".frame.{frame:04d}.txt.tmp"
+tmp.write_bytes(body)
+os.replace(tmp, out)
+(phase / f"done.{frame}.{os.getpid()}").write_text("")
+"""
+
+
+def expected_output(frame: int, deps: bytes) -> bytes:
+    import zlib
+
+    return f"frame {frame} crc {zlib.crc32(deps)} len {len(deps)}\n".encode() * 64
+
+
+@dataclass
+class RenderJob:
+    """A job file in ``tmp`` whose frames each need one texture and a shared LUT."""
+
+    root: Path
+    bucket: str
+    frames: list[int]
+    job_file: Path
+    phase_dir: Path
+    cache_dir: Path
+    texture_size: int
+
+    def frame_inputs(self, frame: int) -> bytes:
+        """The bytes the renderer reads for ``frame`` (its inputs, sorted by path)."""
+        return shared_lut(self.texture_size) + texture(frame, self.texture_size)
+
+    @property
+    def outputs_url(self) -> str:
+        return f"{self.bucket}/renders"
+
+    def output_url(self, frame: int) -> str:
+        return f"{self.outputs_url}/frame.{frame:04d}.txt"
+
+    def phases(self, kind: str) -> list[int]:
+        """Frames whose renderer reached ``kind`` (``start`` or ``done``), once per process."""
+        return sorted(int(p.name.split(".")[1]) for p in self.phase_dir.glob(f"{kind}.*"))
+
+    def clear_phases(self) -> None:
+        for path in self.phase_dir.iterdir():
+            path.unlink()
+
+
+def texture(frame: int, size: int) -> bytes:
+    return (f"tex{frame:04d}".encode() * (size // 7 + 1))[:size]
+
+
+def shared_lut(size: int) -> bytes:
+    return (b"lut-" * (size // 4 + 1))[:size]
+
+
+def make_job(
+    root: Path,
+    bucket: str,
+    frames: str = "1-6",
+    *,
+    texture_size: int = 20_000,
+    name: str = "shot",
+    retries_frame: int = 0,
+    storage_attempts: int = 8,
+    extra: Mapping[str, Any] | None = None,
+    upload: bool = True,
+) -> RenderJob:
+    """Write the renderer, the job file and (unless ``upload`` is false) its dependencies."""
+    from jitrender.sequences import parse_frames
+
+    root.mkdir(parents=True, exist_ok=True)
+    frame_list = parse_frames(frames)
+    if upload:
+        put_object(f"{bucket}/assets/lut.bin", shared_lut(texture_size))
+        for frame in frame_list:
+            put_object(f"{bucket}/assets/tex.{frame:04d}.bin", texture(frame, texture_size))
+    renderer = root / "renderer.py"
+    renderer.write_text(RENDERER)
+    phase_dir = root / "phases"
+    phase_dir.mkdir(exist_ok=True)
+    job: dict[str, Any] = {
+        "name": name,
+        "frames": frames,
+        "deps": [f"{bucket}/assets/lut.bin", f"{bucket}/assets/tex.####.bin"],
+        "stages": [
+            {
+                "name": "render",
+                "command": [sys.executable, str(renderer), "{frame}", "{inputs}", "{outputs}"],
+            }
+        ],
+        "outputs": {"to": f"{bucket}/renders", "files": ["frame.####.txt"]},
+        "retries": {"frame": retries_frame, "storage": storage_attempts},
+    }
+    if extra:
+        job.update(extra)
+    job_file = root / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    return RenderJob(root, bucket, frame_list, job_file, phase_dir, root / "cache", texture_size)
+
+
+def jitrender_env(job: RenderJob, **overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PHASE_DIR": str(job.phase_dir),
+            "JITRENDER_CACHE_DIR": str(job.cache_dir),
+            "JITRENDER_PREEMPTION_WATCH": "off",  # no metadata-server lookups from tests
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for key in ("BATCH_TASK_INDEX", "BATCH_TASK_COUNT", "FAIL_FRAMES", "RENDER_SLEEP"):
+        env.pop(key, None)
+    env.update(overrides)
+    return env
+
+
+def start_run(
+    job: RenderJob, *args: str, env: Mapping[str, str] | None = None, report: str = "report.json"
+) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-m",
+        "jitrender.cli",
+        "run",
+        str(job.job_file),
+        "--progress",
+        "plain",
+        "--report",
+        str(job.root / report),
+        *args,
+    ]
+    return subprocess.Popen(
+        argv,
+        env=dict(env if env is not None else jitrender_env(job)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 60) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def run(
+    job: RenderJob, *args: str, env: Mapping[str, str] | None = None, report: str = "report.json"
+) -> tuple[int, str, dict[str, Any]]:
+    code, out = finish(start_run(job, *args, env=env, report=report))
+    report_path = job.root / report
+    data = json.loads(report_path.read_text()) if report_path.exists() else {}
+    return code, out, data
+
+
+def wait_for(what: Callable[[], bool], timeout: float = 20, step: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for a condition")
+        time.sleep(step)
+
+
+def bucket_objects(bucket: str, prefix: str = "") -> dict[str, tuple[int, bytes]]:
+    """``name -> (generation, bytes)`` of every object below ``prefix``."""
+    name = bucket[len("gs://") :]
+    client: Any = gcs_client()
+    found = {}
+    for blob in client.list_blobs(name, prefix=prefix):
+        found[blob.name] = (int(blob.generation), blob.download_as_bytes())
+    return found
+
+
+def cache_verify(job: RenderJob) -> dict[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "cache", "verify", "--json"],
+        env=jitrender_env(job),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    result: dict[str, int] = json.loads(out.stdout)
+    return result
