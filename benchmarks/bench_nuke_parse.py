@@ -1,0 +1,118 @@
+"""How fast the Nuke resolver reads a large script: a generated ~50,000-line .nk (Reads of
+1000-frame sequences inside groups, clones, curves, Python callbacks), resolved for 10 frames.
+
+Run: ``python benchmarks/bench_nuke_parse.py [--quick]`` (or ``python -m
+benchmarks.bench_nuke_parse``). Prints a table row and a JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jitrender.paths import PathMap, file_url, local_path_of
+from jitrender.resolve.base import ResolveContext
+from jitrender.resolve.nuke import resolve_nuke
+from jitrender.storage import LocalStore
+
+_NODE = """Read {{
+ inputs 0
+ file "\\[file dirname \\[value root.name]]/plates/sh{index:05d}/plate.####.exr"
+ format "2048 1556 0 0 2048 1556 1 2K_Super_35(full-ap)"
+ first 1001
+ last 2000
+ origfirst 1001
+ origlast 2000
+ origset true
+ before {before}
+ name Read{index}
+ xpos {index}
+ ypos -200
+}}
+Grade {{
+ white {{1.1 1.05 {{curve x1001 1 x1100 1.2}} 1}}
+ gamma 0.9
+ name Grade{index}
+ knobChanged "print(nuke.thisNode().name())\\nif True: pass"
+ label "\\[value white] \\{{braced\\}}"
+ xpos {index}
+ ypos -100
+}}
+set N{index} [stack 0]
+"""
+_GROUP_OPEN = "Group {{\n name Group{index}\n xpos 0\n}}\n"
+_GROUP_CLOSE = "end_group\n"
+
+
+def build_script(lines_wanted: int) -> str:
+    """A plausible comp script of about ``lines_wanted`` lines."""
+    parts = [
+        "#! /usr/local/Nuke15.1v2/libnuke-15.1.2.so -nx\nversion 15.1 v2\n",
+        "Root {\n inputs 0\n name /proj/comp.nk\n first_frame 1001\n last_frame 2000\n}\n",
+    ]
+    lines = 0
+    index = 0
+    while lines < lines_wanted:
+        if index % 50 == 0:
+            if index:
+                parts.append(_GROUP_CLOSE)
+            parts.append(_GROUP_OPEN.format(index=index))
+        block = _NODE.format(index=index, before=("hold", "loop", "bounce", "black")[index % 4])
+        parts.append(block)
+        lines += block.count("\n") + 1
+        index += 1
+    parts.append(_GROUP_CLOSE)
+    return "".join(parts)
+
+
+def run(quick: bool) -> dict[str, float | int]:
+    """Generate, resolve (best of a few runs) and return lines, seconds and lines/s."""
+    lines_wanted = 10_000 if quick else 50_000
+    text = build_script(lines_wanted)
+    store = LocalStore()
+    with tempfile.TemporaryDirectory() as tmp:
+        scene = Path(tmp) / "comp.nk"
+        scene.write_text(text)
+        ctx = ResolveContext(
+            file_url(scene),
+            scene,
+            tuple(range(1001, 1011)),
+            PathMap(),
+            lambda url, recursive: store.list(url, recursive=recursive),
+            local_path_of,
+        )
+        best = float("inf")
+        deps = 0
+        for _ in range(2 if quick else 5):
+            started = time.perf_counter()
+            found = resolve_nuke(ctx)
+            best = min(best, time.perf_counter() - started)
+            deps = len(found.deps)
+    lines = text.count("\n")
+    return {
+        "lines": lines,
+        "bytes": len(text.encode()),
+        "deps": deps,
+        "seconds": round(best, 4),
+        "lines_per_s": round(lines / best),
+    }
+
+
+def main(argv: list[str]) -> None:
+    figures = run("--quick" in argv)
+    print(f"{'benchmark':<18} {'lines':>8} {'deps':>6} {'seconds':>9} {'lines/s':>10}")
+    print(
+        f"{'nuke_parse':<18} {figures['lines']:>8} {figures['deps']:>6} "
+        f"{figures['seconds']:>9.4f} {figures['lines_per_s']:>10}"
+    )
+    print(json.dumps({"benchmark": "nuke_parse", **figures}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,336 @@
+"""Reading Nuke ``.nk`` scripts without Nuke: the TCL word syntax, node blocks, groups, clones.
+
+A script is a sequence of TCL commands. The ones that matter here are node blocks
+(``Read { file ... first 1001 }``), ``end_group`` (closing the ``Group``/``LiveGroup``/``Gizmo``
+opened before), ``clone``, ``set``/``push`` (the node stack, only as far as clones need it),
+and ``version``. Words are bare, ``"quoted"`` (backslash escapes) or ``{braced}`` (nested
+braces, literal except ``\\{``, ``\\}``, ``\\[``, ``\\]``), exactly as TCL reads them.
+
+Every problem raises :class:`SceneParseError` with ``"<scene url>:<line>:<col>: <what>"``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from jitrender.errors import SceneParseError
+
+# Node classes whose block is followed by their member nodes and an ``end_group``.
+GROUP_CLASSES = frozenset({"Group", "LiveGroup", "Gizmo"})
+
+# Most knob lines are two plain words ("first 1001"): read those in one match.
+_SIMPLE_LINE = re.compile(
+    r'[ \t]*([^\s{}"\[\]\\;#][^\s{}"\[\]\\;]*)[ \t]+([^\s{}"\[\]\\;]+)[ \t]*(?=[\n;]|\Z)'
+)
+_SPACE = re.compile(r"[ \t\r\f\v]+")
+_BARE_CHUNK = re.compile(r"(?:[^\s;\[\\]+|\\.)+", re.S)
+_QUOTED = re.compile(r'"((?:[^"\\]+|\\.)*)"', re.S)
+_BRACES = re.compile(r"\\.|[{}]", re.S)
+_BRACKETS = re.compile(r"\\.|[\[\]]", re.S)
+_LINE_END = re.compile(r"\n")
+_BACKSLASH = re.compile(r"\\(.)", re.S)
+_BRACED_ESCAPE = re.compile(r"\\([{}\[\]])")
+_TCL_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
+
+
+def _unescape(match: re.Match[str]) -> str:
+    char = match.group(1)
+    return _TCL_ESCAPES.get(char, char)
+
+
+def unescape(text: str) -> str:
+    """TCL backslash substitution as in a quoted or bare word (``\\n``, ``\\[``, ``\\\\``)."""
+    return _BACKSLASH.sub(_unescape, text) if "\\" in text else text
+
+
+def unescape_braced(text: str) -> str:
+    """A braced word's text: literal, except the brace and bracket escapes Nuke writes."""
+    return _BRACED_ESCAPE.sub(r"\1", text) if "\\" in text else text
+
+
+@dataclass(frozen=True)
+class Word:
+    """One TCL word: its text (escapes already applied), whether it was braced, and where
+    it starts and ends (offsets into the scanned text)."""
+
+    text: str
+    braced: bool
+    pos: int
+    end: int  # offset just after the word (after the closing brace or quote)
+
+
+class Scanner:
+    """Splits (part of) a script's text into commands of words. Offsets are into the whole
+    script, so errors name the right line and column."""
+
+    def __init__(self, text: str, url: str) -> None:
+        self.text = text
+        self.url = url
+        self._counted = (0, 1)  # (offset, line there): lines are counted forward, once
+
+    def error(self, pos: int, what: str) -> SceneParseError:
+        line = self.text.count("\n", 0, pos) + 1
+        col = pos - (self.text.rfind("\n", 0, pos) + 1) + 1
+        return SceneParseError(f"{self.url}:{line}:{col}: {what}")
+
+    def line_of(self, pos: int) -> int:
+        offset, line = self._counted
+        if pos < offset:
+            offset, line = 0, 1
+        line += self.text.count("\n", offset, pos)
+        self._counted = (pos, line)
+        return line
+
+    def brace_end(self, pos: int, end: int) -> int:
+        """Offset just after the ``}`` that closes the ``{`` at ``pos``."""
+        depth = 0
+        for match in _BRACES.finditer(self.text, pos, end):
+            char = match.group()
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    return match.end()
+        raise self.error(pos, "unmatched '{': the script ends before its closing '}'")
+
+    def bracket_end(self, pos: int, end: int) -> int:
+        depth = 0
+        for match in _BRACKETS.finditer(self.text, pos, end):
+            char = match.group()
+            if char == "[":
+                depth += 1
+            elif char == "]":
+                depth -= 1
+                if depth == 0:
+                    return match.end()
+        raise self.error(pos, "unmatched '[': the command substitution is never closed")
+
+    def _word_ends(self, pos: int, end: int, after: str) -> None:
+        if pos < end and self.text[pos] not in " \t\r\f\v\n;":
+            raise self.error(pos, f"extra characters after {after}")
+
+    def commands(self, start: int, end: int) -> Iterator[list[Word]]:
+        """The commands between ``start`` and ``end``: lists of words, comments skipped."""
+        text = self.text
+        space_match = _SPACE.match
+        bare_match = _BARE_CHUNK.match
+        quoted_match = _QUOTED.match
+        simple_match = _SIMPLE_LINE.match
+        words: list[Word] = []
+        pos = start
+        while pos < end:
+            if not words:
+                simple = simple_match(text, pos, end)
+                if simple is not None:
+                    yield [
+                        Word(simple.group(1), False, simple.start(1), simple.end(1)),
+                        Word(simple.group(2), False, simple.start(2), simple.end(2)),
+                    ]
+                    pos = simple.end()
+                    continue
+            char = text[pos]
+            if char in " \t\r\f\v":
+                found = space_match(text, pos, end)
+                pos = found.end() if found else pos + 1
+            elif char == "\n" or char == ";":
+                if words:
+                    yield words
+                    words = []
+                pos += 1
+            elif char == "#" and not words:
+                found = _LINE_END.search(text, pos, end)
+                pos = found.start() if found else end
+            elif char == "{":
+                close = self.brace_end(pos, end)
+                inner = text[pos + 1 : close - 1]
+                words.append(Word(unescape_braced(inner), True, pos, close))
+                self._word_ends(close, end, "close-brace")
+                pos = close
+            elif char == '"':
+                found = quoted_match(text, pos, end)
+                if found is None:
+                    raise self.error(pos, "unterminated quoted string")
+                words.append(Word(unescape(found.group(1)), False, pos, found.end()))
+                self._word_ends(found.end(), end, "close-quote")
+                pos = found.end()
+            elif char == "}":
+                raise self.error(pos, "unexpected '}' with no '{' open")
+            else:
+                word_start = pos
+                while pos < end:
+                    found = bare_match(text, pos, end)
+                    if found is not None:
+                        pos = found.end()
+                        continue
+                    char = text[pos]
+                    if char == "[":
+                        pos = self.bracket_end(pos, end)
+                    elif char == "\\":
+                        pos += 1  # a lone backslash at the very end
+                    else:
+                        break
+                words.append(Word(unescape(text[word_start:pos]), False, word_start, pos))
+        if words:
+            yield words
+
+
+@dataclass(eq=False)
+class Node:
+    """One node as the script writes it. ``knobs`` holds only the knobs the script sets
+    (Nuke omits knobs at their defaults); values are TCL words with escapes applied, braced
+    values keep their inner text (so ``{{curve ...}}`` arrives as ``{curve ...}``)."""
+
+    cls: str
+    knobs: dict[str, str]
+    group: Node | None
+    line: int
+    braced: frozenset[str] = frozenset()
+    members: dict[str, Node] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.knobs.get("name") or f"{self.cls}@line{self.line}"
+
+    @property
+    def path(self) -> str:
+        """The full name within groups, e.g. ``Group1.Read3``."""
+        if self.group is None:
+            return self.name
+        return f"{self.group.path}.{self.name}"
+
+    def is_group(self) -> bool:
+        return self.cls in GROUP_CLASSES
+
+    def flag(self, knob: str) -> bool:
+        """A boolean knob as written (``true``/``1``); an expression counts as off."""
+        return self.knobs.get(knob, "").strip().lower() in ("true", "1", "yes", "on")
+
+    def disabled(self) -> bool:
+        """Disabled itself, or inside a disabled group (whose members then never evaluate)."""
+        node: Node | None = self
+        while node is not None:
+            if node.flag("disable"):
+                return True
+            node = node.group
+        return False
+
+
+@dataclass
+class NukeScript:
+    """A parsed script: its Root (``None`` when the script has none), every other node in
+    script order, and the top-level nodes by name."""
+
+    url: str
+    root: Node | None
+    nodes: list[Node]
+    top: dict[str, Node]
+    version: str = ""
+
+
+def _node_from_block(
+    scanner: Scanner, cls: str, body: Word, group: Node | None, inherited: dict[str, str]
+) -> Node:
+    knobs = dict(inherited)
+    braced: set[str] = set()
+    for words in scanner.commands(body.pos + 1, body.end - 1):
+        name = words[0].text
+        if len(words) == 1:
+            knobs[name] = ""
+        elif len(words) == 2:
+            knobs[name] = words[1].text
+            if words[1].braced:
+                braced.add(name)
+        else:
+            knobs[name] = " ".join(w.text for w in words[1:])
+    return Node(cls, knobs, group, scanner.line_of(body.pos), frozenset(braced))
+
+
+def parse_script(text: str, url: str) -> NukeScript:
+    """Parse a script's text. Raises :class:`SceneParseError` for anything malformed."""
+    scanner = Scanner(text, url)
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise scanner.error(nul, "binary data (a NUL byte): not a Nuke script")
+    root: Node | None = None
+    nodes: list[Node] = []
+    top: dict[str, Node] = {}
+    groups: list[tuple[Node, int]] = []
+    variables: dict[str, Node | None] = {}
+    stack_top: Node | None = None
+    version = ""
+
+    def add(node: Node) -> None:
+        group = groups[-1][0] if groups else None
+        (group.members if group is not None else top)[node.name] = node
+        nodes.append(node)
+
+    for words in scanner.commands(0, len(text)):
+        head = words[0].text
+        if head == "version":
+            version = " ".join(w.text for w in words[1:])
+        elif head == "end_group":
+            if not groups:
+                raise scanner.error(words[0].pos, "end_group with no group open")
+            stack_top = groups.pop()[0]
+        elif head == "set" and len(words) == 3:
+            value = words[2].text.strip()
+            variables[words[1].text] = stack_top if value.startswith("[stack") else None
+        elif head == "push" and len(words) == 2:
+            ref = words[1].text
+            stack_top = variables.get(ref[1:]) if ref.startswith("$") else None
+        elif head == "clone" and len(words) in (3, 4) and words[-1].braced:
+            if len(words) == 4:
+                node = _node_from_block(
+                    scanner, words[2].text, words[3], groups[-1][0] if groups else None, {}
+                )
+            else:
+                ref = words[1].text
+                original = variables.get(ref[1:]) if ref.startswith("$") else None
+                if original is None:
+                    raise scanner.error(words[1].pos, f"clone of {ref}, which names no node")
+                # Clones share every knob with their original; the block adds position knobs.
+                node = _node_from_block(
+                    scanner,
+                    original.cls,
+                    words[2],
+                    groups[-1][0] if groups else None,
+                    original.knobs,
+                )
+            add(node)
+            stack_top = node
+            if node.is_group():
+                groups.append((node, words[0].pos))
+        elif len(words) == 2 and words[1].braced and not words[0].braced:
+            if head == "Root" and not groups:
+                root = _node_from_block(scanner, head, words[1], None, {})
+                continue
+            if head in ("define_window_layout_xml", "add_layer"):
+                continue
+            node = _node_from_block(scanner, head, words[1], groups[-1][0] if groups else None, {})
+            add(node)
+            stack_top = node
+            if node.is_group():
+                groups.append((node, words[0].pos))
+    if groups:
+        group, pos = groups[-1]
+        raise scanner.error(
+            pos, f"{group.cls} {group.name} is never closed: the script ends before end_group"
+        )
+    return NukeScript(url, root, nodes, top, version)
+
+
+def tcl_list(text: str, url: str = "<list>") -> list[str]:
+    """The elements of a TCL list (``{a b} c "d e"``). Raises SceneParseError if malformed."""
+    scanner = Scanner(text, url)
+    return [word.text for words in scanner.commands(0, len(text)) for word in words]
+
+
+def decode_script(data: bytes, url: str) -> str:
+    """A script's bytes as text: UTF-8, or Latin-1 for scripts saved by older Nukes."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
