@@ -33,7 +33,7 @@ from blender_asset_tracer.blendfile import iterators
 from blender_asset_tracer.trace import blocks2assets, expanders
 
 from jitrender.deps import Dependencies, Dependency, Unresolved
-from jitrender.errors import JitrenderError, SceneParseError
+from jitrender.errors import JitrenderError, MissingDependencyError, SceneParseError
 from jitrender.paths import url_basename, url_dirname
 from jitrender.resolve import register
 from jitrender.resolve.base import ResolveContext, file_dependencies
@@ -110,13 +110,12 @@ def _resolve_file(ctx: ResolveContext, names: set[bytes] | None, walk: _Walk) ->
             continue  # already followed (a cycle, or two files linking the same IDs)
         seen.update(new)
         try:
-            local = ctx.fetch(lib_url)
-        except JitrenderError:
-            raise
-        except Exception:
-            # The library's own dependency entry reports it missing; nothing to follow.
-            continue
-        _resolve_file(ctx.with_scene(lib_url, local), new, walk)
+            local: Path | None = ctx.fetch(lib_url)
+        except (MissingDependencyError, FileNotFoundError):
+            local = None
+        if local is None or not Path(local).is_file():
+            continue  # the library's own dependency entry is reported missing by the stat
+        _resolve_file(ctx.with_scene(lib_url, Path(local)), new, walk)
 
 
 def _parse(ctx: ResolveContext, names: set[bytes] | None) -> _Parsed:

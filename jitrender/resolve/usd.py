@@ -49,6 +49,9 @@ def resolve_usd(ctx: ResolveContext) -> Dependencies:
 def _open(url: str, local: Path) -> Any:
     try:
         layer = Sdf.Layer.FindOrOpen(str(local))
+        if layer is not None:
+            # Sdf keeps layers open per process: pick up a file changed since it was read.
+            layer.Reload()
     except Tf.ErrorException as exc:
         raise SceneParseError(f"{url}: malformed USD layer: {_why(exc)}") from None
     if layer is None:

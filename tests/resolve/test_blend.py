@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,6 +171,16 @@ def test_movie_clip_sequence_follows_start_frame_and_offset(
         file_url(root / "clips/plate.0001.png"): (1,),
         file_url(root / "clips/plate.0005.png"): (5,),
     }
+
+
+def test_missing_library_is_listed_without_failing_the_resolve(
+    bucket: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    root, _ = bucket
+    shutil.copyfile(root / "main.blend", tmp_path / "main.blend")
+    urls = {d.url for d in resolve(tmp_path, "main.blend", [1]).deps}
+    assert file_url(tmp_path / "lib/props.blend") in urls
+    assert file_url(tmp_path / "lib/tex/props_color.png") not in urls
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.05])
