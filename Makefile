@@ -17,9 +17,11 @@ demo: $(STAMP)
 
 test: $(STAMP) lint typecheck unit
 
+SOURCES := $(wildcard jitrender hooks tests benchmarks examples)
+
 lint: $(STAMP)
-	$(BIN)/ruff check jitrender hooks tests benchmarks examples
-	$(BIN)/ruff format --check jitrender hooks tests benchmarks examples
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict jitrender

@@ -27,6 +27,7 @@ class Workspace:
 
     root: Path
     scene: Path | None
+    job_dir: Path | None = None  # the job file's folder: where a job's own scripts live
 
     @property
     def inputs(self) -> Path:
@@ -70,6 +71,7 @@ class StageCall:
             "outputs": str(ws.outputs),
             "scene": str(ws.scene) if ws.scene is not None else "",
             "workspace": str(ws.root),
+            "job_dir": str(ws.job_dir or ""),
             "stage": self.name,
         }
 
