@@ -1,0 +1,122 @@
+"""The scriptable commands: deps (and its --check pre-flight), status, validate, cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import put_object
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_deps_lists_exactly_the_requested_frames(gcs_bucket: str, tmp_path: Path) -> None:
+    for f in range(1, 101):
+        put_object(f"{gcs_bucket}/plates/p.{f:04d}.exr", b"x" * f)
+    put_object(f"{gcs_bucket}/tex/a.png", b"tex")
+    manifest = f"{gcs_bucket}/shots/sh010/deps.txt"
+    put_object(manifest, b"# plates\n/mnt/show/plates/p.####.exr\n../../tex/a.png  # texture\n")
+    result = cli(
+        "deps", manifest, "--frames", "11-20", "--path-map", f"/mnt/show={gcs_bucket}",
+        "--json", "--cache-dir", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["frames"] == list(range(11, 21))
+    by_url = {d["url"]: d for d in document["deps"]}
+    plates = sorted(u for u in by_url if "/plates/" in u)
+    assert plates == [f"{gcs_bucket}/plates/p.{f:04d}.exr" for f in range(11, 21)]
+    assert by_url[f"{gcs_bucket}/plates/p.0015.exr"]["frames"] == [15]
+    assert by_url[f"{gcs_bucket}/plates/p.0015.exr"]["size"] == 15
+    assert by_url[f"{gcs_bucket}/tex/a.png"]["frames"] is None
+    assert by_url[f"{gcs_bucket}/tex/a.png"]["source"].endswith("deps.txt:3")
+    assert document["missing"] == [] and document["unresolved"] == []
+
+
+def test_deps_check_fails_naming_each_missing_file(gcs_bucket: str, tmp_path: Path) -> None:
+    put_object(f"{gcs_bucket}/plates/p.0001.exr", b"x")
+    manifest = tmp_path / "deps.txt"
+    manifest.write_text(f"{gcs_bucket}/plates/p.####.exr\n")
+    result = cli("deps", str(manifest), "--frames", "1-3", "--check")
+    assert result.returncode == 65
+    lines = [line for line in result.stderr.splitlines() if "missing:" in line]
+    assert len(lines) == 2
+    assert "p.0002.exr" in lines[0] and f"{manifest}" in lines[0]
+    table = cli("deps", str(manifest), "--frames", "1-3")
+    assert table.returncode == 0 and "MISSING" in table.stdout
+
+
+def test_deps_unknown_scene_type_is_a_config_error(tmp_path: Path) -> None:
+    scene = tmp_path / "scene.xyz"
+    scene.write_text("")
+    result = cli("deps", str(scene))
+    assert result.returncode == 78
+    assert "no resolver for this file type" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _job(tmp_path: Path, bucket: str) -> Path:
+    job: dict[str, Any] = {
+        "frames": "1-4",
+        "stages": [
+            {
+                "name": "render",
+                "command": [sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write('r')",
+                            "{outputs}/r.{frame:04d}.txt"],
+            }
+        ],
+        "outputs": {"to": f"{bucket}/out", "files": ["r.####.txt"]},
+    }  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def test_status_reads_done_frames_from_the_bucket(gcs_bucket: str, tmp_path: Path) -> None:
+    job = _job(tmp_path, gcs_bucket)
+    cache = str(tmp_path / "cache")
+    assert cli("run", str(job), "--frames", "2-3", "--cache-dir", cache).returncode == 0
+    result = cli("status", str(job), "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["frames"]["done"] == [2, 3]
+    assert document["frames"]["missing"] == [1, 4]
+    assert document["complete"] is False
+    assert cli("validate", str(job)).returncode == 0
+
+
+def test_cache_commands_report_json(gcs_bucket: str, tmp_path: Path) -> None:
+    job = _job(tmp_path, gcs_bucket)
+    cache = str(tmp_path / "cache")
+    put_object(f"{gcs_bucket}/dep.bin", b"d" * 1000)
+    text = job.read_text() + f"deps: ['{gcs_bucket}/dep.bin']\n"
+    job.write_text(text)
+    assert cli("run", str(job), "--cache-dir", cache).returncode == 0
+    stats = json.loads(cli("cache", "stats", "--cache-dir", cache, "--json").stdout)
+    assert stats["entries"] == 1 and stats["bytes"] == 1000 and stats["misses"] == 1
+    verify = cli("cache", "verify", "--cache-dir", cache, "--json")
+    assert verify.returncode == 0 and json.loads(verify.stdout)["bad"] == 0
+    prune = json.loads(
+        cli("cache", "prune", "--cache-dir", cache, "--max-size", "1GB", "--json").stdout
+    )
+    assert prune["evicted"] == 0
+    cleared = json.loads(cli("cache", "clear", "--cache-dir", cache, "--json").stdout)
+    assert cleared["evicted"] == 1
+    assert json.loads(cli("cache", "stats", "--cache-dir", cache, "--json").stdout)["entries"] == 0
+    bad = cli("cache", "prune", "--cache-dir", cache, "--max-size", "lots")
+    assert bad.returncode == 78 and "--max-size" in bad.stderr
