@@ -102,6 +102,14 @@ def run(
     ] = "auto",
     path_map: PathMapFlag = None,
     path_map_rules: PathMapRules = None,
+    mount: Annotated[
+        Path | None,
+        typer.Option(
+            "--mount",
+            help="Also show the mapped bucket prefixes read-only at this folder (FUSE, extra "
+            "'fuse'); opening a file fetches it. Without FUSE the run says so and prefetches.",
+        ),
+    ] = None,
 ) -> None:
     """Render a job: resolve, fetch just in time, run its stages, upload outputs exactly once."""
     from jitrender.cache import parse_size
@@ -131,6 +139,7 @@ def run(
             extra_path_map=_extra_path_map(path_map, path_map_rules),
             progress=make_progress(progress),  # type: ignore[arg-type]
             task=task,
+            mount=mount,
         )
     except JitrenderError as exc:
         _fail(exc)

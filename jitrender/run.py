@@ -32,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from jitrender.agent import Agent
 from jitrender.cache import Cache, default_cache_dir, parse_size
 from jitrender.deps import Dependencies, Dependency
 from jitrender.engines import StageCall, Workspace, engine_named
@@ -80,6 +81,7 @@ class RunOptions:
     extra_path_map: PathMap | None = None
     progress: Progress = field(default_factory=QuietProgress)
     task: dict[str, Any] | None = None
+    mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
 
 
 def marker_prefix(job: Job) -> str:
@@ -162,6 +164,8 @@ class JobRun:
         self._fetch_pool = ThreadPoolExecutor(options.fetch_workers, thread_name_prefix="fetch")
         self.workspace: Workspace | None = None
         self.uploader: Uploader | None = None
+        self.agent: Agent | None = None
+        self._mount: Any = None
         self._attempt = os.environ.get("BATCH_TASK_ATTEMPT") or os.environ.get(
             "JITRENDER_ATTEMPT", "0"
         )
@@ -216,6 +220,7 @@ class JobRun:
 
     def _finish(self) -> None:
         report = self.report
+        self._stop_agent()
         if self.uploader is not None:
             self.uploader.close()
         with contextlib.suppress(JitrenderError, OSError):
@@ -258,6 +263,7 @@ class JobRun:
         self.workspace = Workspace(run_dir, scene_local)
         self.workspace.create()
         self._start_fetches(deps)
+        self._start_agent(deps)
         self._start_uploader()
         self.progress.totals(len(deps), report.bytes_needed, len(todo))
         t1 = time.monotonic()
@@ -454,6 +460,57 @@ class JobRun:
                 except TimeoutError:
                     continue
 
+    def _start_agent(self, deps: list[Dependency]) -> None:
+        """The socket hooks ask for files on (and, with ``--mount``, the lazy FUSE view)."""
+        assert self.workspace is not None
+        ws = self.workspace
+        self.agent = Agent(
+            ws.inputs,
+            self.path_map,
+            self._agent_fetch,
+            deps=deps,
+            list_prefix=self._list,
+            workspace=ws.root,
+            log_path=ws.root / "logs" / "agent.log",
+        ).start()
+        if self.options.mount is not None:
+            from jitrender.mount import MountUnavailable, start_mount
+
+            try:
+                self._mount = start_mount(self.options.mount, self.path_map, self.agent)
+                self.progress.event("phase", message=f"lazy mount at {self.options.mount}")
+            except MountUnavailable as exc:
+                self.progress.event(
+                    "warning",
+                    message=f"--mount {self.options.mount}: {exc}; falling back to prefetching "
+                    "the resolved dependencies",
+                )
+
+    def _agent_fetch(self, url: str) -> Path:
+        """A hook's request: the resolved dependency's own fetch, else stat, fetch and link."""
+        assert self.workspace is not None
+        future = self._dep_futures.get(url)
+        if future is not None:
+            return future.result()
+        info = self._stat(url)
+        if info is None:
+            raise MissingDependencyError(url, "a hook")
+        store = self._store(url)
+        result = with_retries(lambda: self.cache.fetch(info, store, record=False), url, self.retry)
+        dest = self.workspace.inputs / workspace_relpath(url)
+        self.cache.link_into(result.path, dest)
+        with self._lock:
+            (self._fetched if result.fetched else self._hits).append(info)
+        return dest
+
+    def _stop_agent(self) -> None:
+        if self._mount is not None:
+            self._mount.stop()
+            self._mount = None
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
+
     # -- 3. stages and uploads ---------------------------------------------------------------
 
     def _start_uploader(self) -> None:
@@ -516,6 +573,8 @@ class JobRun:
                 "JITRENDER_JOB_HASH": self.job_hash,
             }
         )
+        if self.agent is not None:
+            env.update(self.agent.env())
         return env
 
     def _invoke(self, spec: StageSpec, frames: tuple[int, ...], attempt: int) -> StageOutcome:

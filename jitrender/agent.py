@@ -1,0 +1,515 @@
+"""The per-run agent: the one place that turns "the path a renderer asked for" into a local file.
+
+``jitrender run`` starts one :class:`Agent` per run. It listens on a Unix socket (its path is
+in ``JITRENDER_SOCKET``; ``JITRENDER_SESSION`` names a JSON file with the path-map rules and
+the workspace) and answers one JSON object per line, one answer line per request::
+
+    {"op": "resolve", "path": "/mnt/show/tex/wood.png"}
+        -> {"ok": true, "local": "<ws>/inputs/gs/show/tex/wood.png", "url": "gs://show/tex/wood.png"}
+        -> {"ok": false, "code": "missing", "error": "gs://show/tex/wood.png: ... does not exist"}
+        -> {"ok": false, "code": "unmapped", "error": "..."}    (not below a mapped prefix)
+    {"op": "map", "path": ...}          -> like resolve, without fetching (patterns, folders)
+    {"op": "prefetch", "paths": [...]}  -> {"ok": true, "queued": n}   (returns at once)
+    {"op": "frame", "frame": 12}        -> {"ok": true, "queued": n}   (frame 12 is next)
+    {"op": "list", "path": <folder>}    -> {"ok": true, "names": [...], "local": <folder>}
+    {"op": "ping"}                      -> {"ok": true, "version": 1, "workspace": ...}
+
+``resolve`` blocks until the file is in the workspace and fetches each object once however
+many clients ask (the cache is single-flight across threads and processes). Error codes:
+``missing``, ``unmapped``, ``bad_request``, ``failed`` (storage failed after retries).
+
+The client side (:class:`AgentClient`, and ``hooks/jitrender_client.py`` for DCCs) uses the
+standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import socketserver
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jitrender.cache import Cache
+from jitrender.deps import Dependency
+from jitrender.errors import ConfigError, JitrenderError, MissingDependencyError
+from jitrender.paths import PathMap, is_url, split_url, workspace_relpath
+from jitrender.storage import ObjectInfo, RetryPolicy, Stores, with_retries
+
+PROTOCOL_VERSION = 1
+SOCKET_ENV = "JITRENDER_SOCKET"
+SESSION_ENV = "JITRENDER_SESSION"
+HOOKS_ENV = "JITRENDER_HOOKS"
+
+Fetch = Callable[[str], Path]
+ListPrefix = Callable[[str, bool], list[ObjectInfo]]
+
+
+def hooks_dir() -> Path:
+    """The folder holding the DCC plugins (``nuke/``, ``blender/``).
+
+    ``$JITRENDER_HOOKS`` wins; else the ``hooks/`` folder next to the package (a source
+    checkout or an editable install, which is how render nodes deploy jitrender today).
+    """
+    env = os.environ.get(HOOKS_ENV)
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parent.parent / "hooks")
+    for candidate in candidates:
+        if (candidate / "jitrender_client.py").is_file():
+            return candidate
+    raise ConfigError(
+        f"cannot find jitrender's DCC plugins (looked in {', '.join(map(str, candidates))}); "
+        f"set {HOOKS_ENV} to the hooks/ folder of a jitrender checkout"
+    )
+
+
+class RequestError(Exception):
+    """A request the agent answers with ``ok: false``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class AgentStats:
+    requests: int = 0
+    resolved: int = 0
+    fetched: int = 0  # distinct objects the agent had to ask the fetch machinery for
+    missing: int = 0
+    unmapped: int = 0
+    prefetched: int = 0
+    clients: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def workspace_fetcher(
+    cache: Cache,
+    stores: Stores,
+    inputs: Path,
+    retry: RetryPolicy | None = None,
+    on_result: Callable[[ObjectInfo, bool], None] | None = None,
+) -> Fetch:
+    """A fetch function for a standalone agent: stat, fetch into ``cache`` once, hardlink below
+    ``inputs``; raises :class:`MissingDependencyError` when the object does not exist."""
+    policy = retry or RetryPolicy()
+
+    def fetch(url: str) -> Path:
+        store = stores.for_url(url)
+        info = with_retries(lambda: store.stat(url), url, policy)
+        if info is None:
+            raise MissingDependencyError(url)
+        result = with_retries(lambda: cache.fetch(info, store, record=False), url, policy)
+        dest = inputs / workspace_relpath(url)
+        try:
+            cache.link_into(result.path, dest)
+        except FileNotFoundError:  # evicted between fetch and link
+            result = cache.fetch(info, store, record=False)
+            cache.link_into(result.path, dest)
+        if on_result is not None:
+            on_result(info, result.fetched)
+        return dest
+
+    return fetch
+
+
+class Agent:
+    """Answers hooks for one run. Thread-safe; start with :meth:`start`, end with :meth:`stop`.
+
+    ``fetch(url)`` must return the object's path below ``inputs`` (fetching it if needed) and
+    raise :class:`MissingDependencyError` if it does not exist. ``deps`` are the resolver's
+    dependencies, used for frame-ahead prefetch and to fetch linked libraries up front.
+    """
+
+    def __init__(
+        self,
+        inputs: Path,
+        path_map: PathMap,
+        fetch: Fetch,
+        *,
+        deps: Sequence[Dependency] = (),
+        list_prefix: ListPrefix | None = None,
+        workspace: Path | None = None,
+        runtime_dir: Path | None = None,
+        log_path: Path | None = None,
+        prefetch_workers: int = 4,
+        frames_ahead: int = 1,
+    ) -> None:
+        self.inputs = inputs
+        self.path_map = path_map
+        self.fetch = fetch
+        self.deps = list(deps)
+        self.list_prefix = list_prefix
+        self.workspace = workspace or inputs.parent
+        self.frames_ahead = frames_ahead
+        self.stats = AgentStats()
+        self._runtime_dir = runtime_dir
+        self._own_runtime_dir = False
+        self._log_path = log_path
+        self._log_lock = threading.Lock()
+        self._log_file: Any = None
+        self._lock = threading.Lock()
+        self._local: dict[str, Path] = {}  # url -> workspace path, once linked
+        self._futures: dict[str, Future[Path]] = {}
+        self._pool = ThreadPoolExecutor(prefetch_workers, thread_name_prefix="agent-prefetch")
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._frames: list[int] = sorted({f for d in self.deps for f in d.frames or ()})
+        self.socket_path: Path | None = None
+        self.session_path: Path | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> Agent:
+        if self._runtime_dir is None:
+            # Unix socket paths are limited to ~107 bytes: keep it short, under /tmp.
+            self._runtime_dir = Path(tempfile.mkdtemp(prefix="jitrender-agent-"))
+            self._own_runtime_dir = True
+        self.socket_path = self._runtime_dir / "agent.sock"
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self._log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._server = _Server(str(self.socket_path), self)
+        os.chmod(self.socket_path, 0o600)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="jitrender-agent", daemon=True
+        )
+        self._thread.start()
+        self.session_path = self._runtime_dir / "session.json"
+        self.session_path.write_text(json.dumps(self.session(), indent=1))
+        libraries = [d.url for d in self.deps if d.url.lower().endswith(".blend")]
+        for url in libraries:  # linked libraries must be local before Blender loads the scene
+            self._prefetch_url(url)
+        self._log(f"started socket={self.socket_path} deps={len(self.deps)}")
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._log(f"stopped {json.dumps(self.stats.to_json(), sort_keys=True)}")
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        if self._own_runtime_dir and self._runtime_dir is not None:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def session(self) -> dict[str, Any]:
+        """What ``JITRENDER_SESSION`` holds: enough for a client to map paths on its own."""
+        return {
+            "version": PROTOCOL_VERSION,
+            "socket": str(self.socket_path),
+            "pid": os.getpid(),
+            "workspace": str(self.workspace),
+            "inputs": str(self.inputs),
+            "rules": [
+                {"source": r.source, "destination": r.destination, "format": r.source_format}
+                for r in self.path_map.rules
+            ],
+        }
+
+    def env(self) -> dict[str, str]:
+        """The variables a stage needs to find this agent."""
+        assert self.socket_path is not None and self.session_path is not None
+        return {SOCKET_ENV: str(self.socket_path), SESSION_ENV: str(self.session_path)}
+
+    # -- the operations ------------------------------------------------------------------
+
+    def url_for(self, path: str) -> str:
+        """The URL a path as written in a scene maps to; :class:`RequestError` if unmapped."""
+        if not isinstance(path, str) or not path:
+            raise RequestError("bad_request", "'path' must be a non-empty string")
+        if is_url(path) and split_url(path)[0] != "file":
+            return path
+        inside = self._url_below_inputs(path)
+        if inside is not None:
+            return inside
+        if not self.path_map.is_mapped(path):
+            raise RequestError("unmapped", f"{path}: not below a mapped prefix")
+        return self.path_map.to_url(path)
+
+    def _url_below_inputs(self, path: str) -> str | None:
+        """A path inside the workspace mirror (``inputs/gs/show/a.png``, what a scene's
+        ``//`` paths become once the scene is local) names ``gs://show/a.png``."""
+        root = str(self.inputs) + "/"
+        if not path.startswith(root):
+            return None
+        parts = [p for p in path[len(root) :].split("/") if p not in ("", ".")]
+        if len(parts) < 2 or ".." in parts:
+            raise RequestError("unmapped", f"{path}: not an object below {root}")
+        netloc = "" if parts[1] == "_" else parts[1]
+        return f"{parts[0]}://{netloc}/" + "/".join(parts[2:])
+
+    def local_for(self, url: str) -> Path:
+        return self.inputs / workspace_relpath(url)
+
+    def resolve(self, path: str) -> tuple[str, Path]:
+        """(url, local path) for ``path``, fetched; blocks until it is in the workspace."""
+        url = self.url_for(path)
+        local = self._local.get(url)
+        if local is not None:
+            return url, local
+        return url, self.local_copy(url)
+
+    def local_copy(self, url: str) -> Path:
+        """The workspace copy of ``url``, fetched once however many threads ask."""
+        with self._lock:
+            future = self._futures.get(url)
+            owner = future is None
+            if future is None:
+                future = Future()
+                self._futures[url] = future
+        if not owner:
+            return future.result()
+        started = time.monotonic()
+        try:
+            local = self.fetch(url)
+        except BaseException as exc:
+            with self._lock:
+                self._futures.pop(url, None)  # a later request may try again
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            self._local[url] = local
+            self.stats.fetched += 1
+        future.set_result(local)
+        self._log(f"fetched {url} {1000 * (time.monotonic() - started):.1f}ms")
+        return local
+
+    def _prefetch_url(self, url: str) -> bool:
+        with self._lock:
+            if url in self._local or url in self._futures:
+                return False
+            self.stats.prefetched += 1
+
+        def run() -> None:
+            with contextlib.suppress(Exception):
+                self.local_copy(url)
+
+        self._pool.submit(run)
+        return True
+
+    def prefetch(self, paths: Iterable[str]) -> int:
+        queued = 0
+        for path in paths:
+            with contextlib.suppress(RequestError):
+                queued += self._prefetch_url(self.url_for(path))
+        return queued
+
+    def frame_next(self, frame: int) -> int:
+        """Prefetch the dependencies of ``frame`` and of the frames after it (``frames_ahead``)."""
+        wanted = {frame}
+        later = [f for f in self._frames if f > frame][: self.frames_ahead]
+        wanted.update(later)
+        queued = 0
+        for dep in self.deps:
+            if dep.frames is not None and wanted.intersection(dep.frames):
+                queued += self._prefetch_url(dep.url)
+        self._log(f"frame {frame}: {queued} queued")
+        return queued
+
+    def list_folder(self, path: str) -> tuple[list[str], Path]:
+        """Names directly below a mapped folder (files and sub-folders), from storage."""
+        url = self.url_for(path).rstrip("/")
+        if self.list_prefix is None:
+            raise RequestError("failed", "this agent cannot list storage")
+        prefix = url + "/"
+        names: set[str] = set()
+        for info in self.list_prefix(prefix, True):
+            rest = info.url[len(prefix) :]
+            if rest:
+                names.add(rest.split("/", 1)[0])
+        local = self.local_for(url)
+        if names:
+            local.mkdir(parents=True, exist_ok=True)
+        return sorted(names), local
+
+    # -- the protocol --------------------------------------------------------------------
+
+    def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """One request -> one answer; never raises."""
+        started = time.monotonic()
+        op = request.get("op") if isinstance(request, Mapping) else None
+        try:
+            answer = self._dispatch(op, request)
+        except RequestError as exc:
+            if exc.code == "unmapped":
+                self.stats.unmapped += 1
+            answer = {"ok": False, "code": exc.code, "error": exc.message}
+        except MissingDependencyError as exc:
+            self.stats.missing += 1
+            self._log(f"missing {exc.url} (asked for {request.get('path')})")
+            answer = {
+                "ok": False,
+                "code": "missing",
+                "url": exc.url,
+                "error": f"{request.get('path')} -> {exc.url}: does not exist in storage",
+            }
+        except JitrenderError as exc:
+            answer = {"ok": False, "code": "failed", "error": exc.message}
+        except Exception as exc:  # a broken request must never take the agent down
+            answer = {"ok": False, "code": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        self.stats.requests += 1
+        self.stats.seconds += time.monotonic() - started
+        return answer
+
+    def _dispatch(self, op: Any, request: Mapping[str, Any]) -> dict[str, Any]:
+        if op == "resolve":
+            url, local = self.resolve(request.get("path"))  # type: ignore[arg-type]
+            self.stats.resolved += 1
+            return {"ok": True, "local": str(local), "url": url}
+        if op == "map":
+            url = self.url_for(request.get("path"))  # type: ignore[arg-type]
+            return {"ok": True, "local": str(self.local_for(url)), "url": url}
+        if op == "prefetch":
+            paths = request.get("paths")
+            if not isinstance(paths, list):
+                raise RequestError("bad_request", "'paths' must be a list")
+            return {"ok": True, "queued": self.prefetch(p for p in paths if isinstance(p, str))}
+        if op == "frame":
+            frame = request.get("frame")
+            if isinstance(frame, bool) or not isinstance(frame, int):
+                raise RequestError("bad_request", "'frame' must be an integer")
+            return {"ok": True, "queued": self.frame_next(frame)}
+        if op == "list":
+            names, local = self.list_folder(request.get("path"))  # type: ignore[arg-type]
+            return {"ok": True, "names": names, "local": str(local)}
+        if op == "ping":
+            return {"ok": True, "version": PROTOCOL_VERSION, "workspace": str(self.workspace)}
+        raise RequestError("bad_request", f"unknown op {op!r}")
+
+    def _log(self, line: str) -> None:
+        if self._log_file is not None:
+            with self._log_lock:
+                self._log_file.write(f"{time.time():.3f} {line}\n")
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        agent = self.server.agent
+        agent.stats.clients += 1
+        for line in self.rfile:
+            try:
+                request = json.loads(line)
+            except ValueError:
+                answer: dict[str, Any] = {
+                    "ok": False,
+                    "code": "bad_request",
+                    "error": "not a JSON line",
+                }
+            else:
+                answer = agent.handle(request)
+            try:
+                self.wfile.write(json.dumps(answer).encode() + b"\n")
+            except OSError:
+                return
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True  # a client that never hangs up must not keep the run alive
+
+    def __init__(self, path: str, agent: Agent) -> None:
+        self.agent = agent
+        super().__init__(path, _Handler)
+
+
+# -- the client (standard library only) ------------------------------------------------------
+
+
+class AgentUnavailable(Exception):
+    """No agent is running, or it stopped answering."""
+
+
+class AgentError(Exception):
+    """The agent answered ``ok: false``; ``code`` says why (missing, unmapped, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class AgentClient:
+    """Talks to the agent over its socket; one connection per thread, reconnects once."""
+
+    socket_path: str
+    timeout: float | None = None
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentClient | None:
+        path = (environ if environ is not None else os.environ).get(SOCKET_ENV)
+        return cls(path) if path else None
+
+    def _connection(self) -> tuple[socket.socket, Any]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.socket_path)
+            except OSError as exc:
+                sock.close()
+                raise AgentUnavailable(f"{self.socket_path}: {exc}") from None
+            conn = (sock, sock.makefile("rb"))
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn[1].close()
+            conn[0].close()
+            self._local.conn = None
+
+    def request(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        data = json.dumps(message).encode() + b"\n"
+        for attempt in (0, 1):
+            sock, reader = self._connection()
+            try:
+                sock.sendall(data)
+                line = reader.readline()
+            except OSError:
+                line = b""
+            if line:
+                answer: dict[str, Any] = json.loads(line)
+                return answer
+            self.close()
+            if attempt:
+                break
+        raise AgentUnavailable(f"{self.socket_path}: the agent hung up")
+
+    def resolve(self, path: str) -> str:
+        """The local path for ``path``; :class:`AgentError` (``code``) when it cannot be had."""
+        answer = self.request({"op": "resolve", "path": path})
+        if not answer.get("ok"):
+            raise AgentError(str(answer.get("code")), str(answer.get("error")))
+        return str(answer["local"])
