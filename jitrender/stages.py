@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -79,6 +80,7 @@ def run_invocation(
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: signals reach its children too
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             return StageOutcome(
@@ -112,6 +114,33 @@ def run_invocation(
         stopped=stopped,
         timed_out=timed_out,
     )
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a function for ``preexec_fn`` that makes the renderer get SIGKILL when this
+    process dies, even by SIGKILL: a killed run must not leave a renderer writing to a dead
+    workspace. Everything it calls is resolved here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    sigkill = int(signal.SIGKILL)
+    getppid, kill = os.getppid, os.kill
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if getppid() != parent:  # the parent died before the request took effect
+            kill(0, sigkill)
+
+    return arm
 
 
 def terminate_group(proc: subprocess.Popen[bytes], grace: float = TERM_GRACE_S) -> None:

@@ -21,17 +21,25 @@ from tests.conftest import gcs_client, put_object
 # The fake renderer: reads its inputs, says where it is (files in $PHASE_DIR), may sleep,
 # fail or write a half file, and writes its output to a temp name then renames (the safe way).
 RENDERER = r"""
-import os, pathlib, sys, time, zlib
+import os, pathlib, signal, sys, time, zlib
 frame = int(sys.argv[1]); inputs = pathlib.Path(sys.argv[2]); outputs = pathlib.Path(sys.argv[3])
+if os.environ.get("IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 phase = pathlib.Path(os.environ["PHASE_DIR"])
+attempt = len(list(phase.glob(f"start.{frame}.*")))
 (phase / f"start.{frame}.{os.getpid()}").write_text("")
+flaky = {int(f) for f in os.environ.get("FLAKY_FRAMES", "").split(",") if f}
+if frame in flaky and attempt == 0:
+    print(f"renderer: frame {frame} flaked: driver hiccup", flush=True)
+    sys.exit(4)
 wanted = ("lut.bin", f"tex.{frame:04d}.bin")
 data = b"".join(p.read_bytes() for p in sorted(inputs.rglob("*")) if p.name in wanted)
 fail = {int(f) for f in os.environ.get("FAIL_FRAMES", "").split(",") if f}
 if frame in fail:
     print(f"renderer: frame {frame} exploded: out of cheese", flush=True)
     sys.exit(3)
-time.sleep(float(os.environ.get("RENDER_SLEEP", "0")))
+sleeps = dict(p.split(":") for p in os.environ.get("SLEEP_FRAMES", "").split(",") if p)
+time.sleep(float(sleeps.get(str(frame), os.environ.get("RENDER_SLEEP", "0"))))
 body = f"frame {frame} crc {zlib.crc32(data)} len {len(data)}\n".encode() * 64
 out = outputs / f"frame.{frame:04d}.txt"
 tmp = outputs / f".frame.{frame:04d}.txt.tmp"
@@ -142,7 +150,7 @@ def jitrender_env(job: RenderJob, **overrides: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    for key in ("BATCH_TASK_INDEX", "BATCH_TASK_COUNT", "FAIL_FRAMES", "RENDER_SLEEP"):
+    for key in ("BATCH_TASK_INDEX", "BATCH_TASK_COUNT", "GCE_METADATA_HOST"):
         env.pop(key, None)
     env.update(overrides)
     return env
