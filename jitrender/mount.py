@@ -103,6 +103,8 @@ def _fuse_error(code: int) -> Exception:
 class LazyView:
     """The file system behind the mount (mfusepy ``Operations``; built by :func:`start_mount`)."""
 
+    use_ns = True  # mfusepy: times are integer nanoseconds
+
     def __init__(self, roots: dict[str, str], agent: Agent) -> None:
         if agent.list_prefix is None:
             raise MountUnavailable("the agent cannot list storage")
@@ -110,7 +112,7 @@ class LazyView:
         self.agent = agent
         self._trees: dict[str, _Tree] = {}
         self._lock = threading.Lock()
-        self._started = time.time()
+        self._started = time.time_ns()
 
     def _tree(self, root: str) -> _Tree:
         with self._lock:

@@ -1,0 +1,213 @@
+"""The Blender plugin with real Blender (the bpy module, in subprocesses): a scene whose
+textures and image sequence are absolute studio paths (``/mnt/show/...``) that do not exist
+on the node renders the right pixels, fetching only what the rendered frames read."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import put_object
+from tests.hooks.conftest import HOOKS, start_test_agent
+
+pytestmark = [
+    pytest.mark.blender,
+    pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy module"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+WOOD = (40, 200, 60)
+
+
+def plate_colour(number: int) -> tuple[int, int, int]:
+    return (200, 30 * number, 20)
+
+
+def _pngio() -> Any:
+    spec = importlib.util.spec_from_file_location("pngio", REPO / "examples/turntable/pngio.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PNG = _pngio()
+
+
+def solid_png(rgb: tuple[int, int, int]) -> bytes:
+    data: bytes = PNG.encode_png(np.full((4, 4, 3), rgb, np.uint8))
+    return data
+
+
+def show_files(with_wood: bool = True) -> dict[str, bytes]:
+    files = {f"seq/plate.{n:04d}.png": solid_png(plate_colour(n)) for n in range(1, 6)}
+    if with_wood:
+        files["tex/wood.png"] = solid_png(WOOD)
+    return files
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scene") / "shot.blend"
+    subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("blend_hook_scene.py")), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
+
+
+def assert_frame_pixels(image_path: Path, frame: int) -> None:
+    pixels = PNG.read_png(image_path)
+    assert pixels.shape[:2] == (48, 64)
+    left, right = pixels[24, 16, :3].astype(int), pixels[24, 48, :3].astype(int)
+    assert np.abs(left - WOOD).max() <= 2, f"left half is {left}, not the wood texture"
+    expected = plate_colour(frame)
+    assert np.abs(right - expected).max() <= 2, f"right half is {right}, not plate {frame}"
+
+
+def run_jitrender(
+    job: dict[str, Any], tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("jitrender")),
+            "run",
+            str(job_file),
+            "--report",
+            str(report),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--keep-workspace",
+            "--progress",
+            "quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JITRENDER_HOOKS": str(HOOKS)},
+    )
+    return done, json.loads(report.read_text())
+
+
+def blender_job(scene_url: str, bucket: str, out: Path, frames: str) -> dict[str, Any]:
+    return {
+        "scene": scene_url,
+        "frames": frames,
+        "path_map": [{"from": "/mnt/show", "to": f"{bucket}/show"}],
+        "stages": [
+            {
+                "name": "render",
+                "engine": "blender",
+                "args": {"resolution": [64, 48], "samples": 2, "output": "beauty.####.png"},
+            }
+        ],
+        "outputs": {"to": f"file://{out}", "files": ["beauty.*.png"]},
+        "retries": {"frame": 0},
+    }
+
+
+def test_jitrender_run_renders_studio_paths_from_gcs_with_only_the_frames_plates(
+    scene: Path, gcs_bucket: str, tmp_path: Path
+) -> None:
+    for rel, data in show_files().items():
+        put_object(f"{gcs_bucket}/show/{rel}", data)
+    put_object(f"{gcs_bucket}/shots/shot.blend", scene.read_bytes())
+    out = tmp_path / "out"
+    done, report = run_jitrender(
+        blender_job(f"{gcs_bucket}/shots/shot.blend", gcs_bucket, out, "2-3"), tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for frame in (2, 3):
+        assert_frame_pixels(out / f"beauty.{frame:04d}.png", frame)
+    # Fetched: the scene, the texture and plates 2 and 3 only (never 1, 4 or 5).
+    assert report["cache"]["misses"] == 4, report
+    workspace = Path(report["workspace"])
+    plates = sorted(p.name for p in workspace.rglob("plate.*.png"))
+    assert plates == ["plate.0002.png", "plate.0003.png"]
+    agent_log = (workspace / "logs" / "agent.log").read_text()
+    assert "stopped" in agent_log
+
+
+def test_a_texture_missing_from_the_bucket_fails_the_run_with_65_naming_it(
+    scene: Path, gcs_bucket: str, tmp_path: Path
+) -> None:
+    for rel, data in show_files(with_wood=False).items():
+        put_object(f"{gcs_bucket}/show/{rel}", data)
+    put_object(f"{gcs_bucket}/shots/shot.blend", scene.read_bytes())
+    out = tmp_path / "out"
+    done, report = run_jitrender(
+        blender_job(f"{gcs_bucket}/shots/shot.blend", gcs_bucket, out, "2"), tmp_path
+    )
+    assert done.returncode == 65, done.stderr[-3000:]
+    assert "wood.png" in done.stderr
+    assert report["status"] == "failed" and not list(tmp_path.glob("out/*.png"))
+
+
+def render_with_plugin(
+    scene: Path, socket: str, out: Path, frame: int
+) -> subprocess.CompletedProcess[str]:
+    """blender_render with the plugin, as the blender engine runs it, but against an agent that
+    was told nothing in advance: every file comes through the plugin's requests."""
+    env = {
+        **os.environ,
+        "JITRENDER_SOCKET": socket,
+        "JITRENDER_BLENDER_HOOK": str(HOOKS / "blender" / "jitrender_blender.py"),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jitrender.engines.blender_render",
+            f"--blend={scene}",
+            f"--frames={frame}",
+            f"--outputs={out}",
+            "--output=beauty.####.png",
+            "--samples=2",
+            "--resolution=64x48",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_plugin_fetches_on_request_exactly_the_texture_and_that_frames_plate(
+    scene: Path, tmp_path: Path
+) -> None:
+    running = start_test_agent(tmp_path, show_files())
+    try:
+        done = render_with_plugin(scene, running.socket, tmp_path / "out", 4)
+    finally:
+        running.agent.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_frame_pixels(tmp_path / "out" / "beauty.0004.png", 4)
+    assert sorted(u.rsplit("/", 1)[1] for u in running.fetched) == ["plate.0004.png", "wood.png"]
+
+
+def test_the_plugin_fails_the_frame_naming_a_texture_missing_from_storage(
+    scene: Path, tmp_path: Path
+) -> None:
+    running = start_test_agent(tmp_path, show_files(with_wood=False))
+    try:
+        done = render_with_plugin(scene, running.socket, tmp_path / "out", 4)
+    finally:
+        running.agent.stop()
+    assert done.returncode == 65
+    assert "image 'wood' needs /mnt/show/tex/wood.png" in done.stderr
+    assert "tex/wood.png: does not exist in storage" in done.stderr
+    assert not (tmp_path / "out" / "beauty.0004.png").exists()
