@@ -211,3 +211,60 @@ def test_the_plugin_fails_the_frame_naming_a_texture_missing_from_storage(
     assert "image 'wood' needs /mnt/show/tex/wood.png" in done.stderr
     assert "tex/wood.png: does not exist in storage" in done.stderr
     assert not (tmp_path / "out" / "beauty.0004.png").exists()
+
+
+LINKED_SCENE = """
+import sys, bpy
+root = sys.argv[-1]
+bpy.ops.wm.read_factory_settings(use_empty=True)
+bpy.ops.mesh.primitive_cube_add()
+bpy.context.active_object.name = "LibCube"
+bpy.ops.wm.save_as_mainfile(filepath=root + "/bucket/lib/cube.blend")
+bpy.ops.wm.read_factory_settings(use_empty=True)
+with bpy.data.libraries.load(root + "/bucket/lib/cube.blend", link=True) as (src, dst):
+    dst.objects = ["LibCube"]
+for obj in dst.objects:
+    bpy.context.scene.collection.objects.link(obj)
+bpy.data.libraries[0].filepath = "/mnt/show/lib/cube.blend"
+bpy.ops.wm.save_as_mainfile(filepath=root + "/shot.blend", relative_remap=False)
+"""
+
+OPEN_WITH_PLUGIN = """
+import sys, importlib.util, bpy
+spec = importlib.util.spec_from_file_location("jitrender_blender", sys.argv[-2])
+plugin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(plugin)
+plugin.register()
+bpy.ops.wm.open_mainfile(filepath=sys.argv[-1])
+cube = bpy.data.objects["LibCube"]
+print("LINKED", cube.library is not None, cube.data is not None and len(cube.data.vertices))
+"""
+
+
+def test_a_linked_library_at_a_studio_path_is_fetched_remapped_and_reloaded(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "bucket" / "lib").mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, "-c", LINKED_SCENE, str(tmp_path)], check=True, capture_output=True
+    )
+    library = (tmp_path / "bucket" / "lib" / "cube.blend").read_bytes()
+    running = start_test_agent(tmp_path / "run", {"lib/cube.blend": library})
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                OPEN_WITH_PLUGIN,
+                str(HOOKS / "blender" / "jitrender_blender.py"),
+                str(tmp_path / "shot.blend"),
+            ],
+            env={**os.environ, "JITRENDER_SOCKET": running.socket},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        running.agent.stop()
+    assert "LINKED True 8" in done.stdout, done.stdout + done.stderr
+    assert [u.rsplit("/", 1)[1] for u in running.fetched] == ["cube.blend"]
