@@ -40,7 +40,6 @@ from jitrender.storage import (
     ObjectInfo,
     Store,
     crc32c_of_file,
-    pid_alive,
 )
 
 _STRIPES = 4096
@@ -228,6 +227,21 @@ class Cache:
                 path.unlink()
             return None
         return path
+
+    def _stripe_held(self, key: str) -> bool:
+        """True while some thread or process holds ``key``'s stripe lock (a download)."""
+        lock_path = self.locks / f"{int(key[:6], 16) % _STRIPES:04d}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     @contextlib.contextmanager
     def _stripe_lock(self, key: str) -> Iterator[None]:
@@ -421,8 +435,10 @@ class Cache:
         """Remove downloads and workspaces left by processes that died."""
         parts = runs = 0
         for part in self.tmp.iterdir():
-            pid_text = part.name.split(".")[1] if part.name.count(".") >= 2 else ""
-            if not pid_text.isdigit() or not pid_alive(int(pid_text)):
+            key = part.name.split(".")[0]
+            # Downloads run under their stripe lock; a free lock means the writer is gone
+            # (pids alone cannot tell across containers that share the cache folder).
+            if _is_key(key) and not self._stripe_held(key):
                 with contextlib.suppress(OSError):
                     part.unlink()
                     parts += 1
@@ -455,6 +471,10 @@ class Cache:
         fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return run_dir, fd
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def run_is_live(run_dir: Path) -> bool:

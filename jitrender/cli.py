@@ -364,6 +364,41 @@ def cache_clear(cache_dir: CacheDir = None, as_json: JsonFlag = False) -> None:
 
 
 @app.command()
+def health(
+    cache_dir: CacheDir = None,
+    as_json: JsonFlag = False,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Forget the failure streak (after repairing the node).")
+    ] = False,
+) -> None:
+    """Is this node fit for work? Exit 0 healthy, 69 unhealthy (it failed frames of several
+    jobs in a row: drain it). Reads health.json in the cache folder."""
+    from jitrender.cache import default_cache_dir
+    from jitrender.health import NodeHealth
+
+    node = NodeHealth(cache_dir or default_cache_dir())
+    try:
+        if reset:
+            node.reset()
+        state = node.status()
+    except OSError as exc:
+        _fail(ConfigError(f"{node.path}: cannot use health record: {exc}"))
+    if as_json:
+        _print_json(state)
+    else:
+        word = "healthy" if state["healthy"] else "UNHEALTHY: drain this node"
+        typer.echo(
+            f"{word} ({state['failed_frames_in_a_row']} failed frames of "
+            f"{state['failed_jobs_in_a_row']} jobs in a row; limits "
+            f"{state['thresholds']['failed_frames']} frames, "
+            f"{state['thresholds']['failed_jobs']} jobs)"
+        )
+        for item in state["recent_failures"]:
+            typer.echo(f"  {item['job_name']} frame {item['frame']}: {item['why']}")
+    raise typer.Exit(0 if state["healthy"] else int(ExitCode.UNHEALTHY))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)

@@ -12,6 +12,7 @@ class ExitCode(IntEnum):
     DATA = 65  # the job's data is wrong: missing dependency, frame failed after retries
     TEMPFAIL = 75  # preempted, SIGTERM, transient storage failure after retries: retry
     CONFIG = 78  # bad job.yaml, bad flags, permission denied, task index mismatch
+    UNHEALTHY = 69  # `jitrender health`: this node keeps failing frames; drain it
 
 
 class JitrenderError(Exception):

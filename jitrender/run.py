@@ -45,9 +45,11 @@ from jitrender.errors import (
     Preempted,
     TransientError,
 )
+from jitrender.health import FrameOutcome, NodeHealth
 from jitrender.job import Job, StageSpec
 from jitrender.outputs import OutputPatterns, Uploader, UploadRecord
 from jitrender.paths import PathMap, workspace_relpath
+from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
 from jitrender.resolve import resolver_for
@@ -138,6 +140,8 @@ class JobRun:
         self.options = options
         self.progress = options.progress
         self.stop = threading.Event()
+        self.stop_reason: str | None = None  # why ``stop`` was set, when not by a signal
+        self._watcher = PreemptionWatcher(self.stop, self._on_preemption_notice)
         self.stores = Stores()
         self.retry = RetryPolicy(attempts=job.retries.storage)
         self.job_hash = job.job_hash()
@@ -203,7 +207,8 @@ class JobRun:
             with _StopSignal(self.stop, self.progress).installed():
                 self._execute()
         except Preempted as exc:
-            report.status, report.exit_code, report.error = "preempted", 75, exc.message
+            reason = f" ({self.stop_reason})" if self.stop_reason else ""
+            report.status, report.exit_code, report.error = "preempted", 75, exc.message + reason
         except TransientError as exc:
             report.status, report.exit_code, report.error = "preempted", 75, exc.message
         except JitrenderError as exc:
@@ -218,8 +223,26 @@ class JobRun:
             self._finish()
         return report
 
+    def _record_health(self) -> None:
+        """Frames rendered or failed by their stages count towards the node's health; upload
+        conflicts and missing inputs are the job's fault, not the node's."""
+        name, job_hash = self.job.display_name, self.job_hash
+        outcomes = [FrameOutcome(job_hash, name, f, True) for f in self.report.done]
+        outcomes += [
+            FrameOutcome(job_hash, name, f.frame, False, f"{f.stage}: {f.why}")
+            for f in self.report.failures
+            if f.stage != "upload"
+        ]
+        with contextlib.suppress(OSError):
+            NodeHealth(self.cache.root).record(outcomes)
+
+    def _on_preemption_notice(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.progress.event("warning", message=f"{reason}: stopping")
+
     def _finish(self) -> None:
         report = self.report
+        self._watcher.close()
         self._stop_agent()
         if self.uploader is not None:
             self.uploader.close()
@@ -228,6 +251,7 @@ class JobRun:
         report.hits, report.misses = len(self._hits), len(self._fetched)
         report.bytes_fetched = sum(i.size for i in self._fetched)
         report.bytes_from_cache = sum(i.size for i in self._hits)
+        self._record_health()
         if self.workspace is not None:
             report.workspace = str(self.workspace.root)
             if not self.options.keep_workspace:
@@ -239,6 +263,7 @@ class JobRun:
         job, report = self.job, self.report
         frames = self.options.frames if self.options.frames is not None else job.frame_list()
         report.requested = list(frames)
+        self._watcher.start()
         if not frames:
             self.progress.event("phase", message="no frames for this task: nothing to do")
             return
@@ -250,6 +275,9 @@ class JobRun:
             self.progress.event("phase", message="every requested frame is already done")
             return
 
+        # A killed run's partial downloads and workspace (whose links pin cache entries) go now.
+        with contextlib.suppress(OSError):
+            self.cache.clean_leftovers()
         run_dir, _lock_fd = self.cache.new_run_dir(f"{job.display_name}-{self.job_hash[:8]}")
         t0 = time.monotonic()
         resolved, scene_local = self.resolve(todo, run_dir)
@@ -267,7 +295,11 @@ class JobRun:
         self._start_uploader()
         self.progress.totals(len(deps), report.bytes_needed, len(todo))
         t1 = time.monotonic()
-        self._run_stages(todo)
+        try:
+            self._run_stages(todo)
+        except Preempted:
+            self._settle(todo)  # flush what finished (bounded), mark it, then re-raise
+            raise
         report.timings["render_s"] = time.monotonic() - t1 - report.timings["fetch_s"]
         self._settle(todo)
 
@@ -725,8 +757,7 @@ class JobRun:
         t0 = time.monotonic()
         budget = FLUSH_BUDGET_S if self.stop.is_set() else None
         self.uploader.sweep()
-        if not self.uploader.wait(budget):
-            raise Preempted("stopped before every upload finished")
+        flushed = self.uploader.wait(budget)
         for frame in frames:
             self._maybe_mark(frame)
         self.report.timings["upload_s"] = self.uploader.upload_seconds
@@ -735,6 +766,9 @@ class JobRun:
         with self._lock:
             done = sorted(self._marked & set(frames))
         self.report.done = done
+        if self.stop.is_set():  # frames not done are left for the retry, not failed
+            flush = "finished frames flushed" if flushed else "not every upload finished"
+            raise Preempted(f"stopped ({flush})")
         errors = [r for r in self.uploader.records.values() if r.outcome == "error"]
         conflicts = self.report.conflicts
         for frame in frames:
@@ -746,8 +780,6 @@ class JobRun:
             if bad:
                 why = f"output exists in the bucket with other content: {bad[0]}"
             self.report.failures.append(FrameFailure(frame, "upload", why))
-        if self.stop.is_set():
-            raise Preempted("stopped by signal")
         transient = [r for r in errors if r.transient]
         if transient:
             raise TransientError(transient[0].error or "uploads failed")

@@ -41,6 +41,7 @@ if frame in fail:
 sleeps = dict(p.split(":") for p in os.environ.get("SLEEP_FRAMES", "").split(",") if p)
 time.sleep(float(sleeps.get(str(frame), os.environ.get("RENDER_SLEEP", "0"))))
 body = f"frame {frame} crc {zlib.crc32(data)} len {len(data)}\n".encode() * 64
+body = os.environ.get("OUTPUT_TAG", "").encode() + body
 out = outputs / f"frame.{frame:04d}.txt"
 tmp = outputs / f".frame.{frame:04d}.txt.tmp"
 tmp.write_bytes(body)

@@ -1,0 +1,125 @@
+"""Frame retries, node health, and a changed job definition, with real ``jitrender run``
+processes against fake-gcs-server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.renderjobs import (
+    RenderJob,
+    bucket_objects,
+    expected_output,
+    jitrender_env,
+    make_job,
+    run,
+)
+
+
+def test_flaky_frame_heals_on_retry(gcs_bucket: str, tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-3", retries_frame=1)
+    code, out, report = run(job, env=jitrender_env(job, FLAKY_FRAMES="2"))
+    assert code == 0, out
+    assert job.phases("start") == [1, 2, 2, 3]
+    assert report["frames"]["done"] == [1, 2, 3]
+    data = bucket_objects(gcs_bucket, "renders/")["renders/frame.0002.txt"][1]
+    assert data == expected_output(2, job.frame_inputs(2))
+
+
+def test_frame_that_keeps_failing_fails_the_run_after_the_others(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-4", retries_frame=2)
+    code, out, report = run(job, env=jitrender_env(job, FAIL_FRAMES="2"))
+    assert code == 65, out
+    assert job.phases("start").count(2) == 3  # the first attempt and retries.frame=2 more
+    assert report["status"] == "failed"
+    assert report["frames"]["done"] == [1, 3, 4]
+    assert report["frames"]["failed"] == [2]
+    (failure,) = report["frames"]["failures"]
+    assert failure["frame"] == 2 and failure["stage"] == "render"
+    assert "exit code 3" in failure["why"]
+    assert any("out of cheese" in line for line in failure["log_tail"])
+    assert "frame 2" in (report["error"] or "")
+    assert "frame.0002.txt" not in str(bucket_objects(gcs_bucket, "renders/"))
+
+
+def _health(job: RenderJob, *args: str) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "health", "--json", *args],
+        env=jitrender_env(job),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_node_failing_frames_of_several_jobs_reports_unhealthy(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    cache = tmp_path / "node-cache"
+    first = make_job(tmp_path / "a", gcs_bucket, "1-2", name="a")
+    second = make_job(tmp_path / "b", gcs_bucket, "3-4", name="b")
+    for job in (first, second):
+        job.cache_dir = cache
+    assert _health(first)[0] == 0
+    code, out, _ = run(first, env=jitrender_env(first, FAIL_FRAMES="1,2"))
+    assert code == 65, out
+    code, state = _health(first)
+    assert code == 0, state  # two failures of one job: that job's problem
+    assert state["failed_frames_in_a_row"] == 2
+    code, out, _ = run(second, env=jitrender_env(second, FAIL_FRAMES="3,4"))
+    assert code == 65, out
+    code, state = _health(first)
+    assert code == 69 and state["healthy"] is False, state
+    assert state["failed_jobs_in_a_row"] == 2
+    assert "out of cheese" in state["recent_failures"][-1]["why"]
+    assert json.loads((cache / "health.json").read_text())["streak"]  # plain JSON on disk
+    code, state = _health(first, "--reset")
+    assert code == 0 and state["healthy"] is True
+    run(second, env=jitrender_env(second, FAIL_FRAMES="3,4"))
+    code, out, _ = run(first)  # a rendered frame clears the streak
+    assert code == 0, out
+    assert _health(first)[1]["failed_frames_in_a_row"] == 0
+
+
+def test_changed_job_does_not_reuse_old_markers_and_reports_conflicts(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-3")
+    code, out, _ = run(job)
+    assert code == 0, out
+    before = bucket_objects(gcs_bucket, "renders/")
+    # Same outputs, a different definition (the stage's env): a different job hash.
+    changed = make_job(
+        tmp_path / "job", gcs_bucket, "1-3", upload=False,
+        extra={"env": {"LOOK": "v2"}},
+    )  # fmt: skip
+    job.clear_phases()
+    code, out, report = run(changed, report="changed.json")
+    assert report["frames"]["skipped_already_done"] == []  # old markers are not this job's
+    assert changed.phases("start") == [1, 2, 3]
+    # Identical bytes count as this job's outputs; nothing was overwritten.
+    assert code == 0, out
+    after = bucket_objects(gcs_bucket, "renders/")
+    for name, (generation, _) in before.items():
+        assert after[name][0] == generation
+    assert len([n for n in after if "/_jitrender/" in n]) == 6  # one marker set per hash
+    # Now different bytes from a changed renderer: conflicts are reported, never overwritten.
+    looked = make_job(
+        tmp_path / "job", gcs_bucket, "1-3", upload=False,
+        extra={"env": {"LOOK": "v3"}},
+    )  # fmt: skip
+    env = jitrender_env(looked, OUTPUT_TAG="graded ")
+    code, out, report = run(looked, report="conflict.json", env=env)
+    assert code == 65, out
+    assert sorted(report["outputs"]["conflicts"]) == [f"frame.{f:04d}.txt" for f in (1, 2, 3)]
+    assert report["frames"]["failed"] == [1, 2, 3]
+    assert "other content" in report["frames"]["failures"][0]["why"]
+    final = bucket_objects(gcs_bucket, "renders/")
+    for name, (generation, data) in before.items():
+        assert final[name] == (generation, data)
