@@ -174,6 +174,10 @@ class JobRun:
             "JITRENDER_ATTEMPT", "0"
         )
 
+    @property
+    def _job_dir(self) -> Path | None:
+        return self.job.source.parent if self.job.source is not None else None
+
     # -- storage helpers -----------------------------------------------------------------
 
     def _store(self, url: str) -> Store:
@@ -279,6 +283,9 @@ class JobRun:
         with contextlib.suppress(OSError):
             self.cache.clean_leftovers()
         run_dir, _lock_fd = self.cache.new_run_dir(f"{job.display_name}-{self.job_hash[:8]}")
+        scene_url = job.scene_url
+        planned_scene = run_dir / "inputs" / workspace_relpath(scene_url) if scene_url else None
+        self._preflight_stages(Workspace(run_dir, planned_scene, self._job_dir), todo)
         t0 = time.monotonic()
         resolved, scene_local = self.resolve(todo, run_dir)
         deps = resolved.deps
@@ -288,12 +295,12 @@ class JobRun:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             raise DataError(f"{len(missing)} dependencies missing from storage: {names}{more}")
         report.timings["resolve_s"] = time.monotonic() - t0
-        self.workspace = Workspace(run_dir, scene_local)
+        self.workspace = Workspace(run_dir, scene_local, self._job_dir)
         self.workspace.create()
         self._start_fetches(deps)
         self._start_agent(deps)
         self._start_uploader()
-        self.progress.totals(len(deps), report.bytes_needed, len(todo))
+        self.progress.totals(report.deps_count, report.bytes_needed, len(todo))
         t1 = time.monotonic()
         try:
             self._run_stages(todo)
@@ -603,6 +610,7 @@ class JobRun:
                 "JITRENDER_FRAMES": ",".join(str(f) for f in call.frames),
                 "JITRENDER_SCENE": str(ws.scene or ""),
                 "JITRENDER_JOB_HASH": self.job_hash,
+                "JITRENDER_JOB_DIR": str(ws.job_dir or ""),
             }
         )
         if self.agent is not None:
@@ -642,6 +650,14 @@ class JobRun:
         else:
             uploader.stage_failed()
         return outcome
+
+    def _preflight_stages(self, workspace: Workspace, frames: list[int]) -> None:
+        """Build every stage's command once before fetching anything, so a bad template or
+        engine argument is a configuration error (78) that costs no transfer."""
+        for spec in self.job.stages:
+            sample = (frames[0],) if spec.per == "frame" else tuple(frames)
+            call = StageCall(spec.name, sample, workspace, spec.args, spec.command, spec.env)
+            engine_named(spec.engine or "command")(call)
 
     def _groups(self) -> list[tuple[str, list[StageSpec]]]:
         """Consecutive per-frame stages run together frame by frame; chunk stages alone."""
