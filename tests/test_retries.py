@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jitrender.health import FrameOutcome, HealthPolicy, NodeHealth
 from tests.renderjobs import (
     RenderJob,
     bucket_objects,
@@ -79,12 +80,21 @@ def test_node_failing_frames_of_several_jobs_reports_unhealthy(
     assert state["failed_jobs_in_a_row"] == 2
     assert "out of cheese" in state["recent_failures"][-1]["why"]
     assert json.loads((cache / "health.json").read_text())["streak"]  # plain JSON on disk
-    code, state = _health(first, "--reset")
-    assert code == 0 and state["healthy"] is True
-    run(second, env=jitrender_env(second, FAIL_FRAMES="3,4"))
     code, out, _ = run(first)  # a rendered frame clears the streak
     assert code == 0, out
-    assert _health(first)[1]["failed_frames_in_a_row"] == 0
+    assert NodeHealth(cache).status()["failed_frames_in_a_row"] == 0
+
+
+def test_health_reset_and_thresholds(tmp_path: Path) -> None:
+    node = NodeHealth(tmp_path / "cache", HealthPolicy(failed_frames=2, failed_jobs=2))
+    node.record([FrameOutcome("a", "a", 1, False, "render: exit code 1")])
+    node.record([FrameOutcome("a", "a", 2, False, "render: exit code 1")])
+    assert node.status()["healthy"] is True  # one job failing is that job's problem
+    node.record([FrameOutcome("b", "b", 7, False, "render: GPU lost")])
+    assert node.status()["healthy"] is False
+    node.reset()
+    assert node.status()["healthy"] is True
+    assert HealthPolicy.from_env({"JITRENDER_HEALTH_FAILED_FRAMES": "5"}).failed_frames == 5
 
 
 def test_changed_job_does_not_reuse_old_markers_and_reports_conflicts(
