@@ -159,6 +159,11 @@ def run(
     typer.echo(f"jitrender: {summary}", err=True)
     if result.error:
         typer.echo(f"jitrender: error: {result.error}", err=True)
+    if result.status == "preempted":
+        # Storage threads that still hang must not hold the process past its deadline.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result.exit_code)
     raise typer.Exit(result.exit_code)
 
 

@@ -294,9 +294,11 @@ class Uploader:
             with contextlib.suppress(TimeoutError):
                 pending[0].result(timeout=remaining)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop watching; with ``wait`` finish every submitted upload, else drop queued ones
+        (a stopping run must not outlive its deadline for a hung upload)."""
         self.stop_watching()
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
     def is_uploaded(self, relpath: str) -> bool:
         record = self.records.get(relpath)

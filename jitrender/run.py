@@ -249,7 +249,7 @@ class JobRun:
         self._watcher.close()
         self._stop_agent()
         if self.uploader is not None:
-            self.uploader.close()
+            self.uploader.close(wait=not self.stop.is_set())
         with contextlib.suppress(JitrenderError, OSError):
             self.cache.record_run(self._hits, self._fetched)
         report.hits, report.misses = len(self._hits), len(self._fetched)

@@ -276,3 +276,23 @@ def test_preemption_watcher_costs_nothing_off_gce(monkeypatch: pytest.MonkeyPatc
     assert watcher.start() is False
     assert time.monotonic() - started < 0.1
     assert not stop.is_set()
+
+
+def test_sigterm_with_a_stuck_upload_still_exits_75_in_time(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """Storage hangs on frame 2's upload when SIGTERM comes: the flush is bounded."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1-4")
+    fault = held_on(proxy, lambda r: r.is_upload and r.names("frame.0002.txt"), forward=False)
+    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url, RENDER_SLEEP="0.3")
+    proc = start_run(job, env=env)
+    assert fault.held.wait(20)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc, timeout=40)
+    fault.release.set()
+    assert code == 75, out
+    assert time.monotonic() - signalled < 15, out
+    report = json.loads((job.root / "report.json").read_text())
+    assert report["status"] == "preempted"
+    assert 1 in report["frames"]["done"] and 2 not in report["frames"]["done"]
