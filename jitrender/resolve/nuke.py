@@ -51,6 +51,8 @@ from jitrender.resolve.nuke_tcl import (
 
 # Precomps inside precomps deeper than this are a loop in all but name.
 MAX_PRECOMP_DEPTH = 16
+# No sequence on a farm is numbered beyond this; larger values are typos or garbage.
+MAX_FRAME = 10**9
 
 _ROOT_DEFAULTS = {"first_frame": "1", "last_frame": "100", "project_directory": "", "proxy": ""}
 _READ_DEFAULTS = {
@@ -94,6 +96,9 @@ class ScriptResolver:
     prefix: str = ""
     out: Dependencies = field(default_factory=Dependencies)
     _depth: int = 0
+    # (node id, knob) -> evaluated value or why not; knobs that refer to each other are
+    # evaluated once, so a chain of references cannot blow up exponentially.
+    _values: dict[tuple[int, str], str | NotEvaluable] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = self.script.root or Node("Root", {}, None, 0)
@@ -118,7 +123,17 @@ class ScriptResolver:
                 raise NotEvaluable("expressions refer to each other in a loop")
             parts = reference.split(".")
             node = self._find(parts[:-1], here) if len(parts) > 1 else here
-            return self._knob(node, parts[-1])
+            key = (id(node), parts[-1])
+            known = self._values.get(key)
+            if known is None:
+                try:
+                    known = self._knob(node, parts[-1])
+                except NotEvaluable as exc:
+                    known = exc
+                self._values[key] = known
+            if isinstance(known, NotEvaluable):
+                raise known
+            return known
         finally:
             self._depth -= 1
 
@@ -169,9 +184,10 @@ class ScriptResolver:
             return format_number(parse_number(raw, lambda ref: self.lookup(ref, node), None))
         return substitute(raw, self.tcl(node), self._depth)
 
-    def number(self, node: Node, knob: str, default: str) -> float:
+    def frame_number(self, node: Node, knob: str, default: str) -> int:
+        """An integer knob (a frame number), literal or expression."""
         raw = node.knobs.get(knob, default)
-        return parse_number(raw or "0", lambda ref: self.lookup(ref, node), None)
+        return _whole_frame(parse_number(raw or "0", lambda ref: self.lookup(ref, node), None))
 
     def choice(self, node: Node, knob: str, options: tuple[str, ...]) -> str:
         raw = node.knobs.get(knob, options[0]).strip().lower().replace(" ", "").replace("_", "")
@@ -309,6 +325,13 @@ def _root_name(ctx: ResolveContext) -> str:
 # -- frame mapping ---------------------------------------------------------------------------
 
 
+def _whole_frame(value: float) -> int:
+    """A frame number as Nuke's Read uses it: rounded down; absurd values are refused."""
+    if not math.isfinite(value) or abs(value) > MAX_FRAME:
+        raise NotEvaluable(f"{value} is not a usable frame number")
+    return math.floor(value)
+
+
 def held_frame(raw: int, first: int, last: int, before: str, after: str) -> int | None:
     """The file frame Nuke reads for ``raw`` given the node's range and before/after modes;
     None when the mode is ``black``."""
@@ -336,8 +359,8 @@ def read_frame_map(resolver: ScriptResolver, node: Node) -> dict[int, list[int]]
     def lookup(ref: str) -> str:
         return resolver.lookup(ref, node)
 
-    first = math.floor(resolver.number(node, "first", "1"))
-    last = math.floor(resolver.number(node, "last", "1"))
+    first = resolver.frame_number(node, "first", "1")
+    last = resolver.frame_number(node, "last", "1")
     first, last = min(first, last), max(first, last)
     before = resolver.choice(node, "before", _HOLD_MODES)
     after = resolver.choice(node, "after", _HOLD_MODES)
@@ -347,10 +370,10 @@ def read_frame_map(resolver: ScriptResolver, node: Node) -> dict[int, list[int]]
         frame_text = frame_text[1:-1].strip()
     mapping: dict[int, list[int]] = {}
     expression = compile_expression(frame_text) if mode == "expression" and frame_text else None
-    shift = 0 if mode == "expression" else math.floor(resolver.number(node, "frame", "0"))
+    shift = 0 if mode == "expression" else resolver.frame_number(node, "frame", "0")
     for frame in resolver.ctx.frames:
         if expression is not None:
-            raw = math.floor(expression.evaluate(lookup, frame))
+            raw = _whole_frame(expression.evaluate(lookup, frame))
         elif mode == "startat":
             raw = frame - shift + first
         elif mode == "offset":

@@ -39,8 +39,12 @@ _OcioLoader.add_multi_constructor("", _tagged)
 
 def _file_transforms(tree: Any) -> Iterator[str]:
     stack = [tree]
+    seen: set[int] = set()
     while stack:
         item = stack.pop()
+        if id(item) in seen:
+            continue  # YAML aliases share nodes; walking them again could be exponential
+        seen.add(id(item))
         if isinstance(item, dict):
             if item.get(_TAG_KEY) == "FileTransform" and isinstance(item.get("src"), str):
                 yield item["src"]
@@ -105,7 +109,11 @@ def ocio_config_dependencies(
         if is_url(expanded) or expanded.startswith("/"):
             out.extend(file_dependencies(ctx, expanded, lut_source))
             continue
-        found = _search(ctx, folder, search, expanded)
+        try:
+            found = _search(ctx, folder, search, expanded)
+        except ValueError as exc:
+            out.unresolved.append(Unresolved(lut_source, src, str(exc)))
+            continue
         if found is None:
             why = f"not found in the config's search_path ({':'.join(search)})"
             out.unresolved.append(Unresolved(lut_source, src, why))

@@ -20,13 +20,17 @@ from jitrender.errors import SceneParseError
 # Node classes whose block is followed by their member nodes and an ``end_group``.
 GROUP_CLASSES = frozenset({"Group", "LiveGroup", "Gizmo"})
 
+# TCL's own white space; Python's \s also matches \x1c-\x1f and Unicode spaces.
+_WS = " \t\n\r\f\v"
 # Most knob lines are two plain words ("first 1001"): read those in one match.
 _SIMPLE_LINE = re.compile(
-    r'[ \t]*([^\s{}"\[\]\\;#][^\s{}"\[\]\\;]*)[ \t]+([^\s{}"\[\]\\;]+)[ \t]*(?=[\n;]|\Z)'
+    rf'[ \t]*+([^{_WS}{{}}"\[\]\\;#][^{_WS}{{}}"\[\]\\;]*+)[ \t]++'
+    rf'([^{_WS}{{}}"\[\]\\;]++)[ \t]*+(?=[\n;]|\Z)'
 )
 _SPACE = re.compile(r"[ \t\r\f\v]+")
-_BARE_CHUNK = re.compile(r"(?:[^\s;\[\\]+|\\.)+", re.S)
-_QUOTED = re.compile(r'"((?:[^"\\]+|\\.)*)"', re.S)
+# Possessive quantifiers: an unterminated quote must fail in linear time, not backtrack.
+_BARE_CHUNK = re.compile(rf"(?:[^{_WS};\[\\]++|\\.)++", re.S)
+_QUOTED = re.compile(r'"((?:[^"\\]++|\\.)*+)"', re.S)
 _BRACES = re.compile(r"\\.|[{}]", re.S)
 _BRACKETS = re.compile(r"\\.|[\[\]]", re.S)
 _LINE_END = re.compile(r"\n")
@@ -172,6 +176,8 @@ class Scanner:
                         pos += 1  # a lone backslash at the very end
                     else:
                         break
+                if pos == word_start:
+                    raise self.error(pos, f"unexpected character {text[pos]!r}")
                 words.append(Word(unescape(text[word_start:pos]), False, word_start, pos))
         if words:
             yield words
