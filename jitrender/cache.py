@@ -41,6 +41,7 @@ from jitrender.storage import (
     Store,
     crc32c_of_file,
 )
+from jitrender.transfer import LARGE_OBJECT_BYTES, RangedDownloader
 
 _STRIPES = 4096
 _SCHEMA = """
@@ -128,6 +129,8 @@ class Cache:
         self._db_local = threading.local()
         self._inflight: dict[str, Future[CacheResult]] = {}
         self._inflight_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self.ranged = RangedDownloader()  # large objects: concurrent ranges on its own pool
         try:
             self._connection().executescript(_SCHEMA)
         except sqlite3.Error as exc:
@@ -156,14 +159,16 @@ class Cache:
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        # Threads queue here, not in sqlite's busy handler, which sleeps up to 100 ms per try.
+        with self._write_lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _record(
         self,
@@ -296,16 +301,10 @@ class Cache:
             final.parent.mkdir(exist_ok=True, mode=0o700)
             part = self.tmp / f"{key}.{os.getpid()}.{random.getrandbits(32):08x}"
             try:
-                with open(part, "xb") as handle:
-                    writer = Crc32cWriter(handle)
-                    store.download(info, writer)  # type: ignore[arg-type]
-                    handle.flush()
-                if writer.size != info.size:
-                    raise ChecksumMismatch(
-                        f"{info.url}: got {writer.size} bytes, storage said {info.size}"
-                    )
-                if info.crc32c is not None and writer.digest_b64() != info.crc32c:
-                    raise ChecksumMismatch(f"{info.url}: crc32c mismatch")
+                if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
+                    self.ranged.download(info, store, part)  # verifies the crc32c
+                else:
+                    self._download_whole(info, store, part)
                 os.chmod(part, 0o400)
                 os.replace(part, final)
             finally:
@@ -313,6 +312,17 @@ class Cache:
                     part.unlink()
             self._maybe_evict()
             return CacheResult(final, True, info.size)
+
+    @staticmethod
+    def _download_whole(info: ObjectInfo, store: Store, part: Path) -> None:
+        with open(part, "xb") as handle:
+            writer = Crc32cWriter(handle)
+            store.download(info, writer)  # type: ignore[arg-type]
+            handle.flush()
+        if writer.size != info.size:
+            raise ChecksumMismatch(f"{info.url}: got {writer.size} bytes, storage said {info.size}")
+        if info.crc32c is not None and writer.digest_b64() != info.crc32c:
+            raise ChecksumMismatch(f"{info.url}: crc32c mismatch")
 
     def link_into(self, cached: Path, dest: Path) -> None:
         """Hardlink a cached object to ``dest`` (a copy when the workspace is on another

@@ -64,6 +64,7 @@ from jitrender.storage import (
     Stores,
     with_retries,
 )
+from jitrender.transfer import InflightBudget, listing_prefixes
 
 MARKER_FOLDER = "_jitrender"
 # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
@@ -79,6 +80,8 @@ class RunOptions:
     overwrite: bool = False
     keep_workspace: bool = False
     fetch_workers: int = 16
+    # Bytes of cold downloads in flight at once: keeps the next frame's inputs first in line.
+    prefetch_bytes: int = 16 << 20
     upload_workers: int = 4
     extra_path_map: PathMap | None = None
     progress: Progress = field(default_factory=QuietProgress)
@@ -166,6 +169,7 @@ class JobRun:
         self._hits: list[ObjectInfo] = []
         self._fetched: list[ObjectInfo] = []
         self._fetch_pool = ThreadPoolExecutor(options.fetch_workers, thread_name_prefix="fetch")
+        self._budget = InflightBudget(options.prefetch_bytes)
         self.workspace: Workspace | None = None
         self.uploader: Uploader | None = None
         self.agent: Agent | None = None
@@ -437,6 +441,9 @@ class JobRun:
         unknown = [d.url for d in deps if d.url not in self._known]
         if unknown:
             with ThreadPoolExecutor(self.options.fetch_workers) as pool:
+                # One listing per busy folder gives size/generation/crc32c of many deps at once.
+                list(pool.map(lambda p: self._list(p, False), listing_prefixes(unknown)))
+                unknown = [url for url in unknown if url not in self._known]
                 list(pool.map(self._stat, unknown))
         out = []
         for dep in deps:
@@ -464,9 +471,16 @@ class JobRun:
             assert self.workspace is not None
             info = self._known[dep.url]
             store = self._store(dep.url)
-            result = with_retries(
-                lambda: self.cache.fetch(info, store, record=False), dep.url, self.retry
-            )
+            cold = info.size if self.cache.lookup(info) is None else 0
+            if cold and not self._budget.acquire(cold, self.stop.is_set):
+                raise Preempted("stopped while waiting to fetch")
+            try:
+                result = with_retries(
+                    lambda: self.cache.fetch(info, store, record=False), dep.url, self.retry
+                )
+            finally:
+                if cold:
+                    self._budget.release(cold)
             dest = self.workspace.inputs / workspace_relpath(dep.url)
             try:
                 self.cache.link_into(result.path, dest)

