@@ -310,8 +310,9 @@ class Cache:
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
-            self._maybe_evict()
-            return CacheResult(final, True, info.size)
+        self._record([info])  # indexed at once, so every process's eviction counts it
+        self._maybe_evict(keep=key)
+        return CacheResult(final, True, info.size)
 
     @staticmethod
     def _download_whole(info: ObjectInfo, store: Store, part: Path) -> None:
@@ -339,15 +340,15 @@ class Cache:
 
     # -- eviction ------------------------------------------------------------------------
 
-    def _maybe_evict(self) -> None:
+    def _maybe_evict(self, keep: str | None = None) -> None:
         if self.max_bytes is None:
             return
         with self._db() as db:
             (total,) = db.execute("SELECT COALESCE(SUM(size),0) FROM entries").fetchone()
         if total > self.max_bytes:
-            self.evict_to(self.max_bytes)
+            self.evict_to(self.max_bytes, keep=keep)
 
-    def evict_to(self, max_bytes: int) -> tuple[int, int]:
+    def evict_to(self, max_bytes: int, keep: str | None = None) -> tuple[int, int]:
         """Evict least-recently-used entries until at most ``max_bytes`` remain. Entries that a
         workspace links to (link count > 1) or that are being written are skipped.
         Returns (entries evicted, bytes evicted)."""
@@ -359,6 +360,8 @@ class Cache:
         for key, size in rows:
             if total <= max_bytes:
                 break
+            if key == keep:
+                continue  # just fetched for a caller that has not linked it yet
             path = self.objects / key[:2] / key
             try:
                 st = path.stat()
