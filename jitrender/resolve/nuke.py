@@ -48,6 +48,7 @@ from jitrender.resolve.nuke_tcl import (
     parse_number,
     substitute,
 )
+from jitrender.sequences import has_frame_token
 
 # Precomps inside precomps deeper than this are a loop in all but name.
 MAX_PRECOMP_DEPTH = 16
@@ -394,6 +395,9 @@ def _read(resolver: ScriptResolver, node: Node) -> Dependencies:
     try:
         frame_map = read_frame_map(resolver, node)
     except NotEvaluable as exc:
+        written = resolver.path(node, "file")
+        if written is not None and not has_frame_token(written):
+            return resolver.files(node, "file")  # one file (a movie): the frame is irrelevant
         raw = " ".join(f"{k} {node.knobs[k]}" for k in _READ_DEFAULTS if k in node.knobs)
         why = f"cannot work out which file frames it reads: {exc.why}"
         return Dependencies([], [Unresolved(resolver.source(node, "file"), raw, why)])

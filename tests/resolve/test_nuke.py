@@ -355,6 +355,13 @@ def test_what_needs_nuke_is_reported_with_node_and_reason_never_guessed(
     assert "frame" in reasons["Frame.file"]
 
 
+def test_a_movie_is_listed_even_when_its_frame_range_needs_nuke(local_bucket: str) -> None:
+    script = ROOT + read("/x/ref.mov", " last {{python_only()}}")
+    found = resolve(local_bucket, script, [1, 2])
+    assert [(d.url, d.frames) for d in found.deps] == [("file:///x/ref.mov", None)]
+    assert not found.unresolved
+
+
 def test_arithmetic_expr_is_evaluated(local_bucket: str) -> None:
     script = ROOT + read('"/x/v\\[expr 2*3+1].exr"')
     found = resolve(local_bucket, script, [1])
