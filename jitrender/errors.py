@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     TEMPFAIL = 75  # preempted, SIGTERM, transient storage failure after retries: retry
     CONFIG = 78  # bad job.yaml, bad flags, permission denied, task index mismatch
     UNHEALTHY = 69  # `jitrender health`: this node keeps failing frames; drain it
+    SOFTWARE = 70  # a bug in jitrender itself (traceback on stderr); the report is still written
 
 
 class JitrenderError(Exception):

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -225,6 +226,10 @@ class JobRun:
                 int(exc.exit_code),
                 exc.message,
             )
+        except Exception as exc:  # a bug, not the user's mistake: keep the traceback, still report
+            traceback.print_exc()
+            report.status, report.exit_code = "failed", int(ExitCode.SOFTWARE)
+            report.error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             self._fetch_pool.shutdown(wait=False, cancel_futures=True)
             report.timings["wall_s"] = time.monotonic() - started
