@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -199,12 +200,35 @@ class LazyView:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
 
 
+_LIBFUSE_SIGNALS = ("SIGHUP", "SIGINT", "SIGTERM", "SIGPIPE")
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """The process's handlers for the signals libfuse takes over (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    numbers = [int(getattr(signal, name)) for name in _LIBFUSE_SIGNALS]
+    return {number: signal.getsignal(number) for number in numbers}
+
+
+def _restore_signal_handlers(saved: dict[int, Any]) -> None:
+    # libfuse installs process-wide handlers (and resets them to SIG_DFL when it ends): put the
+    # run's own back, or SIGTERM would stop the mount instead of the run, and SIGPIPE would kill.
+    for number, handler in saved.items():
+        if handler is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(number, handler)
+
+
 class Mount:
     """A running mount; :meth:`stop` unmounts it and waits for the FUSE thread."""
 
-    def __init__(self, mount_dir: Path, thread: threading.Thread) -> None:
+    def __init__(
+        self, mount_dir: Path, thread: threading.Thread, saved: dict[int, Any] | None = None
+    ) -> None:
         self.mount_dir = mount_dir
         self.thread = thread
+        self.saved = saved or {}
 
     def stop(self) -> None:
         if os.path.ismount(self.mount_dir):
@@ -217,6 +241,7 @@ class Mount:
                 if done.returncode == 0:
                     break
         self.thread.join(timeout=5)
+        _restore_signal_handlers(self.saved)
 
 
 def start_mount(mount_dir: Path, path_map: PathMap, agent: Agent) -> Mount:
@@ -248,6 +273,7 @@ def start_mount(mount_dir: Path, path_map: PathMap, agent: Agent) -> Mount:
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
 
+    saved = _signal_handlers()
     thread = threading.Thread(target=serve, name="jitrender-mount", daemon=True)
     thread.start()
     deadline = time.monotonic() + _MOUNT_TIMEOUT_S
@@ -255,10 +281,12 @@ def start_mount(mount_dir: Path, path_map: PathMap, agent: Agent) -> Mount:
         if not thread.is_alive() or time.monotonic() > deadline:
             why = f"{failure[0]}" if failure else "the FUSE mount did not appear"
             with contextlib.suppress(Exception):
-                Mount(mount_dir, thread).stop()
+                Mount(mount_dir, thread, saved).stop()
             raise MountUnavailable(f"cannot mount {mount_dir}: {why}")
         time.sleep(0.02)
-    return Mount(mount_dir, thread)
+    time.sleep(0.05)  # libfuse sets its handlers before mounting; let it finish, then undo
+    _restore_signal_handlers(saved)
+    return Mount(mount_dir, thread, saved)
 
 
 __all__ = ["Mount", "MountUnavailable", "fuse_problem", "start_mount"]

@@ -126,3 +126,22 @@ def test_run_without_usable_fuse_says_so_and_still_renders(
     warnings = [str(f.get("message")) for kind, f in events if kind == "warning"]
     assert any("/dev/fuse does not exist" in w and "prefetching" in w for w in warnings)
     assert hooks_dir().is_dir()
+
+
+@needs_fuse
+def test_the_mount_leaves_the_runs_signal_handlers_in_place(
+    show_agent: RunningAgent, tmp_path: Path
+) -> None:
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)}
+    where = tmp_path / "view"
+    path_map = PathMap([rule_from("/mnt/show", f"file://{show_agent.bucket}")])
+    mount = start_mount(where, path_map, show_agent.agent)
+    try:
+        assert sorted(os.listdir(where)) == ["file"]  # not a source prefix: the inputs/ layout
+        during = {s: signal.getsignal(s) for s in before}
+    finally:
+        mount.stop()
+    assert during == before
+    assert {s: signal.getsignal(s) for s in before} == before
