@@ -160,10 +160,11 @@ class PathMap:
             rest = rule.match(path)
             if rest is not None:
                 dest = rule.destination.rstrip("/")
-                return f"{dest}/{rest}" if rest else dest
+                return join_url(dest + "/", rest) if rest else dest
         normal = _normalise_scene_path(path)
         if normal.startswith("/") or is_windows_path(path):
-            return "file://" + (normal if normal.startswith("/") else "/" + normal)
+            absolute = normal if normal.startswith("/") else "/" + normal
+            return "file://" + posixpath.normpath(absolute)
         return self._relative(normal, relative_to, path)
 
     @staticmethod
