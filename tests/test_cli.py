@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,13 @@ def test_cache_commands_report_json(gcs_bucket: str, tmp_path: Path) -> None:
     assert json.loads(cli("cache", "stats", "--cache-dir", cache, "--json").stdout)["entries"] == 0
     bad = cli("cache", "prune", "--cache-dir", cache, "--max-size", "lots")
     assert bad.returncode == 78 and "--max-size" in bad.stderr
+
+
+def test_malformed_scene_is_exit_65_one_line(tmp_path: Path) -> None:
+    scene = tmp_path / "comp.nk"
+    scene.write_text('Root {\n first_frame 1\n}\nRead {\n file "/mnt/show/a.####.exr\n')
+    result = cli("deps", str(scene), "--frames", "1-3")
+    assert result.returncode == 65, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert re.search(r"comp\.nk:\d+:\d+: ", lines[0]), lines[0]
