@@ -5,9 +5,9 @@ the network out: this measures jitrender's own cost per dependency."""
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,24 @@ def child(job_path: str, cache_dir: str, cap: str) -> None:
 
     job = load_job(Path(job_path))
     baseline = _rss_kb()
+    # Sampled, not ru_maxrss: that one also holds whatever peak the imports reached.
+    peak_box = [baseline]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak_box[0] = max(peak_box[0], _rss_kb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     started = time.perf_counter()
     report = run_job(
         job, RunOptions(cache_dir=Path(cache_dir), cache_max_bytes=int(cap) if cap else None)
     )
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    done.set()
+    sampler.join()
+    peak = max(peak_box[0], _rss_kb())
     print(
         json.dumps(
             {

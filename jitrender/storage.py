@@ -450,6 +450,9 @@ class GCSStore(Store):
                 )
                 client._http.mount("https://", adapter)
                 client._http.mount("http://", adapter)
+                if not any(k.lower().endswith("_proxy") for k in os.environ):
+                    # Else requests scans the whole environment for proxies on every request.
+                    client._http.trust_env = False
                 self._shared = client
             return self._shared
 
