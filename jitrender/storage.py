@@ -450,7 +450,8 @@ class GCSStore(Store):
                 )
                 client._http.mount("https://", adapter)
                 client._http.mount("http://", adapter)
-                if not any(k.lower().endswith("_proxy") for k in os.environ):
+                env_settings = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+                if not any(k.lower().endswith("_proxy") or k in env_settings for k in os.environ):
                     # Else requests scans the whole environment for proxies on every request.
                     client._http.trust_env = False
                 self._shared = client
