@@ -62,7 +62,8 @@ def hooks_dir() -> Path:
     """
     env = os.environ.get(HOOKS_ENV)
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "hooks")
+    candidates.append(Path(__file__).resolve().parent / "_hooks")  # installed wheel
+    candidates.append(Path(__file__).resolve().parent.parent / "hooks")  # checkout / editable
     for candidate in candidates:
         if (candidate / "jitrender_client.py").is_file():
             return candidate
