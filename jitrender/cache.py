@@ -130,6 +130,8 @@ class Cache:
         self._inflight: dict[str, Future[CacheResult]] = {}
         self._inflight_lock = threading.Lock()
         self._write_lock = threading.RLock()
+        self._pending: list[tuple[list[tuple[object, ...]], tuple[tuple[str, int], ...]]] = []
+        self._pending_lock = threading.Lock()
         self.ranged = RangedDownloader()  # large objects: concurrent ranges on its own pool
         try:
             self._connection().executescript(_SCHEMA)
@@ -180,26 +182,39 @@ class Cache:
         cached_bytes: int = 0,
     ) -> None:
         now = time.time()
-        rows = [(self.key(i), i.url, i.generation, i.size, i.crc32c, now, now) for i in infos]
-        with self._db() as db:
-            db.executemany(
-                "INSERT INTO entries(key,url,generation,size,crc32c,created,last_used,uses)"
-                " VALUES(?,?,?,?,?,?,?,1) ON CONFLICT(key) DO UPDATE SET"
-                " last_used=excluded.last_used, uses=uses+1",
-                rows,
-            )
-            for name, value in (
-                ("hits", hits),
-                ("misses", misses),
-                ("bytes_fetched", fetched_bytes),
-                ("bytes_from_cache", cached_bytes),
-            ):
-                if value:
-                    db.execute(
-                        "INSERT INTO counters(name,value) VALUES(?,?) ON CONFLICT(name)"
-                        " DO UPDATE SET value=value+excluded.value",
-                        (name, value),
-                    )
+        rows: list[tuple[object, ...]] = [
+            (self.key(i), i.url, i.generation, i.size, i.crc32c, now, now) for i in infos
+        ]
+        counts: tuple[tuple[str, int], ...] = (
+            ("hits", hits),
+            ("misses", misses),
+            ("bytes_fetched", fetched_bytes),
+            ("bytes_from_cache", cached_bytes),
+        )
+        with self._pending_lock:
+            self._pending.append((rows, counts))
+        # Group commit: whoever holds the write lock commits every thread's queued rows in one
+        # transaction, so 16 fetch threads pay for a few commits, not one each.
+        with self._write_lock:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return  # another thread committed ours while we waited
+            with self._db() as db:
+                db.executemany(
+                    "INSERT INTO entries(key,url,generation,size,crc32c,created,last_used,uses)"
+                    " VALUES(?,?,?,?,?,?,?,1) ON CONFLICT(key) DO UPDATE SET"
+                    " last_used=excluded.last_used, uses=uses+1",
+                    [row for queued, _ in batch for row in queued],
+                )
+                for name in ("hits", "misses", "bytes_fetched", "bytes_from_cache"):
+                    value = sum(v for _, queued in batch for n, v in queued if n == name)
+                    if value:
+                        db.execute(
+                            "INSERT INTO counters(name,value) VALUES(?,?) ON CONFLICT(name)"
+                            " DO UPDATE SET value=value+excluded.value",
+                            (name, value),
+                        )
 
     def record_hits(self, infos: list[ObjectInfo]) -> None:
         """Mark cached objects as used now (one transaction for the batch)."""

@@ -134,3 +134,21 @@ def test_inflight_budget_admits_in_order_and_lets_an_oversized_object_through() 
     assert budget.acquire(500)  # alone, larger than the cap: still admitted
     assert not budget.acquire(10, should_stop=lambda: True)  # cap full: waits, then gives up
     budget.release(500)
+
+
+def test_concurrent_fetches_are_all_indexed(local_bucket: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jitrender.storage import LocalStore
+
+    store = LocalStore()
+    for i in range(64):
+        put_object(f"{local_bucket}/tex/t{i:02d}.tx", os.urandom(100 + i))
+    infos = store.list(f"{local_bucket}/tex/")
+    cache = Cache(tmp_path / "cache")
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda info: cache.fetch(info, store), infos))
+    assert all(r.fetched for r in results)
+    stats = cache.stats()
+    assert stats["entries"] == 64
+    assert stats["bytes"] == sum(i.size for i in infos)
