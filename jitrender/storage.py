@@ -262,6 +262,18 @@ def _compare(source: Path, existing: ObjectInfo | None, url: str) -> PutResult:
     return PutResult("identical" if same else "conflict", existing)
 
 
+def _copy_range(source: IO[bytes], sink: IO[bytes], start: int, end: int) -> None:
+    """Copy bytes ``[start, end)`` of a seekable file to ``sink`` in 1 MiB pieces."""
+    source.seek(start)
+    remaining = end - start
+    while remaining > 0:
+        chunk = source.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        sink.write(chunk)
+        remaining -= len(chunk)
+
+
 # -- file:// ------------------------------------------------------------------------------
 
 
@@ -321,14 +333,7 @@ class LocalStore(Store):
             if _local_generation(st) != info.generation:
                 # The object changed since it was listed: this is not the version we keyed.
                 raise ChecksumMismatch(f"{info.url} changed while being read")
-            handle.seek(start)
-            remaining = (end if end is not None else st.st_size) - start
-            while remaining > 0:
-                chunk = handle.read(min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                sink.write(chunk)
-                remaining -= len(chunk)
+            _copy_range(handle, sink, start, end if end is not None else st.st_size)
 
     def put_if_absent(
         self,
@@ -596,14 +601,7 @@ class FsspecStore(Store):
         self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
     ) -> None:
         with self.fs.open(self._path(info.url), "rb") as handle:
-            handle.seek(start)
-            remaining = (end if end is not None else info.size) - start
-            while remaining > 0:
-                chunk = handle.read(min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                sink.write(chunk)
-                remaining -= len(chunk)
+            _copy_range(handle, sink, start, end if end is not None else info.size)
 
     def put_if_absent(
         self,
