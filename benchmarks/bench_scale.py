@@ -127,8 +127,8 @@ def _growth_kb(result: dict[str, Any]) -> int:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    sizes = [1000, 10000] if quick else [1000, 10000, 100000]
-    capped_sizes = [1000, 5000] if quick else [1000, 10000]
+    sizes = [1000, 4000] if quick else [1000, 10000, 100000]
+    capped_sizes = [500, 2000] if quick else [1000, 10000]
     results = []
     capped = []
     with workdir("scale") as root:

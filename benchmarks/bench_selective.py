@@ -88,7 +88,7 @@ def run(quick: bool) -> dict[str, Any]:
     from jitrender.run import RunOptions, resolve_job
 
     frames, frame_bytes, asset_bytes = (
-        (30, 256 << 10, 1 << 20) if quick else (200, 1 << 20, 4 << 20)
+        (20, 256 << 10, 1 << 20) if quick else (200, 1 << 20, 4 << 20)
     )
     with workdir("selective") as root:
         data = root / "data"

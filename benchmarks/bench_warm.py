@@ -121,7 +121,7 @@ def _filecache_cost(root: Path, count: int) -> tuple[float, float]:
 def run(quick: bool) -> dict[str, Any]:
     import google.cloud.storage  # noqa: F401  (import time is not what this measures)
 
-    filecache_files = 100 if quick else 300  # ~0.1 s a file cold: the whole 1,000 takes minutes
+    filecache_files = 30 if quick else 300  # ~0.1 s a file cold: the whole 1,000 takes minutes
     with workdir("warm") as root:
         data = root / "data"
         for url in _urls():
