@@ -188,7 +188,11 @@ class Agent:
         self._server = _Server(str(self.socket_path), self)
         os.chmod(self.socket_path, 0o600)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="jitrender-agent", daemon=True
+            # A short poll interval: shutdown() waits up to one interval, at the end of every run.
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="jitrender-agent",
+            daemon=True,
         )
         self._thread.start()
         self.session_path = self._runtime_dir / "session.json"

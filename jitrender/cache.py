@@ -57,6 +57,12 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_used);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO totals(name, value) SELECT 'bytes', COALESCE(SUM(size), 0) FROM entries;
+CREATE TRIGGER IF NOT EXISTS entries_added AFTER INSERT ON entries
+    BEGIN UPDATE totals SET value = value + NEW.size WHERE name = 'bytes'; END;
+CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries
+    BEGIN UPDATE totals SET value = value - OLD.size WHERE name = 'bytes'; END;
 """
 
 
@@ -134,7 +140,8 @@ class Cache:
         self._pending_lock = threading.Lock()
         self.ranged = RangedDownloader()  # large objects: concurrent ranges on its own pool
         try:
-            self._connection().executescript(_SCHEMA)
+            # One write transaction, so the running total starts from a consistent sum.
+            self._connection().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
         except sqlite3.Error as exc:
             raise ConfigError(f"{self.root}/index.sqlite: cannot open cache index: {exc}") from None
 
@@ -358,8 +365,8 @@ class Cache:
     def _maybe_evict(self, keep: str | None = None) -> None:
         if self.max_bytes is None:
             return
-        with self._db() as db:
-            (total,) = db.execute("SELECT COALESCE(SUM(size),0) FROM entries").fetchone()
+        with self._db() as db:  # a running total kept by triggers: O(1) per fetch
+            (total,) = db.execute("SELECT value FROM totals WHERE name = 'bytes'").fetchone()
         if total > self.max_bytes:
             self.evict_to(self.max_bytes, keep=keep)
 

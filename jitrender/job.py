@@ -19,6 +19,7 @@ from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from
 from jitrender.sequences import parse_frames
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: much faster
 
 
 class PathRuleSpec(BaseModel):
@@ -196,8 +197,7 @@ def load_job(path: Path) -> Job:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc}") from None
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
@@ -208,6 +208,7 @@ def load_job(path: Path) -> Job:
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
+        node = yaml.compose(text)  # only now: positions for the error message
         raise ConfigError(_one_line(path, node, exc)) from None
     job.source = path.resolve()
     return job
