@@ -306,17 +306,18 @@ class JobRun:
         report.timings["resolve_s"] = time.monotonic() - t0
         self.workspace = Workspace(run_dir, scene_local, self._job_dir)
         self.workspace.create()
+        phase_started = time.monotonic()
         self._start_fetches(deps)
         self._start_agent(deps)
         self._start_uploader()
         self.progress.totals(report.deps_count, report.bytes_needed, len(todo))
-        t1 = time.monotonic()
         try:
             self._run_stages(todo)
         except Preempted:
             self._settle(todo)  # flush what finished (bounded), mark it, then re-raise
             raise
-        report.timings["render_s"] = time.monotonic() - t1 - report.timings["fetch_s"]
+        # From the first fetch to the last stage's end: what overlapping fetch and render saves.
+        report.timings["fetch_render_s"] = time.monotonic() - phase_started
         self._settle(todo)
 
     # -- 1. resume -----------------------------------------------------------------------
@@ -664,6 +665,8 @@ class JobRun:
             on_start=watch,
         )
         uploader.writer_alive = lambda: False
+        # Time in stage processes; fetching overlaps it, so it is not wall time minus fetch.
+        self.report.timings["render_s"] += outcome.seconds
         if outcome.ok:
             uploader.stage_succeeded()
         else:
