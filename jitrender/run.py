@@ -65,7 +65,7 @@ from jitrender.storage import (
     Stores,
     with_retries,
 )
-from jitrender.transfer import InflightBudget, listing_prefixes
+from jitrender.transfer import InflightBudget, listing_ranges
 
 MARKER_FOLDER = "_jitrender"
 # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
@@ -200,6 +200,12 @@ class JobRun:
         if info is not None:
             self._known[url] = info
         return info
+
+    def _list_range(self, prefix: str, first: str, last: str) -> list[ObjectInfo]:
+        infos: list[ObjectInfo] = self._call(prefix, lambda s: s.list_range(prefix, first, last))
+        for info in infos:
+            self._known[info.url] = info
+        return infos
 
     def _list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
         infos: list[ObjectInfo] = self._call(prefix, lambda s: s.list(prefix, recursive=recursive))
@@ -448,7 +454,7 @@ class JobRun:
         if unknown:
             with ThreadPoolExecutor(self.options.fetch_workers) as pool:
                 # One listing per busy folder gives size/generation/crc32c of many deps at once.
-                list(pool.map(lambda p: self._list(p, False), listing_prefixes(unknown)))
+                list(pool.map(lambda r: self._list_range(*r), listing_ranges(unknown)))
                 unknown = [url for url in unknown if url not in self._known]
                 list(pool.map(self._stat, unknown))
         out = []

@@ -9,6 +9,7 @@ scenes, jobs or the cache; the caller decides what to transfer.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import errno
 import os
@@ -207,6 +208,18 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
         """Objects whose URL starts with ``prefix_url`` (a folder when it ends with ``/``)."""
+
+    def list_range(
+        self, prefix_url: str, first_url: str, last_url: str
+    ) -> builtins.list[ObjectInfo]:
+        """Objects directly below ``prefix_url`` whose URLs sort from ``first_url`` to
+        ``last_url`` (both included). Stores that can start a listing at an offset read no more
+        than that range, so ten frames of a 100,000-frame sequence cost one short listing."""
+        return [
+            info
+            for info in self.list(prefix_url, recursive=False)
+            if first_url <= info.url <= last_url
+        ]
 
     @abstractmethod
     def download(
@@ -487,6 +500,22 @@ class GCSStore(Store):
             bucket_name, prefix=prefix, delimiter=None if recursive else "/", retry=None
         )
         return [self._info(blob) for blob in blobs if not blob.name.endswith("/")]
+
+    def list_range(
+        self, prefix_url: str, first_url: str, last_url: str
+    ) -> builtins.list[ObjectInfo]:
+        bucket_name, prefix = self._split(prefix_url)
+        first, last = self._split(first_url)[1], self._split(last_url)[1]
+        blobs = self._client().list_blobs(
+            bucket_name, prefix=prefix, delimiter="/", start_offset=first, retry=None
+        )
+        found = []
+        for blob in blobs:  # pages are fetched lazily: stop once past the range
+            if blob.name > last:
+                break
+            if not blob.name.endswith("/"):
+                found.append(self._info(blob))
+        return found
 
     def download(
         self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None

@@ -219,18 +219,20 @@ class InflightBudget:
             self._cond.notify_all()
 
 
-def listing_prefixes(urls: list[str], min_group: int = 8) -> list[str]:
-    """Prefixes worth one listing instead of one stat per file: the longest common prefix of
-    each folder's names, for folders holding at least ``min_group`` of ``urls`` (a sequence's
-    frames, a texture set). A listing page holds up to 1,000 objects, so 10 frames of a
-    10,000-frame sequence cost one request instead of ten."""
+def listing_ranges(urls: list[str], min_group: int = 8) -> list[tuple[str, str, str]]:
+    """``(prefix, first, last)`` listings worth doing instead of one stat per file: for each
+    folder holding at least ``min_group`` of ``urls`` (a sequence's frames, a texture set), the
+    longest common prefix of their names and the first and last of them. A store lists just
+    that range (:meth:`Store.list_range`), so 10 frames of a 100,000-frame sequence cost one
+    short listing whatever their numbers, instead of ten stats."""
     by_folder: dict[str, list[str]] = {}
     for url in urls:
         folder, _, name = url.rpartition("/")
         by_folder.setdefault(folder, []).append(name)
-    prefixes = []
+    ranges = []
     for folder, names in by_folder.items():
         if len(names) >= min_group:
             # Character-wise on purpose: "plate.10" narrows a listing, path components cannot.
-            prefixes.append(f"{folder}/{os.path.commonprefix(names)}")  # noqa: RUF071
-    return prefixes
+            prefix = f"{folder}/{os.path.commonprefix(names)}"  # noqa: RUF071
+            ranges.append((prefix, f"{folder}/{min(names)}", f"{folder}/{max(names)}"))
+    return ranges

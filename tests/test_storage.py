@@ -63,3 +63,15 @@ def test_put_if_absent_never_overwrites(
     assert store.read_bytes(url) == b"frame one"
     assert store.put_if_absent(second, url, overwrite=True).outcome == "overwritten"
     assert store.read_bytes(url) == b"frame one, different"
+
+
+def test_list_range_returns_exactly_the_range(bucket_and_store: tuple[str, Store]) -> None:
+    """Ten frames straddling 0999/1000 share only the prefix "p.": the range still bounds it."""
+    bucket, store = bucket_and_store
+    for frame in range(990, 1011):
+        put_object(f"{bucket}/seq/p.{frame:04d}.exr", b"x")
+    put_object(f"{bucket}/seq/sub/p.1000.exr", b"nested, not listed")
+    found = store.list_range(
+        f"{bucket}/seq/p.", f"{bucket}/seq/p.0995.exr", f"{bucket}/seq/p.1004.exr"
+    )
+    assert [i.url.rsplit("/", 1)[1] for i in found] == [f"p.{f:04d}.exr" for f in range(995, 1005)]
