@@ -302,37 +302,37 @@ def validate(
     typer.echo(f"{job_file}: ok ({len(job.frame_list())} frames, {len(job.stages)} stages)")
 
 
-def _open_cache(cache_dir: Path | None, max_size: str | None = None) -> Any:
+def _cache_action(
+    action: str, cache_dir: Path | None, as_json: bool, max_size: str | None = None
+) -> dict[str, Any]:
+    """Run one maintenance action on the node's cache and print its result."""
     from jitrender.cache import Cache, default_cache_dir, parse_size
 
-    return Cache(cache_dir or default_cache_dir(), parse_size(max_size, "--max-size"))
+    try:
+        cache = Cache(cache_dir or default_cache_dir(), parse_size(max_size, "--max-size"))
+        result: dict[str, Any] = getattr(cache, action)()
+    except JitrenderError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result)
+    elif action == "stats":
+        for key, value in result.items():
+            typer.echo(f"{key:>17}: {value}")
+    else:
+        typer.echo(" ".join(f"{k}={v}" for k, v in result.items()))
+    return result
 
 
 @cache_app.command("stats")
 def cache_stats(cache_dir: CacheDir = None, as_json: JsonFlag = False) -> None:
     """Entries, bytes, hit rate and pinned bytes (in use by running jobs)."""
-    try:
-        stats = _open_cache(cache_dir).stats()
-    except JitrenderError as exc:
-        _fail(exc)
-    if as_json:
-        _print_json(stats)
-    else:
-        for key, value in stats.items():
-            typer.echo(f"{key:>17}: {value}")
+    _cache_action("stats", cache_dir, as_json)
 
 
 @cache_app.command("verify")
 def cache_verify(cache_dir: CacheDir = None, as_json: JsonFlag = False) -> None:
     """Re-checksum every entry; drop bad ones (exit 65 if any were bad)."""
-    try:
-        result = _open_cache(cache_dir).verify()
-    except JitrenderError as exc:
-        _fail(exc)
-    if as_json:
-        _print_json(result)
-    else:
-        typer.echo(" ".join(f"{k}={v}" for k, v in result.items()))
+    result = _cache_action("verify", cache_dir, as_json)
     raise typer.Exit(int(ExitCode.DATA) if result["bad"] else 0)
 
 
@@ -345,27 +345,13 @@ def cache_prune(
     as_json: JsonFlag = False,
 ) -> None:
     """Remove leftovers of dead runs and evict least-recently-used entries down to the cap."""
-    try:
-        result = _open_cache(cache_dir, max_size).prune()
-    except JitrenderError as exc:
-        _fail(exc)
-    if as_json:
-        _print_json(result)
-    else:
-        typer.echo(" ".join(f"{k}={v}" for k, v in result.items()))
+    _cache_action("prune", cache_dir, as_json, max_size)
 
 
 @cache_app.command("clear")
 def cache_clear(cache_dir: CacheDir = None, as_json: JsonFlag = False) -> None:
     """Evict every entry no running job is using."""
-    try:
-        result = _open_cache(cache_dir).clear()
-    except JitrenderError as exc:
-        _fail(exc)
-    if as_json:
-        _print_json(result)
-    else:
-        typer.echo(" ".join(f"{k}={v}" for k, v in result.items()))
+    _cache_action("clear", cache_dir, as_json)
 
 
 @app.command()
