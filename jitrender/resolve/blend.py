@@ -10,7 +10,11 @@ needs:
 - linked libraries, recursively: each library is fetched and only the datablocks this file
   links from it (and what they use) are followed; cycles are cut;
 - sounds, fonts, movie clips, volumes, cache files (Alembic/USD), IES lights, external mesh
-  data, and simulation caches (point caches, fluid, ocean, geometry-nodes bakes) per frame.
+  data, and simulation caches (point caches, fluid, ocean, geometry-nodes bakes) per frame;
+- video-sequencer strips, read from their DNA (BAT names only an image strip's first file):
+  per frame, the element an image strip shows there and the movie a movie strip plays; sound
+  strips whole; nothing for muted strips
+  (:func:`~jitrender.resolve.blend_frames.strips_rendered_at`).
 
 The main file's every datablock counts (as Blender's ``bpy.data.file_path_map`` does); in a
 library, only what the linking file asks for.
@@ -38,10 +42,21 @@ from jitrender.paths import url_basename, url_dirname
 from jitrender.resolve import register
 from jitrender.resolve.base import ResolveContext, file_dependencies
 from jitrender.resolve.blend_frames import (
+    CHANNEL_MUTE,
+    STRIP_MUTE,
+    STRIP_TYPE_IMAGE,
+    STRIP_TYPE_META,
+    STRIP_TYPE_MOVIE,
+    STRIP_TYPE_SOUND_HD,
+    STRIP_TYPE_SOUND_RAM,
     ImageUser,
+    SequencerStrip,
+    StripTiming,
     cache_file_frame,
     clip_file_frame,
     sequence_pattern,
+    strips_heard,
+    strips_rendered_at,
     volume_file_frame,
 )
 from jitrender.sequences import expand_frame
@@ -156,15 +171,17 @@ def _parse_open(ctx: ResolveContext, bfile: Any, names: set[bytes] | None) -> _P
         if block.addr_old in seen:
             continue
         seen.add(block.addr_old)
+        if block.code == b"SC":
+            # BAT names only an image strip's first file: the sequencer is read here instead.
+            parsed.deps.extend(_sequencer(ctx, block, library))
+            continue
         for usage in blocks2assets.iter_assets(block):
             written = _text(bytes(usage.asset_path))
             if not written:
                 continue
             source = _source(usage.block_name, library)
             handler = _HANDLERS.get(usage.block.code)
-            if block.code == b"SC":
-                handler = _strip
-            elif handler is None:
+            if handler is None:
                 handler = _cache_folder if usage.is_sequence else _single
             parsed.deps.extend(handler(ctx, usage.block, written, source, users))
     return parsed
@@ -363,17 +380,181 @@ def _cache_file(
     return _numbered(ctx, written, source, wanted, {})
 
 
-def _strip(
-    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
-) -> Dependencies:
-    """A video-sequencer strip. BAT names only the first file of an image strip, so the rest
-    of the strip is reported, not guessed."""
-    out = _files(ctx, written, source, None)
-    if block.get(b"type", default=None) == cdefs.SEQ_TYPE_IMAGE:
-        out.unresolved.append(
-            Unresolved(source, written, "sequencer image strip: only its first file is listed")
-        )
+def _sequencer(ctx: ResolveContext, scene: Block, library: str) -> Dependencies:
+    """A scene's video-sequencer strips: for each requested frame, the element file each image
+    strip shows there and the file of each movie strip that plays there; the whole file of each
+    sound strip. Muted strips (and strips in muted channels or meta strips) need nothing;
+    which strips render at a frame is :func:`~jitrender.resolve.blend_frames.strips_rendered_at`.
+    """
+    editing = scene.get_pointer(b"ed", default=None)
+    if editing is None:
+        return Dependencies()
+    rate = float(scene.get((b"r", b"frs_sec"), default=24))
+    base = float(scene.get((b"r", b"frs_sec_base"), default=1.0)) or 1.0
+    strips = _read_strips(
+        editing.get_pointer((b"seqbase", b"first")),
+        _channels(editing),
+        rate / base,
+        set(),
+    )
+    scene_name = _text(bytes(scene.id_name))[2:]
+
+    def source(strip: SequencerStrip) -> str:
+        return f"SC:{scene_name}/{strip.name}{library}"
+
+    out = Dependencies()
+    needs: dict[tuple[str, str], set[int]] = {}
+    reported: set[str] = set()
+
+    def report(strip: SequencerStrip, why: str) -> None:
+        if source(strip) not in reported:
+            reported.add(source(strip))
+            out.unresolved.append(Unresolved(source(strip), strip.files[0], why))
+
+    for frame in ctx.frames:
+        for strip, at in strips_rendered_at(strips, frame):
+            for written in _shown_files(strip, at, report):
+                needs.setdefault((written, source(strip)), set()).add(frame)
+    for (written, label), frames in needs.items():
+        out.extend(_literal_file(ctx, written, label, tuple(sorted(frames))))
+    for strip in strips_heard(strips):
+        if strip.files:
+            out.extend(_literal_file(ctx, strip.files[0], source(strip), None))
     return out
+
+
+def _shown_files(
+    strip: SequencerStrip, at: int | None, report: Callable[[SequencerStrip, str], None]
+) -> tuple[str, ...]:
+    """The files an image or movie strip reads when rendered at its frame ``at`` (``None``:
+    any of its frames): the element shown there, or the movie."""
+    if strip.kind != STRIP_TYPE_IMAGE or not strip.files:
+        return strip.files[:1]
+    if at is None:
+        report(strip, _REMAPPED)
+        return strip.files
+    index = strip.timing.element_index(at)
+    if index is None:
+        return ()  # an empty strip
+    if not 0 <= index < len(strip.files):
+        report(strip, f"sequencer image strip shows element {index + 1}, past its end")
+        return ()
+    return (strip.files[index],)
+
+
+_REMAPPED = (
+    "sequencer strip retimed or under a Speed Control effect: which file each frame shows is "
+    "not computed, so every file of the strip is listed for the frames it may render"
+)
+
+
+def _read_strips(
+    first: Block | None, channels: list[Block], fps: float, visited: set[int]
+) -> tuple[SequencerStrip, ...]:
+    """The strips of one sequencer list (the scene's top level, or a meta strip's), read from
+    the DNA under either naming: ``Sequence``/``Strip`` as Blender 5.0 still writes them, or
+    ``Strip``/``StripData`` with the field names Blender 4.4 gave them at run time."""
+    blocks = [b for b in iterators.listbase(first) if b.addr_old not in visited]
+    visited.update(b.addr_old for b in blocks)
+    positions = {block.addr_old: position for position, block in enumerate(blocks)}
+    strips = []
+    for block in blocks:
+        kind = int(block[b"type"])
+        flag = int(block[b"flag"])
+        channel = int(_field(block, (b"channel", b"machine"), 0))
+        input_pointers = [int(_field(block, names, 0)) for names in _INPUT_FIELDS]
+        effect_range = None
+        if any(input_pointers):
+            effect_range = (int(block[b"startdisp"]), int(block[b"enddisp"]))
+        timing = StripTiming(
+            start=float(block[b"start"]),
+            length=int(block[b"len"]),
+            start_offset=float(block[b"startofs"]),
+            end_offset=float(block[b"endofs"]),
+            anim_start_offset=int(block[b"anim_startofs"]),
+            flag=flag,
+            strobe=float(block.get(b"strobe", default=1.0)),
+            playback_rate=float(block.get(b"media_playback_rate", default=0.0)),
+            scene_fps=fps,
+            is_image=kind == STRIP_TYPE_IMAGE,
+            effect_range=effect_range,
+        )
+        channel_muted = 0 <= channel < len(channels) and bool(
+            int(channels[channel][b"flag"]) & CHANNEL_MUTE
+        )
+        children: tuple[SequencerStrip, ...] = ()
+        if kind == STRIP_TYPE_META:
+            children = _read_strips(
+                block.get_pointer((b"seqbase", b"first")), _channels(block), fps, visited
+            )
+        strips.append(
+            SequencerStrip(
+                name=_text(bytes(block[b"name"]))[2:],  # after the ID-style "SQ"
+                kind=kind,
+                channel=channel,
+                muted=bool(flag & STRIP_MUTE) or channel_muted,
+                timing=timing,
+                files=_strip_files(block, kind),
+                inputs=tuple(positions[p] for p in input_pointers if p in positions),
+                strips=children,
+                retimed=int(_field(block, (b"retiming_keys_num", b"retiming_handle_num"), 0)) > 1,
+            )
+        )
+    return tuple(strips)
+
+
+_INPUT_FIELDS = ((b"input1", b"seq1"), (b"input2", b"seq2"))
+
+
+def _channels(holder: Block) -> list[Block]:
+    """The channels (``SeqTimelineChannel``, indexed by channel number) of an ``Editing`` or a
+    meta strip; files from before Blender 3.3 have none."""
+    if not holder.dna_type.has_field(b"channels"):
+        return []
+    return list(iterators.listbase(holder.get_pointer((b"channels", b"first"))))
+
+
+def _strip_files(block: Block, kind: int) -> tuple[str, ...]:
+    """The files of an image (one per element), movie or sound strip, as written: the strip
+    data's folder joined with each ``StripElem`` file name (``BLI_path_join``)."""
+    if kind not in (STRIP_TYPE_IMAGE, STRIP_TYPE_MOVIE, STRIP_TYPE_SOUND_RAM, STRIP_TYPE_SOUND_HD):
+        return ()
+    data = block.get_pointer(b"data" if block.dna_type.has_field(b"data") else b"strip")
+    if data is None:
+        return ()
+    elements = data.get_pointer(b"stripdata", default=None)
+    if elements is None:
+        return ()
+    folder = _text(bytes(_field(data, (b"dirpath", b"dir"), b"")))
+    name_field = b"filename" if elements.dna_type.has_field(b"filename") else b"name"
+    count = elements.count if kind == STRIP_TYPE_IMAGE else 1
+    files = []
+    for index in range(count):
+        name = _text(bytes(elements.get(name_field, array_index=index)))
+        if not folder or folder.endswith(("/", "\\")):
+            files.append(folder + name)
+        else:
+            files.append(f"{folder}/{name}")
+    return tuple(files)
+
+
+def _field(block: Block, names: tuple[bytes, ...], default: Any) -> Any:
+    """The first of ``names`` the block's DNA struct has (fields renamed between versions)."""
+    for name in names:
+        if block.dna_type.has_field(name):
+            return block[name]
+    return default
+
+
+def _literal_file(
+    ctx: ResolveContext, written: str, source: str, frames: tuple[int, ...] | None
+) -> Dependencies:
+    """One file named exactly as written (a strip's file names are never patterns)."""
+    try:
+        url = ctx.map(written, blender=True)
+    except ValueError as exc:
+        return Dependencies([], [Unresolved(source, written, str(exc))])
+    return Dependencies([Dependency(written, url, frames, source)])
 
 
 def _cache_folder(

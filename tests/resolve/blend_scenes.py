@@ -251,11 +251,123 @@ def build_main() -> dict[str, Any]:
     return {"path_map": path_map(), "sequences": sequences}
 
 
+# Sequencer strips: name -> (channel, folder, element files). Each element is a 4x4 PNG of its
+# own colour (red: element number, green: strip number), so a rendered frame tells which
+# element of which strip Blender showed there.
+VSE_STRIPS: dict[str, tuple[int, str, list[str]]] = {
+    "plate": (1, "vse/plate", [f"plate_{c}.png" for c in "qwertyuiop"]),
+    "reverse": (2, "vse/reverse", [f"r{n:02d}.png" for n in range(1, 11)]),
+    "nested": (1, "vse/nested", [f"n{n:02d}.png" for n in range(1, 11)]),
+    "muted": (4, "vse/muted", [f"m{n:02d}.png" for n in range(1, 11)]),
+    "muted_channel": (5, "vse/muted_channel", [f"c{n:02d}.png" for n in range(1, 11)]),
+}
+VSE_FRAMES = list(range(0, 46))
+
+
+def color_png(rel: str, rgb: tuple[int, int, int]) -> None:
+    img = bpy.data.images.new("_color", 4, 4)
+    img.pixels[:] = [rgb[0] / 255, rgb[1] / 255, rgb[2] / 255, 1.0] * 16
+    img.filepath_raw = str(ROOT / rel)
+    img.file_format = "PNG"
+    img.save()
+    bpy.data.images.remove(img)
+
+
+def build_vse() -> dict[str, Any]:
+    """vse.blend: image strips with start/offsets/holds, reverse+strobe+animation offsets, one
+    inside a trimmed meta strip, a muted one, one on a muted channel; a movie and two sound
+    strips (one muted). Reports, per frame, the element Blender renders (read back from the
+    rendered pixels) and what ``strip_elem_from_frame`` says."""
+    empty_file()
+    scene = bpy.context.scene
+    scene.render.resolution_x = scene.render.resolution_y = 4
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "PNG"
+    scene.view_settings.view_transform = "Standard"
+    editing = scene.sequence_editor_create()
+    strips: dict[str, Any] = {}
+    for number, (name, (channel, folder, files)) in enumerate(VSE_STRIPS.items(), start=1):
+        (ROOT / folder).mkdir(parents=True, exist_ok=True)
+        for index, file in enumerate(files, start=1):
+            color_png(f"{folder}/{file}", (index * 20, number * 40, 0))
+        strip = editing.strips.new_image(name, str(ROOT / folder / files[0]), channel, 1)
+        for file in files[1:]:
+            strip.elements.append(file)
+        strips[name] = strip
+
+    plate = strips["plate"]  # shows elements 3..9 on frames 5..11
+    plate.frame_start = 3
+    plate.frame_offset_start = 2
+    plate.frame_offset_end = 1
+
+    reverse = strips["reverse"]  # frames 12..23, holds before and after its content
+    reverse.frame_start = 14
+    reverse.use_reverse_frames = True
+    reverse.strobe = 2.0
+    reverse.animation_offset_start = 1
+    reverse.animation_offset_end = 1
+    reverse.frame_final_start = 12
+    reverse.frame_final_end = 24
+
+    # inside a meta strip moved to frame 30, cut at its start, held past its end
+    nested = strips["nested"]
+    meta = editing.strips.new_meta("meta", 3, 1)
+    nested.frame_start = 1
+    nested.move_to_meta(meta)
+    meta.frame_offset_start = meta.frame_offset_end = 0
+    nested.animation_offset_start = 1
+    nested.frame_final_end = 8
+    meta.frame_final_start = 3
+    meta.frame_final_end = 12
+    meta.frame_start = 30
+
+    strips["muted"].frame_start = 3
+    strips["muted"].mute = True
+    strips["muted_channel"].frame_start = 14
+    editing.channels[5].mute = True
+
+    touch("vse/movie/shot.mov", b"not really a movie")
+    movie = editing.strips.new_movie("movie", str(ROOT / "vse/movie/shot.mov"), 6, 43)
+    touch("vse/audio/music.wav", wav_bytes())
+    touch("vse/audio/muted.wav", wav_bytes())
+    editing.strips.new_sound("music", str(ROOT / "vse/audio/music.wav"), 7, 1)
+    editing.strips.new_sound("quiet", str(ROOT / "vse/audio/muted.wav"), 8, 1).mute = True
+    save("vse.blend")
+
+    by_color = {
+        (index * 20, number * 40): str(ROOT / folder / file)
+        for number, (channel, folder, files) in enumerate(VSE_STRIPS.values(), start=1)
+        for index, file in enumerate(files, start=1)
+    }
+    rendered: dict[int, str | None] = {}
+    elements: dict[str, dict[int, str]] = {}
+    for frame in VSE_FRAMES:
+        scene.frame_set(frame)
+        scene.render.filepath = str(ROOT / "_frame.png")
+        bpy.ops.render.render(write_still=True)
+        out = bpy.data.images.load(str(ROOT / "_frame.png"))
+        red, green, _blue, alpha = (round(v * 255) for v in out.pixels[:4])
+        bpy.data.images.remove(out)
+        rendered[frame] = by_color[(red, green)] if alpha else None
+        for name, strip in strips.items():
+            if strip.frame_final_start <= frame < strip.frame_final_end:
+                element = strip.strip_elem_from_frame(frame)
+                elements.setdefault(name, {})[frame] = bpy.path.abspath(
+                    strip.directory + element.filename
+                )
+    (ROOT / "_frame.png").unlink()
+    return {
+        "rendered": rendered,
+        "elements": elements,
+        "movie": [movie.frame_final_start, movie.frame_final_end],
+    }
+
+
 def main() -> None:
     ROOT.mkdir(parents=True, exist_ok=True)
     build_library()
     build_cycle()
-    report = {"main": build_main()}
+    report = {"main": build_main(), "vse": build_vse()}
     (ROOT / "blender.json").write_text(json.dumps(report, indent=1, sort_keys=True))
 
 

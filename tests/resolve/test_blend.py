@@ -17,10 +17,18 @@ from jitrender.paths import PathMap, file_url, local_path_of
 from jitrender.resolve import resolver_for
 from jitrender.resolve.base import ResolveContext
 from jitrender.resolve.blend_frames import (
+    STRIP_REVERSE_FRAMES,
+    STRIP_TYPE_EFFECT,
+    STRIP_TYPE_IMAGE,
+    STRIP_TYPE_META,
+    STRIP_TYPE_SPEED,
     VOLUME_PING_PONG,
     VOLUME_REPEAT,
     ImageUser,
+    SequencerStrip,
+    StripTiming,
     sequence_pattern,
+    strips_rendered_at,
     volume_file_frame,
 )
 from jitrender.storage import LocalStore
@@ -224,3 +232,121 @@ def test_volume_repeat_and_ping_pong_modes() -> None:
 
     assert frames(VOLUME_REPEAT) == [1, 2, 3, 1, 2, 3, 1]
     assert frames(VOLUME_PING_PONG) == [1, 2, 3, 2, 1, 2, 3]
+
+
+VSE_FRAMES = list(range(0, 46))
+
+
+def sequencer_files_per_frame(deps: Dependencies, *names: str) -> dict[int, set[str]]:
+    """Frame -> local paths the given strips (all image strips if none named) need there."""
+    sources = {f"SC:Scene/{name}" for name in names}
+    out: dict[int, set[str]] = {}
+    for dep in deps.deps:
+        if not dep.source.startswith("SC:") or (names and dep.source not in sources):
+            continue
+        if dep.source in ("SC:Scene/movie", "SC:Scene/music"):
+            continue
+        assert dep.frames is not None, dep
+        for frame in dep.frames:
+            out.setdefault(frame, set()).add(local_path_of(dep.url).as_posix())
+    return out
+
+
+def test_sequencer_image_strips_need_the_element_blender_renders_on_each_frame(
+    bucket: tuple[Path, dict[str, Any]],
+) -> None:
+    """Start, handles, holds, reverse, strobe, animation offsets and a trimmed, held meta strip,
+    against the frames Blender rendered (each element has its own colour): no file missing,
+    none extra; muted strips and strips on a muted channel need nothing."""
+    root, blender = bucket
+    deps = resolve(root, "vse.blend", VSE_FRAMES)
+    rendered = blender["vse"]["rendered"]
+    expected = {int(frame): {path} for frame, path in rendered.items() if path}
+    assert sequencer_files_per_frame(deps) == expected
+    assert deps.unresolved == []
+    # the meta strip holds its last inner frame: frames 36-40 all show n08
+    assert by_source(deps, "SC:Scene/nested")[file_url(root / "vse/nested/n08.png")] == (
+        36, 37, 38, 39, 40
+    )  # fmt: skip
+
+
+def test_sequencer_elements_match_blender_strip_elem_from_frame(
+    bucket: tuple[Path, dict[str, Any]],
+) -> None:
+    root, blender = bucket
+    deps = resolve(root, "vse.blend", VSE_FRAMES)
+    for name in ("plate", "reverse"):
+        expected = {int(f): {path} for f, path in blender["vse"]["elements"][name].items()}
+        assert sequencer_files_per_frame(deps, name) == expected, name
+    assert sequencer_files_per_frame(deps, "muted", "muted_channel") == {}
+
+
+def test_frames_outside_every_strip_need_no_sequencer_file(
+    bucket: tuple[Path, dict[str, Any]],
+) -> None:
+    root, _ = bucket
+    deps = resolve(root, "vse.blend", [0, 1, 2, 3, 4, 24, 45])
+    assert sequencer_files_per_frame(deps) == {}
+    assert {d.source for d in deps.deps if d.source.startswith("SC:")} == {"SC:Scene/music"}
+
+
+def test_ten_frames_of_an_image_strip_list_only_their_elements(
+    bucket: tuple[Path, dict[str, Any]],
+) -> None:
+    root, _ = bucket
+    deps = resolve(root, "vse.blend", [7, 8])
+    assert by_source(deps, "SC:Scene/plate") == {
+        file_url(root / "vse/plate/plate_t.png"): (7,),
+        file_url(root / "vse/plate/plate_y.png"): (8,),
+    }
+
+
+def test_movie_strip_needs_its_file_on_the_frames_it_plays_and_sound_strips_whole(
+    bucket: tuple[Path, dict[str, Any]],
+) -> None:
+    root, blender = bucket
+    deps = resolve(root, "vse.blend", VSE_FRAMES)
+    start, end = blender["vse"]["movie"]
+    assert by_source(deps, "SC:Scene/movie") == {
+        file_url(root / "vse/movie/shot.mov"): tuple(range(start, end))
+    }
+    assert by_source(deps, "SC:Scene/music") == {file_url(root / "vse/audio/music.wav"): None}
+    assert by_source(deps, "SC:Scene/quiet") == {}
+
+
+def _strip(kind: int, start: float, length: int, **fields: Any) -> SequencerStrip:
+    files = tuple(f"//e{n}.png" for n in range(length)) if kind == STRIP_TYPE_IMAGE else ()
+    timing = StripTiming(start=start, length=length, is_image=kind == STRIP_TYPE_IMAGE)
+    return SequencerStrip(fields.pop("name", "s"), kind, 1, False, timing, files, **fields)
+
+
+def test_an_effect_renders_its_muted_input_and_a_speed_effect_any_of_its_frames() -> None:
+    muted = _strip(STRIP_TYPE_IMAGE, 1, 10, name="muted")
+    muted = SequencerStrip(muted.name, muted.kind, 1, True, muted.timing, muted.files)
+    blur = _strip(STRIP_TYPE_EFFECT + 5, 1, 10, inputs=(0,))
+    assert strips_rendered_at((muted, blur), 4) == [(muted, 4)]
+    assert strips_rendered_at((muted,), 4) == []
+    speed = _strip(STRIP_TYPE_SPEED, 1, 10, inputs=(0,))
+    assert strips_rendered_at((muted, speed), 4) == [(muted, None)]
+
+
+def test_retimed_strip_may_show_any_of_its_files_from_its_left_handle_on() -> None:
+    retimed = _strip(STRIP_TYPE_IMAGE, 10, 10, retimed=True)
+    assert strips_rendered_at((retimed,), 9) == []
+    assert strips_rendered_at((retimed,), 30) == [(retimed, None)]
+
+
+def test_meta_strip_renders_its_strips_at_its_own_start_plus_frame_index() -> None:
+    inner = _strip(STRIP_TYPE_IMAGE, 1, 10)
+    meta = _strip(STRIP_TYPE_META, 1, 10, strips=(inner,))
+    assert strips_rendered_at((meta,), 5) == [(inner, 5)]
+    assert strips_rendered_at((meta,), 11) == []  # past the meta's right handle
+
+
+def test_strip_frame_math_reverse_strobe_and_animation_offset() -> None:
+    # Blender 5.0: 10 files, offsets 1/1 (len 8), start 14, reverse, strobe 2 (see vse.blend)
+    timing = StripTiming(
+        start=14, length=8, anim_start_offset=1, flag=STRIP_REVERSE_FRAMES, strobe=2.0
+    )
+    assert [timing.element_index(f) for f in (12, 15, 16, 18, 21, 23)] == [7, 7, 5, 3, 1, 1]
+    assert (timing.left_handle(), timing.right_handle()) == (14, 22)
