@@ -16,10 +16,27 @@ What a caller may rely on:
   default, which is why a 1-100 sequence is saved with ``last 100`` and no ``first``).
   ``origfirst``/``origlast`` only describe the files on disk; Nuke reads inside
   ``first``..``last``, so they change nothing here.
+- A Precomp's script is computed at the render frame, like a Group's members: Foundry's
+  reference lists no frame-range or offset knobs on Precomp (``file``, ``reading``,
+  ``on_error``, ``output``, ``use_output`` and buttons). With ``reading true`` ("read file for
+  output") it shows the files its output Write rendered instead, so those are listed and the
+  script's own inputs are not (with ``on_error`` ``read input``: only for the frames whose
+  rendered file is missing).
+- A Write with ``reading true`` ("read file") reads its own output back: its file for each
+  frame, numbered by its ``frame_mode`` (``expression`` or ``offset``, which Nuke's Write
+  adds). With ``on_error`` other than ``error`` only the rendered files that exist are listed,
+  since Nuke then renders without the others.
+- A node of a class Nuke does not ship is a gizmo: ``<Class>.gizmo`` is looked for in the
+  gizmo path's folders (``NUKE_PATH`` by default), then next to the script. Its member nodes
+  are resolved like a Group's, with the instance's values for the gizmo's user knobs. The
+  ``.gizmo`` itself is a dependency when it comes from storage (a mapped folder, a URL, or
+  the script's folder) and not when it is a local folder of the farm node. A class with no
+  ``.gizmo`` found is reported in ``unresolved`` (Nuke's own classes never are).
 - Relative paths resolve against the Root's ``project_directory`` when it is set, else the
   script's folder (Nuke itself would use its working directory, which a farm node does not
   share with the artist).
-- Disabled nodes, and every node inside a disabled group, need nothing.
+- Disabled nodes, and every node inside a disabled group, need nothing (but a disabled
+  gizmo's ``.gizmo``, which Nuke needs to load the script at all).
 - What needs Nuke to evaluate (Python, unknown TCL, animated file knobs, frame expressions
   beyond arithmetic) is reported in ``Dependencies.unresolved`` with the node and why.
 """
@@ -29,12 +46,13 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-from jitrender.deps import Dependencies, Unresolved
+from jitrender.deps import Dependencies, Dependency, Unresolved
 from jitrender.errors import JitrenderError, SceneParseError
-from jitrender.paths import is_url, join_url, local_path_of, split_url
+from jitrender.paths import is_url, join_url, local_path_of, split_url, url_basename, url_dirname
 from jitrender.resolve import register
 from jitrender.resolve.base import ResolveContext, file_dependencies
 from jitrender.resolve.nuke_ocio import ocio_config_dependencies
@@ -69,6 +87,63 @@ _READ_DEFAULTS = {
 _READ_LIKE = frozenset({"Read", "DeepRead"})
 _HOLD_MODES = ("hold", "loop", "bounce", "black")
 _FRAME_MODES = ("expression", "startat", "offset")
+# Write's and Precomp's "missing frames" (on_error) when reading their rendered files back.
+_MISSING_FRAMES = ("error", "black", "checkerboard", "readinput")
+
+# Node classes that ship with Nuke/NukeX (version suffixes stripped: Merge2 -> Merge), including
+# the gizmos in Nuke's own plugin folder. Any other class is a studio gizmo or plug-in: its
+# ``<Class>.gizmo`` is looked for, and it is reported when none is found. Classes with no file
+# knob of their own need no handler; missing a rare one here costs one ``unresolved`` entry.
+_BUILTIN_CLASS_NAMES = """
+    Root Group Gizmo LiveGroup LiveInput Precomp Input Output NoOp Dot BackdropNode StickyNote
+    PostageStamp Viewer Switch Assert DiskCache BlinkScript Expression MergeExpression
+    Read Write DeepRead DeepWrite ReadGeo WriteGeo AudioRead Constant CheckerBoard ColorBars
+    ColorWheel Roto RotoPaint Noise Ramp Radial Rectangle Flare Glint Grain ScannedGrain Dither
+    Text LightWrap Sparkles MarkerRemoval GridWarp SplineWarp IDistort STMap Position
+    AppendClip FrameBlend FrameHold FrameRange NoTimeBlur Retime TimeBlur TimeClip TimeEcho
+    TimeOffset TimeWarp TimeDissolve Kronos OFlow MotionBlur VectorGenerator VectorToMotion
+    SmartVector VectorDistort VectorCornerPin VectorBlur
+    AddChannels ChannelMerge Copy Remove Shuffle ShuffleCopy ShuffleViews
+    Add Clamp ColorCorrect ColorLookup ColorMatrix Colorspace CrossTalk Exposure Gamma Grade
+    HistEQ Histogram HSVTool HueCorrect HueShift Invert Log PLogLin MinColor Multiply
+    Posterize Saturation Sampler SoftClip Toe MatchGrade GenerateLUT ColorTransfer Vectorfield
+    OCIOCDLTransform OCIOColorSpace OCIODisplay OCIOFileTransform OCIOLogConvert
+    OCIOLookTransform OCIONamedTransform
+    Blur Bilateral BumpBoss Convolve Defocus DegrainBlue DegrainSimple Denoise DirBlur
+    DropShadow EdgeBlur EdgeDetect EdgeDetectWrapper EdgeExtend Emboss Erode FilterErode Dilate
+    Glow GodRays Laplacian Matrix Median MotionBlur2D MotionBlur3D Sharpen Soften Tile
+    VolumeRays ZBlur ZDefocus ZSlice Bokeh Inference CopyCat Deblur Upscale Blend
+    ChromaKeyer Difference HueKeyer IBKColour IBKColourV IBKGizmo IBKGizmoV Keyer Keylight
+    Primatte Ultimatte Cryptomatte Encryptomatte LumaKeyer Despill
+    AddMix ContactSheet LayerContactSheet CopyBBox CopyRectangle Dissolve Keymix KeyMix
+    Merge Premult Unpremult ZMerge MergeMat
+    AdjBBox BlackOutside Card3D CornerPin2D Crop LensDistortion Mirror PlanarTracker
+    Reconcile3D Reformat SphericalTransform Stabilize2D Tracker Transform TransformMasked
+    CameraShake TVIscale CameraTracker CameraSolver PointCloudGenerator ModelBuilder
+    DepthGenerator PoissonMesh
+    Axis Camera Light DirectLight Spotlight Environment EnvironmentLight Card Cube Cylinder
+    Sphere Scene ScanlineRender RayRender PrmanRender MergeGeo TransformGeo ApplyMaterial
+    Project3D BasicMaterial Phong Specular Emission Diffuse Displacement FillMat BlendMat
+    Wireframe UVProject Normals Reflection Refraction Transmission LookupGeo LogGeo
+    CrosstalkGeo RadialDistort ProceduralNoise Trilinear EditGeo GeoSelect DisplaceGeo
+    ParticleEmitter ParticleSettings ParticleBounce ParticleCurve ParticleDrag
+    ParticleGravity ParticleMotionAlign ParticleSpawn ParticleSpeedLimit ParticleTurbulence
+    ParticleVortex ParticleWind ParticleDirection ParticleExpression ParticleKill
+    ParticleLookAt ParticleMerge ParticlePointForce ParticleCylinderFlow ParticleShockWave
+    ParticleToImage ParticleToGeo ParticleAttractToSphere ParticleBlinkScript
+    GeoScene GeoCard GeoCube GeoCylinder GeoSphere GeoPlane GeoImport GeoExport GeoMerge
+    GeoTransform GeoReference GeoBindMaterial GeoCollection GeoDuplicate GeoInstance
+    GeoVisibility GeoPrune GeoDrawMode GeoPointsToMesh GeoRadialDistort GeoDisplace
+    DeepColorCorrect DeepCrop DeepExpression DeepFromFrames DeepFromImage DeepHoldout
+    DeepMerge DeepRecolor DeepReformat DeepSample DeepToImage DeepToPoints DeepTransform
+    DeepVolumeMaker
+    JoinViews OneView SideBySide Anaglyph MixViews SplitAndJoin ReConverge
+    CompareMetaData CopyMetaData ModifyMetaData ViewMetaData AddTimeCode
+    Log2Lin DirBlurWrapper EXPTool CurveTool Grid Bezier Paint AmbientOcclusion ReLight Relight
+    PositionToPoints DepthToPoints DepthToPosition CMSTestPattern
+"""
+_BUILTIN_CLASSES = frozenset(_BUILTIN_CLASS_NAMES.split())
+_NODE_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Handler = Callable[["ScriptResolver", Node], Dependencies]
 _handlers: dict[str, Handler] = {}
@@ -95,8 +170,11 @@ class ScriptResolver:
     environ: Mapping[str, str]
     visited: frozenset[str]
     prefix: str = ""
+    gizmos: GizmoLibrary | None = None  # None: NUKE_PATH from ``environ``
     out: Dependencies = field(default_factory=Dependencies)
     _depth: int = 0
+    # Nodes standing in for gizmo instances: kept alive, since _values is keyed by id().
+    _instances: list[Node] = field(default_factory=list)
     # (node id, knob) -> evaluated value or why not; knobs that refer to each other are
     # evaluated once, so a chain of references cannot blow up exponentially.
     _values: dict[tuple[int, str], str | NotEvaluable] = field(default_factory=dict)
@@ -107,6 +185,9 @@ class ScriptResolver:
         self.views = self._views()
         self.proxy_mode = self.root.flag("proxy")
         self.project_url = self._project_url()
+        self.library = self.gizmos or GizmoLibrary(
+            self.ctx, search_path(self.environ.get("NUKE_PATH", ""))
+        )
 
     # -- evaluation ------------------------------------------------------------------------
 
@@ -229,6 +310,54 @@ class ScriptResolver:
             views=self.views,
         )
 
+    def rendered_files(self, node: Node) -> Dependencies:
+        """What reading a Write's output back needs: its file (and proxy, in proxy mode) for the
+        context's frames, numbered as the Write numbers them."""
+        try:
+            frame_map = write_frame_map(self, node)
+        except NotEvaluable as exc:
+            written = self.path(node, "file")
+            if written is not None and not has_frame_token(written):
+                return self.files(node, "file")  # one file (a movie): the frame is irrelevant
+            knobs = ("frame_mode", "frame")
+            raw = " ".join(f"{k} {node.knobs[k]}" for k in knobs if k in node.knobs)
+            why = f"cannot work out which file frames it reads back: {exc.why}"
+            return Dependencies([], [Unresolved(self.source(node, "file"), raw, why)])
+        out = self.files(node, "file", frame_map)
+        if self.proxy_mode:
+            out.extend(self.files(node, "proxy", frame_map))
+        return out
+
+    def referenced(self, node: Node, out: Dependencies) -> ScriptResolver | None:
+        """A resolver for the script a Precomp or LiveGroup references, or None (with the reason
+        in ``out.unresolved``) when it cannot be read."""
+        written = self.path(node, "file")
+        if written is None or (node.cls == "LiveGroup" and not written):
+            return None
+        source = self.source(node, "file")
+        ctx = self.ctx
+        try:
+            url = ctx.map(written, relative_to=self.project_url)
+        except ValueError as exc:
+            out.unresolved.append(Unresolved(source, written, str(exc)))
+            return None
+        if url in self.visited or len(self.visited) > MAX_PRECOMP_DEPTH:
+            out.unresolved.append(Unresolved(source, written, "the script includes itself"))
+            return None
+        try:
+            local = ctx.fetch(url)
+            data = local.read_bytes()
+        except (JitrenderError, OSError, ValueError) as exc:
+            why = f"cannot read the referenced script: {exc}"
+            out.unresolved.append(Unresolved(source, written, why))
+            return None
+        nested_ctx = ctx.with_scene(url, local)
+        script = parse_script(decode_script(data, url), url)
+        prefix = f"{self.prefix}{node.path}."
+        return ScriptResolver(
+            nested_ctx, script, self.environ, self.visited | {url}, prefix, self.library
+        )
+
     # -- the Root --------------------------------------------------------------------------
 
     def _views(self) -> tuple[str, ...]:
@@ -292,12 +421,42 @@ class ScriptResolver:
 
     def resolve(self) -> Dependencies:
         self._ocio()
-        for node in self.script.nodes:
-            handler = _handlers.get(node.cls)
-            if handler is None or node.disabled():
-                continue
-            self.out.extend(handler(self, node))
+        self._resolve_nodes(self.script.nodes, ())
         return self.out
+
+    def _resolve_nodes(self, nodes: Iterable[Node], inside: tuple[str, ...]) -> None:
+        """``inside``: the gizmo classes these nodes are members of, outermost first."""
+        for node in nodes:
+            handler = _handlers.get(node.cls)
+            if handler is not None:
+                if not node.disabled():
+                    self.out.extend(handler(self, node))
+            elif _may_be_gizmo(node.cls):
+                self._gizmo(node, inside)
+
+    def _gizmo(self, node: Node, inside: tuple[str, ...]) -> None:
+        """A node of a class Nuke does not ship: its ``.gizmo`` (needed to load the script at
+        all, so even when the node is disabled) and the files its members read."""
+        source = f"{self.prefix}{node.path}"
+        if node.cls in inside or len(inside) > MAX_PRECOMP_DEPTH:
+            self.out.unresolved.append(Unresolved(source, node.cls, "the gizmo contains itself"))
+            return
+        found = self.library.find(node.cls, self.ctx.scene_folder_url)
+        if isinstance(found, str):
+            self.out.unresolved.append(Unresolved(source, node.cls, found))
+            return
+        if found.listed:
+            self.out.deps.append(Dependency(found.path, found.url, None, source))
+        if node.disabled():
+            return
+        try:
+            stand_in, members = instantiate_gizmo(found.script, node)
+        except NotEvaluable as exc:
+            self.out.unresolved.append(Unresolved(source, found.path, exc.why))
+            return
+        self._instances.append(stand_in)
+        self._instances.extend(members)
+        self._resolve_nodes(members, (*inside, node.cls))
 
 
 def _tidy(path: str) -> str:
@@ -387,6 +546,34 @@ def read_frame_map(resolver: ScriptResolver, node: Node) -> dict[int, list[int]]
     return mapping
 
 
+def write_frame_map(resolver: ScriptResolver, node: Node) -> dict[int, list[int]]:
+    """Render frame -> the file frame a Write writes (and, reading, reads back), inverted:
+    ``expression`` (``frame`` empty: the render frame) or ``offset`` (file frame = render
+    frame + ``frame``, as Nuke's Write adds it). ``start at`` counts from the first frame of the
+    Write's input, which needs Nuke: it raises NotEvaluable, as do knobs that cannot be
+    evaluated."""
+    mode = resolver.choice(node, "frame_mode", _FRAME_MODES)
+    if mode == "startat":
+        raise NotEvaluable("frame_mode 'start at' numbers files from the first frame of the input")
+    frame_text = node.knobs.get("frame", "").strip()
+    if frame_text.startswith("{") and frame_text.endswith("}"):
+        frame_text = frame_text[1:-1].strip()
+    expression = compile_expression(frame_text) if mode == "expression" and frame_text else None
+    shift = resolver.frame_number(node, "frame", "0") if mode == "offset" else 0
+    mapping: dict[int, list[int]] = {}
+
+    def lookup(ref: str) -> str:
+        return resolver.lookup(ref, node)
+
+    for frame in resolver.ctx.frames:
+        if expression is not None:
+            file_frame = _whole_frame(expression.evaluate(lookup, frame))
+        else:
+            file_frame = _whole_frame(frame + shift)
+        mapping.setdefault(file_frame, []).append(frame)
+    return mapping
+
+
 # -- one function per node class -------------------------------------------------------------
 
 
@@ -431,60 +618,321 @@ def _vectorfield(resolver: ScriptResolver, node: Node) -> Dependencies:
     return resolver.files(node, "vfield_file")
 
 
+@_handles("Write")
+def _write(resolver: ScriptResolver, node: Node) -> Dependencies:
+    """``reading true`` ("read file"): the Write's output is its rendered file, read back."""
+    if not node.flag("reading"):
+        return Dependencies()
+    rendered = resolver.rendered_files(node)
+    if _missing_frames(resolver, node, rendered) == "error":
+        return rendered
+    return _split_existing(resolver.ctx, rendered)[0]
+
+
 @_handles("Precomp", "LiveGroup")
 def _referenced_script(resolver: ScriptResolver, node: Node) -> Dependencies:
     out = resolver.files(node, "file")
-    written = resolver.path(node, "file")
-    if written is None or (node.cls == "LiveGroup" and not written):
+    child = resolver.referenced(node, out)
+    if child is None:
         return out
-    source = resolver.source(node, "file")
-    ctx = resolver.ctx
-    try:
-        url = ctx.map(written, relative_to=resolver.project_url)
-    except ValueError as exc:
-        out.unresolved.append(Unresolved(source, written, str(exc)))
-        return out
-    if url in resolver.visited or len(resolver.visited) > MAX_PRECOMP_DEPTH:
-        out.unresolved.append(Unresolved(source, written, "the script includes itself"))
-        return out
-    try:
-        local = ctx.fetch(url)
-        data = local.read_bytes()
-    except (JitrenderError, OSError, ValueError) as exc:
-        why = f"cannot read the referenced script: {exc}"
-        out.unresolved.append(Unresolved(source, written, why))
-        return out
-    nested = _resolve_script(
-        ctx.with_scene(url, local),
-        data,
-        resolver.environ,
-        resolver.visited | {url},
-        f"{resolver.prefix}{node.path}.",
-    )
-    out.extend(nested)
+    if node.cls == "Precomp" and node.flag("reading"):
+        out.extend(_precomp_read_back(node, child))
+    else:
+        out.extend(child.resolve())
     return out
 
 
-def _resolve_script(
-    ctx: ResolveContext,
-    data: bytes,
-    environ: Mapping[str, str],
-    visited: frozenset[str],
-    prefix: str,
+def _precomp_read_back(precomp: Node, child: ScriptResolver) -> Dependencies:
+    """A Precomp with ``reading true`` ("read file for output") reads the files its output
+    Write rendered instead of computing the precomp script; with ``on_error`` ``read input``
+    the script is still computed for the frames whose file is missing."""
+    out = Dependencies()
+    reading = f"{child.prefix}reading"
+    try:
+        write = precomp_output(precomp, child.script)
+    except NotEvaluable as exc:
+        why = f"{exc.why}; listing what the precomp script reads instead"
+        out.extend(child.resolve())
+        out.unresolved.append(Unresolved(reading, "true", why))
+        return out
+    rendered = child.rendered_files(write)
+    try:
+        mode = child.choice(precomp, "on_error", _MISSING_FRAMES)
+    except NotEvaluable as exc:
+        why = f"{exc.why}; treated as 'read input'"
+        raw = precomp.knobs.get("on_error", "")
+        out.unresolved.append(Unresolved(f"{child.prefix}on_error", raw, why))
+        mode = "readinput"
+    if mode == "error":
+        out.extend(rendered)
+    else:
+        existing, missing = _split_existing(child.ctx, rendered)
+        out.extend(existing)
+        if mode == "readinput" and missing:
+            ctx = replace(child.ctx, frames=tuple(sorted(missing)))
+            computed = ScriptResolver(
+                ctx, child.script, child.environ, child.visited, child.prefix, child.library
+            )
+            out.extend(computed.resolve())
+    out.unresolved.extend(child.out.unresolved)  # what evaluating the Write's knobs reported
+    return out
+
+
+def precomp_output(precomp: Node, script: NukeScript) -> Node:
+    """The Write whose files a reading Precomp shows: the one its ``output`` knob names (when
+    ``use_output`` is on, or when the script has no Output node, which is when Nuke fills the
+    knob in itself), else the script's only enabled Write. Raises NotEvaluable otherwise: which
+    Write feeds the Output node needs the node graph."""
+    named = precomp.knobs.get("output", "").strip()
+    has_output = any(n.cls == "Output" and n.group is None for n in script.nodes)
+    if named and (precomp.flag("use_output") or not has_output):
+        node = script.top.get(named)
+        if node is None or node.cls != "Write":
+            raise NotEvaluable(f"the output node {named} is not a Write in the precomp script")
+        return node
+    writes = [n for n in script.nodes if n.cls == "Write" and not n.disabled()]
+    if len(writes) != 1:
+        raise NotEvaluable(
+            f"the precomp script has {len(writes)} enabled Write nodes; which one it reads back "
+            "needs the node graph"
+        )
+    return writes[0]
+
+
+def _missing_frames(resolver: ScriptResolver, node: Node, out: Dependencies) -> str:
+    """A Write's ``on_error`` (error, black, checkerboard, read input). One that cannot be
+    evaluated is reported and treated as tolerating missing files."""
+    try:
+        return resolver.choice(node, "on_error", _MISSING_FRAMES)
+    except NotEvaluable as exc:
+        why = f"{exc.why}; only the rendered files that exist are listed"
+        raw = node.knobs.get("on_error", "")
+        out.unresolved.append(Unresolved(resolver.source(node, "on_error"), raw, why))
+        return "black"
+
+
+def _split_existing(ctx: ResolveContext, found: Dependencies) -> tuple[Dependencies, set[int]]:
+    """The dependencies whose object exists (one listing per folder), and the frames that
+    needed one that does not."""
+    existing = Dependencies([], list(found.unresolved))
+    missing: set[int] = set()
+    for dep in found.deps:
+        try:
+            exists = url_basename(dep.url) in ctx.names_in_folder(url_dirname(dep.url))
+        except (OSError, ValueError):
+            exists = False
+        if exists:
+            existing.deps.append(dep)
+        else:
+            missing.update(dep.frames if dep.frames is not None else ctx.frames)
+    return existing, missing
+
+
+# -- gizmos ----------------------------------------------------------------------------------
+
+
+def _may_be_gizmo(cls: str) -> bool:
+    """Whether ``cls`` is not one of Nuke's own classes (nor an OFX plug-in) and so may be
+    defined by a ``.gizmo`` on the plugin path."""
+    if cls in _BUILTIN_CLASSES or cls.startswith("OFX"):
+        return False
+    if cls.rstrip("0123456789") in _BUILTIN_CLASSES:
+        return False
+    return _NODE_CLASS.fullmatch(cls) is not None
+
+
+def search_path(value: str) -> list[str]:
+    """The folders of a NUKE_PATH-style list: ``;``-separated when it has any ``;`` (Windows),
+    else ``:``-separated, keeping URLs (``gs://b/x``) and drive letters (``C:/x``) whole."""
+    if ";" in value:
+        return [p.strip() for p in value.split(";") if p.strip()]
+    parts = value.split(":")
+    folders: list[str] = []
+    index = 0
+    while index < len(parts):
+        part = parts[index]
+        following = parts[index + 1] if index + 1 < len(parts) else None
+        joins_url = following is not None and following.startswith("//") and part.isalnum()
+        joins_drive = following is not None and len(part) == 1 and part.isalpha()
+        if joins_url or (joins_drive and following and following[:1] in "/\\"):
+            part = f"{part}:{following}"
+            index += 1
+        if part.strip():
+            folders.append(part.strip())
+        index += 1
+    return folders
+
+
+@dataclass(frozen=True)
+class GizmoDefinition:
+    """A ``.gizmo`` file found for a class: where it is, whether it comes from storage (a mapped
+    folder or the script's own; then it is a dependency) and its parsed text."""
+
+    path: str
+    url: str
+    listed: bool
+    script: NukeScript
+
+
+class GizmoLibrary:
+    """Where ``<Class>.gizmo`` files are looked for: each folder of the gizmo path in order
+    (first match wins, as on Nuke's plugin path), then the folder of the script using it. One
+    listing per folder and one read per gizmo file, for the whole resolve."""
+
+    def __init__(self, ctx: ResolveContext, folders: Sequence[str]) -> None:
+        self.ctx = ctx
+        self.folders: list[tuple[str, str, bool]] = []  # (as written, URL, from storage)
+        for written in folders:
+            written = written.strip().rstrip("/\\") or written.strip()
+            if not written:
+                continue
+            try:
+                url = ctx.map(written)
+            except ValueError:
+                continue
+            listed = is_url(written) or ctx.path_map.is_mapped(written)
+            self.folders.append((written, url.rstrip("/"), listed))
+        self._found: dict[tuple[str, str], GizmoDefinition | str] = {}
+
+    def find(self, cls: str, script_folder_url: str) -> GizmoDefinition | str:
+        """The definition of ``cls``, or why there is none."""
+        key = (cls, script_folder_url)
+        found = self._found.get(key)
+        if found is None:
+            found = self._find(cls, script_folder_url)
+            self._found[key] = found
+        return found
+
+    def _find(self, cls: str, script_folder_url: str) -> GizmoDefinition | str:
+        name = f"{cls}.gizmo"
+        places = [*self.folders, ("", script_folder_url, True)]
+        for written, folder, listed in places:
+            try:
+                if name not in self.ctx.names_in_folder(folder):
+                    continue
+            except (OSError, ValueError):
+                continue
+            url = f"{folder}/{name}"
+            path = f"{written}/{name}" if written else _scene_path(self.ctx, url)
+            try:
+                data = self.ctx.fetch(url).read_bytes()
+            except (JitrenderError, OSError, ValueError) as exc:
+                return f"cannot read {url}: {exc}"
+            try:
+                script = parse_script(decode_script(data, url), url)
+            except SceneParseError as exc:
+                return f"{name} is not a gizmo this resolver can read: {exc.message}"
+            return GizmoDefinition(path, url, listed, script)
+        where = ", ".join(w for w, _, _ in self.folders) or "empty"
+        return (
+            f"{cls} is not a node class Nuke ships, and no {name} was found on the gizmo path "
+            f"({where}) or next to the script: the files it reads are not listed"
+        )
+
+
+def instantiate_gizmo(definition: NukeScript, instance: Node) -> tuple[Node, list[Node]]:
+    """A node standing for ``instance`` (the gizmo's knobs, with the instance's values for
+    user knobs, ``name`` and ``disable``) and copies of the gizmo's member nodes inside it, in
+    script order; the instance's values for link knobs go to the member knobs they show.
+    Raises NotEvaluable when the file holds no ``Gizmo``/``Group`` block."""
+    top = next((n for n in definition.nodes if n.group is None and n.is_group()), None)
+    if top is None:
+        raise NotEvaluable("the .gizmo file has no Gizmo { } block")
+    overridable = top.user_knobs | instance.user_knobs | {"name", "disable"}
+    knobs = dict(top.knobs)
+    braced = set(top.braced)
+    for knob, value in instance.knobs.items():
+        if knob in overridable:
+            knobs[knob] = value
+            if knob in instance.braced:
+                braced.add(knob)
+            else:
+                braced.discard(knob)
+    knobs["name"] = instance.name
+    stand_in = Node(
+        instance.cls,
+        knobs,
+        instance.group,
+        instance.line,
+        frozenset(braced),
+        user_knobs=top.user_knobs | instance.user_knobs,
+    )
+    copies = {id(top): stand_in}
+    members: list[Node] = []
+    for node in definition.nodes:
+        parent = copies.get(id(node.group)) if node.group is not None else None
+        if parent is None:
+            continue
+        copy = Node(
+            node.cls, node.knobs, parent, node.line, node.braced, {}, node.user_knobs, node.links
+        )
+        parent.members[copy.name] = copy
+        copies[id(node)] = copy
+        members.append(copy)
+    # A link knob (``{41 plate T Read1.file}``) shows a member's knob: the instance's value for
+    # it is that member's value.
+    for knob, target in top.links.items():
+        if knob not in instance.knobs:
+            continue
+        *path, member_knob = target.split(".")
+        member: Node | None = stand_in
+        for name in path:
+            member = member.members.get(name) if member is not None else None
+        if member is None or member is stand_in or not member_knob:
+            continue
+        member.knobs = {**member.knobs, member_knob: instance.knobs[knob]}
+        linked = {member_knob} if knob in instance.braced else set()
+        member.braced = (member.braced - {member_knob}) | linked
+    return stand_in, members
+
+
+def _scene_path(ctx: ResolveContext, url: str) -> str:
+    """How the artist would write ``url``: through the path map, else the local path
+    (``file://``) or the URL itself."""
+    mapped = ctx.path_map.to_scene_path(url)
+    if mapped is not None:
+        return mapped
+    if split_url(url)[0] == "file":
+        return local_path_of(url).as_posix()
+    return url
+
+
+def resolve_nuke_script(
+    ctx: ResolveContext, *, gizmo_path: Sequence[str] | None = None
 ) -> Dependencies:
-    script = parse_script(decode_script(data, ctx.scene_url), ctx.scene_url)
-    return ScriptResolver(ctx, script, environ, visited, prefix).resolve()
-
-
-@register("nuke", ".nk", ".nknc")
-def resolve_nuke(ctx: ResolveContext) -> Dependencies:
-    """Every file the context's frames of a Nuke script read, merged one entry per URL."""
+    """Every file the context's frames of a Nuke script read, merged one entry per URL.
+    ``gizmo_path``: the folders (as the artist writes them) holding ``<Class>.gizmo`` files;
+    default: the folders on ``NUKE_PATH``."""
     try:
         data = ctx.scene_file.read_bytes()
     except OSError as exc:
         raise SceneParseError(f"{ctx.scene_url}:1:1: cannot read the script: {exc}") from None
-    found = _resolve_script(ctx, data, dict(os.environ), frozenset({ctx.scene_url}), "")
-    return found.merged()
+    environ = dict(os.environ)
+    if gizmo_path is None:
+        gizmo_path = search_path(environ.get("NUKE_PATH", ""))
+    script = parse_script(decode_script(data, ctx.scene_url), ctx.scene_url)
+    gizmos = GizmoLibrary(ctx, gizmo_path)
+    resolver = ScriptResolver(ctx, script, environ, frozenset({ctx.scene_url}), "", gizmos)
+    return resolver.resolve().merged()
 
 
-__all__ = ["ScriptResolver", "held_frame", "read_frame_map", "resolve_nuke"]
+@register("nuke", ".nk", ".nknc")
+def resolve_nuke(ctx: ResolveContext) -> Dependencies:
+    """Every file the context's frames of a Nuke script read, merged one entry per URL
+    (gizmos are looked for on ``NUKE_PATH``)."""
+    return resolve_nuke_script(ctx)
+
+
+__all__ = [
+    "GizmoDefinition",
+    "GizmoLibrary",
+    "ScriptResolver",
+    "held_frame",
+    "instantiate_gizmo",
+    "precomp_output",
+    "read_frame_map",
+    "resolve_nuke",
+    "resolve_nuke_script",
+    "search_path",
+    "write_frame_map",
+]

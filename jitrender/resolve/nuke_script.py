@@ -195,6 +195,10 @@ class Node:
     line: int
     braced: frozenset[str] = frozenset()
     members: dict[str, Node] = field(default_factory=dict)
+    # Knobs the script adds to the node (``addUserKnob {2 lut l "LUT"}`` adds ``lut``).
+    user_knobs: frozenset[str] = frozenset()
+    # Link knobs among them -> the member knob they show (``{41 lut T Read1.file}``).
+    links: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -237,10 +241,16 @@ class NukeScript:
 
 
 def _node_from_block(
-    scanner: Scanner, cls: str, body: Word, group: Node | None, inherited: dict[str, str]
+    scanner: Scanner,
+    cls: str,
+    body: Word,
+    group: Node | None,
+    inherited: Node | None = None,
 ) -> Node:
-    knobs = dict(inherited)
-    braced: set[str] = set()
+    knobs = dict(inherited.knobs) if inherited is not None else {}
+    braced: set[str] = set(inherited.braced) if inherited is not None else set()
+    user: set[str] = set(inherited.user_knobs) if inherited is not None else set()
+    links = dict(inherited.links) if inherited is not None else {}
     for words in scanner.commands(body.pos + 1, body.end - 1):
         name = words[0].text
         if len(words) == 1:
@@ -249,9 +259,42 @@ def _node_from_block(
             knobs[name] = words[1].text
             if words[1].braced:
                 braced.add(name)
+                if name == "addUserKnob":
+                    # {type name [label] ...}: the second element names the knob.
+                    spec = words[1].text.split(None, 2)
+                    if len(spec) >= 2:
+                        user.add(spec[1])
+                        target = _link_target(words[1].text) if spec[0] == "41" else None
+                        if target:
+                            links[spec[1]] = target
+            elif inherited is not None:
+                braced.discard(name)  # a clone's own value replaces the original's
         else:
             knobs[name] = " ".join(w.text for w in words[1:])
-    return Node(cls, knobs, group, scanner.line_of(body.pos), frozenset(braced))
+            braced.discard(name)
+    return Node(
+        cls,
+        knobs,
+        group,
+        scanner.line_of(body.pos),
+        frozenset(braced),
+        user_knobs=frozenset(user),
+        links=links,
+    )
+
+
+def _link_target(spec: str) -> str | None:
+    """The ``T`` target of a Link_Knob's ``addUserKnob {41 name [l label] ... T Node.knob}``."""
+    try:
+        items = tcl_list(spec)
+    except SceneParseError:
+        return None
+    index = 2
+    while index < len(items) - 1:
+        if items[index] == "T":
+            return items[index + 1]
+        index += 2 if items[index] in ("l", "t") else 1
+    return None
 
 
 def parse_script(text: str, url: str) -> NukeScript:
@@ -290,7 +333,7 @@ def parse_script(text: str, url: str) -> NukeScript:
         elif head == "clone" and len(words) in (3, 4) and words[-1].braced:
             if len(words) == 4:
                 node = _node_from_block(
-                    scanner, words[2].text, words[3], groups[-1][0] if groups else None, {}
+                    scanner, words[2].text, words[3], groups[-1][0] if groups else None
                 )
             else:
                 ref = words[1].text
@@ -303,7 +346,7 @@ def parse_script(text: str, url: str) -> NukeScript:
                     original.cls,
                     words[2],
                     groups[-1][0] if groups else None,
-                    original.knobs,
+                    original,
                 )
             add(node)
             stack_top = node
@@ -311,11 +354,11 @@ def parse_script(text: str, url: str) -> NukeScript:
                 groups.append((node, words[0].pos))
         elif len(words) == 2 and words[1].braced and not words[0].braced:
             if head == "Root" and not groups:
-                root = _node_from_block(scanner, head, words[1], None, {})
+                root = _node_from_block(scanner, head, words[1], None)
                 continue
             if head in ("define_window_layout_xml", "add_layer"):
                 continue
-            node = _node_from_block(scanner, head, words[1], groups[-1][0] if groups else None, {})
+            node = _node_from_block(scanner, head, words[1], groups[-1][0] if groups else None)
             add(node)
             stack_top = node
             if node.is_group():

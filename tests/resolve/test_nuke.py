@@ -15,7 +15,7 @@ from jitrender.errors import SceneParseError
 from jitrender.paths import PathMap, PathRule, local_path_of
 from jitrender.resolve import resolver_for
 from jitrender.resolve.base import ResolveContext
-from jitrender.resolve.nuke import held_frame, resolve_nuke
+from jitrender.resolve.nuke import held_frame, resolve_nuke, resolve_nuke_script, search_path
 from jitrender.storage import GCSStore, LocalStore
 from tests.conftest import put_object
 
@@ -67,6 +67,10 @@ def root_with(knobs: str) -> str:
 
 def read(file: str, extra: str = "", name: str = "Read1") -> str:
     return f"Read {{\n inputs 0\n file {file}\n{extra}\n name {name}\n}}\n"
+
+
+def write(file: str, extra: str = "", name: str = "Write1") -> str:
+    return f"Write {{\n file {file}\n{extra}\n name {name}\n}}\n"
 
 
 # -- sequences and frame mapping -------------------------------------------------------------
@@ -499,6 +503,293 @@ def test_builtin_ocio_config_needs_no_files(local_bucket: str) -> None:
         " first_frame", " colorManagement OCIO\n OCIO_config aces_1.2\n first_frame"
     )
     assert resolve(local_bucket, root, [1]).deps == []
+
+
+# -- Precomp frames and read-back -------------------------------------------------------------
+
+PRECOMP_ROOT = "Root {\n inputs 0\n first_frame 1\n last_frame 50\n}\n"
+
+
+def test_precomp_script_is_computed_at_the_parents_frames_not_its_own_range(
+    local_bucket: str,
+) -> None:
+    # Nuke's Precomp has no frame-range or offset knobs: the precomp script's nodes are
+    # evaluated at the frame being rendered, whatever the precomp's own Root range says.
+    child = PRECOMP_ROOT + read("plates/fg.####.exr", " first 1001\n last 1100", "FG")
+    put_object(f"{local_bucket}/shots/pre/fg.nk", child.encode())
+    script = ROOT + "Precomp {\n file pre/fg.nk\n name Pre\n}\n"
+    frames = [1000, 1001, 1050, 1200]
+    found = resolve(local_bucket, script, frames)
+    pre = f"{local_bucket}/shots/pre"
+    assert per_frame(found, frames) == {
+        1000: {f"{pre}/fg.nk", f"{pre}/plates/fg.1001.exr"},
+        1001: {f"{pre}/fg.nk", f"{pre}/plates/fg.1001.exr"},
+        1050: {f"{pre}/fg.nk", f"{pre}/plates/fg.1050.exr"},
+        1200: {f"{pre}/fg.nk", f"{pre}/plates/fg.1100.exr"},
+    }
+    assert not found.unresolved
+
+
+PRECOMP_WITH_OUTPUT = (
+    PRECOMP_ROOT
+    + read("plates/fg.####.exr", " first 1001\n last 1100", "FG")
+    + write("renders/pre.####.exr", "", "PreOut")
+    + "Output {\n name Output1\n}\n"
+)
+
+
+def test_reading_precomp_lists_its_rendered_files_not_the_scripts_inputs(
+    local_bucket: str,
+) -> None:
+    put_object(f"{local_bucket}/shots/pre/fg.nk", PRECOMP_WITH_OUTPUT.encode())
+    script = ROOT + "Precomp {\n file pre/fg.nk\n reading true\n name Pre\n}\n"
+    frames = [1001, 1002]
+    found = resolve(local_bucket, script, frames)
+    pre = f"{local_bucket}/shots/pre"
+    assert per_frame(found, frames) == {
+        f: {f"{pre}/fg.nk", f"{pre}/renders/pre.{f}.exr"} for f in frames
+    }
+    assert {d.source for d in found.deps} == {"Pre.file", "Pre.PreOut.file"}
+    assert not found.unresolved
+
+
+def test_reading_precomp_with_read_input_computes_the_script_where_a_render_is_missing(
+    local_bucket: str,
+) -> None:
+    make_files(local_bucket, ["shots/pre/renders/pre.1001.exr"])
+    put_object(f"{local_bucket}/shots/pre/fg.nk", PRECOMP_WITH_OUTPUT.encode())
+    script = ROOT + 'Precomp {\n file pre/fg.nk\n reading true\n on_error "read input"\n}\n'
+    frames = [1001, 1002]
+    found = resolve(local_bucket, script, frames)
+    pre = f"{local_bucket}/shots/pre"
+    assert per_frame(found, frames) == {
+        1001: {f"{pre}/fg.nk", f"{pre}/renders/pre.1001.exr"},
+        1002: {f"{pre}/fg.nk", f"{pre}/plates/fg.1002.exr"},
+    }
+
+
+def test_reading_precomp_reads_the_write_its_output_knob_names(local_bucket: str) -> None:
+    child = (
+        PRECOMP_ROOT
+        + read("plates/fg.####.exr", " first 1001\n last 1100", "FG")
+        + write("renders/a.####.exr", "", "A")
+        + write("renders/b.####.exr", " frame_mode offset\n frame -1000", "B")
+    )
+    put_object(f"{local_bucket}/shots/pre/fg.nk", child.encode())
+    named = ROOT + "Precomp {\n file pre/fg.nk\n reading true\n output B\n use_output true\n}\n"
+    found = resolve(local_bucket, named, [1001])
+    pre = f"{local_bucket}/shots/pre"
+    assert per_frame(found, [1001]) == {1001: {f"{pre}/fg.nk", f"{pre}/renders/b.0001.exr"}}
+    assert not found.unresolved
+
+    unnamed = ROOT + "Precomp {\n file pre/fg.nk\n reading true\n name Pre\n}\n"
+    found = resolve(local_bucket, unnamed, [1001])
+    assert per_frame(found, [1001]) == {1001: {f"{pre}/fg.nk", f"{pre}/plates/fg.1001.exr"}}
+    [why] = [u.why for u in found.unresolved if u.source == "Pre.reading"]
+    assert "2 enabled Write nodes" in why
+
+
+# -- Write nodes reading their output back ---------------------------------------------------
+
+
+def test_write_with_reading_true_reads_its_own_output_for_each_frame(local_bucket: str) -> None:
+    script = (
+        ROOT
+        + write("/out/pre.####.exr", " reading true", "Pre")
+        + write("/out/final.####.exr", "", "Final")
+        + write("/out/off.####.exr", " reading true\n disable true", "Off")
+        + "Group {\n name G\n disable true\n}\n"
+        + write("/out/inside.####.exr", " reading true", "Inside")
+        + "end_group\n"
+    )
+    frames = [1001, 1002]
+    found = resolve(local_bucket, script, frames)
+    assert per_frame(found, frames) == {f: {f"file:///out/pre.{f}.exr"} for f in frames}
+    assert {d.source for d in found.deps} == {"Pre.file"}
+    assert not found.unresolved
+
+
+def test_write_read_back_follows_the_writes_frame_numbering(local_bucket: str) -> None:
+    script = (
+        ROOT
+        + write("/out/offset.####.exr", " reading true\n frame_mode offset\n frame -1000", "Off")
+        + write("/out/expr.####.exr", ' reading true\n frame "frame*2"', "Expr")
+        + write("/out/start.####.exr", ' reading true\n frame_mode "start at"\n frame 1', "Start")
+        + write("/out/movie.mov", ' reading true\n frame_mode "start at"\n frame 1', "Movie")
+    )
+    frames = [1001, 1002]
+    found = resolve(local_bucket, script, frames)
+    assert per_frame(found, frames) == {
+        1001: {"file:///out/offset.0001.exr", "file:///out/expr.2002.exr", "file:///out/movie.mov"},
+        1002: {"file:///out/offset.0002.exr", "file:///out/expr.2004.exr", "file:///out/movie.mov"},
+    }
+    [start] = found.unresolved
+    assert start.source == "Start.file"
+    assert "start at" in start.why
+
+
+@pytest.mark.parametrize(
+    ("on_error", "expected"),
+    [
+        # Nuke fails on a missing frame: every frame's file is needed (a missing one fails
+        # the job before it renders, as Nuke would).
+        ("", {1001: {"pre.1001.exr"}, 1002: {"pre.1002.exr"}}),
+        # Nuke renders black/checkerboard/the input tree instead: only what exists is needed.
+        ("on_error black", {1001: {"pre.1001.exr"}, 1002: set()}),
+        ("on_error checkerboard", {1001: {"pre.1001.exr"}, 1002: set()}),
+        ('on_error "read input"', {1001: {"pre.1001.exr"}, 1002: set()}),
+    ],
+)
+def test_write_read_back_lists_missing_renders_only_when_nuke_would_fail_on_them(
+    local_bucket: str, on_error: str, expected: dict[int, set[str]]
+) -> None:
+    make_files(local_bucket, ["renders/pre.1001.exr"])
+    mapping = PathMap([PathRule("/show", local_bucket)])
+    script = ROOT + write("/show/renders/pre.####.exr", f" reading true\n {on_error}")
+    found = resolve(local_bucket, script, [1001, 1002], path_map=mapping)
+    assert per_frame(found, [1001, 1002]) == {
+        f: {f"{local_bucket}/renders/{name}" for name in names} for f, names in expected.items()
+    }
+    assert not found.unresolved
+
+
+# -- gizmos ----------------------------------------------------------------------------------
+
+GIZMO = r"""#! /usr/local/Nuke15.1v2/libnuke-15.1.2.so -nx
+version 15.1 v2
+Gizmo {
+ inputs 1
+ addUserKnob {20 User}
+ addUserKnob {2 grain_file l "grain plate"}
+ grain_file /show/grain/default.####.exr
+ addUserKnob {3 grain_first l "first frame"}
+ grain_first 1
+ addUserKnob {2 lut_file}
+ lut_file /show/luts/grain.cube
+ addUserKnob {41 geo_file l "geometry" -STARTLINE T GeoIn.file}
+}
+ Input {
+  inputs 0
+  name Input1
+ }
+ Read {
+  inputs 0
+  file "\[value parent.grain_file]"
+  first {{parent.grain_first}}
+  last {{parent.grain_first+99}}
+  name GrainRead
+ }
+ OCIOFileTransform {
+  file "\[value parent.lut_file]"
+  name GrainLut
+ }
+ ReadGeo2 {
+  file /show/geo/default.abc
+  name GeoIn
+ }
+ Output {
+  name Output1
+ }
+end_group
+"""
+
+GIZMO_INSTANCE = (
+    "LensGrain {\n grain_file /show/grain/fine.####.exr\n grain_first 1001\n"
+    " geo_file /show/geo/rock.abc\n xpos 10\n ypos 20\n name LensGrain1\n}\n"
+)
+
+
+def test_gizmo_on_a_mapped_nuke_path_is_a_dependency_and_its_members_are_resolved(
+    local_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_object(f"{local_bucket}/pipeline/gizmos/LensGrain.gizmo", GIZMO.encode())
+    monkeypatch.setenv("NUKE_PATH", "/opt/nuke/plugins:/show/pipeline/gizmos")
+    mapping = PathMap([PathRule("/show", local_bucket)])
+    frames = [1001, 1002]
+    found = resolve(local_bucket, ROOT + GIZMO_INSTANCE, frames, path_map=mapping)
+    gizmo = f"{local_bucket}/pipeline/gizmos/LensGrain.gizmo"
+    assert per_frame(found, frames) == {
+        # The instance's grain_file and grain_first replace the gizmo's defaults, its
+        # geo_file (a link knob) sets GeoIn.file; lut_file, not set, keeps the gizmo's value.
+        f: {gizmo, f"{local_bucket}/grain/fine.{f}.exr", f"{local_bucket}/luts/grain.cube"}
+        | {f"{local_bucket}/geo/rock.abc"}
+        for f in frames
+    }
+    assert {(d.source, d.path) for d in found.deps if d.url == gizmo} == {
+        ("LensGrain1", "/show/pipeline/gizmos/LensGrain.gizmo")
+    }
+    assert {d.source for d in found.deps} == {
+        "LensGrain1",
+        "LensGrain1.GrainRead.file",
+        "LensGrain1.GrainLut.file",
+        "LensGrain1.GeoIn.file",
+    }
+    assert not found.unresolved
+
+
+def test_gizmo_from_a_local_folder_is_not_a_dependency_but_its_files_are(
+    local_bucket: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "site_gizmos"
+    folder.mkdir()
+    (folder / "LensGrain.gizmo").write_text(GIZMO)
+    found = resolve_nuke_script(
+        context(local_bucket, ROOT + GIZMO_INSTANCE, [1001]), gizmo_path=[str(folder)]
+    )
+    assert per_frame(found, [1001]) == {
+        1001: {"file:///show/grain/fine.1001.exr", "file:///show/luts/grain.cube"}
+        | {"file:///show/geo/rock.abc"}
+    }
+    assert not found.unresolved
+
+
+def test_gizmo_next_to_the_script_and_unknown_classes_without_one(
+    local_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NUKE_PATH", raising=False)
+    put_object(f"{local_bucket}/shots/LensGrain.gizmo", GIZMO.encode())
+    put_object(f"{local_bucket}/shots/Loop.gizmo", b"Gizmo {\n}\n Loop {\n }\nend_group\n")
+    script = (
+        ROOT
+        + GIZMO_INSTANCE
+        + "LensGrain {\n disable true\n name GrainOff\n}\n"
+        + "StudioDefocus {\n size 4\n name Defocus1\n}\n"
+        + "Loop {\n name Loop1\n}\n"
+        # Nuke's own classes, versioned or not, and OFX plug-ins are never reported.
+        + "Grade {\n name Grade1\n}\nMerge2 {\n name Merge1\n}\nBlur {\n name Blur1\n}\n"
+        + "Transform {\n name T\n}\nDot {\n name Dot1\n}\nTracker4 {\n name Tr\n}\n"
+        + "OFXuk.co.thefoundry.keylight.keylight_v201 {\n name Keylight1\n}\n"
+    )
+    found = resolve(local_bucket, script, [1001])
+    shots = f"{local_bucket}/shots"
+    assert per_frame(found, [1001]) == {
+        1001: {
+            f"{shots}/LensGrain.gizmo",  # also for the disabled instance: Nuke loads it
+            f"{shots}/Loop.gizmo",
+            "file:///show/grain/fine.1001.exr",
+            "file:///show/luts/grain.cube",
+            "file:///show/geo/rock.abc",
+        }
+    }
+    reasons = {u.source: (u.value, u.why) for u in found.unresolved}
+    assert set(reasons) == {"Defocus1", "Loop1.Loop@line3"}
+    assert reasons["Defocus1"][0] == "StudioDefocus"
+    assert "StudioDefocus.gizmo" in reasons["Defocus1"][1]
+    assert "contains itself" in reasons["Loop1.Loop@line3"][1]
+
+    # A disabled gizmo reads nothing, but Nuke cannot load the script without its .gizmo.
+    found = resolve(local_bucket, ROOT + "LensGrain {\n disable true\n name Off\n}\n", [1001])
+    assert [(d.url, d.source, d.frames) for d in found.deps] == [
+        (f"{shots}/LensGrain.gizmo", "Off", None)
+    ]
+
+
+def test_nuke_path_splits_like_nuke_and_keeps_urls_and_drives_whole() -> None:
+    assert search_path("/a/gizmos:/b") == ["/a/gizmos", "/b"]
+    assert search_path("gs://studio/gizmos:/b") == ["gs://studio/gizmos", "/b"]
+    assert search_path("C:/nuke/gizmos;//server/gizmos") == ["C:/nuke/gizmos", "//server/gizmos"]
+    assert search_path("C:/nuke/gizmos") == ["C:/nuke/gizmos"]
+    assert search_path("") == []
 
 
 # -- views and UDIMs -------------------------------------------------------------------------

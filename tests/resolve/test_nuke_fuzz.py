@@ -46,6 +46,8 @@ LiveGroup {
 }
  Precomp {
   file "\\[file join \\[file dirname \\[value root.name]] pre.nk]"
+  reading true
+  on_error "read input"
   name Pre
  }
  Read {
@@ -63,8 +65,55 @@ Camera2 {
  file $env(HOME)/cam.abc
  name Cam
 }
+Write {
+ file out/comp.%04d.exr
+ reading true
+ frame_mode offset
+ frame -1000
+ on_error black
+ name Back
+}
+Fuzz {
+ plate p.####.exr
+ geo g.abc
+ name Fuzz1
+}
 """,
 ]
+
+# Next to the fuzzed script: the precomp it reads back and the gizmo its Fuzz node uses.
+PRECOMP = """Root {
+ inputs 0
+}
+Read {
+ file plates/fg.####.exr
+ last 1100
+ name FG
+}
+Write {
+ file renders/pre.####.exr
+ name PreOut
+}
+"""
+GIZMO = """Gizmo {
+ addUserKnob {2 plate}
+ plate default.####.exr
+ addUserKnob {41 geo l geometry T Geo.file}
+}
+ Read {
+  file "\\[value parent.plate]"
+  last 100
+  name R
+ }
+ ReadGeo2 {
+  file default.abc
+  name Geo
+ }
+ Fuzz {
+  name Inner
+ }
+end_group
+"""
 
 # Characters that matter to the TCL reader, over-represented.
 TCL_TEXT = st.text(
@@ -79,6 +128,9 @@ KEYWORDS = st.sampled_from(
         "LiveGroup {", "views {{left \"\"} {right \"\"}}", "name ", "\n", " ", "####", "%V",
         "<UDIM>", "Root {", "OCIO_config custom", "customOCIOConfigPath ", "1e400", "nan",
         "[expr 1/0]", "[value a.b]", "[python x]", "$env(", "parent.", "1001", "-5",
+        "Write {", "reading true", "on_error black", "on_error \"read input\"", "Fuzz {",
+        "Gizmo {", "addUserKnob {41 f T R.file}", "addUserKnob {2 plate}", "use_output true",
+        "output PreOut", "frame_mode offset",
     ]
 )  # fmt: skip
 
@@ -86,6 +138,8 @@ KEYWORDS = st.sampled_from(
 @pytest.fixture(scope="module")
 def folder() -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "pre.nk").write_text(PRECOMP)
+        (Path(tmp) / "Fuzz.gizmo").write_text(GIZMO)
         yield Path(tmp)
 
 
