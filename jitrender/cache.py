@@ -26,9 +26,10 @@ import os
 import random
 import shutil
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,10 @@ from jitrender.storage import (
 )
 from jitrender.transfer import LARGE_OBJECT_BYTES, RangedDownloader
 
-_STRIPES = 4096
+_STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
+_OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
+# struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), native layout.
+_FLOCK_FORMAT = "hhqqi4x"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -255,55 +259,95 @@ class Cache:
             return None
         return path
 
+    def _lock_stripe(self, key: str, *, wait: bool) -> int | None:
+        """Take ``key``'s cross-process download lock: a descriptor whose ``os.close`` (or the
+        process's death) releases it, or None when ``wait`` is false and someone holds it.
+
+        Linux: an open-file-description lock on one byte of ``locks/stripes`` (a million
+        stripes in one file, so no lock file is ever created per stripe: creating a file
+        costs ~0.5 ms on these disks, a third of a small object's whole fetch). Locks of
+        separate descriptors conflict even within one process, as flock's do. Elsewhere:
+        flock on one of 4096 stripe files."""
+        if _OFD_LOCKS:
+            fd = os.open(self.locks / "stripes", os.O_RDWR | os.O_CREAT, 0o600)
+            request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, int(key[:5], 16), 1, 0)
+            command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+        else:
+            name = f"{int(key[:6], 16) % _STRIPES:04d}.lock"
+            fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if _OFD_LOCKS:
+                fcntl.fcntl(fd, command, request)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            os.close(fd)
+            if not wait and exc.errno in (errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        return fd
+
     def _stripe_held(self, key: str) -> bool:
         """True while some thread or process holds ``key``'s stripe lock (a download)."""
-        lock_path = self.locks / f"{int(key[:6], 16) % _STRIPES:04d}.lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._lock_stripe(key, wait=False)
         except OSError:
             return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if fd is None:
             return True
-        finally:
-            os.close(fd)
+        os.close(fd)
         return False
 
     @contextlib.contextmanager
     def _stripe_lock(self, key: str) -> Iterator[None]:
-        lock_path = self.locks / f"{int(key[:6], 16) % _STRIPES:04d}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._lock_stripe(key, wait=True)
+        assert fd is not None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing releases the flock, also when the process dies
+            os.close(fd)  # closing releases the lock, also when the process dies
+
+    def claim(self, key: str) -> Future[CacheResult] | None:
+        """Become this process's one fetcher of ``key``: a future to :meth:`settle` when done,
+        or None while another thread already fetches it (wait in :meth:`fetch`)."""
+        with self._inflight_lock:
+            if key in self._inflight:
+                return None
+            pending: Future[CacheResult] = Future()
+            self._inflight[key] = pending
+            return pending
+
+    def settle(
+        self, key: str, claim: Future[CacheResult], outcome: CacheResult | BaseException
+    ) -> None:
+        """End a :meth:`claim`: threads waiting for the same object get ``outcome`` (the
+        result, or the exception raised)."""
+        with self._inflight_lock:
+            self._inflight.pop(key, None)
+        if isinstance(outcome, BaseException):
+            claim.set_exception(outcome)
+        else:
+            claim.set_result(outcome)
 
     def fetch(self, info: ObjectInfo, store: Store, *, record: bool = True) -> CacheResult:
         """Make ``info`` present in the cache, downloading it at most once however many
         threads and processes ask at the same time. Raises the store's errors as they are
         (the caller retries), and :class:`ChecksumMismatch` on corrupt bytes."""
         key = self.key(info)
-        with self._inflight_lock:
-            pending = self._inflight.get(key)
-            owner = pending is None
-            if owner:
-                pending = Future()
-                self._inflight[key] = pending
-        assert pending is not None
-        if not owner:
+        claim = self.claim(key)
+        if claim is None:
+            with self._inflight_lock:
+                pending = self._inflight.get(key)
+            if pending is None:  # settled between the two looks: it is cached (or failed)
+                return self.fetch(info, store, record=record)
             found = pending.result()
             return CacheResult(found.path, False, 0)
         try:
-            result = self._fetch_once(info, store, key)
-            pending.set_result(result)
+            result = self.fetch_claimed(info, store, key)
         except BaseException as exc:
-            pending.set_exception(exc)
+            self.settle(key, claim, exc)
             raise
-        finally:
-            with self._inflight_lock:
-                self._inflight.pop(key, None)
+        self.settle(key, claim, result)
         if record:
             if result.fetched:
                 self._record([info], misses=1, fetched_bytes=result.bytes_fetched)
@@ -311,7 +355,9 @@ class Cache:
                 self.record_hits([info])
         return result
 
-    def _fetch_once(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
+    def fetch_claimed(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
+        """The download itself, for the holder of ``key``'s :meth:`claim`: waits for any other
+        process fetching the same object, then finds it cached or downloads it."""
         found = self.lookup(info)
         if found is not None:
             return CacheResult(found, False, 0)
@@ -321,20 +367,42 @@ class Cache:
                 return CacheResult(found, False, 0)
             final = self.object_path(info)
             final.parent.mkdir(exist_ok=True, mode=0o700)
-            part = self.tmp / f"{key}.{os.getpid()}.{random.getrandbits(32):08x}"
+            part = self.part_path(key)
             try:
                 if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
                     self.ranged.download(info, store, part)  # verifies the crc32c
                 else:
                     self._download_whole(info, store, part)
-                os.chmod(part, 0o400)
-                os.replace(part, final)
+                self.install(part, final)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
         self._record([info])  # indexed at once, so every process's eviction counts it
-        self._maybe_evict(keep=key)
+        self._maybe_evict(keep=(key,))
         return CacheResult(final, True, info.size)
+
+    def part_path(self, key: str) -> Path:
+        """A private temp name in the cache's own file system (renamed into place when whole;
+        ``clean_leftovers`` removes the ones a killed process left)."""
+        return self.tmp / f"{key}.{os.getpid()}.{random.getrandbits(32):08x}"
+
+    @staticmethod
+    def install(part: Path, final: Path) -> None:
+        """Publish a verified download: read-only, then one atomic rename."""
+        os.chmod(part, 0o400)
+        os.replace(part, final)
+
+    def try_stripe_lock(self, key: str) -> int | None:
+        """``key``'s cross-process download lock if it is free now (a descriptor to
+        ``os.close`` to release), else None. For callers that must not block."""
+        return self._lock_stripe(key, wait=False)
+
+    def record_fetched(self, infos: list[ObjectInfo]) -> None:
+        """Index objects downloaded outside :meth:`fetch` (one transaction), then keep the cap
+        (sparing these, which their caller has not linked yet)."""
+        if infos:
+            self._record(infos)
+            self._maybe_evict(keep={self.key(i) for i in infos})
 
     @staticmethod
     def _download_whole(info: ObjectInfo, store: Store, part: Path) -> None:
@@ -362,7 +430,7 @@ class Cache:
 
     # -- eviction ------------------------------------------------------------------------
 
-    def _maybe_evict(self, keep: str | None = None) -> None:
+    def _maybe_evict(self, keep: Collection[str] = ()) -> None:
         if self.max_bytes is None:
             return
         with self._db() as db:  # a running total kept by triggers: O(1) per fetch
@@ -370,7 +438,7 @@ class Cache:
         if total > self.max_bytes:
             self.evict_to(self.max_bytes, keep=keep)
 
-    def evict_to(self, max_bytes: int, keep: str | None = None) -> tuple[int, int]:
+    def evict_to(self, max_bytes: int, keep: Collection[str] = ()) -> tuple[int, int]:
         """Evict least-recently-used entries until at most ``max_bytes`` remain. Entries that a
         workspace links to (link count > 1) or that are being written are skipped.
         Returns (entries evicted, bytes evicted)."""
@@ -382,7 +450,7 @@ class Cache:
         for key, size in rows:
             if total <= max_bytes:
                 break
-            if key == keep:
+            if key in keep:
                 continue  # just fetched for a caller that has not linked it yet
             path = self.objects / key[:2] / key
             try:

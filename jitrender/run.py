@@ -34,7 +34,8 @@ from types import FrameType
 from typing import Any
 
 from jitrender.agent import Agent
-from jitrender.cache import Cache, default_cache_dir, parse_size
+from jitrender.aio import AsyncFetcher
+from jitrender.cache import Cache, CacheResult, default_cache_dir, parse_size
 from jitrender.deps import Dependencies, Dependency
 from jitrender.engines import StageCall, Workspace, engine_named
 from jitrender.errors import (
@@ -170,6 +171,9 @@ class JobRun:
         self._hits: list[ObjectInfo] = []
         self._fetched: list[ObjectInfo] = []
         self._fetch_pool = ThreadPoolExecutor(options.fetch_workers, thread_name_prefix="fetch")
+        self._aio = AsyncFetcher(self.cache, self.retry, self._fetch_pool, self.stop.is_set)
+        self._fetch_started = time.monotonic()
+        self._fetch_pending = 0
         self._budget = InflightBudget(options.prefetch_bytes)
         self.workspace: Workspace | None = None
         self.uploader: Uploader | None = None
@@ -237,6 +241,7 @@ class JobRun:
             report.status, report.exit_code = "failed", int(ExitCode.SOFTWARE)
             report.error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
+            self._aio.close()  # before the pool it hands work to
             self._fetch_pool.shutdown(wait=False, cancel_futures=True)
             report.timings["wall_s"] = time.monotonic() - started
             self._finish()
@@ -422,6 +427,7 @@ class JobRun:
             path_map=self.path_map,
             list_prefix=self._list,
             fetch=self._fetch_local,
+            env=dict(job.env),
         )
         if scene_url is not None:
             name, resolver = resolver_for(job.resolver, scene_url)
@@ -473,42 +479,67 @@ class JobRun:
         return out
 
     def _start_fetches(self, deps: list[Dependency]) -> None:
-        """Fetch in the order frames need them; stages wait only for their own frame's deps."""
-        assert self.workspace is not None
+        """Fetch in the order frames need them; stages wait only for their own frame's deps.
+        Small objects go to the asyncio fetcher, large ones (and stores without a plain HTTP
+        GET) to the thread pool."""
         order = sorted(deps, key=lambda d: (min(d.frames) if d.frames else -(2**31), d.url))
-        started = time.monotonic()
-        pending = [len(order)]
-
-        def fetch(dep: Dependency) -> Path:
-            assert self.workspace is not None
+        self._fetch_started = time.monotonic()
+        self._fetch_pending = len(order)
+        for dep in order:
             info = self._known[dep.url]
             store = self._store(dep.url)
-            cold = info.size if self.cache.lookup(info) is None else 0
-            if cold and not self._budget.acquire(cold, self.stop.is_set):
-                raise Preempted("stopped while waiting to fetch")
-            try:
-                result = with_retries(
-                    lambda: self.cache.fetch(info, store, record=False), dep.url, self.retry
-                )
-            finally:
-                if cold:
-                    self._budget.release(cold)
-            dest = self.workspace.inputs / workspace_relpath(dep.url)
-            try:
-                self.cache.link_into(result.path, dest)
-            except FileNotFoundError:  # evicted between fetch and link: fetch again
-                result = self.cache.fetch(info, store, record=False)
-                self.cache.link_into(result.path, dest)
-            with self._lock:
-                (self._fetched if result.fetched else self._hits).append(info)
-                pending[0] -= 1
-                if pending[0] == 0:
-                    self.report.timings["fetch_s"] = time.monotonic() - started
-            self.progress.event("fetched", url=dep.url, size=info.size, cached=not result.fetched)
-            return dest
+            if AsyncFetcher.eligible(info, store):
+                self._dep_futures[dep.url] = self._fetch_small(dep, info, store)
+            else:
+                self._dep_futures[dep.url] = self._fetch_pool.submit(self._fetch_dep, dep)
 
-        for dep in order:
-            self._dep_futures[dep.url] = self._fetch_pool.submit(fetch, dep)
+    def _fetch_dep(self, dep: Dependency) -> Path:
+        """The thread path: in-frame-order byte budget, retries, cache, link."""
+        info = self._known[dep.url]
+        store = self._store(dep.url)
+        cold = info.size if self.cache.lookup(info) is None else 0
+        if cold and not self._budget.acquire(cold, self.stop.is_set):
+            raise Preempted("stopped while waiting to fetch")
+        try:
+            result = with_retries(
+                lambda: self.cache.fetch(info, store, record=False), dep.url, self.retry
+            )
+        finally:
+            if cold:
+                self._budget.release(cold)
+        try:
+            return self._link_dep(dep, info, result)
+        except FileNotFoundError:  # evicted between fetch and link: fetch again
+            result = self.cache.fetch(info, store, record=False)
+            return self._link_dep(dep, info, result)
+
+    def _fetch_small(self, dep: Dependency, info: ObjectInfo, store: Store) -> Future[Path]:
+        """The asyncio path; linking runs on the loop's thread, anything slow on the pool."""
+        linked: Future[Path] = Future()
+
+        def done(fetched: Future[CacheResult]) -> None:
+            try:
+                linked.set_result(self._link_dep(dep, info, fetched.result()))
+            except FileNotFoundError:  # evicted before it was linked: the thread path again
+                again = self._fetch_pool.submit(self._fetch_dep, dep)
+                again.add_done_callback(lambda f: _copy_future(f, linked))
+            except BaseException as exc:
+                linked.set_exception(exc)
+
+        self._aio.fetch(info, store).add_done_callback(done)
+        return linked
+
+    def _link_dep(self, dep: Dependency, info: ObjectInfo, result: CacheResult) -> Path:
+        assert self.workspace is not None
+        dest = self.workspace.inputs / workspace_relpath(dep.url)
+        self.cache.link_into(result.path, dest)
+        with self._lock:
+            (self._fetched if result.fetched else self._hits).append(info)
+            self._fetch_pending -= 1
+            if self._fetch_pending == 0:
+                self.report.timings["fetch_s"] = time.monotonic() - self._fetch_started
+        self.progress.event("fetched", url=dep.url, size=info.size, cached=not result.fetched)
+        return dest
 
     def _wait_for_deps(self, frames: tuple[int, ...]) -> None:
         wanted = set(frames)
@@ -851,6 +882,13 @@ class JobRun:
             )
 
 
+def _copy_future(source: Future[Path], target: Future[Path]) -> None:
+    try:
+        target.set_result(source.result())
+    except BaseException as exc:
+        target.set_exception(exc)
+
+
 def resolve_job(job: Job, frames: list[int], options: RunOptions) -> Dependencies:
     """The dependencies ``frames`` of ``job`` need, stat'ed against storage; fetches only the
     scene (and files the resolver must read, such as linked libraries) into the cache."""
@@ -858,6 +896,7 @@ def resolve_job(job: Job, frames: list[int], options: RunOptions) -> Dependencie
     try:
         return run.resolve(frames)[0]
     finally:
+        run._aio.close()
         run._fetch_pool.shutdown(wait=False)
         with contextlib.suppress(JitrenderError, OSError):
             run.cache.record_run(run._hits, run._fetched)

@@ -201,6 +201,13 @@ class Store(ABC):
     """One storage backend. Methods raise the underlying library's exceptions; callers wrap
     them in :func:`with_retries`."""
 
+    def media_request(
+        self, info: ObjectInfo, start: int = 0, end: int | None = None, *, auth: bool = True
+    ) -> tuple[str, dict[str, str]] | None:
+        """URL and headers of one plain HTTP GET of ``info``'s bytes, where the store has one
+        (then small objects are fetched on the asyncio path); None otherwise."""
+        return None
+
     @abstractmethod
     def stat(self, url: str) -> ObjectInfo | None:
         """The object's info, or None when it does not exist."""
@@ -432,6 +439,12 @@ def _read_xattrs(path: Path) -> dict[str, str]:
 # -- gs:// --------------------------------------------------------------------------------
 
 
+def _anonymous_credentials_type() -> type:
+    from google.auth.credentials import AnonymousCredentials
+
+    return AnonymousCredentials
+
+
 class GCSStore(Store):
     """Google Cloud Storage through google-cloud-storage. Reads are pinned to the generation
     that was listed, so a changed object can never be mixed with the old one. Honours
@@ -443,6 +456,7 @@ class GCSStore(Store):
     def __init__(self, project: str | None = None) -> None:
         self._project = project
         self._shared: Any = None
+        self._auth_request: Any = None
         self._lock = threading.Lock()
 
     def _client(self) -> Any:
@@ -517,11 +531,11 @@ class GCSStore(Store):
                 found.append(self._info(blob))
         return found
 
-    def download(
-        self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
-    ) -> None:
-        # One streamed media GET read in 1 MiB pieces: blob.download_to_file reads 8 KiB at a
-        # time, which made the Python loop, not the link, the limit on large objects.
+    def media_request(
+        self, info: ObjectInfo, start: int = 0, end: int | None = None, *, auth: bool = True
+    ) -> tuple[str, dict[str, str]]:
+        """The URL and headers (credentials included) of one media GET of ``info``'s bytes,
+        pinned to its generation, for any HTTP client (the small-object fetcher's is aiohttp)."""
         from urllib.parse import quote
 
         client = self._client()
@@ -536,7 +550,25 @@ class GCSStore(Store):
         last = (end if end is not None else info.size) - 1
         if start > 0 or last < info.size - 1:
             headers["Range"] = f"bytes={start}-{last}"
-        with client._http.get(url, headers=headers, stream=True, timeout=(30, 300)) as response:
+        credentials = client._http.credentials
+        if auth and not isinstance(credentials, _anonymous_credentials_type()):
+            with self._lock:  # refreshes (rarely) a shared token: one thread at a time
+                if self._auth_request is None:
+                    from google.auth.transport.requests import Request
+
+                    self._auth_request = Request(client._http)
+                credentials.before_request(self._auth_request, "GET", url, headers)
+        return url, headers
+
+    def download(
+        self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
+    ) -> None:
+        # One streamed media GET read in 1 MiB pieces: blob.download_to_file reads 8 KiB at a
+        # time, which made the Python loop, not the link, the limit on large objects.
+        url, headers = self.media_request(info, start, end, auth=False)  # the session adds it
+        with self._client()._http.get(
+            url, headers=headers, stream=True, timeout=(30, 300)
+        ) as response:
             response.raise_for_status()  # HTTPError carries the status classify() reads
             while piece := response.raw.read(1 << 20, decode_content=False):
                 sink.write(piece)
