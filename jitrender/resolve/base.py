@@ -36,6 +36,9 @@ class ResolveContext:
     list_prefix: Callable[[str, bool], list[ObjectInfo]]
     fetch: Callable[[str], Path]
     views: tuple[str, ...] = ("left", "right")
+    # The job's ``env:`` (what the renderer will see on top of this process's environment),
+    # for resolvers that read variables such as NUKE_PATH or ``[getenv …]``.
+    env: Mapping[str, str] = field(default_factory=dict)
     _listings: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -52,6 +55,7 @@ class ResolveContext:
             self.list_prefix,
             self.fetch,
             self.views,
+            self.env,
             self._listings,
         )
 

@@ -907,7 +907,7 @@ def resolve_nuke_script(
         data = ctx.scene_file.read_bytes()
     except OSError as exc:
         raise SceneParseError(f"{ctx.scene_url}:1:1: cannot read the script: {exc}") from None
-    environ = dict(os.environ)
+    environ = {**os.environ, **ctx.env}  # the job's env: is what Nuke will run with
     if gizmo_path is None:
         gizmo_path = search_path(environ.get("NUKE_PATH", ""))
     script = parse_script(decode_script(data, ctx.scene_url), ctx.scene_url)

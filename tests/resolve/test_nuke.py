@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -724,6 +725,22 @@ def test_gizmo_on_a_mapped_nuke_path_is_a_dependency_and_its_members_are_resolve
         "LensGrain1.GrainLut.file",
         "LensGrain1.GeoIn.file",
     }
+    assert not found.unresolved
+
+
+def test_gizmo_path_from_the_jobs_env_wins_over_the_process_environment(
+    local_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's ``env: {NUKE_PATH: …}`` is what Nuke will run with, so the resolver uses it."""
+    put_object(f"{local_bucket}/pipeline/gizmos/LensGrain.gizmo", GIZMO.encode())
+    monkeypatch.setenv("NUKE_PATH", "/nowhere")
+    mapping = PathMap([PathRule("/show", local_bucket)])
+    ctx = replace(
+        context(local_bucket, ROOT + GIZMO_INSTANCE, [1001], path_map=mapping),
+        env={"NUKE_PATH": "/show/pipeline/gizmos"},
+    )
+    found = resolve_nuke(ctx)
+    assert f"{local_bucket}/pipeline/gizmos/LensGrain.gizmo" in {d.url for d in found.deps}
     assert not found.unresolved
 
 
