@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +35,9 @@ from jitrender.transfer import LARGE_OBJECT_BYTES
 CONCURRENCY = 64
 # Downloads indexed in one transaction: the index lags the files by at most this many.
 RECORD_BATCH = 64
+
+
+_Request = tuple[ObjectInfo, Store, "Future[CacheResult]"]
 
 
 class _Fallback(Exception):
@@ -60,7 +64,13 @@ class AsyncFetcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._session: Any = None
-        self._semaphore: asyncio.Semaphore | None = None
+        # Waiting requests, in the order they were asked for (frame order), drained by at most
+        # ``concurrency`` worker coroutines: a request costs a tuple and a future, not a task.
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queue_lock = threading.Lock()
+        self._wake_pending = False
+        self._workers = 0
+        self._tasks: set[asyncio.Future[None]] = set()
         self._unrecorded: list[ObjectInfo] = []
         self._recording: list[Future[None]] = []
         self._active = 0
@@ -84,9 +94,6 @@ class AsyncFetcher:
                 self._loop = loop
             return self._loop
 
-    def _submit(self, coro: Coroutine[Any, Any, CacheResult]) -> Future[CacheResult]:
-        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
-
     async def _http(self) -> Any:
         if self._session is None:
             import aiohttp
@@ -98,7 +105,6 @@ class AsyncFetcher:
                 trust_env=proxies,
                 auto_decompress=False,  # the stored bytes, as their crc32c covers
             )
-            self._semaphore = asyncio.Semaphore(self.concurrency)
         return self._session
 
     def close(self) -> None:
@@ -109,6 +115,10 @@ class AsyncFetcher:
             return
 
         async def shutdown() -> None:
+            with self._queue_lock:
+                queued, self._queue = list(self._queue), collections.deque()
+            for _info, _store, future in queued:
+                future.cancel()
             current = asyncio.current_task()
             tasks = [t for t in asyncio.all_tasks() if t is not current]
             for task in tasks:
@@ -134,8 +144,46 @@ class AsyncFetcher:
 
     def fetch(self, info: ObjectInfo, store: Store) -> Future[CacheResult]:
         """Make ``info`` present in the cache (the result's ``path``); the future raises what
-        the thread path would (missing, denied, transient after retries, Preempted)."""
-        return self._submit(self._fetch(info, store))
+        the thread path would (missing, denied, transient after retries, Preempted). Requests
+        are served in the order they are made."""
+        future: Future[CacheResult] = Future()
+        loop = self._ensure_loop()
+        with self._queue_lock:
+            self._queue.append((info, store, future))
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:  # one wake-up per burst of requests, not one per request
+            loop.call_soon_threadsafe(self._spawn_workers)
+        return future
+
+    def _spawn_workers(self) -> None:
+        with self._queue_lock:
+            self._wake_pending = False
+            wanted = min(self.concurrency - self._workers, len(self._queue))
+        for _ in range(wanted):
+            self._workers += 1
+            task = asyncio.ensure_future(self._worker())
+            self._tasks.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._tasks.discard)
+
+    async def _worker(self) -> None:
+        try:
+            while True:
+                with self._queue_lock:
+                    if not self._queue:
+                        return
+                    info, store, future = self._queue.popleft()
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    result = await self._fetch(info, store)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                else:
+                    future.set_result(result)
+        finally:
+            self._workers -= 1
 
     def _threaded(self, call: Callable[[], CacheResult], url: str) -> asyncio.Future[CacheResult]:
         loop = asyncio.get_running_loop()
@@ -168,33 +216,29 @@ class AsyncFetcher:
     async def _download(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
         cache = self.cache
         session = await self._http()
-        assert self._semaphore is not None
-        async with self._semaphore:
-            if self.should_stop():
-                raise Preempted("stopped while waiting to fetch")
-            fd = cache.try_stripe_lock(key)
-            if fd is None:  # another process (or stripe-mate) is downloading: wait in a thread
+        fd = cache.try_stripe_lock(key)
+        if fd is None:  # another process (or stripe-mate) is downloading: wait in a thread
+            raise _Fallback
+        self._active += 1
+        try:
+            found = cache.lookup(info)
+            if found is not None:
+                return CacheResult(found, False, 0)
+            request = store.media_request(info)
+            if request is None:
                 raise _Fallback
-            self._active += 1
+            final = cache.object_path(info)
+            final.parent.mkdir(exist_ok=True, mode=0o700)
+            part = cache.part_path(key)
             try:
-                found = cache.lookup(info)
-                if found is not None:
-                    return CacheResult(found, False, 0)
-                request = store.media_request(info)
-                if request is None:
-                    raise _Fallback
-                final = cache.object_path(info)
-                final.parent.mkdir(exist_ok=True, mode=0o700)
-                part = cache.part_path(key)
-                try:
-                    await self._get(session, request, info, part)
-                    cache.install(part, final)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        part.unlink()
+                await self._get(session, request, info, part)
+                cache.install(part, final)
             finally:
-                os.close(fd)
-                self._active -= 1
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+        finally:
+            os.close(fd)
+            self._active -= 1
         self._unrecorded.append(info)
         if len(self._unrecorded) >= RECORD_BATCH or self._active == 0:
             self._flush_records()
