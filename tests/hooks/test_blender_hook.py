@@ -158,7 +158,7 @@ def test_a_texture_missing_from_the_bucket_fails_the_run_with_65_naming_it(
 
 
 def render_with_plugin(
-    scene: Path, socket: str, out: Path, frame: int
+    scene: Path, socket: str, out: Path, frame: int | str, resolution: str = "64x48"
 ) -> subprocess.CompletedProcess[str]:
     """blender_render with the plugin, as the blender engine runs it, but against an agent that
     was told nothing in advance: every file comes through the plugin's requests."""
@@ -177,7 +177,7 @@ def render_with_plugin(
             f"--outputs={out}",
             "--output=beauty.####.png",
             "--samples=2",
-            "--resolution=64x48",
+            f"--resolution={resolution}",
         ],
         env=env,
         capture_output=True,
@@ -268,3 +268,123 @@ def test_a_linked_library_at_a_studio_path_is_fetched_remapped_and_reloaded(
         running.agent.stop()
     assert "LINKED True 8" in done.stdout, done.stdout + done.stderr
     assert [u.rsplit("/", 1)[1] for u in running.fetched] == ["cube.blend"]
+
+
+# -- the video sequencer (blend_hook_scene.py ... vse) ---------------------------------------
+
+CLIP = (51, 204, 102)  # the colour of both frames of clip.mov
+
+
+def shot_colour(number: int) -> tuple[int, int, int]:
+    return (20 * number + 20, 230 - 20 * number, 60)
+
+
+def inner_colour(number: int) -> tuple[int, int, int]:
+    return (240, 40 * number, 200)
+
+
+@pytest.fixture(scope="module")
+def vse_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("vse") / "edit.blend"
+    subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("blend_hook_scene.py")), str(out), "vse"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
+
+
+def vse_files(scene: Path, without: str = "") -> dict[str, bytes]:
+    files = {f"vse/shot.{n:04d}.png": solid_png(shot_colour(n)) for n in range(1, 11)}
+    files.update({f"vse/inner.{n:04d}.png": solid_png(inner_colour(n)) for n in range(1, 4)})
+    files["vse/clip.mov"] = scene.with_name("clip.mov").read_bytes()
+    files["vse/tone.wav"] = scene.with_name("tone.wav").read_bytes()
+    files.pop(without, None)
+    return files
+
+
+def centre(image: Path) -> np.ndarray:
+    pixels = PNG.read_png(image)
+    assert pixels.shape[:2] == (16, 16)
+    return pixels[8, 8, :3].astype(int)
+
+
+def test_sequencer_strips_render_each_frames_element_fetching_only_those(
+    vse_scene: Path, tmp_path: Path
+) -> None:
+    running = start_test_agent(tmp_path, vse_files(vse_scene))
+    try:
+        done = render_with_plugin(vse_scene, running.socket, tmp_path / "out", "4,9,15", "16x16")
+    finally:
+        running.agent.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = {
+        4: shot_colour(2),  # "Shot" starts at frame 3: frame 4 shows its second element
+        9: CLIP,  # the movie on channel 3 covers "Shot" (shot.0007) at frames 9-10
+        15: inner_colour(3),  # the reversed meta strip shows its last element first
+    }
+    for frame, colour in expected.items():
+        pixel = centre(tmp_path / "out" / f"beauty.{frame:04d}.png")
+        assert np.abs(pixel - colour).max() <= 2, f"frame {frame} is {pixel}, not {colour}"
+    # The movie and the sound whole, after load; then per frame the one element of each image
+    # strip the sequencer renders there (shot.0007 under the movie at 9 too). Nothing of the
+    # muted channel, the muted movie, or elements of frames not rendered.
+    assert sorted(u.rsplit("/", 1)[1] for u in running.fetched) == [
+        "clip.mov",
+        "inner.0003.png",
+        "shot.0002.png",
+        "shot.0007.png",
+        "tone.wav",
+    ]
+
+
+def test_jitrender_run_renders_a_sequencer_edit_from_gcs(
+    vse_scene: Path, gcs_bucket: str, tmp_path: Path
+) -> None:
+    """The whole run: the resolver's prediction and the plugin together, from fake GCS."""
+    for rel, data in vse_files(vse_scene).items():
+        put_object(f"{gcs_bucket}/show/{rel}", data)
+    put_object(f"{gcs_bucket}/shots/edit.blend", vse_scene.read_bytes())
+    out = tmp_path / "out"
+    job = blender_job(f"{gcs_bucket}/shots/edit.blend", gcs_bucket, out, "4,9,15")
+    job["stages"][0]["args"]["resolution"] = [16, 16]
+    done, report = run_jitrender(job, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for frame, colour in {4: shot_colour(2), 9: CLIP, 15: inner_colour(3)}.items():
+        pixel = centre(out / f"beauty.{frame:04d}.png")
+        assert np.abs(pixel - colour).max() <= 2, f"frame {frame} is {pixel}, not {colour}"
+    show = Path(report["workspace"]) / "inputs" / "gs" / gcs_bucket.split("/")[-1] / "show"
+    assert sorted(p.name for p in (show / "vse").iterdir()) == [
+        "clip.mov",
+        "inner.0003.png",
+        "shot.0002.png",
+        "shot.0007.png",
+        "tone.wav",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("missing", "frames", "rendered", "message"),
+    [
+        # an element: the frames before the one showing it render, that one fails
+        ("vse/shot.0004.png", "4,6", [4], "'Shot' (scene 'Scene') needs /mnt/show/"),
+        # a movie: fetched after load, so every frame fails
+        ("vse/clip.mov", "4", [], "'Clip' (scene 'Scene') needs /mnt/show/"),
+    ],
+)
+def test_a_strip_file_missing_from_storage_fails_the_frame_with_65_naming_it(
+    vse_scene: Path, tmp_path: Path, missing: str, frames: str, rendered: list[int], message: str
+) -> None:
+    running = start_test_agent(tmp_path, vse_files(vse_scene, without=missing))
+    try:
+        done = render_with_plugin(vse_scene, running.socket, tmp_path / "out", frames, "16x16")
+    finally:
+        running.agent.stop()
+    assert done.returncode == 65, done.stderr[-3000:]
+    needs = "sequencer strip " + message + missing
+    assert needs in done.stderr, done.stderr[-3000:]
+    assert f"error: frame {frames[-1]} not rendered" in done.stderr
+    assert f"{missing}: does not exist in storage" in done.stderr
+    written = sorted(int(p.name.split(".")[1]) for p in (tmp_path / "out").glob("beauty.*.png"))
+    assert written == rendered
