@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -71,7 +72,7 @@ def build_script(lines_wanted: int) -> str:
     return "".join(parts)
 
 
-def run(quick: bool) -> dict[str, float | int]:
+def run(quick: bool) -> dict[str, Any]:
     """Generate, resolve (best of a few runs) and return lines, seconds and lines/s."""
     lines_wanted = 10_000 if quick else 50_000
     text = build_script(lines_wanted)
@@ -95,12 +96,23 @@ def run(quick: bool) -> dict[str, float | int]:
             best = min(best, time.perf_counter() - started)
             deps = len(found.deps)
     lines = text.count("\n")
+    from benchmarks.common import table
+
+    text_table = table(
+        "Nuke script resolve (10 frames, best of runs)",
+        ["lines", "MB", "deps", "seconds", "lines/s"],
+        [[lines, round(len(text.encode()) / 1e6, 2), deps, round(best, 3), round(lines / best)]],
+    )
     return {
+        "title": "nuke_parse",
+        "table": text_table,
         "lines": lines,
         "bytes": len(text.encode()),
         "deps": deps,
         "seconds": round(best, 4),
         "lines_per_s": round(lines / best),
+        # The issue: "a 50,000-line .nk script resolves in well under a second".
+        "targets": {"under_1s": best < 1.0},
     }
 
 
@@ -111,6 +123,7 @@ def main(argv: list[str]) -> None:
         f"{'nuke_parse':<18} {figures['lines']:>8} {figures['deps']:>6} "
         f"{figures['seconds']:>9.4f} {figures['lines_per_s']:>10}"
     )
+    figures.pop("table")
     print(json.dumps({"benchmark": "nuke_parse", **figures}))
 
 

@@ -224,7 +224,10 @@ class AsyncFetcher:
             found = cache.lookup(info)
             if found is not None:
                 return CacheResult(found, False, 0)
-            request = store.media_request(info)
+            try:
+                request = store.media_request(info)  # may refresh credentials
+            except Exception:
+                raise _Fallback from None  # the thread path retries and classifies it
             if request is None:
                 raise _Fallback
             final = cache.object_path(info)

@@ -515,9 +515,18 @@ def _channels(holder: Block) -> list[Block]:
 
 
 def _strip_files(block: Block, kind: int) -> tuple[str, ...]:
-    """The files of an image (one per element), movie or sound strip, as written: the strip
-    data's folder joined with each ``StripElem`` file name (``BLI_path_join``)."""
-    if kind not in (STRIP_TYPE_IMAGE, STRIP_TYPE_MOVIE, STRIP_TYPE_SOUND_RAM, STRIP_TYPE_SOUND_HD):
+    """The files of an image (one per element) or movie strip, as written: the strip data's
+    folder joined with each ``StripElem`` file name (``BLI_path_join``); a sound strip's is its
+    sound datablock's file."""
+    if kind in (STRIP_TYPE_SOUND_RAM, STRIP_TYPE_SOUND_HD):
+        # Blender plays a sound strip from its sound datablock; the strip's own folder and
+        # name are only where the sound was first loaded from, and may be stale.
+        sound = block.get_pointer(b"sound", default=None)
+        if sound is None:
+            return ()
+        written = _text(bytes(_field(sound, (b"filepath", b"name"), b"")))  # DNA: name
+        return (written,) if written else ()
+    if kind not in (STRIP_TYPE_IMAGE, STRIP_TYPE_MOVIE):
         return ()
     data = block.get_pointer(b"data" if block.dna_type.has_field(b"data") else b"strip")
     if data is None:

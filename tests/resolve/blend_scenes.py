@@ -329,8 +329,11 @@ def build_vse() -> dict[str, Any]:
     touch("vse/movie/shot.mov", b"not really a movie")
     movie = editing.strips.new_movie("movie", str(ROOT / "vse/movie/shot.mov"), 6, 43)
     touch("vse/audio/music.wav", wav_bytes())
+    touch("vse/audio/draft.wav", wav_bytes())
     touch("vse/audio/muted.wav", wav_bytes())
-    editing.strips.new_sound("music", str(ROOT / "vse/audio/music.wav"), 7, 1)
+    music = editing.strips.new_sound("music", str(ROOT / "vse/audio/draft.wav"), 7, 1)
+    # Blender plays the sound datablock's file; the strip keeps the path it was loaded from.
+    music.sound.filepath = str(ROOT / "vse/audio/music.wav")
     editing.strips.new_sound("quiet", str(ROOT / "vse/audio/muted.wav"), 8, 1).mute = True
     save("vse.blend")
 
