@@ -99,8 +99,16 @@ class AsyncFetcher:
             import aiohttp
 
             proxies = any(k.lower().endswith("_proxy") for k in os.environ)
+            ssl_context: Any = True  # the system's CAs (SSL_CERT_FILE is honoured by OpenSSL)
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle:  # the CA bundle the requests path (metadata, uploads) is told to use
+                import ssl
+
+                ssl_context = ssl.create_default_context(cafile=bundle)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=self.concurrency, ttl_dns_cache=300, ssl=ssl_context
+                ),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300),
                 trust_env=proxies,
                 auto_decompress=False,  # the stored bytes, as their crc32c covers
