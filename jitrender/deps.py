@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dependency:
     """One file a scene needs.
 
@@ -37,7 +37,7 @@ class Dependency:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Unresolved:
     """Something in a scene that cannot be evaluated without the DCC; reported, never guessed."""
 
