@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import socketserver
 import tempfile
 import threading
@@ -449,8 +448,26 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 # -- the client (standard library only) ------------------------------------------------------
 
 
-class AgentUnavailable(Exception):
-    """No agent is running, or it stopped answering."""
+def _hook_client() -> Any:
+    """The plugins' own client module (``hooks/jitrender_client.py``, standard library only),
+    loaded from :func:`hooks_dir`: one implementation of the wire protocol for DCCs and for
+    jitrender itself (an editable install cannot import it as ``jitrender._hooks``)."""
+    import importlib.util
+    import sys
+
+    name = "_jitrender_hook_client"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, hooks_dir() / "jitrender_client.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+# No agent is running, or it stopped answering (the plugins' class, so both sides agree).
+AgentUnavailable: type[Exception] = _hook_client().AgentUnavailable
 
 
 class AgentError(Exception):
@@ -467,50 +484,22 @@ class AgentClient:
 
     socket_path: str
     timeout: float | None = None
-    _local: threading.local = field(default_factory=threading.local, repr=False)
+    _connection: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._connection = _hook_client().Connection(self.socket_path, self.timeout)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentClient | None:
         path = (environ if environ is not None else os.environ).get(SOCKET_ENV)
         return cls(path) if path else None
 
-    def _connection(self) -> tuple[socket.socket, Any]:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.socket_path)
-            except OSError as exc:
-                sock.close()
-                raise AgentUnavailable(f"{self.socket_path}: {exc}") from None
-            conn = (sock, sock.makefile("rb"))
-            self._local.conn = conn
-        return conn
-
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn[1].close()
-            conn[0].close()
-            self._local.conn = None
+        self._connection.close()
 
     def request(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        data = json.dumps(message).encode() + b"\n"
-        for attempt in (0, 1):
-            sock, reader = self._connection()
-            try:
-                sock.sendall(data)
-                line = reader.readline()
-            except OSError:
-                line = b""
-            if line:
-                answer: dict[str, Any] = json.loads(line)
-                return answer
-            self.close()
-            if attempt:
-                break
-        raise AgentUnavailable(f"{self.socket_path}: the agent hung up")
+        answer: dict[str, Any] = self._connection.request(dict(message))
+        return answer
 
     def resolve(self, path: str) -> str:
         """The local path for ``path``; :class:`AgentError` (``code``) when it cannot be had."""
