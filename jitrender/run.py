@@ -179,6 +179,7 @@ class JobRun:
         self.uploader: Uploader | None = None
         self.agent: Agent | None = None
         self._mount: Any = None
+        self._resolve_root: Path | None = None  # where resolvers see files (see _fetch_local)
         self._attempt = os.environ.get("BATCH_TASK_ATTEMPT") or os.environ.get(
             "JITRENDER_ATTEMPT", "0"
         )
@@ -391,7 +392,11 @@ class JobRun:
     # -- 2. resolve and fetch ------------------------------------------------------------
 
     def _fetch_local(self, url: str) -> Path:
-        """A local copy of ``url`` for a resolver (linked libraries, precomps)."""
+        """A local copy of ``url`` for a resolver (linked libraries, precomps, sublayers),
+        under its own name at its bucket-relative place below the resolve folder: formats
+        are told by extension (Sdf) and derived paths come from the file's name (Blender's
+        ``//blendcache_<name>/``), so a cache object's hash name would not do."""
+        assert self._resolve_root is not None, "resolve() sets the resolve folder"
         info = self._stat(url)
         if info is None:
             raise MissingDependencyError(url)
@@ -399,7 +404,14 @@ class JobRun:
             lambda: self.cache.fetch(info, self._store(url), record=False), url, self.retry
         )
         (self._fetched if result.fetched else self._hits).append(info)
-        return result.path
+        dest = self._resolve_root / workspace_relpath(url)
+        if not dest.exists():
+            try:
+                self.cache.link_into(result.path, dest)
+            except FileNotFoundError:  # evicted between fetch and link: fetch again
+                again = self.cache.fetch(info, self._store(url), record=False)
+                self.cache.link_into(again.path, dest)
+        return dest
 
     def resolve(
         self, frames: list[int], run_dir: Path | None = None
@@ -412,14 +424,15 @@ class JobRun:
         scene_local: Path | None = None
         base_url = scene_url if scene_url is not None else job.base_url + "/job"
         scene_file = Path(os.devnull)
+        if run_dir is not None:
+            self._resolve_root = run_dir / "inputs"
         if scene_url is not None:
             info = self._stat(scene_url)
             if info is None:
                 raise ConfigError(f"{job.source}: scene: {scene_url} does not exist")
             scene_file = self._fetch_local(scene_url)
             if run_dir is not None:
-                scene_local = run_dir / "inputs" / workspace_relpath(scene_url)
-                self.cache.link_into(scene_file, scene_local)
+                scene_local = scene_file
         ctx = ResolveContext(
             scene_url=base_url,
             scene_file=scene_file,
@@ -893,6 +906,10 @@ def resolve_job(job: Job, frames: list[int], options: RunOptions) -> Dependencie
     """The dependencies ``frames`` of ``job`` need, stat'ed against storage; fetches only the
     scene (and files the resolver must read, such as linked libraries) into the cache."""
     run = JobRun(job, options)
+    # Resolvers read the scene's files under their own names in a throwaway folder below the
+    # cache (same filesystem: hardlinks, no copies); its held lock marks it live meanwhile.
+    resolve_dir, lock_fd = run.cache.new_run_dir(f"deps-{job.display_name}")
+    run._resolve_root = resolve_dir / "inputs"
     try:
         return run.resolve(frames)[0]
     finally:
@@ -900,6 +917,8 @@ def resolve_job(job: Job, frames: list[int], options: RunOptions) -> Dependencie
         run._fetch_pool.shutdown(wait=False)
         with contextlib.suppress(JitrenderError, OSError):
             run.cache.record_run(run._hits, run._fetched)
+        shutil.rmtree(resolve_dir, ignore_errors=True)
+        os.close(lock_fd)
 
 
 def run_job(job: Job, options: RunOptions) -> Report:
