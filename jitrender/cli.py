@@ -259,7 +259,7 @@ def status(
 ) -> None:
     """Frames done and missing, read from the bucket (done markers of this job's hash)."""
     from jitrender.job import load_job
-    from jitrender.run import frames_with_markers, marker_prefix
+    from jitrender.markers import frames_with_markers, marker_prefix
     from jitrender.sequences import format_frames, parse_frames
     from jitrender.storage import RetryPolicy, Stores, with_retries
 

@@ -17,11 +17,9 @@ next run either completes from its uploaded outputs or renders again without ove
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -49,6 +47,7 @@ from jitrender.errors import (
 )
 from jitrender.health import FrameOutcome, NodeHealth
 from jitrender.job import Job, StageSpec
+from jitrender.markers import MarkerWriter, frames_with_markers, marker_prefix
 from jitrender.outputs import OutputPatterns, Uploader, UploadRecord
 from jitrender.paths import PathMap, workspace_relpath
 from jitrender.preemption import PreemptionWatcher
@@ -68,7 +67,6 @@ from jitrender.storage import (
 )
 from jitrender.transfer import InflightBudget, listing_ranges
 
-MARKER_FOLDER = "_jitrender"
 # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
 FLUSH_BUDGET_S = 8.0
 
@@ -89,24 +87,6 @@ class RunOptions:
     progress: Progress = field(default_factory=QuietProgress)
     task: dict[str, Any] | None = None
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
-
-
-def marker_prefix(job: Job) -> str:
-    return f"{job.outputs_url}/{MARKER_FOLDER}/{job.job_hash()}/"
-
-
-def marker_url(job: Job, frame: int) -> str:
-    return f"{marker_prefix(job)}frame.{frame}.json"
-
-
-def frames_with_markers(markers: list[ObjectInfo], prefix: str) -> set[int]:
-    done = set()
-    for info in markers:
-        name = info.url[len(prefix) :]
-        if name.startswith("frame.") and name.endswith(".json"):
-            with contextlib.suppress(ValueError):
-                done.add(int(name[len("frame.") : -len(".json")]))
-    return done
 
 
 class _StopSignal:
@@ -180,9 +160,7 @@ class JobRun:
         self.agent: Agent | None = None
         self._mount: Any = None
         self._resolve_root: Path | None = None  # where resolvers see files (see _fetch_local)
-        self._attempt = os.environ.get("BATCH_TASK_ATTEMPT") or os.environ.get(
-            "JITRENDER_ATTEMPT", "0"
-        )
+        self._markers = MarkerWriter(job, self._store(job.outputs_url), self.retry)
 
     @property
     def _job_dir(self) -> Path | None:
@@ -371,21 +349,7 @@ class JobRun:
     def _write_marker(
         self, frame: int, outputs: dict[str, str | None], *, resumed: bool = False
     ) -> None:
-        body = {
-            "job": self.job_hash,
-            "job_name": self.job.display_name,
-            "frame": frame,
-            "attempt": self._attempt,
-            "host": socket.gethostname(),
-            "time": time.time(),
-            "resumed_from_outputs": resumed,
-            "outputs": outputs,
-        }
-        url = marker_url(self.job, frame)
-        data = json.dumps(body, sort_keys=True).encode()
-        self._call(
-            url, lambda s: s.put_bytes_if_absent(data, url, {JOB_METADATA_KEY: self.job_hash})
-        )
+        self._markers.write(frame, outputs, resumed=resumed)
         with self._lock:
             self._marked.add(frame)
 
