@@ -66,8 +66,8 @@ def _extra_path_map(pairs: list[str] | None, rules: Path | None) -> Any:
     from jitrender.paths import PathMap
 
     extra = PathMap.from_pairs(pairs or [])
-    if rules is not None:
-        extra = extra.merged(PathMap.load_openjd(rules))
+    if rules is not None:  # the farm's rules run first: workstation paths -> this node's
+        extra = extra.chained_after(PathMap.load_openjd(rules))
     return extra if extra else None
 
 

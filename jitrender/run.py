@@ -152,9 +152,9 @@ class JobRun:
         self.job_hash = job.job_hash()
         self.report = Report(job=job.display_name, job_hash=self.job_hash, task=options.task)
         self.patterns = OutputPatterns(job.outputs.files)
+        if options.extra_path_map is not None:  # the scene and outputs URLs go through it too
+            job.use_path_map(options.extra_path_map)
         self.path_map = job.path_mapping()
-        if options.extra_path_map is not None:
-            self.path_map = self.path_map.merged(options.extra_path_map)
         cache_dir = options.cache_dir or (
             Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir()
         )
