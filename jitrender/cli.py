@@ -178,7 +178,18 @@ def deps(
     ] = None,
     resolver: Annotated[str, typer.Option("--resolver", help="Resolver name or auto.")] = "auto",
     check: Annotated[
-        bool, typer.Option("--check", help="CI pre-flight: exit 65 if any dependency is missing.")
+        bool,
+        typer.Option(
+            "--check",
+            help="CI pre-flight: exit 65 if any dependency is missing or unresolved.",
+        ),
+    ] = False,
+    allow_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unresolved",
+            help="With --check: entries that need the DCC to evaluate do not fail the check.",
+        ),
     ] = False,
     as_json: JsonFlag = False,
     cache_dir: CacheDir = None,
@@ -219,6 +230,14 @@ def deps(
     if check and found.missing:
         for dep in found.missing:
             typer.echo(f"jitrender: missing: {dep.url} (asked for by {dep.source})", err=True)
+    if check and found.unresolved and not allow_unresolved:
+        for item in found.unresolved:
+            typer.echo(
+                f"jitrender: unresolved: {item.source}: {item.value} ({item.why}); "
+                "--allow-unresolved accepts it",
+                err=True,
+            )
+    if check and (found.missing or (found.unresolved and not allow_unresolved)):
         raise typer.Exit(int(ExitCode.DATA))
 
 
@@ -291,15 +310,46 @@ def status(
 @app.command()
 def validate(
     job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
+    frames: Annotated[
+        str | None, typer.Option("--frames", "-f", help="Frames to check the stages for.")
+    ] = None,
+    as_json: JsonFlag = False,
+    path_map: PathMapFlag = None,
+    path_map_rules: PathMapRules = None,
 ) -> None:
-    """Check a job file without running it (exit 78 with one line when it is wrong)."""
+    """Check a job without running it: every check `run` makes before it fetches (the job
+    file, path mapping, output patterns, resolver and its extra, each stage's command and
+    engine arguments). Exit 78 with the same line `run` would print."""
+    import tempfile
+
     from jitrender.job import load_job
+    from jitrender.preflight import check_job, planned_workspace
+    from jitrender.sequences import parse_frames
 
     try:
         job = load_job(job_file)
+        job.use_path_map(_extra_path_map(path_map, path_map_rules))
+        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+        root = Path(tempfile.gettempdir()) / "jitrender-validate"
+        check_job(job, frame_list, planned_workspace(job, root))
     except JitrenderError as exc:
+        if as_json:
+            _print_json({"ok": False, "exit_code": int(exc.exit_code), "error": exc.message})
         _fail(exc)
-    typer.echo(f"{job_file}: ok ({len(job.frame_list())} frames, {len(job.stages)} stages)")
+    if as_json:
+        _print_json(
+            {
+                "ok": True,
+                "job": job.display_name,
+                "job_hash": job.job_hash(),
+                "scene": job.scene_url,
+                "outputs": job.outputs_url,
+                "frames": frame_list,
+                "stages": [s.name for s in job.stages],
+            }
+        )
+    else:
+        typer.echo(f"{job_file}: ok ({len(frame_list)} frames, {len(job.stages)} stages)")
 
 
 def _cache_action(

@@ -711,12 +711,11 @@ class JobRun:
         return outcome
 
     def _preflight_stages(self, workspace: Workspace, frames: list[int]) -> None:
-        """Build every stage's command once before fetching anything, so a bad template or
-        engine argument is a configuration error (78) that costs no transfer."""
-        for spec in self.job.stages:
-            sample = (frames[0],) if spec.per == "frame" else tuple(frames)
-            call = StageCall(spec.name, sample, workspace, spec.args, spec.command, spec.env)
-            engine_named(spec.engine or "command")(call)
+        """Every check ``validate`` makes too (templates, engine args, output patterns,
+        extras), before fetching anything: a configuration error (78) costs no transfer."""
+        from jitrender.preflight import check_job
+
+        check_job(self.job, frames, workspace)
 
     def _groups(self) -> list[tuple[str, list[StageSpec]]]:
         """Consecutive per-frame stages run together frame by frame; chunk stages alone."""

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from tests.conftest import put_object
-from tests.renderjobs import RenderJob, make_job, run
+from tests.renderjobs import RenderJob, jitrender_env, make_job, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,3 +128,117 @@ def test_farm_openjd_rules_chain_before_the_jobs_own_with_windows_paths(
     # Without the farm's rules the Windows paths are not the bucket's: said, not guessed.
     code, out, _ = run(job)
     assert code == 78, out
+
+
+# -- 2. one validation for validate and run --------------------------------------------------
+
+
+CORPUS = ROOT / ".." / "shared" / "corpus"
+
+
+def _bad_jobs(bucket: str, renderer: Path) -> dict[str, dict[str, Any]]:
+    """Jobs `run` refuses before fetching; each with a word its error line must hold."""
+    base: dict[str, Any] = {
+        "frames": "1-2",
+        "stages": [{"name": "render", "command": [sys.executable, str(renderer), "{frame}"]}],
+        "outputs": {"to": f"{bucket}/renders", "files": ["frame.####.txt"]},
+    }
+    blender_stage = {"name": "render", "engine": "blender", "args": {"samples": 0}}
+    return {
+        "fram": {**base, "stages": [{"name": "render", "command": "echo {fram}"}]},
+        "samples": {**base, "scene": f"{bucket}/shot.blend", "stages": [blender_stage]},
+        "outputs.files": {**base, "outputs": {"to": f"{bucket}/r", "files": ["../x.####.txt"]}},
+        "nosuchengine": {**base, "stages": [{"name": "render", "engine": "nosuchengine"}]},
+    }
+
+
+def test_validate_refuses_what_run_refuses_with_the_same_line(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2", upload=False)
+    for word, body in _bad_jobs(gcs_bucket, job.root / "renderer.py").items():
+        job.job_file.write_text(yaml.safe_dump(body))
+        checked = cli("validate", str(job.job_file))
+        assert checked.returncode == 78, (word, checked.stderr)
+        line = _error_line(checked.stderr)
+        assert word in line, line
+        code, out, report = run(job)
+        assert code == 78, (word, out)
+        assert line in out.splitlines(), (line, out)
+        assert report["cache"]["bytes_fetched"] == 0
+        as_json = cli("validate", str(job.job_file), "--json")
+        assert as_json.returncode == 78
+        assert json.loads(as_json.stdout) == {
+            "ok": False,
+            "exit_code": 78,
+            "error": line.removeprefix("jitrender: error: "),
+        }
+
+
+def test_validate_json_describes_a_good_job(gcs_bucket: str, tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-3", upload=False)
+    result = cli("validate", str(job.job_file), "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] is True
+    assert document["frames"] == [1, 2, 3]
+    assert document["outputs"] == f"{gcs_bucket}/renders"
+
+
+def test_deps_check_fails_65_on_unresolved_unless_allowed(gcs_bucket: str, tmp_path: Path) -> None:
+    manifest = f"{gcs_bucket}/shot/deps.txt"
+    put_object(f"{gcs_bucket}/a.bin", b"a")
+    put_object(manifest, b"../a.bin\n../nothing-here/\n")
+    common = ("deps", manifest, "--cache-dir", str(tmp_path / "c"))
+    checked = cli(*common, "--check")
+    assert checked.returncode == 65, checked.stderr
+    assert "unresolved" in checked.stderr and "nothing-here" in checked.stderr
+    allowed = cli(*common, "--check", "--allow-unresolved", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert len(json.loads(allowed.stdout)["unresolved"]) == 1
+    assert cli(*common).returncode == 0  # listing alone is not a check
+
+
+# -- 3. a missing optional extra ---------------------------------------------------------------
+
+BLOCKER = """
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pxr" or name.startswith("pxr."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def test_missing_usd_extra_is_78_naming_the_extra(gcs_bucket: str, tmp_path: Path) -> None:
+    import os
+
+    found = sorted(CORPUS.glob("usd/cases/*/files/*.usda"))
+    if not found:
+        import pytest
+
+        pytest.skip(f"no USD corpus at {CORPUS}")
+    scene = f"{gcs_bucket}/shot/{found[0].name}"
+    put_object(scene, found[0].read_bytes())
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), env.get("PYTHONPATH", str(ROOT))])
+    job = make_job(tmp_path / "job", gcs_bucket, "1", upload=False, extra={"scene": scene})
+    probe = subprocess.run(
+        [sys.executable, "-c", "import pxr"], env=env, capture_output=True, check=False
+    )
+    assert probe.returncode != 0  # the blocker works: pxr is "not installed" in these runs
+    results = {
+        "deps": cli("deps", scene, "--cache-dir", str(tmp_path / "c"), env=env),
+        "validate": cli("validate", str(job.job_file), env=env),
+    }
+    code, out, _ = run(job, env={**jitrender_env(job), "PYTHONPATH": env["PYTHONPATH"]})
+    for name, result in results.items():
+        assert result.returncode == 78, (name, result.stderr)
+        assert "jitrender[usd]" in _error_line(result.stderr), name
+    assert code == 78, out
+    assert "jitrender[usd]" in out and "Traceback" not in out
