@@ -121,6 +121,7 @@ def run(
 
     if progress not in ("auto", "rich", "plain", "json", "quiet"):
         _fail(ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet"))
+    stream = make_progress(progress)  # type: ignore[arg-type]
     try:
         job = load_job(job_file)
         frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
@@ -137,16 +138,22 @@ def run(
             overwrite=overwrite,
             keep_workspace=keep_workspace,
             extra_path_map=_extra_path_map(path_map, path_map_rules),
-            progress=make_progress(progress),  # type: ignore[arg-type]
+            progress=stream,
             task=task,
             mount=mount,
         )
     except JitrenderError as exc:
+        if progress == "json":  # only JSON lines on stderr, the failure included
+            stream.event("result", status="failed", exit_code=int(exc.exit_code), error=exc.message)
+            stream.close()
+            raise typer.Exit(int(exc.exit_code)) from None
+        stream.close()
         _fail(exc)
     try:
         result = run_job(job, options)
-    finally:
-        options.progress.close()
+    except BaseException:
+        stream.close()
+        raise
     if as_json:
         _print_json(result.to_json())
     summary = (
@@ -156,10 +163,20 @@ def run(
         f"({result.misses} files), {result.hits} cache hits; "
         f"{len(result.output_urls)} outputs"
     )
-    typer.echo(f"jitrender: {summary}", err=True)
-    if result.error:
+    if progress == "json":
+        stream.event(
+            "result",
+            status=result.status,
+            exit_code=result.exit_code,
+            message=summary,
+            error=result.error,
+        )
+    elif progress != "quiet":
+        typer.echo(f"jitrender: {summary}", err=True)
+    stream.close()
+    if result.error and progress != "json":  # quiet too: nothing on success, the cause on failure
         typer.echo(f"jitrender: error: {result.error}", err=True)
-    if result.status == "preempted":
+    if result.status in ("preempted", "transient_failure"):
         # Storage threads that still hang must not hold the process past its deadline.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -439,10 +456,53 @@ def health(
     raise typer.Exit(0 if state["healthy"] else int(ExitCode.UNHEALTHY))
 
 
+def _version_info() -> dict[str, Any]:
+    """The version, the Python running it, and which optional extras are importable."""
+    import importlib.util
+    import platform
+
+    def present(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "extras": {"blender": present("bpy"), "usd": present("pxr"), "fuse": present("mfusepy")},
+    }
+
+
 @app.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
+def version(as_json: JsonFlag = False) -> None:
+    """Print the version (with --json: also the Python and the installed extras)."""
+    if as_json:
+        _print_json(_version_info())
+    else:
+        typer.echo(__version__)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_show_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Just-in-time render node: fetch exactly the files a job's frames need into a shared
+    node-local cache, render, and upload every output exactly once, as soon as it exists."""
 
 
 def main(argv: list[str] | None = None) -> None:

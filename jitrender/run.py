@@ -417,6 +417,7 @@ class JobRun:
             if info is None:
                 raise ConfigError(f"{job.source}: scene: {scene_url} does not exist")
             scene_file = self._fetch_local(scene_url)
+            self.progress.event("fetched", url=scene_url, size=info.size)  # counted as a file
             if run_dir is not None:
                 scene_local = run_dir / "inputs" / workspace_relpath(scene_url)
                 self.cache.link_into(scene_file, scene_local)
@@ -702,6 +703,14 @@ class JobRun:
             on_start=watch,
         )
         uploader.writer_alive = lambda: False
+        self.progress.event(
+            "stage_end",
+            stage=spec.name,
+            frames=label,
+            attempt=attempt,
+            ok=outcome.ok,
+            seconds=round(outcome.seconds, 3),
+        )
         # Time in stage processes; fetching overlaps it, so it is not wall time minus fetch.
         self.report.timings["render_s"] += outcome.seconds
         if outcome.ok:

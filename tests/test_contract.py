@@ -5,6 +5,7 @@ missing extras, the output contract."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,106 @@ def test_missing_usd_extra_is_78_naming_the_extra(gcs_bucket: str, tmp_path: Pat
         assert "jitrender[usd]" in _error_line(result.stderr), name
     assert code == 78, out
     assert "jitrender[usd]" in out and "Traceback" not in out
+
+
+# -- 4. the output contract ---------------------------------------------------------------------
+
+
+def test_version_flag_and_json_on_every_command(gcs_bucket: str, tmp_path: Path) -> None:
+    flag = cli("--version")
+    assert flag.returncode == 0 and flag.stdout.strip() == cli("version").stdout.strip()
+    info = json.loads(cli("version", "--json").stdout)
+    assert info["version"] == flag.stdout.strip() and set(info["extras"]) >= {"blender", "usd"}
+    job = make_job(tmp_path / "job", gcs_bucket, "1")
+    cache = ("--cache-dir", str(tmp_path / "c"))
+    commands = [
+        ("validate", str(job.job_file)),
+        ("status", str(job.job_file)),
+        ("deps", f"{gcs_bucket}/assets/lut.bin", "--resolver", "manifest", *cache),
+        ("health", *cache),
+        ("cache", "stats", *cache),
+        ("version",),
+    ]
+    for command in commands:
+        result = cli(*command, "--json")
+        assert result.returncode == 0, (command, result.stderr)
+        json.loads(result.stdout)  # one JSON document on stdout, nothing else
+
+
+def test_progress_json_is_only_json_lines_with_wall_clock_and_durations(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    from datetime import datetime
+
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job.job_file), "--progress", "json"],
+        env=jitrender_env(job),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stderr.splitlines()]  # fails on a plain line
+    for record in records:
+        assert isinstance(record, dict) and record["kind"]
+        datetime.fromisoformat(record["time"])
+    kinds = [r["kind"] for r in records]
+    assert kinds[-1] == "result" and records[-1]["exit_code"] == 0
+    starts = [r for r in records if r["kind"] == "stage_start"]
+    ends = [r for r in records if r["kind"] == "stage_end"]
+    frames = [r for r in records if r["kind"] == "frame_end"]
+    assert [r["frame"] for r in starts] == [1, 2] and all(r["stage"] == "render" for r in starts)
+    assert all(r["seconds"] >= 0 and r["stage"] == "render" for r in ends)
+    assert sorted(r["frame"] for r in frames) == [1, 2]
+    assert all(r["status"] == "done" and r["seconds"] > 0 for r in frames)
+    # Failing before the run starts is a JSON line too.
+    bad = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(tmp_path / "nope.yaml"),
+         "--progress", "json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 78
+    assert json.loads(bad.stderr)["kind"] == "result"
+
+
+def test_plain_lines_carry_timestamps_and_quiet_prints_nothing(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    import re
+
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    code, out, _ = run(job)
+    assert code == 0, out
+    progress = [line for line in out.splitlines() if line.startswith("jitrender: 20")]
+    assert progress and all(
+        re.match(r"jitrender: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line) for line in progress
+    )
+    job2 = make_job(tmp_path / "job2", gcs_bucket, "3-4", name="other")
+    quiet = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job2.job_file), "--progress", "quiet"],
+        env=jitrender_env(job2),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr
+
+
+def test_rich_bars_count_every_fetched_file_and_name_the_stage(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    put_object(f"{gcs_bucket}/shots/deps.txt", b"../assets/lut.bin\n")
+    _rewrite(job, scene=f"{gcs_bucket}/shots/deps.txt", deps=[f"{gcs_bucket}/assets/tex.####.bin"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job.job_file), "--progress", "rich"],
+        env={**jitrender_env(job), "COLUMNS": "160", "TERM": "dumb"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"files\s.*\b4/4\b", proc.stderr), proc.stderr  # scene, lut, 2 textures
+    assert re.search(r"frames\s.*\b2/2\b", proc.stderr), proc.stderr
+    assert "render frame 2" in proc.stderr  # the last stage that ran, by name and frame
