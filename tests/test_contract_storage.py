@@ -4,14 +4,13 @@ against fake-gcs-server behind the fault proxy."""
 from __future__ import annotations
 
 import gzip
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import gcs_client
-from tests.faultproxy import Fault, FaultProxy, Request
+from tests.faultproxy import FaultProxy
 from tests.renderjobs import (
     bucket_objects,
     expected_output,
