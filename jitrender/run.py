@@ -132,9 +132,9 @@ class JobRun:
         self.job_hash = job.job_hash()
         self.report = Report(job=job.display_name, job_hash=self.job_hash, task=options.task)
         self.patterns = OutputPatterns(job.outputs.files)
+        if options.extra_path_map is not None:  # the scene and outputs URLs go through it too
+            job.use_path_map(options.extra_path_map)
         self.path_map = job.path_mapping()
-        if options.extra_path_map is not None:
-            self.path_map = self.path_map.merged(options.extra_path_map)
         cache_dir = options.cache_dir or (
             Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir()
         )
@@ -395,6 +395,7 @@ class JobRun:
             if info is None:
                 raise ConfigError(f"{job.source}: scene: {scene_url} does not exist")
             scene_file = self._fetch_local(scene_url)
+            self.progress.event("fetched", url=scene_url, size=info.size)  # counted as a file
             if run_dir is not None:
                 scene_local = scene_file
         ctx = ResolveContext(
@@ -679,6 +680,14 @@ class JobRun:
             on_start=watch,
         )
         uploader.writer_alive = lambda: False
+        self.progress.event(
+            "stage_end",
+            stage=spec.name,
+            frames=label,
+            attempt=attempt,
+            ok=outcome.ok,
+            seconds=round(outcome.seconds, 3),
+        )
         # Time in stage processes; fetching overlaps it, so it is not wall time minus fetch.
         self.report.timings["render_s"] += outcome.seconds
         if outcome.ok:
@@ -688,12 +697,11 @@ class JobRun:
         return outcome
 
     def _preflight_stages(self, workspace: Workspace, frames: list[int]) -> None:
-        """Build every stage's command once before fetching anything, so a bad template or
-        engine argument is a configuration error (78) that costs no transfer."""
-        for spec in self.job.stages:
-            sample = (frames[0],) if spec.per == "frame" else tuple(frames)
-            call = StageCall(spec.name, sample, workspace, spec.args, spec.command, spec.env)
-            engine_named(spec.engine or "command")(call)
+        """Every check ``validate`` makes too (templates, engine args, output patterns,
+        extras), before fetching anything: a configuration error (78) costs no transfer."""
+        from jitrender.preflight import check_job
+
+        check_job(self.job, frames, workspace)
 
     def _groups(self) -> list[tuple[str, list[StageSpec]]]:
         """Consecutive per-frame stages run together frame by frame; chunk stages alone."""
