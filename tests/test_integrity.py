@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from jitrender.cache import Cache
 from jitrender.storage import LocalStore, crc32c_of_bytes
 from tests.conftest import put_object
 from tests.renderjobs import expected_output, jitrender_env, make_job, run
