@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,115 @@ def test_without_xattrs_the_crc32c_lives_in_a_hidden_sidecar_that_is_no_object(
     assert first is not None and first.crc32c == crc32c_of_bytes(b"bytes")
     assert (Path(local_bucket.removeprefix("file://")) / ".a.bin.jitrender-crc32c").exists()
     assert [i.url for i in LocalStore().list(f"{local_bucket}/")] == [url]
+
+
+# -- item 6: a cache folder someone else made is not trusted --------------------------------
+
+
+def other_user() -> tuple[int, int]:
+    """A second local user (created once with useradd), for folders the running user did not
+    make. Skips where the tests do not run as root."""
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to create a second user and chown to it)")
+    name = "jitrender-other"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", name], capture_output=True, check=False
+        )
+        if made.returncode not in (0, 9):  # 9: made meanwhile by a parallel test
+            pytest.skip(f"useradd failed: {made.stderr.decode().strip()}")
+        entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_world_writable_cache_folder_made_by_another_user_is_refused(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    uid, gid = other_user()
+    job = make_job(tmp_path / "job", local_bucket, "1", texture_size=3000)
+    first = make_job(tmp_path / "first", local_bucket, "1", texture_size=3000, name="first")
+    assert run(first)[0] == 0
+    # The other user copies a warm cache and swaps in an object of the right size, wrong bytes.
+    shutil.copytree(first.cache_dir, job.cache_dir)
+    planted = cache_objects(job.cache_dir)[0]
+    os.chmod(planted, 0o644)
+    planted.write_bytes(b"E" * planted.stat().st_size)
+    for path in [job.cache_dir, *job.cache_dir.rglob("*")]:
+        os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, 0o777)
+    code, out, _ = run(job)
+    assert code == 78, out
+    assert "Traceback" not in out
+    line = next(line for line in out.splitlines() if "error:" in line)
+    assert f"{job.cache_dir}: cache folder is owned by jitrender-other" in line
+    stats = cli("cache", "stats", "--cache-dir", str(job.cache_dir))
+    assert stats.returncode == 78 and "owned by jitrender-other" in one_error_line(stats)
+
+
+def test_a_cache_folder_of_the_running_user_writable_by_others_is_refused(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    job = make_job(tmp_path / "job", local_bucket, "1", texture_size=3000)
+    job.cache_dir.mkdir()
+    os.chmod(job.cache_dir, 0o777)
+    code, out, _ = run(job)
+    assert code == 78, out
+    assert "writable by group or others (mode 0777)" in out and "Traceback" not in out
+
+
+def test_a_symlinked_objects_folder_is_never_followed(tmp_path: Path, local_bucket: str) -> None:
+    job = make_job(tmp_path / "job", local_bucket, "1-2", texture_size=3000)
+    assert run(job)[0] == 0
+    victim = cache_objects(job.cache_dir)[0]
+    folder = victim.parent
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # Elsewhere, a file of the right size under the object's name, and the folder swapped for
+    # a link to there: neither may be read nor written through.
+    (outside / victim.name).write_bytes(b"E" * victim.stat().st_size)
+    shutil.rmtree(folder)
+    folder.symlink_to(outside)
+    again = make_job(
+        tmp_path / "again", local_bucket, "1-2", texture_size=3000, name="again", upload=False
+    )
+    code, out, _ = run(again, env=jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir)))
+    assert code == 78, out
+    assert f"{folder}: is a symlink inside the cache folder" in out and "Traceback" not in out
+    assert [p.name for p in outside.iterdir()] == [victim.name]
+    assert (outside / victim.name).read_bytes() == b"E" * victim.stat().st_size
+    verify = cli("cache", "verify", "--cache-dir", str(job.cache_dir))
+    assert verify.returncode == 78 and "is a symlink" in one_error_line(verify)
+    assert [p.name for p in outside.iterdir()] == [victim.name]  # verify removed nothing there
+
+
+def test_an_object_file_not_made_by_the_cache_is_dropped_not_served(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    uid, gid = other_user()
+    job = make_job(tmp_path / "job", local_bucket, "1", texture_size=3000)
+    assert run(job)[0] == 0
+    for planted in cache_objects(job.cache_dir):
+        size = planted.stat().st_size
+        planted.unlink()
+        planted.write_bytes(b"E" * size)  # right size, wrong bytes, someone else's
+        os.chown(planted, uid, gid)
+    again = make_job(
+        tmp_path / "again", local_bucket, "1", texture_size=3000, name="again", upload=False
+    )
+    code, out, report = run(again, env=jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir)))
+    assert code == 0, out
+    assert report["cache"]["misses"] == 2  # both refetched
+    output = Path(again.output_url(1).removeprefix("file://")).read_bytes()
+    assert output == expected_output(1, again.frame_inputs(1))
+    assert all(p.stat().st_uid == os.geteuid() for p in cache_objects(job.cache_dir))
