@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fileseq.exceptions import ParseException
+from fileseq.exceptions import MaxSizeException, ParseException
 from fileseq.frameset import FrameSet
 
 from jitrender.errors import ConfigError
@@ -124,21 +124,50 @@ def match_udim_tiles(file_name: str, names_in_folder: Iterable[str]) -> list[str
     return sorted(name for name in names_in_folder if regex.match(name))
 
 
+# More frames than any one job renders; past it a typo (1-100000000) would take minutes and
+# gigabytes just to list. fileseq itself stops at 10,000,000.
+MAX_FRAMES = 1_000_000
+_RANGE_TERM = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)")
+
+
 def parse_frames(spec: str | int, where: str = "frames") -> list[int]:
-    """Frames from farm syntax (``1001-1100``, ``1-100x2``, ``1,5,9-12``): unique, in order."""
+    """Frames from farm syntax (``1001-1100``, ``1-100x2``, ``1,5,9-12``): unique, in order.
+    A range runs upwards (``10-1`` is refused, not read as a countdown) and a job holds at most
+    :data:`MAX_FRAMES` frames; each mistake is one :class:`ConfigError` line."""
     text = str(spec).strip()
     if not text:
         raise ConfigError(f"{where}: empty frame range")
+    for term in text.split(","):
+        backwards = _RANGE_TERM.match(term)
+        if backwards is not None and int(backwards[1]) > int(backwards[2]):
+            first, last = backwards[1], backwards[2]
+            raise ConfigError(
+                f"{where}: {term.strip()!r} runs backwards ({first} down to {last}); "
+                f"write {last}-{first}"
+            )
     try:
         frame_set = FrameSet(text)
+    except MaxSizeException as exc:
+        size = re.search(r"(\d+) >", str(exc))
+        count = size[1] if size is not None else "more than 10000000"
+        raise ConfigError(_too_many(where, text, count)) from None
     except (ParseException, ValueError, TypeError):
         raise ConfigError(
             f"{where}: {text!r} is not a frame range (use e.g. 1001-1100, 1-100x2, 1,5,9-12)"
         ) from None
+    if len(frame_set) > MAX_FRAMES:
+        raise ConfigError(_too_many(where, text, str(len(frame_set))))
     frames = list(dict.fromkeys(int(f) for f in frame_set))
     if not frames:
         raise ConfigError(f"{where}: {text!r} selects no frames")
     return frames
+
+
+def _too_many(where: str, text: str, count: str) -> str:
+    return (
+        f"{where}: {text!r} is too many frames ({count}); the limit is {MAX_FRAMES} per job "
+        "(split the range into several jobs)"
+    )
 
 
 def format_frames(frames: Iterable[int]) -> str:
