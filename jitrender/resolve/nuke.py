@@ -242,7 +242,7 @@ class ScriptResolver:
             if self._depth > MAX_DEPTH:
                 raise NotEvaluable("expressions refer to each other in a loop")
             parts = reference.split(".")
-            node = self._find(parts[:-1], here) if len(parts) > 1 else here
+            node = self._find(parts[:-1], here) if len(parts) > 1 else self._owner(here, parts[0])
             key = (id(node), parts[-1])
             known = self._values.get(key)
             if known is None:
@@ -256,6 +256,20 @@ class ScriptResolver:
             return known
         finally:
             self._depth -= 1
+
+    def _owner(self, here: Node, knob: str) -> Node:
+        """The node a bare knob name means: ``here``, or else the nearest enclosing group that
+        has it (a group's knobs are visible to its members by name, as in Nuke)."""
+        if knob in here.knobs or knob in here.user_knobs or knob in ("name", "disable"):
+            return here
+        if _knob_default(here.cls, knob) is not None:
+            return here
+        group = here.group
+        while group is not None:
+            if knob in group.knobs or knob in group.user_knobs:
+                return group
+            group = group.group
+        return here
 
     def _find(self, parts: list[str], here: Node) -> Node:
         head = parts[0]
@@ -294,6 +308,8 @@ class ScriptResolver:
             raw = node.knobs.get(knob)
             if raw is None:
                 raw = _knob_default(node.cls, knob)
+            if raw is None and knob in node.numeric_knobs:
+                raw = "0"
         if raw is None:
             # Nuke saves only knobs that differ from their default; for the string knobs
             # people refer to (file, cache, label, user knobs) that default is empty.
@@ -1437,6 +1453,7 @@ def instantiate_gizmo(definition: NukeScript, instance: Node) -> tuple[Node, lis
         instance.line,
         frozenset(braced),
         user_knobs=top.user_knobs | instance.user_knobs,
+        numeric_knobs=top.numeric_knobs | instance.numeric_knobs,
         input_count=instance.input_count,
         inputs=list(instance.inputs),  # the gizmo's Input nodes read the instance's inputs
     )
@@ -1457,6 +1474,7 @@ def instantiate_gizmo(definition: NukeScript, instance: Node) -> tuple[Node, lis
             node.links,
             node.input_count,
             [copies.get(id(i)) if i is not None else None for i in node.inputs],
+            node.numeric_knobs,
         )
         parent.members[copy.name] = copy
         copies[id(node)] = copy

@@ -25,6 +25,8 @@ from jitrender.errors import SceneParseError
 # Node classes whose block is followed by their member nodes and an ``end_group``.
 GROUP_CLASSES = frozenset({"Group", "LiveGroup", "Gizmo"})
 
+# addUserKnob types whose value is a number: Int, Enumeration, Boolean, Double, Array.
+_NUMERIC_KNOB_TYPES = frozenset({"3", "4", "6", "7", "8"})
 # TCL's own white space; Python's \s also matches \x1c-\x1f and Unicode spaces.
 _WS = " \t\n\r\f\v"
 # Most knob lines are two plain words ("first 1001"): read those in one match.
@@ -207,6 +209,8 @@ class Node:
     # How many inputs the block takes off the stack, and what it took (None: not connected).
     input_count: int = 1
     inputs: list[Node | None] = field(default_factory=list)
+    # User knobs holding a number (int, enumeration, boolean, double): unset, they are 0.
+    numeric_knobs: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -259,6 +263,7 @@ def _node_from_block(
     braced: set[str] = set(inherited.braced) if inherited is not None else set()
     user: set[str] = set(inherited.user_knobs) if inherited is not None else set()
     links = dict(inherited.links) if inherited is not None else {}
+    numeric: set[str] = set(inherited.numeric_knobs) if inherited is not None else set()
     input_count = 1
     for words in scanner.commands(body.pos + 1, body.end - 1):
         name = words[0].text
@@ -275,6 +280,8 @@ def _node_from_block(
                     spec = words[1].text.split(None, 2)
                     if len(spec) >= 2:
                         user.add(spec[1])
+                        if spec[0] in _NUMERIC_KNOB_TYPES:
+                            numeric.add(spec[1])
                         target = _link_target(words[1].text) if spec[0] == "41" else None
                         if target:
                             links[spec[1]] = target
@@ -292,6 +299,7 @@ def _node_from_block(
         user_knobs=frozenset(user),
         links=links,
         input_count=input_count,
+        numeric_knobs=frozenset(numeric),
     )
 
 
