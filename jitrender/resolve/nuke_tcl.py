@@ -336,10 +336,10 @@ def _eval(node: ast.expr, lookup: KnobLookup, frame: int | None) -> float:
         return float(frame)
     if isinstance(node, ast.Name | ast.Attribute):
         reference = _reference(node)
-        value = lookup(reference)
-        if not value.strip():
+        text = lookup(reference)
+        if not text.strip():
             raise NotEvaluable(f"{reference} is not set in the script and is not a number knob")
-        return parse_number(value, lookup, frame)
+        return parse_number(text, lookup, frame)
     if isinstance(node, ast.BinOp):
         op = _BINARY[type(node.op)]
         left, right = _eval(node.left, lookup, frame), _eval(node.right, lookup, frame)
