@@ -89,6 +89,21 @@ class RunOptions:
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
 
 
+def nuke_render_nodes(job: Job) -> tuple[str, ...]:
+    """The Write nodes the job's ``nuke`` stages execute (``args.write``), so the resolver lists
+    only what those render; empty when a rendering stage names none (Nuke then renders every
+    enabled Write)."""
+    names: list[str] = []
+    for stage in job.stages:
+        if stage.engine != "nuke" or stage.args.get("mode", "render") != "render":
+            continue
+        wanted = stage.args.get("write")
+        if not wanted:
+            return ()
+        names.extend([wanted] if isinstance(wanted, str) else [str(w) for w in wanted])
+    return tuple(dict.fromkeys(names))
+
+
 class _StopSignal:
     """SIGTERM/SIGINT -> a stop event; a second signal exits at once with 75."""
 
@@ -406,6 +421,7 @@ class JobRun:
             list_prefix=self._list,
             fetch=self._fetch_local,
             env=dict(job.env),
+            render_nodes=nuke_render_nodes(job),
         )
         if scene_url is not None:
             name, resolver = resolver_for(job.resolver, scene_url)
