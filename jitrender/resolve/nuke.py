@@ -216,6 +216,8 @@ class ScriptResolver:
     # Gizmo instances (by id) -> the node standing in for them, whose members the walk enters.
     _gizmo_nodes: dict[int, Node] = field(default_factory=dict)
     _ranges: dict[int, tuple[int, int] | None] = field(default_factory=dict)
+    # The walk's request map for "each render frame at itself" (see _walk).
+    _identity: FrameRequests = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = self.script.root or Node("Root", {}, None, 0)
@@ -604,9 +606,11 @@ class ScriptResolver:
     def _walk(self, targets: Sequence[Node]) -> None:
         """Carry the requested frames upstream from ``targets``, node by node (each node after
         every node downstream of it), listing the files of every enabled node reached."""
-        requests: dict[int, FrameRequests] = {}
-        for target in targets:
-            _add_requests(requests.setdefault(id(target), {}), {f: {f} for f in self.ctx.frames})
+        # Request maps are shared between nodes and never changed in place (a merge makes a
+        # new one), so a chain of pass-through nodes costs no copies.
+        identity: FrameRequests = {f: {f} for f in self.ctx.frames}
+        self._identity = identity
+        requests: dict[int, FrameRequests] = {id(target): identity for target in targets}
         target_ids = {id(t) for t in targets}
         read_from_downstream: set[int] = set()
         for node in _downstream_first(targets, self._graph_upstream):
@@ -626,16 +630,19 @@ class ScriptResolver:
             if not passes_input:
                 continue
             for upstream, asked in self._upstream(node, wanted, disabled):
-                read_from_downstream.add(id(upstream))
-                _add_requests(requests.setdefault(id(upstream), {}), asked)
+                key = id(upstream)
+                read_from_downstream.add(key)
+                known = requests.get(key)
+                requests[key] = asked if known is None or known is asked else _merged(known, asked)
 
     def _node_files(self, node: Node, wanted: FrameRequests) -> Dependencies:
         """The node's own files for the node frames in ``wanted``, with each dependency's
         frames put back in render frames."""
-        frames = tuple(sorted(wanted))
-        identity = frames == self.ctx.frames and all(wanted[f] == {f} for f in frames)
         handler = _handlers[node.cls]
-        if identity:
+        if wanted is self._identity:
+            return handler(self, node)
+        frames = tuple(sorted(wanted))
+        if frames == self.ctx.frames and all(wanted[f] == {f} for f in frames):
             return handler(self, node)
         saved = self.ctx
         self.ctx = replace(saved, frames=frames)
@@ -1007,9 +1014,13 @@ def write_frame_map(resolver: ScriptResolver, node: Node) -> dict[int, list[int]
 # -- the node graph --------------------------------------------------------------------------
 
 
-def _add_requests(into: FrameRequests, more: Mapping[int, set[int]]) -> None:
-    for frame, renders in more.items():
-        into.setdefault(frame, set()).update(renders)
+def _merged(first: FrameRequests, second: FrameRequests) -> FrameRequests:
+    """Both request maps in one new map (neither is changed)."""
+    merged = dict(first)
+    for frame, renders in second.items():
+        known = merged.get(frame)
+        merged[frame] = renders if known is None or known == renders else known | renders
+    return merged
 
 
 def _downstream_first(
