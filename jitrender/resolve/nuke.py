@@ -2,6 +2,28 @@
 
 What a caller may rely on:
 
+- The node graph is followed. The render computes the Writes the job's ``nuke`` stage names
+  (``args.write``, Nuke's ``-X``; :attr:`ResolveContext.render_nodes`), else every enabled
+  Write, DeepWrite and WriteGeo; a precomp script computes its Output node. From those the
+  requested frames are carried upstream (inputs from the script's node stack, group
+  Output/Input nodes, gizmo members), through TimeOffset (``time_offset``,
+  ``reverse_input``), FrameHold (``first_frame``, ``increment``), FrameRange (frames pass
+  through), TimeClip (Read's time controls), Retime (``input.*``/``output.*`` ranges,
+  ``speed``, ``reverse``, ``before``/``after``; a frame between two input frames reads both),
+  AppendClip (``firstFrame``, ``cross_dissolve``) and TimeWarp (a static ``lookup``), Switch
+  (``which``, clamped) and Dissolve (the two inputs ``which`` lies between). A disabled node
+  passes its input 0 only. A time knob that needs Nuke (an animated curve) is reported and
+  the input's whole frame range is listed; a ``which`` that needs Nuke reads every input.
+  Reads that feed only Viewers, disabled Writes or nothing are not listed. A script with no
+  Write node at all (a toolset) renders nothing with ``nuke -x``: then every enabled
+  file-reading node is listed, as a pre-flight of the whole script.
+- Frame tokens are Nuke's own: ``#`` (one digit each) and ``%0Nd``; ``@`` is a literal.
+- A knob the script does not set takes Nuke's default (an unset file knob is empty, a numeric
+  user knob 0); a bare knob name in an expression falls back to the enclosing group's knob.
+- A ``disable`` that needs Nuke (``[python …]``) is reported in ``unresolved`` and the node is
+  taken as enabled, so its files are listed.
+- ``[value root.name]`` is the artist's path for the script with forward slashes, as Nuke
+  names it, even when a Windows path-map rule gave it.
 - File knobs of Read/DeepRead (``file``; ``proxy`` too when the Root is in proxy mode),
   ReadGeo/ReadGeo2, Camera/Axis/Light (only with ``read_from_file true``),
   OCIOFileTransform, OCIOCDLTransform (with ``read_from_file``), Vectorfield
@@ -35,8 +57,8 @@ What a caller may rely on:
 - Relative paths resolve against the Root's ``project_directory`` when it is set, else the
   script's folder (Nuke itself would use its working directory, which a farm node does not
   share with the artist).
-- Disabled nodes, and every node inside a disabled group, need nothing (but a disabled
-  gizmo's ``.gizmo``, which Nuke needs to load the script at all).
+- Disabled nodes, and every node inside a disabled group, read nothing themselves (but a
+  disabled gizmo's ``.gizmo``, which Nuke needs to load the script at all).
 - What needs Nuke to evaluate (Python, unknown TCL, animated file knobs, frame expressions
   beyond arithmetic) is reported in ``Dependencies.unresolved`` with the node and why.
 """
