@@ -210,3 +210,74 @@ def test_the_jobs_nuke_stage_names_the_writes_that_render(
         "hold": EXPECTED["hold"],
     }
     assert document["unresolved"] == []
+
+
+GIZMO = r"""Gizmo {
+ inputs 1
+ addUserKnob {20 User}
+ addUserKnob {2 grain_file}
+ grain_file /show/grain/default.####.exr
+}
+ Input {
+  inputs 0
+  name Input1
+ }
+ Read {
+  inputs 0
+  file "\[value parent.grain_file]"
+  first 1
+  last 2000
+  name GrainRead
+ }
+ Merge2 {
+  inputs 2
+  name Over
+ }
+set Nover [stack 0]
+ Read {
+  inputs 0
+  file /show/grain/unused.####.exr
+  name Unused
+ }
+push $Nover
+ Output {
+  name Output1
+ }
+end_group
+"""
+
+
+def test_a_gizmo_is_walked_through_its_input_and_output(
+    local_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gizmo's Output reads Over (Grain over the gizmo's Input, i.e. the instance's input,
+    offset by the TimeOffset before it); the Read inside that feeds nothing is not listed."""
+    put_object(f"{local_bucket}/show/gizmos/Grainy.gizmo", GIZMO.encode())
+    monkeypatch.setenv("NUKE_PATH", "/show/gizmos")
+    script = (
+        ROOT
+        + read("plate", 1, 2000)
+        + node("TimeOffset", "Shift", " time_offset -10")
+        + node("Grainy", "Grain1", " grain_file /show/grain/fine.####.exr")
+        + write("W_grain")
+    )
+    put_object(f"{local_bucket}/show/comp.nk", script.encode())
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "jitrender.cli", "deps", f"{local_bucket}/show/comp.nk",
+            "--frames", "1001-1003", "--json", "--path-map", f"/show={local_bucket}/show",
+            "--cache-dir", str(tmp_path / "cache"),
+        ],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    by_source: dict[str, set[str]] = {}
+    for dep in document["deps"]:
+        by_source.setdefault(dep["source"], set()).add(dep["url"].split("/show/", 1)[1])
+    assert by_source == {
+        "Grain1": {"gizmos/Grainy.gizmo"},
+        "Grain1.GrainRead.file": {f"grain/fine.{f}.exr" for f in FRAMES},
+        "plate.file": {f"plate.{f + 10}.exr" for f in FRAMES},
+    }
+    assert document["unresolved"] == []
