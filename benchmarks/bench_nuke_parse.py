@@ -97,12 +97,14 @@ def run(quick: bool) -> dict[str, Any]:
             lambda url, recursive: store.list(url, recursive=recursive),
             local_path_of,
         )
-        best = float("inf")
+        best = best_cpu = float("inf")
         deps = 0
         for _ in range(2 if quick else 5):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             found = resolve_nuke(ctx)
             best = min(best, time.perf_counter() - started)
+            # CPU time too: on a shared, busy machine wall time mostly measures the others.
+            best_cpu = min(best_cpu, time.process_time() - started_cpu)
             deps = len(found.deps)
     lines = text.count("\n")
     from benchmarks.common import table
@@ -119,6 +121,7 @@ def run(quick: bool) -> dict[str, Any]:
         "bytes": len(text.encode()),
         "deps": deps,
         "seconds": round(best, 4),
+        "cpu_seconds": round(best_cpu, 4),
         "lines_per_s": round(lines / best),
         # Issue 10: "a 2,000-Read script must stay under 1 s".
         "targets": {"under_1s": best < 1.0},
@@ -127,10 +130,10 @@ def run(quick: bool) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     figures = run("--quick" in argv)
-    print(f"{'benchmark':<18} {'lines':>8} {'deps':>6} {'seconds':>9} {'lines/s':>10}")
+    print(f"{'benchmark':<18} {'lines':>8} {'deps':>6} {'seconds':>9} {'cpu s':>7} {'lines/s':>10}")
     print(
         f"{'nuke_parse':<18} {figures['lines']:>8} {figures['deps']:>6} "
-        f"{figures['seconds']:>9.4f} {figures['lines_per_s']:>10}"
+        f"{figures['seconds']:>9.4f} {figures['cpu_seconds']:>7.3f} {figures['lines_per_s']:>10}"
     )
     figures.pop("table")
     print(json.dumps({"benchmark": "nuke_parse", **figures}))
