@@ -41,6 +41,10 @@ SCRIPT = (
     + read("offset", 1, 100)
     + node("TimeOffset", "Offset", " time_offset 1000")
     + write("W_offset")
+    # reverse_input plays the input's range (1-10) backwards: 11 - (f - 1000) = 10, 9, 8.
+    + read("reverse", 1, 10)
+    + node("TimeOffset", "Reverse", " time_offset 1000\n reverse_input true")
+    + write("W_reverse")
     # FrameHold: first_frame 10 at every frame; with increment 2 from 1001: 1001, 1001, 1003.
     + read("hold", 1, 100)
     + node("FrameHold", "Hold", " first_frame 10")
@@ -66,6 +70,11 @@ SCRIPT = (
     + read("appendE", 1, 2)
     + node("AppendClip", "Append", " firstFrame 1001", inputs=2)
     + write("W_append")
+    # A one-frame cross dissolve: X (1-2) at 1001-1002, Y (1-5) from 1002; 1002 reads both.
+    + read("crossY", 1, 5)
+    + read("crossX", 1, 2)
+    + node("AppendClip", "Cross", " firstFrame 1001\n cross_dissolve 1", inputs=2)
+    + write("W_cross")
     # Switch which 1: input 1 only; which {{frame>1001}}: input 0 at 1001, input 1 after.
     + read("switch1", 1001, 1003)
     + read("switch0", 1001, 1003)
@@ -122,6 +131,9 @@ def frames_of(name: str, *file_frames: int) -> dict[int, set[str]]:
 
 EXPECTED: dict[str, dict[int, set[str]]] = {
     "offset": frames_of("offset", 1, 2, 3),
+    "reverse": frames_of("reverse", 10, 9, 8),
+    "crossX": {1001: {"crossX.0001.exr"}, 1002: {"crossX.0002.exr"}, 1003: set()},
+    "crossY": {1001: set(), 1002: {"crossY.0001.exr"}, 1003: {"crossY.0002.exr"}},
     "hold": frames_of("hold", 10, 10, 10),
     "step": frames_of("step", 1001, 1001, 1003),
     "fast": frames_of("fast", 1, 3, 5),
