@@ -849,17 +849,24 @@ class ScriptResolver:
 
     def frame_range(self, node: Node) -> tuple[int, int] | None:
         """The frame range a node's output has (Nuke's info range), as far as static values
-        tell; None when it needs Nuke."""
+        tell; None when it needs Nuke. Worked out upstream first, so a long chain of nodes
+        costs no deep recursion."""
         key = id(node)
         if key in self._ranges:
             return self._ranges[key]
-        self._ranges[key] = None  # a loop in the graph has no range
-        try:
-            found = self._frame_range(node)
-        except NotEvaluable:
-            found = None
-        self._ranges[key] = found
-        return found
+        pending = _downstream_first(
+            [node], lambda n: [] if id(n) in self._ranges else self._graph_upstream(n)
+        )
+        for upstream in reversed(pending):
+            if id(upstream) in self._ranges:
+                continue
+            self._ranges[id(upstream)] = None  # a loop in the graph has no range
+            try:
+                found = self._frame_range(upstream)
+            except NotEvaluable:
+                found = None
+            self._ranges[id(upstream)] = found
+        return self._ranges[key]
 
     def _frame_range(self, node: Node) -> tuple[int, int] | None:
         base = node.cls.rstrip("0123456789")
