@@ -158,7 +158,10 @@ SMOKE_MOVIES = tuple(
         "vapours_from_bottom_05",
     )
 )
-REINHARD = "Box/aw_projects/Reinhard_Preview_Tools/Nuke_Scripts"
+# The artist's folder keeps its '@' in the bucket: a literal character in Nuke paths.
+BOX = "Box Sync/CODE_aw_projects (Rich.Bobo@armstrong-white.com)"
+BOX_MAP = {f"C:/Users/rbobo/{BOX}": BOX}
+REINHARD = f"{BOX}/aw_projects/Reinhard_Preview_Tools/Nuke_Scripts"
 PSD_READS = (
     "Users/richbobo/Dropbox/richbobo/NUKE/Photoshop_and_Nuke/img/comp/apple_cucumber/v001/"
     "apple_cucumber_drink_v001.exr",
@@ -320,13 +323,10 @@ CASES: dict[str, Case] = {
     # is still needed to load the script. PSDMerge is a studio gizmo that is not public.
     "sgs_psd_views_proxy": Case(
         "sgs_psd_views_proxy/Save_PSD_From_Nuke_v012_x001_Views_PC.nk",
-        "Box/aw_projects/NukePSD/Nuke_Scripts/Save_PSD_From_Nuke_v012_x001_Views_PC.nk",
+        f"{BOX}/aw_projects/NukePSD/Nuke_Scripts/Save_PSD_From_Nuke_v012_x001_Views_PC.nk",
         frames("1-1"),
         fixed(SGS_OCIO),
-        path_map={
-            **SGS_MAP,
-            "C:/Users/rbobo/Box Sync/CODE_aw_projects (Rich.Bobo@armstrong-white.com)": "Box",
-        },
+        path_map={**SGS_MAP, **BOX_MAP},
         copies={"sgs_psd_views_proxy/aw_Comp_config_standin.ocio": SGS_OCIO},
         files=PSD_READS,
         unresolved=frozenset({"PSDMerge1", "PSDMerge2", "PSDMerge3"}),
@@ -337,10 +337,7 @@ CASES: dict[str, Case] = {
         f"{REINHARD}/Reinhard_Vray_TESTING_v001_x037.nk",
         frames("1-3"),
         fixed(SGS_OCIO),
-        path_map={
-            **SGS_MAP,
-            "C:/Users/rbobo/Box Sync/CODE_aw_projects (Rich.Bobo@armstrong-white.com)": "Box",
-        },
+        path_map={**SGS_MAP, **BOX_MAP},
         copies={"sgs_reinhard_at_path/aw_Comp_config_standin.ocio": SGS_OCIO},
         files=(
             f"{REINHARD}/footage/Desktop/Linear-vs-Reinhard.png",
@@ -369,7 +366,7 @@ CASES: dict[str, Case] = {
     # No Write: 42 eight-frame sequences (first omitted: 1), frames 6-10 hold at 8.
     "sgs_tlx_42_sequences": Case(
         "sgs_tlx_42_sequences/tlx_v2_EDITED.nk",
-        "Box/aw_projects/NukePSD/Nuke_Scripts/_From_Roger/tlx_v2_EDITED.nk",
+        f"{BOX}/aw_projects/NukePSD/Nuke_Scripts/_From_Roger/tlx_v2_EDITED.nk",
         frames("6-10"),
         lambda fs: {SGS_OCIO}.union(*(s.held(fs) for s in TLX)),
         path_map={**SGS_MAP, "X:/Misc": "X/Misc"},
