@@ -186,32 +186,29 @@ def deps(
     path_map_rules: PathMapRules = None,
 ) -> None:
     """List the files the given frames of a scene need (and what is missing or unresolved)."""
-    from jitrender.job import Job, load_job
-    from jitrender.run import RunOptions, resolve_job
+    from jitrender.cache import Cache, default_cache_dir
+    from jitrender.job import load_job
+    from jitrender.paths import PathMap, file_url, is_url
+    from jitrender.run import RunOptions, resolve_job, resolve_scene
     from jitrender.sequences import parse_frames
 
     try:
+        extra = _extra_path_map(path_map, path_map_rules)
         if job_file is not None:
-            job = load_job(job_file)
-            job = job.model_copy(update={"scene": scene, "resolver": resolver})
+            job = load_job(job_file).model_copy(update={"scene": scene, "resolver": resolver})
+            frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+            scene_url = job.scene_url or scene
+            options = RunOptions(cache_dir=cache_dir, extra_path_map=extra)
+            found = resolve_job(job, frame_list, options)
         else:
-            job = Job.model_validate(
-                {
-                    "scene": scene,
-                    "resolver": resolver,
-                    "frames": frames or "1",
-                    "stages": [{"name": "none", "command": "true"}],
-                    "outputs": {"to": "file:///nonexistent"},
-                }
-            )
-        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
-        options = RunOptions(
-            cache_dir=cache_dir, extra_path_map=_extra_path_map(path_map, path_map_rules)
-        )
-        found = resolve_job(job, frame_list, options)
+            frame_list = parse_frames(frames or "1", "--frames")
+            scene_url = scene if is_url(scene) else file_url(Path(scene).resolve())
+            cache = Cache(cache_dir or default_cache_dir())
+            rules = extra if extra is not None else PathMap([])
+            found = resolve_scene(cache, scene_url, frame_list, resolver=resolver, path_map=rules)
     except JitrenderError as exc:
         _fail(exc)
-    document = found.to_json(job.scene_url or scene, frame_list)
+    document = found.to_json(scene_url, frame_list)
     if as_json:
         _print_json(document)
     else:

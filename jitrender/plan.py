@@ -1,0 +1,171 @@
+"""What a run will do, decided before it does it: the frames left, the dependencies they need
+(stat'ed, in fetch order), the outputs each frame must produce, and how the stages group."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jitrender.deps import Dependencies, Dependency, Unresolved
+from jitrender.errors import ConfigError
+from jitrender.inputs import Inputs
+from jitrender.job import DepSpec, StageSpec
+from jitrender.outputs import OutputPatterns
+from jitrender.paths import PathMap
+from jitrender.progress import Progress
+from jitrender.resolve import resolver_for
+from jitrender.resolve.base import ResolveContext
+from jitrender.resolve.manifest import entry_dependencies
+from jitrender.storage import ObjectInfo
+
+
+@dataclass(frozen=True)
+class StageGroup:
+    """Consecutive per-frame stages run together frame by frame; a chunk stage runs alone."""
+
+    per: str  # "frame" or "chunk"
+    specs: tuple[StageSpec, ...]
+
+
+def stage_groups(stages: Sequence[StageSpec]) -> tuple[StageGroup, ...]:
+    groups: list[StageGroup] = []
+    for spec in stages:
+        if spec.per == "frame" and groups and groups[-1].per == "frame":
+            groups[-1] = StageGroup("frame", (*groups[-1].specs, spec))
+        else:
+            groups.append(StageGroup(spec.per, (spec,)))
+    return tuple(groups)
+
+
+def fetch_order(deps: Iterable[Dependency]) -> tuple[Dependency, ...]:
+    """Files every frame needs first, then in the order of the first frame that needs them."""
+    return tuple(sorted(deps, key=lambda d: (min(d.frames) if d.frames else -(2**31), d.url)))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run executes, computed without running anything."""
+
+    frames: tuple[int, ...]  # still to render, in order
+    deps: tuple[Dependency, ...]  # stat'ed, in fetch order
+    expected: Mapping[int, tuple[str, ...]]  # frame -> output paths below outputs/
+    groups: tuple[StageGroup, ...]
+
+    @classmethod
+    def make(
+        cls,
+        frames: Sequence[int],
+        deps: Iterable[Dependency],
+        patterns: OutputPatterns,
+        stages: Sequence[StageSpec],
+    ) -> RunPlan:
+        expected = {f: tuple(patterns.expected_for(f)) for f in frames}
+        return cls(tuple(frames), fetch_order(deps), expected, stage_groups(stages))
+
+
+# -- what the frames need ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A scene's (and a job's ``deps:``) dependencies for some frames, each stat'ed; the scene
+    itself is not among ``deps`` but is counted in ``count`` and ``bytes_needed``."""
+
+    deps: list[Dependency]
+    unresolved: list[Unresolved]
+    scene: ObjectInfo | None
+    scene_local: Path | None
+
+    @property
+    def missing(self) -> list[Dependency]:
+        return [d for d in self.deps if d.exists is False]
+
+    @property
+    def count(self) -> int:
+        return len(self.deps) + (1 if self.scene is not None else 0)
+
+    @property
+    def bytes_needed(self) -> int:
+        scene = self.scene.size if self.scene is not None else 0
+        return sum(d.size or 0 for d in self.deps) + scene
+
+    def dependencies(self) -> Dependencies:
+        return Dependencies(self.deps, self.unresolved)
+
+
+def resolve_dependencies(
+    inputs: Inputs,
+    *,
+    scene_url: str | None,
+    resolver: str,
+    frames: Sequence[int],
+    path_map: PathMap,
+    entries: Sequence[str | DepSpec] = (),
+    env: Mapping[str, str] | None = None,
+    base_url: str,
+    where: str,
+    progress: Progress,
+) -> Resolution:
+    """Resolve ``scene_url`` (linked below ``inputs.root`` for the resolver to read) and the
+    job's ``deps:`` ``entries`` for ``frames``, then stat every dependency. Raises
+    :class:`ConfigError` when the scene does not exist; missing dependencies are reported in
+    the result, not raised."""
+    found = Dependencies()
+    scene: ObjectInfo | None = None
+    scene_file = Path(os.devnull)
+    if scene_url is not None:
+        scene = inputs.stat(scene_url)
+        if scene is None:
+            raise ConfigError(f"{where}: scene: {scene_url} does not exist")
+        scene_file = inputs.local_copy(scene_url)
+    ctx = ResolveContext(
+        scene_url=scene_url if scene_url is not None else base_url,
+        scene_file=scene_file,
+        frames=tuple(frames),
+        path_map=path_map,
+        list_prefix=inputs.list_prefix,
+        fetch=inputs.local_copy,
+        env=dict(env or {}),
+    )
+    if scene_url is not None:
+        name, resolve = resolver_for(resolver, scene_url)
+        progress.event("phase", message=f"resolving {scene_url} with '{name}'")
+        found.extend(resolve(ctx))
+    for index, entry in enumerate(entries):
+        found.extend(_entry(ctx, entry, f"job deps[{index}]"))
+    merged = found.merged()
+    deps = inputs.stat_all([d for d in merged.deps if d.url != scene_url])
+    for item in merged.unresolved:
+        progress.event("warning", message=f"unresolved {item.source}: {item.why}")
+    scene_local = scene_file if scene_url is not None else None
+    return Resolution(deps, merged.unresolved, scene, scene_local)
+
+
+def _entry(ctx: ResolveContext, entry: str | DepSpec, source: str) -> Dependencies:
+    if isinstance(entry, str):
+        return entry_dependencies(ctx, entry, source)
+    written = entry.path if entry.path is not None else (entry.prefix or "")
+    if entry.prefix is not None and not written.endswith("/"):
+        written += "/"
+    return entry_dependencies(ctx, written, source, entry.frames)
+
+
+# -- what is already done ---------------------------------------------------------------------
+
+
+def completed_unmarked(
+    frames: Iterable[int],
+    listing: Mapping[str, ObjectInfo],
+    expected_urls: Callable[[int], list[str]],
+    ours: Callable[[ObjectInfo], bool],
+) -> list[int]:
+    """Frames without a marker whose expected outputs all exist in ``listing`` (url -> info)
+    and were written by this job (a killed run uploaded them but did not mark them)."""
+    out = []
+    for frame in frames:
+        urls = expected_urls(frame)
+        if urls and all(u in listing for u in urls) and all(ours(listing[u]) for u in urls):
+            out.append(frame)
+    return out
