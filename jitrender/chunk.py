@@ -149,6 +149,14 @@ class StageRunner:
             timeout=spec.timeout,
             on_start=self.uploader.stage_started,
         )
+        self.progress.event(
+            "stage_end",
+            stage=spec.name,
+            frames=label,
+            attempt=attempt,
+            ok=outcome.ok,
+            seconds=round(outcome.seconds, 3),
+        )
         self.render_seconds += outcome.seconds
         if outcome.ok:
             self.uploader.stage_succeeded()

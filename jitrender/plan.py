@@ -11,7 +11,7 @@ from pathlib import Path
 from jitrender.deps import Dependencies, Dependency, Unresolved
 from jitrender.errors import ConfigError
 from jitrender.inputs import Inputs
-from jitrender.job import DepSpec, StageSpec
+from jitrender.job import DepSpec, Job, StageSpec
 from jitrender.outputs import OutputPatterns
 from jitrender.paths import PathMap
 from jitrender.progress import Progress
@@ -65,6 +65,21 @@ class RunPlan:
         return cls(tuple(frames), fetch_order(deps), expected, stage_groups(stages))
 
 
+def nuke_render_nodes(job: Job) -> tuple[str, ...]:
+    """The Write nodes the job's ``nuke`` stages execute (``args.write``), so the resolver lists
+    only what those render; empty when a rendering stage names none (Nuke then renders every
+    enabled Write)."""
+    names: list[str] = []
+    for stage in job.stages:
+        if stage.engine != "nuke" or stage.args.get("mode", "render") != "render":
+            continue
+        wanted = stage.args.get("write")
+        if not wanted:
+            return ()
+        names.extend([wanted] if isinstance(wanted, str) else [str(w) for w in wanted])
+    return tuple(dict.fromkeys(names))
+
+
 # -- what the frames need ---------------------------------------------------------------------
 
 
@@ -107,6 +122,7 @@ def resolve_dependencies(
     base_url: str,
     where: str,
     progress: Progress,
+    render_nodes: tuple[str, ...] = (),
 ) -> Resolution:
     """Resolve ``scene_url`` (linked below ``inputs.root`` for the resolver to read) and the
     job's ``deps:`` ``entries`` for ``frames``, then stat every dependency. Raises
@@ -128,6 +144,7 @@ def resolve_dependencies(
         list_prefix=inputs.list_prefix,
         fetch=inputs.local_copy,
         env=dict(env or {}),
+        render_nodes=render_nodes,
     )
     if scene_url is not None:
         name, resolve = resolver_for(resolver, scene_url)

@@ -38,7 +38,7 @@ from jitrender.agent import Agent
 from jitrender.cache import Cache, default_cache_dir, parse_size
 from jitrender.chunk import UPLOADED, Chunk, FrameBooks, StageRunner
 from jitrender.deps import Dependencies
-from jitrender.engines import StageCall, Workspace, engine_named
+from jitrender.engines import Workspace
 from jitrender.errors import (
     ConfigError,
     DataError,
@@ -53,7 +53,13 @@ from jitrender.job import DepSpec, Job
 from jitrender.markers import MarkerWriter, frames_with_markers, marker_prefix
 from jitrender.outputs import OutputPatterns, Uploader
 from jitrender.paths import PathMap, workspace_relpath
-from jitrender.plan import Resolution, RunPlan, completed_unmarked, resolve_dependencies
+from jitrender.plan import (
+    Resolution,
+    RunPlan,
+    completed_unmarked,
+    nuke_render_nodes,
+    resolve_dependencies,
+)
 from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
@@ -132,8 +138,10 @@ def job_cache(job: Job, options: RunOptions) -> Cache:
 
 
 def job_path_map(job: Job, options: RunOptions) -> PathMap:
-    path_map = job.path_mapping()
-    return path_map.merged(options.extra_path_map) if options.extra_path_map else path_map
+    """The job's rules with ``--path-map``'s; the job's scene and outputs URLs use them too."""
+    if options.extra_path_map is not None:
+        job.use_path_map(options.extra_path_map)
+    return job.path_mapping()
 
 
 class JobRun:
@@ -148,10 +156,10 @@ class JobRun:
         self._watcher = PreemptionWatcher(self.stop, self.stopping.notice)
         self.stores = Stores()
         self.retry = RetryPolicy(attempts=job.retries.storage)
+        self.path_map = job_path_map(job, options)  # first: the job's URLs go through it
         self.job_hash = job.job_hash()
         self.report = Report(job=job.display_name, job_hash=self.job_hash, task=options.task)
         self.patterns = OutputPatterns(job.outputs.files)
-        self.path_map = job_path_map(job, options)
         self.cache = job_cache(job, options)
         self.outputs_store = self.stores.for_url(job.outputs_url)
         self.markers = MarkerWriter(job, self.outputs_store, self.retry)
@@ -286,12 +294,11 @@ class JobRun:
         return resolution
 
     def _preflight_stages(self, workspace: Workspace, frames: list[int]) -> None:
-        """Build every stage's command once before fetching anything, so a bad template or
-        engine argument is a configuration error (78) that costs no transfer."""
-        for spec in self.job.stages:
-            sample = (frames[0],) if spec.per == "frame" else tuple(frames)
-            call = StageCall(spec.name, sample, workspace, spec.args, spec.command, spec.env)
-            engine_named(spec.engine or "command")(call)
+        """Every check ``validate`` makes too (templates, engine args, output patterns,
+        extras), before fetching anything: a configuration error (78) costs no transfer."""
+        from jitrender.preflight import check_job
+
+        check_job(self.job, frames, workspace)
 
     # -- 3. services, stages ----------------------------------------------------------------
 
@@ -462,6 +469,7 @@ def resolve_job_inputs(
         base_url=job.base_url + "/job",
         where=str(job.source),
         progress=progress,
+        render_nodes=nuke_render_nodes(job),
     )
 
 
@@ -478,6 +486,7 @@ def resolve_scene(
     where: str = "deps",
     base_url: str | None = None,
     progress: Progress | None = None,
+    render_nodes: tuple[str, ...] = (),
 ) -> Dependencies:
     """The dependencies ``frames`` of a scene (and of ``deps:`` entries) need, stat'ed against
     storage; fetches only the scene and the files the resolver must read (linked libraries,
@@ -498,6 +507,7 @@ def resolve_scene(
             base_url=base_url or where,
             where=where,
             progress=progress or QuietProgress(),
+            render_nodes=render_nodes,
         ).dependencies()
     finally:
         inputs.close()
@@ -507,18 +517,20 @@ def resolve_scene(
 
 def resolve_job(job: Job, frames: list[int], options: RunOptions) -> Dependencies:
     """:func:`resolve_scene` for ``job``'s scene, ``deps:``, path mapping and cache."""
+    path_map = job_path_map(job, options)  # first: the scene's URL goes through it
     return resolve_scene(
         job_cache(job, options),
         job.scene_url,
         frames,
         resolver=job.resolver,
-        path_map=job_path_map(job, options),
+        path_map=path_map,
         entries=job.deps,
         env=job.env,
         retry=RetryPolicy(attempts=job.retries.storage),
         where=str(job.source),
         base_url=job.base_url + "/job",
         progress=options.progress,
+        render_nodes=nuke_render_nodes(job),
     )
 
 
