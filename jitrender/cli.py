@@ -217,7 +217,8 @@ def deps(
     from jitrender.cache import Cache, default_cache_dir
     from jitrender.job import load_job
     from jitrender.paths import PathMap, file_url, is_url
-    from jitrender.run import RunOptions, resolve_job, resolve_scene
+    from jitrender.plan import resolve_scene
+    from jitrender.run import RunOptions, resolve_job
     from jitrender.sequences import parse_frames
 
     try:

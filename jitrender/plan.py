@@ -4,21 +4,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from jitrender.cache import Cache
 from jitrender.deps import Dependencies, Dependency, Unresolved
 from jitrender.errors import ConfigError
 from jitrender.inputs import Inputs
 from jitrender.job import DepSpec, Job, StageSpec
 from jitrender.outputs import OutputPatterns
 from jitrender.paths import PathMap
-from jitrender.progress import Progress
+from jitrender.progress import Progress, QuietProgress
 from jitrender.resolve import resolver_for
 from jitrender.resolve.base import ResolveContext
 from jitrender.resolve.manifest import entry_dependencies
-from jitrender.storage import ObjectInfo
+from jitrender.storage import ObjectInfo, RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -169,20 +171,82 @@ def _entry(ctx: ResolveContext, entry: str | DepSpec, source: str) -> Dependenci
     return entry_dependencies(ctx, written, source, entry.frames)
 
 
-# -- what is already done ---------------------------------------------------------------------
+def resolve_for_job(
+    job: Job, inputs: Inputs, frames: list[int], path_map: PathMap, progress: Progress
+) -> Resolution:
+    """``job``'s scene and ``deps:`` resolved for ``frames`` through ``inputs``."""
+    return resolve_dependencies(
+        inputs,
+        scene_url=job.scene_url,
+        resolver=job.resolver,
+        frames=frames,
+        path_map=path_map,
+        entries=job.deps,
+        env=job.env,
+        base_url=job.base_url + "/job",
+        where=str(job.source),
+        progress=progress,
+        render_nodes=nuke_render_nodes(job),
+    )
 
 
-def completed_unmarked(
-    frames: Iterable[int],
-    listing: Mapping[str, ObjectInfo],
-    expected_urls: Callable[[int], list[str]],
-    ours: Callable[[ObjectInfo], bool],
-) -> list[int]:
-    """Frames without a marker whose expected outputs all exist in ``listing`` (url -> info)
-    and were written by this job (a killed run uploaded them but did not mark them)."""
-    out = []
-    for frame in frames:
-        urls = expected_urls(frame)
-        if urls and all(u in listing for u in urls) and all(ours(listing[u]) for u in urls):
-            out.append(frame)
-    return out
+def resolve_scene(
+    cache: Cache,
+    scene_url: str | None,
+    frames: list[int],
+    *,
+    resolver: str = "auto",
+    path_map: PathMap,
+    entries: Sequence[str | DepSpec] = (),
+    env: Mapping[str, str] | None = None,
+    retry: RetryPolicy | None = None,
+    where: str = "deps",
+    base_url: str | None = None,
+    progress: Progress | None = None,
+    render_nodes: tuple[str, ...] = (),
+) -> Dependencies:
+    """The dependencies ``frames`` of a scene (and of ``deps:`` entries) need, stat'ed against
+    storage; fetches only the scene and the files the resolver must read (linked libraries,
+    precomps) into ``cache``."""
+    # Resolvers read the scene's files under their own names in a throwaway folder below the
+    # cache (same filesystem: hardlinks, no copies); its held lock marks it live meanwhile.
+    resolve_dir, lock_fd = cache.new_run_dir(f"deps-{Path(scene_url or where).name}")
+    inputs = Inputs(cache, resolve_dir / "inputs", retry=retry)
+    try:
+        return resolve_dependencies(
+            inputs,
+            scene_url=scene_url,
+            resolver=resolver,
+            frames=frames,
+            path_map=path_map,
+            entries=entries,
+            env=env,
+            base_url=base_url or where,
+            where=where,
+            progress=progress or QuietProgress(),
+            render_nodes=render_nodes,
+        ).dependencies()
+    finally:
+        inputs.close()
+        shutil.rmtree(resolve_dir, ignore_errors=True)
+        os.close(lock_fd)
+
+
+def resolve_job_scene(
+    job: Job, frames: list[int], cache: Cache, path_map: PathMap, progress: Progress
+) -> Dependencies:
+    """:func:`resolve_scene` with ``job``'s scene, resolver, ``deps:``, env and retries."""
+    return resolve_scene(
+        cache,
+        job.scene_url,
+        frames,
+        resolver=job.resolver,
+        path_map=path_map,
+        entries=job.deps,
+        env=job.env,
+        retry=RetryPolicy(attempts=job.retries.storage),
+        where=str(job.source),
+        base_url=job.base_url + "/job",
+        progress=progress,
+        render_nodes=nuke_render_nodes(job),
+    )

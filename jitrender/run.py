@@ -24,14 +24,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from jitrender.agent import Agent
@@ -49,21 +45,16 @@ from jitrender.errors import (
 )
 from jitrender.health import FrameOutcome, NodeHealth
 from jitrender.inputs import Inputs
-from jitrender.job import DepSpec, Job
-from jitrender.markers import MarkerWriter, frames_with_markers, marker_prefix
+from jitrender.job import Job
+from jitrender.markers import MarkerWriter, frames_already_done
 from jitrender.outputs import OutputPatterns, Uploader
 from jitrender.paths import PathMap, workspace_relpath
-from jitrender.plan import (
-    Resolution,
-    RunPlan,
-    completed_unmarked,
-    nuke_render_nodes,
-    resolve_dependencies,
-)
+from jitrender.plan import Resolution, RunPlan, resolve_for_job, resolve_job_scene
 from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
-from jitrender.storage import JOB_METADATA_KEY, ObjectInfo, RetryPolicy, Stores, with_retries
+from jitrender.stopping import Stop
+from jitrender.storage import RetryPolicy, Stores
 
 
 def _seconds_from_env(name: str, default: float) -> float:
@@ -95,40 +86,6 @@ class RunOptions:
     )
 
 
-class _Stop:
-    """The run's stop event: SIGTERM/SIGINT or a preemption notice set it; a second signal
-    exits at once with 75."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.event = threading.Event()
-        self.progress = progress
-        self.reason: str | None = None  # why it was set, when not by a signal
-        self.previous: dict[int, Any] = {}
-
-    def notice(self, reason: str) -> None:
-        self.reason = reason
-        self.progress.event("warning", message=f"{reason}: stopping")
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():
-            os._exit(int(ExitCode.TEMPFAIL))
-        self.progress.event("warning", message=f"got {signal.Signals(signum).name}: stopping")
-        self.event.set()
-
-    @contextlib.contextmanager
-    def signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        for signum in (int(signal.SIGTERM), int(signal.SIGINT)):
-            self.previous[signum] = signal.signal(signum, self._handle)
-        try:
-            yield
-        finally:
-            for signum, handler in self.previous.items():
-                signal.signal(signum, handler)
-
-
 def job_cache(job: Job, options: RunOptions) -> Cache:
     cache_dir = options.cache_dir or (
         Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir()
@@ -151,7 +108,7 @@ class JobRun:
         self.job = job
         self.options = options
         self.progress = options.progress
-        self.stopping = _Stop(self.progress)
+        self.stopping = Stop(self.progress)
         self.stop = self.stopping.event
         self._watcher = PreemptionWatcher(self.stop, self.stopping.notice)
         self.stores = Stores()
@@ -248,41 +205,18 @@ class JobRun:
     # -- 1. resume -----------------------------------------------------------------------
 
     def _resume(self, frames: list[int]) -> list[int]:
-        """Frames still to render. One listing of the outputs prefix finds markers and outputs."""
-        prefix, outputs = marker_prefix(self.job), self.job.outputs_url + "/"
-        store = self.outputs_store
-        existing = with_retries(lambda: store.list(outputs, recursive=True), outputs, self.retry)
-        marked = frames_with_markers((i for i in existing if i.url.startswith(prefix)), prefix)
-        marked &= set(frames)
-        by_url = {i.url: i for i in existing}
-        unmarked = [f for f in frames if f not in marked]
-        completed = completed_unmarked(unmarked, by_url, self._expected_urls, self._ours)
-        for frame in completed:
-            outputs_crc = {u: by_url[u].crc32c for u in self._expected_urls(frame)}
-            self.markers.write(frame, outputs_crc, resumed=True)
-        skipped = sorted(marked | set(completed))
+        """Frames still to render (see :func:`~jitrender.markers.frames_already_done`)."""
+        skipped = frames_already_done(frames, self.markers, self.patterns)
         self.report.skipped_already_done = skipped
         for frame in skipped:
             self.progress.event("frame", frame=frame, status="skipped")
         return [f for f in frames if f not in set(skipped)]
 
-    def _ours(self, info: ObjectInfo) -> bool:
-        if info.metadata.get(JOB_METADATA_KEY) == self.job_hash:
-            return True
-        if info.metadata:
-            return False
-        store = self.outputs_store  # listings may omit metadata
-        full = with_retries(lambda: store.stat(info.url), info.url, self.retry)
-        return full is not None and full.metadata.get(JOB_METADATA_KEY) == self.job_hash
-
-    def _expected_urls(self, frame: int) -> list[str]:
-        return [f"{self.job.outputs_url}/{rel}" for rel in self.patterns.expected_for(frame)]
-
     # -- 2. resolve ----------------------------------------------------------------------
 
     def _resolve(self, inputs: Inputs, frames: list[int]) -> Resolution:
         job, report = self.job, self.report
-        resolution = resolve_job_inputs(job, inputs, frames, self.path_map, self.progress)
+        resolution = resolve_for_job(job, inputs, frames, self.path_map, self.progress)
         report.unresolved = [u.to_json() for u in resolution.unresolved]
         report.missing = [d.to_json() for d in resolution.missing]
         report.deps_count, report.bytes_needed = resolution.count, resolution.bytes_needed
@@ -454,84 +388,11 @@ def _job_dir(job: Job) -> Path | None:
     return job.source.parent if job.source is not None else None
 
 
-def resolve_job_inputs(
-    job: Job, inputs: Inputs, frames: list[int], path_map: PathMap, progress: Progress
-) -> Resolution:
-    """``job``'s scene and ``deps:`` resolved for ``frames`` through ``inputs``."""
-    return resolve_dependencies(
-        inputs,
-        scene_url=job.scene_url,
-        resolver=job.resolver,
-        frames=frames,
-        path_map=path_map,
-        entries=job.deps,
-        env=job.env,
-        base_url=job.base_url + "/job",
-        where=str(job.source),
-        progress=progress,
-        render_nodes=nuke_render_nodes(job),
-    )
-
-
-def resolve_scene(
-    cache: Cache,
-    scene_url: str | None,
-    frames: list[int],
-    *,
-    resolver: str = "auto",
-    path_map: PathMap,
-    entries: Sequence[str | DepSpec] = (),
-    env: Mapping[str, str] | None = None,
-    retry: RetryPolicy | None = None,
-    where: str = "deps",
-    base_url: str | None = None,
-    progress: Progress | None = None,
-    render_nodes: tuple[str, ...] = (),
-) -> Dependencies:
-    """The dependencies ``frames`` of a scene (and of ``deps:`` entries) need, stat'ed against
-    storage; fetches only the scene and the files the resolver must read (linked libraries,
-    precomps) into ``cache``."""
-    # Resolvers read the scene's files under their own names in a throwaway folder below the
-    # cache (same filesystem: hardlinks, no copies); its held lock marks it live meanwhile.
-    resolve_dir, lock_fd = cache.new_run_dir(f"deps-{Path(scene_url or where).name}")
-    inputs = Inputs(cache, resolve_dir / "inputs", retry=retry)
-    try:
-        return resolve_dependencies(
-            inputs,
-            scene_url=scene_url,
-            resolver=resolver,
-            frames=frames,
-            path_map=path_map,
-            entries=entries,
-            env=env,
-            base_url=base_url or where,
-            where=where,
-            progress=progress or QuietProgress(),
-            render_nodes=render_nodes,
-        ).dependencies()
-    finally:
-        inputs.close()
-        shutil.rmtree(resolve_dir, ignore_errors=True)
-        os.close(lock_fd)
-
-
 def resolve_job(job: Job, frames: list[int], options: RunOptions) -> Dependencies:
-    """:func:`resolve_scene` for ``job``'s scene, ``deps:``, path mapping and cache."""
+    """:func:`~jitrender.plan.resolve_scene` for ``job``'s scene, ``deps:``, path mapping
+    and cache."""
     path_map = job_path_map(job, options)  # first: the scene's URL goes through it
-    return resolve_scene(
-        job_cache(job, options),
-        job.scene_url,
-        frames,
-        resolver=job.resolver,
-        path_map=path_map,
-        entries=job.deps,
-        env=job.env,
-        retry=RetryPolicy(attempts=job.retries.storage),
-        where=str(job.source),
-        base_url=job.base_url + "/job",
-        progress=options.progress,
-        render_nodes=nuke_render_nodes(job),
-    )
+    return resolve_job_scene(job, frames, job_cache(job, options), path_map, options.progress)
 
 
 def run_job(job: Job, options: RunOptions) -> Report:
