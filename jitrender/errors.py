@@ -62,10 +62,6 @@ class PermissionDeniedError(ConfigError):
     """401/403 from storage: credentials or IAM are wrong. Exit 78."""
 
 
-class OutputConflictError(DataError):
-    """An output object exists in the bucket with different content; it was not overwritten."""
-
-
 class Preempted(JitrenderError):
     """The run was asked to stop (SIGTERM/SIGINT or a preemption notice). Exit 75."""
 

@@ -34,6 +34,7 @@ from jitrender.errors import (
     TransientError,
 )
 from jitrender.paths import local_path_of, split_url
+from jitrender.registry import Registry
 
 T = TypeVar("T")
 
@@ -276,10 +277,6 @@ class Store(ABC):
         self.download(info, buffer)
         return buffer.getvalue()
 
-    @abstractmethod
-    def delete(self, url: str) -> None:
-        """Remove an object (used by ``--overwrite`` paths and tests, never by a normal run)."""
-
 
 def _compare(
     source: Path,
@@ -422,12 +419,6 @@ class LocalStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
-
-    def delete(self, url: str) -> None:
-        path = local_path_of(url)
-        path.unlink()
-        with contextlib.suppress(OSError):
-            _crc_sidecar(path).unlink()
 
 
 def _local_generation(st: os.stat_result) -> str:
@@ -695,10 +686,6 @@ class GCSStore(Store):
         outcome: PutOutcome = "created" if existing is None else "overwritten"
         return PutResult(outcome, self._info(blob))
 
-    def delete(self, url: str) -> None:
-        bucket_name, name = self._split(url)
-        self._client().bucket(bucket_name).blob(name).delete(retry=None)
-
 
 # -- anything else fsspec speaks ----------------------------------------------------------
 
@@ -773,21 +760,13 @@ class FsspecStore(Store):
         self.fs.put_file(str(source), self._path(url))
         return PutResult("created" if existing is None else "overwritten", self.stat(url))
 
-    def delete(self, url: str) -> None:
-        self.fs.rm_file(self._path(url))
-
 
 # -- registry -----------------------------------------------------------------------------
 
-_STORE_FACTORIES: dict[str, Callable[[str], Store]] = {
-    "file": lambda _scheme: LocalStore(),
-    "gs": lambda _scheme: GCSStore(),
-}
-
-
-def register_store(scheme: str, factory: Callable[[str], Store]) -> None:
-    """Make ``scheme://`` URLs use ``factory`` (fsspec-style registry)."""
-    _STORE_FACTORIES[scheme] = factory
+# scheme -> factory; a studio adds one with the ``jitrender.stores`` entry point.
+_STORE_FACTORIES: Registry[Callable[[str], Store]] = Registry("jitrender.stores")
+_STORE_FACTORIES.add("file", lambda _scheme: LocalStore())
+_STORE_FACTORIES.add("gs", lambda _scheme: GCSStore())
 
 
 class Stores:
@@ -802,7 +781,7 @@ class Stores:
         with self._lock:
             store = self._stores.get(scheme)
             if store is None:
-                factory = _STORE_FACTORIES.get(scheme, FsspecStore)
+                factory = _STORE_FACTORIES.get(scheme) or FsspecStore
                 try:
                     store = factory(scheme)
                 except (ImportError, ValueError) as exc:
