@@ -148,7 +148,7 @@ class JobRun:
         self.stop_reason: str | None = None  # why ``stop`` was set, when not by a signal
         self._watcher = PreemptionWatcher(self.stop, self._on_preemption_notice)
         self.stores = Stores()
-        self.retry = RetryPolicy(attempts=job.retries.storage)
+        self.retry = RetryPolicy(job.retries.storage, job.retries.storage_deadline)
         self.job_hash = job.job_hash()
         self.report = Report(job=job.display_name, job_hash=self.job_hash, task=options.task)
         self.patterns = OutputPatterns(job.outputs.files)
@@ -228,8 +228,8 @@ class JobRun:
         except Preempted as exc:
             reason = f" ({self.stop_reason})" if self.stop_reason else ""
             report.status, report.exit_code, report.error = "preempted", 75, exc.message + reason
-        except TransientError as exc:
-            report.status, report.exit_code, report.error = "preempted", 75, exc.message
+        except TransientError as exc:  # storage outlasted its retries: not a preemption
+            report.status, report.exit_code, report.error = "transient_failure", 75, exc.message
         except JitrenderError as exc:
             report.status, report.exit_code, report.error = (
                 "failed",
