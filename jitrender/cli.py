@@ -295,7 +295,7 @@ def status(
 ) -> None:
     """Frames done and missing, read from the bucket (done markers of this job's hash)."""
     from jitrender.job import load_job
-    from jitrender.run import frames_with_markers, marker_prefix
+    from jitrender.markers import frames_with_markers, marker_prefix
     from jitrender.sequences import format_frames, parse_frames
     from jitrender.storage import RetryPolicy, Stores, with_retries
 
@@ -322,6 +322,106 @@ def status(
         typer.echo(f"  done:    {len(done)} {format_frames(done)}")
         typer.echo(f"  missing: {len(missing)} {format_frames(missing)}")
     raise typer.Exit(0)
+
+
+@app.command()
+def submit(
+    job_file: Annotated[Path, typer.Argument(help="The job.yaml to submit.", metavar="JOB")],
+    farm: Annotated[
+        str, typer.Option("--farm", help="slurm | kubernetes | gcp-batch | aws-batch | openjd")
+    ],
+    tasks: Annotated[int | None, typer.Option("--tasks", help="Farm tasks to start.")] = None,
+    chunk: Annotated[
+        int | None, typer.Option("--chunk", help="Frames per task (sets the task count).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the farm's document; submit nothing.")
+    ] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Farm job name stem.")] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Container image (container farms).")
+    ] = None,
+    job_path: Annotated[
+        str | None,
+        typer.Option("--job-path", help="The job file as the farm's nodes see it (gs:// too)."),
+    ] = None,
+    queue: Annotated[
+        str | None, typer.Option("--queue", help="Slurm partition / AWS Batch job queue.")
+    ] = None,
+    cpus: Annotated[int, typer.Option("--cpus", help="CPUs per task.")] = 16,
+    memory: Annotated[str, typer.Option("--memory", help="Memory per task, e.g. 60GB.")] = "60GB",
+    time_limit: Annotated[
+        int, typer.Option("--time-limit", help="Seconds one attempt may run.")
+    ] = 21600,
+    parallelism: Annotated[
+        int | None, typer.Option("--parallelism", help="Tasks at once (default: all).")
+    ] = None,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", help="Retries per task after exit 75 / preemption.")
+    ] = 3,
+    node_cache_dir: Annotated[
+        str | None, typer.Option("--node-cache-dir", help="Cache folder on the farm's nodes.")
+    ] = None,
+    jitrender_command: Annotated[
+        str, typer.Option("--jitrender", help="Command that starts jitrender on a node.")
+    ] = "jitrender",
+    log_dir: Annotated[
+        Path | None, typer.Option("--log-dir", help="Slurm log folder (created).")
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle-dir", help="Where the OpenJD bundle is written.")
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option("--namespace", help="Kubernetes namespace.")
+    ] = "default",
+    kubernetes_version: Annotated[
+        str, typer.Option("--kubernetes-version", help="Oldest cluster version to target.")
+    ] = "1.29",
+    project: Annotated[str | None, typer.Option("--project", help="GCP project.")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="GCP / AWS region.")] = None,
+) -> None:
+    """Write the farm's own job for JOB (task count, exit-code retry policy, preemption) and
+    submit it with the farm's client; prints the farm's job id and how to follow it."""
+    from jitrender import submit as farms
+    from jitrender.cache import parse_size
+    from jitrender.job import load_job
+
+    try:
+        job = load_job(job_file)
+        options = farms.SubmitOptions(
+            farm=farm,
+            tasks=tasks,
+            chunk=chunk,
+            name=name,
+            image=image or farms.DEFAULT_IMAGE,
+            job_path=job_path,
+            queue=queue,
+            cpus=cpus,
+            memory_bytes=parse_size(memory, "--memory") or 0,
+            time_limit_s=time_limit,
+            parallelism=parallelism,
+            max_retries=max_retries,
+            cache_dir=node_cache_dir,
+            jitrender=jitrender_command,
+            log_dir=log_dir.resolve() if log_dir is not None else None,
+            bundle_dir=bundle,
+            namespace=namespace,
+            kubernetes_version=kubernetes_version,
+            project=project,
+            region=region,
+        )
+        document = farms.farm_job(job, options)
+        if dry_run:
+            if document.farm == "openjd" and bundle is not None:
+                farms.write_bundle(bundle, document)
+            typer.echo(document.document, nl=False)
+            raise typer.Exit(0)
+        farm_id = farms.submit(job, document, options)
+    except JitrenderError as exc:
+        _fail(exc)
+    typer.echo(f"submitted {document.name} to {farm}: {farm_id}")
+    typer.echo(f"{document.plan.count} tasks, {document.plan.frames} frames")
+    typer.echo(f"follow it with: {farms.status_command(job)}")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from jitrender.errors import ConfigError
-from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from
+from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from, split_url
 from jitrender.sequences import parse_frames
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
@@ -269,13 +269,80 @@ def load_job(path: Path) -> Job:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a job file is a YAML mapping (key: value lines)")
+    if _expanded_size_exceeds(data, MAX_DOCUMENT_NODES):
+        raise ConfigError(
+            f"{path}: the document expands to more than {MAX_DOCUMENT_NODES} values "
+            "(YAML aliases repeating aliases?); refusing it"
+        )
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
         node = yaml.compose(text)  # only now: positions for the error message
         raise ConfigError(_one_line(path, node, exc)) from None
+    problem = unsafe_paths(job)
+    if problem is not None:
+        loc, message = problem
+        line = _line_of(yaml.compose(text), loc)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {_format_loc(loc)}: {message}")
     job.source = path.resolve()
     return job
+
+
+# A job file is a few hundred values; a million means an alias bomb, not a job.
+MAX_DOCUMENT_NODES = 1_000_000
+
+
+def _expanded_size_exceeds(data: Any, limit: int) -> bool:
+    """True when the loaded document, with every alias expanded, holds more than ``limit``
+    values. Counts shared (aliased) containers each time they appear, as any consumer walking
+    the document would, and stops as soon as the limit is passed (so a bomb costs ``limit``)."""
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            count += len(item) // 1024  # a long string counts by its size too
+    return False
+
+
+def unsafe_paths(job: Job) -> tuple[list[str | int], str] | None:
+    """The first output setting that could write outside the outputs prefix, as (key path,
+    what is wrong); None when every one stays inside. Outputs patterns are relative to
+    ``outputs/`` and may not climb out of it; ``outputs.to`` names a bucket and holds no
+    ``.`` or ``..`` segment."""
+    for index, pattern in enumerate(job.outputs.files):
+        posix = pattern.replace("\\", "/")
+        if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+            return ["outputs", "files", index], (
+                f"{pattern!r} is an absolute path; output patterns are relative to the "
+                "workspace's outputs/ folder"
+            )
+        if ".." in posix.split("/"):
+            return ["outputs", "files", index], (
+                f"{pattern!r} climbs out of outputs/ with '..'; output patterns stay below it"
+            )
+    target = job.outputs.to
+    if is_url(target):
+        scheme, netloc, rest = split_url(target)
+        if scheme != "file" and not netloc:
+            return [
+                "outputs",
+                "to",
+            ], f"{target!r} names no bucket (write e.g. {scheme}://bucket/renders)"
+        if any(part in (".", "..") for part in rest.split("/")):
+            return ["outputs", "to"], (
+                f"{target!r} holds a '.' or '..' segment; name the prefix itself"
+            )
+    return None
 
 
 def _one_line(path: Path, node: yaml.Node | None, exc: ValidationError) -> str:
