@@ -242,12 +242,12 @@ class JobRun:
         return report
 
     def _record_health(self) -> None:
-        """Frames rendered or failed by their stages count towards the node's health; upload
-        conflicts and missing inputs are the job's fault, not the node's."""
+        """Frames rendered or failed by their stages go to the node's health record (which
+        decides what is the node's fault); upload conflicts and missing inputs never count."""
         name, job_hash = self.job.display_name, self.job_hash
         outcomes = [FrameOutcome(job_hash, name, f, True) for f in self.report.done]
         outcomes += [
-            FrameOutcome(job_hash, name, f.frame, False, f"{f.stage}: {f.why}")
+            FrameOutcome(job_hash, name, f.frame, False, f"{f.stage}: {f.why}", tuple(f.log_tail))
             for f in self.report.failures
             if f.stage != "upload"
         ]
