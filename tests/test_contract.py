@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import put_object
@@ -218,8 +219,6 @@ def test_missing_usd_extra_is_78_naming_the_extra(gcs_bucket: str, tmp_path: Pat
 
     found = sorted(CORPUS.glob("usd/cases/*/files/*.usda"))
     if not found:
-        import pytest
-
         pytest.skip(f"no USD corpus at {CORPUS}")
     scene = f"{gcs_bucket}/shot/{found[0].name}"
     put_object(scene, found[0].read_bytes())
@@ -402,3 +401,40 @@ def test_node_that_failed_one_jobs_frames_n_times_stops_taking_that_job(
     assert bad.phases("start") == [1, 2, 3]  # nothing ran the second time
     code, out, _ = run(good)  # other jobs still run here
     assert code == 0, out
+
+
+# -- 9. GPU rendering with the blender engine ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_blender_gpu_without_a_gpu_is_78_naming_what_it_looked_for(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bpy") is None:
+        pytest.skip("needs the bpy module (extra 'blender')")
+    import gzip
+
+    blends = sorted(CORPUS.glob("blend/blends/**/basic_file.blend.gz"))
+    if not blends:
+        pytest.skip(f"no Blender corpus at {CORPUS}")
+    scene = f"{gcs_bucket}/shot/basic_file.blend"
+    put_object(scene, gzip.decompress(blends[0].read_bytes()))
+    job = make_job(tmp_path / "job", gcs_bucket, "1", upload=False)
+    for device, looked in (("GPU", "OPTIX, CUDA, HIP, ONEAPI, METAL"), ("cuda", "CUDA")):
+        stage = {"name": "render", "engine": "blender", "args": {"device": device, "samples": 1}}
+        _rewrite(job, scene=scene, deps=[], stages=[stage],
+                 outputs={"to": f"{gcs_bucket}/r", "files": ["*.png"]})  # fmt: skip
+        checked = cli("validate", str(job.job_file))
+        if checked.returncode == 0:
+            pytest.skip("this machine has a GPU: the no-GPU path cannot be shown here")
+        assert checked.returncode == 78, checked.stderr
+        line = _error_line(checked.stderr)
+        assert "stages.render.args.device" in line and f"looked for {looked})" in line, line
+        if device != "GPU":
+            continue  # one run shows run refuses it the same way; each costs a Blender start
+        code, out, report = run(job)
+        assert code == 78, out
+        assert line in out.splitlines()
+        assert report["cache"]["bytes_fetched"] == 0  # refused before fetching the scene
