@@ -1,13 +1,18 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# PYTHON may be python3.11, python3.12 or python3.13 (e.g. make test PYTHON=python3.13); a
+# .venv made by another Python is made again.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+STAMP  := $(VENV)/.installed-$(PYVER)
 
 .PHONY: demo test lint typecheck unit bench bench-quick clean
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYVER)" || { echo "make: $(PYTHON) does not run" >&2; exit 1; }
+	test "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+	  = "$(PYVER)" || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[blender,usd,fuse,test]'
 	touch $(STAMP)

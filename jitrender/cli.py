@@ -142,6 +142,7 @@ def run(
             task=task,
             mount=mount,
         )
+        _refuse_if_unfit(job, cache_dir)
     except JitrenderError as exc:
         if progress == "json":  # only JSON lines on stderr, the failure included
             stream.event("result", status="failed", exit_code=int(exc.exit_code), error=exc.message)
@@ -182,6 +183,18 @@ def run(
         sys.stderr.flush()
         os._exit(result.exit_code)
     raise typer.Exit(result.exit_code)
+
+
+def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:
+    """A drained node, or one that blocked this job, starts nothing (exit 69)."""
+    from jitrender.cache import default_cache_dir
+    from jitrender.errors import NodeUnavailable
+    from jitrender.health import NodeHealth
+
+    root = cache_dir or (Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir())
+    why = NodeHealth(root).refusal(job.job_hash())
+    if why is not None:
+        raise NodeUnavailable(why)
 
 
 @app.command()
@@ -529,11 +542,15 @@ def health(
     cache_dir: CacheDir = None,
     as_json: JsonFlag = False,
     reset: Annotated[
-        bool, typer.Option("--reset", help="Forget the failure streak (after repairing the node).")
+        bool,
+        typer.Option(
+            "--reset", help="Forget the failure streak and blocked jobs (after repairing the node)."
+        ),
     ] = False,
 ) -> None:
-    """Is this node fit for work? Exit 0 healthy, 69 unhealthy (it failed frames of several
-    jobs in a row: drain it). Reads health.json in the cache folder."""
+    """Is this node fit for work? Exit 0 healthy, 69 unhealthy (frames of several jobs failed
+    in a row for the node's own reasons: signals, OOM, GPU/driver errors; drain it). Also
+    lists the jobs this node has blocked. Reads health.json in the cache folder."""
     from jitrender.cache import default_cache_dir
     from jitrender.health import NodeHealth
 
@@ -555,7 +572,15 @@ def health(
             f"{state['thresholds']['failed_jobs']} jobs)"
         )
         for item in state["recent_failures"]:
-            typer.echo(f"  {item['job_name']} frame {item['frame']}: {item['why']}")
+            typer.echo(
+                f"  {item['job_name']} frame {item['frame']}: {item.get('cause', '')}: "
+                f"{item['why']}"
+            )
+        for job_hash, item in state["blocked_jobs"].items():
+            typer.echo(
+                f"  blocked job {item.get('job_name')} ({job_hash}): {item['failures']} failed "
+                "frames here; it takes no more of its frames"
+            )
     raise typer.Exit(0 if state["healthy"] else int(ExitCode.UNHEALTHY))
 
 

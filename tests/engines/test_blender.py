@@ -266,7 +266,7 @@ def test_a_blender_binary_gets_the_scene_and_options_after_double_dash(
         ({"resolution": [320]}, "resolution"),
         ({"format": "TIFF"}, "format"),
         ({"engine": "LUXCORE"}, "engine"),
-        ({"device": "GPU"}, "device"),
+        ({"device": "VULKAN"}, "device"),
         ({"percentage": 0}, "percentage"),
         ({"output": "/abs/frame.####.png"}, "output"),
         ({"output": "../up.####.png"}, "output"),
