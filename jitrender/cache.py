@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from jitrender.errors import ConfigError
+from jitrender.errors import ConfigError, TransientError
 from jitrender.storage import (
     ChecksumMismatch,
     Crc32cWriter,
@@ -182,13 +182,20 @@ class Cache:
         # Threads queue here, not in sqlite's busy handler, which sleeps up to 100 ms per try.
         with self._write_lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                raise TransientError(
+                    f"{self.root}/index.sqlite: no space left on the cache's disk ({exc})"
+                ) from None
 
     def _record(
         self,
@@ -386,20 +393,38 @@ class Cache:
             if found is not None:  # another process fetched it while we waited
                 return CacheResult(found, False, 0)
             final = self.object_path(info)
-            final.parent.mkdir(exist_ok=True, mode=0o700)
             part = self.part_path(key)
             try:
+                final.parent.mkdir(exist_ok=True, mode=0o700)
                 if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
                     self.ranged.download(info, store, part)  # verifies the crc32c
                 else:
                     self._download_whole(info, store, part)
                 self.install(part, final)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise self.no_space(info) from None
+                raise
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
         self._record([info])  # indexed at once, so every process's eviction counts it
         self._maybe_evict(keep=(key,))
         return CacheResult(final, True, info.size)
+
+    def no_space(self, info: ObjectInfo) -> TransientError:
+        """The one-line error for a download that found the cache's disk full. Exit 75: a
+        retry on another node (or here, once other jobs' entries are evicted) may have room."""
+        try:
+            folder = os.statvfs(self.root)
+            free = f"{folder.f_bavail * folder.f_frsize} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return TransientError(
+            f"{self.root}: no space left on the cache's disk for {info.url} ({info.size} bytes "
+            f"needed, {free}); free space there, cap the cache (--cache-max-size) or use a "
+            "bigger --cache-dir"
+        )
 
     def part_path(self, key: str) -> Path:
         """A private temp name in the cache's own file system (renamed into place when whole;

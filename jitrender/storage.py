@@ -29,6 +29,7 @@ from jitrender.errors import (
     ConfigError,
     JitrenderError,
     MissingDependencyError,
+    ObjectNameError,
     PermissionDeniedError,
     TransientError,
 )
@@ -185,6 +186,10 @@ def with_retries(
         try:
             return call()
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+                raise ObjectNameError(
+                    f"{url}: a name in this path is longer than the local file system allows"
+                ) from None
             kind = classify(exc)
             if kind == "missing":
                 raise MissingDependencyError(url) from exc
