@@ -27,6 +27,7 @@ import google_crc32c
 
 from jitrender.errors import (
     ConfigError,
+    DataError,
     JitrenderError,
     MissingDependencyError,
     ObjectNameError,
@@ -634,7 +635,9 @@ class GCSStore(Store):
         )
         if info.generation.isdigit():
             url += f"&generation={info.generation}"  # pinned: a newer version is never mixed in
-        headers = {"Accept-Encoding": "identity"}  # the stored bytes, as their crc32c covers
+        # "gzip" is what makes GCS send a gzip-encoded object as stored (with "identity" it
+        # decompresses it, and neither size nor crc32c match); other objects are never encoded.
+        headers = {"Accept-Encoding": "gzip"}
         last = (end if end is not None else info.size) - 1
         if start > 0 or last < info.size - 1:
             headers["Range"] = f"bytes={start}-{last}"
@@ -658,6 +661,15 @@ class GCSStore(Store):
             url, headers=headers, stream=True, timeout=(30, 300)
         ) as response:
             response.raise_for_status()  # HTTPError carries the status classify() reads
+            stored = response.headers.get("X-Goog-Stored-Content-Encoding", "identity")
+            served = response.headers.get("Content-Encoding", "identity")
+            if stored.lower() != served.lower():
+                # Served transformed (decoded): its bytes can never match what the store
+                # promises, so retrying cannot help. The job's data (or a proxy) is the problem.
+                raise DataError(
+                    f"{info.url}: stored with Content-Encoding {stored!r} but served as "
+                    f"{served!r}; cannot verify it against its size and crc32c"
+                )
             while piece := response.raw.read(1 << 20, decode_content=False):
                 sink.write(piece)
 
