@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from jitrender.errors import ConfigError, TransientError
+from jitrender.errors import ConfigError, DataError, TransientError
 from jitrender.storage import (
     ChecksumMismatch,
     Crc32cWriter,
@@ -464,8 +464,11 @@ class Cache:
 
     def link_into(self, cached: Path, dest: Path) -> None:
         """Hardlink a cached object to ``dest`` (a copy when the workspace is on another
-        filesystem). The link keeps the bytes alive even if the cache evicts the entry."""
+        filesystem). The link keeps the bytes alive even if the cache evicts the entry.
+        Raises :class:`DataError` where a folder on the way (below ``runs/``) is a symlink a
+        stage made: a link through it would land outside the workspace."""
         dest.parent.mkdir(parents=True, exist_ok=True)
+        self._refuse_symlinks_below_runs(dest.parent)
         with contextlib.suppress(FileNotFoundError):
             dest.unlink()
         try:
@@ -474,6 +477,20 @@ class Cache:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             shutil.copyfile(cached, dest)
+
+    def _refuse_symlinks_below_runs(self, folder: Path) -> None:
+        try:
+            below = folder.relative_to(self.runs)
+        except ValueError:
+            return  # not a run's workspace (a standalone agent's folder): its owner's choice
+        current = self.runs
+        for part in below.parts:
+            current = current / part
+            if current.is_symlink():
+                raise DataError(
+                    f"{current}: is a symlink (made by a stage?); refusing to place an input "
+                    "through it, outside the workspace"
+                )
 
     # -- eviction ------------------------------------------------------------------------
 
@@ -609,7 +626,37 @@ class Cache:
             if run.is_dir() and not run_is_live(run):
                 shutil.rmtree(run, ignore_errors=True)
                 runs += 1
-        return {"partial_downloads_removed": parts, "dead_workspaces_removed": runs}
+        agents = 0
+        for folder in self._dead_agent_folders():
+            shutil.rmtree(folder, ignore_errors=True)
+            agents += 1
+        return {
+            "partial_downloads_removed": parts,
+            "dead_workspaces_removed": runs,
+            "dead_agent_folders_removed": agents,
+        }
+
+    def _dead_agent_folders(self) -> Iterator[Path]:
+        """``$TMPDIR/jitrender-agent-*`` folders (socket and session of a run's agent, kept in
+        the temp folder for the socket path's ~107-byte limit) whose run, a workspace of this
+        cache, is gone: a killed run cannot remove its own."""
+        import json
+        import tempfile
+
+        runs = str(self.runs.resolve()) + os.sep
+        for folder in Path(tempfile.gettempdir()).glob("jitrender-agent-*"):
+            try:
+                st = folder.lstat()
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    continue
+                session = json.loads((folder / "session.json").read_text())
+                workspace = Path(str(session["workspace"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not ours to judge (or still starting)
+            if not str(workspace.resolve()).startswith(runs):
+                continue  # another cache's run, or a standalone agent
+            if not workspace.is_dir() or not run_is_live(workspace):
+                yield folder
 
     def prune(self, max_bytes: int | None = None) -> dict[str, int]:
         cleaned = self.clean_leftovers()

@@ -852,6 +852,9 @@ class JobRun:
                 continue
             self.report.failed.append(frame)
             why = "outputs not uploaded"
+            refused = [r for r in errors if self.patterns.frame_of(r.relpath) == frame]
+            if refused and refused[0].error:
+                why = refused[0].error  # say why (a refused symlink, a storage error)
             bad = [u for u in conflicts if self.patterns.frame_of(u) == frame]
             if bad:
                 why = f"output exists in the bucket with other content: {bad[0]}"
