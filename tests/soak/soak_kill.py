@@ -9,6 +9,7 @@ rerun that must finish the job. Reports what the promises forbid, all of which m
 - verify:       ``jitrender cache verify`` entries found bad
 - leftovers:    temp/part files, dead workspaces, agent folders left after the rerun
 - rerun_failed: reruns that did not exit 0
+- sigterm_not_75: SIGTERMed runs that did not exit 75 (-15: killed by the signal itself)
 
 and the slowest SIGTERM exit (must be under 15 s). Run: ``make soak`` (100 trials) or
 ``python -m tests.soak.soak_kill --trials 12``.
@@ -87,6 +88,7 @@ class Tally:
             "leftovers": self.leftovers,
             "rerun_failed": self.rerun_failed,
             "sigterm_exits": len(self.term_exits),
+            "sigterm_not_75": sum(n for code, n in self.term_codes.items() if code != 75),
             "sigterm_exit_codes": dict(self.term_codes),
             "slowest_sigterm_exit_s": round(max(self.term_exits, default=0.0), 2),
             "notes": self.notes[:20],
@@ -299,6 +301,7 @@ def main() -> None:
             "verify_failures",
             "leftovers",
             "rerun_failed",
+            "sigterm_not_75",
         )
     )
     sys.exit(1 if bad or result["slowest_sigterm_exit_s"] >= TERM_DEADLINE_S else 0)
