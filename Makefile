@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 STAMP  := $(VENV)/.installed-$(PYVER)
 
-.PHONY: demo test lint typecheck unit bench bench-quick clean
+.PHONY: demo test lint typecheck unit bench bench-quick soak clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYVER)" || { echo "make: $(PYTHON) does not run" >&2; exit 1; }
@@ -39,6 +39,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+# Kill soak (not part of `make test`): random kill -9 / SIGTERM of real runs on file:// and
+# gs://, each rerun to completion; prints the counts that must all be 0 (~8 s a trial).
+SOAK_TRIALS ?= 100
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak.soak_kill --trials $(SOAK_TRIALS)
 
 clean:
 	rm -rf $(VENV) examples/*/bucket examples/*/.cache examples/*/work benchmarks/results

@@ -52,6 +52,11 @@ class MissingDependencyError(DataError):
         self.source = source
 
 
+class ObjectNameError(DataError, ValueError):
+    """An object or path name this node cannot hold: a ``..`` segment, a name longer than the
+    local file system allows, bytes that are not UTF-8. Exit 65."""
+
+
 class TransientError(JitrenderError):
     """A storage or network failure that outlasted its retries. Exit 75: retry the task."""
 

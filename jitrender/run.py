@@ -315,6 +315,10 @@ class JobRun:
             if frame in report.done or frame in failures:  # stage failures come first
                 continue
             why = "outputs not uploaded"
+            errors = [r for r in uploader.records.values() if r.outcome == "error"]
+            refused = [r for r in errors if self.patterns.frame_of(r.relpath) == frame]
+            if refused and refused[0].error:
+                why = refused[0].error  # say why (a refused symlink, a storage error)
             bad = [u for u in report.conflicts if self.patterns.frame_of(u) == frame]
             if bad:
                 why = f"output exists in the bucket with other content: {bad[0]}"

@@ -30,6 +30,7 @@ from jitrender.errors import (
     DataError,
     JitrenderError,
     MissingDependencyError,
+    ObjectNameError,
     PermissionDeniedError,
     TransientError,
 )
@@ -210,6 +211,10 @@ def with_retries(
         last = exc.cause if isinstance(exc.cause, BaseException) else exc
         raise _transient(url, failures, started, last) from last
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+            raise ObjectNameError(
+                f"{url}: a name in this path is longer than the local file system allows"
+            ) from None
         kind = classify(exc)
         if kind == "missing":
             raise MissingDependencyError(url) from exc
@@ -443,6 +448,23 @@ class LocalStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
+
+    def put_bytes_if_absent(
+        self, data: bytes, url: str, metadata: Mapping[str, str] | None = None
+    ) -> PutResult:
+        """As the base class, but the bytes wait in a part file next to the object (never in
+        ``$TMPDIR``): a killed process's part is removed by the next put there."""
+        final = local_path_of(url)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        source = final.with_name(
+            f".{final.name}.{os.getpid()}.{random.getrandbits(32):08x}.src{_PART_SUFFIX}"
+        )
+        try:
+            source.write_bytes(data)
+            return self.put_if_absent(source, url, metadata)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                source.unlink()
 
 
 def _local_generation(st: os.stat_result) -> str:
@@ -709,6 +731,26 @@ class GCSStore(Store):
             return _compare(source, self.stat(url), url)
         outcome: PutOutcome = "created" if existing is None else "overwritten"
         return PutResult(outcome, self._info(blob))
+
+    def put_bytes_if_absent(
+        self, data: bytes, url: str, metadata: Mapping[str, str] | None = None
+    ) -> PutResult:
+        """One create-if-absent upload straight from memory (no temp file a kill could leave)."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        bucket_name, name = self._split(url)
+        blob = self._client().bucket(bucket_name).blob(name)
+        if metadata:
+            blob.metadata = dict(metadata)
+        try:
+            blob.upload_from_string(data, if_generation_match=0, checksum="crc32c", retry=None)
+        except PreconditionFailed:
+            existing = self.stat(url)
+            if existing is None:
+                return PutResult("conflict", None)
+            same = existing.crc32c == crc32c_of_bytes(data)
+            return PutResult("identical" if same else "conflict", existing)
+        return PutResult("created", self._info(blob))
 
 
 # -- anything else fsspec speaks ----------------------------------------------------------
