@@ -42,6 +42,7 @@ from jitrender.paths import url_basename, url_dirname
 from jitrender.resolve import register
 from jitrender.resolve.base import ResolveContext, file_dependencies
 from jitrender.resolve.blend_frames import (
+    BLEND_REPLACE,
     CHANNEL_MUTE,
     STRIP_MUTE,
     STRIP_TYPE_IMAGE,
@@ -265,10 +266,12 @@ def _blocks_in_scope(
     placeholders: list[Block] = []
     if names is None:
         blocks = []
+        used = _used_by_scenes(bfile)
         for block in bfile.blocks:
             if block.code == b"ID":
                 placeholders.append(block)
-            elif len(block.code) <= 2 and block.code != b"DATA":
+            elif len(block.code) <= 2 and (block.code == b"LI" or block.addr_old in used):
+                # Blender opens every library at load; other datablocks only when rendered.
                 blocks.append(block)
         return blocks, placeholders
     queue: list[Block] = []
@@ -293,6 +296,42 @@ def _blocks_in_scope(
         except _PARSE_ERRORS as exc:
             parsed.deps.unresolved.append(_unreadable(block.id_name, "", exc))
     return [b for b in reached.values() if b.code != b"ID"], placeholders
+
+
+def _used_by_scenes(bfile: Any) -> set[int]:
+    """Addresses of the blocks a chain of pointers reaches from any scene: what a render of one
+    of the file's scenes may read. Orphan datablocks (no users, saved anyway) and those only a
+    brush uses are left out; Blender renders neither.
+
+    Every aligned pointer-sized word of a block's data that is the address of a block counts as
+    a pointer (a stray integer equal to an address only makes the answer more conservative).
+    """
+    size = int(bfile.header.pointer_size)
+    order = "<" if bfile.header.is_little_endian else ">"
+    word = f"{order}{'Q' if size == 8 else 'I'}"
+    addresses = bfile.block_from_addr
+    queue = [block for block in bfile.blocks if block.code == b"SC"]
+    used = {block.addr_old for block in queue}
+    while queue:
+        block = queue.pop()
+        data = block.raw_data()
+        data = data[: len(data) - len(data) % size]
+        for (value,) in set(struct.iter_unpack(word, data)):
+            target = addresses.get(value) if value else None
+            if target is None or target.addr_old in used or target.code in _NOT_RENDERED:
+                continue
+            if block.code in _NO_TEXTURE_SLOTS and target.dna_type_name == "MTex":
+                continue
+            used.add(target.addr_old)
+            queue.append(target)
+    return used
+
+
+# Datablocks a render never reads through: brushes (and what only they use), screens, windows.
+_NOT_RENDERED = frozenset({b"BR", b"SR", b"WM", b"WS", b"PL", b"PC"})
+# Blender Internal texture slots of materials, lights and worlds (files before 2.80): Blender
+# 2.80 and later drop them on load, so the textures only they use are never read.
+_NO_TEXTURE_SLOTS = frozenset({b"MA", b"LA", b"WO"})
 
 
 def _expand(block: Block) -> Iterator[Block | None]:
@@ -590,6 +629,7 @@ def _read_strips(
                 inputs=tuple(positions[p] for p in input_pointers if p in positions),
                 strips=children,
                 retimed=int(_field(block, (b"retiming_keys_num", b"retiming_handle_num"), 0)) > 1,
+                replaces=int(_field(block, (b"blend_mode",), -1)) == BLEND_REPLACE,
             )
         )
     return tuple(strips)
