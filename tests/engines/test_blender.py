@@ -302,3 +302,51 @@ def test_a_job_without_a_scene_is_a_config_error(tmp_path: Path) -> None:
     call = StageCall("render", (1,), Workspace(tmp_path, None))
     with pytest.raises(ConfigError, match=r"^stages\.render: engine 'blender' needs"):
         engine_named("blender")(call)
+
+
+BUILD_SEQUENCER_SCENE = textwrap.dedent(
+    """
+    import sys
+    import bpy
+
+    folder = sys.argv[1]
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    for number, rgb in ((1, (0, 200, 0)), (2, (0, 0, 200))):
+        image = bpy.data.images.new(f"e{number}", 8, 8)
+        image.pixels = [*(c / 255 for c in rgb), 1.0] * 64
+        image.filepath_raw = f"{folder}/edit/shot.{number:04d}.png"
+        image.file_format = "PNG"
+        image.save()
+        bpy.data.images.remove(image)
+    editor = scene.sequence_editor_create()
+    strip = editor.strips.new_image("shot", folder + "/edit/shot.0001.png", 1, 1)
+    strip.elements.append("shot.0002.png")
+    assert scene.camera is None and not any(o.type == "CAMERA" for o in bpy.data.objects)
+    scene.render.resolution_x, scene.render.resolution_y = 32, 24
+    scene.view_settings.view_transform = "Standard"
+    bpy.ops.wm.save_as_mainfile(filepath=folder + "/edit.blend", relative_remap=True)
+    """
+)
+
+
+def test_a_sequencer_only_scene_without_a_camera_renders_its_strips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blender renders the video sequencer's strips without a camera; so does the engine."""
+    without_blender_on_path(monkeypatch)
+    inputs = tmp_path / "ws" / "inputs" / "file" / "_" / "bucket"
+    inputs.mkdir(parents=True)
+    script = tmp_path / "build_edit.py"
+    script.write_text(BUILD_SEQUENCER_SCENE)
+    subprocess.run([sys.executable, str(script), str(inputs)], check=True, capture_output=True)
+    ws = Workspace(tmp_path / "ws", inputs / "edit.blend")
+    ws.create()
+
+    result = run(engine_named("blender")(call_for(ws, (1, 2))))
+
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for frame, rgb in ((1, GREEN), (2, BLUE)):
+        image = read_png(ws.outputs / f"edit.{frame:04d}.png")
+        assert image.shape[:2] == (24, 32)
+        assert_close(colour_at(image, 16, 12), rgb)
