@@ -312,19 +312,69 @@ def _used_by_scenes(bfile: Any) -> set[int]:
     addresses = bfile.block_from_addr
     queue = [block for block in bfile.blocks if block.code == b"SC"]
     used = {block.addr_old for block in queue}
+
+    def reach(target: Block) -> None:
+        if target.addr_old not in used:
+            used.add(target.addr_old)
+            queue.append(target)
+
     while queue:
         block = queue.pop()
+        if block.dna_type_name == "bNodeTree":
+            for node in _live_nodes(block):
+                reach(node)
         data = block.raw_data()
         data = data[: len(data) - len(data) % size]
         for (value,) in set(struct.iter_unpack(word, data)):
             target = addresses.get(value) if value else None
-            if target is None or target.addr_old in used or target.code in _NOT_RENDERED:
+            if target is None or target.code in _NOT_RENDERED:
                 continue
             if block.code in _NO_TEXTURE_SLOTS and target.dna_type_name == "MTex":
                 continue
-            used.add(target.addr_old)
-            queue.append(target)
+            if target.dna_type_name != "bNode":  # nodes count only when live (above)
+                reach(target)
     return used
+
+
+def _live_nodes(tree: Block) -> list[Block]:
+    """The nodes of a node tree that feed one of its outputs (material, world or light output,
+    group output, compositor outputs): what Blender evaluates. Muted links and links from a
+    shader socket into a non-shader socket (which Blender marks invalid) feed nothing. A tree
+    without an output node is taken whole."""
+    nodes = list(iterators.listbase(tree.get_pointer((b"nodes", b"first"))))
+    live = [node for node in nodes if _is_output(node)]
+    if not live:
+        return nodes
+    feeders: dict[int, list[int]] = {}
+    for link in iterators.listbase(tree.get_pointer((b"links", b"first"))):
+        if int(link[b"flag"]) & _NODE_LINK_MUTED:
+            continue
+        from_socket = link.get_pointer(b"fromsock", default=None)
+        to_socket = link.get_pointer(b"tosock", default=None)
+        if from_socket is None or to_socket is None:
+            continue
+        if int(from_socket[b"type"]) == _SOCK_SHADER != int(to_socket[b"type"]):
+            continue
+        feeders.setdefault(int(link[b"tonode"]), []).append(int(link[b"fromnode"]))
+    by_address = {node.addr_old: node for node in nodes}
+    seen = {node.addr_old for node in live}
+    stack = list(seen)
+    while stack:
+        for address in feeders.get(stack.pop(), []):
+            if address in by_address and address not in seen:
+                seen.add(address)
+                stack.append(address)
+                live.append(by_address[address])
+    return live
+
+
+def _is_output(node: Block) -> bool:
+    idname = _text(bytes(node[b"idname"])) if node.dna_type.has_field(b"idname") else ""
+    return "Output" in idname or idname in ("CompositorNodeComposite", "CompositorNodeViewer")
+
+
+_SOCK_SHADER = 3  # bNodeSocket.type (eNodeSocketDatatype)
+_NODE_LINK_MUTED = 1 << 4  # bNodeLink.flag
 
 
 # Datablocks a render never reads through: brushes (and what only they use), screens, windows.
