@@ -11,6 +11,8 @@ each test runs ``jitrender deps SCENE --frames F --json`` in a subprocess on the
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import subprocess
 import sys
@@ -73,12 +75,12 @@ def gcs_corpus(gcs_server: str, bucket_root: Path) -> str:
     return f"gs://{name}"
 
 
-def deps(bucket_url: str, case: str, cache: Path) -> dict[str, Any]:
-    """``jitrender deps`` of one case, the way a user runs it; the parsed JSON."""
+def deps(bucket_url: str, scene: str, frames: str, cache: Path) -> dict[str, Any]:
+    """``jitrender deps`` of one scene (bucket-relative), the way a user runs it; the JSON."""
     done = subprocess.run(
         [
             sys.executable, "-m", "jitrender.cli", "deps",
-            f"{bucket_url}/{CASES[case].scene}", "--frames", CASES[case].frames, "--json",
+            f"{bucket_url}/{scene}", "--frames", frames, "--json",
             "--path-map", f"{blend_corpus.AUTHOR_ROOT}={bucket_url}",
             "--path-map", f"{blend_corpus.FONT_ROOT}={bucket_url}/{blend_corpus.FONT_FOLDER}",
             "--cache-dir", str(cache),
@@ -114,12 +116,13 @@ def test_deps_lists_what_blender_reads_for_the_frames_and_nothing_else(
     case: str, bucket_root: Path, tmp_path: Path
 ) -> None:
     url = f"file://{bucket_root}"
-    check(deps(url, case, tmp_path / "cache"), url, case)
+    check(deps(url, CASES[case].scene, CASES[case].frames, tmp_path / "cache"), url, case)
 
 
 @pytest.mark.parametrize("case", GCS_CASES)
 def test_the_same_on_a_gcs_bucket(case: str, gcs_corpus: str, tmp_path: Path) -> None:
-    check(deps(gcs_corpus, case, tmp_path / "cache"), gcs_corpus, case)
+    document = deps(gcs_corpus, CASES[case].scene, CASES[case].frames, tmp_path / "cache")
+    check(document, gcs_corpus, case)
 
 
 def test_every_corpus_file_is_a_case_and_has_an_expectation() -> None:
@@ -131,3 +134,67 @@ def test_every_corpus_file_is_a_case_and_has_an_expectation() -> None:
     }
     assert scenes == {case.scene for case in blend_corpus.CASES}
     assert set(EXPECTED) == set(CASES)
+
+
+def small_bucket(root: Path, scene: str, files: dict[str, bytes]) -> str:
+    """A bucket with one corpus scene (uncompressed, as Blender also reads it) and ``files``."""
+    import zstandard
+
+    packed = blend_corpus.CORPUS / "blends" / f"{scene}.gz"
+    if not packed.is_file():
+        pytest.skip(f"the public corpus is not here: {blend_corpus.CORPUS}")
+    data = gzip.decompress(packed.read_bytes())
+    if data.startswith(b"\x28\xb5\x2f\xfd"):  # Blender 5 saves zstd-compressed files
+        data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+    for rel, content in {scene: data, **files}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(content)
+    return f"file://{root}"
+
+
+def test_a_udim_tile_in_the_image_list_but_not_in_storage_is_missing_and_decoys_are_not_listed(
+    tmp_path: Path,
+) -> None:
+    scene = f"{blend_corpus.GLTF}/scenes/33_udim.blend"
+    # the image's tiles are 1001, 1002, 1011 and 1012; 1012 is absent, 1003/1013 are decoys
+    tiles = {f"{blend_corpus.GLTF}/scenes/test.{t}.png": b"tile" for t in (1001, 1002, 1011)}
+    decoys = {f"{blend_corpus.GLTF}/scenes/test.{t}.png": b"decoy" for t in (1003, 1013)}
+    url = small_bucket(tmp_path / "bucket", scene, {**tiles, **decoys})
+    document = deps(url, scene, "1", tmp_path / "cache")
+    found, missing = relative(document, url)
+    mine = {rel for rel in found | missing if "/test." in rel}
+    assert mine == {f"{blend_corpus.GLTF}/scenes/test.{t}.png" for t in (1001, 1002, 1011, 1012)}
+    assert f"{blend_corpus.GLTF}/scenes/test.1012.png" in missing
+    assert {m["url"] for m in document["missing"]} >= {
+        f"{url}/{blend_corpus.GLTF}/scenes/test.1012.png"
+    }
+    assert document["unresolved"] == []
+
+
+def test_a_dangling_bakes_pointer_is_one_unresolved_entry_not_a_failed_file(
+    tmp_path: Path,
+) -> None:
+    """38_pointcloud_GN.blend (Blender 5.1) leaves a Geometry Nodes modifier's ``bakes`` pointer
+    dangling with ``bakes_num`` 0, which Blender ignores (the corpus case above: no entry at
+    all). With ``bakes_num`` patched to 1 the pointer is read and dangles: that modifier is
+    reported unresolved and the command still succeeds."""
+    from blender_asset_tracer import blendfile
+    from blender_asset_tracer.blendfile import iterators
+
+    scene = f"{blend_corpus.GLTF}/scenes/38_pointcloud_GN.blend"
+    url = small_bucket(tmp_path / "bucket", scene, {})
+    path = tmp_path / "bucket" / scene
+    bfile = blendfile.BlendFile(path)
+    try:
+        cube = next(b for b in bfile.find_blocks_from_code(b"OB") if b.id_name == b"OBCube")
+        modifier = next(iter(iterators.modifiers(cube)))
+        assert modifier[b"bakes_num"] == 0
+        offset = modifier.abs_offset((b"bakes_num",))[0]
+    finally:
+        bfile.close()
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 4] = (1).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    document = deps(url, scene, "1", tmp_path / "cache")
+    assert [u["source"] for u in document["unresolved"]] == ["OB:Cube.modifiers[0]"]
+    assert "does not read" in document["unresolved"][0]["why"]
