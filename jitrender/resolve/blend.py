@@ -312,6 +312,7 @@ def _used_by_scenes(bfile: Any) -> set[int]:
     addresses = bfile.block_from_addr
     queue = [block for block in bfile.blocks if block.code == b"SC"]
     used = {block.addr_old for block in queue}
+    pointing: dict[bytes, bool] = {}
 
     def reach(target: Block) -> None:
         if target.addr_old not in used:
@@ -323,6 +324,11 @@ def _used_by_scenes(bfile: Any) -> set[int]:
         if block.dna_type_name == "bNodeTree":
             for node in _live_nodes(block):
                 reach(node)
+        if block.dna_type.fields:
+            if not _may_point(block.dna_type, pointing):
+                continue  # a struct without pointers (vertices, say): nothing to follow
+        elif block.size > _RAW_SCAN_LIMIT:
+            continue  # untyped data this large is geometry or pixels, not a pointer array
         data = block.raw_data()
         data = data[: len(data) - len(data) % size]
         for (value,) in set(struct.iter_unpack(word, data)):
@@ -334,6 +340,25 @@ def _used_by_scenes(bfile: Any) -> set[int]:
             if target.dna_type_name != "bNode":  # nodes count only when live (above)
                 reach(target)
     return used
+
+
+# Blender 4+ writes pointer arrays (a mesh's materials, say) as untyped ``raw_data`` blocks,
+# like attribute arrays; only those up to this size are read for pointers.
+_RAW_SCAN_LIMIT = 1 << 20
+
+
+def _may_point(struct_type: Any, known: dict[bytes, bool]) -> bool:
+    """Whether a DNA struct has a pointer field, itself or in a struct it embeds (memoised in
+    ``known`` by struct name)."""
+    name = bytes(struct_type.dna_type_id)
+    if name not in known:
+        known[name] = False  # a struct cannot embed itself; this also ends the recursion
+        known[name] = any(
+            field.name.is_pointer
+            or (bool(field.dna_type.fields) and _may_point(field.dna_type, known))
+            for field in struct_type.fields
+        )
+    return known[name]
 
 
 def _live_nodes(tree: Block) -> list[Block]:
