@@ -4,9 +4,9 @@ BAT enumerates the datablocks and the paths they use; the per-frame expansion is
 because BAT's own sequence expansion globs whatever is on the local disk. What a frame range
 needs:
 
-- images: single files, movies (one file), UDIM tiles (those that exist in storage),
-  sequences per frame through each image user's Frames/Start/Offset/Cyclic
-  (:class:`~jitrender.resolve.blend_frames.ImageUser`);
+- images: single files, movies (one file), UDIM tiles (those in the image's own tile list,
+  whether or not they exist in storage), sequences per frame through each image user's
+  Frames/Start/Offset/Cyclic (:class:`~jitrender.resolve.blend_frames.ImageUser`);
 - linked libraries, recursively: each library is fetched and only the datablocks this file
   links from it (and what they use) are followed; cycles are cut;
 - sounds, fonts, movie clips, volumes, cache files (Alembic/USD), IES lights, external mesh
@@ -16,8 +16,11 @@ needs:
   strips whole; nothing for muted strips
   (:func:`~jitrender.resolve.blend_frames.strips_rendered_at`).
 
-The main file's every datablock counts (as Blender's ``bpy.data.file_path_map`` does); in a
-library, only what the linking file asks for.
+In the main file, the datablocks a chain of pointers reaches from a scene count (in node
+trees, only nodes that feed an output), and every library; not orphans, nor what only brushes
+use (:func:`_used_by_scenes`). In a library, only what the linking file asks for. Paths Blender
+derives from the file's own name (point-cache folders) use the name in ``scene_url``. A
+datablock that does not read (a dangling pointer) is one ``unresolved`` entry.
 """
 
 from __future__ import annotations
