@@ -270,8 +270,11 @@ def apply_settings(bpy: Any, scene: Any, options: argparse.Namespace) -> None:
         if camera is None or camera.type != "CAMERA":
             raise SetupError(f"scene {scene.name!r} has no camera object {options.camera!r}")
         scene.camera = camera
-    if scene.camera is None:
-        raise SetupError(f"scene {scene.name!r} has no camera")
+    if scene.camera is None and not sequencer_renders(scene):
+        # as Blender's check_valid_camera: the view layer's first camera stands in
+        scene.camera = next((o for o in scene.objects if o.type == "CAMERA"), None)
+        if scene.camera is None:
+            raise SetupError(f"scene {scene.name!r} has no camera")
     settings = render.image_settings
     if hasattr(settings, "media_type"):
         settings.media_type = "IMAGE"  # Blender 5: a video output would refuse still formats
@@ -279,6 +282,17 @@ def apply_settings(bpy: Any, scene: Any, options: argparse.Namespace) -> None:
     render.use_file_extension = False  # the temporary name is chosen here, exactly
     render.use_overwrite = True
     render.use_placeholder = False
+
+
+def sequencer_renders(scene: Any) -> bool:
+    """Whether the frame comes from the video sequencer, which needs no camera: Blender's
+    ``RE_seq_render_active`` (Sequencer on in the post-processing options, and a strip other
+    than a sound strip at the top level)."""
+    editor = scene.sequence_editor
+    if not scene.render.use_sequencer or editor is None:
+        return False
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+    return any(strip.type != "SOUND" for strip in strips)
 
 
 # -- rendering -------------------------------------------------------------------------------
