@@ -19,6 +19,8 @@ import yaml
 
 from tests.slurmcluster import SlurmCluster, slurm_cluster, why_not
 
+pytestmark = pytest.mark.slow  # real processes, a real browser / cluster: ~15-50 s
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Renders one frame: says where it is in $PHASE_DIR, sleeps long on the first attempt of
