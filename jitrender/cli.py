@@ -66,8 +66,8 @@ def _extra_path_map(pairs: list[str] | None, rules: Path | None) -> Any:
     from jitrender.paths import PathMap
 
     extra = PathMap.from_pairs(pairs or [])
-    if rules is not None:
-        extra = extra.merged(PathMap.load_openjd(rules))
+    if rules is not None:  # the farm's rules run first: workstation paths -> this node's
+        extra = extra.chained_after(PathMap.load_openjd(rules))
     return extra if extra else None
 
 
@@ -130,6 +130,7 @@ def run(
 
     if progress not in ("auto", "rich", "plain", "json", "quiet"):
         _fail(ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet"))
+    stream = make_progress(progress)  # type: ignore[arg-type]
     try:
         job = load_job(job_file)
         frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
@@ -146,7 +147,7 @@ def run(
             overwrite=overwrite,
             keep_workspace=keep_workspace,
             extra_path_map=_extra_path_map(path_map, path_map_rules),
-            progress=make_progress(progress),  # type: ignore[arg-type]
+            progress=stream,
             task=task,
             mount=mount,
         )
@@ -158,13 +159,20 @@ def run(
             options.progress = TaskProgress(options.progress, heartbeat.state)
             heartbeat.start()
     except JitrenderError as exc:
+        if progress == "json":  # only JSON lines on stderr, the failure included
+            stream.event("result", status="failed", exit_code=int(exc.exit_code), error=exc.message)
+            stream.close()
+            raise typer.Exit(int(exc.exit_code)) from None
+        stream.close()
         _fail(exc)
     final, error_text = "failed", cast(str | None, "internal error")  # unless run_job returns
     try:
         result = run_job(job, options)
         final, error_text = result.status, result.error
+    except BaseException:
+        stream.close()
+        raise
     finally:
-        options.progress.close()
         if heartbeat is not None:
             heartbeat.stop(final, error_text)
     if as_json:
@@ -176,10 +184,20 @@ def run(
         f"({result.misses} files), {result.hits} cache hits; "
         f"{len(result.output_urls)} outputs"
     )
-    typer.echo(f"jitrender: {summary}", err=True)
-    if result.error:
+    if progress == "json":
+        stream.event(
+            "result",
+            status=result.status,
+            exit_code=result.exit_code,
+            message=summary,
+            error=result.error,
+        )
+    elif progress != "quiet":
+        typer.echo(f"jitrender: {summary}", err=True)
+    stream.close()
+    if result.error and progress != "json":  # quiet too: nothing on success, the cause on failure
         typer.echo(f"jitrender: error: {result.error}", err=True)
-    if result.status == "preempted":
+    if result.status in ("preempted", "transient_failure"):
         # Storage threads that still hang must not hold the process past its deadline.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -189,8 +207,8 @@ def run(
 
 def _heartbeat(job: Any, slot_index: int | None, frames: list[int], interval: float) -> Any:
     from jitrender.heartbeat import for_run
+    from jitrender.markers import marker_prefix
     from jitrender.outputs import OutputPatterns
-    from jitrender.run import marker_prefix
 
     patterns = OutputPatterns(job.outputs.files)
     return for_run(
@@ -215,7 +233,18 @@ def deps(
     ] = None,
     resolver: Annotated[str, typer.Option("--resolver", help="Resolver name or auto.")] = "auto",
     check: Annotated[
-        bool, typer.Option("--check", help="CI pre-flight: exit 65 if any dependency is missing.")
+        bool,
+        typer.Option(
+            "--check",
+            help="CI pre-flight: exit 65 if any dependency is missing or unresolved.",
+        ),
+    ] = False,
+    allow_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unresolved",
+            help="With --check: entries that need the DCC to evaluate do not fail the check.",
+        ),
     ] = False,
     as_json: JsonFlag = False,
     cache_dir: CacheDir = None,
@@ -256,6 +285,14 @@ def deps(
     if check and found.missing:
         for dep in found.missing:
             typer.echo(f"jitrender: missing: {dep.url} (asked for by {dep.source})", err=True)
+    if check and found.unresolved and not allow_unresolved:
+        for item in found.unresolved:
+            typer.echo(
+                f"jitrender: unresolved: {item.source}: {item.value} ({item.why}); "
+                "--allow-unresolved accepts it",
+                err=True,
+            )
+    if check and (found.missing or (found.unresolved and not allow_unresolved)):
         raise typer.Exit(int(ExitCode.DATA))
 
 
@@ -443,15 +480,46 @@ def submit(
 @app.command()
 def validate(
     job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
+    frames: Annotated[
+        str | None, typer.Option("--frames", "-f", help="Frames to check the stages for.")
+    ] = None,
+    as_json: JsonFlag = False,
+    path_map: PathMapFlag = None,
+    path_map_rules: PathMapRules = None,
 ) -> None:
-    """Check a job file without running it (exit 78 with one line when it is wrong)."""
+    """Check a job without running it: every check `run` makes before it fetches (the job
+    file, path mapping, output patterns, resolver and its extra, each stage's command and
+    engine arguments). Exit 78 with the same line `run` would print."""
+    import tempfile
+
     from jitrender.job import load_job
+    from jitrender.preflight import check_job, planned_workspace
+    from jitrender.sequences import parse_frames
 
     try:
         job = load_job(job_file)
+        job.use_path_map(_extra_path_map(path_map, path_map_rules))
+        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+        root = Path(tempfile.gettempdir()) / "jitrender-validate"
+        check_job(job, frame_list, planned_workspace(job, root))
     except JitrenderError as exc:
+        if as_json:
+            _print_json({"ok": False, "exit_code": int(exc.exit_code), "error": exc.message})
         _fail(exc)
-    typer.echo(f"{job_file}: ok ({len(job.frame_list())} frames, {len(job.stages)} stages)")
+    if as_json:
+        _print_json(
+            {
+                "ok": True,
+                "job": job.display_name,
+                "job_hash": job.job_hash(),
+                "scene": job.scene_url,
+                "outputs": job.outputs_url,
+                "frames": frame_list,
+                "stages": [s.name for s in job.stages],
+            }
+        )
+    else:
+        typer.echo(f"{job_file}: ok ({len(frame_list)} frames, {len(job.stages)} stages)")
 
 
 def _cache_action(
@@ -541,10 +609,53 @@ def health(
     raise typer.Exit(0 if state["healthy"] else int(ExitCode.UNHEALTHY))
 
 
+def _version_info() -> dict[str, Any]:
+    """The version, the Python running it, and which optional extras are importable."""
+    import importlib.util
+    import platform
+
+    def present(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "extras": {"blender": present("bpy"), "usd": present("pxr"), "fuse": present("mfusepy")},
+    }
+
+
 @app.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
+def version(as_json: JsonFlag = False) -> None:
+    """Print the version (with --json: also the Python and the installed extras)."""
+    if as_json:
+        _print_json(_version_info())
+    else:
+        typer.echo(__version__)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_show_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Just-in-time render node: fetch exactly the files a job's frames need into a shared
+    node-local cache, render, and upload every output exactly once, as soon as it exists."""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,6 +89,10 @@ class TaskState:
         with self._lock:
             if kind == "stage":
                 self._on_stage(now, str(fields.get("stage")), str(fields.get("frames", "")))
+            elif kind == "stage_end":
+                for frame in self._label_frames(str(fields.get("frames", ""))):
+                    if frame in self._frame_start and frame not in self._render_end:
+                        self._end_render(frame, now)
             elif kind == "fetched":
                 if not fields.get("cached"):
                     size = int(fields.get("size") or 0)
@@ -96,9 +100,9 @@ class TaskState:
                     self._pending_bytes += size
             elif kind == "uploaded":
                 # A frame's first output in the bucket: its stages have finished writing it.
-                frame = self._frame_of_url(str(fields.get("url", "")))
-                if frame in self._frame_start and frame not in self._render_end:
-                    self._end_render(frame, now)
+                owner = self._frame_of_url(str(fields.get("url", "")))
+                if owner in self._frame_start and owner not in self._render_end:
+                    self._end_render(owner, now)
             elif kind == "frame":
                 self._on_frame(now, fields)
             elif kind == "error" or (
@@ -114,14 +118,24 @@ class TaskState:
     def _started_frames(self) -> list[int]:
         return [f for f in self._frame_start if f not in self.done and f not in self.failed]
 
-    def _on_stage(self, now: float, stage: str, label: str) -> None:
+    def _label_frames(self, label: str) -> list[int]:
+        """The frames of a stage label (``7`` or ``6-10``: this task's frames in that span)."""
         first, _, last = label.partition("-")
         try:
             low = int(first)
             high = int(last) if last else low
         except ValueError:
+            return []
+        return [f for f in self.frames if low <= f <= high] or [low]
+
+    def _on_stage(self, now: float, stage: str, label: str) -> None:
+        frames = self._label_frames(label)
+        if not frames:
             return
-        frames = [f for f in self.frames if low <= f <= high] or [low]
+        for frame in frames:
+            # The frame's next stage (prep, then render, then post): it is not finished yet.
+            if frame in self._render_end and frame in self._frame_start:
+                del self._render_end[frame]
         # A frame still rendering when the next one starts was done with its stages then.
         for frame in self._started_frames():
             if frame not in frames and frame not in self._render_end:

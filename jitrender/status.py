@@ -35,7 +35,7 @@ from typing import Any
 
 from jitrender.heartbeat import STALE_INTERVALS
 from jitrender.job import Job
-from jitrender.run import frames_with_markers, marker_prefix
+from jitrender.markers import frames_with_markers, marker_prefix
 from jitrender.storage import ObjectInfo, RetryPolicy, Stores, with_retries
 
 

@@ -32,7 +32,7 @@ INTERVAL = "1"  # seconds between heartbeats: a frozen task is stalled after 3 s
 
 
 def heartbeat(job: RenderJob, task: int) -> dict[str, Any] | None:
-    from jitrender.run import marker_prefix
+    from jitrender.markers import marker_prefix
 
     url = f"{marker_prefix(load_job(job.job_file))}tasks/{task}.json"
     bucket, _, name = url[len("gs://") :].partition("/")
