@@ -58,11 +58,14 @@ class TaskState:
         interval_s: float,
         attempt: int,
         frame_of_url: Callable[[str], int | None] = lambda url: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``frame_of_url`` names the frame an uploaded output URL belongs to (None: no frame)."""
+        """``frame_of_url`` names the frame an uploaded output URL belongs to (None: no frame);
+        ``clock`` gives Unix seconds."""
         self._lock = threading.Lock()
+        self._clock = clock
         self._frame_of_url = frame_of_url
-        now = time.time()
+        now = clock()
         self.task = task
         self.frames = list(frames)
         self.interval_s = interval_s
@@ -85,7 +88,7 @@ class TaskState:
     # -- events ---------------------------------------------------------------------------
 
     def on_event(self, kind: str, fields: Mapping[str, Any]) -> None:
-        now = time.time()
+        now = self._clock()
         with self._lock:
             if kind == "stage":
                 self._on_stage(now, str(fields.get("stage")), str(fields.get("frames", "")))
@@ -113,7 +116,7 @@ class TaskState:
     def on_totals(self) -> None:
         with self._lock:
             self.state = "running"
-            self._mark = time.time()
+            self._mark = self._clock()
 
     def _started_frames(self) -> list[int]:
         return [f for f in self._frame_start if f not in self.done and f not in self.failed]
@@ -205,7 +208,7 @@ class TaskState:
                 "bytes_fetched": self.bytes_fetched,
                 "last_error": self.last_error,
                 "started": self.started,
-                "updated": time.time(),
+                "updated": self._clock(),
                 "interval_s": self.interval_s,
             }
 

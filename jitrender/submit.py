@@ -321,7 +321,6 @@ def _kubernetes(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
         volumes.insert(0, {"name": "job", "configMap": {"name": f"{name}-job"}})
     memory = f"{_mib(options)}Mi"
     spec.update(
-        activeDeadlineSeconds=options.time_limit_s * (options.max_retries + 1),
         ttlSecondsAfterFinished=7 * 86400,
         podFailurePolicy={
             "rules": [
@@ -338,6 +337,7 @@ def _kubernetes(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
             "metadata": {"labels": {"app.kubernetes.io/name": "jitrender"}},
             "spec": {
                 "restartPolicy": "Never",  # required by podFailurePolicy
+                "activeDeadlineSeconds": options.time_limit_s,  # per attempt, not the Job
                 # jitrender flushes finished uploads and exits 75 on SIGTERM well inside this.
                 "terminationGracePeriodSeconds": 60,
                 "containers": [

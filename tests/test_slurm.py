@@ -5,6 +5,7 @@ output and one done marker. Skipped, with the reason, where the cluster cannot s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -144,4 +145,15 @@ def test_slurm_array_with_a_terminated_and_requeued_task_renders_each_frame_once
     (task_log,) = logs.glob(f"*_{job_id}_1.out")
     text = task_log.read_text()
     assert "exit 75, requeue 1 of 3" in text and "task 1 done" in text
+    # The job-wide view agrees, from the tasks' last heartbeats: task 1 ran twice.
+    followed = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "status", str(job_file), "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    document = json.loads(followed.stdout)
+    assert document["complete"] is True and document["counts"]["done"] == 20
+    tasks = {t["task"]: t for t in document["tasks"]}
+    assert sorted(tasks) == ["0", "1", "2", "3"]
+    assert {t["state"] for t in tasks.values()} == {"succeeded"}
+    assert tasks["1"]["attempt"] == 1 and tasks["0"]["attempt"] == 0
     print(f"slurm: cluster up in {slurm.started_s:.1f} s; job with requeue took {elapsed:.1f} s")

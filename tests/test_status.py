@@ -221,3 +221,23 @@ def test_summarise_marks_a_running_task_stalled_after_three_intervals() -> None:
     stale = summarise(job, [1001, 1002], seen, now=1031.0)
     assert fresh["stalled"] == [] and fresh["frames"]["running"] == [1001]
     assert stale["stalled"] == ["0"] and stale["frames"]["pending"] == [1001, 1002]
+
+
+def test_task_state_times_each_frame_from_the_runs_events() -> None:
+    from jitrender.heartbeat import TaskState
+
+    ticks = iter([100.0, 101.0, 103.0, 104.0, 106.0, 107.0, 107.5, 108.0, 110.0, 111.0])
+    state = TaskState("0", [1, 2], 10.0, 0, lambda url: int(url[-6:-4]), lambda: next(ticks))
+    state.on_totals()  # 101: fetching starts
+    state.on_event("stage", {"stage": "prep", "frames": "1"})  # 103
+    state.on_event("stage_end", {"stage": "prep", "frames": "1"})  # 104
+    state.on_event("stage", {"stage": "render", "frames": "1"})  # 106: same frame, next stage
+    state.on_event("stage_end", {"stage": "render", "frames": "1"})  # 107
+    state.on_event("uploaded", {"url": "gs://b/out/f.01.txt"})  # 107.5
+    state.on_event("frame", {"frame": 1, "status": "done"})  # 108
+    state.on_event("stage", {"stage": "prep", "frames": "2"})  # 110
+    timings = state.to_json()["timings"]  # 111
+    assert timings["1"]["fetch_s"] == 2.0  # from the plan to its first stage
+    assert timings["1"]["render_s"] == 4.0  # first stage start to last stage end
+    assert timings["1"]["upload_s"] == 1.0  # last stage end to its marker
+    assert timings["2"]["fetch_s"] == 3.0 and state.frame == 2 and state.stage == "prep"
