@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 STAMP  := $(VENV)/.installed-$(PYVER)
 
-.PHONY: demo test lint typecheck unit bench bench-quick soak clean
+.PHONY: demo test lint typecheck unit bench bench-quick soak clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYVER)" || { echo "make: $(PYTHON) does not run" >&2; exit 1; }
@@ -20,7 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/turntable/demo.py
 
-test: $(STAMP) lint typecheck unit
+test: $(STAMP) system-deps lint typecheck unit
+
+# Slurm, munge and chromium for the real-engine tests: only as root with apt-get, best effort.
+system-deps:
+	@sh scripts/ci-system-deps.sh
 
 SOURCES := $(wildcard jitrender hooks tests benchmarks examples)
 

@@ -153,6 +153,9 @@ def jitrender_env(job: RenderJob, **overrides: str) -> dict[str, str]:
             "PHASE_DIR": str(job.phase_dir),
             "JITRENDER_CACHE_DIR": str(job.cache_dir),
             "JITRENDER_PREEMPTION_WATCH": "off",  # no metadata-server lookups from tests
+            # No task heartbeats (tests/test_status.py turns them on): these tests count every
+            # object below _jitrender/ as a done marker.
+            "JITRENDER_HEARTBEAT_INTERVAL": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )
