@@ -17,7 +17,7 @@ from tests.conftest import put_object
 from tests.renderjobs import RenderJob, bucket_objects, jitrender_env, run
 
 pytest.importorskip("pxr.Usd")
-from tests.resolve.usd_oracle import CORPUS, build_bucket, cases  # noqa: E402
+from tests.resolve.usd_oracle import CORPUS, build_bucket, cases
 
 if not (CORPUS / "SOURCES.md").is_file():
     pytest.skip(f"the USD corpus is not at {CORPUS}", allow_module_level=True)
@@ -63,7 +63,8 @@ for frame in [int(f) for f in frames.split(",")]:
                     continue
                 if UsdShade.UdimUtils.IsUdimIdentifier(item.evaluatedPath or item.path):
                     layer = attr.GetPropertyStack(Usd.TimeCode(frame))[0].layer
-                    tiles = UsdShade.UdimUtils.ResolveUdimTilePaths(item.evaluatedPath or item.path, layer)
+                    pattern = item.evaluatedPath or item.path
+                    tiles = UsdShade.UdimUtils.ResolveUdimTilePaths(pattern, layer)
                     for tile, _ in tiles:
                         local(tile)
                     if not tiles:
@@ -73,8 +74,10 @@ for frame in [int(f) for f in frames.split(",")]:
                 else:
                     absent.add(item.path)
     read.update(l.realPath for l in stage.GetUsedLayers(True) if l.realPath)
-    rel = sorted(str(pathlib.Path(p).resolve().relative_to(pathlib.Path(inputs).resolve())) for p in read)
-    (outputs / f"reads.{frame:04d}.json").write_text(json.dumps({"read": rel, "absent": sorted(absent)}))
+    base = pathlib.Path(inputs).resolve()
+    rel = sorted(str(pathlib.Path(p).resolve().relative_to(base)) for p in read)
+    record = {"read": rel, "absent": sorted(absent)}
+    (outputs / f"reads.{frame:04d}.json").write_text(json.dumps(record))
     bad += len(absent)
 sys.exit(3 if bad else 0)
 """
