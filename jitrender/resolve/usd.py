@@ -24,9 +24,12 @@ so a caller can tell the bytes the resolve itself fetched.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import posixpath
 import re
+import sys
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -188,10 +191,27 @@ def resolve_usd(ctx: ResolveContext) -> Dependencies:
     state = _Resolve(ctx, _resolve_root(ctx))
     state.url_of_local[str(Path(ctx.scene_file).resolve())] = ctx.scene_url
     state.tried[ctx.scene_url] = True
-    stage = _compose(state)
-    _used_layers(state, stage)
-    _assets(state, stage)
+    with _usd_warnings_silenced():
+        stage = _compose(state)
+        _used_layers(state, stage)
+        _assets(state, stage)
     return state.out.merged()
+
+
+@contextlib.contextmanager
+def _usd_warnings_silenced() -> Iterator[None]:
+    """usd-core prints a warning for every arc whose layer is not fetched yet (each round of
+    composition) and for every MaterialX arc; what they mean is in the answer (``missing``),
+    so they are kept off the user's stderr. Python errors still raise as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _resolve_root(ctx: ResolveContext) -> Path | None:

@@ -82,7 +82,8 @@ for frame in [int(f) for f in frames.split(",")]:
 sys.exit(3 if bad else 0)
 """
 
-RUN_CASES = ("wg_vehicles", "ou_clips_tmpl_offsets", "wg_shaderball", "ou_shade_udim")
+RUN_CASES = ("wg_vehicles", "ou_clips_tmpl_offsets", "ou_shade_udim")
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", RUN_CASES)
