@@ -17,11 +17,9 @@ next run either completes from its uploaded outputs or renders again without ove
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -49,6 +47,7 @@ from jitrender.errors import (
 )
 from jitrender.health import FrameOutcome, NodeHealth
 from jitrender.job import Job, StageSpec
+from jitrender.markers import MarkerWriter, frames_with_markers, marker_prefix
 from jitrender.outputs import OutputPatterns, Uploader, UploadRecord
 from jitrender.paths import PathMap, workspace_relpath
 from jitrender.preemption import PreemptionWatcher
@@ -68,7 +67,6 @@ from jitrender.storage import (
 )
 from jitrender.transfer import InflightBudget, listing_ranges
 
-MARKER_FOLDER = "_jitrender"
 # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
 FLUSH_BUDGET_S = 8.0
 
@@ -91,22 +89,19 @@ class RunOptions:
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
 
 
-def marker_prefix(job: Job) -> str:
-    return f"{job.outputs_url}/{MARKER_FOLDER}/{job.job_hash()}/"
-
-
-def marker_url(job: Job, frame: int) -> str:
-    return f"{marker_prefix(job)}frame.{frame}.json"
-
-
-def frames_with_markers(markers: list[ObjectInfo], prefix: str) -> set[int]:
-    done = set()
-    for info in markers:
-        name = info.url[len(prefix) :]
-        if name.startswith("frame.") and name.endswith(".json"):
-            with contextlib.suppress(ValueError):
-                done.add(int(name[len("frame.") : -len(".json")]))
-    return done
+def nuke_render_nodes(job: Job) -> tuple[str, ...]:
+    """The Write nodes the job's ``nuke`` stages execute (``args.write``), so the resolver lists
+    only what those render; empty when a rendering stage names none (Nuke then renders every
+    enabled Write)."""
+    names: list[str] = []
+    for stage in job.stages:
+        if stage.engine != "nuke" or stage.args.get("mode", "render") != "render":
+            continue
+        wanted = stage.args.get("write")
+        if not wanted:
+            return ()
+        names.extend([wanted] if isinstance(wanted, str) else [str(w) for w in wanted])
+    return tuple(dict.fromkeys(names))
 
 
 class _StopSignal:
@@ -152,9 +147,9 @@ class JobRun:
         self.job_hash = job.job_hash()
         self.report = Report(job=job.display_name, job_hash=self.job_hash, task=options.task)
         self.patterns = OutputPatterns(job.outputs.files)
+        if options.extra_path_map is not None:  # the scene and outputs URLs go through it too
+            job.use_path_map(options.extra_path_map)
         self.path_map = job.path_mapping()
-        if options.extra_path_map is not None:
-            self.path_map = self.path_map.merged(options.extra_path_map)
         cache_dir = options.cache_dir or (
             Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir()
         )
@@ -180,9 +175,7 @@ class JobRun:
         self.agent: Agent | None = None
         self._mount: Any = None
         self._resolve_root: Path | None = None  # where resolvers see files (see _fetch_local)
-        self._attempt = os.environ.get("BATCH_TASK_ATTEMPT") or os.environ.get(
-            "JITRENDER_ATTEMPT", "0"
-        )
+        self._markers = MarkerWriter(job, self._store(job.outputs_url), self.retry)
 
     @property
     def _job_dir(self) -> Path | None:
@@ -371,21 +364,7 @@ class JobRun:
     def _write_marker(
         self, frame: int, outputs: dict[str, str | None], *, resumed: bool = False
     ) -> None:
-        body = {
-            "job": self.job_hash,
-            "job_name": self.job.display_name,
-            "frame": frame,
-            "attempt": self._attempt,
-            "host": socket.gethostname(),
-            "time": time.time(),
-            "resumed_from_outputs": resumed,
-            "outputs": outputs,
-        }
-        url = marker_url(self.job, frame)
-        data = json.dumps(body, sort_keys=True).encode()
-        self._call(
-            url, lambda s: s.put_bytes_if_absent(data, url, {JOB_METADATA_KEY: self.job_hash})
-        )
+        self._markers.write(frame, outputs, resumed=resumed)
         with self._lock:
             self._marked.add(frame)
 
@@ -431,6 +410,7 @@ class JobRun:
             if info is None:
                 raise ConfigError(f"{job.source}: scene: {scene_url} does not exist")
             scene_file = self._fetch_local(scene_url)
+            self.progress.event("fetched", url=scene_url, size=info.size)  # counted as a file
             if run_dir is not None:
                 scene_local = scene_file
         ctx = ResolveContext(
@@ -441,6 +421,7 @@ class JobRun:
             list_prefix=self._list,
             fetch=self._fetch_local,
             env=dict(job.env),
+            render_nodes=nuke_render_nodes(job),
         )
         if scene_url is not None:
             name, resolver = resolver_for(job.resolver, scene_url)
@@ -715,6 +696,14 @@ class JobRun:
             on_start=watch,
         )
         uploader.writer_alive = lambda: False
+        self.progress.event(
+            "stage_end",
+            stage=spec.name,
+            frames=label,
+            attempt=attempt,
+            ok=outcome.ok,
+            seconds=round(outcome.seconds, 3),
+        )
         # Time in stage processes; fetching overlaps it, so it is not wall time minus fetch.
         self.report.timings["render_s"] += outcome.seconds
         if outcome.ok:
@@ -724,12 +713,11 @@ class JobRun:
         return outcome
 
     def _preflight_stages(self, workspace: Workspace, frames: list[int]) -> None:
-        """Build every stage's command once before fetching anything, so a bad template or
-        engine argument is a configuration error (78) that costs no transfer."""
-        for spec in self.job.stages:
-            sample = (frames[0],) if spec.per == "frame" else tuple(frames)
-            call = StageCall(spec.name, sample, workspace, spec.args, spec.command, spec.env)
-            engine_named(spec.engine or "command")(call)
+        """Every check ``validate`` makes too (templates, engine args, output patterns,
+        extras), before fetching anything: a configuration error (78) costs no transfer."""
+        from jitrender.preflight import check_job
+
+        check_job(self.job, frames, workspace)
 
     def _groups(self) -> list[tuple[str, list[StageSpec]]]:
         """Consecutive per-frame stages run together frame by frame; chunk stages alone."""
