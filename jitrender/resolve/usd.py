@@ -68,6 +68,7 @@ class _Resolve:
     url_of_local: dict[str, str] = field(default_factory=dict)
     local_of_url: dict[str, str] = field(default_factory=dict)
     tried: dict[str, bool] = field(default_factory=dict)  # url -> exists
+    scanned: set[str] = field(default_factory=set)  # layers and prim specs whose arcs are read
     # (prim path, frame) -> the clip layers its clip sets activate there
     active_clips: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     out: Dependencies = field(default_factory=Dependencies)
@@ -110,9 +111,11 @@ class _Resolve:
 
     def fetch(self, url: str, written: str, source: str, frames: Sequence[int] | None) -> bool:
         """Fetch a layer (once); record it as a dependency. True when it was new and exists."""
-        self.add(written, url, source, frames)
         if url in self.tried:
+            if frames is not None:
+                self.add(written, url, source, frames)
             return False
+        self.add(written, url, source, frames)
         try:
             local = self.ctx.fetch(url)
         except (MissingDependencyError, FileNotFoundError):
@@ -254,10 +257,18 @@ def _compose(state: _Resolve) -> Any:
         variables = _stage_variables(stage)
         new = False
         for layer in stage.GetUsedLayers(False):
+            if layer.identifier in state.scanned:
+                continue
+            state.scanned.add(layer.identifier)
             for written in layer.subLayerPaths:
                 new |= _arc(state, written, layer, variables, f"layer {_name(layer)} subLayers")
         for prim in _all_prims(stage):
             for spec in prim.GetPrimStack():
+                # Layers do not change between rounds: each spec's arcs are read once.
+                key = f"{spec.layer.identifier}<{spec.path}>"
+                if key in state.scanned:
+                    continue
+                state.scanned.add(key)
                 for ref in spec.referenceList.GetAddedOrExplicitItems():
                     source = f"layer {prim.GetPath()} references"
                     new |= _arc(state, ref.assetPath, spec.layer, variables, source)

@@ -102,9 +102,10 @@ def test_usd_corpus_deps_list_what_usd_reads_per_frame_on_gcs(
 
 
 def test_largest_usd_asset_resolves_in_under_two_seconds(tmp_path: Path) -> None:
-    """wg_chess (the most dependencies) and wg_vehicles (the most layers): the `deps` command
-    timed inside its process, with the modules it imports already loaded."""
-    for name in ("wg_chess", "wg_vehicles"):
+    """wg_intentvfx (the most prims: ~1,000 referenced instances), wg_chess (the most
+    dependencies) and wg_vehicles (the most layers): the `deps` command timed inside its
+    process, with the modules it imports already loaded."""
+    for name in ("wg_intentvfx", "wg_chess", "wg_vehicles"):
         case = CASES[name]
         bucket = tmp_path / name
         build_bucket(case, bucket)
