@@ -114,7 +114,7 @@ def crc32c_of_bytes(data: bytes) -> str:
 @dataclass(frozen=True)
 class RetryPolicy:
     """How long transient storage failures are ridden out: jittered exponential backoff
-    (google-api-core's truncated exponential sleep generator, as google-cloud-storage's own
+    (the truncated exponential sleeps of google-api-core, which google-cloud-storage's own
     default retry uses) until ``deadline`` seconds have passed since the call began, or until
     ``attempts`` calls have failed when that is set."""
 
@@ -186,30 +186,29 @@ def with_retries(
     """Run a storage call; retry transient failures within the policy's deadline (and
     attempts), translate the rest into jitrender errors. A transient failure that outlasts
     them is a :class:`TransientError` whose message starts "transient storage failure"."""
-    from google.api_core.exceptions import RetryError
-    from google.api_core.retry import exponential_sleep_generator, retry_target
-
+    # google-api-core's retry_target, without importing it (and requests) for every run:
+    # truncated exponential back-off with full jitter, never sleeping past the deadline.
     failures = 0
     started = time.monotonic()
-
-    def retryable(exc: Exception) -> bool:
-        nonlocal failures
-        failures += 1
-        transient = classify(exc) == "transient"
-        return transient and (policy.attempts is None or failures < policy.attempts)
-
+    deadline = started + policy.deadline if policy.deadline is not None else None
+    ceiling = min(policy.base_delay, policy.max_delay)
     try:
-        result: T = retry_target(
-            call,
-            retryable,
-            exponential_sleep_generator(policy.base_delay, policy.max_delay, policy.multiplier),
-            timeout=policy.deadline,
-            on_error=on_retry,
-        )
-        return result
-    except RetryError as exc:  # the deadline passed: the last failure is its cause
-        last = exc.cause if isinstance(exc.cause, BaseException) else exc
-        raise _transient(url, failures, started, last) from last
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                failures += 1
+                transient = classify(exc) == "transient"
+                if not (transient and (policy.attempts is None or failures < policy.attempts)):
+                    raise
+                if on_retry is not None:
+                    on_retry(exc)
+                pause = random.uniform(0.0, ceiling)
+                ceiling = min(ceiling * policy.multiplier, policy.max_delay)
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    expired: Exception = exc  # the last failure is the cause
+                    break
+                time.sleep(pause)
     except Exception as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
             raise ObjectNameError(
@@ -223,6 +222,7 @@ def with_retries(
         if kind == "transient":  # out of attempts
             raise _transient(url, failures, started, exc) from exc
         raise
+    raise _transient(url, failures, started, expired) from expired
 
 
 def _transient(url: str, failures: int, started: float, exc: BaseException) -> TransientError:
