@@ -1424,7 +1424,9 @@ class GizmoLibrary:
             if not written:
                 continue
             try:
-                url = ctx.map(written)
+                # The node's own plugin path, not a path written in the scene: a local folder
+                # here is the farm's gizmo library, which ctx.map would refuse for a bucket scene.
+                url = ctx.path_map.to_url(written, ctx.scene_folder_url)
             except ValueError:
                 continue
             listed = is_url(written) or ctx.path_map.is_mapped(written)
