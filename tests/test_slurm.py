@@ -118,11 +118,6 @@ def test_slurm_array_with_a_terminated_and_requeued_task_renders_each_frame_once
     )  # fmt: skip
     assert signalled.returncode == 0, signalled.stderr
 
-    # Slurm makes a requeued job eligible only ~120 s later (BeginTime); move that to now.
-    wait_until(
-        lambda: "Reason=BeginTime" in slurm.scontrol("show", "job", f"{job_id}_1"), 60, describe
-    )
-    slurm.scontrol("update", f"JobId={job_id}_1", "StartTime=now")
 
     def all_completed() -> bool:
         states = slurm.job_states(job_id)
