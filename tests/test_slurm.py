@@ -118,7 +118,6 @@ def test_slurm_array_with_a_terminated_and_requeued_task_renders_each_frame_once
     )  # fmt: skip
     assert signalled.returncode == 0, signalled.stderr
 
-
     def all_completed() -> bool:
         states = slurm.job_states(job_id)
         return sorted(states) == ["0", "1", "2", "3"] and set(states.values()) == {"COMPLETED"}
