@@ -151,6 +151,7 @@ def run(
             task=task,
             mount=mount,
         )
+        _refuse_if_unfit(job, cache_dir)
         heartbeat = None
         if heartbeat_interval > 0:
             heartbeat = _heartbeat(
@@ -205,6 +206,18 @@ def run(
     raise typer.Exit(result.exit_code)
 
 
+def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:
+    """A drained node, or one that blocked this job, starts nothing (exit 69)."""
+    from jitrender.cache import default_cache_dir
+    from jitrender.errors import NodeUnavailable
+    from jitrender.health import NodeHealth
+
+    root = cache_dir or (Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir())
+    why = NodeHealth(root).refusal(job.job_hash())
+    if why is not None:
+        raise NodeUnavailable(why)
+
+
 def _heartbeat(job: Any, slot_index: int | None, frames: list[int], interval: float) -> Any:
     from jitrender.heartbeat import for_run
     from jitrender.markers import marker_prefix
@@ -252,32 +265,35 @@ def deps(
     path_map_rules: PathMapRules = None,
 ) -> None:
     """List the files the given frames of a scene need (and what is missing or unresolved)."""
-    from jitrender.job import Job, load_job
+    from jitrender.cache import Cache, default_cache_dir
+    from jitrender.job import load_job
+    from jitrender.paths import PathMap, file_url, is_url
+    from jitrender.plan import resolve_scene
     from jitrender.run import RunOptions, resolve_job
     from jitrender.sequences import parse_frames
 
     try:
+        extra = _extra_path_map(path_map, path_map_rules)
         if job_file is not None:
-            job = load_job(job_file)
-            job = job.model_copy(update={"scene": scene, "resolver": resolver})
+            job = load_job(job_file).model_copy(update={"scene": scene, "resolver": resolver})
+            frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+            options = RunOptions(cache_dir=cache_dir, extra_path_map=extra)
+            found = resolve_job(job, frame_list, options)
+            scene_url = job.scene_url or scene  # after the --path-map rules joined the job's
         else:
-            job = Job.model_validate(
-                {
-                    "scene": scene,
-                    "resolver": resolver,
-                    "frames": frames or "1",
-                    "stages": [{"name": "none", "command": "true"}],
-                    "outputs": {"to": "file:///nonexistent"},
-                }
-            )
-        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
-        options = RunOptions(
-            cache_dir=cache_dir, extra_path_map=_extra_path_map(path_map, path_map_rules)
-        )
-        found = resolve_job(job, frame_list, options)
+            frame_list = parse_frames(frames or "1", "--frames")
+            rules = extra if extra is not None else PathMap([])
+            if is_url(scene):
+                scene_url = scene
+            elif rules.is_mapped(scene):
+                scene_url = rules.to_url(scene)
+            else:
+                scene_url = file_url(Path(scene).resolve())
+            cache = Cache(cache_dir or default_cache_dir())
+            found = resolve_scene(cache, scene_url, frame_list, resolver=resolver, path_map=rules)
     except JitrenderError as exc:
         _fail(exc)
-    document = found.to_json(job.scene_url or scene, frame_list)
+    document = found.to_json(scene_url, frame_list)
     if as_json:
         _print_json(document)
     else:
@@ -579,11 +595,15 @@ def health(
     cache_dir: CacheDir = None,
     as_json: JsonFlag = False,
     reset: Annotated[
-        bool, typer.Option("--reset", help="Forget the failure streak (after repairing the node).")
+        bool,
+        typer.Option(
+            "--reset", help="Forget the failure streak and blocked jobs (after repairing the node)."
+        ),
     ] = False,
 ) -> None:
-    """Is this node fit for work? Exit 0 healthy, 69 unhealthy (it failed frames of several
-    jobs in a row: drain it). Reads health.json in the cache folder."""
+    """Is this node fit for work? Exit 0 healthy, 69 unhealthy (frames of several jobs failed
+    in a row for the node's own reasons: signals, OOM, GPU/driver errors; drain it). Also
+    lists the jobs this node has blocked. Reads health.json in the cache folder."""
     from jitrender.cache import default_cache_dir
     from jitrender.health import NodeHealth
 
@@ -605,7 +625,15 @@ def health(
             f"{state['thresholds']['failed_jobs']} jobs)"
         )
         for item in state["recent_failures"]:
-            typer.echo(f"  {item['job_name']} frame {item['frame']}: {item['why']}")
+            typer.echo(
+                f"  {item['job_name']} frame {item['frame']}: {item.get('cause', '')}: "
+                f"{item['why']}"
+            )
+        for job_hash, item in state["blocked_jobs"].items():
+            typer.echo(
+                f"  blocked job {item.get('job_name')} ({job_hash}): {item['failures']} failed "
+                "frames here; it takes no more of its frames"
+            )
     raise typer.Exit(0 if state["healthy"] else int(ExitCode.UNHEALTHY))
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -148,7 +150,7 @@ class Uploader:
         self.upload_seconds = 0.0
         self._observer: Any = None
         self._closed: dict[str, float] = {}  # relpath -> when its writer closed it
-        self.writer_alive: Callable[[], bool] = lambda: False
+        self._writer: subprocess.Popen[bytes] | None = None  # the running stage's process
         self.settle_s = 0.3
         self._alive_at = 0.0  # last time the writer was seen alive
         self._ticker_stop = threading.Event()
@@ -197,13 +199,20 @@ class Uploader:
 
     def _settle_loop(self) -> None:
         while not self._ticker_stop.wait(0.05):
-            if self.writer_alive():
+            writer = self._writer
+            if writer is not None and writer.poll() is None:
                 self._alive_at = time.monotonic()
             for relpath in self._proven_whole():
                 self.submit(self.outputs_dir / relpath)
 
+    def stage_started(self, writer: subprocess.Popen[bytes]) -> None:
+        """A stage process that writes outputs started: files it closes are whole once it is
+        seen alive a moment later (see the module docstring)."""
+        self._writer = writer
+
     def stage_succeeded(self) -> None:
         """The writer exited 0: everything it wrote is whole; submit it all."""
+        self._writer = None
         with self._lock:
             self._closed.clear()
         self.sweep()
@@ -211,6 +220,7 @@ class Uploader:
     def stage_failed(self) -> None:
         """The writer failed or was killed: files it closed but that did not settle may be
         partial. Delete them so that nothing can ever upload them; a retry rewrites them."""
+        self._writer = None
         for relpath in self._proven_whole():
             self.submit(self.outputs_dir / relpath)
         with self._lock:
@@ -233,10 +243,19 @@ class Uploader:
     def submit(self, path: Path) -> None:
         try:
             relpath = path.relative_to(self.outputs_dir).as_posix()
-            st = path.stat()
+            st = path.lstat()
+            inside = path.resolve().is_relative_to(self.outputs_dir.resolve())
         except (ValueError, FileNotFoundError):
             return
         if not self.patterns.matches(relpath):
+            return
+        if stat.S_ISLNK(st.st_mode) or not inside:
+            # A link could point at any file on the node: refuse it rather than upload that.
+            self._refuse(
+                relpath,
+                "is a symlink (or below one); only files written in outputs/ "
+                "are uploaded, never what a link points at",
+            )
             return
         state = (st.st_size, st.st_mtime_ns)
         with self._lock:
@@ -248,6 +267,17 @@ class Uploader:
                 return
             self._submitted[relpath] = state
             self._futures.append(self._pool.submit(self._upload, path, relpath))
+
+    def _refuse(self, relpath: str, why: str) -> None:
+        url = f"{self.outputs_url}/{relpath}"
+        record = UploadRecord(relpath, url, "error", 0, error=f"{relpath}: {why}")
+        with self._lock:
+            if relpath in self._submitted:
+                return
+            self._submitted[relpath] = (0, 0)
+            self.records[relpath] = record
+        if self.on_uploaded is not None:
+            self.on_uploaded(record)
 
     def _upload(self, path: Path, relpath: str) -> UploadRecord:
         url = f"{self.outputs_url}/{relpath}"
