@@ -296,6 +296,16 @@ class Store(ABC):
             handle.flush()
             return self.put_if_absent(Path(handle.name), url, metadata)
 
+    def replace_bytes(self, data: bytes, url: str) -> None:
+        """Create or overwrite a small object that only its writer ever writes (a task's
+        heartbeat). Readers see the old bytes or the new, never a part."""
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(prefix="jitrender-put-") as handle:
+            handle.write(data)
+            handle.flush()
+            self.put_if_absent(Path(handle.name), url, overwrite=True)
+
     def read_bytes(self, url: str) -> bytes:
         import io
 
@@ -465,6 +475,21 @@ class LocalStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 source.unlink()
+
+    def replace_bytes(self, data: bytes, url: str) -> None:
+        """As the base class; the part file waits next to the object, never in ``$TMPDIR``."""
+        final = local_path_of(url)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_parts(final)
+        part = final.with_name(
+            f".{final.name}.{os.getpid()}.{random.getrandbits(32):08x}{_PART_SUFFIX}"
+        )
+        try:
+            part.write_bytes(data)
+            os.replace(part, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
 
 
 def _local_generation(st: os.stat_result) -> str:
@@ -752,6 +777,12 @@ class GCSStore(Store):
             return PutResult("identical" if same else "conflict", existing)
         return PutResult("created", self._info(blob))
 
+    def replace_bytes(self, data: bytes, url: str) -> None:
+        """As the base class: one upload straight from memory (GCS swaps objects whole)."""
+        bucket_name, name = self._split(url)
+        blob = self._client().bucket(bucket_name).blob(name)
+        blob.upload_from_string(data, checksum="crc32c", retry=None)
+
 
 # -- anything else fsspec speaks ----------------------------------------------------------
 
@@ -825,6 +856,9 @@ class FsspecStore(Store):
             return _compare(source, existing, url, lambda: self.fs.open(self._path(url), "rb"))
         self.fs.put_file(str(source), self._path(url))
         return PutResult("created" if existing is None else "overwritten", self.stat(url))
+
+    def replace_bytes(self, data: bytes, url: str) -> None:
+        self.fs.pipe_file(self._path(url), data)
 
 
 # -- registry -----------------------------------------------------------------------------
