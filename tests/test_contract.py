@@ -74,7 +74,7 @@ def test_unreadable_path_map_is_78_naming_the_key(tmp_path: Path) -> None:
     for key, path_map in cases.items():
         job_file = tmp_path / "job.yaml"
         job_file.write_text(yaml.safe_dump({**base, "path_map": path_map}))
-        for command in ("validate", "run"):
+        for command in ("validate", "run") if key == "'/mnt/show/'" else ("validate",):
             result = cli(command, str(job_file))
             assert result.returncode == 78, (command, result.stderr)
             line = _error_line(result.stderr)
@@ -170,6 +170,8 @@ def test_validate_refuses_what_run_refuses_with_the_same_line(
         assert code == 78, (word, out)
         assert line in out.splitlines(), (line, out)
         assert report.get("cache", {}).get("bytes_fetched", 0) == 0  # refused before fetching
+        if word != "fram":
+            continue  # --json once: the same document for every case
         as_json = cli("validate", str(job.job_file), "--json")
         assert as_json.returncode == 78
         assert json.loads(as_json.stdout) == {
