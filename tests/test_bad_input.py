@@ -5,7 +5,6 @@ are too long or backwards, names the local file system cannot hold, a full disk.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,16 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+from tests.conftest import cli
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int) -> str:

@@ -4,12 +4,11 @@ processes against fake-gcs-server."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from jitrender.health import FrameOutcome, HealthPolicy, NodeHealth
+from tests.conftest import cli
 from tests.renderjobs import (
     RenderJob,
     bucket_objects,
@@ -49,13 +48,7 @@ def test_frame_that_keeps_failing_fails_the_run_after_the_others(
 
 
 def _health(job: RenderJob, *args: str) -> tuple[int, dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "health", "--json", *args],
-        env=jitrender_env(job),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    out = cli("health", "--json", *args, env=jitrender_env(job))
     return out.returncode, json.loads(out.stdout)
 
 
