@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import stat
 import subprocess
 import threading
 import time
@@ -242,10 +243,19 @@ class Uploader:
     def submit(self, path: Path) -> None:
         try:
             relpath = path.relative_to(self.outputs_dir).as_posix()
-            st = path.stat()
+            st = path.lstat()
+            inside = path.resolve().is_relative_to(self.outputs_dir.resolve())
         except (ValueError, FileNotFoundError):
             return
         if not self.patterns.matches(relpath):
+            return
+        if stat.S_ISLNK(st.st_mode) or not inside:
+            # A link could point at any file on the node: refuse it rather than upload that.
+            self._refuse(
+                relpath,
+                "is a symlink (or below one); only files written in outputs/ "
+                "are uploaded, never what a link points at",
+            )
             return
         state = (st.st_size, st.st_mtime_ns)
         with self._lock:
@@ -257,6 +267,17 @@ class Uploader:
                 return
             self._submitted[relpath] = state
             self._futures.append(self._pool.submit(self._upload, path, relpath))
+
+    def _refuse(self, relpath: str, why: str) -> None:
+        url = f"{self.outputs_url}/{relpath}"
+        record = UploadRecord(relpath, url, "error", 0, error=f"{relpath}: {why}")
+        with self._lock:
+            if relpath in self._submitted:
+                return
+            self._submitted[relpath] = (0, 0)
+            self.records[relpath] = record
+        if self.on_uploaded is not None:
+            self.on_uploaded(record)
 
     def _upload(self, path: Path, relpath: str) -> UploadRecord:
         url = f"{self.outputs_url}/{relpath}"

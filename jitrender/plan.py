@@ -76,9 +76,12 @@ def nuke_render_nodes(job: Job) -> tuple[str, ...]:
         if stage.engine != "nuke" or stage.args.get("mode", "render") != "render":
             continue
         wanted = stage.args.get("write")
-        if not wanted:
-            return ()
-        names.extend([wanted] if isinstance(wanted, str) else [str(w) for w in wanted])
+        if isinstance(wanted, str) and wanted:
+            names.append(wanted)
+        elif isinstance(wanted, list) and wanted and all(isinstance(w, str) for w in wanted):
+            names.extend(wanted)
+        else:
+            return ()  # none named (or a bad value, which the nuke engine reports)
     return tuple(dict.fromkeys(names))
 
 

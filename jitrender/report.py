@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from jitrender.errors import ExitCode
 
-Status = Literal["succeeded", "failed", "preempted"]
+Status = Literal["succeeded", "failed", "preempted", "transient_failure"]
 
 
 @dataclass

@@ -104,7 +104,7 @@ class JobRun:
         self.stop = self.stopping.event
         self._watcher = PreemptionWatcher(self.stop, self.stopping.notice)
         self.stores = Stores()
-        self.retry = RetryPolicy(attempts=job.retries.storage)
+        self.retry = RetryPolicy(job.retries.storage, job.retries.storage_deadline)
         self.path_map = job_path_map(job, options)  # first: the job's URLs go through it
         self.job_hash = job.job_hash()
         self.report = Report(job=job.display_name, job_hash=self.job_hash, task=options.task)
@@ -128,8 +128,8 @@ class JobRun:
         except Preempted as exc:
             reason = f" ({self.stopping.reason})" if self.stopping.reason else ""
             report.status, report.exit_code, report.error = "preempted", 75, exc.message + reason
-        except TransientError as exc:
-            report.status, report.exit_code, report.error = "preempted", 75, exc.message
+        except TransientError as exc:  # storage outlasted its retries: not a preemption
+            report.status, report.exit_code, report.error = "transient_failure", 75, exc.message
         except JitrenderError as exc:
             report.status, report.exit_code = "failed", int(exc.exit_code)
             report.error = exc.message
@@ -307,6 +307,10 @@ class JobRun:
             if frame in report.done or frame in failures:  # stage failures come first
                 continue
             why = "outputs not uploaded"
+            errors = [r for r in uploader.records.values() if r.outcome == "error"]
+            refused = [r for r in errors if self.patterns.frame_of(r.relpath) == frame]
+            if refused and refused[0].error:
+                why = refused[0].error  # say why (a refused symlink, a storage error)
             bad = [u for u in report.conflicts if self.patterns.frame_of(u) == frame]
             if bad:
                 why = f"output exists in the bucket with other content: {bad[0]}"
@@ -363,12 +367,12 @@ class JobRun:
             report.write(self.options.report_path)
 
     def _record_health(self) -> None:
-        """Frames rendered or failed by their stages count towards the node's health; upload
-        conflicts and missing inputs are the job's fault, not the node's."""
+        """Frames rendered or failed by their stages go to the node's health record (which
+        decides what is the node's fault); upload conflicts and missing inputs never count."""
         name, job_hash = self.job.display_name, self.job_hash
         outcomes = [FrameOutcome(job_hash, name, f, True) for f in self.report.done]
         outcomes += [
-            FrameOutcome(job_hash, name, f.frame, False, f"{f.stage}: {f.why}")
+            FrameOutcome(job_hash, name, f.frame, False, f"{f.stage}: {f.why}", tuple(f.log_tail))
             for f in self.report.failures
             if f.stage != "upload"
         ]

@@ -62,11 +62,16 @@ def _load(name: str) -> Resolver | None:
 
 # The optional extra that provides each importable package a built-in resolver needs.
 _EXTRAS = {"pxr": "usd"}
+# The versions the built-in resolvers are written against, where a newer API breaks them.
+_SUPPORTED = {"blender_asset_tracer": "blender-asset-tracer>=1.23,<2"}
 
 
 def missing_extra(who: str, exc: ImportError) -> str:
     """One line saying which extra to install for ``who`` when an import failed."""
     package = (exc.name or "").split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError):  # installed, but lacks what is imported
+        wanted = _SUPPORTED.get(package, package or "?")
+        return f"{who} cannot use the installed {package} ({exc}): pip install '{wanted}'"
     extra = _EXTRAS.get(package)
     install = f"pip install 'jitrender[{extra}]'" if extra else f"pip install {package or '?'}"
     return f"{who} needs the Python package {package!r}, which is not installed: {install}"
