@@ -14,21 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
 from tests.renderjobs import RenderJob, jitrender_env, make_job, run
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-    )
 
 
 def _rewrite(job: RenderJob, **changes: Any) -> None:

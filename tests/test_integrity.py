@@ -8,25 +8,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from jitrender.storage import LocalStore, crc32c_of_bytes
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
 from tests.renderjobs import expected_output, jitrender_env, make_job, run
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
 
 
 def cache_objects(cache_dir: Path) -> list[Path]:
