@@ -4,7 +4,9 @@ Layout below the cache folder (mode 0700)::
 
     objects/ab/<sha256>     immutable object bytes, named by (url, generation); present = verified
     tmp/                    downloads in progress (``<sha>.<pid>.<rand>``); never read as data
-    locks/<xyz>.lock        4096 striped flock files: one download per object across processes
+    locks/stripes           one download per object across processes: an open-file-description
+                            lock on one byte per key stripe (Linux); elsewhere flock on one of
+                            4096 ``locks/<n>.lock`` stripe files
     runs/<run>/             job workspaces (inputs/ hold hardlinks to objects) + run.lock
     index.sqlite            entries (size, checksum, last use) and counters; JSON-free, no pickle
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -149,7 +150,7 @@ class Uploader:
         self.upload_seconds = 0.0
         self._observer: Any = None
         self._closed: dict[str, float] = {}  # relpath -> when its writer closed it
-        self.writer_alive: Callable[[], bool] = lambda: False
+        self._writer: subprocess.Popen[bytes] | None = None  # the running stage's process
         self.settle_s = 0.3
         self._alive_at = 0.0  # last time the writer was seen alive
         self._ticker_stop = threading.Event()
@@ -198,13 +199,20 @@ class Uploader:
 
     def _settle_loop(self) -> None:
         while not self._ticker_stop.wait(0.05):
-            if self.writer_alive():
+            writer = self._writer
+            if writer is not None and writer.poll() is None:
                 self._alive_at = time.monotonic()
             for relpath in self._proven_whole():
                 self.submit(self.outputs_dir / relpath)
 
+    def stage_started(self, writer: subprocess.Popen[bytes]) -> None:
+        """A stage process that writes outputs started: files it closes are whole once it is
+        seen alive a moment later (see the module docstring)."""
+        self._writer = writer
+
     def stage_succeeded(self) -> None:
         """The writer exited 0: everything it wrote is whole; submit it all."""
+        self._writer = None
         with self._lock:
             self._closed.clear()
         self.sweep()
@@ -212,6 +220,7 @@ class Uploader:
     def stage_failed(self) -> None:
         """The writer failed or was killed: files it closed but that did not settle may be
         partial. Delete them so that nothing can ever upload them; a retry rewrites them."""
+        self._writer = None
         for relpath in self._proven_whole():
             self.submit(self.outputs_dir / relpath)
         with self._lock:

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +35,7 @@ from jitrender.errors import (
     TransientError,
 )
 from jitrender.paths import local_path_of, split_url
+from jitrender.registry import Registry
 
 T = TypeVar("T")
 
@@ -112,15 +113,16 @@ def crc32c_of_bytes(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff with full jitter for transient storage failures."""
+    """How long transient storage failures are ridden out: jittered exponential backoff
+    (google-api-core's truncated exponential sleep generator, as google-cloud-storage's own
+    default retry uses) until ``deadline`` seconds have passed since the call began, or until
+    ``attempts`` calls have failed when that is set."""
 
-    attempts: int = 5
-    base_delay: float = 0.2
-    max_delay: float = 10.0
-
-    def delays(self) -> Iterator[float]:
-        for attempt in range(self.attempts - 1):
-            yield random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+    attempts: int | None = None
+    deadline: float = 120.0
+    base_delay: float = 0.5  # the first sleep is up to this; each next one up to twice more
+    max_delay: float = 30.0
+    multiplier: float = 2.0
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -181,31 +183,54 @@ def with_retries(
     policy: RetryPolicy,
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
-    """Run a storage call; retry transient failures, translate the rest into jitrender errors."""
-    delays = policy.delays()
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
-                raise ObjectNameError(
-                    f"{url}: a name in this path is longer than the local file system allows"
-                ) from None
-            kind = classify(exc)
-            if kind == "missing":
-                raise MissingDependencyError(url) from exc
-            if kind == "denied":
-                raise PermissionDeniedError(f"{url}: permission denied ({exc})") from exc
-            if kind != "transient":
-                raise
-            delay = next(delays, None)
-            if delay is None:
-                raise TransientError(
-                    f"{url}: storage still failing after {policy.attempts} attempts: {exc}"
-                ) from exc
-            if on_retry is not None:
-                on_retry(exc)
-            time.sleep(delay)
+    """Run a storage call; retry transient failures within the policy's deadline (and
+    attempts), translate the rest into jitrender errors. A transient failure that outlasts
+    them is a :class:`TransientError` whose message starts "transient storage failure"."""
+    from google.api_core.exceptions import RetryError
+    from google.api_core.retry import exponential_sleep_generator, retry_target
+
+    failures = 0
+    started = time.monotonic()
+
+    def retryable(exc: Exception) -> bool:
+        nonlocal failures
+        failures += 1
+        transient = classify(exc) == "transient"
+        return transient and (policy.attempts is None or failures < policy.attempts)
+
+    try:
+        result: T = retry_target(
+            call,
+            retryable,
+            exponential_sleep_generator(policy.base_delay, policy.max_delay, policy.multiplier),
+            timeout=policy.deadline,
+            on_error=on_retry,
+        )
+        return result
+    except RetryError as exc:  # the deadline passed: the last failure is its cause
+        last = exc.cause if isinstance(exc.cause, BaseException) else exc
+        raise _transient(url, failures, started, last) from last
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+            raise ObjectNameError(
+                f"{url}: a name in this path is longer than the local file system allows"
+            ) from None
+        kind = classify(exc)
+        if kind == "missing":
+            raise MissingDependencyError(url) from exc
+        if kind == "denied":
+            raise PermissionDeniedError(f"{url}: permission denied ({exc})") from exc
+        if kind == "transient":  # out of attempts
+            raise _transient(url, failures, started, exc) from exc
+        raise
+
+
+def _transient(url: str, failures: int, started: float, exc: BaseException) -> TransientError:
+    seconds = time.monotonic() - started
+    return TransientError(
+        f"transient storage failure: {url}: still failing after {failures} attempts in "
+        f"{seconds:.1f} s: {exc}"
+    )
 
 
 # -- the interface ------------------------------------------------------------------------
@@ -280,10 +305,6 @@ class Store(ABC):
         buffer = io.BytesIO()
         self.download(info, buffer)
         return buffer.getvalue()
-
-    @abstractmethod
-    def delete(self, url: str) -> None:
-        """Remove an object (used by ``--overwrite`` paths and tests, never by a normal run)."""
 
 
 def _compare(
@@ -444,12 +465,6 @@ class LocalStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 source.unlink()
-
-    def delete(self, url: str) -> None:
-        path = local_path_of(url)
-        path.unlink()
-        with contextlib.suppress(OSError):
-            _crc_sidecar(path).unlink()
 
 
 def _local_generation(st: os.stat_result) -> str:
@@ -737,10 +752,6 @@ class GCSStore(Store):
             return PutResult("identical" if same else "conflict", existing)
         return PutResult("created", self._info(blob))
 
-    def delete(self, url: str) -> None:
-        bucket_name, name = self._split(url)
-        self._client().bucket(bucket_name).blob(name).delete(retry=None)
-
 
 # -- anything else fsspec speaks ----------------------------------------------------------
 
@@ -815,21 +826,13 @@ class FsspecStore(Store):
         self.fs.put_file(str(source), self._path(url))
         return PutResult("created" if existing is None else "overwritten", self.stat(url))
 
-    def delete(self, url: str) -> None:
-        self.fs.rm_file(self._path(url))
-
 
 # -- registry -----------------------------------------------------------------------------
 
-_STORE_FACTORIES: dict[str, Callable[[str], Store]] = {
-    "file": lambda _scheme: LocalStore(),
-    "gs": lambda _scheme: GCSStore(),
-}
-
-
-def register_store(scheme: str, factory: Callable[[str], Store]) -> None:
-    """Make ``scheme://`` URLs use ``factory`` (fsspec-style registry)."""
-    _STORE_FACTORIES[scheme] = factory
+# scheme -> factory; a studio adds one with the ``jitrender.stores`` entry point.
+_STORE_FACTORIES: Registry[Callable[[str], Store]] = Registry("jitrender.stores")
+_STORE_FACTORIES.add("file", lambda _scheme: LocalStore())
+_STORE_FACTORIES.add("gs", lambda _scheme: GCSStore())
 
 
 class Stores:
@@ -844,7 +847,7 @@ class Stores:
         with self._lock:
             store = self._stores.get(scheme)
             if store is None:
-                factory = _STORE_FACTORIES.get(scheme, FsspecStore)
+                factory = _STORE_FACTORIES.get(scheme) or FsspecStore
                 try:
                     store = factory(scheme)
                 except (ImportError, ValueError) as exc:
