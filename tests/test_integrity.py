@@ -246,3 +246,28 @@ def bucket_bytes(url: str) -> bytes:
 
     bucket, _, name = url.removeprefix("gs://").partition("/")
     return bucket_objects(f"gs://{bucket}", name)[name][1]
+
+
+def test_in_a_read_only_bucket_folder_stat_reads_no_bytes_and_puts_compare_bytes(
+    tmp_path: Path, local_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jitrender.storage as storage
+
+    url = f"{local_bucket}/plate.exr"
+    put_object(url, b"plate bytes")
+    monkeypatch.setattr(storage.os, "access", lambda *_args: False)
+    real_crc = storage.crc32c_of_file
+
+    def no_reads(path: Path, block: int = 4 << 20) -> str:
+        if path == Path(url.removeprefix("file://")):
+            raise AssertionError("stat read the whole object, on every run")
+        return real_crc(path, block)
+
+    monkeypatch.setattr(storage, "crc32c_of_file", no_reads)
+    info = LocalStore().stat(url)
+    assert info is not None and info.crc32c is None
+    same, other = tmp_path / "same", tmp_path / "other"
+    same.write_bytes(b"plate bytes")
+    other.write_bytes(b"plate bytez")
+    assert LocalStore().put_if_absent(same, url).outcome == "identical"
+    assert LocalStore().put_if_absent(other, url).outcome == "conflict"
