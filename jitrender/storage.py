@@ -452,7 +452,7 @@ class LocalStore(Store):
             try:
                 os.link(part, final)
             except FileExistsError:
-                return _compare(source, self.stat(url), url)
+                return _compare(source, self.stat(url), url, lambda: open(final, "rb"))
             _write_crc_tag(final, _local_generation(final.stat()), writer.digest_b64())
             return PutResult("created", self.stat(url))
         finally:
@@ -517,13 +517,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def local_crc32c(path: Path, st: os.stat_result) -> str:
+def local_crc32c(path: Path, st: os.stat_result) -> str | None:
     """The crc32c of a local object's bytes: its stored tag while that is for this very
-    version (generation), else computed now and stored for next time where the folder allows."""
+    version (generation), else computed now and stored for next time. None where no tag can
+    be stored (a read-only bucket folder): reading every file on every stat would cost a warm
+    run what a cold one costs; such objects are compared byte by byte instead."""
     generation = _local_generation(st)
     tag = _read_crc_tag(path)
     if tag is not None and tag[0] == generation:
         return tag[1]
+    if not (os.access(path, os.W_OK) or os.access(path.parent, os.W_OK)):
+        return None
     crc = crc32c_of_file(path)
     with contextlib.suppress(OSError):
         if _local_generation(path.stat()) == generation:  # not changed while being read

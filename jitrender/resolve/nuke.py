@@ -1424,9 +1424,7 @@ class GizmoLibrary:
             if not written:
                 continue
             try:
-                # The node's own plugin path, not a path written in the scene: a local folder
-                # here is the farm's gizmo library, which ctx.map would refuse for a bucket scene.
-                url = ctx.path_map.to_url(written, ctx.scene_folder_url)
+                url = ctx.map(written, node_local=True)  # the node's own NUKE_PATH, not the scene's
             except ValueError:
                 continue
             listed = is_url(written) or ctx.path_map.is_mapped(written)
