@@ -121,7 +121,7 @@ def run(
 ) -> None:
     """Render a job: resolve, fetch just in time, run its stages, upload outputs exactly once."""
     from jitrender.cache import parse_size
-    from jitrender.farm import detect_task, task_frames
+    from jitrender.farm import detect_task, task_frames, task_parts
     from jitrender.heartbeat import TaskProgress
     from jitrender.job import load_job
     from jitrender.progress import make_progress
@@ -135,12 +135,18 @@ def run(
         job = load_job(job_file)
         frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
         slot = detect_task(task_index, task_count, os.environ)
-        task = None
-        if slot is not None:
+        task, parts = None, None
+        split = job.split_stage
+        if slot is not None and split is not None and split.split is not None:
+            parts = task_parts(frame_list, split.split.parts, slot, job.chunk)
+            frame_list = sorted({frame for frame, _ in parts})
+            task = {"index": slot.index, "count": slot.count, "source": slot.source}
+        elif slot is not None:
             frame_list = task_frames(frame_list, slot, job.chunk)
             task = {"index": slot.index, "count": slot.count, "source": slot.source}
         options = RunOptions(
             frames=frame_list,
+            parts=parts,
             cache_dir=cache_dir,
             cache_max_bytes=parse_size(cache_max_size, "--cache-max-size"),
             report_path=report,

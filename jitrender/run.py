@@ -67,6 +67,7 @@ def _seconds_from_env(name: str, default: float) -> float:
 @dataclass
 class RunOptions:
     frames: list[int] | None = None  # overrides the job's frames (already split by task)
+    parts: list[tuple[int, int]] | None = None  # a split job's (frame, part) pairs; None: all
     cache_dir: Path | None = None
     cache_max_bytes: int | None = None
     report_path: Path | None = None
