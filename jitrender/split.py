@@ -311,8 +311,9 @@ class SplitRender:
         if missing:
             if self.assemble_only:
                 listed = ", ".join(str(p) for p in missing)
-                return FrameFailure(frame, "assemble", f"parts {listed} of {self.split.parts} "
-                                    "are not in the bucket yet")  # fmt: skip
+                what = f"part {listed} is" if len(missing) == 1 else f"parts {listed} are"
+                why = f"{what} not in the bucket yet (of {self.split.parts}): run its tasks"
+                return FrameFailure(frame, "assemble", why)
             self.summary.waiting.append(frame)
             return None
         if self._frame_marked(frame):  # another task assembled it: adopt, not this run's frame
