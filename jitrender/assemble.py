@@ -108,7 +108,9 @@ def describe_part(path: Path, description: Mapping[str, Any]) -> None:
     write_layers(path, layers)
 
 
-def _clean(spec: Any, width: int, height: int) -> Any:
+def _clean(spec: Any, width: int, height: int, samples: int | None = None) -> Any:
+    """The whole frame's spec from a part's: its size, float, Cycles' per-layer metadata with
+    the frame's sample count (``samples``, for sample parts) and no per-part timings."""
     oiio = _oiio()
     whole = oiio.ImageSpec(spec)
     whole.x, whole.y, whole.width, whole.height = 0, 0, width, height
@@ -116,7 +118,35 @@ def _clean(spec: Any, width: int, height: int) -> Any:
     whole.set_format(oiio.FLOAT)
     for name in _OWN_ATTRIBUTES:
         whole.erase_attribute(name)
+    for attribute in list(spec.extra_attribs):
+        name = attribute.name
+        if name.startswith("cycles.") and name.endswith("_time"):
+            whole.erase_attribute(name)  # one part's timing, not the frame's
+        elif samples is not None and name.startswith("cycles.") and name.endswith(".samples"):
+            whole.attribute(name, str(samples))
     return whole
+
+
+def carry_render_metadata(assembled: Path, frame: Path) -> None:
+    """Add Cycles' per-layer metadata (``cycles.<layer>.samples``…) of the assembled file to
+    the finished frame, which Blender wrote from its compositor without rendering. EXR frames
+    only: rewriting them is lossless."""
+    if frame.suffix.lower() != ".exr":
+        return
+    oiio = _oiio()
+    source = oiio.ImageBuf(str(assembled), 0, 0).spec()
+    wanted = [(a.name, a.value) for a in source.extra_attribs if a.name.startswith("cycles.")]
+    if not wanted:
+        return
+    buf = oiio.ImageBuf(str(frame))
+    if not buf.read(force=True):
+        raise DataError(f"{frame.name}: cannot read the finished frame: {buf.geterror()}")
+    for name, value in wanted:
+        buf.specmod().attribute(name, value)
+    temp = frame.with_name(f".{frame.stem}.writing.exr")
+    if not buf.write(str(temp)):
+        raise DataError(f"cannot write {frame.name}: {buf.geterror()}")
+    temp.replace(frame)
 
 
 def _same_layout(parts: Sequence[list[_Layer]], names: Sequence[str]) -> None:
@@ -171,6 +201,6 @@ def assemble_frame(parts: Sequence[Path], out: Path) -> None:
                 for count, layers in zip(counts, read, strict=True):
                     acc += layers[index].pixels * (count / total)
                 pixels = acc.astype(np.float32)
-            whole.append(_Layer(layer.name, _clean(layer.spec, width, height), pixels))
+            whole.append(_Layer(layer.name, _clean(layer.spec, width, height, total), pixels))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_layers(out, whole)

@@ -89,7 +89,8 @@ class SplitSummary:
     assembled: list[int] = field(default_factory=list)
     adopted: list[int] = field(default_factory=list)  # another task had assembled it
     waiting: list[int] = field(default_factory=list)  # parts still missing (other tasks')
-    assemble_s: float = 0.0
+    assemble_s: float = 0.0  # downloading and pasting/averaging the parts
+    finish_s: float = 0.0  # Blender's denoise, compositor and write of the assembled frame
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +100,7 @@ class SplitSummary:
             "adopted": self.adopted,
             "waiting_for_other_parts": self.waiting,
             "assemble_s": round(self.assemble_s, 3),
+            "finish_s": round(self.finish_s, 3),
         }
 
 
@@ -251,7 +253,7 @@ class SplitRender:
 
     def _assemble(self, frame: int) -> FrameFailure | None:
         """Download the frame's parts, assemble them, and finish the frame into outputs/."""
-        from jitrender.assemble import assemble_frame
+        from jitrender.assemble import assemble_frame, carry_render_metadata
 
         started = time.monotonic()
         folder = self.scratch / f"frame.{frame}"
@@ -264,14 +266,24 @@ class SplitRender:
         assembled = folder / "assembled.exr"
         assemble_frame(local, assembled)
         self.summary.assemble_s += time.monotonic() - started
-        uploader = self.runner.uploader
-        outcome = self._attempts(frame, [f"--finish={assembled}"], "assembly")
-        if outcome.ok:
-            uploader.stage_succeeded()
-        else:
-            uploader.stage_failed()
+        # Blender writes the frame beside the parts; it moves into outputs/ (and so to the
+        # uploader) whole, its metadata added.
+        finished = folder / "finished"
+        extra = [f"--finish={assembled}", f"--outputs={finished}"]  # the last --outputs wins
+        outcome = self._attempts(frame, extra, "assembly")
+        self.summary.finish_s += outcome.seconds
+        if not outcome.ok:
             return FrameFailure(frame, self.stage.name, f"assembly: {outcome.why()}",
                                 list(outcome.tail))  # fmt: skip
+        written = [p for p in finished.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        if len(written) != 1:
+            return FrameFailure(frame, self.stage.name, "assembly wrote no frame")
+        relative = written[0].relative_to(finished)
+        carry_render_metadata(assembled, written[0])
+        target = self.runner.workspace.outputs / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written[0].replace(target)
+        self.runner.uploader.submit(target)  # a move into outputs/ is no rename event there
         self.summary.assembled.append(frame)
         return None
 

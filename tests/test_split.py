@@ -195,6 +195,10 @@ def test_tiles_2x2_as_four_tasks_equal_one_task_to_float_rounding_with_no_seam(
         assert np.abs(four[:, x] - one[:, x]).max() <= 1e-5
     for y in (HEIGHT // 2 - 1, HEIGHT // 2):
         assert np.abs(four[y] - one[y]).max() <= 1e-5
+    specs = [oiio.ImageBuf(str(tmp_path / n)).spec() for n in ("whole/shot.0001.exr",
+                                                                "split/shot.0001.exr")]  # fmt: skip
+    for key in ("cycles.ViewLayer.samples", "Camera", "Frame", "Scene", "Software"):
+        assert specs[1].get_string_attribute(key) == specs[0].get_string_attribute(key) != ""
     marker = json.loads(next(v for n, (_, v) in objects.items() if n.endswith("/frame.1.json")))
     assert list(marker["outputs"]) == [f"{gcs_bucket}/split/shot.0001.exr"]
 
@@ -220,6 +224,8 @@ def test_four_sample_subsets_average_to_the_full_render_and_denoise_once(
     part = json.loads((bucket / "split/_jitrender").glob("*/parts/frame.1.part.2.json").__next__()
                       .read_text())  # fmt: skip
     assert (part["offset"], part["samples"], part["total"]) == (8, 4, 16)
+    samples = oiio.ImageBuf(str(bucket / "split/shot.0001.exr")).spec()
+    assert samples.get_string_attribute("cycles.ViewLayer.samples") == "16"
 
 
 def test_a_task_killed_mid_part_rerenders_only_that_part_and_the_frame_is_assembled_once(
