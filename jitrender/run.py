@@ -22,11 +22,10 @@ next run either completes from its uploaded outputs or renders again without ove
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +52,15 @@ from jitrender.plan import Resolution, RunPlan, resolve_for_job, resolve_job_sce
 from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
-from jitrender.stopping import Stop
+from jitrender.stopping import Stop, seconds_from_env
 from jitrender.storage import RetryPolicy, Stores
-
-
-def _seconds_from_env(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise ConfigError(f"{name}: {os.environ[name]!r} is not a number of seconds") from None
 
 
 @dataclass
 class RunOptions:
     frames: list[int] | None = None  # overrides the job's frames (already split by task)
+    parts: list[tuple[int, int]] | None = None  # a split job's (frame, part) pairs; None: all
+    assemble_only: bool = False  # a split job: render no part, assemble frames whose parts exist
     cache_dir: Path | None = None
     cache_max_bytes: int | None = None
     report_path: Path | None = None
@@ -82,7 +76,7 @@ class RunOptions:
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
     # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
     flush_budget_s: float = field(
-        default_factory=lambda: _seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
+        default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
     )
 
 
@@ -182,7 +176,10 @@ class JobRun:
         self._start_services(plan)
         self.progress.totals(report.deps_count, report.bytes_needed, len(todo))
         try:
-            self._run_stages(plan)
+            if job.split_stage is not None:
+                plan = self._run_parts(plan)  # narrowed to the frames this task finishes
+            else:
+                self._run_stages(plan)
         except Preempted:
             self._settle(plan, interrupted=True)  # flush what finished (bounded), mark it
             raise
@@ -288,6 +285,25 @@ class JobRun:
                         alive.remove(frame)
         finally:
             self.report.timings["render_s"] += runner.render_seconds
+
+    def _run_parts(self, plan: RunPlan) -> RunPlan:
+        """A split job's parts and assemblies (see :mod:`jitrender.split`)."""
+        from jitrender.split import SplitRender
+
+        assert self.workspace and self.uploader and self.books and self.inputs and self.agent
+        runner = StageRunner(self.job, self.workspace, self.uploader, self.agent.env(),
+                             self.stop, self.progress)  # fmt: skip
+        split = SplitRender(self.job, plan.frames, self.options.parts, runner=runner,
+                            books=self.books, inputs=self.inputs, store=self.outputs_store,
+                            retry=self.retry, stop=self.stop, progress=self.progress,
+                            assemble_only=self.options.assemble_only)  # fmt: skip
+        try:
+            settled = split.run()
+        finally:
+            self.report.timings["render_s"] += runner.render_seconds
+            self.report.parts = split.summary.to_json()
+        self.report.skipped_already_done += split.summary.adopted
+        return replace(plan, frames=tuple(f for f in plan.frames if f in settled))
 
     # -- 4. settle: flush uploads, markers, the report -----------------------------------
 
