@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import random
@@ -164,7 +165,7 @@ class Cache:
 
     @staticmethod
     def key(info: ObjectInfo) -> str:
-        return hashlib.sha256(f"{info.url}\0{info.generation}".encode()).hexdigest()
+        return _object_key(info.url, info.generation)
 
     def object_path(self, info: ObjectInfo) -> Path:
         key = self.key(info)
@@ -716,6 +717,11 @@ class Cache:
         fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return run_dir, fd
+
+
+@functools.lru_cache(maxsize=4096)  # one object's fetch asks for its key four times
+def _object_key(url: str, generation: str) -> str:
+    return hashlib.sha256(f"{url}\0{generation}".encode()).hexdigest()
 
 
 def check_private_folder(folder: Path, *, follow: bool) -> None:
