@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,11 +55,15 @@ def _proc(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
     # on every start costs ~0.4 s of CPU here): the first round writes it, later ones use it.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("PYTHONPYCACHEPREFIX", str(Path(tempfile.gettempdir()) / "jitrender-bench-pyc"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(
         list(argv), cwd=REPO, env=env, capture_output=True, text=True, timeout=1800, check=False
     )
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds (user + sys) of the tool's process: steadier than wall on a loaded machine.
+    _CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if out.returncode != 0:
         raise RuntimeError(f"{argv[0]} {argv[1:3]} failed ({out.returncode}): {out.stderr[-800:]}")
     return wall
@@ -138,6 +143,8 @@ def _python_tool(code: str, root: Path, names: Sequence[str], dest: Path, mode: 
     return _proc([sys.executable, "-c", script, str(listing), str(dest), mode])
 
 
+_CPU: list[float] = []  # the CPU seconds of each _proc call, in order
+
 Tool = Callable[[Path], float]  # a fresh destination folder -> wall seconds
 
 
@@ -162,15 +169,20 @@ def _tools(emu: Emulator, root: Path, shape: Shape, which: Sequence[str]) -> dic
     return tools
 
 
-def _rounds(tools: dict[str, Tool], root: Path, rounds: int) -> dict[str, list[float]]:
-    """Interleaved: every tool once per round, into a fresh folder it must fill."""
+def _rounds(
+    tools: dict[str, Tool], root: Path, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Interleaved: every tool once per round, into a fresh folder it must fill. Returns the
+    wall seconds and the CPU seconds of each tool's runs."""
     walls: dict[str, list[float]] = {name: [] for name in tools}
+    cpus: dict[str, list[float]] = {name: [] for name in tools}
     for index in range(rounds):
         for name, tool in tools.items():
             dest = root / f"dest-{index}-{len(walls[name])}-{abs(hash(name))}"
             walls[name].append(tool(dest))
+            cpus[name].append(_CPU[-1])
             shutil.rmtree(dest, ignore_errors=True)
-    return walls
+    return walls, cpus
 
 
 def _summary(walls: list[float]) -> dict[str, float]:
@@ -242,13 +254,15 @@ def _explicit(data: Path, name: str, shape: Shape) -> Shape:
 def _compare(
     emu: Emulator, root: Path, shape: Shape, which: Sequence[str], rounds: int
 ) -> dict[str, Any]:
-    walls = _rounds(_tools(emu, root, shape, which), root, rounds)
+    walls, cpus = _rounds(_tools(emu, root, shape, which), root, rounds)
     count = len(shape.objects)
     tools = {}
     for name, series in walls.items():
         s = _summary(series)
         tools[name] = s | {
             "walls_s": [round(w, 3) for w in series],
+            "cpu_s": [round(c, 3) for c in cpus[name]],
+            "cpu_median_s": round(statistics.median(cpus[name]), 3),
             "files_per_s": round(count / s["median_s"], 1),
             "MB_per_s": round(shape.bytes / s["median_s"] / 1e6, 1),
         }
@@ -362,7 +376,7 @@ def run(quick: bool) -> dict[str, Any]:
                 else f"{s['MB_per_s']:.0f} MB/s"
             )
             mark = result["ratio_vs_best"] if name == "jitrender" else ""
-            rows.append([label, name, _cell(s), rate, mark])
+            rows.append([label, name, _cell(s), f"{s['cpu_median_s']:.2f}", rate, mark])
 
     with workdir("link") as root:
         data, cold_data = root / "data", root / "cold-data"
@@ -398,15 +412,18 @@ def run(quick: bool) -> dict[str, Any]:
             add(f"{cold_n} x 1 KB deps, cold", out["cold_small"], "files")
         out["plan"] = _plan(root, plan_n, rounds)
         rows.append([f"plan of {out['plan']['deps']} deps (resolve + stat, file://)", "jitrender",
-                     _cell(out["plan"]), f"{out['plan']['bytes_per_dep_median']} B/dep",
+                     _cell(out["plan"]), "", f"{out['plan']['bytes_per_dep_median']} B/dep",
                      ""])  # fmt: skip
     link_share = out["large"]["tools"]["jitrender"]["MB_per_s"] / NODE_MB_S
     out["large_link_share"] = round(link_share, 3)
-    text = table(TITLE, ["shape", "tool", "wall s median (min-max)", "rate", "vs best"], rows)
+    header = ["shape", "tool", "wall s median (min-max)", "CPU s", "rate", "vs best"]
+    text = table(TITLE, header, rows)
     text += (
-        f"\n\n{rounds} interleaved rounds; every tool a whole process; 'vs best' = best "
-        f"alternative's median / jitrender's (>1: jitrender faster). Large files: jitrender at "
-        f"{link_share:.0%} of the {NODE_MB_S:.0f} MB/s link."
+        f"\n\n{rounds} interleaved rounds; every tool a whole process (start-up included); "
+        f"CPU s = the median user + sys seconds of the process (steadier than wall where other "
+        f"work shares the machine); 'vs best' = best alternative's median wall / jitrender's "
+        f"(>1: jitrender faster). Large files: jitrender's whole run at {link_share:.0%} of "
+        f"the {NODE_MB_S:.0f} MB/s link."
     )
     warm_s = out["warm"]["jitrender"]["median_s"]
     out["table"] = text
@@ -439,10 +456,17 @@ def _warm(emu: Emulator, root: Path, shape: Shape, rounds: int) -> dict[str, Any
     if "rclone --transfers 64" in tools:
         tools["rclone --transfers 64"](rclone_dest)
     walls: dict[str, list[float]] = {"jitrender": []}
+    cpus: dict[str, list[float]] = {"jitrender": []}
     if rclone_dest.exists():
-        walls["rclone"] = []
+        walls["rclone"], cpus["rclone"] = [], []
     for _ in range(rounds):
         walls["jitrender"].append(tools["jitrender"](cache))
+        cpus["jitrender"].append(_CPU[-1])
         if "rclone" in walls:
             walls["rclone"].append(tools["rclone --transfers 64"](rclone_dest))
-    return {name: _summary(series) | {"walls_s": series} for name, series in walls.items()}
+            cpus["rclone"].append(_CPU[-1])
+    return {
+        name: _summary(series)
+        | {"walls_s": series, "cpu_median_s": round(statistics.median(cpus[name]), 3)}
+        for name, series in walls.items()
+    }
