@@ -273,3 +273,17 @@ def test_a_task_killed_mid_part_rerenders_only_that_part_and_the_frame_is_assemb
     assert [n for n in written if n.endswith(".exr") and "/parts/" not in n] == [
         "split/shot.0001.exr"
     ]
+
+
+def test_submit_starts_one_task_per_chunk_of_frame_part_pairs(tmp_path: Path) -> None:
+    job = write_job(tmp_path, "shots/plain.blend", f"file://{tmp_path}/out", {"samples": 4})
+    data = yaml.safe_load(job.read_text())
+    data.update(frames="1-2", chunk=1)
+    job.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "submit", str(job), "--farm", "slurm",
+         "--dry-run"],
+        capture_output=True, text=True, timeout=120, env=cli_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --array=0-7\n" in done.stdout  # 2 frames x 4 parts
