@@ -277,6 +277,9 @@ class Job(BaseModel):
             mode="json", by_alias=True, exclude={"frames", "cache", "retries", "chunk"}
         )
         shape["scene"] = self.scene_url
+        for stage in shape["stages"]:
+            if stage.get("split") is None:
+                stage.pop("split", None)  # unsplit jobs keep the hash they had before split:
         shape["outputs"]["to"] = self.outputs_url
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
