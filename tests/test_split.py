@@ -287,3 +287,49 @@ def test_submit_starts_one_task_per_chunk_of_frame_part_pairs(tmp_path: Path) ->
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "#SBATCH --array=0-7\n" in done.stdout  # 2 frames x 4 parts
+
+
+def test_two_tasks_racing_to_assemble_one_frame_leave_one_object_and_both_succeed(
+    tmp_path: Path, scenes: Path, gcs_bucket: str
+) -> None:
+    scene_url = f"{gcs_bucket}/shots/plain.blend"
+    put_object(scene_url, (scenes / "plain.blend").read_bytes())
+    split = write_job(tmp_path, scene_url, f"{gcs_bucket}/split", {"tiles": [2, 1]})
+    run_task(split, 0, count=2)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "jitrender.cli", "run", str(split), "--task-index", "1",
+         "--task-count", "2", "--progress", "plain"],
+        env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert victim.stderr is not None
+    for line in victim.stderr:
+        if "stage_start stage=render frames=1 assembly " in line:
+            break
+    os.killpg(victim.pid, signal.SIGKILL)  # killed while assembling, after its last part
+    victim.wait(timeout=30)
+    assert "split/shot.0001.exr" not in bucket_objects(gcs_bucket, "split/")
+
+    # Its retry and a wrangler's `jitrender assemble` both find every part and assemble.
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jitrender.cli", *argv, "--json"],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in (
+            ["run", str(split), "--task-index", "1", "--task-count", "2"],
+            ["assemble", str(split)],
+        )
+    ]
+    results = [proc.communicate(timeout=240) for proc in racers]
+    assert [proc.returncode for proc in racers] == [0, 0], [err[-2000:] for _, err in results]
+    reports = [json.loads(out) for out, _ in results]
+    assert all(r["frames"]["done"] + r["frames"]["skipped_already_done"] == [1] for r in reports)
+    assert reports[0]["parts"]["rendered"] == []  # its part was in the bucket already
+    objects = bucket_objects(gcs_bucket, "split/")
+    assert [n for n in objects if n.endswith(".exr") and "/parts/" not in n] == [
+        "split/shot.0001.exr"
+    ]
+    assert len([n for n in objects if n.endswith("/frame.1.json")]) == 1
