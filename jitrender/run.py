@@ -22,7 +22,6 @@ next run either completes from its uploaded outputs or renders again without ove
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import time
 import traceback
@@ -53,15 +52,8 @@ from jitrender.plan import Resolution, RunPlan, resolve_for_job, resolve_job_sce
 from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
-from jitrender.stopping import Stop
+from jitrender.stopping import Stop, seconds_from_env
 from jitrender.storage import RetryPolicy, Stores
-
-
-def _seconds_from_env(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise ConfigError(f"{name}: {os.environ[name]!r} is not a number of seconds") from None
 
 
 @dataclass
@@ -84,7 +76,7 @@ class RunOptions:
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
     # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
     flush_budget_s: float = field(
-        default_factory=lambda: _seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
+        default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
     )
 
 
