@@ -289,11 +289,11 @@ def test_submit_starts_one_task_per_chunk_of_frame_part_pairs(tmp_path: Path) ->
     assert "#SBATCH --array=0-7\n" in done.stdout  # 2 frames x 4 parts
 
 
-def test_two_tasks_racing_to_assemble_one_frame_leave_one_object_and_both_succeed(
+def test_two_tasks_racing_to_assemble_leave_one_object_and_a_denoised_frame_without_seams(
     tmp_path: Path, scenes: Path, gcs_bucket: str
 ) -> None:
-    scene_url = f"{gcs_bucket}/shots/plain.blend"
-    put_object(scene_url, (scenes / "plain.blend").read_bytes())
+    scene_url = f"{gcs_bucket}/shots/denoised.blend"
+    put_object(scene_url, (scenes / "denoised.blend").read_bytes())
     split = write_job(tmp_path, scene_url, f"{gcs_bucket}/split", {"tiles": [2, 1]})
     run_task(split, 0, count=2)
     victim = subprocess.Popen(
@@ -333,3 +333,14 @@ def test_two_tasks_racing_to_assemble_one_frame_leave_one_object_and_both_succee
         "split/shot.0001.exr"
     ]
     assert len([n for n in objects if n.endswith("/frame.1.json")]) == 1
+    # Denoised once on the whole frame, so no tile edge: the frame is the unsplit denoised
+    # render's, the columns either side of the edge (x = 31 | 32) included.
+    whole = write_job(tmp_path, scene_url, f"{gcs_bucket}/whole", None)
+    run_task(whole)
+    objects = bucket_objects(gcs_bucket)
+    for name in ("whole/shot.0001.exr", "split/shot.0001.exr"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(objects[name][1])
+    one, two = pixels(tmp_path / "whole/shot.0001.exr"), pixels(tmp_path / "split/shot.0001.exr")
+    assert np.abs(two - one).max() <= 1e-4
+    assert np.abs(two[:, 31:33] - one[:, 31:33]).max() <= 1e-4
