@@ -112,6 +112,9 @@ class StageSpec(BaseModel):
                 f"split: only a per-frame 'blender' engine stage renders parts, not "
                 f"{self.engine or 'command'!r} per {self.per}"
             )
+        engine = self.args.get("engine", "CYCLES")
+        if self.split is not None and str(engine).upper() != "CYCLES":
+            raise ValueError(f"split: parts render with Cycles only, not args.engine {engine!r}")
         return self
 
 

@@ -151,18 +151,27 @@ def test_parts_spread_over_tasks_as_frames_do() -> None:
     assert part_options(SplitSpec(samples=4), 3) == ["--part-samples=3,4"]
 
 
-def test_split_on_a_command_stage_is_a_one_line_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stage", "why"),
+    [
+        (
+            "{name: render, command: 'true', split: {samples: 2}}",
+            "only a per-frame 'blender' engine stage renders parts, not 'command' per frame",
+        ),
+        (
+            "{name: render, engine: blender, args: {engine: BLENDER_EEVEE}, split: {samples: 2}}",
+            "parts render with Cycles only, not args.engine 'BLENDER_EEVEE'",
+        ),
+    ],
+)
+def test_split_outside_a_cycles_blender_stage_is_a_one_line_config_error(
+    stage: str, why: str, tmp_path: Path
+) -> None:
     job = tmp_path / "job.yaml"
-    job.write_text(
-        "frames: 1\noutputs: {to: out}\nstages:\n"
-        "  - {name: render, command: 'true', split: {samples: 2}}\n"
-    )
+    job.write_text(f"frames: 1\noutputs: {{to: out}}\nstages:\n  - {stage}\n")
     code, err, _ = jitrender("validate", str(job))
     assert code == 78
-    assert err.strip().splitlines() == [
-        f"jitrender: error: {job}:4: stages[0]: split: only a per-frame 'blender' engine stage "
-        "renders parts, not 'command' per frame"
-    ]
+    assert err.strip().splitlines() == [f"jitrender: error: {job}:4: stages[0]: split: {why}"]
 
 
 # -- through the CLI ------------------------------------------------------------------------------
