@@ -275,6 +275,9 @@ def test_a_task_killed_mid_part_rerenders_only_that_part_and_the_frame_is_assemb
     code, err, report = jitrender("assemble", str(split))
     assert code == 0, err
     assert report["frames"]["skipped_already_done"] == [1]
+    code, err, status = jitrender("status", str(split))
+    assert code == 0, err
+    assert (status["complete"], status["frames"]["done"]) == (True, [1])
 
     # One object generation for the frame, its marker and every part: written once, never
     # replaced by the later runs.
