@@ -92,7 +92,20 @@ def run(
         str | None, typer.Option("--cache-max-size", help="Cache size cap, e.g. 200GB.")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace outputs that already exist.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace outputs that exist with other content (generation-matched; the same "
+            "bytes are left alone), including those of another version of the job.",
+        ),
+    ] = False,
+    rerender: Annotated[
+        bool,
+        typer.Option(
+            "--rerender",
+            help="Render the frames again even if they are done, replacing their outputs and "
+            "markers (use with --frames).",
+        ),
     ] = False,
     keep_workspace: Annotated[
         bool, typer.Option("--keep-workspace", help="Keep the run's workspace for debugging.")
@@ -135,6 +148,7 @@ def run(
             cache_max_bytes=parse_size(cache_max_size, "--cache-max-size"),
             report_path=report,
             overwrite=overwrite,
+            rerender=rerender,
             keep_workspace=keep_workspace,
             extra_path_map=_extra_path_map(path_map, path_map_rules),
             progress=make_progress(progress),  # type: ignore[arg-type]
@@ -257,21 +271,25 @@ def status(
     frames: Annotated[str | None, typer.Option("--frames", "-f")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Frames done and missing, read from the bucket (done markers of this job's hash)."""
+    """Frames done and missing, read from the bucket: done markers of this job's hash whose
+    outputs are all still there."""
     from jitrender.job import load_job
-    from jitrender.run import frames_with_markers, marker_prefix
+    from jitrender.outputs import OutputPatterns, frames_in_bucket
+    from jitrender.run import marker_prefix
     from jitrender.sequences import format_frames, parse_frames
     from jitrender.storage import RetryPolicy, Stores, with_retries
 
     try:
         job = load_job(job_file)
         frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
-        prefix = marker_prefix(job)
-        store = Stores().for_url(prefix)
-        markers = with_retries(lambda: store.list(prefix), prefix, RetryPolicy())
+        prefix, outputs = marker_prefix(job), job.outputs_url + "/"
+        store = Stores().for_url(outputs)
+        # One listing: markers, and whether the outputs each marker names are still there.
+        listing = with_retries(lambda: store.list(outputs), outputs, RetryPolicy())
     except JitrenderError as exc:
         _fail(exc)
-    done = sorted(frames_with_markers(markers, prefix) & set(frame_list))
+    patterns = OutputPatterns(job.outputs.files)
+    done = frames_in_bucket(listing, job.outputs_url, prefix, patterns, frame_list).done
     missing = [f for f in frame_list if f not in set(done)]
     document = {
         "job": job.display_name,
@@ -286,6 +304,40 @@ def status(
         typer.echo(f"  done:    {len(done)} {format_frames(done)}")
         typer.echo(f"  missing: {len(missing)} {format_frames(missing)}")
     raise typer.Exit(0)
+
+
+@app.command()
+def requeue(
+    job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
+    frames: Annotated[
+        str, typer.Option("--frames", "-f", help="Frames to render again, e.g. 1001-1010.")
+    ],
+    delete_outputs: Annotated[
+        bool,
+        typer.Option("--delete-outputs", help="Also delete those frames' outputs from the bucket."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Drop the done markers of frames so that the farm's next run renders them again
+    (outputs are kept, and replaced when the frames render, unless --delete-outputs)."""
+    from jitrender.job import load_job
+    from jitrender.requeue import requeue_frames
+    from jitrender.sequences import format_frames, parse_frames
+
+    try:
+        job = load_job(job_file)
+        result = requeue_frames(
+            job, parse_frames(frames, "--frames"), delete_outputs=delete_outputs
+        )
+    except JitrenderError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        typer.echo(
+            f"requeued frames {format_frames(result.frames)}: {len(result.markers)} markers "
+            f"and {len(result.outputs)} outputs removed"
+        )
 
 
 @app.command()

@@ -168,11 +168,18 @@ class Job(BaseModel):
         return PathMap(rules)
 
     def job_hash(self) -> str:
-        """Identity of what the job produces: changes when anything that shapes outputs does
-        (not the frame range, cache or retry settings)."""
+        """Identity of what the job produces: the scene (its URL), how inputs are found
+        (resolver, path mapping, extra deps), each stage's name, granularity, command or
+        engine, args and env, the job's env and the outputs (where, which files). Not the
+        frame range, the name, stage timeouts, retries, the cache or the task split: editing
+        those keeps the job's markers and outputs."""
         shape = self.model_dump(
-            mode="json", by_alias=True, exclude={"frames", "cache", "retries", "chunk"}
+            mode="json",
+            by_alias=True,
+            exclude={"frames", "cache", "retries", "chunk", "name", "source"},
         )
+        for stage in shape["stages"]:
+            stage.pop("timeout", None)  # how long to wait changes no pixel
         shape["scene"] = self.scene_url
         shape["outputs"]["to"] = self.outputs_url
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))

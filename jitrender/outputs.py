@@ -1,19 +1,28 @@
-"""Outputs: which workspace files are outputs, and uploading each one the moment it is whole.
+"""Outputs: which workspace files are outputs, and uploading each one the moment it is final.
 
-The uploader watches ``outputs/`` (watchdog) and decides when a file is whole: a file
-*renamed* into place is whole at once (the safe way for a renderer to write); a file
-*closed after writing* is whole if its writer is still alive a moment later (a killed writer
-dies with it, and the kernel's close of its half-written file must never be uploaded) or when
-the stage exits successfully. A failed stage's unsettled files are discarded, never uploaded.
+A file below ``outputs/`` is *final* (and only then uploaded) when it is renamed into place
+(the way a renderer says "this frame is done") or when the stage that wrote it exits 0. A
+file closed while its writer still runs is never final, however long ago it was closed: a
+checkpointing renderer rewrites ``beauty.0001.exr`` several times and a log is closed after
+every line, so only the stage's exit tells the last version from an earlier one. When a stage
+fails or is stopped, the files it wrote in place are deleted (a retry rewrites them); files it
+renamed into place were final and stay uploaded.
+
 Uploads are create-if-absent, tagging each object with the job's hash. An object that already
-exists is never overwritten (unless asked): the same bytes count as uploaded, an object left
-by an earlier attempt of the *same* job is kept (renders are not bit-exact, the first one
-wins), anything else is a conflict that the report names.
+exists is never overwritten (unless asked, then generation-matched): the same bytes count as
+uploaded, an object left by an earlier attempt of the *same* job is kept (renders are not
+bit-exact, the first one wins), anything else is a conflict that the report names.
+
+Every final file is attributed to frames: to the frame its name carries (patterns with a
+frame token) or else to the frames of the stage call that wrote it; :meth:`Uploader.check_frame`
+says whether a frame produced what ``outputs.files`` asks for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import threading
 import time
@@ -24,7 +33,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from watchdog.events import (
-    FileClosedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -33,7 +41,15 @@ from watchdog.observers import Observer
 
 from jitrender.errors import JitrenderError, TransientError
 from jitrender.sequences import expand_frame, find_frame_token, has_frame_token
-from jitrender.storage import JOB_METADATA_KEY, ObjectInfo, RetryPolicy, Store, with_retries
+from jitrender.storage import (
+    JOB_METADATA_KEY,
+    ObjectInfo,
+    PutResult,
+    RetryPolicy,
+    Store,
+    crc32c_of_file,
+    with_retries,
+)
 
 _TEMP_NAME = re.compile(r"(^\.|\.tmp$|\.part$|~$|\.jitrender-part$)")
 
@@ -113,9 +129,11 @@ class UploadRecord:
 
 
 class Uploader:
-    """Uploads finished files below ``outputs/`` to ``<outputs_url>/<relpath>``.
+    """Uploads final files below ``outputs/`` to ``<outputs_url>/<relpath>``.
 
     Thread-safe. ``on_uploaded`` is called (from an upload thread) after each file is settled.
+    Callers bracket every stage call with :meth:`stage_started` and :meth:`stage_succeeded` or
+    :meth:`stage_failed`.
     """
 
     def __init__(
@@ -127,6 +145,7 @@ class Uploader:
         job_hash: str,
         *,
         overwrite: bool = False,
+        overwrite_frames: set[int] | None = None,
         retry: RetryPolicy | None = None,
         on_uploaded: Callable[[UploadRecord], None] | None = None,
         workers: int = 4,
@@ -137,6 +156,7 @@ class Uploader:
         self.patterns = patterns
         self.job_hash = job_hash
         self.overwrite = overwrite
+        self.overwrite_frames = overwrite_frames or set()  # replace these frames' outputs
         self.retry = retry or RetryPolicy()
         self.on_uploaded = on_uploaded
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
@@ -147,12 +167,10 @@ class Uploader:
         self.changed_after_upload: list[str] = []
         self.upload_seconds = 0.0
         self._observer: Any = None
-        self._closed: dict[str, float] = {}  # relpath -> when its writer closed it
-        self.writer_alive: Callable[[], bool] = lambda: False
-        self.settle_s = 0.3
-        self._alive_at = 0.0  # last time the writer was seen alive
-        self._ticker_stop = threading.Event()
-        self._ticker: threading.Thread | None = None
+        self._frames: tuple[int, ...] = ()  # the running stage call's frames
+        self._produced: dict[int, set[str]] = {}  # frame -> its final outputs
+        self._fences: dict[str, threading.Event] = {}
+        self._fence_count = 0
 
     # -- watching ------------------------------------------------------------------------
 
@@ -164,69 +182,98 @@ class Uploader:
         observer.daemon = True
         observer.start()
         self._observer = observer
-        self._ticker = threading.Thread(target=self._settle_loop, name="settle", daemon=True)
-        self._ticker.start()
 
     def stop_watching(self) -> None:
-        self._ticker_stop.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
-        if self._ticker is not None:
-            self._ticker.join(timeout=5)
-            self._ticker = None
 
-    def closed(self, path: Path) -> None:
-        """A writer closed ``path``: upload once it has settled (see the module docstring)."""
-        with contextlib.suppress(ValueError):
-            relpath = path.relative_to(self.outputs_dir).as_posix()
-            if self.patterns.matches(relpath):
-                with self._lock:
-                    self._closed[relpath] = time.monotonic()
-
-    def _proven_whole(self) -> list[str]:
-        """Closed files whose writer was seen alive ``settle_s`` after the close: a dying
-        process finishes closing its files within milliseconds, so these were closed on
-        purpose."""
+    def stage_started(self, frames: tuple[int, ...]) -> None:
+        """A stage call for ``frames`` starts: what it makes final is theirs."""
         with self._lock:
-            ready = [r for r, t in self._closed.items() if self._alive_at - t >= self.settle_s]
-            for relpath in ready:
-                del self._closed[relpath]
-        return ready
-
-    def _settle_loop(self) -> None:
-        while not self._ticker_stop.wait(0.05):
-            if self.writer_alive():
-                self._alive_at = time.monotonic()
-            for relpath in self._proven_whole():
-                self.submit(self.outputs_dir / relpath)
+            self._frames = tuple(frames)
 
     def stage_succeeded(self) -> None:
-        """The writer exited 0: everything it wrote is whole; submit it all."""
-        with self._lock:
-            self._closed.clear()
+        """The writer exited 0: everything it wrote is final; submit it all."""
         self.sweep()
 
     def stage_failed(self) -> None:
-        """The writer failed or was killed: files it closed but that did not settle may be
-        partial. Delete them so that nothing can ever upload them; a retry rewrites them."""
-        for relpath in self._proven_whole():
-            self.submit(self.outputs_dir / relpath)
+        """The writer failed or was killed: files it wrote in place may be partial or an
+        early pass. Delete them so that nothing can ever upload them; a retry rewrites them.
+        Files renamed into place before the failure were final and are kept."""
+        self._fence()  # rename events still in the watcher's queue are handled first
+        if not self.outputs_dir.is_dir():
+            return
+        for path in sorted(self.outputs_dir.rglob("*")):
+            relpath = path.relative_to(self.outputs_dir).as_posix()
+            if not path.is_file() or not self.patterns.matches(relpath):
+                continue
+            with self._lock:
+                final = relpath in self._submitted
+            if not final:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _fence(self, timeout: float = 3.0) -> None:
+        """Wait until the watcher has delivered every event that happened before now: a
+        rename of our own is queued behind them (inotify keeps order)."""
+        if self._observer is None or not self.outputs_dir.is_dir():
+            return
         with self._lock:
-            doomed, self._closed = list(self._closed), {}
-        for relpath in doomed:
+            self._fence_count += 1
+            name = f".jitrender-fence.{self._fence_count}"
+            seen = self._fences[name + ".done"] = threading.Event()
+        first = self.outputs_dir / name
+        try:
+            first.write_bytes(b"")
+            os.replace(first, self.outputs_dir / (name + ".done"))
+            seen.wait(timeout)
+        finally:
             with contextlib.suppress(FileNotFoundError):
-                (self.outputs_dir / relpath).unlink()
+                (self.outputs_dir / (name + ".done")).unlink()
+            with self._lock:
+                self._fences.pop(name + ".done", None)
+
+    def renamed(self, path: Path) -> None:
+        """A file was renamed into ``outputs/``: it is final."""
+        fence = self._fences.get(path.name)
+        if fence is not None:
+            fence.set()
+            return
+        self.submit(path)
 
     def sweep(self) -> None:
-        """Submit every output on disk not submitted yet (watch events can be missed). Call
-        only when no writer is running or after :meth:`stage_failed`."""
+        """Submit every output on disk not submitted yet. Call only when no writer is running
+        (after :meth:`stage_succeeded` or :meth:`stage_failed`)."""
         if not self.outputs_dir.is_dir():
             return
         for path in sorted(self.outputs_dir.rglob("*")):
             if path.is_file():
                 self.submit(path)
+
+    # -- which frame made what -------------------------------------------------------------
+
+    def frame_relpaths(self, frame: int) -> list[str]:
+        """The final outputs of ``frame`` so far (its own frame-token files, or files its
+        stage calls made final)."""
+        with self._lock:
+            return sorted(self._produced.get(frame, ()))
+
+    def check_frame(self, frame: int) -> str | None:
+        """Why ``frame`` has not produced what ``outputs.files`` asks for, or None when it
+        has: every frame-token pattern's file, and at least one output."""
+        missing = [
+            rel
+            for rel in self.patterns.expected_for(frame)
+            if not (self.outputs_dir / rel).is_file()
+        ]
+        if missing:
+            return f"did not write outputs/{missing[0]}"
+        if not self.frame_relpaths(frame):
+            wanted = ", ".join(self.patterns.patterns)
+            return f"wrote no output matching outputs.files ({wanted})"
+        return None
 
     # -- uploading -----------------------------------------------------------------------
 
@@ -247,6 +294,9 @@ class Uploader:
                 self.changed_after_upload.append(relpath)
                 return
             self._submitted[relpath] = state
+            frame = self.patterns.frame_of(relpath)
+            for owner in (frame,) if frame is not None else self._frames:
+                self._produced.setdefault(owner, set()).add(relpath)
             self._futures.append(self._pool.submit(self._upload, path, relpath))
 
     def _upload(self, path: Path, relpath: str) -> UploadRecord:
@@ -258,8 +308,9 @@ class Uploader:
             metadata["jitrender-frame"] = str(frame)
         size = path.stat().st_size
         try:
+            replace = self.overwrite or frame in self.overwrite_frames
             result = with_retries(
-                lambda: self.store.put_if_absent(path, url, metadata, overwrite=self.overwrite),
+                lambda: self._put(path, url, metadata, replace),
                 url,
                 self.retry,
             )
@@ -279,6 +330,16 @@ class Uploader:
         if self.on_uploaded is not None:
             self.on_uploaded(record)
         return record
+
+    def _put(self, path: Path, url: str, metadata: dict[str, str], replace: bool) -> PutResult:
+        """Create-if-absent; with ``replace``, an object with the same bytes is left alone
+        (no new generation) and any other is replaced generation-matched."""
+        if replace:
+            existing = self.store.stat(url)
+            known = existing is not None and existing.crc32c is not None
+            if known and existing is not None and existing.crc32c == crc32c_of_file(path):
+                return PutResult("identical", existing)
+        return self.store.put_if_absent(path, url, metadata, overwrite=replace)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for every submitted upload; False if some are still running at ``timeout``."""
@@ -314,10 +375,96 @@ class _Handler(FileSystemEventHandler):
     def __init__(self, uploader: Uploader) -> None:
         self.uploader = uploader
 
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileClosedEvent) and not event.is_directory:
-            self.uploader.closed(Path(str(event.src_path)))
-
     def on_moved(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileMovedEvent) and not event.is_directory:
-            self.uploader.submit(Path(str(event.dest_path)))
+            self.uploader.renamed(Path(str(event.dest_path)))
+
+
+# -- what the bucket says is done -------------------------------------------------------------
+
+MARKER_OUTPUTS_KEY = "jitrender-outputs"  # marker metadata: JSON list of the frame's outputs
+_MARKER_OUTPUTS_MAX = 6000  # GCS allows 8 KiB of metadata; longer lists stay in the body only
+
+
+def marker_metadata(job_hash: str, relpaths: Iterable[str]) -> dict[str, str]:
+    """A done marker's metadata: the job and, when short enough, the frame's outputs (so that
+    a listing alone tells whether they are all still there)."""
+    metadata = {JOB_METADATA_KEY: job_hash}
+    listed = json.dumps(sorted(relpaths), separators=(",", ":"))
+    if len(listed) <= _MARKER_OUTPUTS_MAX:
+        metadata[MARKER_OUTPUTS_KEY] = listed
+    return metadata
+
+
+@dataclass(frozen=True)
+class BucketFrames:
+    """Frames of a job as one listing of its outputs prefix shows them."""
+
+    done: list[int]  # marked, and every output the marker names is there
+    stale: dict[int, ObjectInfo]  # marked, but an output is gone: render again (the marker)
+
+
+def frames_in_bucket(
+    listing: Iterable[ObjectInfo],
+    outputs_url: str,
+    marker_prefix: str,
+    patterns: OutputPatterns,
+    frames: Iterable[int],
+) -> BucketFrames:
+    """Which of ``frames`` are done, from one listing of ``outputs_url`` (markers included).
+    A marker counts only while the outputs it lists (its metadata, else the frame-token
+    patterns' files) are all still in the listing: a deleted output means render again."""
+    wanted = set(frames)
+    base = outputs_url.rstrip("/") + "/"
+    present: set[str] = set()
+    markers: dict[int, ObjectInfo] = {}
+    for info in listing:
+        if info.url.startswith(marker_prefix):
+            name = info.url[len(marker_prefix) :]
+            if name.startswith("frame.") and name.endswith(".json"):
+                with contextlib.suppress(ValueError):
+                    frame = int(name[len("frame.") : -len(".json")])
+                    if frame in wanted:
+                        markers[frame] = info
+        elif info.url.startswith(base):
+            present.add(info.url[len(base) :])
+    done: list[int] = []
+    stale: dict[int, ObjectInfo] = {}
+    for frame, marker in sorted(markers.items()):
+        listed: list[str] = patterns.expected_for(frame)
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            listed = list(json.loads(marker.metadata[MARKER_OUTPUTS_KEY]))
+        if all(rel in present for rel in listed):
+            done.append(frame)
+        else:
+            stale[frame] = marker
+    return BucketFrames(done, stale)
+
+
+def outputs_of_other_jobs(
+    listing: Iterable[ObjectInfo],
+    outputs_url: str,
+    patterns: OutputPatterns,
+    frames: Iterable[int],
+    job_hash: str,
+    full_info: Callable[[ObjectInfo], ObjectInfo | None],
+) -> list[str]:
+    """Objects in the way of ``frames`` that another version of the job wrote: a frame-token
+    output of one of ``frames``, or any object matching a pattern without a frame token,
+    whose ``jitrender-job`` is not ``job_hash``. Objects no jitrender run wrote are left to the
+    upload's own conflict check. ``full_info`` stats an object whose listing lacks metadata."""
+    base = outputs_url.rstrip("/") + "/"
+    token_paths = {rel for frame in frames for rel in patterns.expected_for(frame)}
+    globs = OutputPatterns(p for p in patterns.patterns if not has_frame_token(p))
+    found: list[str] = []
+    for info in listing:
+        if not info.url.startswith(base):
+            continue
+        rel = info.url[len(base) :]
+        if rel.startswith("_jitrender/") or not (rel in token_paths or globs.matches(rel)):
+            continue
+        full: ObjectInfo | None = info if info.metadata else full_info(info)
+        owner = full.metadata.get(JOB_METADATA_KEY) if full is not None else None
+        if owner is not None and owner != job_hash:
+            found.append(rel)
+    return sorted(found)

@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 import traceback
@@ -49,11 +48,19 @@ from jitrender.errors import (
 )
 from jitrender.health import FrameOutcome, NodeHealth
 from jitrender.job import Job, StageSpec
-from jitrender.outputs import OutputPatterns, Uploader, UploadRecord
+from jitrender.outputs import (
+    OutputPatterns,
+    Uploader,
+    UploadRecord,
+    frames_in_bucket,
+    marker_metadata,
+    outputs_of_other_jobs,
+)
 from jitrender.paths import PathMap, workspace_relpath
 from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
+from jitrender.requeue import requeue_url, requeued_frames
 from jitrender.resolve import resolver_for
 from jitrender.resolve.base import ResolveContext
 from jitrender.resolve.manifest import entry_dependencies
@@ -64,6 +71,7 @@ from jitrender.storage import (
     RetryPolicy,
     Store,
     Stores,
+    classify,
     with_retries,
 )
 from jitrender.transfer import InflightBudget, listing_ranges
@@ -80,6 +88,7 @@ class RunOptions:
     cache_max_bytes: int | None = None
     report_path: Path | None = None
     overwrite: bool = False
+    rerender: bool = False  # render the frames again, replacing their outputs and markers
     keep_workspace: bool = False
     fetch_workers: int = 16
     # Bytes of cold downloads in flight at once: keeps the next frame's inputs first in line.
@@ -165,6 +174,8 @@ class JobRun:
         self._lock = threading.Lock()
         self._stages_done: set[int] = set()
         self._marked: set[int] = set()
+        self._redo: set[int] = set()  # frames rendered again, replacing their outputs
+        self._requests: set[int] = set()  # of those, frames `jitrender requeue` asked for
         self._known: dict[str, ObjectInfo] = {}
         self._dep_futures: dict[str, Future[Path]] = {}
         self._deps: list[Dependency] = []
@@ -211,6 +222,16 @@ class JobRun:
         for info in infos:
             self._known[info.url] = info
         return infos
+
+    def _delete(self, url: str) -> None:
+        def delete(store: Store) -> None:
+            try:
+                store.delete(url)
+            except Exception as exc:  # already gone is what was wanted
+                if classify(exc) != "missing":
+                    raise
+
+        self._call(url, delete)
 
     def _list(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
         infos: list[ObjectInfo] = self._call(prefix, lambda s: s.list(prefix, recursive=recursive))
@@ -338,11 +359,25 @@ class JobRun:
         """Frames still to render. One listing of the outputs prefix finds markers and outputs."""
         prefix = marker_prefix(self.job)
         existing = self._list(self.job.outputs_url + "/")
-        markers = [i for i in existing if i.url.startswith(prefix)]
-        marked = frames_with_markers(markers, prefix) & set(frames)
+        # Frames to render again whatever the bucket says (--rerender, `jitrender requeue`):
+        # their done markers go first, their outputs are replaced generation-matched.
+        listed = {i.url for i in existing}
+        self._requests = requeued_frames(existing, prefix) & set(frames)
+        self._redo = set(frames) if self.options.rerender else set(self._requests)
+        for url in (marker_url(self.job, f) for f in sorted(self._redo)):
+            if url in listed:
+                self._delete(url)
+        if self.options.rerender:
+            return list(frames)
+        rest = [f for f in frames if f not in self._redo]
+        in_bucket = frames_in_bucket(existing, self.job.outputs_url, prefix, self.patterns, rest)
+        marked = set(in_bucket.done)
+        for frame, stale in in_bucket.stale.items():  # an output is gone: render it again
+            self.progress.event("warning", message=f"frame {frame}: outputs missing; re-rendering")
+            self._delete(stale.url)
         by_url = {i.url: i for i in existing}
         completed_unmarked = []
-        for frame in frames:
+        for frame in rest:
             if frame in marked or not self.patterns.per_frame:
                 continue
             urls = [f"{self.job.outputs_url}/{rel}" for rel in self.patterns.expected_for(frame)]
@@ -355,7 +390,30 @@ class JobRun:
         self.report.skipped_already_done = skipped
         for frame in skipped:
             self.progress.event("frame", frame=frame, status="skipped")
-        return [f for f in frames if f not in set(skipped)]
+        todo = [f for f in frames if f not in set(skipped)]
+        if todo and not self.options.overwrite:
+            self._refuse_other_versions(existing, todo)
+        return todo
+
+    def _refuse_other_versions(self, existing: list[ObjectInfo], frames: list[int]) -> None:
+        """Before anything is fetched or rendered: outputs an earlier version of this job
+        wrote are in the way, so this run could only end in conflicts."""
+        outputs_url = self.job.outputs_url
+
+        def full(info: ObjectInfo) -> ObjectInfo | None:
+            found: ObjectInfo | None = self._call(info.url, lambda s: s.stat(info.url))
+            return found
+
+        others = outputs_of_other_jobs(
+            existing, outputs_url, self.patterns, frames, self.job_hash, full
+        )
+        if others:
+            raise DataError(
+                f"{outputs_url}/: {len(others)} outputs of another version of this job are in "
+                f"the way (first: {others[0]}); the job changed in a way that changes its "
+                "outputs: rerun with --overwrite to replace them, or give the job a new "
+                "outputs.to"
+            )
 
     def _ours(self, info: ObjectInfo) -> bool:
         if info.metadata.get(JOB_METADATA_KEY) == self.job_hash:
@@ -383,9 +441,11 @@ class JobRun:
         }
         url = marker_url(self.job, frame)
         data = json.dumps(body, sort_keys=True).encode()
-        self._call(
-            url, lambda s: s.put_bytes_if_absent(data, url, {JOB_METADATA_KEY: self.job_hash})
-        )
+        base = len(self.job.outputs_url) + 1
+        metadata = marker_metadata(self.job_hash, (u[base:] for u in outputs))
+        self._call(url, lambda s: s.put_bytes_if_absent(data, url, metadata))
+        if frame in self._requests:  # done again: the requeue request is served
+            self._delete(requeue_url(marker_prefix(self.job), frame))
         with self._lock:
             self._marked.add(frame)
 
@@ -631,7 +691,8 @@ class JobRun:
             self._store(url),
             self.patterns,
             self.job_hash,
-            overwrite=self.options.overwrite,
+            overwrite=self.options.overwrite or self.options.rerender,
+            overwrite_frames=self._redo,
             retry=self.retry,
             on_uploaded=self._on_uploaded,
             workers=self.options.upload_workers,
@@ -653,7 +714,9 @@ class JobRun:
         with self._lock:
             if frame in self._marked or frame not in self._stages_done:
                 return
-        expected = self.patterns.expected_for(frame)
+        expected = sorted(
+            {*self.patterns.expected_for(frame), *self.uploader.frame_relpaths(frame)}
+        )
         if not all(self.uploader.is_uploaded(rel) for rel in expected):
             return
         outputs = {
@@ -702,19 +765,14 @@ class JobRun:
         log = self.workspace.root / "logs" / f"{spec.name}.{label}.{attempt}.log"
         self.progress.event("stage", stage=spec.name, frames=label, attempt=attempt)
         uploader = self.uploader
-
-        def watch(proc: subprocess.Popen[bytes]) -> None:
-            uploader.writer_alive = lambda: proc.poll() is None
-
+        uploader.stage_started(frames)
         outcome = run_invocation(
             invocation,
             log,
             env=self._stage_env(call),
             stop=self.stop,
             timeout=spec.timeout,
-            on_start=watch,
         )
-        uploader.writer_alive = lambda: False
         # Time in stage processes; fetching overlaps it, so it is not wall time minus fetch.
         self.report.timings["render_s"] += outcome.seconds
         if outcome.ok:
@@ -823,15 +881,9 @@ class JobRun:
         return failures
 
     def _check_outputs(self, frame: int, stage: str) -> FrameFailure | None:
-        assert self.workspace is not None
-        missing = [
-            rel
-            for rel in self.patterns.expected_for(frame)
-            if not (self.workspace.outputs / rel).is_file()
-        ]
-        if missing:
-            return FrameFailure(frame, stage, f"did not write outputs/{missing[0]}")
-        return None
+        assert self.uploader is not None
+        why = self.uploader.check_frame(frame)
+        return None if why is None else FrameFailure(frame, stage, why)
 
     def _frame_stages_done(self, frame: int) -> None:
         with self._lock:
