@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -131,11 +132,17 @@ class Cache:
         self.runs = self.root / "runs"
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Whoever can write the cache can feed every job on the node: refuse, never repair.
+            check_private_folder(self.root, follow=True)
             os.chmod(self.root, 0o700)
             for folder in (self.objects, self.tmp, self.locks, self.runs):
                 folder.mkdir(exist_ok=True, mode=0o700)
+                check_private_folder(folder, follow=False)
+            for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+                _check_own_file(self.root / name)
         except OSError as exc:
             raise ConfigError(f"{self.root}: cannot use as cache folder: {exc}") from None
+        self._checked_dirs: set[str] = set()  # objects/xx folders seen to be real and ours
         self._db_local = threading.local()
         self._inflight: dict[str, Future[CacheResult]] = {}
         self._inflight_lock = threading.Lock()
@@ -248,16 +255,29 @@ class Cache:
     def lookup(self, info: ObjectInfo) -> Path | None:
         """The cached file for exactly this object version, if present and whole."""
         path = self.object_path(info)
+        self._check_object_dir(path.parent)
         try:
-            st = path.stat()
+            st = path.lstat()  # never follows a symlink planted in place of an object
         except FileNotFoundError:
             return None
-        if st.st_size != info.size:
+        mine = st.st_uid == os.geteuid() and not st.st_mode & 0o022
+        if st.st_size != info.size or not stat.S_ISREG(st.st_mode) or not mine:
             # Torn by a power loss or tampered with: drop it rather than serve it.
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return None
         return path
+
+    def _check_object_dir(self, folder: Path) -> None:
+        """Refuse (:class:`ConfigError`) an ``objects/xx`` that is a symlink or not ours: a
+        write through it would land outside the cache."""
+        if folder.name in self._checked_dirs:
+            return
+        try:
+            check_private_folder(folder, follow=False)
+        except FileNotFoundError:
+            return
+        self._checked_dirs.add(folder.name)
 
     def _lock_stripe(self, key: str, *, wait: bool) -> int | None:
         """Take ``key``'s cross-process download lock: a descriptor whose ``os.close`` (or the
@@ -269,12 +289,12 @@ class Cache:
         separate descriptors conflict even within one process, as flock's do. Elsewhere:
         flock on one of 4096 stripe files."""
         if _OFD_LOCKS:
-            fd = os.open(self.locks / "stripes", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.locks / "stripes", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, int(key[:5], 16), 1, 0)
             command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
         else:
             name = f"{int(key[:6], 16) % _STRIPES:04d}.lock"
-            fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             if _OFD_LOCKS:
                 fcntl.fcntl(fd, command, request)
@@ -386,9 +406,11 @@ class Cache:
         ``clean_leftovers`` removes the ones a killed process left)."""
         return self.tmp / f"{key}.{os.getpid()}.{random.getrandbits(32):08x}"
 
-    @staticmethod
-    def install(part: Path, final: Path) -> None:
-        """Publish a verified download: read-only, then one atomic rename."""
+    def install(self, part: Path, final: Path) -> None:
+        """Publish a verified download: read-only, then one atomic rename (never through a
+        symlinked ``objects/xx``)."""
+        self._checked_dirs.discard(final.parent.name)
+        self._check_object_dir(final.parent)
         os.chmod(part, 0o400)
         os.replace(part, final)
 
@@ -453,8 +475,9 @@ class Cache:
             if key in keep:
                 continue  # just fetched for a caller that has not linked it yet
             path = self.objects / key[:2] / key
+            self._check_object_dir(path.parent)
             try:
-                st = path.stat()
+                st = path.lstat()
             except FileNotFoundError:
                 gone.append(key)
                 total -= size
@@ -513,9 +536,12 @@ class Cache:
         for key, size, crc in rows:
             known.add(key)
             path = self.objects / key[:2] / key
+            self._check_object_dir(path.parent)
             checked += 1
             try:
-                ok = path.stat().st_size == size and (crc is None or crc32c_of_file(path) == crc)
+                st = path.lstat()
+                ok = stat.S_ISREG(st.st_mode) and st.st_size == size
+                ok = ok and (crc is None or crc32c_of_file(path) == crc)
             except FileNotFoundError:
                 ok = False
             if not ok:
@@ -524,7 +550,7 @@ class Cache:
                 with self._stripe_lock(key), contextlib.suppress(FileNotFoundError):
                     path.unlink()
         orphans = 0
-        for path in self.objects.glob("*/*"):
+        for path in self._object_files():
             if path.name not in known:
                 orphans += 1
                 with self._stripe_lock(path.name), contextlib.suppress(FileNotFoundError):
@@ -534,8 +560,18 @@ class Cache:
                 db.executemany("DELETE FROM entries WHERE key=?", [(k,) for k in drop])
         return {"checked": checked, "bad": bad, "orphans_removed": orphans}
 
-    def clean_leftovers(self) -> dict[str, int]:
-        """Remove downloads and workspaces left by processes that died."""
+    def _object_files(self) -> Iterator[Path]:
+        """Every file below ``objects/xx/`` (refusing a symlinked ``xx``, never following it)."""
+        with os.scandir(self.objects) as folders:
+            for folder in folders:
+                self._check_object_dir(Path(folder.path))
+                if folder.is_dir(follow_symlinks=False):
+                    with os.scandir(folder.path) as files:
+                        yield from (Path(f.path) for f in files)
+
+    def clean_leftovers(self, *, kept_too: bool = False) -> dict[str, int]:
+        """Remove downloads and workspaces left by processes that died; a workspace kept with
+        ``--keep-workspace`` (a ``KEPT_FILE`` in it) only with ``kept_too`` (prune, clear)."""
         parts = runs = 0
         for part in self.tmp.iterdir():
             key = part.name.split(".")[0]
@@ -546,20 +582,24 @@ class Cache:
                     part.unlink()
                     parts += 1
         for run in self.runs.iterdir():
-            if run.is_dir() and not run_is_live(run):
+            if (
+                run.is_dir()
+                and not run_is_live(run)
+                and (kept_too or not (run / KEPT_FILE).exists())
+            ):
                 shutil.rmtree(run, ignore_errors=True)
                 runs += 1
         return {"partial_downloads_removed": parts, "dead_workspaces_removed": runs}
 
     def prune(self, max_bytes: int | None = None) -> dict[str, int]:
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         cap = max_bytes if max_bytes is not None else self.max_bytes
         evicted, evicted_bytes = self.evict_to(cap) if cap is not None else (0, 0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
     def clear(self) -> dict[str, int]:
         """Evict everything that no running job is using."""
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         evicted, evicted_bytes = self.evict_to(0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
@@ -574,6 +614,54 @@ class Cache:
         fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return run_dir, fd
+
+
+def check_private_folder(folder: Path, *, follow: bool) -> None:
+    """Raise :class:`ConfigError` (one line) unless ``folder`` is a real folder (a symlink
+    only where ``follow``) owned by the running user and not writable by group or others."""
+    st = folder.stat() if follow else folder.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(
+            f"{folder}: is a symlink inside the cache folder; refusing to follow it "
+            "(remove it, or use a fresh --cache-dir)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{folder}: is not a folder; cannot use it in the cache")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{folder}: cache folder is owned by {_user_name(st.st_uid)}, not by the running "
+            f"user {_user_name(os.geteuid())}; refusing it (use a fresh --cache-dir)"
+        )
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            f"{folder}: cache folder is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); refusing it (chmod 700 it, or use a fresh "
+            "--cache-dir)"
+        )
+
+
+def _check_own_file(path: Path) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{path}: is not a plain file of the running user {_user_name(os.geteuid())}; "
+            "refusing the cache folder (use a fresh --cache-dir)"
+        )
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+KEPT_FILE = "kept"  # in a workspace: kept for debugging, removed only by prune or clear
 
 
 def _is_key(name: str) -> bool:

@@ -66,8 +66,8 @@ def _extra_path_map(pairs: list[str] | None, rules: Path | None) -> Any:
     from jitrender.paths import PathMap
 
     extra = PathMap.from_pairs(pairs or [])
-    if rules is not None:
-        extra = extra.merged(PathMap.load_openjd(rules))
+    if rules is not None:  # the farm's rules run first: workstation paths -> this node's
+        extra = extra.chained_after(PathMap.load_openjd(rules))
     return extra if extra else None
 
 
@@ -134,6 +134,7 @@ def run(
 
     if progress not in ("auto", "rich", "plain", "json", "quiet"):
         _fail(ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet"))
+    stream = make_progress(progress)  # type: ignore[arg-type]
     try:
         job = load_job(job_file)
         frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
@@ -151,16 +152,22 @@ def run(
             rerender=rerender,
             keep_workspace=keep_workspace,
             extra_path_map=_extra_path_map(path_map, path_map_rules),
-            progress=make_progress(progress),  # type: ignore[arg-type]
+            progress=stream,
             task=task,
             mount=mount,
         )
     except JitrenderError as exc:
+        if progress == "json":  # only JSON lines on stderr, the failure included
+            stream.event("result", status="failed", exit_code=int(exc.exit_code), error=exc.message)
+            stream.close()
+            raise typer.Exit(int(exc.exit_code)) from None
+        stream.close()
         _fail(exc)
     try:
         result = run_job(job, options)
-    finally:
-        options.progress.close()
+    except BaseException:
+        stream.close()
+        raise
     if as_json:
         _print_json(result.to_json())
     summary = (
@@ -170,10 +177,20 @@ def run(
         f"({result.misses} files), {result.hits} cache hits; "
         f"{len(result.output_urls)} outputs"
     )
-    typer.echo(f"jitrender: {summary}", err=True)
-    if result.error:
+    if progress == "json":
+        stream.event(
+            "result",
+            status=result.status,
+            exit_code=result.exit_code,
+            message=summary,
+            error=result.error,
+        )
+    elif progress != "quiet":
+        typer.echo(f"jitrender: {summary}", err=True)
+    stream.close()
+    if result.error and progress != "json":  # quiet too: nothing on success, the cause on failure
         typer.echo(f"jitrender: error: {result.error}", err=True)
-    if result.status == "preempted":
+    if result.status in ("preempted", "transient_failure"):
         # Storage threads that still hang must not hold the process past its deadline.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -192,7 +209,18 @@ def deps(
     ] = None,
     resolver: Annotated[str, typer.Option("--resolver", help="Resolver name or auto.")] = "auto",
     check: Annotated[
-        bool, typer.Option("--check", help="CI pre-flight: exit 65 if any dependency is missing.")
+        bool,
+        typer.Option(
+            "--check",
+            help="CI pre-flight: exit 65 if any dependency is missing or unresolved.",
+        ),
+    ] = False,
+    allow_unresolved: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unresolved",
+            help="With --check: entries that need the DCC to evaluate do not fail the check.",
+        ),
     ] = False,
     as_json: JsonFlag = False,
     cache_dir: CacheDir = None,
@@ -233,6 +261,14 @@ def deps(
     if check and found.missing:
         for dep in found.missing:
             typer.echo(f"jitrender: missing: {dep.url} (asked for by {dep.source})", err=True)
+    if check and found.unresolved and not allow_unresolved:
+        for item in found.unresolved:
+            typer.echo(
+                f"jitrender: unresolved: {item.source}: {item.value} ({item.why}); "
+                "--allow-unresolved accepts it",
+                err=True,
+            )
+    if check and (found.missing or (found.unresolved and not allow_unresolved)):
         raise typer.Exit(int(ExitCode.DATA))
 
 
@@ -274,8 +310,8 @@ def status(
     """Frames done and missing, read from the bucket: done markers of this job's hash whose
     outputs are all still there."""
     from jitrender.job import load_job
+    from jitrender.markers import marker_prefix
     from jitrender.outputs import OutputPatterns, frames_in_bucket
-    from jitrender.run import marker_prefix
     from jitrender.sequences import format_frames, parse_frames
     from jitrender.storage import RetryPolicy, Stores, with_retries
 
@@ -304,6 +340,43 @@ def status(
         typer.echo(f"  done:    {len(done)} {format_frames(done)}")
         typer.echo(f"  missing: {len(missing)} {format_frames(missing)}")
     raise typer.Exit(0)
+
+
+@app.command()
+def logs(
+    job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
+    frame: Annotated[
+        int | None, typer.Option("--frame", help="Only the stage logs of this frame.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep printing what the logs gain (Ctrl-C stops).")
+    ] = False,
+) -> None:
+    """Print the job's stage logs from the bucket (every run, every task, every attempt), each
+    under a '==> task/run/file <==' header."""
+    from jitrender.job import load_job
+    from jitrender.joblogs import follow_logs, logs_prefix
+    from jitrender.markers import marker_prefix
+    from jitrender.storage import RetryPolicy, Stores
+
+    seen: set[str] = set()
+    try:
+        job = load_job(job_file)
+        prefix = logs_prefix(marker_prefix(job))
+        store = Stores().for_url(prefix)
+        for name, data in follow_logs(store, prefix, frame, RetryPolicy(), follow=follow):
+            if name not in seen:
+                seen.add(name)
+                typer.echo(f"==> {name} <==")
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+    except JitrenderError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    if not seen:
+        which = f" of frame {frame}" if frame is not None else ""
+        typer.echo(f"jitrender: no logs{which} under {prefix}", err=True)
 
 
 @app.command()
@@ -341,17 +414,148 @@ def requeue(
 
 
 @app.command()
-def validate(
-    job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
+def submit(
+    job_file: Annotated[Path, typer.Argument(help="The job.yaml to submit.", metavar="JOB")],
+    farm: Annotated[
+        str, typer.Option("--farm", help="slurm | kubernetes | gcp-batch | aws-batch | openjd")
+    ],
+    tasks: Annotated[int | None, typer.Option("--tasks", help="Farm tasks to start.")] = None,
+    chunk: Annotated[
+        int | None, typer.Option("--chunk", help="Frames per task (sets the task count).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the farm's document; submit nothing.")
+    ] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Farm job name stem.")] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Container image (container farms).")
+    ] = None,
+    job_path: Annotated[
+        str | None,
+        typer.Option("--job-path", help="The job file as the farm's nodes see it (gs:// too)."),
+    ] = None,
+    queue: Annotated[
+        str | None, typer.Option("--queue", help="Slurm partition / AWS Batch job queue.")
+    ] = None,
+    cpus: Annotated[int, typer.Option("--cpus", help="CPUs per task.")] = 16,
+    memory: Annotated[str, typer.Option("--memory", help="Memory per task, e.g. 60GB.")] = "60GB",
+    time_limit: Annotated[
+        int, typer.Option("--time-limit", help="Seconds one attempt may run.")
+    ] = 21600,
+    parallelism: Annotated[
+        int | None, typer.Option("--parallelism", help="Tasks at once (default: all).")
+    ] = None,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", help="Retries per task after exit 75 / preemption.")
+    ] = 3,
+    node_cache_dir: Annotated[
+        str | None, typer.Option("--node-cache-dir", help="Cache folder on the farm's nodes.")
+    ] = None,
+    jitrender_command: Annotated[
+        str, typer.Option("--jitrender", help="Command that starts jitrender on a node.")
+    ] = "jitrender",
+    log_dir: Annotated[
+        Path | None, typer.Option("--log-dir", help="Slurm log folder (created).")
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle-dir", help="Where the OpenJD bundle is written.")
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option("--namespace", help="Kubernetes namespace.")
+    ] = "default",
+    kubernetes_version: Annotated[
+        str, typer.Option("--kubernetes-version", help="Oldest cluster version to target.")
+    ] = "1.29",
+    project: Annotated[str | None, typer.Option("--project", help="GCP project.")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="GCP / AWS region.")] = None,
 ) -> None:
-    """Check a job file without running it (exit 78 with one line when it is wrong)."""
+    """Write the farm's own job for JOB (task count, exit-code retry policy, preemption) and
+    submit it with the farm's client; prints the farm's job id and how to follow it."""
+    from jitrender import submit as farms
+    from jitrender.cache import parse_size
     from jitrender.job import load_job
 
     try:
         job = load_job(job_file)
+        options = farms.SubmitOptions(
+            farm=farm,
+            tasks=tasks,
+            chunk=chunk,
+            name=name,
+            image=image or farms.DEFAULT_IMAGE,
+            job_path=job_path,
+            queue=queue,
+            cpus=cpus,
+            memory_bytes=parse_size(memory, "--memory") or 0,
+            time_limit_s=time_limit,
+            parallelism=parallelism,
+            max_retries=max_retries,
+            cache_dir=node_cache_dir,
+            jitrender=jitrender_command,
+            log_dir=log_dir.resolve() if log_dir is not None else None,
+            bundle_dir=bundle,
+            namespace=namespace,
+            kubernetes_version=kubernetes_version,
+            project=project,
+            region=region,
+        )
+        document = farms.farm_job(job, options)
+        if dry_run:
+            if document.farm == "openjd" and bundle is not None:
+                farms.write_bundle(bundle, document)
+            typer.echo(document.document, nl=False)
+            raise typer.Exit(0)
+        farm_id = farms.submit(job, document, options)
     except JitrenderError as exc:
         _fail(exc)
-    typer.echo(f"{job_file}: ok ({len(job.frame_list())} frames, {len(job.stages)} stages)")
+    typer.echo(f"submitted {document.name} to {farm}: {farm_id}")
+    typer.echo(f"{document.plan.count} tasks, {document.plan.frames} frames")
+    typer.echo(f"follow it with: {farms.status_command(job)}")
+
+
+@app.command()
+def validate(
+    job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
+    frames: Annotated[
+        str | None, typer.Option("--frames", "-f", help="Frames to check the stages for.")
+    ] = None,
+    as_json: JsonFlag = False,
+    path_map: PathMapFlag = None,
+    path_map_rules: PathMapRules = None,
+) -> None:
+    """Check a job without running it: every check `run` makes before it fetches (the job
+    file, path mapping, output patterns, resolver and its extra, each stage's command and
+    engine arguments). Exit 78 with the same line `run` would print."""
+    import tempfile
+
+    from jitrender.job import load_job
+    from jitrender.preflight import check_job, planned_workspace
+    from jitrender.sequences import parse_frames
+
+    try:
+        job = load_job(job_file)
+        job.use_path_map(_extra_path_map(path_map, path_map_rules))
+        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+        root = Path(tempfile.gettempdir()) / "jitrender-validate"
+        check_job(job, frame_list, planned_workspace(job, root))
+    except JitrenderError as exc:
+        if as_json:
+            _print_json({"ok": False, "exit_code": int(exc.exit_code), "error": exc.message})
+        _fail(exc)
+    if as_json:
+        _print_json(
+            {
+                "ok": True,
+                "job": job.display_name,
+                "job_hash": job.job_hash(),
+                "scene": job.scene_url,
+                "outputs": job.outputs_url,
+                "frames": frame_list,
+                "stages": [s.name for s in job.stages],
+            }
+        )
+    else:
+        typer.echo(f"{job_file}: ok ({len(frame_list)} frames, {len(job.stages)} stages)")
 
 
 def _cache_action(
@@ -441,10 +645,53 @@ def health(
     raise typer.Exit(0 if state["healthy"] else int(ExitCode.UNHEALTHY))
 
 
+def _version_info() -> dict[str, Any]:
+    """The version, the Python running it, and which optional extras are importable."""
+    import importlib.util
+    import platform
+
+    def present(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "extras": {"blender": present("bpy"), "usd": present("pxr"), "fuse": present("mfusepy")},
+    }
+
+
 @app.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
+def version(as_json: JsonFlag = False) -> None:
+    """Print the version (with --json: also the Python and the installed extras)."""
+    if as_json:
+        _print_json(_version_info())
+    else:
+        typer.echo(__version__)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_show_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Just-in-time render node: fetch exactly the files a job's frames need into a shared
+    node-local cache, render, and upload every output exactly once, as soon as it exists."""
 
 
 def main(argv: list[str] | None = None) -> None:

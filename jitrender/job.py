@@ -12,10 +12,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from jitrender.errors import ConfigError
-from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from
+from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from, split_url
 from jitrender.sequences import parse_frames
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
@@ -108,6 +116,26 @@ class Job(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
 
     source: Path | None = Field(default=None, exclude=True)
+    # Rules from outside the job (--path-map, a farm's OpenJD rules): see use_path_map().
+    _extra_map: PathMap | None = PrivateAttr(default=None)
+    _map: PathMap | None = PrivateAttr(default=None)
+
+    @field_validator("path_map")
+    @classmethod
+    def _path_map_readable(
+        cls, value: list[PathRuleSpec] | dict[str, Any]
+    ) -> list[PathRuleSpec] | dict[str, Any]:
+        """The mapping form ``{FROM: TO}`` or an OpenJD document; never read as nothing."""
+        if not isinstance(value, dict):
+            return value
+        try:
+            if _is_openjd(value):
+                PathMap.from_openjd(value, "path_map")
+            else:
+                PathMap.from_mapping(value, "path_map")
+        except ConfigError as exc:
+            raise ValueError(exc.message.removeprefix("path_map: ")) from None
+        return value
 
     @field_validator("frames")
     @classmethod
@@ -136,7 +164,16 @@ class Job(BaseModel):
         return file_url(folder)
 
     def resolve_url(self, value: str) -> str:
-        """A URL as given in the job: absolute URL, absolute path, or relative to the job file."""
+        """A URL as given in the job: absolute URL, a path the job's path mapping (with the
+        farm's and ``--path-map`` rules) maps, an absolute path, or relative to the job file."""
+        if is_url(value):
+            return value
+        mapping = self.path_mapping()
+        if mapping.is_mapped(value):
+            return mapping.to_url(value)
+        return self._plain_url(value)
+
+    def _plain_url(self, value: str) -> str:
         if is_url(value):
             return value
         path = Path(value)
@@ -156,16 +193,33 @@ class Job(BaseModel):
     def frame_list(self) -> list[int]:
         return parse_frames(self.frames)
 
+    def use_path_map(self, extra: PathMap | None) -> None:
+        """Add rules from outside the job file: ``--path-map`` pairs join the job's rules
+        (longest prefix wins; on a tie the flag's), a farm's OpenJD rules (``extra.before``)
+        run first. The scene, deps and outputs all go through the result."""
+        self._extra_map = extra
+        self._map = None
+
     def path_mapping(self) -> PathMap:
+        """The job's rules, with those given by :meth:`use_path_map`."""
+        if self._map is not None:
+            return self._map
+        where = f"{self.source or 'job'}: path_map"
         if isinstance(self.path_map, dict):
-            return PathMap.from_openjd(self.path_map, f"{self.source or 'job'}: path_map")
-        rules: list[PathRule] = []
-        for spec in self.path_map:
-            rule = rule_from(spec.from_, self.resolve_url(spec.to))
-            if spec.format != "auto":
-                rule = PathRule(rule.source, rule.destination, spec.format)
-            rules.append(rule)
-        return PathMap(rules)
+            if _is_openjd(self.path_map):
+                own = PathMap.from_openjd(self.path_map, where)
+            else:
+                own = PathMap.from_mapping(self.path_map, where, self._plain_url)
+        else:
+            rules: list[PathRule] = []
+            for spec in self.path_map:
+                rule = rule_from(spec.from_, self._plain_url(spec.to))
+                if spec.format != "auto":
+                    rule = PathRule(rule.source, rule.destination, spec.format)
+                rules.append(rule)
+            own = PathMap(rules)
+        self._map = own.merged(self._extra_map) if self._extra_map is not None else own
+        return self._map
 
     def job_hash(self) -> str:
         """Identity of what the job produces: the scene (its URL), how inputs are found
@@ -192,6 +246,11 @@ class Job(BaseModel):
         return self.source.stem if self.source is not None else "job"
 
 
+def _is_openjd(document: dict[str, Any]) -> bool:
+    """An Open Job Description path-mapping document (``{}`` is one: a farm with no rules)."""
+    return not document or "path_mapping_rules" in document or "version" in document
+
+
 # -- loading -------------------------------------------------------------------------------
 
 
@@ -212,13 +271,80 @@ def load_job(path: Path) -> Job:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a job file is a YAML mapping (key: value lines)")
+    if _expanded_size_exceeds(data, MAX_DOCUMENT_NODES):
+        raise ConfigError(
+            f"{path}: the document expands to more than {MAX_DOCUMENT_NODES} values "
+            "(YAML aliases repeating aliases?); refusing it"
+        )
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
         node = yaml.compose(text)  # only now: positions for the error message
         raise ConfigError(_one_line(path, node, exc)) from None
+    problem = unsafe_paths(job)
+    if problem is not None:
+        loc, message = problem
+        line = _line_of(yaml.compose(text), loc)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {_format_loc(loc)}: {message}")
     job.source = path.resolve()
     return job
+
+
+# A job file is a few hundred values; a million means an alias bomb, not a job.
+MAX_DOCUMENT_NODES = 1_000_000
+
+
+def _expanded_size_exceeds(data: Any, limit: int) -> bool:
+    """True when the loaded document, with every alias expanded, holds more than ``limit``
+    values. Counts shared (aliased) containers each time they appear, as any consumer walking
+    the document would, and stops as soon as the limit is passed (so a bomb costs ``limit``)."""
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            count += len(item) // 1024  # a long string counts by its size too
+    return False
+
+
+def unsafe_paths(job: Job) -> tuple[list[str | int], str] | None:
+    """The first output setting that could write outside the outputs prefix, as (key path,
+    what is wrong); None when every one stays inside. Outputs patterns are relative to
+    ``outputs/`` and may not climb out of it; ``outputs.to`` names a bucket and holds no
+    ``.`` or ``..`` segment."""
+    for index, pattern in enumerate(job.outputs.files):
+        posix = pattern.replace("\\", "/")
+        if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+            return ["outputs", "files", index], (
+                f"{pattern!r} is an absolute path; output patterns are relative to the "
+                "workspace's outputs/ folder"
+            )
+        if ".." in posix.split("/"):
+            return ["outputs", "files", index], (
+                f"{pattern!r} climbs out of outputs/ with '..'; output patterns stay below it"
+            )
+    target = job.outputs.to
+    if is_url(target):
+        scheme, netloc, rest = split_url(target)
+        if scheme != "file" and not netloc:
+            return [
+                "outputs",
+                "to",
+            ], f"{target!r} names no bucket (write e.g. {scheme}://bucket/renders)"
+        if any(part in (".", "..") for part in rest.split("/")):
+            return ["outputs", "to"], (
+                f"{target!r} holds a '.' or '..' segment; name the prefix itself"
+            )
+    return None
 
 
 def _one_line(path: Path, node: yaml.Node | None, exc: ValidationError) -> str:

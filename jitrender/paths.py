@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -134,16 +134,29 @@ class PathRule:
 
 
 class PathMap:
-    """Prefix rules from scene paths to URLs and back; longest source prefix wins."""
+    """Prefix rules from scene paths to URLs and back; longest source prefix wins.
 
-    def __init__(self, rules: Iterable[PathRule] = ()) -> None:
+    ``before`` is an earlier stage of rules applied first (a farm's Open Job Description rules,
+    which turn the submitting workstation's paths into this node's): a path it maps to a local
+    path then goes through these rules, so ``P:\\show`` -> ``/mnt/show`` -> ``gs://show``.
+    """
+
+    def __init__(self, rules: Iterable[PathRule] = (), before: PathMap | None = None) -> None:
         self.rules = sorted(rules, key=lambda r: len(r._source_key()), reverse=True)
+        self.before = before if before else None
 
     def __repr__(self) -> str:
-        return f"PathMap({self.rules!r})"
+        return f"PathMap({self.rules!r}, before={self.before!r})"
 
     def __bool__(self) -> bool:
-        return bool(self.rules)
+        return bool(self.rules) or self.before is not None
+
+    def chained_after(self, first: PathMap) -> PathMap:
+        """These rules, applied to what ``first`` (and its own earlier stages) made of a path."""
+        if not first:
+            return self
+        earlier = first if self.before is None else self.before.chained_after(first)
+        return PathMap(self.rules, earlier)
 
     def to_url(self, path: str, relative_to: str | None = None, *, blender: bool = False) -> str:
         """Map a path as written in a scene to an object URL.
@@ -156,6 +169,11 @@ class PathMap:
             return path
         if blender and path.startswith("//"):
             return self._relative(path[2:], relative_to, path)
+        if self.before is not None and self.before.is_mapped(path):
+            earlier = self.before.to_url(path, relative_to)
+            if not earlier.startswith("file://") or not self._matches(earlier[len("file://") :]):
+                return earlier
+            path = earlier[len("file://") :]
         for rule in self.rules:
             rest = rule.match(path)
             if rest is not None:
@@ -174,15 +192,24 @@ class PathMap:
         return join_url(relative_to, _normalise_scene_path(rel))
 
     def to_scene_path(self, url: str) -> str | None:
-        """The path a scene would write for ``url`` under the first rule that maps it, if any."""
+        """The path a scene would write for ``url`` under the first rule that maps it, if any
+        (through the earlier stages too: back to the workstation's path where one maps)."""
+        found: str | None = None
         for rule in sorted(self.rules, key=lambda r: len(r.destination), reverse=True):
             found = rule.reverse(url)
             if found is not None:
-                return found
-        return None
+                break
+        if self.before is not None:
+            earlier = self.before.to_scene_path(url if found is None else _as_url(found))
+            if earlier is not None:
+                return earlier
+        return found
+
+    def _matches(self, path: str) -> bool:
+        return any(rule.match(path) is not None for rule in self.rules)
 
     def is_mapped(self, path: str) -> bool:
-        return any(rule.match(path) is not None for rule in self.rules)
+        return self._matches(path) or (self.before is not None and self.before.is_mapped(path))
 
     # -- construction -------------------------------------------------------------------
 
@@ -201,6 +228,15 @@ class PathMap:
     def from_openjd(cls, document: Mapping[str, Any], where: str = "path mapping") -> PathMap:
         """From Open Job Description path-mapping rules (``pathmapping-1.0`` JSON). An empty
         document (``{}``, what a farm writes when it has no rules) means no rules."""
+        unknown = sorted(str(k) for k in document if k not in ("version", "path_mapping_rules"))
+        if unknown:
+            raise ConfigError(
+                f"{where}: {unknown[0]!r}: not an Open Job Description key (a document holds "
+                "'version' and 'path_mapping_rules'; for FROM: TO pairs leave both out)"
+            )
+        version = document.get("version", "pathmapping-1.0")
+        if version != "pathmapping-1.0":
+            raise ConfigError(f"{where}: version {version!r}: expected 'pathmapping-1.0'")
         rules_json = document.get("path_mapping_rules", [])
         if not isinstance(rules_json, list):
             raise ConfigError(f"{where}: expected a 'path_mapping_rules' list")
@@ -223,6 +259,26 @@ class PathMap:
         return cls(rules)
 
     @classmethod
+    def from_mapping(
+        cls,
+        mapping: Mapping[Any, Any],
+        where: str = "path_map",
+        resolve: Callable[[str], str] | None = None,
+    ) -> PathMap:
+        """From the ``{FROM: TO}`` form. Raises :class:`ConfigError` naming the first key whose
+        source or destination is not a non-empty string."""
+        rules = []
+        for source, dest in mapping.items():
+            if not isinstance(source, str) or not source.strip():
+                raise ConfigError(f"{where}: key {source!r}: expected a path prefix")
+            if not isinstance(dest, str) or not dest.strip():
+                raise ConfigError(
+                    f"{where}: {source!r}: expected the URL or path it maps to, got {dest!r}"
+                )
+            rules.append(rule_from(source, resolve(dest) if resolve is not None else dest))
+        return cls(rules)
+
+    @classmethod
     def load_openjd(cls, path: Path) -> PathMap:
         try:
             document = json.loads(path.read_text())
@@ -231,7 +287,13 @@ class PathMap:
         return cls.from_openjd(document, str(path))
 
     def merged(self, other: PathMap) -> PathMap:
-        return PathMap([*other.rules, *self.rules])
+        """Both maps' rules as one stage (longest prefix wins); their earlier stages chained,
+        ``other``'s first."""
+        before: PathMap | None = None
+        for stage in (other.before, self.before):
+            if stage is not None:
+                before = stage if before is None else stage.chained_after(before)
+        return PathMap([*other.rules, *self.rules], before)
 
 
 def _as_url(destination: str) -> str:

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -34,7 +33,7 @@ from typing import Any
 
 from jitrender.agent import Agent
 from jitrender.aio import AsyncFetcher
-from jitrender.cache import Cache, CacheResult, default_cache_dir, parse_size
+from jitrender.cache import KEPT_FILE, Cache, CacheResult, default_cache_dir, parse_size
 from jitrender.deps import Dependencies, Dependency
 from jitrender.engines import StageCall, Workspace, engine_named
 from jitrender.errors import (
@@ -48,12 +47,13 @@ from jitrender.errors import (
 )
 from jitrender.health import FrameOutcome, NodeHealth
 from jitrender.job import Job, StageSpec
+from jitrender.joblogs import LogShipper, logs_prefix, run_folder
+from jitrender.markers import MarkerWriter, marker_prefix, marker_url
 from jitrender.outputs import (
     OutputPatterns,
     Uploader,
     UploadRecord,
     frames_in_bucket,
-    marker_metadata,
     outputs_of_other_jobs,
 )
 from jitrender.paths import PathMap, workspace_relpath
@@ -76,7 +76,6 @@ from jitrender.storage import (
 )
 from jitrender.transfer import InflightBudget, listing_ranges
 
-MARKER_FOLDER = "_jitrender"
 # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
 FLUSH_BUDGET_S = 8.0
 
@@ -100,22 +99,19 @@ class RunOptions:
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
 
 
-def marker_prefix(job: Job) -> str:
-    return f"{job.outputs_url}/{MARKER_FOLDER}/{job.job_hash()}/"
-
-
-def marker_url(job: Job, frame: int) -> str:
-    return f"{marker_prefix(job)}frame.{frame}.json"
-
-
-def frames_with_markers(markers: list[ObjectInfo], prefix: str) -> set[int]:
-    done = set()
-    for info in markers:
-        name = info.url[len(prefix) :]
-        if name.startswith("frame.") and name.endswith(".json"):
-            with contextlib.suppress(ValueError):
-                done.add(int(name[len("frame.") : -len(".json")]))
-    return done
+def nuke_render_nodes(job: Job) -> tuple[str, ...]:
+    """The Write nodes the job's ``nuke`` stages execute (``args.write``), so the resolver lists
+    only what those render; empty when a rendering stage names none (Nuke then renders every
+    enabled Write)."""
+    names: list[str] = []
+    for stage in job.stages:
+        if stage.engine != "nuke" or stage.args.get("mode", "render") != "render":
+            continue
+        wanted = stage.args.get("write")
+        if not wanted:
+            return ()
+        names.extend([wanted] if isinstance(wanted, str) else [str(w) for w in wanted])
+    return tuple(dict.fromkeys(names))
 
 
 class _StopSignal:
@@ -161,9 +157,9 @@ class JobRun:
         self.job_hash = job.job_hash()
         self.report = Report(job=job.display_name, job_hash=self.job_hash, task=options.task)
         self.patterns = OutputPatterns(job.outputs.files)
+        if options.extra_path_map is not None:  # the scene and outputs URLs go through it too
+            job.use_path_map(options.extra_path_map)
         self.path_map = job.path_mapping()
-        if options.extra_path_map is not None:
-            self.path_map = self.path_map.merged(options.extra_path_map)
         cache_dir = options.cache_dir or (
             Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir()
         )
@@ -188,12 +184,11 @@ class JobRun:
         self._budget = InflightBudget(options.prefetch_bytes)
         self.workspace: Workspace | None = None
         self.uploader: Uploader | None = None
+        self._logs: LogShipper | None = None
         self.agent: Agent | None = None
         self._mount: Any = None
         self._resolve_root: Path | None = None  # where resolvers see files (see _fetch_local)
-        self._attempt = os.environ.get("BATCH_TASK_ATTEMPT") or os.environ.get(
-            "JITRENDER_ATTEMPT", "0"
-        )
+        self._markers = MarkerWriter(job, self._store(job.outputs_url), self.retry)
 
     @property
     def _job_dir(self) -> Path | None:
@@ -298,10 +293,17 @@ class JobRun:
         report.bytes_fetched = sum(i.size for i in self._fetched)
         report.bytes_from_cache = sum(i.size for i in self._hits)
         self._record_health()
+        if self._logs is not None:  # bounded when stopping: the deadline comes first
+            self._logs.close(timeout=1.0 if self.stop.is_set() else 30.0)
+            if not self.stop.is_set():
+                self._logs.ship_bytes("report.json", json.dumps(report.to_json()).encode())
         if self.workspace is not None:
             report.workspace = str(self.workspace.root)
             if not self.options.keep_workspace:
                 shutil.rmtree(self.workspace.root, ignore_errors=True)
+            else:  # later runs on the node leave it alone; `cache prune` removes it
+                with contextlib.suppress(OSError):
+                    (self.workspace.root / KEPT_FILE).touch()
         if self.options.report_path is not None:
             report.write(self.options.report_path)
 
@@ -339,6 +341,7 @@ class JobRun:
         report.timings["resolve_s"] = time.monotonic() - t0
         self.workspace = Workspace(run_dir, scene_local, self._job_dir)
         self.workspace.create()
+        self._start_log_shipper(todo)
         phase_started = time.monotonic()
         self._start_fetches(deps)
         self._start_agent(deps)
@@ -429,21 +432,7 @@ class JobRun:
     def _write_marker(
         self, frame: int, outputs: dict[str, str | None], *, resumed: bool = False
     ) -> None:
-        body = {
-            "job": self.job_hash,
-            "job_name": self.job.display_name,
-            "frame": frame,
-            "attempt": self._attempt,
-            "host": socket.gethostname(),
-            "time": time.time(),
-            "resumed_from_outputs": resumed,
-            "outputs": outputs,
-        }
-        url = marker_url(self.job, frame)
-        data = json.dumps(body, sort_keys=True).encode()
-        base = len(self.job.outputs_url) + 1
-        metadata = marker_metadata(self.job_hash, (u[base:] for u in outputs))
-        self._call(url, lambda s: s.put_bytes_if_absent(data, url, metadata))
+        self._markers.write(frame, outputs, resumed=resumed)
         if frame in self._requests:  # done again: the requeue request is served
             self._delete(requeue_url(marker_prefix(self.job), frame))
         with self._lock:
@@ -491,6 +480,7 @@ class JobRun:
             if info is None:
                 raise ConfigError(f"{job.source}: scene: {scene_url} does not exist")
             scene_file = self._fetch_local(scene_url)
+            self.progress.event("fetched", url=scene_url, size=info.size)  # counted as a file
             if run_dir is not None:
                 scene_local = scene_file
         ctx = ResolveContext(
@@ -501,6 +491,7 @@ class JobRun:
             list_prefix=self._list,
             fetch=self._fetch_local,
             env=dict(job.env),
+            render_nodes=nuke_render_nodes(job),
         )
         if scene_url is not None:
             name, resolver = resolver_for(job.resolver, scene_url)
@@ -682,6 +673,19 @@ class JobRun:
 
     # -- 3. stages and uploads ---------------------------------------------------------------
 
+    def _start_log_shipper(self, frames: list[int]) -> None:
+        """Stage logs go to the bucket while they are written (see :mod:`jitrender.joblogs`)."""
+        assert self.workspace is not None
+        url = logs_prefix(marker_prefix(self.job)) + run_folder(self.options.task, frames)
+        self._logs = LogShipper(
+            self.workspace.root / "logs",
+            url,
+            self._store(url),
+            self.retry,
+            warn=lambda message: self.progress.event("warning", message=message),
+        ).start()
+        self.progress.event("phase", message=f"logs at {url}")
+
     def _start_uploader(self) -> None:
         assert self.workspace is not None
         url = self.job.outputs_url
@@ -739,6 +743,7 @@ class JobRun:
                 "JITRENDER_WORKSPACE": str(ws.root),
                 "JITRENDER_INPUTS": str(ws.inputs),
                 "JITRENDER_OUTPUTS": str(ws.outputs),
+                "JITRENDER_OUTPUTS_URL": self.job.outputs_url,  # Nuke Writes map below it
                 "JITRENDER_SCRATCH": str(ws.scratch),
                 "JITRENDER_FRAMES": ",".join(str(f) for f in call.frames),
                 "JITRENDER_SCENE": str(ws.scene or ""),
@@ -773,6 +778,14 @@ class JobRun:
             stop=self.stop,
             timeout=spec.timeout,
         )
+        self.progress.event(
+            "stage_end",
+            stage=spec.name,
+            frames=label,
+            attempt=attempt,
+            ok=outcome.ok,
+            seconds=round(outcome.seconds, 3),
+        )
         # Time in stage processes; fetching overlaps it, so it is not wall time minus fetch.
         self.report.timings["render_s"] += outcome.seconds
         if outcome.ok:
@@ -782,12 +795,11 @@ class JobRun:
         return outcome
 
     def _preflight_stages(self, workspace: Workspace, frames: list[int]) -> None:
-        """Build every stage's command once before fetching anything, so a bad template or
-        engine argument is a configuration error (78) that costs no transfer."""
-        for spec in self.job.stages:
-            sample = (frames[0],) if spec.per == "frame" else tuple(frames)
-            call = StageCall(spec.name, sample, workspace, spec.args, spec.command, spec.env)
-            engine_named(spec.engine or "command")(call)
+        """Every check ``validate`` makes too (templates, engine args, output patterns,
+        extras), before fetching anything: a configuration error (78) costs no transfer."""
+        from jitrender.preflight import check_job
+
+        check_job(self.job, frames, workspace)
 
     def _groups(self) -> list[tuple[str, list[StageSpec]]]:
         """Consecutive per-frame stages run together frame by frame; chunk stages alone."""

@@ -1,7 +1,9 @@
 """Frame, tile and view tokens in file paths, expanded for exactly the frames requested.
 
 Shared by every resolver. Padding counts one digit per ``#`` or ``@`` (as Nuke, Houdini and
-Blender do); ``%04d``/``%d``, ``$F``/``$F4`` and ``{frame:04d}`` are understood too. UDIM
+Blender do); ``%04d``/``%d``, ``$F``/``$F4`` and ``{frame:04d}`` are understood too. With
+``style="nuke"`` only Nuke's own tokens count (``#…`` and ``%0Nd``): in a Nuke path ``@`` and
+``$F`` are literal characters. UDIM
 (``<UDIM>``, ``<udim>``, ``%(UDIM)d``) and ``<UVTILE>`` tiles are matched against a folder
 listing, never probed one request per tile.
 """
@@ -12,7 +14,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fileseq.exceptions import ParseException
+from fileseq.exceptions import MaxSizeException, ParseException
 from fileseq.frameset import FrameSet
 
 from jitrender.errors import ConfigError
@@ -25,6 +27,8 @@ _FRAME_TOKEN = re.compile(
     r"|\$F(?P<houdini>\d?)(?![A-Za-z_])"
     r"|\{frame(?::(?P<fmt>0?\d*)d)?\}"
 )
+_NUKE_FRAME_TOKEN = re.compile(r"(?P<hash>#+)|%(?P<printf>0?\d*)d")
+_TOKENS = {"any": _FRAME_TOKEN, "nuke": _NUKE_FRAME_TOKEN}
 _UDIM_TOKEN = re.compile(r"<UDIM>|<udim>|%\(UDIM\)d|<UVTILE>|<uvtile>")
 _VIEW_TOKEN = re.compile(r"%V|%v")
 
@@ -43,17 +47,25 @@ class FrameToken:
         return str(frame).zfill(self.padding)
 
 
-def find_frame_token(path: str) -> FrameToken | None:
+def _token_regex(style: str) -> re.Pattern[str]:
+    try:
+        return _TOKENS[style]
+    except KeyError:
+        raise ValueError(f"unknown frame token style {style!r}") from None
+
+
+def find_frame_token(path: str, style: str = "any") -> FrameToken | None:
     """The last frame token in ``path`` (the file name's, when folders have tokens too)."""
     found: FrameToken | None = None
-    for match in _FRAME_TOKEN.finditer(path):
+    for match in _token_regex(style).finditer(path):
+        groups = match.groupdict()
         if match["hash"] is not None:
             pad = len(match["hash"])
-        elif match["at"] is not None:
+        elif groups.get("at") is not None:
             pad = len(match["at"])
         elif match["printf"] is not None:
             pad = int(match["printf"] or "0")
-        elif match["houdini"] is not None:
+        elif groups.get("houdini") is not None:
             pad = int(match["houdini"] or "0")
         else:
             pad = int(match["fmt"] or "0")
@@ -61,8 +73,8 @@ def find_frame_token(path: str) -> FrameToken | None:
     return found
 
 
-def has_frame_token(path: str) -> bool:
-    return find_frame_token(path) is not None
+def has_frame_token(path: str, style: str = "any") -> bool:
+    return find_frame_token(path, style) is not None
 
 
 def has_udim_token(path: str) -> bool:
@@ -73,23 +85,23 @@ def has_view_token(path: str) -> bool:
     return _VIEW_TOKEN.search(path) is not None
 
 
-def expand_frame(path: str, frame: int) -> str:
+def expand_frame(path: str, frame: int, style: str = "any") -> str:
     """``path`` with every frame token replaced by ``frame`` at that token's padding."""
 
     def substitute(match: re.Match[str]) -> str:
-        token = find_frame_token(match.group(0))
+        token = find_frame_token(match.group(0), style)
         assert token is not None
         return token.format(frame)
 
-    return _FRAME_TOKEN.sub(substitute, path)
+    return _token_regex(style).sub(substitute, path)
 
 
-def expand_frames(path: str, frames: Iterable[int]) -> dict[str, list[int]]:
+def expand_frames(path: str, frames: Iterable[int], style: str = "any") -> dict[str, list[int]]:
     """Each distinct path the frames need -> the frames that need it (a path without a token:
     one entry for all of them)."""
     result: dict[str, list[int]] = {}
     for frame in frames:
-        result.setdefault(expand_frame(path, frame), []).append(frame)
+        result.setdefault(expand_frame(path, frame, style), []).append(frame)
     return result
 
 
@@ -124,21 +136,50 @@ def match_udim_tiles(file_name: str, names_in_folder: Iterable[str]) -> list[str
     return sorted(name for name in names_in_folder if regex.match(name))
 
 
+# More frames than any one job renders; past it a typo (1-100000000) would take minutes and
+# gigabytes just to list. fileseq itself stops at 10,000,000.
+MAX_FRAMES = 1_000_000
+_RANGE_TERM = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)")
+
+
 def parse_frames(spec: str | int, where: str = "frames") -> list[int]:
-    """Frames from farm syntax (``1001-1100``, ``1-100x2``, ``1,5,9-12``): unique, in order."""
+    """Frames from farm syntax (``1001-1100``, ``1-100x2``, ``1,5,9-12``): unique, in order.
+    A range runs upwards (``10-1`` is refused, not read as a countdown) and a job holds at most
+    :data:`MAX_FRAMES` frames; each mistake is one :class:`ConfigError` line."""
     text = str(spec).strip()
     if not text:
         raise ConfigError(f"{where}: empty frame range")
+    for term in text.split(","):
+        backwards = _RANGE_TERM.match(term)
+        if backwards is not None and int(backwards[1]) > int(backwards[2]):
+            first, last = backwards[1], backwards[2]
+            raise ConfigError(
+                f"{where}: {term.strip()!r} runs backwards ({first} down to {last}); "
+                f"write {last}-{first}"
+            )
     try:
         frame_set = FrameSet(text)
+    except MaxSizeException as exc:
+        size = re.search(r"(\d+) >", str(exc))
+        count = size[1] if size is not None else "more than 10000000"
+        raise ConfigError(_too_many(where, text, count)) from None
     except (ParseException, ValueError, TypeError):
         raise ConfigError(
             f"{where}: {text!r} is not a frame range (use e.g. 1001-1100, 1-100x2, 1,5,9-12)"
         ) from None
+    if len(frame_set) > MAX_FRAMES:
+        raise ConfigError(_too_many(where, text, str(len(frame_set))))
     frames = list(dict.fromkeys(int(f) for f in frame_set))
     if not frames:
         raise ConfigError(f"{where}: {text!r} selects no frames")
     return frames
+
+
+def _too_many(where: str, text: str, count: str) -> str:
+    return (
+        f"{where}: {text!r} is too many frames ({count}); the limit is {MAX_FRAMES} per job "
+        "(split the range into several jobs)"
+    )
 
 
 def format_frames(frames: Iterable[int]) -> str:

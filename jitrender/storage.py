@@ -27,6 +27,7 @@ import google_crc32c
 
 from jitrender.errors import (
     ConfigError,
+    DataError,
     JitrenderError,
     MissingDependencyError,
     PermissionDeniedError,
@@ -40,6 +41,9 @@ T = TypeVar("T")
 JOB_METADATA_KEY = "jitrender-job"
 _PART_SUFFIX = ".jitrender-part"
 _XATTR_PREFIX = "user.jitrender."
+# A file:// object's checksum, "<generation> <crc32c>": outside _XATTR_PREFIX (not metadata).
+_CRC_XATTR = "user.jitrender-crc32c"
+_CRC_SIDECAR_SUFFIX = ".jitrender-crc32c"  # ".<name>.jitrender-crc32c" where xattrs are missing
 
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
@@ -277,14 +281,33 @@ class Store(ABC):
         """Remove an object (used by ``--overwrite`` paths and tests, never by a normal run)."""
 
 
-def _compare(source: Path, existing: ObjectInfo | None, url: str) -> PutResult:
+def _compare(
+    source: Path,
+    existing: ObjectInfo | None,
+    url: str,
+    read: Callable[[], IO[bytes]] | None = None,
+) -> PutResult:
+    """``identical`` only for identical bytes: by crc32c, else by reading the object (``read``
+    opens it); a store that can do neither calls it a conflict, never a size-only match."""
     if existing is None:
         return PutResult("conflict", None)
     if existing.crc32c is not None:
         same = existing.crc32c == crc32c_of_file(source)
+    elif read is not None and existing.size == source.stat().st_size:
+        with read() as remote, open(source, "rb") as local:
+            same = _same_stream(remote, local)
     else:
-        same = existing.size == source.stat().st_size
+        same = False
     return PutResult("identical" if same else "conflict", existing)
+
+
+def _same_stream(first: IO[bytes], second: IO[bytes], block: int = 1 << 20) -> bool:
+    while True:
+        a, b = first.read(block), second.read(block)
+        if a != b:
+            return False
+        if not a:
+            return True
 
 
 def _copy_range(source: IO[bytes], sink: IO[bytes], start: int, end: int) -> None:
@@ -317,7 +340,9 @@ class LocalStore(Store):
             return None
         if not path.is_file():
             return None
-        return ObjectInfo(url, st.st_size, _local_generation(st), None, _read_xattrs(path))
+        return ObjectInfo(
+            url, st.st_size, _local_generation(st), local_crc32c(path, st), _read_xattrs(path)
+        )
 
     def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
         prefix_path = local_path_of(prefix_url)
@@ -337,7 +362,7 @@ class LocalStore(Store):
                     top = current == folder
                     if top and not entry.name.startswith(name_prefix):
                         continue
-                    if entry.name.endswith(_PART_SUFFIX):
+                    if entry.name.endswith((_PART_SUFFIX, _CRC_SIDECAR_SUFFIX)):
                         continue
                     entry_url = f"{current_url}/{entry.name}"
                     if entry.is_dir(follow_symlinks=True):
@@ -345,7 +370,8 @@ class LocalStore(Store):
                             stack.append((Path(entry.path), entry_url))
                     elif entry.is_file(follow_symlinks=True):
                         st = entry.stat(follow_symlinks=True)
-                        found.append(ObjectInfo(entry_url, st.st_size, _local_generation(st)))
+                        crc = local_crc32c(Path(entry.path), st)
+                        found.append(ObjectInfo(entry_url, st.st_size, _local_generation(st), crc))
         found.sort(key=lambda info: info.url)
         return found
 
@@ -375,26 +401,33 @@ class LocalStore(Store):
         part = part.with_name(part.name + _PART_SUFFIX)
         try:
             with open(source, "rb") as src, open(part, "xb") as dst:
+                writer = Crc32cWriter(dst)
                 while chunk := src.read(4 << 20):
-                    dst.write(chunk)
+                    writer.write(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
             _write_xattrs(part, metadata or {})
+            # Below, the object is tagged with its checksum from birth, as a GCS object is.
             if overwrite:
                 existed = final.exists()
                 os.replace(part, final)
+                _write_crc_tag(final, _local_generation(final.stat()), writer.digest_b64())
                 return PutResult("overwritten" if existed else "created", self.stat(url))
             try:
                 os.link(part, final)
             except FileExistsError:
                 return _compare(source, self.stat(url), url)
+            _write_crc_tag(final, _local_generation(final.stat()), writer.digest_b64())
             return PutResult("created", self.stat(url))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
 
     def delete(self, url: str) -> None:
-        local_path_of(url).unlink()
+        path = local_path_of(url)
+        path.unlink()
+        with contextlib.suppress(OSError):
+            _crc_sidecar(path).unlink()
 
 
 def _local_generation(st: os.stat_result) -> str:
@@ -420,6 +453,52 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def local_crc32c(path: Path, st: os.stat_result) -> str:
+    """The crc32c of a local object's bytes: its stored tag while that is for this very
+    version (generation), else computed now and stored for next time where the folder allows."""
+    generation = _local_generation(st)
+    tag = _read_crc_tag(path)
+    if tag is not None and tag[0] == generation:
+        return tag[1]
+    crc = crc32c_of_file(path)
+    with contextlib.suppress(OSError):
+        if _local_generation(path.stat()) == generation:  # not changed while being read
+            _write_crc_tag(path, generation, crc)
+    return crc
+
+
+def _crc_sidecar(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_CRC_SIDECAR_SUFFIX}")
+
+
+def _read_crc_tag(path: Path) -> tuple[str, str] | None:
+    try:
+        raw = os.getxattr(path, _CRC_XATTR)
+    except (OSError, AttributeError):
+        try:
+            raw = _crc_sidecar(path).read_bytes()
+        except OSError:
+            return None
+    generation, _, crc = raw.decode("ascii", "replace").partition(" ")
+    return (generation, crc) if crc else None
+
+
+def _write_crc_tag(path: Path, generation: str, crc: str) -> None:
+    """Best effort: a read-only bucket folder just means the checksum is computed each time."""
+    tag = f"{generation} {crc}".encode()
+    try:
+        os.setxattr(path, _CRC_XATTR, tag)
+        return
+    except (OSError, AttributeError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOTSUP, errno.EPERM):
+            return
+    with contextlib.suppress(OSError):
+        sidecar = _crc_sidecar(path)
+        temp = sidecar.with_name(f".{path.name}.{os.getpid()}{_CRC_SIDECAR_SUFFIX}")
+        temp.write_bytes(tag)
+        os.replace(temp, sidecar)
 
 
 def _write_xattrs(path: Path, metadata: Mapping[str, str]) -> None:
@@ -551,7 +630,9 @@ class GCSStore(Store):
         )
         if info.generation.isdigit():
             url += f"&generation={info.generation}"  # pinned: a newer version is never mixed in
-        headers = {"Accept-Encoding": "identity"}  # the stored bytes, as their crc32c covers
+        # "gzip" is what makes GCS send a gzip-encoded object as stored (with "identity" it
+        # decompresses it, and neither size nor crc32c match); other objects are never encoded.
+        headers = {"Accept-Encoding": "gzip"}
         last = (end if end is not None else info.size) - 1
         if start > 0 or last < info.size - 1:
             headers["Range"] = f"bytes={start}-{last}"
@@ -575,6 +656,15 @@ class GCSStore(Store):
             url, headers=headers, stream=True, timeout=(30, 300)
         ) as response:
             response.raise_for_status()  # HTTPError carries the status classify() reads
+            stored = response.headers.get("X-Goog-Stored-Content-Encoding", "identity")
+            served = response.headers.get("Content-Encoding", "identity")
+            if stored.lower() != served.lower():
+                # Served transformed (decoded): its bytes can never match what the store
+                # promises, so retrying cannot help. The job's data (or a proxy) is the problem.
+                raise DataError(
+                    f"{info.url}: stored with Content-Encoding {stored!r} but served as "
+                    f"{served!r}; cannot verify it against its size and crc32c"
+                )
             while piece := response.raw.read(1 << 20, decode_content=False):
                 sink.write(piece)
 
@@ -679,7 +769,7 @@ class FsspecStore(Store):
     ) -> PutResult:
         existing = self.stat(url)
         if existing is not None and not overwrite:
-            return _compare(source, existing, url)
+            return _compare(source, existing, url, lambda: self.fs.open(self._path(url), "rb"))
         self.fs.put_file(str(source), self._path(url))
         return PutResult("created" if existing is None else "overwritten", self.stat(url))
 

@@ -368,7 +368,9 @@ def test_farm_examples_are_all_present() -> None:
         "k8s-indexed-job.yaml",
         "aws-batch.json",
         "slurm.sbatch",
-        "openjd-template.yaml",
+        "openjd",
+        "job.yaml",
+        "generate.sh",
     }
 
 
@@ -379,11 +381,14 @@ def test_readme_has_the_exit_code_table() -> None:
 
 
 def load_k8s() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load((EXAMPLES / "k8s-indexed-job.yaml").read_text())
+    """The Job of the example (the ConfigMap carrying the job file comes first)."""
+    documents = list(yaml.safe_load_all((EXAMPLES / "k8s-indexed-job.yaml").read_text()))
+    (job,) = [d for d in documents if d["kind"] == "Job"]
+    data: dict[str, Any] = job
     return data
 
 
-@pytest.mark.parametrize("version", ["1.33.0", "1.37.0"])
+@pytest.mark.parametrize("version", ["1.29.0", "1.31.0", "1.33.0", "1.35.0", "1.37.0"])
 def test_k8s_job_validates_against_the_kubernetes_api_schema(version: str) -> None:
     import kubernetes_validate
 
@@ -572,7 +577,7 @@ def test_slurm_script_forwards_sigterm_to_jitrender(
     assert (fake_dir / "scontrol").read_text().split() == ["requeue", "4711_3"]
 
 
-OPENJD = EXAMPLES / "openjd-template.yaml"
+OPENJD = EXAMPLES / "openjd" / "template.yaml"
 
 
 def test_openjd_template_validates_and_has_one_task_per_index() -> None:

@@ -59,7 +59,10 @@ def _load(name: str) -> Resolver | None:
         return _registry[name]
     module = _BUILTIN_MODULES.get(name)
     if module is not None:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(missing_extra(f"the {name!r} resolver", exc)) from None
         return _registry.get(name)
     for entry in entry_points(group="jitrender.resolvers"):
         if entry.name == name:
@@ -67,6 +70,18 @@ def _load(name: str) -> Resolver | None:
             _registry[name] = loaded
             return loaded  # type: ignore[no-any-return]
     return None
+
+
+# The optional extra that provides each importable package a built-in resolver needs.
+_EXTRAS = {"pxr": "usd"}
+
+
+def missing_extra(who: str, exc: ImportError) -> str:
+    """One line saying which extra to install for ``who`` when an import failed."""
+    package = (exc.name or "").split(".")[0]
+    extra = _EXTRAS.get(package)
+    install = f"pip install 'jitrender[{extra}]'" if extra else f"pip install {package or '?'}"
+    return f"{who} needs the Python package {package!r}, which is not installed: {install}"
 
 
 def available() -> list[str]:

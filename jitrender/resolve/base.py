@@ -39,6 +39,9 @@ class ResolveContext:
     # The job's ``env:`` (what the renderer will see on top of this process's environment),
     # for resolvers that read variables such as NUKE_PATH or ``[getenv …]``.
     env: Mapping[str, str] = field(default_factory=dict)
+    # The output nodes the job's render stage executes (Nuke's ``-X``: ``args.write`` of a
+    # ``nuke`` stage); empty: the scene's own default (every enabled Write).
+    render_nodes: tuple[str, ...] = ()
     _listings: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -56,6 +59,7 @@ class ResolveContext:
             self.fetch,
             self.views,
             self.env,
+            self.render_nodes,
             self._listings,
         )
 
@@ -85,6 +89,7 @@ def file_dependencies(
     blender: bool = False,
     relative_to: str | None = None,
     views: Sequence[str] | None = None,
+    frame_style: str = "any",
 ) -> Dependencies:
     """The dependencies behind one path as written in a scene.
 
@@ -92,6 +97,7 @@ def file_dependencies(
     frame number to the render frames that need it (default: the context's frames, one to
     one). UDIM/UVTILE tokens become the tiles that exist in storage (one listing per
     folder); ``%V``/``%v`` become each view. A path without tokens is needed by every frame.
+    ``frame_style`` picks which frame tokens count (``"nuke"``: only ``#…`` and ``%0Nd``).
     """
     out = Dependencies()
     if not written.strip():
@@ -102,11 +108,11 @@ def file_dependencies(
         except ValueError as exc:
             out.unresolved.append(Unresolved(source, written, str(exc)))
             continue
-        if has_frame_token(path):
+        if has_frame_token(path, frame_style):
             mapping = frame_map if frame_map is not None else {f: [f] for f in ctx.frames}
             by_url: dict[str, set[int]] = {}
             for file_frame, render_frames in mapping.items():
-                by_url.setdefault(expand_frame(pattern_url, file_frame), set()).update(
+                by_url.setdefault(expand_frame(pattern_url, file_frame, frame_style), set()).update(
                     render_frames
                 )
             for url, frames in by_url.items():

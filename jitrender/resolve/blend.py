@@ -34,7 +34,7 @@ from typing import Any
 from blender_asset_tracer import blendfile, cdefs
 from blender_asset_tracer.blendfile import exceptions as bat_exceptions
 from blender_asset_tracer.blendfile import iterators
-from blender_asset_tracer.trace import blocks2assets, expanders
+from blender_asset_tracer.trace import blocks2assets, expanders, modifier_walkers
 
 from jitrender.deps import Dependencies, Dependency, Unresolved
 from jitrender.errors import JitrenderError, MissingDependencyError, SceneParseError
@@ -57,9 +57,10 @@ from jitrender.resolve.blend_frames import (
     sequence_pattern,
     strips_heard,
     strips_rendered_at,
+    udim_tile_path,
     volume_file_frame,
 )
-from jitrender.sequences import expand_frame
+from jitrender.sequences import expand_frame, has_udim_token
 
 Block = Any  # blender_asset_tracer.blendfile.BlendFileBlock (BAT ships no type hints)
 
@@ -173,10 +174,15 @@ def _parse_open(ctx: ResolveContext, bfile: Any, names: set[bytes] | None) -> _P
         seen.add(block.addr_old)
         if block.code == b"SC":
             # BAT names only an image strip's first file: the sequencer is read here instead.
-            parsed.deps.extend(_sequencer(ctx, block, library))
+            try:
+                parsed.deps.extend(_sequencer(ctx, block, library))
+            except _PARSE_ERRORS as exc:
+                parsed.deps.unresolved.append(_unreadable(block.id_name, library, exc))
             continue
-        for usage in blocks2assets.iter_assets(block):
-            written = _text(bytes(usage.asset_path))
+        usages, broken = _block_usages(block, library)
+        parsed.deps.unresolved.extend(broken)
+        for usage in usages:
+            written = _own_cache_name(ctx, usage, _text(bytes(usage.asset_path)))
             if not written:
                 continue
             source = _source(usage.block_name, library)
@@ -185,6 +191,67 @@ def _parse_open(ctx: ResolveContext, bfile: Any, names: set[bytes] | None) -> _P
                 handler = _cache_folder if usage.is_sequence else _single
             parsed.deps.extend(handler(ctx, usage.block, written, source, users))
     return parsed
+
+
+def _block_usages(block: Block, library: str) -> tuple[list[Any], list[Unresolved]]:
+    """BAT's asset usages of one ID block. A part that does not read (a dangling pointer, say)
+    becomes one unresolved entry and the rest of the block still counts; an object's modifiers
+    are read one by one, so one broken modifier does not hide the others."""
+    if block.code != b"OB":
+        try:
+            return list(blocks2assets.iter_assets(block)), []
+        except _PARSE_ERRORS as exc:
+            return [], [_unreadable(block.id_name, library, exc)]
+    usages: list[Any] = []
+    broken: list[Unresolved] = []
+    owner = modifier_walkers.ModifierContext(owner=block)
+    try:
+        modifiers = list(iterators.modifiers(block))
+    except _PARSE_ERRORS as exc:
+        return [], [_unreadable(block.id_name, library, exc)]
+    for index, modifier in enumerate(modifiers):
+        name = b"%s.modifiers[%d]" % (bytes(block.id_name), index)
+        try:
+            kind = int(modifier[b"modifier", b"type"])
+            handler = modifier_walkers.modifier_handlers.get(kind)
+            if handler is None or _has_no_bakes(modifier, kind):
+                continue
+            usages.extend(handler(owner, modifier, name))
+        except _PARSE_ERRORS as exc:
+            broken.append(_unreadable(name, library, exc))
+    return usages, broken
+
+
+def _has_no_bakes(modifier: Block, kind: int) -> bool:
+    """A Geometry Nodes modifier with ``bakes_num`` 0: Blender never reads its ``bakes`` pointer
+    (files saved by Blender 5.1 leave it dangling)."""
+    return (
+        kind == cdefs.eModifierType_Nodes
+        and modifier.dna_type.has_field(b"bakes_num")
+        and int(modifier[b"bakes_num"]) == 0
+    )
+
+
+def _unreadable(block_name: bytes, library: str, exc: BaseException) -> Unresolved:
+    source = _source(bytes(block_name), library)
+    return Unresolved(source, source, f"datablock does not read: {_why(exc)}")
+
+
+def _own_cache_name(ctx: ResolveContext, usage: Any, written: str) -> str:
+    """A disk point cache's folder as Blender names it: ``//blendcache_<the .blend's name>/``.
+
+    BAT derives the name from the local copy's file name, which may be a cache object's; Blender
+    uses the file's own name (``ptcache_path``: the name less its last 6 characters, ".blend").
+    """
+    block = usage.block
+    if block.dna_type_name != "PointCache" or int(block[b"flag"]) & cdefs.PTCACHE_EXTERNAL:
+        return written
+    local = f"//{cdefs.PTCACHE_PATH.decode()}{Path(ctx.scene_file).stem}/"
+    if not written.startswith(local):
+        return written
+    name = url_basename(ctx.scene_url)
+    own = name[:-6] if len(name) > 6 else name
+    return f"//{cdefs.PTCACHE_PATH.decode()}{own}/" + written[len(local) :]
 
 
 def _blocks_in_scope(
@@ -221,7 +288,10 @@ def _blocks_in_scope(
         if block.code == b"ID":
             placeholders.append(block)
             continue
-        queue.extend(b for b in _expand(block) if b is not None and b.addr_old not in reached)
+        try:
+            queue.extend(b for b in _expand(block) if b is not None and b.addr_old not in reached)
+        except _PARSE_ERRORS as exc:
+            parsed.deps.unresolved.append(_unreadable(block.id_name, "", exc))
     return [b for b in reached.values() if b.code != b"ID"], placeholders
 
 
@@ -306,7 +376,7 @@ def _image(
 ) -> Dependencies:
     kind = block.get(b"source", default=cdefs.IMA_SRC_FILE)
     if kind == cdefs.IMA_SRC_TILED:
-        return _files(ctx, _udim_pattern(written), source, None)
+        return _udim_tiles(ctx, block, written, source)
     if kind != cdefs.IMA_SRC_SEQUENCE:
         return _files(ctx, written, source, None)
     image_users = users.get(block.addr_old, [])
@@ -325,6 +395,28 @@ def _image(
             target = wanted if in_range and number > user.offset else optional
             target.setdefault(number, set()).add(frame)
     return _numbered(ctx, written, source, wanted, optional)
+
+
+def _udim_tiles(ctx: ResolveContext, block: Block, written: str, source: str) -> Dependencies:
+    """A tiled image's files: one per tile in the image's own tile list (``Image.tiles``), which
+    is what Blender loads; other files that match the pattern are not read. A listed tile that
+    is not in storage is a missing dependency. Files without a tile list (none is written before
+    Blender 2.82) fall back to the tiles that exist in storage."""
+    pattern = _udim_pattern(written)
+    if not block.dna_type.has_field(b"tiles") or not has_udim_token(pattern):
+        return _files(ctx, pattern, source, None)
+    numbers = sorted(
+        {
+            int(tile[b"tile_number"])
+            for tile in iterators.listbase(block.get_pointer((b"tiles", b"first")))
+        }
+    )
+    if not numbers:
+        return _files(ctx, pattern, source, None)
+    out = Dependencies()
+    for number in numbers:
+        out.extend(_literal_file(ctx, udim_tile_path(pattern, number), source, None))
+    return out
 
 
 def _volume(

@@ -98,6 +98,14 @@ def _wrap(frame: int, length: int) -> int:
     return length if frame == 0 else frame
 
 
+def udim_tile_path(pattern: str, tile: int) -> str:
+    """The file of tile number ``tile`` (1001, 1002, ...) of a tiled image's path: Blender's
+    ``BKE_image_set_filepath_from_tile_number`` puts the number in place of ``<UDIM>``, and
+    ``u<U>_v<V>`` (counted from 1, ten tiles a row) in place of ``<UVTILE>``."""
+    u, v = (tile - 1001) % 10 + 1, (tile - 1001) // 10 + 1
+    return pattern.replace("<UDIM>", str(tile)).replace("<UVTILE>", f"u{u}_v{v}")
+
+
 # Volume.sequence_mode values (DNA VolumeSequenceMode).
 VOLUME_CLIP, VOLUME_EXTEND, VOLUME_REPEAT, VOLUME_PING_PONG = 0, 1, 2, 3
 

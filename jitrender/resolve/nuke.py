@@ -47,7 +47,7 @@ import math
 import os
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from jitrender.deps import Dependencies, Dependency, Unresolved
@@ -85,6 +85,27 @@ _READ_DEFAULTS = {
     "frame": "",
 }
 _READ_LIKE = frozenset({"Read", "DeepRead"})
+# Defaults of the knobs the graph walk reads, per class (Foundry's reference guide); a frame
+# range "dependent on the input" is None here and taken from the input's range.
+_KNOB_DEFAULTS: dict[str, dict[str, str]] = {
+    "Read": _READ_DEFAULTS,
+    "DeepRead": _READ_DEFAULTS,
+    "TimeOffset": {"time_offset": "0", "reverse_input": "false"},
+    "FrameHold": {"first_frame": "0", "increment": "0"},
+    "TimeClip": {"before": "hold", "after": "hold", "frame_mode": "expression", "frame": ""},
+    "Retime": {"speed": "1", "reverse": "false", "before": "hold", "after": "hold"},
+    "AppendClip": {"firstFrame": "1", "fadeIn": "0", "fadeOut": "0", "cross_dissolve": "0"},
+    "Switch": {"which": "0"},
+    "Dissolve": {"which": "0"},
+    "Input": {"number": "0"},
+}
+# The nodes ``nuke -x`` executes when the command line names none.
+_OUTPUT_CLASSES = frozenset({"Write", "DeepWrite", "WriteGeo"})
+_TRUE_WORDS = ("true", "1", "yes", "on")
+_FALSE_WORDS = ("false", "0", "no", "off", "")
+# A time knob that needs Nuke makes the walk ask for the input's whole range; beyond this
+# many frames it passes the frames through instead.
+MAX_RANGE_FRAMES = 100_000
 _HOLD_MODES = ("hold", "loop", "bounce", "black")
 _FRAME_MODES = ("expression", "startat", "offset")
 # Write's and Precomp's "missing frames" (on_error) when reading their rendered files back.
@@ -145,7 +166,21 @@ _BUILTIN_CLASS_NAMES = """
 _BUILTIN_CLASSES = frozenset(_BUILTIN_CLASS_NAMES.split())
 _NODE_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+
+def _knob_default(cls: str, knob: str) -> str | None:
+    if knob == "disable":
+        return "false"
+    defaults = _KNOB_DEFAULTS.get(cls) or _KNOB_DEFAULTS.get(cls.rstrip("0123456789"))
+    return defaults.get(knob) if defaults is not None else None
+
+
 Handler = Callable[["ScriptResolver", Node], Dependencies]
+# A node's frame -> the render frames that need it at that frame.
+FrameRequests = dict[int, set[int]]
+# A time node: the input frames it reads for one of its own frames.
+Timing = Callable[["ScriptResolver", Node, int], list[int]]
+# Knobs that only place a node in the DAG; left out of what ``unresolved`` quotes.
+_LAYOUT_KNOBS = frozenset({"xpos", "ypos", "selected", "tile_color", "gl_color", "note_font"})
 _handlers: dict[str, Handler] = {}
 
 
@@ -178,6 +213,9 @@ class ScriptResolver:
     # (node id, knob) -> evaluated value or why not; knobs that refer to each other are
     # evaluated once, so a chain of references cannot blow up exponentially.
     _values: dict[tuple[int, str], str | NotEvaluable] = field(default_factory=dict)
+    # Gizmo instances (by id) -> the node standing in for them, whose members the walk enters.
+    _gizmo_nodes: dict[int, Node] = field(default_factory=dict)
+    _ranges: dict[int, tuple[int, int] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = self.script.root or Node("Root", {}, None, 0)
@@ -204,7 +242,7 @@ class ScriptResolver:
             if self._depth > MAX_DEPTH:
                 raise NotEvaluable("expressions refer to each other in a loop")
             parts = reference.split(".")
-            node = self._find(parts[:-1], here) if len(parts) > 1 else here
+            node = self._find(parts[:-1], here) if len(parts) > 1 else self._owner(here, parts[0])
             key = (id(node), parts[-1])
             known = self._values.get(key)
             if known is None:
@@ -218,6 +256,20 @@ class ScriptResolver:
             return known
         finally:
             self._depth -= 1
+
+    def _owner(self, here: Node, knob: str) -> Node:
+        """The node a bare knob name means: ``here``, or else the nearest enclosing group that
+        has it (a group's knobs are visible to its members by name, as in Nuke)."""
+        if knob in here.knobs or knob in here.user_knobs or knob in ("name", "disable"):
+            return here
+        if _knob_default(here.cls, knob) is not None:
+            return here
+        group = here.group
+        while group is not None:
+            if knob in group.knobs or knob in group.user_knobs:
+                return group
+            group = group.group
+        return here
 
     def _find(self, parts: list[str], here: Node) -> Node:
         head = parts[0]
@@ -254,14 +306,14 @@ class ScriptResolver:
             return node.name
         else:
             raw = node.knobs.get(knob)
-            if raw is None and node.cls in _READ_LIKE:
-                raw = _READ_DEFAULTS.get(knob)
-            if raw is None and knob == "disable":
-                raw = "false"
+            if raw is None:
+                raw = _knob_default(node.cls, knob)
+            if raw is None and knob in node.numeric_knobs:
+                raw = "0"
         if raw is None:
-            raise NotEvaluable(
-                f"{node.name}.{knob} is not set in the script; its default needs Nuke"
-            )
+            # Nuke saves only knobs that differ from their default; for the string knobs
+            # people refer to (file, cache, label, user knobs) that default is empty.
+            raw = ""
         if knob in node.braced and raw.lstrip().startswith("{"):
             return format_number(parse_number(raw, lambda ref: self.lookup(ref, node), None))
         return substitute(raw, self.tcl(node), self._depth)
@@ -308,6 +360,7 @@ class ScriptResolver:
             frame_map=frame_map,
             relative_to=self.project_url,
             views=self.views,
+            frame_style="nuke",
         )
 
     def rendered_files(self, node: Node) -> Dependencies:
@@ -317,7 +370,7 @@ class ScriptResolver:
             frame_map = write_frame_map(self, node)
         except NotEvaluable as exc:
             written = self.path(node, "file")
-            if written is not None and not has_frame_token(written):
+            if written is not None and not has_frame_token(written, "nuke"):
                 return self.files(node, "file")  # one file (a movie): the frame is irrelevant
             knobs = ("frame_mode", "frame")
             raw = " ".join(f"{k} {node.knobs[k]}" for k in knobs if k in node.knobs)
@@ -420,43 +473,420 @@ class ScriptResolver:
     # -- the whole script ------------------------------------------------------------------
 
     def resolve(self) -> Dependencies:
+        """What the script's renders read: walked upstream from the nodes that render (see
+        :meth:`targets`); a script with no Write at all (a toolset, a template) renders
+        nothing with ``nuke -x``, so every enabled file-reading node is listed instead."""
         self._ocio()
-        self._resolve_nodes(self.script.nodes, ())
+        targets = self.targets()
+        if targets is None:
+            self._resolve_nodes(self.script.nodes, ())
+        else:
+            self._expand_gizmos(self.script.nodes, ())
+            self._walk(targets)
         return self.out
 
+    def targets(self) -> list[Node] | None:
+        """The nodes whose output the render computes: the job's named Writes (``-X``), else a
+        precomp script's Output node, else every enabled Write/DeepWrite/WriteGeo. None when
+        the script has no such node at all."""
+        named = () if self.prefix else self.ctx.render_nodes
+        if named:
+            found: list[Node] = []
+            for name in named:
+                node = self._node_at(name)
+                if node is None:
+                    why = "the job's nuke stage names this node, which the script does not have"
+                    self.out.unresolved.append(Unresolved(f"{self.prefix}{name}", name, why))
+                elif not self.is_disabled(node):
+                    found.append(node)
+            return found
+        if self.prefix:
+            outputs = [n for n in self.script.top.values() if n.cls == "Output"]
+            if outputs:
+                return outputs
+        writes = [n for n in self.script.nodes if n.cls in _OUTPUT_CLASSES]
+        if not writes:
+            return None
+        return [n for n in writes if not self.is_disabled(n)]
+
+    def _node_at(self, path: str) -> Node | None:
+        node: Node | None = None
+        scope = self.script.top
+        for part in path.split("."):
+            node = scope.get(part)
+            if node is None:
+                return None
+            scope = node.members
+        return node
+
+    def is_disabled(self, node: Node) -> bool:
+        """Disabled itself or inside a disabled group. A ``disable`` knob that needs Nuke
+        (``[python …]``) is reported and taken as enabled, so its files are listed."""
+        current: Node | None = node
+        while current is not None:
+            if self._disable_knob(current):
+                return True
+            current = current.group
+        return False
+
+    def _disable_knob(self, node: Node) -> bool:
+        raw = node.knobs.get("disable")
+        if raw is None:
+            return False
+        text = raw.strip()
+        if text.lower() in _TRUE_WORDS:
+            return True
+        if text.lower() in _FALSE_WORDS:
+            return False
+        try:
+            if "disable" in node.braced:
+                return parse_number(text, lambda ref: self.lookup(ref, node), None) != 0
+            value = substitute(text, self.tcl(node)).strip().lower()
+        except NotEvaluable as exc:
+            why = f"{exc.why}; taken as enabled, so the files it reads are listed"
+            self.out.unresolved.append(Unresolved(self.source(node, "disable"), raw, why))
+            return False
+        try:
+            return value in _TRUE_WORDS or float(value) != 0
+        except ValueError:
+            return False
+
     def _resolve_nodes(self, nodes: Iterable[Node], inside: tuple[str, ...]) -> None:
-        """``inside``: the gizmo classes these nodes are members of, outermost first."""
+        """Every enabled node's files, graph or not. ``inside``: the gizmo classes these nodes
+        are members of, outermost first."""
         for node in nodes:
             handler = _handlers.get(node.cls)
             if handler is not None:
-                if not node.disabled():
+                if not self.is_disabled(node):
                     self.out.extend(handler(self, node))
             elif _may_be_gizmo(node.cls):
-                self._gizmo(node, inside)
+                expanded = self._gizmo(node, inside)
+                if expanded is not None:
+                    self._resolve_nodes(expanded[1], (*inside, node.cls))
 
-    def _gizmo(self, node: Node, inside: tuple[str, ...]) -> None:
+    def _expand_gizmos(self, nodes: Iterable[Node], inside: tuple[str, ...]) -> None:
+        """Load every gizmo instance's definition (its ``.gizmo`` is needed to load the script
+        at all), so the walk can go through the gizmo's members."""
+        for node in nodes:
+            if node.cls in _handlers or not _may_be_gizmo(node.cls):
+                continue
+            expanded = self._gizmo(node, inside)
+            if expanded is not None:
+                self._gizmo_nodes[id(node)] = expanded[0]
+                self._expand_gizmos(expanded[1], (*inside, node.cls))
+
+    def _gizmo(self, node: Node, inside: tuple[str, ...]) -> tuple[Node, list[Node]] | None:
         """A node of a class Nuke does not ship: its ``.gizmo`` (needed to load the script at
-        all, so even when the node is disabled) and the files its members read."""
+        all, so even when the node is disabled) and, when enabled, its members."""
         source = f"{self.prefix}{node.path}"
         if node.cls in inside or len(inside) > MAX_PRECOMP_DEPTH:
             self.out.unresolved.append(Unresolved(source, node.cls, "the gizmo contains itself"))
-            return
+            return None
         found = self.library.find(node.cls, self.ctx.scene_folder_url)
         if isinstance(found, str):
             self.out.unresolved.append(Unresolved(source, node.cls, found))
-            return
+            return None
         if found.listed:
             self.out.deps.append(Dependency(found.path, found.url, None, source))
         if node.disabled():
-            return
+            return None
         try:
             stand_in, members = instantiate_gizmo(found.script, node)
         except NotEvaluable as exc:
             self.out.unresolved.append(Unresolved(source, found.path, exc.why))
-            return
+            return None
         self._instances.append(stand_in)
         self._instances.extend(members)
-        self._resolve_nodes(members, (*inside, node.cls))
+        return stand_in, members
+
+    # -- the node graph ----------------------------------------------------------------------
+
+    def _walk(self, targets: Sequence[Node]) -> None:
+        """Carry the requested frames upstream from ``targets``, node by node (each node after
+        every node downstream of it), listing the files of every enabled node reached."""
+        requests: dict[int, FrameRequests] = {}
+        for target in targets:
+            _add_requests(requests.setdefault(id(target), {}), {f: {f} for f in self.ctx.frames})
+        target_ids = {id(t) for t in targets}
+        read_from_downstream: set[int] = set()
+        for node in _downstream_first(targets, self._graph_upstream):
+            wanted = requests.pop(id(node), None)
+            if not wanted:
+                continue
+            disabled = self.is_disabled(node)
+            passes_input = True
+            if not disabled and node.cls in _handlers:
+                if node.cls != "Write":
+                    self.out.extend(self._node_files(node, wanted))
+                elif node.flag("reading") and id(node) in read_from_downstream:
+                    # A Write reading its file back shows that file downstream, not its input;
+                    # it still computes its input when it renders itself.
+                    self.out.extend(self._node_files(node, wanted))
+                    passes_input = id(node) in target_ids
+            if not passes_input:
+                continue
+            for upstream, asked in self._upstream(node, wanted, disabled):
+                read_from_downstream.add(id(upstream))
+                _add_requests(requests.setdefault(id(upstream), {}), asked)
+
+    def _node_files(self, node: Node, wanted: FrameRequests) -> Dependencies:
+        """The node's own files for the node frames in ``wanted``, with each dependency's
+        frames put back in render frames."""
+        frames = tuple(sorted(wanted))
+        identity = frames == self.ctx.frames and all(wanted[f] == {f} for f in frames)
+        handler = _handlers[node.cls]
+        if identity:
+            return handler(self, node)
+        saved = self.ctx
+        self.ctx = replace(saved, frames=frames)
+        try:
+            found = handler(self, node)
+        finally:
+            self.ctx = saved
+        deps = []
+        for dep in found.deps:
+            if dep.frames is not None:
+                renders = sorted(set().union(*(wanted.get(f, set()) for f in dep.frames)))
+                dep = replace(dep, frames=tuple(renders))
+            deps.append(dep)
+        return Dependencies(deps, found.unresolved)
+
+    def _graph_upstream(self, node: Node) -> list[Node]:
+        """Every node ``node`` may pull from: its inputs, a group's Output nodes, a group
+        Input's group input."""
+        found = [n for n in node.inputs if n is not None]
+        found.extend(self._outputs_inside(node))
+        if node.cls == "Input":
+            outside = self._group_input(node)
+            if outside is not None:
+                found.append(outside)
+        return found
+
+    def _outputs_inside(self, node: Node) -> list[Node]:
+        group = self._gizmo_nodes.get(id(node), node)
+        if not group.is_group() and group is node:
+            return []
+        return [m for m in group.members.values() if m.cls == "Output"]
+
+    def _group_input(self, node: Node) -> Node | None:
+        group = node.group
+        if group is None:
+            return None
+        try:
+            number = _whole_frame(parse_number(node.knobs.get("number", "0"), str, None))
+        except NotEvaluable:
+            return None
+        return group.inputs[number] if 0 <= number < len(group.inputs) else None
+
+    def _upstream(
+        self, node: Node, wanted: FrameRequests, disabled: bool
+    ) -> list[tuple[Node, FrameRequests]]:
+        """Which nodes ``node`` reads, and at which of their frames, for its own frames in
+        ``wanted`` (each with the render frames that need it)."""
+        inputs = node.inputs
+        if disabled:
+            first = inputs[0] if inputs else None
+            return [(first, wanted)] if first is not None else []
+        if node.cls == "Input":
+            outside = self._group_input(node)
+            return [(outside, wanted)] if outside is not None else []
+        inside = self._outputs_inside(node)
+        if inside or node.is_group() or id(node) in self._gizmo_nodes:
+            return [(output, wanted) for output in inside]
+        if node.cls == "Precomp":
+            return []
+        base = node.cls.rstrip("0123456789")
+        timing = _TIMING.get(base)
+        if timing is not None:
+            first = inputs[0] if inputs else None
+            if first is None:
+                return []
+            return [(first, self._retimed(node, wanted, timing, first))]
+        if base == "AppendClip":
+            return self._append_clip(node, wanted)
+        if base in ("Switch", "Dissolve"):
+            return self._switch(node, wanted, base == "Dissolve")
+        return [(n, wanted) for n in inputs if n is not None]
+
+    def value_at(self, node: Node, knob: str, frame: int) -> float:
+        """A numeric knob at a frame: literal, expression or its default."""
+        raw = node.knobs.get(knob)
+        if raw is None:
+            raw = _knob_default(node.cls, knob) or ""
+        return parse_number(raw, lambda ref: self.lookup(ref, node), frame)
+
+    def _retimed(
+        self, node: Node, wanted: FrameRequests, timing: Timing, upstream: Node
+    ) -> FrameRequests:
+        asked: FrameRequests = {}
+        try:
+            for frame, renders in wanted.items():
+                for input_frame in timing(self, node, frame):
+                    asked.setdefault(input_frame, set()).update(renders)
+        except NotEvaluable as exc:
+            return self._whole_range(node, wanted, upstream, exc.why)
+        return asked
+
+    def _whole_range(
+        self, node: Node, wanted: FrameRequests, upstream: Node, why: str
+    ) -> FrameRequests:
+        """What a time node whose values need Nuke may read: its input's whole frame range
+        (reported in ``unresolved``)."""
+        renders = set().union(*wanted.values())
+        found = self.frame_range(upstream)
+        knobs = " ".join(f"{k} {v}" for k, v in node.knobs.items() if k not in _LAYOUT_KNOBS)
+        if found is not None and found[1] - found[0] < MAX_RANGE_FRAMES:
+            why = f"{why}; every frame of its input ({found[0]}-{found[1]}) is listed"
+            asked = {f: set(renders) for f in range(found[0], found[1] + 1)}
+        else:
+            why = f"{why}; the frames are passed through unchanged"
+            asked = {f: set(r) for f, r in wanted.items()}
+        self.out.unresolved.append(Unresolved(f"{self.prefix}{node.path}", knobs[:200], why))
+        return asked
+
+    def _append_clip(self, node: Node, wanted: FrameRequests) -> list[tuple[Node, FrameRequests]]:
+        """AppendClip: its inputs one after another from ``firstFrame``, the last
+        ``cross_dissolve`` frames of each overlapping the next; outside, the ends hold."""
+        clips = [n for n in node.inputs if n is not None]
+        if not clips:
+            return []
+        asked: list[FrameRequests] = [{} for _ in clips]
+        try:
+            start = _whole_frame(self.value_at(node, "firstFrame", self.ctx.frames[0]))
+            overlap = max(0, _whole_frame(self.value_at(node, "cross_dissolve", 0)))
+            spans: list[tuple[int, int, int]] = []  # (output start, input first, length)
+            for clip in clips:
+                first, last = self.frame_range(clip) or self.root_range()
+                spans.append((start, first, last - first + 1))
+                start += max(1, last - first + 1 - overlap)
+        except NotEvaluable as exc:
+            return [(c, self._whole_range(node, wanted, c, exc.why)) for c in clips]
+        for frame, renders in wanted.items():
+            hits = [
+                (index, first + frame - begin)
+                for index, (begin, first, length) in enumerate(spans)
+                if begin <= frame < begin + length
+            ]
+            if not hits:
+                if frame < spans[0][0]:
+                    hits = [(0, spans[0][1])]
+                else:
+                    _, first, length = spans[-1]
+                    hits = [(len(spans) - 1, first + length - 1)]
+            for index, input_frame in hits:
+                asked[index].setdefault(input_frame, set()).update(renders)
+        return [(clip, a) for clip, a in zip(clips, asked, strict=True) if a]
+
+    def _switch(
+        self, node: Node, wanted: FrameRequests, dissolve: bool
+    ) -> list[tuple[Node, FrameRequests]]:
+        """Switch: the input ``which`` names (clamped to the inputs there are); Dissolve: the
+        two inputs ``which`` lies between (its mask input, input 2, always). A ``which`` that
+        needs Nuke reads every input."""
+        inputs = list(node.inputs)
+        mask = inputs[2] if dissolve and len(inputs) > 2 else None
+        choices = [n for i, n in enumerate(inputs) if not (dissolve and i == 2)]
+        if not choices:
+            return []
+        asked: list[FrameRequests] = [{} for _ in choices]
+        try:
+            for frame, renders in wanted.items():
+                which = self.value_at(node, "which", frame)
+                if not math.isfinite(which):
+                    raise NotEvaluable(f"which is {which}")
+                low = min(max(math.floor(which), 0), len(choices) - 1)
+                high = min(max(math.ceil(which), 0), len(choices) - 1)
+                picked = {low, high} if dissolve else {min(max(round(which), 0), len(choices) - 1)}
+                for index in picked:
+                    asked[index].setdefault(frame, set()).update(renders)
+        except NotEvaluable as exc:
+            raw = node.knobs.get("which", "")
+            if "python" in raw:
+                why = f"{exc.why}; every input is listed"
+                self.out.unresolved.append(Unresolved(self.source(node, "which"), raw, why))
+            asked = [dict(wanted) for _ in choices]
+        found = [(n, a) for n, a in zip(choices, asked, strict=True) if n is not None and a]
+        if mask is not None:
+            found.append((mask, wanted))
+        return found
+
+    def root_range(self) -> tuple[int, int]:
+        try:
+            first = _whole_frame(parse_number(self._knob(self.root, "first_frame"), str, None))
+            last = _whole_frame(parse_number(self._knob(self.root, "last_frame"), str, None))
+        except NotEvaluable:
+            return 1, 100
+        return min(first, last), max(first, last)
+
+    def frame_range(self, node: Node) -> tuple[int, int] | None:
+        """The frame range a node's output has (Nuke's info range), as far as static values
+        tell; None when it needs Nuke."""
+        key = id(node)
+        if key in self._ranges:
+            return self._ranges[key]
+        self._ranges[key] = None  # a loop in the graph has no range
+        try:
+            found = self._frame_range(node)
+        except NotEvaluable:
+            found = None
+        self._ranges[key] = found
+        return found
+
+    def _frame_range(self, node: Node) -> tuple[int, int] | None:
+        base = node.cls.rstrip("0123456789")
+        inputs = [n for n in node.inputs if n is not None]
+        upstream = self.frame_range(inputs[0]) if inputs else None
+        if self._disable_knob(node):
+            return upstream
+        if node.cls in _READ_LIKE:
+            first = self.frame_number(node, "first", "1")
+            last = self.frame_number(node, "last", "1")
+            mode = self.choice(node, "frame_mode", _FRAME_MODES)
+            if mode == "startat":
+                start = self.frame_number(node, "frame", "0")
+                return start, start + last - first
+            if mode == "offset":
+                shift = self.frame_number(node, "frame", "0")
+                return first + shift, last + shift
+            return first, last
+        if base == "TimeOffset" and upstream is not None:
+            shift = _whole_frame(self.value_at(node, "time_offset", 0))
+            return upstream[0] + shift, upstream[1] + shift
+        if base == "FrameRange" and "first_frame" in node.knobs and "last_frame" in node.knobs:
+            return (
+                self.frame_number(node, "first_frame", "1"),
+                self.frame_number(node, "last_frame", "1"),
+            )
+        if base == "TimeClip":
+            return self._clip_range(node)
+        if base == "Retime":
+            return _retime_ranges(self, node)[1]
+        if node.cls == "Input":
+            outside = self._group_input(node)
+            return self.frame_range(outside) if outside is not None else None
+        inside = self._outputs_inside(node)
+        if inside:
+            return self.frame_range(inside[0])
+        if base == "AppendClip" and inputs:
+            start = _whole_frame(self.value_at(node, "firstFrame", 0))
+            overlap = max(0, _whole_frame(self.value_at(node, "cross_dissolve", 0)))
+            total = 0
+            for clip in inputs:
+                first, last = self.frame_range(clip) or self.root_range()
+                total += max(1, last - first + 1 - overlap)
+            return start, start + total + overlap - 1
+        if not inputs:
+            return self.root_range()
+        ranges = [r for r in (self.frame_range(n) for n in inputs) if r is not None]
+        if not ranges:
+            return None
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+    def _clip_range(self, node: Node) -> tuple[int, int]:
+        default_first, default_last = self.root_range()
+        first = self.frame_number(node, "first", str(default_first))
+        last = self.frame_number(node, "last", str(default_last))
+        return min(first, last), max(first, last)
 
 
 def _tidy(path: str) -> str:
@@ -476,7 +906,7 @@ def _root_name(ctx: ResolveContext) -> str:
     when the path map knows it, else the local path (``file://``) or the URL itself."""
     mapped = ctx.path_map.to_scene_path(ctx.scene_url)
     if mapped is not None:
-        return mapped
+        return mapped.replace("\\", "/")  # Nuke names scripts with forward slashes, even on Windows
     if split_url(ctx.scene_url)[0] == "file":
         return local_path_of(ctx.scene_url).as_posix()
     return ctx.scene_url
@@ -574,6 +1004,173 @@ def write_frame_map(resolver: ScriptResolver, node: Node) -> dict[int, list[int]
     return mapping
 
 
+# -- the node graph --------------------------------------------------------------------------
+
+
+def _add_requests(into: FrameRequests, more: Mapping[int, set[int]]) -> None:
+    for frame, renders in more.items():
+        into.setdefault(frame, set()).update(renders)
+
+
+def _downstream_first(
+    targets: Sequence[Node], upstream: Callable[[Node], list[Node]]
+) -> list[Node]:
+    """Every node reachable upstream of ``targets``, each after all the reached nodes that read
+    from it (a reversed post-order; iterative, so deep graphs cannot exhaust the stack)."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    for target in targets:
+        if id(target) in seen:
+            continue
+        seen.add(id(target))
+        stack: list[tuple[Node, Iterator[Node]]] = [(target, iter(upstream(target)))]
+        while stack:
+            node, pending = stack[-1]
+            for child in pending:
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append((child, iter(upstream(child))))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    order.reverse()
+    return order
+
+
+def _clip_frame(
+    resolver: ScriptResolver, node: Node, frame: int, first: int, last: int
+) -> int | None:
+    """The input frame a Read-style clip (Read, TimeClip) shows at ``frame``: ``frame_mode``
+    (expression, start at, offset), then ``before``/``after`` outside ``first``..``last``;
+    None for ``black``."""
+    mode = resolver.choice(node, "frame_mode", _FRAME_MODES)
+    if mode == "expression":
+        text = node.knobs.get("frame", "").strip()
+        if text.startswith("{") and text.endswith("}"):
+            text = text[1:-1].strip()
+        raw = frame
+        if text:
+            expression = compile_expression(text)
+            raw = _whole_frame(expression.evaluate(lambda ref: resolver.lookup(ref, node), frame))
+    elif mode == "startat":
+        raw = frame - resolver.frame_number(node, "frame", "0") + first
+    else:
+        raw = frame - resolver.frame_number(node, "frame", "0")
+    before = resolver.choice(node, "before", _HOLD_MODES)
+    after = resolver.choice(node, "after", _HOLD_MODES)
+    return held_frame(raw, first, last, before, after)
+
+
+def _time_offset(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """TimeOffset: input frame = frame - ``time_offset``; ``reverse_input`` plays the input's
+    range backwards first."""
+    shifted = _whole_frame(frame - resolver.value_at(node, "time_offset", frame))
+    if node.flag("reverse_input"):
+        found = resolver.frame_range(node.inputs[0]) if node.inputs[0] is not None else None
+        if found is None:
+            raise NotEvaluable("reverse_input needs the input's frame range")
+        shifted = found[0] + found[1] - shifted
+    return [shifted]
+
+
+def _frame_hold(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """FrameHold: ``first_frame`` at every frame, or with ``increment`` N every Nth frame
+    from it (1, 6, 11 … for first_frame 1, increment 5)."""
+    first = resolver.value_at(node, "first_frame", frame)
+    step = _whole_frame(resolver.value_at(node, "increment", frame))
+    if step <= 0:
+        return [_whole_frame(first)]
+    start = _whole_frame(first)
+    return [start + math.floor((frame - start) / step) * step]
+
+
+def _pass_through(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """FrameRange sets the range the clip reports; every frame still reads the same frame."""
+    return [frame]
+
+
+def _time_clip(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """TimeClip: Read's time controls on any input: ``frame_mode``/``frame``, ``first``/``last``
+    (default: the project's range) with ``before``/``after``, and ``reverse``."""
+    first, last = resolver._clip_range(node)
+    found = _clip_frame(resolver, node, frame, first, last)
+    if found is None:
+        return []
+    return [first + last - found if node.flag("reverse") else found]
+
+
+def _retime_ranges(resolver: ScriptResolver, node: Node) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Retime's input range and output range: ``input.first``/``input.last`` (default: the
+    input's range), ``output.first`` (default: input.first) and ``output.last`` (default: as
+    long as ``speed`` makes it)."""
+    upstream = node.inputs[0] if node.inputs else None
+    found = resolver.frame_range(upstream) if upstream is not None else None
+    in_first_default, in_last_default = found or resolver.root_range()
+    in_first = resolver.frame_number(node, "input.first", str(in_first_default))
+    in_last = resolver.frame_number(node, "input.last", str(in_last_default))
+    out_first = resolver.frame_number(node, "output.first", str(in_first))
+    if "output.last" in node.knobs:
+        out_last = resolver.frame_number(node, "output.last", "1")
+    else:
+        speed = resolver.value_at(node, "speed", in_first)
+        if speed <= 0:
+            raise NotEvaluable(f"speed {speed} is not a forward speed")
+        out_last = out_first + _whole_frame((in_last - in_first) / speed)
+    return (in_first, in_last), (out_first, out_last)
+
+
+def _retime(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """Retime: output.first..output.last shows input.first..input.last (both output ends
+    locked: the ranges are matched; else at ``speed``), ``reverse`` runs it backwards,
+    ``before``/``after`` hold, loop, bounce or go black outside; a frame between two input
+    frames reads both (the default ``box`` filter blends them)."""
+    (in_first, in_last), (out_first, out_last) = _retime_ranges(resolver, node)
+    locked = node.flag("output.first_lock") and node.flag("output.last_lock")
+    if locked and out_last != out_first:
+        speed = (in_last - in_first) / (out_last - out_first)
+    else:
+        speed = resolver.value_at(node, "speed", frame)
+    position = frame
+    if frame < out_first or frame > out_last:
+        mode = resolver.choice(node, "before" if frame < out_first else "after", _RETIME_MODES)
+        if mode == "black":
+            return []
+        if mode != "continue":
+            held = held_frame(frame, out_first, out_last, mode, mode)
+            position = held if held is not None else frame
+    if node.flag("reverse"):
+        source = in_last - (position - out_first) * speed
+    else:
+        source = in_first + (position - out_first) * speed
+    if not math.isfinite(source) or abs(source) > MAX_FRAME:
+        raise NotEvaluable(f"Retime reads frame {source}")
+    filtered = node.knobs.get("filter", "box").strip().lower()
+    if filtered in ("none", "nearest"):
+        return [_whole_frame(round(source))]
+    return sorted({math.floor(source), math.ceil(source)})
+
+
+def _time_warp(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """TimeWarp: the input frame is its ``lookup`` value (unset: the frame itself); an
+    animated lookup curve needs Nuke."""
+    if "lookup" not in node.knobs:
+        return [frame]
+    source = resolver.value_at(node, "lookup", frame)
+    return sorted({_whole_frame(math.floor(source)), _whole_frame(math.ceil(source))})
+
+
+_TIMING: dict[str, Timing] = {
+    "TimeOffset": _time_offset,
+    "FrameHold": _frame_hold,
+    "FrameRange": _pass_through,
+    "TimeClip": _time_clip,
+    "Retime": _retime,
+    "TimeWarp": _time_warp,
+}
+_RETIME_MODES = ("hold", "continue", "loop", "bounce", "black")
+
+
 # -- one function per node class -------------------------------------------------------------
 
 
@@ -583,7 +1180,7 @@ def _read(resolver: ScriptResolver, node: Node) -> Dependencies:
         frame_map = read_frame_map(resolver, node)
     except NotEvaluable as exc:
         written = resolver.path(node, "file")
-        if written is not None and not has_frame_token(written):
+        if written is not None and not has_frame_token(written, "nuke"):
             return resolver.files(node, "file")  # one file (a movie): the frame is irrelevant
         raw = " ".join(f"{k} {node.knobs[k]}" for k in _READ_DEFAULTS if k in node.knobs)
         why = f"cannot work out which file frames it reads: {exc.why}"
@@ -856,6 +1453,9 @@ def instantiate_gizmo(definition: NukeScript, instance: Node) -> tuple[Node, lis
         instance.line,
         frozenset(braced),
         user_knobs=top.user_knobs | instance.user_knobs,
+        numeric_knobs=top.numeric_knobs | instance.numeric_knobs,
+        input_count=instance.input_count,
+        inputs=list(instance.inputs),  # the gizmo's Input nodes read the instance's inputs
     )
     copies = {id(top): stand_in}
     members: list[Node] = []
@@ -864,7 +1464,17 @@ def instantiate_gizmo(definition: NukeScript, instance: Node) -> tuple[Node, lis
         if parent is None:
             continue
         copy = Node(
-            node.cls, node.knobs, parent, node.line, node.braced, {}, node.user_knobs, node.links
+            node.cls,
+            node.knobs,
+            parent,
+            node.line,
+            node.braced,
+            {},
+            node.user_knobs,
+            node.links,
+            node.input_count,
+            [copies.get(id(i)) if i is not None else None for i in node.inputs],
+            node.numeric_knobs,
         )
         parent.members[copy.name] = copy
         copies[id(node)] = copy

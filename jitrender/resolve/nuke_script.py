@@ -2,9 +2,14 @@
 
 A script is a sequence of TCL commands. The ones that matter here are node blocks
 (``Read { file ... first 1001 }``), ``end_group`` (closing the ``Group``/``LiveGroup``/``Gizmo``
-opened before), ``clone``, ``set``/``push`` (the node stack, only as far as clones need it),
-and ``version``. Words are bare, ``"quoted"`` (backslash escapes) or ``{braced}`` (nested
-braces, literal except ``\\{``, ``\\}``, ``\\[``, ``\\]``), exactly as TCL reads them.
+opened before), ``clone``, ``set``/``push`` and ``version``. Together they run Nuke's node
+stack, which is how a script writes its node graph: a node takes its ``inputs`` (1 unless the
+block says otherwise; ``2+1`` counts a mask input too) off the top of the stack, input 0 first,
+and is pushed itself; ``push 0`` pushes an empty input, ``set N [stack 0]`` names the top and
+``push $N`` pushes it again. A group's members run on a stack of their own; ``end_group`` pushes
+the group onto the stack outside. Words are bare, ``"quoted"`` (backslash escapes) or
+``{braced}`` (nested braces, literal except ``\\{``, ``\\}``, ``\\[``, ``\\]``), exactly as TCL
+reads them.
 
 Every problem raises :class:`SceneParseError` with ``"<scene url>:<line>:<col>: <what>"``.
 """
@@ -20,6 +25,8 @@ from jitrender.errors import SceneParseError
 # Node classes whose block is followed by their member nodes and an ``end_group``.
 GROUP_CLASSES = frozenset({"Group", "LiveGroup", "Gizmo"})
 
+# addUserKnob types whose value is a number: Int, Enumeration, Boolean, Double, Array.
+_NUMERIC_KNOB_TYPES = frozenset({"3", "4", "6", "7", "8"})
 # TCL's own white space; Python's \s also matches \x1c-\x1f and Unicode spaces.
 _WS = " \t\n\r\f\v"
 # Most knob lines are two plain words ("first 1001"): read those in one match.
@@ -199,6 +206,11 @@ class Node:
     user_knobs: frozenset[str] = frozenset()
     # Link knobs among them -> the member knob they show (``{41 lut T Read1.file}``).
     links: dict[str, str] = field(default_factory=dict)
+    # How many inputs the block takes off the stack, and what it took (None: not connected).
+    input_count: int = 1
+    inputs: list[Node | None] = field(default_factory=list)
+    # User knobs holding a number (int, enumeration, boolean, double): unset, they are 0.
+    numeric_knobs: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -251,8 +263,12 @@ def _node_from_block(
     braced: set[str] = set(inherited.braced) if inherited is not None else set()
     user: set[str] = set(inherited.user_knobs) if inherited is not None else set()
     links = dict(inherited.links) if inherited is not None else {}
+    numeric: set[str] = set(inherited.numeric_knobs) if inherited is not None else set()
+    input_count = 1
     for words in scanner.commands(body.pos + 1, body.end - 1):
         name = words[0].text
+        if name == "inputs" and len(words) == 2:
+            input_count = _input_count(words[1].text)
         if len(words) == 1:
             knobs[name] = ""
         elif len(words) == 2:
@@ -264,6 +280,8 @@ def _node_from_block(
                     spec = words[1].text.split(None, 2)
                     if len(spec) >= 2:
                         user.add(spec[1])
+                        if spec[0] in _NUMERIC_KNOB_TYPES:
+                            numeric.add(spec[1])
                         target = _link_target(words[1].text) if spec[0] == "41" else None
                         if target:
                             links[spec[1]] = target
@@ -280,7 +298,17 @@ def _node_from_block(
         frozenset(braced),
         user_knobs=frozenset(user),
         links=links,
+        input_count=input_count,
+        numeric_knobs=frozenset(numeric),
     )
+
+
+def _input_count(text: str) -> int:
+    """``inputs 2`` or ``inputs 2+1`` (inputs and a mask input); garbage counts as none."""
+    try:
+        return max(0, min(sum(int(part) for part in text.split("+")), 10000))
+    except ValueError:
+        return 0
 
 
 def _link_target(spec: str) -> str | None:
@@ -306,15 +334,24 @@ def parse_script(text: str, url: str) -> NukeScript:
     root: Node | None = None
     nodes: list[Node] = []
     top: dict[str, Node] = {}
-    groups: list[tuple[Node, int]] = []
+    # Open groups: the group, where it starts, and the stack outside it.
+    groups: list[tuple[Node, int, list[Node | None]]] = []
     variables: dict[str, Node | None] = {}
-    stack_top: Node | None = None
+    stack: list[Node | None] = []
     version = ""
 
-    def add(node: Node) -> None:
+    def add(node: Node, pos: int) -> None:
+        nonlocal stack
         group = groups[-1][0] if groups else None
         (group.members if group is not None else top)[node.name] = node
         nodes.append(node)
+        taken = [stack.pop() if stack else None for _ in range(node.input_count)]
+        node.inputs = taken
+        if node.is_group():
+            groups.append((node, pos, stack))
+            stack = []
+        else:
+            stack.append(node)
 
     for words in scanner.commands(0, len(text)):
         head = words[0].text
@@ -323,13 +360,14 @@ def parse_script(text: str, url: str) -> NukeScript:
         elif head == "end_group":
             if not groups:
                 raise scanner.error(words[0].pos, "end_group with no group open")
-            stack_top = groups.pop()[0]
+            group_node, _, stack = groups.pop()
+            stack.append(group_node)
         elif head == "set" and len(words) == 3:
             value = words[2].text.strip()
-            variables[words[1].text] = stack_top if value.startswith("[stack") else None
+            variables[words[1].text] = _stack_item(stack, value)
         elif head == "push" and len(words) == 2:
             ref = words[1].text
-            stack_top = variables.get(ref[1:]) if ref.startswith("$") else None
+            stack.append(variables.get(ref[1:]) if ref.startswith("$") else None)
         elif head == "clone" and len(words) in (3, 4) and words[-1].braced:
             if len(words) == 4:
                 node = _node_from_block(
@@ -348,27 +386,32 @@ def parse_script(text: str, url: str) -> NukeScript:
                     groups[-1][0] if groups else None,
                     original,
                 )
-            add(node)
-            stack_top = node
-            if node.is_group():
-                groups.append((node, words[0].pos))
+            add(node, words[0].pos)
         elif len(words) == 2 and words[1].braced and not words[0].braced:
             if head == "Root" and not groups:
                 root = _node_from_block(scanner, head, words[1], None)
                 continue
             if head in ("define_window_layout_xml", "add_layer"):
                 continue
-            node = _node_from_block(scanner, head, words[1], groups[-1][0] if groups else None)
-            add(node)
-            stack_top = node
-            if node.is_group():
-                groups.append((node, words[0].pos))
+            group = groups[-1][0] if groups else None
+            add(_node_from_block(scanner, head, words[1], group), words[0].pos)
     if groups:
-        group, pos = groups[-1]
+        group, pos, _ = groups[-1]
         raise scanner.error(
             pos, f"{group.cls} {group.name} is never closed: the script ends before end_group"
         )
     return NukeScript(url, root, nodes, top, version)
+
+
+def _stack_item(stack: list[Node | None], value: str) -> Node | None:
+    """What ``[stack N]`` names: the N-th item from the top (0 is the top)."""
+    if not value.startswith("[stack"):
+        return None
+    try:
+        depth = int(value[len("[stack") :].strip(" ]") or "0")
+    except ValueError:
+        return None
+    return stack[-1 - depth] if 0 <= depth < len(stack) else None
 
 
 def tcl_list(text: str, url: str = "<list>") -> list[str]:

@@ -227,6 +227,16 @@ _BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
 }
 
 
+_COMPARE: dict[type[ast.cmpop], Callable[[float, float], bool]] = {
+    ast.Eq: lambda a, b: a == b,
+    ast.NotEq: lambda a, b: a != b,
+    ast.Lt: lambda a, b: a < b,
+    ast.LtE: lambda a, b: a <= b,
+    ast.Gt: lambda a, b: a > b,
+    ast.GtE: lambda a, b: a >= b,
+}
+
+
 @dataclass(frozen=True)
 class Expression:
     """A parsed numeric knob expression, evaluated per frame without parsing again."""
@@ -246,18 +256,27 @@ class Expression:
             raise NotEvaluable(f"expression {self.text!r} fails: {exc}") from None
 
 
+_BOOLEANS = {"true": 1.0, "yes": 1.0, "on": 1.0, "false": 0.0, "no": 0.0, "off": 0.0}
+_LOGIC = re.compile(r"&&|\|\||!(?!=)")
+_LOGIC_WORDS = {"&&": " and ", "||": " or ", "!": " not "}
+
+
 def compile_expression(text: str) -> Expression:
-    """Parse a Nuke numeric expression (a subset: arithmetic, ``frame``, knob references,
-    a few functions). Raises :class:`NotEvaluable` for anything else."""
+    """Parse a Nuke numeric expression (a subset: arithmetic, comparisons, ``!``/``&&``/``||``,
+    ``frame``, knob references, a few functions; quoted or not). Raises :class:`NotEvaluable`
+    for anything else."""
     source = text.strip()
+    if len(source) >= 2 and source[0] == source[-1] == '"':
+        source = source[1:-1].strip()  # Nuke writes expressions with spaces in quotes
     if not source:
         raise NotEvaluable("empty expression")
     if len(source) > MAX_EXPRESSION:
         raise NotEvaluable("expression too long to evaluate without Nuke")
     if "[" in source or "$" in source or "curve" in source:
         raise NotEvaluable(f"expression {source!r} is animated or uses TCL; needs Nuke")
+    python = _LOGIC.sub(lambda m: _LOGIC_WORDS[m.group()], source).strip()
     try:
-        tree = ast.parse(source, mode="eval").body
+        tree = ast.parse(python, mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise NotEvaluable(f"expression {source!r} needs Nuke to evaluate") from None
     _check(tree, source)
@@ -266,6 +285,10 @@ def compile_expression(text: str) -> Expression:
 
 _ALLOWED_NODES = (
     ast.Constant,
+    ast.Compare,
+    ast.cmpop,
+    ast.BoolOp,
+    ast.boolop,
     ast.Name,
     ast.Attribute,
     ast.BinOp,
@@ -284,7 +307,9 @@ def _check(tree: ast.expr, source: str) -> None:
             allowed = False
         if isinstance(node, ast.BinOp) and type(node.op) not in _BINARY:
             allowed = False
-        if isinstance(node, ast.UnaryOp) and not isinstance(node.op, ast.USub | ast.UAdd):
+        if isinstance(node, ast.UnaryOp) and not isinstance(node.op, ast.USub | ast.UAdd | ast.Not):
+            allowed = False
+        if isinstance(node, ast.Compare) and any(type(op) not in _COMPARE for op in node.ops):
             allowed = False
         if isinstance(node, ast.Call) and (
             not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS or node.keywords
@@ -310,7 +335,11 @@ def _eval(node: ast.expr, lookup: KnobLookup, frame: int | None) -> float:
             raise NotEvaluable("the value depends on the frame being rendered")
         return float(frame)
     if isinstance(node, ast.Name | ast.Attribute):
-        return parse_number(lookup(_reference(node)), lookup, frame)
+        reference = _reference(node)
+        text = lookup(reference)
+        if not text.strip():
+            raise NotEvaluable(f"{reference} is not set in the script and is not a number knob")
+        return parse_number(text, lookup, frame)
     if isinstance(node, ast.BinOp):
         op = _BINARY[type(node.op)]
         left, right = _eval(node.left, lookup, frame), _eval(node.right, lookup, frame)
@@ -319,7 +348,22 @@ def _eval(node: ast.expr, lookup: KnobLookup, frame: int | None) -> float:
         return op(left, right)
     if isinstance(node, ast.UnaryOp):
         value = _eval(node.operand, lookup, frame)
+        if isinstance(node.op, ast.Not):
+            return float(not value)
         return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, lookup, frame)
+        for comparison, right_node in zip(node.ops, node.comparators, strict=True):
+            right = _eval(right_node, lookup, frame)
+            if not _COMPARE[type(comparison)](left, right):
+                return 0.0
+            left = right
+        return 1.0
+    if isinstance(node, ast.BoolOp):
+        values = (_eval(v, lookup, frame) for v in node.values)
+        if isinstance(node.op, ast.And):
+            return float(all(values))
+        return float(any(values))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         return _FUNCTIONS[node.func.id](*(_eval(a, lookup, frame) for a in node.args))
     raise NotEvaluable("expression needs Nuke to evaluate")
@@ -332,6 +376,8 @@ def parse_number(value: str, lookup: KnobLookup, frame: int | None) -> float:
         return float(text)
     except ValueError:
         pass
+    if text.lower() in _BOOLEANS:
+        return _BOOLEANS[text.lower()]  # a boolean knob's value as a number
     if text.startswith("{") and text.endswith("}"):
         text = text[1:-1]
     return evaluate_number(text, lookup, frame)

@@ -611,12 +611,14 @@ def test_write_with_reading_true_reads_its_own_output_for_each_frame(local_bucke
 
 
 def test_write_read_back_follows_the_writes_frame_numbering(local_bucket: str) -> None:
+    # Each Write reads the one before it (the stack); the last one's output feeds Final.
     script = (
         ROOT
         + write("/out/offset.####.exr", " reading true\n frame_mode offset\n frame -1000", "Off")
         + write("/out/expr.####.exr", ' reading true\n frame "frame*2"', "Expr")
         + write("/out/start.####.exr", ' reading true\n frame_mode "start at"\n frame 1', "Start")
         + write("/out/movie.mov", ' reading true\n frame_mode "start at"\n frame 1', "Movie")
+        + write("/out/final.####.exr", "", "Final")
     )
     frames = [1001, 1002]
     found = resolve(local_bucket, script, frames)
@@ -646,7 +648,11 @@ def test_write_read_back_lists_missing_renders_only_when_nuke_would_fail_on_them
 ) -> None:
     make_files(local_bucket, ["renders/pre.1001.exr"])
     mapping = PathMap([PathRule("/show", local_bucket)])
-    script = ROOT + write("/show/renders/pre.####.exr", f" reading true\n {on_error}")
+    script = (
+        ROOT
+        + write("/show/renders/pre.####.exr", f" reading true\n {on_error}", "Pre")
+        + write("/show/renders/final.####.exr", "", "Final")
+    )
     found = resolve(local_bucket, script, [1001, 1002], path_map=mapping)
     assert per_frame(found, [1001, 1002]) == {
         f: {f"{local_bucket}/renders/{name}" for name in names} for f, names in expected.items()

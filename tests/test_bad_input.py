@@ -1,0 +1,135 @@
+"""A user's mistake is one line with the documented exit code, found as early as possible, and
+never a traceback (exit 70): unsafe output paths and alias bombs at load, frame ranges that
+are too long or backwards, names the local file system cannot hold, a full disk."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The single error line of a command that must fail with ``code``."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("jitrender: error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def write_job(tmp_path: Path, **changes: Any) -> Path:
+    job: dict[str, Any] = {
+        "frames": "1-2",
+        "stages": [{"name": "render", "command": ["true"]}],
+        "outputs": {"to": f"file://{tmp_path}/bucket/renders", "files": ["r.####.exr"]},
+    }
+    for key, value in changes.items():
+        if key.startswith("outputs_"):
+            job["outputs"][key.removeprefix("outputs_")] = value
+        else:
+            job[key] = value
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+# -- item 9: validation at load -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("../x.####", "climbs out of outputs/ with '..'"),
+        ("sub/../../x.####", "climbs out of outputs/ with '..'"),
+        ("/etc/x.####", "is an absolute path"),
+        ("C:\\x.####", "is an absolute path"),
+    ],
+)
+def test_output_patterns_outside_outputs_are_refused_at_load(
+    tmp_path: Path, pattern: str, why: str
+) -> None:
+    job = write_job(tmp_path, outputs_files=["ok.####.exr", pattern])
+    for command in ("validate", "run"):
+        line = one_line(cli(command, str(job)), 78)
+        assert f"{job}:" in line and "outputs.files[1]" in line and why in line, line
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("gs://show/renders/../other", "holds a '.' or '..' segment"),
+        ("gs://show/./renders", "holds a '.' or '..' segment"),
+        ("file:///tmp/bucket/../etc", "holds a '.' or '..' segment"),
+        ("gs://", "names no bucket"),
+        ("gs:///renders", "names no bucket"),
+    ],
+)
+def test_outputs_to_that_escapes_its_prefix_or_names_no_bucket_is_refused_at_load(
+    tmp_path: Path, target: str, why: str
+) -> None:
+    job = write_job(tmp_path, outputs_to=target)
+    for command in ("validate", "run"):
+        line = one_line(cli(command, str(job)), 78)
+        assert "outputs.to" in line and why in line, line
+
+
+def test_a_relative_local_outputs_folder_with_dots_is_still_fine(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    job = write_job(tmp_path / "sub", outputs_to="../renders")
+    result = cli("validate", str(job))
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_with_one_line(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):  # 10**9 values once expanded
+        prev = f"*a{level - 1}"
+        levels.append(f"a{level}: &a{level} [{', '.join([prev] * 10)}]")
+    job = tmp_path / "job.yaml"
+    body = "\n".join(f"      {line}" for line in levels)
+    job.write_text(
+        "frames: 1\n"
+        f"outputs: {{to: 'file://{tmp_path}/bucket'}}\n"
+        "stages:\n"
+        "  - name: render\n"
+        "    command: ['true']\n"
+        "    args:\n"
+        f"{body}\n"
+    )
+    for command in ("validate", "run"):
+        started = time.monotonic()
+        line = one_line(cli(command, str(job)), 78)
+        assert time.monotonic() - started < 20
+        assert "expands to more than 1000000 values" in line, line
+
+
+def test_too_many_frames_names_the_count_and_the_limit(tmp_path: Path) -> None:
+    job = write_job(tmp_path, frames="1-100000000")
+    line = one_line(cli("validate", str(job)), 78)
+    assert "frames: '1-100000000' is too many frames (100000000); the limit is 1000000" in line
+    line = one_line(cli("run", str(write_job(tmp_path)), "--frames", "1-2000000"), 78)
+    assert "--frames: '1-2000000' is too many frames (2000000)" in line
+
+
+def test_a_backwards_range_is_refused_naming_the_forward_spelling(tmp_path: Path) -> None:
+    job = write_job(tmp_path, frames="1,10-1")
+    line = one_line(cli("validate", str(job)), 78)
+    assert "frames: '10-1' runs backwards (10 down to 1); write 1-10" in line
+    assert cli("validate", str(write_job(tmp_path, frames="-10-5,20"))).returncode == 0

@@ -1,0 +1,348 @@
+"""Issue 12, the job and CLI contract, each promise the way a user meets it (``jitrender``
+processes against fake-gcs-server): path mapping as studios write it, validate = run's checks,
+missing extras, the output contract."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import put_object
+from tests.renderjobs import RenderJob, jitrender_env, make_job, run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def _rewrite(job: RenderJob, **changes: Any) -> None:
+    data = yaml.safe_load(job.job_file.read_text())
+    data.update(changes)
+    job.job_file.write_text(yaml.safe_dump(data))
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("jitrender: error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# -- 1. path_map ---------------------------------------------------------------------------
+
+
+def test_mapping_form_path_map_maps_scene_deps_and_outputs(gcs_bucket: str, tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    put_object(f"{gcs_bucket}/shots/deps.txt", b"/mnt/show/assets/lut.bin\n")
+    _rewrite(
+        job,
+        path_map={"/mnt/show/": f"{gcs_bucket}/"},
+        scene="/mnt/show/shots/deps.txt",
+        deps=["/mnt/show/assets/tex.####.bin"],
+        outputs={"to": "/mnt/show/renders", "files": ["frame.####.txt"]},
+    )
+    assert cli("validate", str(job.job_file)).returncode == 0
+    code, out, report = run(job)
+    assert code == 0, out
+    assert report["deps"]["count"] == 4  # scene, lut, two textures: all gs://, nothing file://
+    assert sorted(report["outputs"]["urls"]) == [job.output_url(1), job.output_url(2)]
+
+
+def test_unreadable_path_map_is_78_naming_the_key(tmp_path: Path) -> None:
+    base = {"frames": 1, "stages": [{"name": "r", "command": "true"}], "outputs": {"to": "out"}}
+    cases = {
+        "'/mnt/show/'": {"/mnt/show/": 3},
+        "'rules'": {"version": "pathmapping-1.0", "rules": []},
+        "'/mnt/x'": {"/mnt/x": None},
+    }
+    for key, path_map in cases.items():
+        job_file = tmp_path / "job.yaml"
+        job_file.write_text(yaml.safe_dump({**base, "path_map": path_map}))
+        for command in ("validate", "run"):
+            result = cli(command, str(job_file))
+            assert result.returncode == 78, (command, result.stderr)
+            line = _error_line(result.stderr)
+            assert "path_map" in line and key in line, line
+
+
+def test_farm_openjd_rules_chain_before_the_jobs_own_with_windows_paths(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """Documented order: the farm's rules (workstation -> node path) first, then the job's
+    (node path -> bucket); ``P:\\show`` -> ``/mnt/show`` -> ``gs://...``."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    put_object(
+        f"{gcs_bucket}/shots/deps.txt",
+        b"P:\\show\\assets\\lut.bin\np:/SHOW/assets/tex.####.bin\n",
+    )
+    _rewrite(
+        job,
+        path_map={"/mnt/show": gcs_bucket},
+        scene="P:\\show\\shots\\deps.txt",
+        deps=[],
+        outputs={"to": "P:\\show\\renders", "files": ["frame.####.txt"]},
+    )
+    rules = tmp_path / "rules.json"
+    rules.write_text(
+        json.dumps(
+            {
+                "version": "pathmapping-1.0",
+                "path_mapping_rules": [
+                    {
+                        "source_path_format": "WINDOWS",
+                        "source_path": "P:\\show",
+                        "destination_path": "/mnt/show",
+                    }
+                ],
+            }
+        )
+    )
+    listed = cli(
+        "deps", "P:\\show\\shots\\deps.txt", "--job", str(job.job_file), "--frames", "2",
+        "--path-map-rules", str(rules), "--json", "--cache-dir", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    assert document["scene"] == f"{gcs_bucket}/shots/deps.txt"
+    assert sorted(d["url"] for d in document["deps"]) == [
+        f"{gcs_bucket}/assets/lut.bin",
+        f"{gcs_bucket}/assets/tex.0002.bin",
+    ]
+    code, out, report = run(job, "--path-map-rules", str(rules))
+    assert code == 0, out
+    assert sorted(report["outputs"]["urls"]) == [job.output_url(1), job.output_url(2)]
+    # Without the farm's rules the Windows paths are not the bucket's: said, not guessed.
+    code, out, _ = run(job)
+    assert code == 78, out
+
+
+# -- 2. one validation for validate and run --------------------------------------------------
+
+
+CORPUS = ROOT / ".." / "shared" / "corpus"
+
+
+def _bad_jobs(bucket: str, renderer: Path) -> dict[str, dict[str, Any]]:
+    """Jobs `run` refuses before fetching; each with a word its error line must hold."""
+    base: dict[str, Any] = {
+        "frames": "1-2",
+        "stages": [{"name": "render", "command": [sys.executable, str(renderer), "{frame}"]}],
+        "outputs": {"to": f"{bucket}/renders", "files": ["frame.####.txt"]},
+    }
+    blender_stage = {"name": "render", "engine": "blender", "args": {"samples": 0}}
+    return {
+        "fram": {**base, "stages": [{"name": "render", "command": "echo {fram}"}]},
+        "samples": {**base, "scene": f"{bucket}/shot.blend", "stages": [blender_stage]},
+        "outputs.files": {**base, "outputs": {"to": f"{bucket}/r", "files": ["../x.####.txt"]}},
+        "nosuchengine": {**base, "stages": [{"name": "render", "engine": "nosuchengine"}]},
+    }
+
+
+def test_validate_refuses_what_run_refuses_with_the_same_line(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2", upload=False)
+    for word, body in _bad_jobs(gcs_bucket, job.root / "renderer.py").items():
+        job.job_file.write_text(yaml.safe_dump(body))
+        checked = cli("validate", str(job.job_file))
+        assert checked.returncode == 78, (word, checked.stderr)
+        line = _error_line(checked.stderr)
+        assert word in line, line
+        code, out, report = run(job)
+        assert code == 78, (word, out)
+        assert line in out.splitlines(), (line, out)
+        assert report["cache"]["bytes_fetched"] == 0
+        as_json = cli("validate", str(job.job_file), "--json")
+        assert as_json.returncode == 78
+        assert json.loads(as_json.stdout) == {
+            "ok": False,
+            "exit_code": 78,
+            "error": line.removeprefix("jitrender: error: "),
+        }
+
+
+def test_validate_json_describes_a_good_job(gcs_bucket: str, tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-3", upload=False)
+    result = cli("validate", str(job.job_file), "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] is True
+    assert document["frames"] == [1, 2, 3]
+    assert document["outputs"] == f"{gcs_bucket}/renders"
+
+
+def test_deps_check_fails_65_on_unresolved_unless_allowed(gcs_bucket: str, tmp_path: Path) -> None:
+    manifest = f"{gcs_bucket}/shot/deps.txt"
+    put_object(f"{gcs_bucket}/a.bin", b"a")
+    put_object(manifest, b"../a.bin\n../nothing-here/\n")
+    common = ("deps", manifest, "--cache-dir", str(tmp_path / "c"))
+    checked = cli(*common, "--check")
+    assert checked.returncode == 65, checked.stderr
+    assert "unresolved" in checked.stderr and "nothing-here" in checked.stderr
+    allowed = cli(*common, "--check", "--allow-unresolved", "--json")
+    assert allowed.returncode == 0, allowed.stderr
+    assert len(json.loads(allowed.stdout)["unresolved"]) == 1
+    assert cli(*common).returncode == 0  # listing alone is not a check
+
+
+# -- 3. a missing optional extra ---------------------------------------------------------------
+
+BLOCKER = """
+import sys
+class _Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pxr" or name.startswith("pxr."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _Blocked())
+"""
+
+
+def test_missing_usd_extra_is_78_naming_the_extra(gcs_bucket: str, tmp_path: Path) -> None:
+    import os
+
+    found = sorted(CORPUS.glob("usd/cases/*/files/*.usda"))
+    if not found:
+        import pytest
+
+        pytest.skip(f"no USD corpus at {CORPUS}")
+    scene = f"{gcs_bucket}/shot/{found[0].name}"
+    put_object(scene, found[0].read_bytes())
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), env.get("PYTHONPATH", str(ROOT))])
+    job = make_job(tmp_path / "job", gcs_bucket, "1", upload=False, extra={"scene": scene})
+    probe = subprocess.run(
+        [sys.executable, "-c", "import pxr"], env=env, capture_output=True, check=False
+    )
+    assert probe.returncode != 0  # the blocker works: pxr is "not installed" in these runs
+    results = {
+        "deps": cli("deps", scene, "--cache-dir", str(tmp_path / "c"), env=env),
+        "validate": cli("validate", str(job.job_file), env=env),
+    }
+    code, out, _ = run(job, env={**jitrender_env(job), "PYTHONPATH": env["PYTHONPATH"]})
+    for name, result in results.items():
+        assert result.returncode == 78, (name, result.stderr)
+        assert "jitrender[usd]" in _error_line(result.stderr), name
+    assert code == 78, out
+    assert "jitrender[usd]" in out and "Traceback" not in out
+
+
+# -- 4. the output contract ---------------------------------------------------------------------
+
+
+def test_version_flag_and_json_on_every_command(gcs_bucket: str, tmp_path: Path) -> None:
+    flag = cli("--version")
+    assert flag.returncode == 0 and flag.stdout.strip() == cli("version").stdout.strip()
+    info = json.loads(cli("version", "--json").stdout)
+    assert info["version"] == flag.stdout.strip() and set(info["extras"]) >= {"blender", "usd"}
+    job = make_job(tmp_path / "job", gcs_bucket, "1")
+    cache = ("--cache-dir", str(tmp_path / "c"))
+    commands = [
+        ("validate", str(job.job_file)),
+        ("status", str(job.job_file)),
+        ("deps", f"{gcs_bucket}/assets/lut.bin", "--resolver", "manifest", *cache),
+        ("health", *cache),
+        ("cache", "stats", *cache),
+        ("version",),
+    ]
+    for command in commands:
+        result = cli(*command, "--json")
+        assert result.returncode == 0, (command, result.stderr)
+        json.loads(result.stdout)  # one JSON document on stdout, nothing else
+
+
+def test_progress_json_is_only_json_lines_with_wall_clock_and_durations(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    from datetime import datetime
+
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job.job_file), "--progress", "json"],
+        env=jitrender_env(job),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stderr.splitlines()]  # fails on a plain line
+    for record in records:
+        assert isinstance(record, dict) and record["kind"]
+        datetime.fromisoformat(record["time"])
+    kinds = [r["kind"] for r in records]
+    assert kinds[-1] == "result" and records[-1]["exit_code"] == 0
+    starts = [r for r in records if r["kind"] == "stage_start"]
+    ends = [r for r in records if r["kind"] == "stage_end"]
+    frames = [r for r in records if r["kind"] == "frame_end"]
+    assert [r["frame"] for r in starts] == [1, 2] and all(r["stage"] == "render" for r in starts)
+    assert all(r["seconds"] >= 0 and r["stage"] == "render" for r in ends)
+    assert sorted(r["frame"] for r in frames) == [1, 2]
+    assert all(r["status"] == "done" and r["seconds"] > 0 for r in frames)
+    # Failing before the run starts is a JSON line too.
+    bad = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(tmp_path / "nope.yaml"),
+         "--progress", "json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 78
+    assert json.loads(bad.stderr)["kind"] == "result"
+
+
+def test_plain_lines_carry_timestamps_and_quiet_prints_nothing(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    import re
+
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    code, out, _ = run(job)
+    assert code == 0, out
+    progress = [line for line in out.splitlines() if line.startswith("jitrender: 20")]
+    assert progress and all(
+        re.match(r"jitrender: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line) for line in progress
+    )
+    job2 = make_job(tmp_path / "job2", gcs_bucket, "3-4", name="other")
+    quiet = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job2.job_file), "--progress", "quiet"],
+        env=jitrender_env(job2),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr
+
+
+def test_rich_bars_count_every_fetched_file_and_name_the_stage(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    put_object(f"{gcs_bucket}/shots/deps.txt", b"../assets/lut.bin\n")
+    _rewrite(job, scene=f"{gcs_bucket}/shots/deps.txt", deps=[f"{gcs_bucket}/assets/tex.####.bin"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job.job_file), "--progress", "rich"],
+        env={**jitrender_env(job), "COLUMNS": "160", "TERM": "dumb"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"files\s.*\b4/4\b", proc.stderr), proc.stderr  # scene, lut, 2 textures
+    assert re.search(r"frames\s.*\b2/2\b", proc.stderr), proc.stderr
+    assert "render frame 2" in proc.stderr  # the last stage that ran, by name and frame
