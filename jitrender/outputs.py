@@ -168,7 +168,12 @@ class Uploader:
         self.upload_seconds = 0.0
         self._observer: Any = None
         self._frames: tuple[int, ...] = ()  # the running stage call's frames
+        self._stage = ""  # the running stage call's stage
         self._produced: dict[int, set[str]] = {}  # frame -> its final outputs
+        self._stage_outputs: dict[tuple[str, int], set[str]] = {}  # (stage, frame) -> outputs
+        self._stage_finished: set[tuple[str, int]] = set()
+        # Called (stage, frame) once a stage has finished a frame that produced outputs.
+        self.on_stage_frame: Callable[[str, int], None] | None = None
         self._fences: dict[str, threading.Event] = {}
         self._fence_count = 0
 
@@ -189,14 +194,51 @@ class Uploader:
             self._observer.join(timeout=5)
             self._observer = None
 
-    def stage_started(self, frames: tuple[int, ...]) -> None:
-        """A stage call for ``frames`` starts: what it makes final is theirs."""
+    def stage_started(self, frames: tuple[int, ...], stage: str = "") -> None:
+        """A call of ``stage`` for ``frames`` (in render order) starts: what it makes final is
+        theirs."""
         with self._lock:
-            self._frames = tuple(frames)
+            self._frames, self._stage = tuple(frames), stage
 
     def stage_succeeded(self) -> None:
-        """The writer exited 0: everything it wrote is final; submit it all."""
+        """The writer exited 0: everything it wrote is final; submit it all. The stage has
+        finished each of its frames."""
         self.sweep()
+        with self._lock:
+            stage, frames = self._stage, self._frames
+        self._finish_stage_frames([(stage, f) for f in frames])
+
+    def _finish_stage_frames(self, pairs: list[tuple[str, int]]) -> None:
+        with self._lock:
+            new = [p for p in pairs if p not in self._stage_finished and p in self._stage_outputs]
+            self._stage_finished.update(new)
+        if self.on_stage_frame is not None:
+            for stage, frame in new:
+                self.on_stage_frame(stage, frame)
+
+    def stage_was_finished(self, stage: str, frame: int) -> bool:
+        """Whether ``stage`` finished ``frame`` (see :meth:`stage_started`)."""
+        with self._lock:
+            return (stage, frame) in self._stage_finished
+
+    def stage_relpaths(self, stage: str, frame: int) -> list[str]:
+        """The final outputs ``stage`` made for ``frame``."""
+        with self._lock:
+            return sorted(self._stage_outputs.get((stage, frame), ()))
+
+    def adopt(self, relpath: str, info: ObjectInfo, stage: str, frame: int, source: Path) -> None:
+        """``source`` (about to be renamed to ``outputs/<relpath>``) holds the bucket object
+        ``info``, an earlier run's output of ``stage`` for ``frame``: it counts as final and
+        uploaded."""
+        st = source.stat()
+        with self._lock:
+            self._submitted[relpath] = (st.st_size, st.st_mtime_ns)
+            self._produced.setdefault(frame, set()).add(relpath)
+            self._stage_outputs.setdefault((stage, frame), set()).add(relpath)
+            self._stage_finished.add((stage, frame))
+            self.records[relpath] = UploadRecord(
+                relpath, info.url, "kept_previous", info.size, info.crc32c
+            )
 
     def stage_failed(self) -> None:
         """The writer failed or was killed: files it wrote in place may be partial or an
@@ -295,9 +337,19 @@ class Uploader:
                 return
             self._submitted[relpath] = state
             frame = self.patterns.frame_of(relpath)
-            for owner in (frame,) if frame is not None else self._frames:
+            owners = (frame,) if frame is not None else self._frames
+            for owner in owners:
                 self._produced.setdefault(owner, set()).add(relpath)
+                self._stage_outputs.setdefault((self._stage, owner), set()).add(relpath)
+            # A renderer that has moved on to a later frame of its call has finished the
+            # earlier ones (their files are final): each frame lands as it is done.
+            moved_on: list[tuple[str, int]] = []
+            if frame is not None and frame in self._frames:
+                before = self._frames[: self._frames.index(frame)]
+                moved_on = [(self._stage, f) for f in before]
             self._futures.append(self._pool.submit(self._upload, path, relpath))
+        if moved_on:
+            self._finish_stage_frames(moved_on)
 
     def _upload(self, path: Path, relpath: str) -> UploadRecord:
         url = f"{self.outputs_url}/{relpath}"
@@ -319,6 +371,8 @@ class Uploader:
             ours = info is not None and info.metadata.get(JOB_METADATA_KEY) == self.job_hash
             if outcome == "conflict" and ours:
                 outcome = "kept_previous"
+                assert info is not None
+                self._keep_stored(path, relpath, info)
             record = UploadRecord(relpath, url, outcome, size, info.crc32c if info else None)
         except (JitrenderError, OSError) as exc:
             message = exc.message if isinstance(exc, JitrenderError) else str(exc)
@@ -330,6 +384,18 @@ class Uploader:
         if self.on_uploaded is not None:
             self.on_uploaded(record)
         return record
+
+    def _keep_stored(self, path: Path, relpath: str, info: ObjectInfo) -> None:
+        """An earlier attempt's object stays at the URL: make the local file that object, so
+        later stages derive their outputs from what the bucket holds (renders are not
+        bit-exact)."""
+        temp = path.with_name(f".{path.name}.stored.part")
+        with open(temp, "wb") as sink:
+            with_retries(lambda: self.store.download(info, sink), info.url, self.retry)
+        st = temp.stat()
+        with self._lock:  # the rename's watch event must find it already submitted
+            self._submitted[relpath] = (st.st_size, st.st_mtime_ns)
+        os.replace(temp, path)
 
     def _put(self, path: Path, url: str, metadata: dict[str, str], replace: bool) -> PutResult:
         """Create-if-absent; with ``replace``, an object with the same bytes is left alone

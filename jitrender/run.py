@@ -64,6 +64,7 @@ from jitrender.requeue import requeue_url, requeued_frames
 from jitrender.resolve import resolver_for
 from jitrender.resolve.base import ResolveContext
 from jitrender.resolve.manifest import entry_dependencies
+from jitrender.stagemarks import stages_done, write_stage_marker
 from jitrender.stages import StageOutcome, run_invocation
 from jitrender.storage import (
     JOB_METADATA_KEY,
@@ -172,6 +173,8 @@ class JobRun:
         self._marked: set[int] = set()
         self._redo: set[int] = set()  # frames rendered again, replacing their outputs
         self._requests: set[int] = set()  # of those, frames `jitrender requeue` asked for
+        self._stage_skip: dict[str, dict[int, list[ObjectInfo]]] = {}  # done in the bucket
+        self._stage_pending: set[tuple[str, int]] = set()  # finished, marker not yet written
         self._known: dict[str, ObjectInfo] = {}
         self._dep_futures: dict[str, Future[Path]] = {}
         self._deps: list[Dependency] = []
@@ -346,6 +349,7 @@ class JobRun:
         self._start_fetches(deps)
         self._start_agent(deps)
         self._start_uploader()
+        self._restore_stage_outputs()
         self.progress.totals(report.deps_count, report.bytes_needed, len(todo))
         try:
             self._run_stages(todo)
@@ -396,6 +400,8 @@ class JobRun:
         todo = [f for f in frames if f not in set(skipped)]
         if todo and not self.options.overwrite:
             self._refuse_other_versions(existing, todo)
+        resumable = [f for f in todo if f not in self._redo]
+        self._stage_skip = stages_done(existing, prefix, self.job.outputs_url, resumable)
         return todo
 
     def _refuse_other_versions(self, existing: list[ObjectInfo], frames: list[int]) -> None:
@@ -701,7 +707,58 @@ class JobRun:
             on_uploaded=self._on_uploaded,
             workers=self.options.upload_workers,
         )
+        self.uploader.on_stage_frame = self._on_stage_frame
         self.uploader.start()
+
+    def _restore_stage_outputs(self) -> None:
+        """Outputs of stages an earlier attempt finished come back from the bucket, so the
+        stages after them work from exactly what is stored (see :mod:`jitrender.stagemarks`)."""
+        assert self.uploader is not None and self.workspace is not None
+        for stage, frames in self._stage_skip.items():
+            for frame, stored in frames.items():
+                for info in stored:
+                    self._restore_output(info, stage, frame)
+                self.progress.event(
+                    "stage_skipped", stage=stage, frame=frame, reason="done in the bucket"
+                )
+
+    def _restore_output(self, info: ObjectInfo, stage: str, frame: int) -> None:
+        assert self.uploader is not None and self.workspace is not None
+        relpath = info.url[len(self.job.outputs_url) + 1 :]
+        dest = self.workspace.outputs / relpath
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temp = dest.with_name(f".{dest.name}.restored.part")
+        store = self._store(info.url)
+        with open(temp, "wb") as sink:
+            with_retries(lambda: store.download(info, sink), info.url, self.retry)
+        self.uploader.adopt(relpath, info, stage, frame, temp)  # before its rename is seen
+        os.replace(temp, dest)
+
+    def _on_stage_frame(self, stage: str, frame: int) -> None:
+        """The uploader says ``stage`` finished ``frame``: mark it once its outputs are in."""
+        if stage == self.job.stages[-1].name:
+            return  # the frame's own marker covers the last stage
+        with self._lock:
+            self._stage_pending.add((stage, frame))
+        self._maybe_mark_stage(stage, frame)
+
+    def _maybe_mark_stage(self, stage: str, frame: int) -> None:
+        assert self.uploader is not None
+        relpaths = self.uploader.stage_relpaths(stage, frame)
+        if not relpaths or not all(self.uploader.is_uploaded(r) for r in relpaths):
+            return
+        with self._lock:
+            if (stage, frame) not in self._stage_pending:
+                return
+            self._stage_pending.discard((stage, frame))
+        url = self.job.outputs_url
+        try:
+            write_stage_marker(
+                self._store(url), self.retry, marker_prefix(self.job), self.job_hash,
+                stage, frame, relpaths,
+            )  # fmt: skip
+        except JitrenderError as exc:
+            self.progress.event("warning", message=f"{stage} of frame {frame}: not marked: {exc}")
 
     def _on_uploaded(self, record: UploadRecord) -> None:
         if record.outcome in ("created", "identical", "kept_previous", "overwritten"):
@@ -711,6 +768,10 @@ class JobRun:
         frame = self.patterns.frame_of(record.relpath)
         if frame is not None:
             self._maybe_mark(frame)
+        with self._lock:
+            pending = sorted(self._stage_pending)
+        for stage, pending_frame in pending:
+            self._maybe_mark_stage(stage, pending_frame)
 
     def _maybe_mark(self, frame: int) -> None:
         """Write the frame's marker once its stages are done and every output is uploaded."""
@@ -770,7 +831,7 @@ class JobRun:
         log = self.workspace.root / "logs" / f"{spec.name}.{label}.{attempt}.log"
         self.progress.event("stage", stage=spec.name, frames=label, attempt=attempt)
         uploader = self.uploader
-        uploader.stage_started(frames)
+        uploader.stage_started(frames, spec.name)
         outcome = run_invocation(
             invocation,
             log,
@@ -840,15 +901,21 @@ class JobRun:
     def _run_frame(self, frame: int, specs: list[StageSpec], last: bool) -> FrameFailure | None:
         self._wait_for_deps((frame,))
         failure: FrameFailure | None = None
+        # One attempt per stage and frame: a stage done in the bucket or earlier in this run
+        # is not run again when a later stage of the frame is retried.
+        finished = {spec.name for spec in specs if frame in self._stage_skip.get(spec.name, {})}
         for attempt in range(self.job.retries.frame + 1):
             failure = None
             for spec in specs:
+                if spec.name in finished:
+                    continue
                 outcome = self._invoke(spec, (frame,), attempt)
                 if outcome.stopped:
                     raise Preempted(f"stopped during stage {spec.name} of frame {frame}")
                 if not outcome.ok:
                     failure = FrameFailure(frame, spec.name, outcome.why(), list(outcome.tail))
                     break
+                finished.add(spec.name)
             if failure is None and last:
                 failure = self._check_outputs(frame, specs[-1].name)
             if failure is None:
@@ -860,7 +927,11 @@ class JobRun:
         return failure
 
     def _run_chunk(self, frames: list[int], spec: StageSpec, last: bool) -> dict[int, FrameFailure]:
-        remaining = list(frames)
+        done_before = self._stage_skip.get(spec.name, {})  # frames this stage did earlier
+        remaining = [f for f in frames if f not in done_before]
+        for frame in frames:
+            if frame in done_before and last and self._check_outputs(frame, spec.name) is None:
+                self._frame_stages_done(frame)
         failures: dict[int, FrameFailure] = {}
         for attempt in range(self.job.retries.frame + 1):
             if not remaining:
@@ -877,7 +948,7 @@ class JobRun:
             for frame in remaining:
                 if outcome.ok:
                     failure = self._check_outputs(frame, spec.name) if last else None
-                elif self.patterns.per_frame and self._check_outputs(frame, spec.name) is None:
+                elif self._stage_finished(spec.name, frame, last):
                     failure = None  # this frame's outputs were finished before the failure
                 else:
                     failure = FrameFailure(frame, spec.name, outcome.why(), list(outcome.tail))
@@ -891,6 +962,14 @@ class JobRun:
                 self.progress.event("warning", message=f"{spec.name}: {outcome.why()}")
             self._check_stop()
         return failures
+
+    def _stage_finished(self, stage: str, frame: int, last: bool) -> bool:
+        """Whether a failed chunk call had finished ``frame`` (renamed its outputs into place
+        and moved on) before it failed."""
+        assert self.uploader is not None
+        if last:
+            return bool(self.patterns.per_frame) and self._check_outputs(frame, stage) is None
+        return self.uploader.stage_was_finished(stage, frame)
 
     def _check_outputs(self, frame: int, stage: str) -> FrameFailure | None:
         assert self.uploader is not None
