@@ -22,10 +22,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jitrender.agent import Agent, AgentClient, workspace_fetcher
+from jitrender.agent import Agent, AgentClient
 from jitrender.cache import Cache
+from jitrender.inputs import Inputs
 from jitrender.paths import PathMap, rule_from
-from jitrender.storage import Stores
 
 FILES = 200
 THREADS = 8
@@ -50,9 +50,7 @@ def run(quick: bool) -> dict[str, Any]:
         inputs.mkdir(parents=True)
         cache = Cache(root / "cache")
         agent = Agent(
-            inputs,
-            PathMap([rule_from("/mnt/show", f"file://{bucket}")]),
-            workspace_fetcher(cache, Stores(), inputs),
+            Inputs(cache, inputs), PathMap([rule_from("/mnt/show", f"file://{bucket}")])
         ).start()
         try:
             assert agent.socket_path is not None
@@ -96,6 +94,7 @@ def run(quick: bool) -> dict[str, Any]:
             client.close()
         finally:
             agent.stop()
+            agent.inputs.close()
     figures: dict[str, Any] = {
         "requests": requests,
         "warm_resolve_median_us": round(statistics.median(samples), 1),

@@ -32,25 +32,20 @@ import socketserver
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jitrender.cache import Cache
 from jitrender.deps import Dependency
 from jitrender.errors import ConfigError, JitrenderError, MissingDependencyError
-from jitrender.paths import PathMap, is_url, split_url, workspace_relpath
-from jitrender.storage import ObjectInfo, RetryPolicy, Stores, with_retries
+from jitrender.inputs import Inputs
+from jitrender.paths import PathMap, is_url, split_url
 
 PROTOCOL_VERSION = 1
 SOCKET_ENV = "JITRENDER_SOCKET"
 SESSION_ENV = "JITRENDER_SESSION"
 HOOKS_ENV = "JITRENDER_HOOKS"
-
-Fetch = Callable[[str], Path]
-ListPrefix = Callable[[str, bool], list[ObjectInfo]]
 
 
 def hooks_dir() -> Path:
@@ -96,64 +91,29 @@ class AgentStats:
         return dict(self.__dict__)
 
 
-def workspace_fetcher(
-    cache: Cache,
-    stores: Stores,
-    inputs: Path,
-    retry: RetryPolicy | None = None,
-    on_result: Callable[[ObjectInfo, bool], None] | None = None,
-) -> Fetch:
-    """A fetch function for a standalone agent: stat, fetch into ``cache`` once, hardlink below
-    ``inputs``; raises :class:`MissingDependencyError` when the object does not exist."""
-    policy = retry or RetryPolicy()
-
-    def fetch(url: str) -> Path:
-        store = stores.for_url(url)
-        info = with_retries(lambda: store.stat(url), url, policy)
-        if info is None:
-            raise MissingDependencyError(url)
-        result = with_retries(lambda: cache.fetch(info, store, record=False), url, policy)
-        dest = inputs / workspace_relpath(url)
-        try:
-            cache.link_into(result.path, dest)
-        except FileNotFoundError:  # evicted between fetch and link
-            result = cache.fetch(info, store, record=False)
-            cache.link_into(result.path, dest)
-        if on_result is not None:
-            on_result(info, result.fetched)
-        return dest
-
-    return fetch
-
-
 class Agent:
     """Answers hooks for one run. Thread-safe; start with :meth:`start`, end with :meth:`stop`.
 
-    ``fetch(url)`` must return the object's path below ``inputs`` (fetching it if needed) and
-    raise :class:`MissingDependencyError` if it does not exist. ``deps`` are the resolver's
-    dependencies, used for frame-ahead prefetch and to fetch linked libraries up front.
+    Files come from ``inputs`` (the run's :class:`~jitrender.inputs.Inputs`: fetched once,
+    linked below ``inputs.root``). ``deps`` are the resolver's dependencies, used for
+    frame-ahead prefetch and to fetch linked libraries up front.
     """
 
     def __init__(
         self,
-        inputs: Path,
+        inputs: Inputs,
         path_map: PathMap,
-        fetch: Fetch,
         *,
         deps: Sequence[Dependency] = (),
-        list_prefix: ListPrefix | None = None,
         workspace: Path | None = None,
         runtime_dir: Path | None = None,
         log_path: Path | None = None,
-        prefetch_workers: int = 4,
         frames_ahead: int = 1,
     ) -> None:
         self.inputs = inputs
         self.path_map = path_map
-        self.fetch = fetch
         self.deps = list(deps)
-        self.list_prefix = list_prefix
-        self.workspace = workspace or inputs.parent
+        self.workspace = workspace or inputs.root.parent
         self.frames_ahead = frames_ahead
         self.stats = AgentStats()
         self._runtime_dir = runtime_dir
@@ -161,10 +121,6 @@ class Agent:
         self._log_path = log_path
         self._log_lock = threading.Lock()
         self._log_file: Any = None
-        self._lock = threading.Lock()
-        self._local: dict[str, Path] = {}  # url -> workspace path, once linked
-        self._futures: dict[str, Future[Path]] = {}
-        self._pool = ThreadPoolExecutor(prefetch_workers, thread_name_prefix="agent-prefetch")
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._frames: list[int] = sorted({f for d in self.deps for f in d.frames or ()})
@@ -196,9 +152,8 @@ class Agent:
         self._thread.start()
         self.session_path = self._runtime_dir / "session.json"
         self.session_path.write_text(json.dumps(self.session(), indent=1))
-        libraries = [d.url for d in self.deps if d.url.lower().endswith(".blend")]
-        for url in libraries:  # linked libraries must be local before Blender loads the scene
-            self._prefetch_url(url)
+        # Linked libraries must be local before Blender loads the scene.
+        self.inputs.prefetch_urls(d.url for d in self.deps if d.url.lower().endswith(".blend"))
         self._log(f"started socket={self.socket_path} deps={len(self.deps)}")
         return self
 
@@ -207,7 +162,6 @@ class Agent:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._log(f"stopped {json.dumps(self.stats.to_json(), sort_keys=True)}")
         if self._log_file is not None:
             self._log_file.close()
@@ -231,7 +185,7 @@ class Agent:
             "socket": str(self.socket_path),
             "pid": os.getpid(),
             "workspace": str(self.workspace),
-            "inputs": str(self.inputs),
+            "inputs": str(self.inputs.root),
             "rules": [
                 {"source": r.source, "destination": r.destination, "format": r.source_format}
                 for r in self.path_map.rules
@@ -261,7 +215,7 @@ class Agent:
     def _url_below_inputs(self, path: str) -> str | None:
         """A path inside the workspace mirror (``inputs/gs/show/a.png``, what a scene's
         ``//`` paths become once the scene is local) names ``gs://show/a.png``."""
-        root = str(self.inputs) + "/"
+        root = str(self.inputs.root) + "/"
         if not path.startswith(root):
             return None
         parts = [p for p in path[len(root) :].split("/") if p not in ("", ".")]
@@ -271,81 +225,44 @@ class Agent:
         return f"{parts[0]}://{netloc}/" + "/".join(parts[2:])
 
     def local_for(self, url: str) -> Path:
-        return self.inputs / workspace_relpath(url)
+        return self.inputs.local_path(url)
 
     def resolve(self, path: str) -> tuple[str, Path]:
         """(url, local path) for ``path``, fetched; blocks until it is in the workspace."""
         url = self.url_for(path)
-        local = self._local.get(url)
-        if local is not None:
-            return url, local
-        return url, self.local_copy(url)
-
-    def local_copy(self, url: str) -> Path:
-        """The workspace copy of ``url``, fetched once however many threads ask."""
-        with self._lock:
-            future = self._futures.get(url)
-            owner = future is None
-            if future is None:
-                future = Future()
-                self._futures[url] = future
-        if not owner:
-            return future.result()
         started = time.monotonic()
-        try:
-            local = self.fetch(url)
-        except BaseException as exc:
-            with self._lock:
-                self._futures.pop(url, None)  # a later request may try again
-            future.set_exception(exc)
-            raise
-        with self._lock:
-            self._local[url] = local
+        local = self.inputs.into_workspace(url)
+        elapsed = time.monotonic() - started
+        if elapsed > 0.001:  # waited for a transfer, not a memo
             self.stats.fetched += 1
-        future.set_result(local)
-        self._log(f"fetched {url} {1000 * (time.monotonic() - started):.1f}ms")
-        return local
-
-    def _prefetch_url(self, url: str) -> bool:
-        with self._lock:
-            if url in self._local or url in self._futures:
-                return False
-            self.stats.prefetched += 1
-
-        def run() -> None:
-            with contextlib.suppress(Exception):
-                self.local_copy(url)
-
-        self._pool.submit(run)
-        return True
+            self._log(f"fetched {url} {1000 * elapsed:.1f}ms")
+        return url, local
 
     def prefetch(self, paths: Iterable[str]) -> int:
-        queued = 0
+        urls = []
         for path in paths:
             with contextlib.suppress(RequestError):
-                queued += self._prefetch_url(self.url_for(path))
+                urls.append(self.url_for(path))
+        queued = self.inputs.prefetch_urls(urls)
+        self.stats.prefetched += queued
         return queued
 
     def frame_next(self, frame: int) -> int:
         """Prefetch the dependencies of ``frame`` and of the frames after it (``frames_ahead``)."""
         wanted = {frame}
-        later = [f for f in self._frames if f > frame][: self.frames_ahead]
-        wanted.update(later)
-        queued = 0
-        for dep in self.deps:
-            if dep.frames is not None and wanted.intersection(dep.frames):
-                queued += self._prefetch_url(dep.url)
+        wanted.update([f for f in self._frames if f > frame][: self.frames_ahead])
+        urls = [d.url for d in self.deps if d.frames is not None and wanted.intersection(d.frames)]
+        queued = self.inputs.prefetch_urls(urls)
+        self.stats.prefetched += queued
         self._log(f"frame {frame}: {queued} queued")
         return queued
 
     def list_folder(self, path: str) -> tuple[list[str], Path]:
         """Names directly below a mapped folder (files and sub-folders), from storage."""
         url = self.url_for(path).rstrip("/")
-        if self.list_prefix is None:
-            raise RequestError("failed", "this agent cannot list storage")
         prefix = url + "/"
         names: set[str] = set()
-        for info in self.list_prefix(prefix, True):
+        for info in self.inputs.list_prefix(prefix, True):
             rest = info.url[len(prefix) :]
             if rest:
                 names.add(rest.split("/", 1)[0])
@@ -466,8 +383,12 @@ def _hook_client() -> Any:
     return module
 
 
-# No agent is running, or it stopped answering (the plugins' class, so both sides agree).
-AgentUnavailable: type[Exception] = _hook_client().AgentUnavailable
+def __getattr__(name: str) -> Any:
+    """``AgentUnavailable`` (no agent is running, or it stopped answering) is the plugins' own
+    class, so both sides agree; it is loaded on first use, not when this module is imported."""
+    if name == "AgentUnavailable":
+        return _hook_client().AgentUnavailable
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AgentError(Exception):

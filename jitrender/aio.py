@@ -18,6 +18,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -244,6 +245,10 @@ class AsyncFetcher:
             try:
                 await self._get(session, request, info, part)
                 cache.install(part, final)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:  # one line naming the folder, not a traceback
+                    raise cache.no_space(info) from None
+                raise
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()

@@ -4,7 +4,9 @@ Layout below the cache folder (mode 0700)::
 
     objects/ab/<sha256>     immutable object bytes, named by (url, generation); present = verified
     tmp/                    downloads in progress (``<sha>.<pid>.<rand>``); never read as data
-    locks/<xyz>.lock        4096 striped flock files: one download per object across processes
+    locks/stripes           one download per object across processes: an open-file-description
+                            lock on one byte per key stripe (Linux); elsewhere flock on one of
+                            4096 ``locks/<n>.lock`` stripe files
     runs/<run>/             job workspaces (inputs/ hold hardlinks to objects) + run.lock
     index.sqlite            entries (size, checksum, last use) and counters; JSON-free, no pickle
 
@@ -35,7 +37,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from jitrender.errors import ConfigError
+from jitrender.errors import ConfigError, DataError, TransientError
 from jitrender.storage import (
     ChecksumMismatch,
     Crc32cWriter,
@@ -182,13 +184,20 @@ class Cache:
         # Threads queue here, not in sqlite's busy handler, which sleeps up to 100 ms per try.
         with self._write_lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if "full" not in str(exc):
+                    raise
+                raise TransientError(
+                    f"{self.root}/index.sqlite: no space left on the cache's disk ({exc})"
+                ) from None
 
     def _record(
         self,
@@ -386,20 +395,38 @@ class Cache:
             if found is not None:  # another process fetched it while we waited
                 return CacheResult(found, False, 0)
             final = self.object_path(info)
-            final.parent.mkdir(exist_ok=True, mode=0o700)
             part = self.part_path(key)
             try:
+                final.parent.mkdir(exist_ok=True, mode=0o700)
                 if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
                     self.ranged.download(info, store, part)  # verifies the crc32c
                 else:
                     self._download_whole(info, store, part)
                 self.install(part, final)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise self.no_space(info) from None
+                raise
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
         self._record([info])  # indexed at once, so every process's eviction counts it
         self._maybe_evict(keep=(key,))
         return CacheResult(final, True, info.size)
+
+    def no_space(self, info: ObjectInfo) -> TransientError:
+        """The one-line error for a download that found the cache's disk full. Exit 75: a
+        retry on another node (or here, once other jobs' entries are evicted) may have room."""
+        try:
+            folder = os.statvfs(self.root)
+            free = f"{folder.f_bavail * folder.f_frsize} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return TransientError(
+            f"{self.root}: no space left on the cache's disk for {info.url} ({info.size} bytes "
+            f"needed, {free}); free space there, cap the cache (--cache-max-size) or use a "
+            "bigger --cache-dir"
+        )
 
     def part_path(self, key: str) -> Path:
         """A private temp name in the cache's own file system (renamed into place when whole;
@@ -439,8 +466,11 @@ class Cache:
 
     def link_into(self, cached: Path, dest: Path) -> None:
         """Hardlink a cached object to ``dest`` (a copy when the workspace is on another
-        filesystem). The link keeps the bytes alive even if the cache evicts the entry."""
+        filesystem). The link keeps the bytes alive even if the cache evicts the entry.
+        Raises :class:`DataError` where a folder on the way (below ``runs/``) is a symlink a
+        stage made: a link through it would land outside the workspace."""
         dest.parent.mkdir(parents=True, exist_ok=True)
+        self._refuse_symlinks_below_runs(dest.parent)
         with contextlib.suppress(FileNotFoundError):
             dest.unlink()
         try:
@@ -449,6 +479,20 @@ class Cache:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             shutil.copyfile(cached, dest)
+
+    def _refuse_symlinks_below_runs(self, folder: Path) -> None:
+        try:
+            below = folder.relative_to(self.runs)
+        except ValueError:
+            return  # not a run's workspace (a standalone agent's folder): its owner's choice
+        current = self.runs
+        for part in below.parts:
+            current = current / part
+            if current.is_symlink():
+                raise DataError(
+                    f"{current}: is a symlink (made by a stage?); refusing to place an input "
+                    "through it, outside the workspace"
+                )
 
     # -- eviction ------------------------------------------------------------------------
 
@@ -589,7 +633,37 @@ class Cache:
             ):
                 shutil.rmtree(run, ignore_errors=True)
                 runs += 1
-        return {"partial_downloads_removed": parts, "dead_workspaces_removed": runs}
+        agents = 0
+        for folder in self._dead_agent_folders():
+            shutil.rmtree(folder, ignore_errors=True)
+            agents += 1
+        return {
+            "partial_downloads_removed": parts,
+            "dead_workspaces_removed": runs,
+            "dead_agent_folders_removed": agents,
+        }
+
+    def _dead_agent_folders(self) -> Iterator[Path]:
+        """``$TMPDIR/jitrender-agent-*`` folders (socket and session of a run's agent, kept in
+        the temp folder for the socket path's ~107-byte limit) whose run, a workspace of this
+        cache, is gone: a killed run cannot remove its own."""
+        import json
+        import tempfile
+
+        runs = str(self.runs.resolve()) + os.sep
+        for folder in Path(tempfile.gettempdir()).glob("jitrender-agent-*"):
+            try:
+                st = folder.lstat()
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    continue
+                session = json.loads((folder / "session.json").read_text())
+                workspace = Path(str(session["workspace"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not ours to judge (or still starting)
+            if not str(workspace.resolve()).startswith(runs):
+                continue  # another cache's run, or a standalone agent
+            if not workspace.is_dir() or not run_is_live(workspace):
+                yield folder
 
     def prune(self, max_bytes: int | None = None) -> dict[str, int]:
         cleaned = self.clean_leftovers(kept_too=True)

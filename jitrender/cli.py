@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from typer.exceptions import Abort, TyperException
@@ -115,6 +115,14 @@ def run(
     ] = "auto",
     path_map: PathMapFlag = None,
     path_map_rules: PathMapRules = None,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-interval",
+            envvar="JITRENDER_HEARTBEAT_INTERVAL",
+            help="Seconds between this task's heartbeats in the bucket (0: none).",
+        ),
+    ] = 10.0,
     mount: Annotated[
         Path | None,
         typer.Option(
@@ -127,6 +135,7 @@ def run(
     """Render a job: resolve, fetch just in time, run its stages, upload outputs exactly once."""
     from jitrender.cache import parse_size
     from jitrender.farm import detect_task, task_frames
+    from jitrender.heartbeat import TaskProgress
     from jitrender.job import load_job
     from jitrender.progress import make_progress
     from jitrender.run import RunOptions, run_job
@@ -156,6 +165,14 @@ def run(
             task=task,
             mount=mount,
         )
+        _refuse_if_unfit(job, cache_dir)
+        heartbeat = None
+        if heartbeat_interval > 0:
+            heartbeat = _heartbeat(
+                job, slot.index if slot else None, frame_list, heartbeat_interval
+            )
+            options.progress = TaskProgress(options.progress, heartbeat.state)
+            heartbeat.start()
     except JitrenderError as exc:
         if progress == "json":  # only JSON lines on stderr, the failure included
             stream.event("result", status="failed", exit_code=int(exc.exit_code), error=exc.message)
@@ -163,11 +180,16 @@ def run(
             raise typer.Exit(int(exc.exit_code)) from None
         stream.close()
         _fail(exc)
+    final, error_text = "failed", cast(str | None, "internal error")  # unless run_job returns
     try:
         result = run_job(job, options)
+        final, error_text = result.status, result.error
     except BaseException:
         stream.close()
         raise
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop(final, error_text)
     if as_json:
         _print_json(result.to_json())
     summary = (
@@ -196,6 +218,35 @@ def run(
         sys.stderr.flush()
         os._exit(result.exit_code)
     raise typer.Exit(result.exit_code)
+
+
+def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:
+    """A drained node, or one that blocked this job, starts nothing (exit 69)."""
+    from jitrender.cache import default_cache_dir
+    from jitrender.errors import NodeUnavailable
+    from jitrender.health import NodeHealth
+
+    root = cache_dir or (Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir())
+    why = NodeHealth(root).refusal(job.job_hash())
+    if why is not None:
+        raise NodeUnavailable(why)
+
+
+def _heartbeat(job: Any, slot_index: int | None, frames: list[int], interval: float) -> Any:
+    from jitrender.heartbeat import for_run
+    from jitrender.markers import marker_prefix
+    from jitrender.outputs import OutputPatterns
+
+    patterns = OutputPatterns(job.outputs.files)
+    return for_run(
+        f"{marker_prefix(job)}tasks/",
+        job.outputs_url,
+        patterns.frame_of,
+        slot_index,
+        frames,
+        interval,
+        os.environ,
+    )
 
 
 @app.command()
@@ -228,32 +279,35 @@ def deps(
     path_map_rules: PathMapRules = None,
 ) -> None:
     """List the files the given frames of a scene need (and what is missing or unresolved)."""
-    from jitrender.job import Job, load_job
+    from jitrender.cache import Cache, default_cache_dir
+    from jitrender.job import load_job
+    from jitrender.paths import PathMap, file_url, is_url
+    from jitrender.plan import resolve_scene
     from jitrender.run import RunOptions, resolve_job
     from jitrender.sequences import parse_frames
 
     try:
+        extra = _extra_path_map(path_map, path_map_rules)
         if job_file is not None:
-            job = load_job(job_file)
-            job = job.model_copy(update={"scene": scene, "resolver": resolver})
+            job = load_job(job_file).model_copy(update={"scene": scene, "resolver": resolver})
+            frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+            options = RunOptions(cache_dir=cache_dir, extra_path_map=extra)
+            found = resolve_job(job, frame_list, options)
+            scene_url = job.scene_url or scene  # after the --path-map rules joined the job's
         else:
-            job = Job.model_validate(
-                {
-                    "scene": scene,
-                    "resolver": resolver,
-                    "frames": frames or "1",
-                    "stages": [{"name": "none", "command": "true"}],
-                    "outputs": {"to": "file:///nonexistent"},
-                }
-            )
-        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
-        options = RunOptions(
-            cache_dir=cache_dir, extra_path_map=_extra_path_map(path_map, path_map_rules)
-        )
-        found = resolve_job(job, frame_list, options)
+            frame_list = parse_frames(frames or "1", "--frames")
+            rules = extra if extra is not None else PathMap([])
+            if is_url(scene):
+                scene_url = scene
+            elif rules.is_mapped(scene):
+                scene_url = rules.to_url(scene)
+            else:
+                scene_url = file_url(Path(scene).resolve())
+            cache = Cache(cache_dir or default_cache_dir())
+            found = resolve_scene(cache, scene_url, frame_list, resolver=resolver, path_map=rules)
     except JitrenderError as exc:
         _fail(exc)
-    document = found.to_json(job.scene_url or scene, frame_list)
+    document = found.to_json(scene_url, frame_list)
     if as_json:
         _print_json(document)
     else:
@@ -306,39 +360,50 @@ def status(
     job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
     frames: Annotated[str | None, typer.Option("--frames", "-f")] = None,
     as_json: JsonFlag = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Look again every --interval s until complete.")
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between looks.")] = 5.0,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Serve the status page and its JSON API.")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", help="Port for --serve (0: any free).")] = 8470,
+    host: Annotated[str, typer.Option("--host", help="Address for --serve.")] = "127.0.0.1",
 ) -> None:
-    """Frames done and missing, read from the bucket: done markers of this job's hash whose
-    outputs are all still there."""
+    """Job-wide status from the bucket: frames done / running / failed / pending (markers),
+    tasks and their heartbeats (stalled or lost after 3 intervals), render times, ETA, failure
+    lines. --serve answers GET /api/jobs/<hash>/status with the same JSON and shows a page on /."""
+    import time
+
     from jitrender.job import load_job
-    from jitrender.markers import marker_prefix
-    from jitrender.outputs import OutputPatterns, frames_in_bucket
-    from jitrender.sequences import format_frames, parse_frames
-    from jitrender.storage import RetryPolicy, Stores, with_retries
+    from jitrender.sequences import parse_frames
+    from jitrender.status import StatusServer, job_status, text_lines
 
     try:
         job = load_job(job_file)
         frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
-        prefix, outputs = marker_prefix(job), job.outputs_url + "/"
-        store = Stores().for_url(outputs)
-        # One listing: markers, and whether the outputs each marker names are still there.
-        listing = with_retries(lambda: store.list(outputs), outputs, RetryPolicy())
+        if serve:
+            try:
+                server = StatusServer(job, frame_list, host, port)
+            except OSError as exc:
+                raise ConfigError(f"--serve on {host}:{port}: {exc.strerror or exc}") from None
+            typer.echo(f"jitrender: status of {job.display_name} at {server.url}", err=True)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                server.close()
+            raise typer.Exit(0)
+        while True:
+            document = job_status(job, frame_list)
+            if as_json:
+                typer.echo(json.dumps(document, indent=None if watch else 2, default=str))
+            else:
+                typer.echo("\n".join(text_lines(document)))
+            if not watch or document["complete"]:
+                break
+            time.sleep(interval)
     except JitrenderError as exc:
         _fail(exc)
-    patterns = OutputPatterns(job.outputs.files)
-    done = frames_in_bucket(listing, job.outputs_url, prefix, patterns, frame_list).done
-    missing = [f for f in frame_list if f not in set(done)]
-    document = {
-        "job": job.display_name,
-        "job_hash": job.job_hash(),
-        "frames": {"requested": frame_list, "done": done, "missing": missing},
-        "complete": not missing,
-    }
-    if as_json:
-        _print_json(document)
-    else:
-        typer.echo(f"job {job.display_name} ({job.job_hash()})")
-        typer.echo(f"  done:    {len(done)} {format_frames(done)}")
-        typer.echo(f"  missing: {len(missing)} {format_frames(missing)}")
     raise typer.Exit(0)
 
 
@@ -615,11 +680,15 @@ def health(
     cache_dir: CacheDir = None,
     as_json: JsonFlag = False,
     reset: Annotated[
-        bool, typer.Option("--reset", help="Forget the failure streak (after repairing the node).")
+        bool,
+        typer.Option(
+            "--reset", help="Forget the failure streak and blocked jobs (after repairing the node)."
+        ),
     ] = False,
 ) -> None:
-    """Is this node fit for work? Exit 0 healthy, 69 unhealthy (it failed frames of several
-    jobs in a row: drain it). Reads health.json in the cache folder."""
+    """Is this node fit for work? Exit 0 healthy, 69 unhealthy (frames of several jobs failed
+    in a row for the node's own reasons: signals, OOM, GPU/driver errors; drain it). Also
+    lists the jobs this node has blocked. Reads health.json in the cache folder."""
     from jitrender.cache import default_cache_dir
     from jitrender.health import NodeHealth
 
@@ -641,7 +710,15 @@ def health(
             f"{state['thresholds']['failed_jobs']} jobs)"
         )
         for item in state["recent_failures"]:
-            typer.echo(f"  {item['job_name']} frame {item['frame']}: {item['why']}")
+            typer.echo(
+                f"  {item['job_name']} frame {item['frame']}: {item.get('cause', '')}: "
+                f"{item['why']}"
+            )
+        for job_hash, item in state["blocked_jobs"].items():
+            typer.echo(
+                f"  blocked job {item.get('job_name')} ({job_hash}): {item['failures']} failed "
+                "frames here; it takes no more of its frames"
+            )
     raise typer.Exit(0 if state["healthy"] else int(ExitCode.UNHEALTHY))
 
 

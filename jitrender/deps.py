@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -79,10 +78,6 @@ class Dependencies:
     @property
     def missing(self) -> list[Dependency]:
         return [d for d in self.deps if d.exists is False]
-
-    def for_frames(self, frames: Iterable[int]) -> list[Dependency]:
-        wanted = set(frames)
-        return [d for d in self.deps if d.frames is None or wanted.intersection(d.frames)]
 
     def to_json(self, scene: str, frames: list[int]) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ class ExitCode(IntEnum):
     DATA = 65  # the job's data is wrong: missing dependency, frame failed after retries
     TEMPFAIL = 75  # preempted, SIGTERM, transient storage failure after retries: retry
     CONFIG = 78  # bad job.yaml, bad flags, permission denied, task index mismatch
-    UNHEALTHY = 69  # `jitrender health`: this node keeps failing frames; drain it
+    UNHEALTHY = 69  # this node is drained (or blocked this job): run the frames elsewhere
     SOFTWARE = 70  # a bug in jitrender itself (traceback on stderr); the report is still written
 
 
@@ -52,6 +52,11 @@ class MissingDependencyError(DataError):
         self.source = source
 
 
+class ObjectNameError(DataError, ValueError):
+    """An object or path name this node cannot hold: a ``..`` segment, a name longer than the
+    local file system allows, bytes that are not UTF-8. Exit 65."""
+
+
 class TransientError(JitrenderError):
     """A storage or network failure that outlasted its retries. Exit 75: retry the task."""
 
@@ -62,11 +67,13 @@ class PermissionDeniedError(ConfigError):
     """401/403 from storage: credentials or IAM are wrong. Exit 78."""
 
 
-class OutputConflictError(DataError):
-    """An output object exists in the bucket with different content; it was not overwritten."""
-
-
 class Preempted(JitrenderError):
     """The run was asked to stop (SIGTERM/SIGINT or a preemption notice). Exit 75."""
 
     exit_code = ExitCode.TEMPFAIL
+
+
+class NodeUnavailable(JitrenderError):
+    """This node is drained, or has blocked this job after failing its frames. Exit 69."""
+
+    exit_code = ExitCode.UNHEALTHY

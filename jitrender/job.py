@@ -92,9 +92,14 @@ class CacheSpec(BaseModel):
 
 
 class RetriesSpec(BaseModel):
+    """``frame``: extra attempts per frame. ``storage_deadline``: seconds a storage call keeps
+    retrying transient failures (jittered exponential backoff); ``storage``: an optional cap
+    on its attempts within that deadline."""
+
     model_config = _STRICT
-    frame: int = Field(default=1, ge=0, le=100)  # extra attempts per frame
-    storage: int = Field(default=5, ge=1, le=100)  # attempts per storage call
+    frame: int = Field(default=1, ge=0, le=100)
+    storage: int | None = Field(default=None, ge=1, le=1000)
+    storage_deadline: float = Field(default=120.0, gt=0, le=3600)
 
 
 class Job(BaseModel):

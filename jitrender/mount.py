@@ -1,7 +1,7 @@
 """A lazy, read-only FUSE view of the mapped bucket prefixes (``jitrender run --mount DIR``).
 
 For renderers with no callbacks at all: listing and ``stat`` answer from one storage listing
-per mapped prefix; opening a file fetches it through the run's agent (into the shared cache,
+per mapped prefix; opening a file fetches it through the run's inputs (into the shared cache,
 once) and reads the local copy. Layout of ``DIR``:
 
 - when ``DIR`` is itself a mapped source prefix (``--mount /mnt/show`` with
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jitrender.agent import Agent
 from jitrender.errors import JitrenderError, MissingDependencyError
+from jitrender.inputs import Inputs
 from jitrender.paths import PathMap, split_url, workspace_relpath
 from jitrender.storage import ObjectInfo
 
@@ -106,11 +106,9 @@ class LazyView:
 
     use_ns = True  # mfusepy: times are integer nanoseconds
 
-    def __init__(self, roots: dict[str, str], agent: Agent) -> None:
-        if agent.list_prefix is None:
-            raise MountUnavailable("the agent cannot list storage")
+    def __init__(self, roots: dict[str, str], inputs: Inputs) -> None:
         self.roots = roots
-        self.agent = agent
+        self.inputs = inputs
         self._trees: dict[str, _Tree] = {}
         self._lock = threading.Lock()
         self._started = time.time_ns()
@@ -120,8 +118,7 @@ class LazyView:
             tree = self._trees.get(root)
         if tree is None:
             prefix = self.roots[root] + "/"
-            assert self.agent.list_prefix is not None
-            tree = _Tree(self.agent.list_prefix(prefix, True), prefix)
+            tree = _Tree(self.inputs.list_prefix(prefix, True), prefix)
             with self._lock:
                 self._trees[root] = tree
         return tree
@@ -182,7 +179,7 @@ class LazyView:
         if kind != "file":
             raise _fuse_error(errno.EISDIR)
         try:
-            local = self.agent.local_copy(info.url)
+            local = self.inputs.into_workspace(info.url)
         except MissingDependencyError:
             raise _fuse_error(errno.ENOENT) from None
         except (JitrenderError, OSError):
@@ -244,7 +241,7 @@ class Mount:
         _restore_signal_handlers(self.saved)
 
 
-def start_mount(mount_dir: Path, path_map: PathMap, agent: Agent) -> Mount:
+def start_mount(mount_dir: Path, path_map: PathMap, inputs: Inputs) -> Mount:
     """Mount the lazy view at ``mount_dir`` (created if needed) in a background thread."""
     problem = fuse_problem()
     if problem is not None:
@@ -264,7 +261,7 @@ def start_mount(mount_dir: Path, path_map: PathMap, agent: Agent) -> Mount:
 
     # mfusepy wants an Operations subclass; mixing it in keeps this module importable without it.
     operations = type("JitrenderLazyView", (LazyView, _operations_base()), {})
-    ops = operations(view_roots(mount_dir, path_map), agent)
+    ops = operations(view_roots(mount_dir, path_map), inputs)
     failure: list[BaseException] = []
 
     def serve() -> None:

@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -172,8 +173,8 @@ class Uploader:
         self._produced: dict[int, set[str]] = {}  # frame -> its final outputs
         self._stage_outputs: dict[tuple[str, int], set[str]] = {}  # (stage, frame) -> outputs
         self._stage_finished: set[tuple[str, int]] = set()
-        # Called (stage, frame) once a stage has finished a frame that produced outputs.
-        self.on_stage_frame: Callable[[str, int], None] | None = None
+        # Called (stage, frame, its outputs) once a stage has finished a frame with outputs.
+        self.on_stage_frame: Callable[[str, int, list[str]], None] | None = None
         self._fences: dict[str, threading.Event] = {}
         self._fence_count = 0
 
@@ -214,7 +215,7 @@ class Uploader:
             self._stage_finished.update(new)
         if self.on_stage_frame is not None:
             for stage, frame in new:
-                self.on_stage_frame(stage, frame)
+                self.on_stage_frame(stage, frame, self.stage_relpaths(stage, frame))
 
     def stage_was_finished(self, stage: str, frame: int) -> bool:
         """Whether ``stage`` finished ``frame`` (see :meth:`stage_started`)."""
@@ -236,9 +237,11 @@ class Uploader:
             self._produced.setdefault(frame, set()).add(relpath)
             self._stage_outputs.setdefault((stage, frame), set()).add(relpath)
             self._stage_finished.add((stage, frame))
-            self.records[relpath] = UploadRecord(
+            record = self.records[relpath] = UploadRecord(
                 relpath, info.url, "kept_previous", info.size, info.crc32c
             )
+        if self.on_uploaded is not None:
+            self.on_uploaded(record)
 
     def stage_failed(self) -> None:
         """The writer failed or was killed: files it wrote in place may be partial or an
@@ -322,10 +325,19 @@ class Uploader:
     def submit(self, path: Path) -> None:
         try:
             relpath = path.relative_to(self.outputs_dir).as_posix()
-            st = path.stat()
+            st = path.lstat()
+            inside = path.resolve().is_relative_to(self.outputs_dir.resolve())
         except (ValueError, FileNotFoundError):
             return
         if not self.patterns.matches(relpath):
+            return
+        if stat.S_ISLNK(st.st_mode) or not inside:
+            # A link could point at any file on the node: refuse it rather than upload that.
+            self._refuse(
+                relpath,
+                "is a symlink (or below one); only files written in outputs/ "
+                "are uploaded, never what a link points at",
+            )
             return
         state = (st.st_size, st.st_mtime_ns)
         with self._lock:
@@ -350,6 +362,17 @@ class Uploader:
             self._futures.append(self._pool.submit(self._upload, path, relpath))
         if moved_on:
             self._finish_stage_frames(moved_on)
+
+    def _refuse(self, relpath: str, why: str) -> None:
+        url = f"{self.outputs_url}/{relpath}"
+        record = UploadRecord(relpath, url, "error", 0, error=f"{relpath}: {why}")
+        with self._lock:
+            if relpath in self._submitted:
+                return
+            self._submitted[relpath] = (0, 0)
+            self.records[relpath] = record
+        if self.on_uploaded is not None:
+            self.on_uploaded(record)
 
     def _upload(self, path: Path, relpath: str) -> UploadRecord:
         url = f"{self.outputs_url}/{relpath}"

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from jitrender.errors import ConfigError
+from jitrender.errors import ConfigError, ObjectNameError
 
 _URL_RE = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]+)://(?P<rest>.*)$")
 _DRIVE_RE = re.compile(r"^[a-zA-Z]:[\\/]")
+# The longest file or folder name ext4, xfs, btrfs and tmpfs hold, in bytes.
+NAME_MAX = 255
 
 PathFormat = Literal["posix", "windows"]
 
@@ -56,8 +58,18 @@ def url_basename(url: str) -> str:
 
 
 def file_url(path: str | Path) -> str:
-    """The ``file://`` URL of a local path (made absolute)."""
-    return "file://" + Path(path).absolute().as_posix()
+    """The ``file://`` URL of a local path (made absolute). URLs are UTF-8 text: a path with a
+    name in another encoding raises :class:`ConfigError` (exit 78) naming it."""
+    text = Path(path).absolute().as_posix()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ConfigError(
+            f"{shown}: a folder or file name here is not valid UTF-8, so no URL can name it; "
+            "rename it (or give absolute URLs in the job)"
+        ) from None
+    return "file://" + text
 
 
 def local_path_of(url: str) -> Path:
@@ -72,11 +84,22 @@ def workspace_relpath(url: str) -> PurePosixPath:
     """Where an object lives below a workspace's ``inputs/``: ``<scheme>/<netloc>/<path>``.
 
     The bucket's own layout is kept under its root, so paths relative to a scene keep working.
-    """
+    Raises :class:`ObjectNameError` (one line, exit 65) for a name with a ``..`` segment
+    (it would land outside ``inputs/``) or one too long for the local file system."""
     scheme, netloc, path = split_url(url)
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ValueError(f"URL escapes its bucket: {url}")
+        raise ObjectNameError(
+            f"{url}: the object name holds a '..' segment, which would place it outside the "
+            "workspace; refusing it (rename the object)"
+        )
+    for part in parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX:
+            raise ObjectNameError(
+                f"{url}: a name in it is {size} bytes long; the local file system holds at "
+                f"most {NAME_MAX} bytes per file or folder name (shorten it)"
+            )
     return PurePosixPath(scheme, netloc or "_", *parts)
 
 

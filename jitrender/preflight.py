@@ -2,10 +2,10 @@
 ``jitrender validate`` both call :func:`check_job`, so a job one of them refuses with exit 78
 the other refuses with the same line.
 
-What is checked: the path mapping, the output patterns, that the scene's resolver exists and
-its optional extra is installed, and every stage's command or engine call built once for a
-sample of the frames (templates, placeholders, engine arguments, the renderer's presence).
-Nothing here touches storage.
+What is checked: the path mapping, the cache size, the output patterns, that the scene's
+resolver exists and its optional extra is installed, and every stage's command or engine call
+built once for a sample of the frames (templates, placeholders, engine arguments, the
+renderer's presence). Nothing here touches storage.
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ def check_stages(job: Job, frames: list[int], workspace: Workspace) -> None:
 def check_job(job: Job, frames: list[int], workspace: Workspace) -> None:
     """Every check :func:`jitrender.run.run_job` makes before fetching; raises
     :class:`ConfigError` (one line) on the first problem."""
+    from jitrender.cache import parse_size
+
     job.path_mapping()
+    parse_size(job.cache.max_size)  # the same line run gives
     check_outputs(job)
     check_resolver(job)
     if frames:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from jitrender.errors import ExitCode
 
-Status = Literal["succeeded", "failed", "preempted"]
+Status = Literal["succeeded", "failed", "preempted", "transient_failure"]
 
 
 @dataclass
@@ -32,7 +32,6 @@ class Report:
     requested: list[int] = field(default_factory=list)
     done: list[int] = field(default_factory=list)
     skipped_already_done: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
     failures: list[FrameFailure] = field(default_factory=list)
     deps_count: int = 0
     bytes_needed: int = 0
@@ -52,6 +51,11 @@ class Report:
     )
     workspace: str | None = None
     task: dict[str, Any] | None = None
+
+    @property
+    def failed(self) -> list[int]:
+        """The frames that failed (from ``failures``)."""
+        return sorted({f.frame for f in self.failures})
 
     @property
     def fetch_ratio(self) -> float | None:

@@ -54,22 +54,24 @@ def _token_regex(style: str) -> re.Pattern[str]:
         raise ValueError(f"unknown frame token style {style!r}") from None
 
 
+def _padding(match: re.Match[str]) -> int:
+    groups = match.groupdict()
+    if groups["hash"] is not None:
+        return len(groups["hash"])
+    if groups.get("at") is not None:
+        return len(groups["at"])
+    if groups["printf"] is not None:
+        return int(groups["printf"] or "0")
+    if groups.get("houdini") is not None:
+        return int(groups["houdini"] or "0")
+    return int(groups.get("fmt") or "0")
+
+
 def find_frame_token(path: str, style: str = "any") -> FrameToken | None:
     """The last frame token in ``path`` (the file name's, when folders have tokens too)."""
     found: FrameToken | None = None
     for match in _token_regex(style).finditer(path):
-        groups = match.groupdict()
-        if match["hash"] is not None:
-            pad = len(match["hash"])
-        elif groups.get("at") is not None:
-            pad = len(match["at"])
-        elif match["printf"] is not None:
-            pad = int(match["printf"] or "0")
-        elif groups.get("houdini") is not None:
-            pad = int(match["houdini"] or "0")
-        else:
-            pad = int(match["fmt"] or "0")
-        found = FrameToken(match.start(), match.end(), pad)
+        found = FrameToken(match.start(), match.end(), _padding(match))
     return found
 
 
@@ -89,9 +91,7 @@ def expand_frame(path: str, frame: int, style: str = "any") -> str:
     """``path`` with every frame token replaced by ``frame`` at that token's padding."""
 
     def substitute(match: re.Match[str]) -> str:
-        token = find_frame_token(match.group(0), style)
-        assert token is not None
-        return token.format(frame)
+        return FrameToken(match.start(), match.end(), _padding(match)).format(frame)
 
     return _token_regex(style).sub(substitute, path)
 

@@ -17,8 +17,18 @@ from pathlib import Path
 
 from jitrender.engines import Invocation
 
-# Time a renderer gets between SIGTERM and SIGKILL when the run is stopping.
+# Time a renderer gets between SIGTERM and SIGKILL when the run is stopping
+# (``JITRENDER_TERM_GRACE_S`` overrides it).
 TERM_GRACE_S = 5.0
+TERM_GRACE_ENV = "JITRENDER_TERM_GRACE_S"
+
+
+def term_grace_s() -> float:
+    """The SIGTERM-to-SIGKILL grace: ``$JITRENDER_TERM_GRACE_S`` when it is a number."""
+    try:
+        return float(os.environ.get(TERM_GRACE_ENV, TERM_GRACE_S))
+    except ValueError:
+        return TERM_GRACE_S
 
 
 @dataclass(frozen=True)
@@ -143,8 +153,10 @@ def _die_with_parent() -> Callable[[], None] | None:
     return arm
 
 
-def terminate_group(proc: subprocess.Popen[bytes], grace: float = TERM_GRACE_S) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+def terminate_group(proc: subprocess.Popen[bytes], grace: float | None = None) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds
+    (default :func:`term_grace_s`)."""
+    grace = term_grace_s() if grace is None else grace
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -30,10 +30,12 @@ from jitrender.errors import (
     DataError,
     JitrenderError,
     MissingDependencyError,
+    ObjectNameError,
     PermissionDeniedError,
     TransientError,
 )
 from jitrender.paths import local_path_of, split_url
+from jitrender.registry import Registry
 
 T = TypeVar("T")
 
@@ -111,15 +113,16 @@ def crc32c_of_bytes(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff with full jitter for transient storage failures."""
+    """How long transient storage failures are ridden out: jittered exponential backoff
+    (google-api-core's truncated exponential sleep generator, as google-cloud-storage's own
+    default retry uses) until ``deadline`` seconds have passed since the call began, or until
+    ``attempts`` calls have failed when that is set."""
 
-    attempts: int = 5
-    base_delay: float = 0.2
-    max_delay: float = 10.0
-
-    def delays(self) -> Iterator[float]:
-        for attempt in range(self.attempts - 1):
-            yield random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+    attempts: int | None = None
+    deadline: float = 120.0
+    base_delay: float = 0.5  # the first sleep is up to this; each next one up to twice more
+    max_delay: float = 30.0
+    multiplier: float = 2.0
 
 
 def _status_of(exc: BaseException) -> int | None:
@@ -180,27 +183,54 @@ def with_retries(
     policy: RetryPolicy,
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
-    """Run a storage call; retry transient failures, translate the rest into jitrender errors."""
-    delays = policy.delays()
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            kind = classify(exc)
-            if kind == "missing":
-                raise MissingDependencyError(url) from exc
-            if kind == "denied":
-                raise PermissionDeniedError(f"{url}: permission denied ({exc})") from exc
-            if kind != "transient":
-                raise
-            delay = next(delays, None)
-            if delay is None:
-                raise TransientError(
-                    f"{url}: storage still failing after {policy.attempts} attempts: {exc}"
-                ) from exc
-            if on_retry is not None:
-                on_retry(exc)
-            time.sleep(delay)
+    """Run a storage call; retry transient failures within the policy's deadline (and
+    attempts), translate the rest into jitrender errors. A transient failure that outlasts
+    them is a :class:`TransientError` whose message starts "transient storage failure"."""
+    from google.api_core.exceptions import RetryError
+    from google.api_core.retry import exponential_sleep_generator, retry_target
+
+    failures = 0
+    started = time.monotonic()
+
+    def retryable(exc: Exception) -> bool:
+        nonlocal failures
+        failures += 1
+        transient = classify(exc) == "transient"
+        return transient and (policy.attempts is None or failures < policy.attempts)
+
+    try:
+        result: T = retry_target(
+            call,
+            retryable,
+            exponential_sleep_generator(policy.base_delay, policy.max_delay, policy.multiplier),
+            timeout=policy.deadline,
+            on_error=on_retry,
+        )
+        return result
+    except RetryError as exc:  # the deadline passed: the last failure is its cause
+        last = exc.cause if isinstance(exc.cause, BaseException) else exc
+        raise _transient(url, failures, started, last) from last
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+            raise ObjectNameError(
+                f"{url}: a name in this path is longer than the local file system allows"
+            ) from None
+        kind = classify(exc)
+        if kind == "missing":
+            raise MissingDependencyError(url) from exc
+        if kind == "denied":
+            raise PermissionDeniedError(f"{url}: permission denied ({exc})") from exc
+        if kind == "transient":  # out of attempts
+            raise _transient(url, failures, started, exc) from exc
+        raise
+
+
+def _transient(url: str, failures: int, started: float, exc: BaseException) -> TransientError:
+    seconds = time.monotonic() - started
+    return TransientError(
+        f"transient storage failure: {url}: still failing after {failures} attempts in "
+        f"{seconds:.1f} s: {exc}"
+    )
 
 
 # -- the interface ------------------------------------------------------------------------
@@ -266,6 +296,11 @@ class Store(ABC):
             handle.flush()
             return self.put_if_absent(Path(handle.name), url, metadata)
 
+    def delete(self, url: str) -> None:
+        """Remove an object: only for stale done markers, ``jitrender requeue`` and its
+        ``--delete-outputs``; a run never deletes an output."""
+        raise ConfigError(f"{url}: this storage ({type(self).__name__}) cannot delete objects")
+
     def read_bytes(self, url: str) -> bytes:
         import io
 
@@ -275,10 +310,6 @@ class Store(ABC):
         buffer = io.BytesIO()
         self.download(info, buffer)
         return buffer.getvalue()
-
-    @abstractmethod
-    def delete(self, url: str) -> None:
-        """Remove an object (used by ``--overwrite`` paths and tests, never by a normal run)."""
 
 
 def _compare(
@@ -329,6 +360,9 @@ class LocalStore(Store):
     """A local folder used as a bucket. Writes are temp + ``link`` (atomic create-if-absent);
     objects carry their metadata as ``user.jitrender.*`` extended attributes where the
     filesystem supports them."""
+
+    def delete(self, url: str) -> None:
+        _local_delete(url)
 
     def stat(self, url: str) -> ObjectInfo | None:
         path = local_path_of(url)
@@ -423,11 +457,29 @@ class LocalStore(Store):
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
 
-    def delete(self, url: str) -> None:
-        path = local_path_of(url)
-        path.unlink()
-        with contextlib.suppress(OSError):
-            _crc_sidecar(path).unlink()
+    def put_bytes_if_absent(
+        self, data: bytes, url: str, metadata: Mapping[str, str] | None = None
+    ) -> PutResult:
+        """As the base class, but the bytes wait in a part file next to the object (never in
+        ``$TMPDIR``): a killed process's part is removed by the next put there."""
+        final = local_path_of(url)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        source = final.with_name(
+            f".{final.name}.{os.getpid()}.{random.getrandbits(32):08x}.src{_PART_SUFFIX}"
+        )
+        try:
+            source.write_bytes(data)
+            return self.put_if_absent(source, url, metadata)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                source.unlink()
+
+
+def _local_delete(url: str) -> None:
+    path = local_path_of(url)
+    path.unlink()
+    with contextlib.suppress(OSError):
+        _crc_sidecar(path).unlink()
 
 
 def _local_generation(st: os.stat_result) -> str:
@@ -536,6 +588,10 @@ class GCSStore(Store):
 
     # Connections kept open: above the fetch pool (16) plus the chunk workers (8) combined.
     POOL_CONNECTIONS = 64
+
+    def delete(self, url: str) -> None:
+        bucket_name, name = self._split(url)
+        self._client().bucket(bucket_name).blob(name).delete(retry=None)
 
     def __init__(self, project: str | None = None) -> None:
         self._project = project
@@ -695,9 +751,25 @@ class GCSStore(Store):
         outcome: PutOutcome = "created" if existing is None else "overwritten"
         return PutResult(outcome, self._info(blob))
 
-    def delete(self, url: str) -> None:
+    def put_bytes_if_absent(
+        self, data: bytes, url: str, metadata: Mapping[str, str] | None = None
+    ) -> PutResult:
+        """One create-if-absent upload straight from memory (no temp file a kill could leave)."""
+        from google.api_core.exceptions import PreconditionFailed
+
         bucket_name, name = self._split(url)
-        self._client().bucket(bucket_name).blob(name).delete(retry=None)
+        blob = self._client().bucket(bucket_name).blob(name)
+        if metadata:
+            blob.metadata = dict(metadata)
+        try:
+            blob.upload_from_string(data, if_generation_match=0, checksum="crc32c", retry=None)
+        except PreconditionFailed:
+            existing = self.stat(url)
+            if existing is None:
+                return PutResult("conflict", None)
+            same = existing.crc32c == crc32c_of_bytes(data)
+            return PutResult("identical" if same else "conflict", existing)
+        return PutResult("created", self._info(blob))
 
 
 # -- anything else fsspec speaks ----------------------------------------------------------
@@ -706,6 +778,9 @@ class GCSStore(Store):
 class FsspecStore(Store):
     """Any other fsspec protocol. Create-if-absent is check-then-write here (not atomic):
     use a store with preconditions (``gs://``, ``file://``) where exactly-once matters."""
+
+    def delete(self, url: str) -> None:
+        self.fs.rm_file(self._path(url))
 
     def __init__(self, protocol: str) -> None:
         import fsspec
@@ -773,21 +848,13 @@ class FsspecStore(Store):
         self.fs.put_file(str(source), self._path(url))
         return PutResult("created" if existing is None else "overwritten", self.stat(url))
 
-    def delete(self, url: str) -> None:
-        self.fs.rm_file(self._path(url))
-
 
 # -- registry -----------------------------------------------------------------------------
 
-_STORE_FACTORIES: dict[str, Callable[[str], Store]] = {
-    "file": lambda _scheme: LocalStore(),
-    "gs": lambda _scheme: GCSStore(),
-}
-
-
-def register_store(scheme: str, factory: Callable[[str], Store]) -> None:
-    """Make ``scheme://`` URLs use ``factory`` (fsspec-style registry)."""
-    _STORE_FACTORIES[scheme] = factory
+# scheme -> factory; a studio adds one with the ``jitrender.stores`` entry point.
+_STORE_FACTORIES: Registry[Callable[[str], Store]] = Registry("jitrender.stores")
+_STORE_FACTORIES.add("file", lambda _scheme: LocalStore())
+_STORE_FACTORIES.add("gs", lambda _scheme: GCSStore())
 
 
 class Stores:
@@ -802,7 +869,7 @@ class Stores:
         with self._lock:
             store = self._stores.get(scheme)
             if store is None:
-                factory = _STORE_FACTORIES.get(scheme, FsspecStore)
+                factory = _STORE_FACTORIES.get(scheme) or FsspecStore
                 try:
                     store = factory(scheme)
                 except (ImportError, ValueError) as exc:

@@ -161,6 +161,13 @@ def _cache_dir(options: SubmitOptions, default: str) -> str:
     return options.cache_dir or default
 
 
+def _cache_mount(cache_dir: str) -> str:
+    """The volume's mount point for a cache folder: its parent. jitrender creates the folder
+    itself (0700, its own user), as it refuses a mount point owned by root or world-writable
+    (an emptyDir is 0777)."""
+    return str(Path(cache_dir).parent)
+
+
 def _mib(options: SubmitOptions) -> int:
     return max(1, options.memory_bytes // (1024 * 1024))
 
@@ -287,7 +294,7 @@ def _kubernetes(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
     ships_job = options.job_path is None
     job_path = f"{CONTAINER_JOB_DIR}/job.yaml" if ships_job else options.job_path
     assert job_path is not None
-    cache = _cache_dir(options, "/cache")
+    cache = _cache_dir(options, "/cache/jitrender")
     # 65 and 78 would fail the same way again; before 1.29 only the whole Job can fail.
     fail_rule: dict[str, Any] = {
         "action": "FailIndex" if per_index else "FailJob",
@@ -307,14 +314,13 @@ def _kubernetes(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
         )
     else:
         spec["backoffLimit"] = options.max_retries * plan.count
-    mounts: list[dict[str, Any]] = [{"name": "cache", "mountPath": cache}]
+    mounts: list[dict[str, Any]] = [{"name": "cache", "mountPath": _cache_mount(cache)}]
     volumes: list[dict[str, Any]] = [{"name": "cache", "emptyDir": {}}]
     if ships_job:
         mounts.insert(0, {"name": "job", "mountPath": CONTAINER_JOB_DIR, "readOnly": True})
         volumes.insert(0, {"name": "job", "configMap": {"name": f"{name}-job"}})
     memory = f"{_mib(options)}Mi"
     spec.update(
-        activeDeadlineSeconds=options.time_limit_s * (options.max_retries + 1),
         ttlSecondsAfterFinished=7 * 86400,
         podFailurePolicy={
             "rules": [
@@ -331,6 +337,7 @@ def _kubernetes(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
             "metadata": {"labels": {"app.kubernetes.io/name": "jitrender"}},
             "spec": {
                 "restartPolicy": "Never",  # required by podFailurePolicy
+                "activeDeadlineSeconds": options.time_limit_s,  # per attempt, not the Job
                 # jitrender flushes finished uploads and exits 75 on SIGTERM well inside this.
                 "terminationGracePeriodSeconds": 60,
                 "containers": [
@@ -389,10 +396,11 @@ def _kubernetes(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
 def _gcp_batch(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
     name = job_name(job, options)
     job_path = _job_path(job, options)
+    cache = _cache_dir(options, "/mnt/disks/local-ssd/jitrender")
     volumes: list[dict[str, Any]] = [
         {
             "deviceName": "jitrender-cache",
-            "mountPath": _cache_dir(options, "/mnt/disks/jitrender-cache"),
+            "mountPath": _cache_mount(cache),
             "mountOptions": ["rw", "async"],
         }
     ]
@@ -418,7 +426,7 @@ def _gcp_batch(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
                             },
                         }
                     ],
-                    "environment": {"variables": {"JITRENDER_CACHE_DIR": volumes[0]["mountPath"]}},
+                    "environment": {"variables": {"JITRENDER_CACHE_DIR": cache}},
                     "computeResource": {
                         "cpuMilli": str(options.cpus * 1000),
                         "memoryMib": str(_mib(options)),
@@ -471,6 +479,7 @@ def _gcp_machine_cpus(cpus: int) -> int:
 def _aws_batch(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
     name = job_name(job, options)
     job_path = _job_path(job, options)
+    cache = _cache_dir(options, "/cache/jitrender")
     definition: dict[str, Any] = {
         "jobDefinitionName": name,
         "type": "container",
@@ -483,13 +492,9 @@ def _aws_batch(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
                 {"type": "VCPU", "value": str(options.cpus)},
                 {"type": "MEMORY", "value": str(_mib(options))},
             ],
-            "environment": [
-                {"name": "JITRENDER_CACHE_DIR", "value": _cache_dir(options, "/cache")}
-            ],
+            "environment": [{"name": "JITRENDER_CACHE_DIR", "value": cache}],
             "volumes": [{"name": "cache", "host": {"sourcePath": "/local-nvme/jitrender-cache"}}],
-            "mountPoints": [
-                {"sourceVolume": "cache", "containerPath": _cache_dir(options, "/cache")}
-            ],
+            "mountPoints": [{"sourceVolume": "cache", "containerPath": _cache_mount(cache)}],
             # An init process passes SIGTERM (spot reclaim, cancel) on to jitrender.
             "linuxParameters": {"initProcessEnabled": True},
         },

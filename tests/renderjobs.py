@@ -34,6 +34,11 @@ if frame in flaky and attempt == 0:
     sys.exit(4)
 wanted = ("lut.bin", f"tex.{frame:04d}.bin")
 data = b"".join(p.read_bytes() for p in sorted(inputs.rglob("*")) if p.name in wanted)
+if str(frame) in os.environ.get("CRASH_FRAMES", "").split(","):
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer does
+if str(frame) in os.environ.get("GPU_ERROR_FRAMES", "").split(","):
+    print("renderer: CUDA error: an illegal memory access was encountered", flush=True)
+    sys.exit(1)
 fail = {int(f) for f in os.environ.get("FAIL_FRAMES", "").split(",") if f}
 if frame in fail:
     print(f"renderer: frame {frame} exploded: out of cheese", flush=True)
@@ -148,6 +153,9 @@ def jitrender_env(job: RenderJob, **overrides: str) -> dict[str, str]:
             "PHASE_DIR": str(job.phase_dir),
             "JITRENDER_CACHE_DIR": str(job.cache_dir),
             "JITRENDER_PREEMPTION_WATCH": "off",  # no metadata-server lookups from tests
+            # No task heartbeats (tests/test_status.py turns them on): these tests count every
+            # object below _jitrender/ as a done marker.
+            "JITRENDER_HEARTBEAT_INTERVAL": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -175,3 +176,9 @@ def test_run_gives_stages_an_agent_that_fetches_what_the_resolver_did_not_predic
     assert report.status == "succeeded", report.error
     assert (tmp_path / "out" / "out.2.txt").read_text() == "fetched on request"
     assert (report.misses, report.hits) == (1, 0)  # one fetch, shared by both frames
+
+
+def test_importing_the_run_loads_no_plugin_code() -> None:
+    """``import jitrender.run`` has no side effect: the hooks' client loads on first use."""
+    check = "import sys, jitrender.run; assert '_jitrender_hook_client' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=60)

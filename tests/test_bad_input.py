@@ -4,14 +4,19 @@ are too long or backwards, names the local file system cannot hold, a full disk.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import put_object
+from tests.renderjobs import jitrender_env, make_job, run
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -133,3 +138,90 @@ def test_a_backwards_range_is_refused_naming_the_forward_spelling(tmp_path: Path
     line = one_line(cli("validate", str(job)), 78)
     assert "frames: '10-1' runs backwards (10 down to 1); write 1-10" in line
     assert cli("validate", str(write_job(tmp_path, frames="-10-5,20"))).returncode == 0
+
+
+# -- item 8: no exit 70 for a user's input ---------------------------------------------------
+
+
+def prefix_job(tmp_path: Path, bucket: str) -> Path:
+    """A job whose one dependency is everything below ``{bucket}/assets/``."""
+    return write_job(
+        tmp_path,
+        frames="1",
+        deps=[{"prefix": f"{bucket}/assets/"}],
+        outputs_to=f"{bucket}/renders",
+    )
+
+
+def run_cli(job: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
+    env["JITRENDER_PREEMPTION_WATCH"] = "off"
+    return cli("run", str(job), "--progress", "plain", env=env)
+
+
+def test_an_object_named_with_dot_dot_under_a_prefix_is_refused_not_placed_outside(
+    tmp_path: Path, gcs_bucket: str
+) -> None:
+    put_object(f"{gcs_bucket}/assets/ok.bin", b"ok")
+    put_object(f"{gcs_bucket}/assets/a/../../../x", b"escape")
+    line = one_line(run_cli(prefix_job(tmp_path, gcs_bucket), tmp_path), 65)
+    assert "assets/a/../../../x: the object name holds a '..' segment" in line
+    assert not list(tmp_path.glob("**/x"))  # landed nowhere
+
+
+def test_an_object_name_too_long_for_the_local_file_system_is_one_line(
+    tmp_path: Path, gcs_bucket: str
+) -> None:
+    put_object(f"{gcs_bucket}/assets/{'n' * 300}.bin", b"long")
+    line = one_line(run_cli(prefix_job(tmp_path, gcs_bucket), tmp_path), 65)
+    assert "a name in it is 304 bytes long" in line and "at most 255" in line
+
+
+def test_a_300_character_path_component_in_a_file_dependency_is_one_line(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    job = write_job(tmp_path, frames="1", deps=[f"{local_bucket}/{'p' * 300}/a.bin"])
+    line = one_line(run_cli(job, tmp_path), 65)
+    assert "longer than the local file system allows" in line
+
+
+def test_a_job_file_in_a_folder_whose_name_is_not_utf8_is_one_config_line(
+    tmp_path: Path,
+) -> None:
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    folder.mkdir()
+    for target in ("renders", f"file://{tmp_path}/bucket/renders"):
+        job = write_job(folder, outputs_to=target)
+        line = one_line(run_cli(job, tmp_path), 78)
+        assert "caf\\xe9" in line and "a folder or file name here is not valid UTF-8" in line
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (needs root); skipped where it cannot be mounted."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.parametrize("bucket_kind", ["file", "gs"])
+def test_a_full_cache_disk_is_one_retryable_line_naming_the_folder_and_the_bytes(
+    tmp_path: Path, small_disk: Path, bucket_kind: str, request: pytest.FixtureRequest
+) -> None:
+    bucket = request.getfixturevalue("local_bucket" if bucket_kind == "file" else "gcs_bucket")
+    job = make_job(tmp_path / "job", bucket, "1", texture_size=1_500_000)
+    cache = small_disk / "cache"
+    code, out, _ = run(job, env=jitrender_env(job, JITRENDER_CACHE_DIR=str(cache)))
+    assert code == 75, out
+    assert "Traceback" not in out
+    line = next(line for line in out.splitlines() if "error:" in line)
+    assert f"{cache}: no space left on the cache's disk for {bucket}/assets/" in line
+    assert "(1500000 bytes needed" in line

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.conftest import put_object
@@ -150,6 +151,7 @@ def _bad_jobs(bucket: str, renderer: Path) -> dict[str, dict[str, Any]]:
         "samples": {**base, "scene": f"{bucket}/shot.blend", "stages": [blender_stage]},
         "outputs.files": {**base, "outputs": {"to": f"{bucket}/r", "files": ["../x.####.txt"]}},
         "nosuchengine": {**base, "stages": [{"name": "render", "engine": "nosuchengine"}]},
+        "max_size": {**base, "cache": {"max_size": "12 parsecs"}},
     }
 
 
@@ -163,10 +165,11 @@ def test_validate_refuses_what_run_refuses_with_the_same_line(
         assert checked.returncode == 78, (word, checked.stderr)
         line = _error_line(checked.stderr)
         assert word in line, line
+        (job.root / "report.json").unlink(missing_ok=True)
         code, out, report = run(job)
         assert code == 78, (word, out)
         assert line in out.splitlines(), (line, out)
-        assert report["cache"]["bytes_fetched"] == 0
+        assert report.get("cache", {}).get("bytes_fetched", 0) == 0  # refused before fetching
         as_json = cli("validate", str(job.job_file), "--json")
         assert as_json.returncode == 78
         assert json.loads(as_json.stdout) == {
@@ -218,8 +221,6 @@ def test_missing_usd_extra_is_78_naming_the_extra(gcs_bucket: str, tmp_path: Pat
 
     found = sorted(CORPUS.glob("usd/cases/*/files/*.usda"))
     if not found:
-        import pytest
-
         pytest.skip(f"no USD corpus at {CORPUS}")
     scene = f"{gcs_bucket}/shot/{found[0].name}"
     put_object(scene, found[0].read_bytes())
@@ -346,3 +347,96 @@ def test_rich_bars_count_every_fetched_file_and_name_the_stage(
     assert re.search(r"files\s.*\b4/4\b", proc.stderr), proc.stderr  # scene, lut, 2 textures
     assert re.search(r"frames\s.*\b2/2\b", proc.stderr), proc.stderr
     assert "render frame 2" in proc.stderr  # the last stage that ran, by name and frame
+
+
+# -- 7. health: the node's faults only; a per-job blocklist --------------------------------------
+
+
+def _health(job: RenderJob) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "health", "--json"],
+        env=jitrender_env(job),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_jobs_with_bad_flags_do_not_drain_a_healthy_node(gcs_bucket: str, tmp_path: Path) -> None:
+    cache = tmp_path / "node-cache"
+    jobs = [make_job(tmp_path / n, gcs_bucket, "1-2", name=n) for n in ("a", "b")]
+    for job in jobs:
+        job.cache_dir = cache
+        # A typo in the render flags: the renderer says so and exits 2, every frame.
+        typo = "import sys; print('error: unknown option --smaples'); sys.exit(2)"
+        _rewrite(job, stages=[{"name": "render", "command": [sys.executable, "-c", typo]}])
+        code, out, _ = run(job)
+        assert code == 65, out
+    code, state = _health(jobs[0])
+    assert code == 0 and state["healthy"] is True, state
+    assert state["failed_frames_in_a_row"] == 0
+    # A missing output pattern is the job's too.
+    job = make_job(tmp_path / "c", gcs_bucket, "1-2", name="c")
+    job.cache_dir = cache
+    _rewrite(job, outputs={"to": f"{gcs_bucket}/c", "files": ["nothing.####.exr"]})
+    code, out, _ = run(job)
+    assert code == 65 and "did not write outputs/nothing.0001.exr" in out, out
+    assert _health(job)[0] == 0
+
+
+def test_node_that_failed_one_jobs_frames_n_times_stops_taking_that_job(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    cache = tmp_path / "node-cache"
+    bad = make_job(tmp_path / "bad", gcs_bucket, "1-3", name="bad")
+    good = make_job(tmp_path / "good", gcs_bucket, "4-5", name="good")
+    bad.cache_dir = good.cache_dir = cache
+    code, out, _ = run(bad, env=jitrender_env(bad, FAIL_FRAMES="1,2,3"))
+    assert code == 65, out
+    code, state = _health(bad)
+    assert code == 0, state  # the node is fine...
+    assert [v["job_name"] for v in state["blocked_jobs"].values()] == ["bad"]
+    code, out, _ = run(bad)  # ...but takes no more of this job's frames
+    assert code == 69, out
+    assert "takes no more of that job's frames" in _error_line(out)
+    assert bad.phases("start") == [1, 2, 3]  # nothing ran the second time
+    code, out, _ = run(good)  # other jobs still run here
+    assert code == 0, out
+
+
+# -- 9. GPU rendering with the blender engine ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_blender_gpu_without_a_gpu_is_78_naming_what_it_looked_for(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bpy") is None:
+        pytest.skip("needs the bpy module (extra 'blender')")
+    import gzip
+
+    blends = sorted(CORPUS.glob("blend/blends/**/basic_file.blend.gz"))
+    if not blends:
+        pytest.skip(f"no Blender corpus at {CORPUS}")
+    scene = f"{gcs_bucket}/shot/basic_file.blend"
+    put_object(scene, gzip.decompress(blends[0].read_bytes()))
+    job = make_job(tmp_path / "job", gcs_bucket, "1", upload=False)
+    for device, looked in (("GPU", "OPTIX, CUDA, HIP, ONEAPI, METAL"), ("cuda", "CUDA")):
+        stage = {"name": "render", "engine": "blender", "args": {"device": device, "samples": 1}}
+        _rewrite(job, scene=scene, deps=[], stages=[stage],
+                 outputs={"to": f"{gcs_bucket}/r", "files": ["*.png"]})  # fmt: skip
+        checked = cli("validate", str(job.job_file))
+        if checked.returncode == 0:
+            pytest.skip("this machine has a GPU: the no-GPU path cannot be shown here")
+        assert checked.returncode == 78, checked.stderr
+        line = _error_line(checked.stderr)
+        assert "stages.render.args.device" in line and f"looked for {looked})" in line, line
+        if device != "GPU":
+            continue  # one run shows run refuses it the same way; each costs a Blender start
+        code, out, report = run(job)
+        assert code == 78, out
+        assert line in out.splitlines()
+        assert report["cache"]["bytes_fetched"] == 0  # refused before fetching the scene

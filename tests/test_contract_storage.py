@@ -4,13 +4,14 @@ against fake-gcs-server behind the fault proxy."""
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import gcs_client
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import Fault, FaultProxy, Request
 from tests.renderjobs import (
     bucket_objects,
     expected_output,
@@ -53,3 +54,49 @@ def test_gzip_encoded_dependency_is_fetched_as_stored_and_verified(
     for frame in job.frames:
         inputs = stored + texture(frame, job.texture_size)  # the stored bytes reach the renderer
         assert objects[f"renders/frame.{frame:04d}.txt"][1] == expected_output(frame, inputs)
+
+
+def _outage(seconds: float) -> tuple[list[float], Callable[[Request], Fault | None]]:
+    """A rule: every request fails (503 or a reset, alternately) for ``seconds`` from the
+    first one it sees, then storage is back."""
+    began: list[float] = []
+
+    def rule(request: Request) -> Fault | None:
+        now = time.monotonic()
+        if not began:
+            began.append(now)
+        if now - began[0] < seconds:
+            return Fault("503" if int(now * 10) % 2 else "reset")
+        return None
+
+    return began, rule
+
+
+def test_storage_outage_of_a_few_seconds_is_ridden_out(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2", extra={"retries": {"storage_deadline": 30}})
+    _, outage = _outage(2.0)
+    proxy.rules.append(outage)
+    started = time.monotonic()
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0, out
+    assert time.monotonic() - started >= 2.0  # it really waited the outage out
+    assert proxy.counts["503"] + proxy.counts["reset"] >= 3, proxy.counts
+    assert report["frames"]["done"] == [1, 2]
+
+
+def test_outage_past_the_deadline_is_75_transient_storage_failure_not_preempted(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2", extra={"retries": {"storage_deadline": 2}})
+    _, outage = _outage(60.0)
+    proxy.rules.append(outage)
+    started = time.monotonic()
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    elapsed = time.monotonic() - started
+    assert code == 75, out
+    assert report["status"] == "transient_failure"
+    assert report["error"].startswith("transient storage failure:"), report["error"]
+    assert "preempted" not in out
+    assert 1.0 <= elapsed < 20, elapsed  # the 2 s deadline, not attempts, ended it

@@ -415,7 +415,9 @@ def test_k8s_job_retries_preemption_and_fails_the_index_on_65_and_78() -> None:
     assert int(env["JITRENDER_TASK_COUNT"]) == spec["completions"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    cache = next(name for name, path in mounts.items() if path == env["JITRENDER_CACHE_DIR"])
+    # The cache folder is jitrender's own, below the volume's mount point.
+    cache_parent = str(Path(env["JITRENDER_CACHE_DIR"]).parent)
+    cache = next(name for name, path in mounts.items() if path == cache_parent)
     assert "emptyDir" in volumes[cache]
     last = spec["completions"] - 1
     pod_env = {"JOB_COMPLETION_INDEX": str(last), **env}
@@ -448,7 +450,8 @@ def test_gcp_batch_job_parses_as_a_batch_v1_job() -> None:
     assert group.task_spec.max_retry_count >= 1
     (ssd,) = [d for d in policy.disks if d.new_disk.type_ == "local-ssd"]
     (volume,) = [v for v in group.task_spec.volumes if v.device_name == ssd.device_name]
-    assert group.task_spec.environment.variables["JITRENDER_CACHE_DIR"] == volume.mount_path
+    cache_dir = Path(group.task_spec.environment.variables["JITRENDER_CACHE_DIR"])
+    assert str(cache_dir.parent) == volume.mount_path
 
 
 def test_aws_batch_requests_validate_against_the_batch_api_model() -> None:

@@ -128,7 +128,8 @@ def test_storage_that_stays_down_exits_75(
     proxy.rules.append(lambda request: Fault("503"))
     code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
     assert code == 75, out
-    assert report["status"] == "preempted"
+    assert report["status"] == "transient_failure"
+    assert "transient storage failure" in report["error"]
 
 
 def test_upload_failing_after_retries_exits_75_and_rerun_completes(

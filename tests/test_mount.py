@@ -28,7 +28,7 @@ needs_fuse = pytest.mark.skipif(PROBLEM is not None, reason=f"FUSE not usable: {
 def mounted(show_agent: RunningAgent, tmp_path: Path) -> Iterator[tuple[Path, RunningAgent]]:
     where = tmp_path / "mnt" / "show"
     path_map = PathMap([rule_from(str(where), f"file://{show_agent.bucket}")])
-    mount: Mount = start_mount(where, path_map, show_agent.agent)
+    mount: Mount = start_mount(where, path_map, show_agent.agent.inputs)
     try:
         yield where, show_agent
     finally:
@@ -137,7 +137,7 @@ def test_the_mount_leaves_the_runs_signal_handlers_in_place(
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE)}
     where = tmp_path / "view"
     path_map = PathMap([rule_from("/mnt/show", f"file://{show_agent.bucket}")])
-    mount = start_mount(where, path_map, show_agent.agent)
+    mount = start_mount(where, path_map, show_agent.agent.inputs)
     try:
         assert sorted(os.listdir(where)) == ["file"]  # not a source prefix: the inputs/ layout
         during = {s: signal.getsignal(s) for s in before}

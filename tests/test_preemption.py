@@ -160,14 +160,17 @@ def test_sigterm_mid_render_exits_75_fast_and_rerun_renders_the_rest(
 ) -> None:
     job = make_job(tmp_path / "job", gcs_bucket, "1-6")
     # frame 3's renderer ignores SIGTERM and would take 30 s: it gets SIGKILL after the grace
-    env = jitrender_env(job, RENDER_SLEEP="0.5", SLEEP_FRAMES="3:30", IGNORE_TERM="1")
+    # (shortened here; test_default_grace_and_flush_fit_gke_spots_15_s checks the defaults)
+    env = jitrender_env(
+        job, RENDER_SLEEP="0.5", SLEEP_FRAMES="3:30", IGNORE_TERM="1", JITRENDER_TERM_GRACE_S="1"
+    )
     proc = start_run(job, env=env)
     wait_for(lambda: 3 in job.phases("start"))
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code, out = finish(proc, timeout=20)
     assert code == 75, out
-    assert time.monotonic() - signalled < 15
+    assert time.monotonic() - signalled < 8  # the 1 s grace, not the 5 s default
     report = json.loads((job.root / "report.json").read_text())
     assert report["status"] == "preempted"
     assert report["frames"]["done"] == [1, 2]
@@ -284,7 +287,9 @@ def test_sigterm_with_a_stuck_upload_still_exits_75_in_time(
     """Storage hangs on frame 2's upload when SIGTERM comes: the flush is bounded."""
     job = make_job(tmp_path / "job", gcs_bucket, "1-4")
     fault = held_on(proxy, lambda r: r.is_upload and r.names("frame.0002.txt"), forward=False)
-    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url, RENDER_SLEEP="0.3")
+    env = jitrender_env(
+        job, STORAGE_EMULATOR_HOST=proxy.url, RENDER_SLEEP="0.3", JITRENDER_FLUSH_BUDGET_S="1"
+    )
     proc = start_run(job, env=env)
     assert fault.held.wait(20)
     signalled = time.monotonic()
@@ -292,7 +297,19 @@ def test_sigterm_with_a_stuck_upload_still_exits_75_in_time(
     code, out = finish(proc, timeout=40)
     fault.release.set()
     assert code == 75, out
-    assert time.monotonic() - signalled < 15, out
+    assert time.monotonic() - signalled < 6, out  # the 1 s flush budget, not the 8 s default
     report = json.loads((job.root / "report.json").read_text())
     assert report["status"] == "preempted"
     assert 1 in report["frames"]["done"] and 2 not in report["frames"]["done"]
+
+
+def test_default_grace_and_flush_fit_gke_spots_15_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renderer's SIGTERM grace plus the upload flush stay inside GKE Spot's ~15 s."""
+    from jitrender.run import RunOptions
+    from jitrender.stages import term_grace_s
+
+    monkeypatch.delenv("JITRENDER_TERM_GRACE_S", raising=False)
+    monkeypatch.delenv("JITRENDER_FLUSH_BUDGET_S", raising=False)
+    assert term_grace_s() + RunOptions().flush_budget_s < 15
+    monkeypatch.setenv("JITRENDER_FLUSH_BUDGET_S", "2.5")
+    assert RunOptions().flush_budget_s == 2.5

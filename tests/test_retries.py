@@ -68,29 +68,38 @@ def test_node_failing_frames_of_several_jobs_reports_unhealthy(
     for job in (first, second):
         job.cache_dir = cache
     assert _health(first)[0] == 0
-    code, out, _ = run(first, env=jitrender_env(first, FAIL_FRAMES="1,2"))
+    code, out, _ = run(first, env=jitrender_env(first, CRASH_FRAMES="1,2"))
     assert code == 65, out
     code, state = _health(first)
     assert code == 0, state  # two failures of one job: that job's problem
     assert state["failed_frames_in_a_row"] == 2
-    code, out, _ = run(second, env=jitrender_env(second, FAIL_FRAMES="3,4"))
+    code, out, _ = run(second, env=jitrender_env(second, GPU_ERROR_FRAMES="3,4"))
     assert code == 65, out
     code, state = _health(first)
     assert code == 69 and state["healthy"] is False, state
     assert state["failed_jobs_in_a_row"] == 2
-    assert "out of cheese" in state["recent_failures"][-1]["why"]
+    assert "CUDA error" in state["recent_failures"][-1]["cause"]
+    assert "SIGKILL" in state["recent_failures"][0]["cause"]
     assert json.loads((cache / "health.json").read_text())["streak"]  # plain JSON on disk
-    code, out, _ = run(first)  # a rendered frame clears the streak
+    code, out, _ = run(first)  # a drained node starts nothing
+    assert code == 69, out
+    assert subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "health", "--reset"],
+        env=jitrender_env(first), capture_output=True, check=False,
+    ).returncode == 0  # fmt: skip
+    code, out, _ = run(first)  # repaired: it renders, and a rendered frame clears the streak
     assert code == 0, out
     assert NodeHealth(cache).status()["failed_frames_in_a_row"] == 0
 
 
 def test_health_reset_and_thresholds(tmp_path: Path) -> None:
     node = NodeHealth(tmp_path / "cache", HealthPolicy(failed_frames=2, failed_jobs=2))
-    node.record([FrameOutcome("a", "a", 1, False, "render: exit code 1")])
-    node.record([FrameOutcome("a", "a", 2, False, "render: exit code 1")])
+    node.record([FrameOutcome("a", "a", 1, False, "render: exit code -9")])
+    node.record([FrameOutcome("a", "a", 2, False, "render: exit code 139")])
     assert node.status()["healthy"] is True  # one job failing is that job's problem
-    node.record([FrameOutcome("b", "b", 7, False, "render: GPU lost")])
+    node.record([FrameOutcome("c", "c", 3, False, "render: exit code 2: unknown flag --sample")])
+    assert node.status()["failed_frames_in_a_row"] == 2  # bad flags are not the node's fault
+    node.record([FrameOutcome("b", "b", 7, False, "render: exit code 1", ("GPU lost",))])
     assert node.status()["healthy"] is False
     node.reset()
     assert node.status()["healthy"] is True

@@ -187,7 +187,10 @@ def test_missing_dependency_fails_before_rendering(gcs_bucket: str, tmp_path: Pa
         "p.0007.exr",
         "p.0008.exr",
     ]
-    assert GCSStore().list(f"{gcs_bucket}/renders/") == []
+    left = GCSStore().list(f"{gcs_bucket}/renders/")
+    # Nothing but the task's heartbeat (tasks/<name>.json, saying why it failed): no output,
+    # no marker.
+    assert [i.url.rsplit("/", 2)[-2:] for i in left] == [["tasks", "frames-1-8.json"]]
 
 
 def test_chunk_stage_and_failed_frame_report(gcs_bucket: str, tmp_path: Path) -> None:

@@ -7,15 +7,14 @@ entry point (``jitrender.engines``), like resolvers.
 
 from __future__ import annotations
 
-import importlib
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
 from jitrender.errors import ConfigError
+from jitrender.registry import Registry
 from jitrender.sequences import format_frames
 
 
@@ -99,8 +98,8 @@ _FORMATTER = _StrictFormatter()
 
 @dataclass(frozen=True)
 class Invocation:
-    """What to execute for a stage call. ``expected`` lists output files (relative to
-    ``outputs/``) the call promises, for engines that know them."""
+    """What to execute for a stage call: the command line, extra environment variables and
+    the working folder (None: this process's)."""
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
@@ -113,31 +112,23 @@ class Engine(Protocol):
     def __call__(self, call: StageCall) -> Invocation: ...
 
 
-_BUILTIN_ENGINES = {
-    "command": "jitrender.engines.command",
-    "blender": "jitrender.engines.blender",
-    "nuke": "jitrender.engines.nuke",
-}
-_engines: dict[str, Engine] = {}
+_engines: Registry[Engine] = Registry(
+    "jitrender.engines",
+    {
+        "command": "jitrender.engines.command",
+        "blender": "jitrender.engines.blender",
+        "nuke": "jitrender.engines.nuke",
+    },
+)
 
 
 def register_engine(name: str) -> Callable[[Engine], Engine]:
-    def decorate(fn: Engine) -> Engine:
-        _engines[name] = fn
-        return fn
-
-    return decorate
+    return _engines.register(name)
 
 
 def engine_named(name: str) -> Engine:
     """The engine called ``name`` (built-in or from the ``jitrender.engines`` entry point)."""
-    if name not in _engines and name in _BUILTIN_ENGINES:
-        importlib.import_module(_BUILTIN_ENGINES[name])
-    if name not in _engines:
-        for entry in entry_points(group="jitrender.engines"):
-            if entry.name == name:
-                _engines[name] = entry.load()
-    if name not in _engines:
-        known = sorted(set(_BUILTIN_ENGINES) | set(_engines))
-        raise ConfigError(f"engine {name!r} is not known; available: {', '.join(known)}")
-    return _engines[name]
+    engine = _engines.get(name)
+    if engine is None:
+        raise ConfigError(f"engine {name!r} is not known; available: {', '.join(_engines.names())}")
+    return engine

@@ -13,14 +13,20 @@ Stage ``args`` (all optional)::
     engine:     CYCLES | BLENDER_EEVEE | BLENDER_WORKBENCH (default CYCLES)
     samples:    int >= 1          resolution: [width, height]     percentage: 1..32767
     threads:    int >= 0 (0: one per core)       camera: object name     scene: scene name
-    device:     CPU               blender: path or name of a Blender binary
+    device:     CPU | GPU | OPTIX | CUDA | HIP | ONEAPI | METAL      (default CPU)
+                GPU: Cycles on whichever backend the node has (in that order); a backend's
+                name: that one only. None there is exit 78 naming what was looked for.
+    blender:    path or name of a Blender binary
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
@@ -76,7 +82,11 @@ _ARGS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "threads": (_whole(0, 1024), "a whole number >= 0 (0: one per core)"),
     "camera": (_text, "a camera object's name"),
     "scene": (_text, "a scene datablock's name"),
-    "device": (_choice("CPU"), "CPU (the only device this engine renders on)"),
+    "device": (
+        _choice("CPU", "GPU", *script.GPU_BACKENDS),
+        "CPU, GPU (whichever Cycles backend the node has) or one of "
+        + ", ".join(script.GPU_BACKENDS),
+    ),
     "blender": (_text, "a Blender binary's path or name"),
 }
 
@@ -132,6 +142,44 @@ def find_blender(call: StageCall, args: Mapping[str, Any]) -> str | None:
     return shutil.which("blender")
 
 
+def gpu_backend(stage: str, device: str, blender: str | None) -> str:
+    """The Cycles backend to render ``device`` (GPU or a backend's name) on, found by asking
+    this node's Blender; :class:`ConfigError` naming what was looked for when it has none."""
+    wanted = script.GPU_BACKENDS if device == "GPU" else (device,)
+    found = _probe_gpus(blender, wanted)
+    for backend in wanted:
+        if found.get(backend):
+            return backend
+    looked = ", ".join(wanted)
+    raise ConfigError(
+        f"stages.{stage}.args.device: {device}: this node has no Cycles GPU device (looked "
+        f"for {looked}); render with device: CPU or send the job to a GPU node"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_gpus(blender: str | None, backends: tuple[str, ...]) -> dict[str, list[str]]:
+    """Ask Blender (the binary, else bpy in a child Python) which GPU devices Cycles sees.
+    A child process: importing bpy here would load Blender into jitrender itself."""
+    probe = ["--probe-gpu", ",".join(backends)]
+    if blender is not None:
+        render_script = str(Path(script.__file__).resolve())
+        argv = [blender, "-b", "--factory-startup", "--python", render_script, "--", *probe]
+    else:
+        argv = [sys.executable, "-m", script.__name__, *probe]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"cannot ask Blender for GPU devices: {exc}") from None
+    for line in done.stdout.splitlines():
+        if line.startswith(script.PROBE_MARK):
+            answer = json.loads(line[len(script.PROBE_MARK) :])
+            if "error" in answer:
+                raise ConfigError(f"cannot ask Blender for GPU devices: {answer['error']}")
+            return {str(k): list(v) for k, v in answer["devices"].items()}
+    raise ConfigError(f"cannot ask Blender for GPU devices (exit {done.returncode})")
+
+
 def _frame_list(frames: tuple[int, ...]) -> str:
     return ",".join(str(frame) for frame in frames)
 
@@ -151,24 +199,29 @@ def blender_engine(call: StageCall) -> Invocation:
         f"--output={output_pattern(call, args, scene)}",
         f"--engine={args.get('engine', 'CYCLES')}",
         f"--format={args.get('format', 'PNG')}",
-        f"--device={args.get('device', 'CPU')}",
     ]
     for key in ("samples", "resolution", "percentage", "threads", "camera", "scene"):
         if key in args:
             options.append(f"--{key}={args[key]}")
     blender = find_blender(call, args)
-    if blender is not None:
-        render_script = str(Path(script.__file__).resolve())
-        argv = [blender, "-b", str(scene), "--python-exit-code", "1"]
-        argv += ["--python", render_script, "--", *options]
-    elif importlib.util.find_spec("bpy") is not None:
-        argv = [sys.executable, "-m", script.__name__, *options]
-    else:
+    if blender is None and importlib.util.find_spec("bpy") is None:
         raise ConfigError(
             f"stages.{call.name}: engine 'blender' needs a Blender binary (on PATH, "
             "args.blender or JITRENDER_BLENDER) or the bpy module (pip install "
             "'jitrender[blender]')"
         )
+    device = args.get("device", "CPU")
+    if device == "CPU" or args.get("engine", "CYCLES") != "CYCLES":
+        options.append("--device=CPU")
+    else:
+        backend = gpu_backend(call.name, device, blender)
+        options += ["--device=GPU", f"--gpu-backend={backend}"]
+    if blender is not None:
+        render_script = str(Path(script.__file__).resolve())
+        argv = [blender, "-b", str(scene), "--python-exit-code", "1"]
+        argv += ["--python", render_script, "--", *options]
+    else:
+        argv = [sys.executable, "-m", script.__name__, *options]
     env = {key: call.expand(value) for key, value in call.env.items()}
     env.setdefault("PYTHONUNBUFFERED", "1")
     plugin = _plugin_path()

@@ -11,8 +11,9 @@ a hidden temporary name next to the output, and renames that file into place: a 
 
     jitrender-blender: frame 3 done /ws/outputs/turntable.0003.png 1.82s
 
-Exit status: 0 every frame rendered; 65 a frame's data is wrong (missing image, scene, camera);
-1 a render failed; 2 bad options. The last line printed says why.
+Exit status: 0 every frame rendered; 65 a frame's data is wrong (missing image, scene, camera,
+or the GPU asked for is gone); 1 a render failed; 2 bad options. The last line printed says why.
+``--probe-gpu OPTIX,CUDA`` prints the node's Cycles GPU devices of those backends instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ EXIT_USAGE = 2
 EXIT_DATA = 65
 
 FORMATS = ("PNG", "OPEN_EXR", "JPEG")
+# Cycles' GPU backends, in the order ``device: GPU`` prefers them.
+GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")
+PROBE_MARK = "jitrender-gpu-probe:"
 ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_WORKBENCH")
 _HASHES = re.compile(r"#+")
 
@@ -101,7 +105,10 @@ def parse_options(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="0 = as many as there are cores")
     parser.add_argument("--camera", help="camera object name")
     parser.add_argument("--scene", help="scene datablock name (default: the file's scene)")
-    parser.add_argument("--device", choices=("CPU",), default="CPU")
+    parser.add_argument("--device", choices=("CPU", "GPU"), default="CPU")
+    parser.add_argument(
+        "--gpu-backend", choices=GPU_BACKENDS, help="with --device=GPU: the Cycles backend"
+    )
     options = parser.parse_args(args)
     if "#" not in options.output:
         parser.error(f"--output {options.output!r} has no #### frame number")
@@ -243,6 +250,8 @@ def apply_settings(bpy: Any, scene: Any, options: argparse.Namespace) -> None:
     render = scene.render
     render.engine = options.engine
     if options.engine == "CYCLES":
+        if options.device == "GPU":
+            use_gpu(bpy, options.gpu_backend)
         scene.cycles.device = options.device
         if options.samples is not None:
             scene.cycles.samples = options.samples
@@ -261,8 +270,11 @@ def apply_settings(bpy: Any, scene: Any, options: argparse.Namespace) -> None:
         if camera is None or camera.type != "CAMERA":
             raise SetupError(f"scene {scene.name!r} has no camera object {options.camera!r}")
         scene.camera = camera
-    if scene.camera is None:
-        raise SetupError(f"scene {scene.name!r} has no camera")
+    if scene.camera is None and not sequencer_renders(scene):
+        # as Blender's check_valid_camera: the view layer's first camera stands in
+        scene.camera = next((o for o in scene.objects if o.type == "CAMERA"), None)
+        if scene.camera is None:
+            raise SetupError(f"scene {scene.name!r} has no camera")
     settings = render.image_settings
     if hasattr(settings, "media_type"):
         settings.media_type = "IMAGE"  # Blender 5: a video output would refuse still formats
@@ -270,6 +282,17 @@ def apply_settings(bpy: Any, scene: Any, options: argparse.Namespace) -> None:
     render.use_file_extension = False  # the temporary name is chosen here, exactly
     render.use_overwrite = True
     render.use_placeholder = False
+
+
+def sequencer_renders(scene: Any) -> bool:
+    """Whether the frame comes from the video sequencer, which needs no camera: Blender's
+    ``RE_seq_render_active`` (Sequencer on in the post-processing options, and a strip other
+    than a sound strip at the top level)."""
+    editor = scene.sequence_editor
+    if not scene.render.use_sequencer or editor is None:
+        return False
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+    return any(strip.type != "SOUND" for strip in strips)
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -338,9 +361,53 @@ def render(bpy: Any, options: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def gpu_devices(bpy: Any, backends: Sequence[str] = GPU_BACKENDS) -> dict[str, list[str]]:
+    """Cycles' GPU devices on this node, by backend (only backends with a device)."""
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    found: dict[str, list[str]] = {}
+    for backend in backends:
+        try:
+            prefs.compute_device_type = backend
+        except TypeError:  # a backend this Blender was not built with (METAL off macOS)
+            continue
+        names = [d.name for d in prefs.get_devices_for_type(backend) if d.type == backend]
+        if names:
+            found[backend] = names
+    return found
+
+
+def use_gpu(bpy: Any, backend: str | None) -> None:
+    """Make Cycles render on ``backend``'s devices (every one of them) or fail saying so."""
+    wanted = [backend] if backend else list(GPU_BACKENDS)
+    found = gpu_devices(bpy, wanted)
+    if not found:
+        raise SetupError(f"GPU error: no Cycles device of type {', '.join(wanted)} on this node")
+    chosen = next(b for b in wanted if b in found)
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    prefs.compute_device_type = chosen
+    for device in prefs.get_devices_for_type(chosen):
+        device.use = device.type == chosen
+
+
+def probe(backends: Sequence[str]) -> int:
+    """Print the node's GPU devices for ``backends`` as one JSON line after PROBE_MARK."""
+    import json
+
     try:
-        options = parse_options(sys.argv[1:] if argv is None else argv)
+        import bpy
+    except ImportError:
+        print(PROBE_MARK, json.dumps({"error": "the bpy module is not installed"}), flush=True)
+        return EXIT_USAGE
+    print(PROBE_MARK, json.dumps({"devices": gpu_devices(bpy, backends)}), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--probe-gpu" in args:  # --probe-gpu BACKEND[,BACKEND...]
+        return probe(args[args.index("--probe-gpu") + 1].split(","))
+    try:
+        options = parse_options(args)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:

@@ -8,12 +8,11 @@ libraries or precomps). Studios add their own with the ``jitrender.resolvers`` e
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from importlib.metadata import entry_points
 
 from jitrender.deps import Dependencies
 from jitrender.errors import ConfigError
+from jitrender.registry import Registry
 from jitrender.resolve.base import ResolveContext
 
 Resolver = Callable[[ResolveContext], Dependencies]
@@ -37,7 +36,7 @@ _BUILTIN_SUFFIXES = {
     ".manifest": "manifest",
 }
 
-_registry: dict[str, Resolver] = {}
+_registry: Registry[Resolver] = Registry("jitrender.resolvers", _BUILTIN_MODULES)
 _suffixes: dict[str, str] = {}
 
 
@@ -46,7 +45,7 @@ def register(name: str, *suffixes: str) -> Callable[[Resolver], Resolver]:
     ending in ``suffixes``."""
 
     def decorate(fn: Resolver) -> Resolver:
-        _registry[name] = fn
+        _registry.add(name, fn)
         for suffix in suffixes:
             _suffixes[suffix.lower()] = name
         return fn
@@ -55,39 +54,31 @@ def register(name: str, *suffixes: str) -> Callable[[Resolver], Resolver]:
 
 
 def _load(name: str) -> Resolver | None:
-    if name in _registry:
-        return _registry[name]
-    module = _BUILTIN_MODULES.get(name)
-    if module is not None:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ConfigError(missing_extra(f"the {name!r} resolver", exc)) from None
+    try:
         return _registry.get(name)
-    for entry in entry_points(group="jitrender.resolvers"):
-        if entry.name == name:
-            loaded = entry.load()
-            _registry[name] = loaded
-            return loaded  # type: ignore[no-any-return]
-    return None
+    except ImportError as exc:
+        raise ConfigError(missing_extra(f"the {name!r} resolver", exc)) from None
 
 
 # The optional extra that provides each importable package a built-in resolver needs.
 _EXTRAS = {"pxr": "usd"}
+# The versions the built-in resolvers are written against, where a newer API breaks them.
+_SUPPORTED = {"blender_asset_tracer": "blender-asset-tracer>=1.23,<2"}
 
 
 def missing_extra(who: str, exc: ImportError) -> str:
     """One line saying which extra to install for ``who`` when an import failed."""
     package = (exc.name or "").split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError):  # installed, but lacks what is imported
+        wanted = _SUPPORTED.get(package, package or "?")
+        return f"{who} cannot use the installed {package} ({exc}): pip install '{wanted}'"
     extra = _EXTRAS.get(package)
     install = f"pip install 'jitrender[{extra}]'" if extra else f"pip install {package or '?'}"
     return f"{who} needs the Python package {package!r}, which is not installed: {install}"
 
 
 def available() -> list[str]:
-    names = set(_BUILTIN_MODULES) | set(_registry)
-    names |= {entry.name for entry in entry_points(group="jitrender.resolvers")}
-    return sorted(names)
+    return _registry.names()
 
 
 def resolver_for(name: str, scene_url: str) -> tuple[str, Resolver]:

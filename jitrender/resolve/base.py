@@ -77,7 +77,20 @@ class ResolveContext:
         return names
 
     def map(self, written: str, *, blender: bool = False, relative_to: str | None = None) -> str:
-        return self.path_map.to_url(written, relative_to or self.scene_folder_url, blender=blender)
+        """The URL of a path written in the scene. Raises ValueError (callers list it as
+        unresolved) for a node-local path that no path_map rule maps, in a scene that is not
+        itself local: a scene from a bucket must not pull this node's files into a job."""
+        url = self.path_map.to_url(written, relative_to or self.scene_folder_url, blender=blender)
+        if (
+            url.startswith("file://")
+            and not self.scene_folder_url.startswith("file://")
+            and not self.path_map.is_mapped(written.strip())
+        ):
+            raise ValueError(
+                f"a node-local path in a scene from {split_url(self.scene_folder_url)[0]}://; "
+                "refused (map it to the bucket with path_map)"
+            )
+        return url
 
 
 def file_dependencies(

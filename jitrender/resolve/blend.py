@@ -4,9 +4,9 @@ BAT enumerates the datablocks and the paths they use; the per-frame expansion is
 because BAT's own sequence expansion globs whatever is on the local disk. What a frame range
 needs:
 
-- images: single files, movies (one file), UDIM tiles (those that exist in storage),
-  sequences per frame through each image user's Frames/Start/Offset/Cyclic
-  (:class:`~jitrender.resolve.blend_frames.ImageUser`);
+- images: single files, movies (one file), UDIM tiles (those in the image's own tile list,
+  whether or not they exist in storage), sequences per frame through each image user's
+  Frames/Start/Offset/Cyclic (:class:`~jitrender.resolve.blend_frames.ImageUser`);
 - linked libraries, recursively: each library is fetched and only the datablocks this file
   links from it (and what they use) are followed; cycles are cut;
 - sounds, fonts, movie clips, volumes, cache files (Alembic/USD), IES lights, external mesh
@@ -16,8 +16,11 @@ needs:
   strips whole; nothing for muted strips
   (:func:`~jitrender.resolve.blend_frames.strips_rendered_at`).
 
-The main file's every datablock counts (as Blender's ``bpy.data.file_path_map`` does); in a
-library, only what the linking file asks for.
+In the main file, the datablocks a chain of pointers reaches from a scene count (in node
+trees, only nodes that feed an output), and every library; not orphans, nor what only brushes
+use (:func:`_used_by_scenes`). In a library, only what the linking file asks for. Paths Blender
+derives from the file's own name (point-cache folders) use the name in ``scene_url``. A
+datablock that does not read (a dangling pointer) is one ``unresolved`` entry.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from jitrender.paths import url_basename, url_dirname
 from jitrender.resolve import register
 from jitrender.resolve.base import ResolveContext, file_dependencies
 from jitrender.resolve.blend_frames import (
+    BLEND_REPLACE,
     CHANNEL_MUTE,
     STRIP_MUTE,
     STRIP_TYPE_IMAGE,
@@ -265,10 +269,12 @@ def _blocks_in_scope(
     placeholders: list[Block] = []
     if names is None:
         blocks = []
+        used = _used_by_scenes(bfile)
         for block in bfile.blocks:
             if block.code == b"ID":
                 placeholders.append(block)
-            elif len(block.code) <= 2 and block.code != b"DATA":
+            elif len(block.code) <= 2 and (block.code == b"LI" or block.addr_old in used):
+                # Blender opens every library at load; other datablocks only when rendered.
                 blocks.append(block)
         return blocks, placeholders
     queue: list[Block] = []
@@ -293,6 +299,117 @@ def _blocks_in_scope(
         except _PARSE_ERRORS as exc:
             parsed.deps.unresolved.append(_unreadable(block.id_name, "", exc))
     return [b for b in reached.values() if b.code != b"ID"], placeholders
+
+
+def _used_by_scenes(bfile: Any) -> set[int]:
+    """Addresses of the blocks a chain of pointers reaches from any scene: what a render of one
+    of the file's scenes may read. Orphan datablocks (no users, saved anyway) and those only a
+    brush uses are left out; Blender renders neither.
+
+    Every aligned pointer-sized word of a block's data that is the address of a block counts as
+    a pointer (a stray integer equal to an address only makes the answer more conservative).
+    """
+    size = int(bfile.header.pointer_size)
+    order = "<" if bfile.header.is_little_endian else ">"
+    word = f"{order}{'Q' if size == 8 else 'I'}"
+    addresses = bfile.block_from_addr
+    queue = [block for block in bfile.blocks if block.code == b"SC"]
+    used = {block.addr_old for block in queue}
+    pointing: dict[bytes, bool] = {}
+
+    def reach(target: Block) -> None:
+        if target.addr_old not in used:
+            used.add(target.addr_old)
+            queue.append(target)
+
+    while queue:
+        block = queue.pop()
+        if block.dna_type_name == "bNodeTree":
+            for node in _live_nodes(block):
+                reach(node)
+        if block.dna_type.fields:
+            if not _may_point(block.dna_type, pointing):
+                continue  # a struct without pointers (vertices, say): nothing to follow
+        elif block.size > _RAW_SCAN_LIMIT:
+            continue  # untyped data this large is geometry or pixels, not a pointer array
+        data = block.raw_data()
+        data = data[: len(data) - len(data) % size]
+        for (value,) in set(struct.iter_unpack(word, data)):
+            target = addresses.get(value) if value else None
+            if target is None or target.code in _NOT_RENDERED:
+                continue
+            if block.code in _NO_TEXTURE_SLOTS and target.dna_type_name == "MTex":
+                continue
+            if target.dna_type_name != "bNode":  # nodes count only when live (above)
+                reach(target)
+    return used
+
+
+# Blender 4+ writes pointer arrays (a mesh's materials, say) as untyped ``raw_data`` blocks,
+# like attribute arrays; only those up to this size are read for pointers.
+_RAW_SCAN_LIMIT = 1 << 20
+
+
+def _may_point(struct_type: Any, known: dict[bytes, bool]) -> bool:
+    """Whether a DNA struct has a pointer field, itself or in a struct it embeds (memoised in
+    ``known`` by struct name)."""
+    name = bytes(struct_type.dna_type_id)
+    if name not in known:
+        known[name] = False  # a struct cannot embed itself; this also ends the recursion
+        known[name] = any(
+            field.name.is_pointer
+            or (bool(field.dna_type.fields) and _may_point(field.dna_type, known))
+            for field in struct_type.fields
+        )
+    return known[name]
+
+
+def _live_nodes(tree: Block) -> list[Block]:
+    """The nodes of a node tree that feed one of its outputs (material, world or light output,
+    group output, compositor outputs): what Blender evaluates. Muted links and links from a
+    shader socket into a non-shader socket (which Blender marks invalid) feed nothing. A tree
+    without an output node is taken whole."""
+    nodes = list(iterators.listbase(tree.get_pointer((b"nodes", b"first"))))
+    live = [node for node in nodes if _is_output(node)]
+    if not live:
+        return nodes
+    feeders: dict[int, list[int]] = {}
+    for link in iterators.listbase(tree.get_pointer((b"links", b"first"))):
+        if int(link[b"flag"]) & _NODE_LINK_MUTED:
+            continue
+        from_socket = link.get_pointer(b"fromsock", default=None)
+        to_socket = link.get_pointer(b"tosock", default=None)
+        if from_socket is None or to_socket is None:
+            continue
+        if int(from_socket[b"type"]) == _SOCK_SHADER != int(to_socket[b"type"]):
+            continue
+        feeders.setdefault(int(link[b"tonode"]), []).append(int(link[b"fromnode"]))
+    by_address = {node.addr_old: node for node in nodes}
+    seen = {node.addr_old for node in live}
+    stack = list(seen)
+    while stack:
+        for address in feeders.get(stack.pop(), []):
+            if address in by_address and address not in seen:
+                seen.add(address)
+                stack.append(address)
+                live.append(by_address[address])
+    return live
+
+
+def _is_output(node: Block) -> bool:
+    idname = _text(bytes(node[b"idname"])) if node.dna_type.has_field(b"idname") else ""
+    return "Output" in idname or idname in ("CompositorNodeComposite", "CompositorNodeViewer")
+
+
+_SOCK_SHADER = 3  # bNodeSocket.type (eNodeSocketDatatype)
+_NODE_LINK_MUTED = 1 << 4  # bNodeLink.flag
+
+
+# Datablocks a render never reads through: brushes (and what only they use), screens, windows.
+_NOT_RENDERED = frozenset({b"BR", b"SR", b"WM", b"WS", b"PL", b"PC"})
+# Blender Internal texture slots of materials, lights and worlds (files before 2.80): Blender
+# 2.80 and later drop them on load, so the textures only they use are never read.
+_NO_TEXTURE_SLOTS = frozenset({b"MA", b"LA", b"WO"})
 
 
 def _expand(block: Block) -> Iterator[Block | None]:
@@ -590,6 +707,7 @@ def _read_strips(
                 inputs=tuple(positions[p] for p in input_pointers if p in positions),
                 strips=children,
                 retimed=int(_field(block, (b"retiming_keys_num", b"retiming_handle_num"), 0)) > 1,
+                replaces=int(_field(block, (b"blend_mode",), -1)) == BLEND_REPLACE,
             )
         )
     return tuple(strips)

@@ -173,6 +173,7 @@ STRIP_TYPE_SOUND_HD = 5
 STRIP_TYPE_EFFECT = 8  # a bit: every effect type has it
 STRIP_TYPE_SPEED = 29
 CHANNEL_MUTE = 1 << 1  # SeqTimelineChannel.flag (eSeqChannelFlag)
+BLEND_REPLACE = 0  # Strip.blend_mode (STRIP_BLEND_REPLACE)
 
 
 def _f32(value: float) -> float:
@@ -289,6 +290,7 @@ class SequencerStrip:
     inputs: tuple[int, ...] = ()
     strips: tuple[SequencerStrip, ...] = ()
     retimed: bool = False
+    replaces: bool = False  # blend mode Replace: the strips below it are not rendered
 
 
 def strips_rendered_at(
@@ -303,8 +305,10 @@ def strips_rendered_at(
     the strip's Mute or its channel's); each effect then renders its inputs at the same frame
     (``seq_render_effect_strip_impl``, muted or not; a Speed Control at a remapped frame), and
     a meta strip its own strips at ``int(start) + frame_index`` (``do_render_strip_seqbase``).
-    Strips hidden under a Replace-blended or opaque strip above are still listed: whether they
-    are covered depends on the images' pixels.
+    ``seq_render_strip_stack`` renders the stack from the top channel down and stops at the
+    first strip whose blend mode is Replace: strips in lower channels are not rendered there.
+    Strips under an opaque Alpha Over strip are still listed: whether they are covered depends
+    on the images' pixels.
     """
     pulled: dict[int, int | None] = {}
     queue: list[tuple[int, int | None]] = []
@@ -319,6 +323,10 @@ def strips_rendered_at(
                 queue.append((position, None))
         elif strip.timing.shows(frame):
             queue.append((position, frame))
+    # a retimed strip may not show at this frame, so only a strip known to be there cuts
+    cuts = [strips[p].channel for p, at in queue if at is not None and strips[p].replaces]
+    if cuts:
+        queue = [(p, at) for p, at in queue if strips[p].channel >= max(cuts)]
     while queue:
         position, at = queue.pop()
         if position in pulled and (pulled[position] is None or pulled[position] == at):

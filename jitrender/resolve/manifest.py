@@ -15,7 +15,10 @@ from jitrender.sequences import parse_frames
 
 def prefix_dependencies(ctx: ResolveContext, written: str, source: str) -> Dependencies:
     """Every object below a prefix (as written, mapped), for every frame."""
-    url = ctx.map(written)
+    try:
+        url = ctx.map(written)
+    except ValueError as exc:  # e.g. a node-local prefix in a manifest from a bucket
+        return Dependencies([], [Unresolved(source, written, str(exc))])
     prefix = url.rstrip("/") + "/"
     found = ctx.list_prefix(prefix, True)
     if not found:

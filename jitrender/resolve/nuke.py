@@ -2,6 +2,28 @@
 
 What a caller may rely on:
 
+- The node graph is followed. The render computes the Writes the job's ``nuke`` stage names
+  (``args.write``, Nuke's ``-X``; :attr:`ResolveContext.render_nodes`), else every enabled
+  Write, DeepWrite and WriteGeo; a precomp script computes its Output node. From those the
+  requested frames are carried upstream (inputs from the script's node stack, group
+  Output/Input nodes, gizmo members), through TimeOffset (``time_offset``,
+  ``reverse_input``), FrameHold (``first_frame``, ``increment``), FrameRange (frames pass
+  through), TimeClip (Read's time controls), Retime (``input.*``/``output.*`` ranges,
+  ``speed``, ``reverse``, ``before``/``after``; a frame between two input frames reads both),
+  AppendClip (``firstFrame``, ``cross_dissolve``) and TimeWarp (a static ``lookup``), Switch
+  (``which``, clamped) and Dissolve (the two inputs ``which`` lies between). A disabled node
+  passes its input 0 only. A time knob that needs Nuke (an animated curve) is reported and
+  the input's whole frame range is listed; a ``which`` that needs Nuke reads every input.
+  Reads that feed only Viewers, disabled Writes or nothing are not listed. A script with no
+  Write node at all (a toolset) renders nothing with ``nuke -x``: then every enabled
+  file-reading node is listed, as a pre-flight of the whole script.
+- Frame tokens are Nuke's own: ``#`` (one digit each) and ``%0Nd``; ``@`` is a literal.
+- A knob the script does not set takes Nuke's default (an unset file knob is empty, a numeric
+  user knob 0); a bare knob name in an expression falls back to the enclosing group's knob.
+- A ``disable`` that needs Nuke (``[python …]``) is reported in ``unresolved`` and the node is
+  taken as enabled, so its files are listed.
+- ``[value root.name]`` is the artist's path for the script with forward slashes, as Nuke
+  names it, even when a Windows path-map rule gave it.
 - File knobs of Read/DeepRead (``file``; ``proxy`` too when the Root is in proxy mode),
   ReadGeo/ReadGeo2, Camera/Axis/Light (only with ``read_from_file true``),
   OCIOFileTransform, OCIOCDLTransform (with ``read_from_file``), Vectorfield
@@ -35,8 +57,8 @@ What a caller may rely on:
 - Relative paths resolve against the Root's ``project_directory`` when it is set, else the
   script's folder (Nuke itself would use its working directory, which a farm node does not
   share with the artist).
-- Disabled nodes, and every node inside a disabled group, need nothing (but a disabled
-  gizmo's ``.gizmo``, which Nuke needs to load the script at all).
+- Disabled nodes, and every node inside a disabled group, read nothing themselves (but a
+  disabled gizmo's ``.gizmo``, which Nuke needs to load the script at all).
 - What needs Nuke to evaluate (Python, unknown TCL, animated file knobs, frame expressions
   beyond arithmetic) is reported in ``Dependencies.unresolved`` with the node and why.
 """
@@ -216,6 +238,8 @@ class ScriptResolver:
     # Gizmo instances (by id) -> the node standing in for them, whose members the walk enters.
     _gizmo_nodes: dict[int, Node] = field(default_factory=dict)
     _ranges: dict[int, tuple[int, int] | None] = field(default_factory=dict)
+    # The walk's request map for "each render frame at itself" (see _walk).
+    _identity: FrameRequests = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = self.script.root or Node("Root", {}, None, 0)
@@ -604,9 +628,11 @@ class ScriptResolver:
     def _walk(self, targets: Sequence[Node]) -> None:
         """Carry the requested frames upstream from ``targets``, node by node (each node after
         every node downstream of it), listing the files of every enabled node reached."""
-        requests: dict[int, FrameRequests] = {}
-        for target in targets:
-            _add_requests(requests.setdefault(id(target), {}), {f: {f} for f in self.ctx.frames})
+        # Request maps are shared between nodes and never changed in place (a merge makes a
+        # new one), so a chain of pass-through nodes costs no copies.
+        identity: FrameRequests = {f: {f} for f in self.ctx.frames}
+        self._identity = identity
+        requests: dict[int, FrameRequests] = {id(target): identity for target in targets}
         target_ids = {id(t) for t in targets}
         read_from_downstream: set[int] = set()
         for node in _downstream_first(targets, self._graph_upstream):
@@ -626,16 +652,19 @@ class ScriptResolver:
             if not passes_input:
                 continue
             for upstream, asked in self._upstream(node, wanted, disabled):
-                read_from_downstream.add(id(upstream))
-                _add_requests(requests.setdefault(id(upstream), {}), asked)
+                key = id(upstream)
+                read_from_downstream.add(key)
+                known = requests.get(key)
+                requests[key] = asked if known is None or known is asked else _merged(known, asked)
 
     def _node_files(self, node: Node, wanted: FrameRequests) -> Dependencies:
         """The node's own files for the node frames in ``wanted``, with each dependency's
         frames put back in render frames."""
-        frames = tuple(sorted(wanted))
-        identity = frames == self.ctx.frames and all(wanted[f] == {f} for f in frames)
         handler = _handlers[node.cls]
-        if identity:
+        if wanted is self._identity:
+            return handler(self, node)
+        frames = tuple(sorted(wanted))
+        if frames == self.ctx.frames and all(wanted[f] == {f} for f in frames):
             return handler(self, node)
         saved = self.ctx
         self.ctx = replace(saved, frames=frames)
@@ -820,17 +849,24 @@ class ScriptResolver:
 
     def frame_range(self, node: Node) -> tuple[int, int] | None:
         """The frame range a node's output has (Nuke's info range), as far as static values
-        tell; None when it needs Nuke."""
+        tell; None when it needs Nuke. Worked out upstream first, so a long chain of nodes
+        costs no deep recursion."""
         key = id(node)
         if key in self._ranges:
             return self._ranges[key]
-        self._ranges[key] = None  # a loop in the graph has no range
-        try:
-            found = self._frame_range(node)
-        except NotEvaluable:
-            found = None
-        self._ranges[key] = found
-        return found
+        pending = _downstream_first(
+            [node], lambda n: [] if id(n) in self._ranges else self._graph_upstream(n)
+        )
+        for upstream in reversed(pending):
+            if id(upstream) in self._ranges:
+                continue
+            self._ranges[id(upstream)] = None  # a loop in the graph has no range
+            try:
+                found = self._frame_range(upstream)
+            except NotEvaluable:
+                found = None
+            self._ranges[id(upstream)] = found
+        return self._ranges[key]
 
     def _frame_range(self, node: Node) -> tuple[int, int] | None:
         base = node.cls.rstrip("0123456789")
@@ -1007,9 +1043,13 @@ def write_frame_map(resolver: ScriptResolver, node: Node) -> dict[int, list[int]
 # -- the node graph --------------------------------------------------------------------------
 
 
-def _add_requests(into: FrameRequests, more: Mapping[int, set[int]]) -> None:
-    for frame, renders in more.items():
-        into.setdefault(frame, set()).update(renders)
+def _merged(first: FrameRequests, second: FrameRequests) -> FrameRequests:
+    """Both request maps in one new map (neither is changed)."""
+    merged = dict(first)
+    for frame, renders in second.items():
+        known = merged.get(frame)
+        merged[frame] = renders if known is None or known == renders else known | renders
+    return merged
 
 
 def _downstream_first(

@@ -1,235 +1,461 @@
-"""USD layers (``.usd``, ``.usda``, ``.usdc``, ``.usdz``), read with Sdf, never composed.
+"""USD stages (``.usd``, ``.usda``, ``.usdc``, ``.usdz``), composed by usd-core.
 
-Each layer is opened on its own (``Sdf.Layer.FindOrOpen``) and its specs are walked: sublayers,
-references and payloads (each fetched and walked in turn, once), asset-valued attributes
-(default and time samples; ``<UDIM>`` tiles that exist), and value clips — explicit
-(``assetPaths`` + ``active``) and template (``templateAssetPath`` with start/end/stride) —
-for exactly the requested frames (USD time codes). Relative asset paths are relative to the
-layer that authored them; nothing is looked up on the local disk. Inside a ``.usdz`` the
-package's own files belong to the package, which is the dependency.
+The stage is opened with ``Usd.Stage.Open`` from the resolve folder, where every layer sits
+under its own name at its bucket-relative place (``ctx.fetch``). Layers are fetched just in
+time: after each open, the arcs the composed prims author (sublayers, references, payloads —
+on the prim stacks, so only *selected* variants count) and the value clips active at the
+requested frames that are not local yet are fetched, and the stage is opened again, until
+composition asks for nothing new. Then, per requested frame (a USD time code), the
+dependencies are what the composed stage reads:
+
+- every layer it uses (``GetUsedLayers``): needed by every frame;
+- the value clip each clip set activates at the frame (clip metadata composed key by key by
+  USD, layer offsets and scales applied to its times; template clips only for files that exist
+  in storage; incomplete clip sets ignored, as USD ignores them), and the clip manifest;
+- the value of every asset-valued attribute at the frame's time code, as USD resolves it
+  (time samples, clips, ``${VAR}`` expressions evaluated with the stage's variables),
+  ``<UDIM>`` tiles 1001–1100 that exist in storage, and ``pkg.usdz[inner]`` as the package;
+- MaterialX documents named by arcs or attributes, and the ``filename`` inputs they name.
+
+A layer or asset that does not exist is a dependency with ``exists: false``; it never aborts
+the resolve. Dependencies on layers carry ``source`` values starting with ``layer``/``clip``
+so a caller can tell the bytes the resolve itself fetched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import posixpath
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+import sys
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pxr import Sdf, Tf
+from pxr import Sdf, Tf, Usd
 
 from jitrender.deps import Dependencies, Dependency, Unresolved
 from jitrender.errors import MissingDependencyError, SceneParseError
-from jitrender.paths import is_url, url_basename, url_dirname
+from jitrender.paths import is_url, split_url, url_dirname, workspace_relpath
 from jitrender.resolve import register
-from jitrender.resolve.base import ResolveContext, file_dependencies
+from jitrender.resolve.base import ResolveContext
 
 _HASHES = re.compile(r"#+")
-# Adds the dependencies behind one asset path for some frames (None: every frame).
-_AssetSink = Callable[[str, str, "Sequence[int] | None"], None]
+_UDIM = re.compile(r"<UDIM>", re.IGNORECASE)
+_ASSET_TYPES = (Sdf.ValueTypeNames.Asset, Sdf.ValueTypeNames.AssetArray)
+# Enough rounds for any real arc chain; a cycle cannot loop because each round must fetch.
+_MAX_ROUNDS = 200
+_EXPLICIT_KEYS = ("assetPaths", "primPath", "active")
+_TEMPLATE_KEYS = (
+    "templateAssetPath",
+    "templateStartTime",
+    "templateEndTime",
+    "templateStride",
+    "primPath",
+)
 
 
 @dataclass
-class _Walk:
-    """State of one resolve: the dependencies so far and the layers already walked."""
+class _Resolve:
+    """One resolve: where local files are, what was fetched, and the answer so far."""
 
+    ctx: ResolveContext
+    root: Path | None
+    url_of_local: dict[str, str] = field(default_factory=dict)
+    local_of_url: dict[str, str] = field(default_factory=dict)
+    tried: dict[str, bool] = field(default_factory=dict)  # url -> exists
+    scanned: set[str] = field(default_factory=set)  # layers and prim specs whose arcs are read
+    # (prim path, frame) -> the clip layers its clip sets activate there
+    active_clips: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     out: Dependencies = field(default_factory=Dependencies)
-    walked: set[str] = field(default_factory=set)
+
+    # -- local files <-> URLs -------------------------------------------------------------
+
+    def url_of(self, local: str) -> str | None:
+        """The URL of a local file below the resolve folder (a package's inner path: the
+        package)."""
+        local = local.split("[", 1)[0]
+        known = self.url_of_local.get(local)
+        if known is not None:
+            return known
+        if self.root is None:
+            return None
+        try:
+            rel = PurePosixPath(Path(local).resolve().relative_to(self.root).as_posix())
+        except ValueError:
+            return None
+        if len(rel.parts) < 2:
+            return None
+        scheme, netloc, rest = rel.parts[0], rel.parts[1], "/".join(rel.parts[2:])
+        return f"{scheme}://{'' if netloc == '_' else netloc}/{rest}"
+
+    def target(self, written: str, layer: Any, variables: dict[str, Any]) -> str | None:
+        """The URL an asset path authored in ``layer`` names (``None``: inside a package, or
+        nothing)."""
+        path = _evaluate(written, variables)
+        if not path:
+            return None
+        if "[" in layer.identifier and not (is_url(path) or path.startswith(("/", "../"))):
+            return None  # a package's own file: the package is the dependency
+        if is_url(path) or path.startswith("/"):
+            local = self.url_of(path) if path.startswith("/") else None
+            return local or self.ctx.map(path)
+        base = self.url_of(layer.realPath) if layer.realPath else None
+        if base is None:
+            base = self.ctx.scene_url
+        return self.ctx.map(path, relative_to=url_dirname(base))
+
+    def fetch(self, url: str, written: str, source: str, frames: Sequence[int] | None) -> bool:
+        """Fetch a layer (once); record it as a dependency. True when it was new and exists."""
+        if url in self.tried:
+            if frames is not None:
+                self.add(written, url, source, frames)
+            return False
+        self.add(written, url, source, frames)
+        try:
+            local = self.ctx.fetch(url)
+        except (MissingDependencyError, FileNotFoundError):
+            self.tried[url] = False
+            return False
+        self.tried[url] = True
+        self.url_of_local[str(Path(local).resolve())] = url
+        self.url_of_local[str(local)] = url
+        self.local_of_url[url] = str(local)
+        if url.lower().endswith(".mtlx"):
+            self._materialx(url, Path(local), frames)
+        return True
+
+    def add(self, written: str, url: str, source: str, frames: Sequence[int] | None) -> None:
+        narrowed = tuple(sorted(set(frames))) if frames is not None else None
+        self.out.deps.append(Dependency(written, url, narrowed, source))
+
+    def asset(self, written: str, url: str, source: str, frames: Sequence[int] | None) -> None:
+        """A non-layer asset: its UDIM tiles, a MaterialX document, or the file itself (a
+        package's inner file: the package)."""
+        if url.endswith("]") and "[" in url:
+            url = url.split("[", 1)[0]
+        if _UDIM.search(url):
+            for tile in self._tiles(url):
+                self.add(written, tile, source, frames)
+            return
+        if url.lower().endswith(".mtlx"):
+            self.fetch(url, written, source, frames)
+            return
+        self.add(written, url, source, frames)
+
+    def _tiles(self, url: str) -> list[str]:
+        """The tiles of ``url`` that exist in storage, 1001–1100 as USD reads them."""
+        scheme, netloc, path = split_url(url)
+        folder = f"{scheme}://{netloc}{posixpath.dirname(path)}".rstrip("/")
+        name = posixpath.basename(path)
+        if not _UDIM.search(name):
+            return [url]
+        head, tail = _UDIM.split(name, maxsplit=1)
+        names = set(self.ctx.names_in_folder(folder))
+        found = [
+            f"{folder}/{head}{t}{tail}" for t in range(1001, 1101) if f"{head}{t}{tail}" in names
+        ]
+        # No tile at all: the set is missing (the pattern itself is reported, and stats absent).
+        return found or [url]
+
+    def _materialx(self, url: str, local: Path, frames: Sequence[int] | None) -> None:
+        """A MaterialX document: the files its ``filename`` inputs name (``fileprefix``
+        inherited from enclosing elements)."""
+        try:
+            tree = ElementTree.parse(local)
+        except ElementTree.ParseError as exc:
+            self.out.unresolved.append(Unresolved(url, "", f"MaterialX does not parse: {exc}"))
+            return
+        folder = url_dirname(url)
+
+        def walk(element: ElementTree.Element, prefix: str) -> None:
+            prefix = prefix + element.get("fileprefix", "")
+            if element.get("type") == "filename" and element.get("value"):
+                written = prefix + str(element.get("value"))
+                try:
+                    target = self.ctx.map(written, relative_to=folder)
+                except ValueError as exc:
+                    self.out.unresolved.append(Unresolved(url, written, str(exc)))
+                else:
+                    self.asset(written, target, f"{url} {element.get('name', '')}", frames)
+            for child in element:
+                walk(child, prefix)
+
+        walk(tree.getroot(), "")
 
 
 @register("usd", ".usd", ".usda", ".usdc", ".usdz")
 def resolve_usd(ctx: ResolveContext) -> Dependencies:
-    """The files a USD scene's requested frames need (see the module docstring)."""
-    walk = _Walk(walked={ctx.scene_url})
-    _walk_layer(ctx, ctx.scene_url, ctx.scene_file, walk)
-    return walk.out.merged()
+    """The files a USD scene's requested frames read (see the module docstring)."""
+    state = _Resolve(ctx, _resolve_root(ctx))
+    state.url_of_local[str(Path(ctx.scene_file).resolve())] = ctx.scene_url
+    state.tried[ctx.scene_url] = True
+    with _usd_warnings_silenced():
+        stage = _compose(state)
+        _used_layers(state, stage)
+        _assets(state, stage)
+    return state.out.merged()
 
 
-def _open(url: str, local: Path) -> Any:
+@contextlib.contextmanager
+def _usd_warnings_silenced() -> Iterator[None]:
+    """usd-core prints a warning for every arc whose layer is not fetched yet (each round of
+    composition) and for every MaterialX arc; what they mean is in the answer (``missing``),
+    so they are kept off the user's stderr. Python errors still raise as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        layer = Sdf.Layer.FindOrOpen(str(local))
-        if layer is not None:
-            # Sdf keeps layers open per process: pick up a file changed since it was read.
-            layer.Reload()
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _resolve_root(ctx: ResolveContext) -> Path | None:
+    """The folder that mirrors storage (``<root>/<scheme>/<bucket>/<path>``), if the scene is
+    laid out so."""
+    local = Path(ctx.scene_file).resolve()
+    try:
+        rel = workspace_relpath(ctx.scene_url)
+    except ValueError:
+        return None
+    parts = local.parts
+    if len(parts) <= len(rel.parts) or tuple(parts[-len(rel.parts) :]) != rel.parts:
+        return None
+    return Path(*parts[: -len(rel.parts)])
+
+
+def _open(state: _Resolve) -> Any:
+    scene = str(state.ctx.scene_file)
+    try:
+        layer = Sdf.Layer.FindOrOpen(scene)
+        if layer is None:
+            raise SceneParseError(f"{state.ctx.scene_url}: not a USD layer USD can read")
+        layer.Reload()  # Sdf keeps layers per process: pick up files changed since
+        return Usd.Stage.Open(layer, Usd.Stage.LoadAll)
     except Tf.ErrorException as exc:
-        raise SceneParseError(f"{url}: malformed USD layer: {_why(exc)}") from None
-    if layer is None:
-        raise SceneParseError(f"{url}: not a USD layer USD can read")
-    return layer
+        raise SceneParseError(f"{state.ctx.scene_url}: malformed USD layer: {_why(exc)}") from None
 
 
 def _why(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    # Sdf's message is "Error in '<function>' at line N in file <source> : '<what>'".
     quoted = re.search(r" : '(.*)'$", text)
     what = quoted.group(1) if quoted else text
     return what if len(what) < 300 else what[:297] + "..."
 
 
-def _walk_layer(ctx: ResolveContext, url: str, local: Path, walk: _Walk) -> None:
-    layer = _open(url, local)
-    in_package = url.lower().endswith(".usdz")
-    folder = url_dirname(url)
-    name = url_basename(url)
-    layers: list[tuple[str, str]] = []
-
-    def asset(written: str, source: str, frames: Sequence[int] | None = None) -> None:
-        """One asset path, needed by ``frames`` (``None``: every frame)."""
-        if _inside_package(written, in_package):
-            return
-        if "`" in written or "${" in written:
-            walk.out.unresolved.append(
-                Unresolved(source, written, "USD variable expression: needs the stage's variables")
-            )
-            return
-        found = file_dependencies(ctx, written, source, relative_to=folder)
-        if frames is not None:
-            narrowed = tuple(sorted(frames))
-            found.deps = [replace(dep, frames=narrowed) for dep in found.deps]
-        walk.out.extend(found)
-
-    def sublayer_or_arc(written: str, source: str) -> None:
-        if written and not _inside_package(written, in_package):
-            layers.append((written, source))
-
-    for written in layer.subLayerPaths:
-        sublayer_or_arc(written, f"{name}:subLayers")
-
-    paths: list[Any] = []
-    layer.Traverse(Sdf.Path.absoluteRootPath, paths.append)
-    for path in paths:
-        spec = layer.GetObjectAtPath(path)
-        if isinstance(spec, Sdf.PrimSpec):
-            for ref in spec.referenceList.GetAddedOrExplicitItems():
-                sublayer_or_arc(ref.assetPath, f"{path}.references")
-            for payload in spec.payloadList.GetAddedOrExplicitItems():
-                sublayer_or_arc(payload.assetPath, f"{path}.payload")
-            if spec.HasInfo("clips"):
-                for clip_set, clip in dict(spec.GetInfo("clips")).items():
-                    _clips(ctx, dict(clip), f"{path}.clips[{clip_set}]", asset)
-        elif isinstance(spec, Sdf.AttributeSpec) and spec.typeName in (
-            Sdf.ValueTypeNames.Asset,
-            Sdf.ValueTypeNames.AssetArray,
-        ):
-            source = str(path)
-            if spec.HasDefaultValue():
-                for written in _asset_strings(spec.default):
-                    asset(written, source)
-            times = sorted(layer.ListTimeSamplesForPath(path))
-            for time, frames in _held_samples(times, ctx.frames).items():
-                for written in _asset_strings(layer.QueryTimeSample(path, time)):
-                    asset(written, source, frames)
-
-    for written, source in layers:
-        _follow(ctx, written, source, folder, walk)
+def _compose(state: _Resolve) -> Any:
+    """Open the stage, fetching what composition asks for, until it asks for nothing new."""
+    for _ in range(_MAX_ROUNDS):
+        stage = _open(state)
+        variables = _stage_variables(stage)
+        new = False
+        for layer in stage.GetUsedLayers(False):
+            if layer.identifier in state.scanned:
+                continue
+            state.scanned.add(layer.identifier)
+            for written in layer.subLayerPaths:
+                new |= _arc(state, written, layer, variables, f"layer {_name(layer)} subLayers")
+        for prim in _all_prims(stage):
+            for spec in prim.GetPrimStack():
+                # Layers do not change between rounds: each spec's arcs are read once.
+                key = f"{spec.layer.identifier}<{spec.path}>"
+                if key in state.scanned:
+                    continue
+                state.scanned.add(key)
+                for ref in spec.referenceList.GetAddedOrExplicitItems():
+                    source = f"layer {prim.GetPath()} references"
+                    new |= _arc(state, ref.assetPath, spec.layer, variables, source)
+                for payload in spec.payloadList.GetAddedOrExplicitItems():
+                    source = f"layer {prim.GetPath()} payload"
+                    new |= _arc(state, payload.assetPath, spec.layer, variables, source)
+            new |= _clips(state, prim, variables)
+        if not new:
+            return stage
+        del stage
+    raise SceneParseError(f"{state.ctx.scene_url}: composition did not settle")
 
 
-def _follow(ctx: ResolveContext, written: str, source: str, folder: str, walk: _Walk) -> None:
-    """A sublayer, reference or payload: a dependency of every frame, walked in turn."""
-    found = file_dependencies(ctx, written, source, relative_to=folder)
-    walk.out.unresolved.extend(found.unresolved)
-    for dep in found.deps:
-        if dep.url in walk.walked:
-            walk.out.deps.append(dep)
-            continue
-        walk.walked.add(dep.url)
-        try:
-            local = ctx.fetch(dep.url)
-        except (MissingDependencyError, FileNotFoundError):
-            local = None
-        if local is None or not Path(local).is_file():
-            walk.out.deps.append(Dependency(dep.path, dep.url, dep.frames, source, exists=False))
-            continue
-        walk.out.deps.append(dep)
-        _walk_layer(ctx, dep.url, Path(local), walk)
-
-
-def _inside_package(written: str, in_package: bool) -> bool:
-    """In a .usdz, a plain relative path names a file in the package itself."""
-    if not in_package or not written:
+def _arc(state: _Resolve, written: str, layer: Any, variables: dict[str, Any], source: str) -> bool:
+    if not written:
         return False
-    return not (is_url(written) or written.startswith(("/", "../")))
+    try:
+        url = state.target(written, layer, variables)
+    except ValueError as exc:
+        state.out.unresolved.append(Unresolved(source, written, str(exc)))
+        return False
+    if url is None:
+        return False
+    return state.fetch(url, written, source, None)
 
 
-def _asset_strings(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, Sdf.AssetPath):
-        return [value.path] if value.path else []
-    if isinstance(value, str):
-        return [value] if value else []
-    if isinstance(value, Iterable):
-        return [s for item in value for s in _asset_strings(item)]
-    return []
+def _name(layer: Any) -> str:
+    return str(layer.realPath or layer.identifier).rsplit("/", 1)[-1]
 
 
-def _held_samples(times: Sequence[float], frames: Iterable[int]) -> dict[float, list[int]]:
-    """Sample time -> the frames that hold it (asset values are held, never interpolated: the
-    last sample at or before the frame, or the first sample before the first)."""
-    held: dict[float, list[int]] = {}
-    if not times:
-        return held
-    for frame in frames:
-        before = [t for t in times if t <= frame]
-        held.setdefault(before[-1] if before else times[0], []).append(frame)
-    return held
+def _stage_variables(stage: Any) -> dict[str, Any]:
+    variables: dict[str, Any] = dict(stage.GetRootLayer().expressionVariables)
+    session = stage.GetSessionLayer()
+    if session is not None:
+        variables.update(dict(session.expressionVariables))
+    return variables
 
 
-def _clips(
-    ctx: ResolveContext,
-    clip: dict[str, Any],
-    source: str,
-    asset: _AssetSink,
-) -> None:
-    """One clip set: the clip file active at each requested frame, and the manifest."""
-    manifest = clip.get("manifestAssetPath")
-    for written in _asset_strings(manifest):
-        asset(written, source, None)
-    template = _asset_strings(clip.get("templateAssetPath"))
-    if template:
-        _template_clips(ctx, clip, template[0], source, asset)
-        return
-    paths = _asset_strings(clip.get("assetPaths"))
-    active = sorted((float(a[0]), int(a[1])) for a in clip.get("active", []))
-    if not paths:
-        return
-    if not active:
-        active = [(0.0, 0)]
-    by_clip: dict[int, list[int]] = {}
-    for frame in ctx.frames:
-        before = [index for time, index in active if time <= frame]
-        by_clip.setdefault(before[-1] if before else active[0][1], []).append(frame)
-    for index, frames in sorted(by_clip.items()):
-        if 0 <= index < len(paths):
-            asset(paths[index], source, frames)
+def _evaluate(written: str, variables: dict[str, Any]) -> str:
+    """An asset path as USD reads it: a ``\\`...\\``` expression evaluated with the stage's
+    variables."""
+    if not (written.startswith("`") and written.endswith("`")):
+        return written
+    result = Sdf.VariableExpression(written).Evaluate(variables)
+    value = result.value
+    if result.errors or not isinstance(value, str):
+        raise ValueError(f"expression does not evaluate: {'; '.join(result.errors)}")
+    return value
 
 
-def _template_clips(
-    ctx: ResolveContext,
-    clip: dict[str, Any],
-    template: str,
-    source: str,
-    asset: _AssetSink,
-) -> None:
-    start = float(clip.get("templateStartTime", 0.0))
-    end = float(clip.get("templateEndTime", start))
-    stride = float(clip.get("templateStride", 1.0))
-    offset = float(clip.get("templateActiveOffset", 0.0))
+def _all_prims(stage: Any) -> Iterator[Any]:
+    yield from stage.TraverseAll()
+    for prototype in stage.GetPrototypes():
+        yield from Usd.PrimRange(prototype, Usd.PrimAllPrimsPredicate)
+
+
+# -- value clips ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ClipKey:
+    """One clip-set key as composed: its value, the layer that authored it and that layer's
+    offset to stage time."""
+
+    value: Any
+    layer: Any
+    offset: Any
+
+
+def _clip_keys(prim: Any) -> dict[str, dict[str, _ClipKey]]:
+    """Clip sets authored on ``prim``: each key from the strongest spec that authors it."""
+    sets: dict[str, dict[str, _ClipKey]] = {}
+    for spec, offset in prim.GetPrimStackWithLayerOffsets():
+        if not spec.HasInfo("clips"):
+            continue
+        for name, keys in dict(spec.GetInfo("clips")).items():
+            composed = sets.setdefault(name, {})
+            for key, value in dict(keys).items():
+                composed.setdefault(key, _ClipKey(value, spec.layer, offset))
+    return sets
+
+
+def _clips(state: _Resolve, prim: Any, variables: dict[str, Any]) -> bool:
+    """Fetch the clip each clip set activates at each requested frame, and its manifest."""
+    if not prim.HasMetadata("clips"):
+        return False
+    new = False
+    for name, keys in _clip_keys(prim).items():
+        source = f"clip {prim.GetPath()} clips[{name}]"
+        if "templateAssetPath" in keys:
+            if not all(k in keys for k in _TEMPLATE_KEYS):
+                continue  # incomplete: USD ignores the set
+            chosen = _template_active(state, keys, variables, source)
+        else:
+            if not all(k in keys for k in _EXPLICIT_KEYS):
+                continue
+            chosen = _explicit_active(state, keys, variables, source)
+        if not chosen:
+            continue
+        manifest = keys.get("manifestAssetPath")
+        if manifest is not None and manifest.value.path:
+            new |= _arc(state, manifest.value.path, manifest.layer, variables, source)
+        for (written, url), frames in chosen.items():
+            new |= state.fetch(url, written, source, frames)
+            for frame in frames:
+                state.active_clips.setdefault((str(prim.GetPath()), frame), []).append(url)
+    return new
+
+
+def _active_at(starts: Sequence[tuple[float, int]], frame: float) -> int:
+    """USD's rule: the last clip whose start is at or before the time, else the first."""
+    index = starts[0][1]
+    for time, clip in starts:
+        if time <= frame:
+            index = clip
+    return index
+
+
+def _explicit_active(
+    state: _Resolve, keys: dict[str, _ClipKey], variables: dict[str, Any], source: str
+) -> dict[tuple[str, str], list[int]]:
+    paths = keys["assetPaths"]
+    active = keys["active"]
+    starts = sorted((float(active.offset * float(a[0])), int(a[1])) for a in active.value)
+    chosen: dict[tuple[str, str], list[int]] = {}
+    if not starts:
+        return chosen
+    for frame in state.ctx.frames:
+        index = _active_at(starts, frame)
+        if not 0 <= index < len(paths.value):
+            continue
+        written = paths.value[index].path
+        try:
+            url = state.target(written, paths.layer, variables)
+        except ValueError as exc:
+            state.out.unresolved.append(Unresolved(source, written, str(exc)))
+            continue
+        if url is not None:
+            chosen.setdefault((written, url), []).append(frame)
+    return chosen
+
+
+def _template_active(
+    state: _Resolve, keys: dict[str, _ClipKey], variables: dict[str, Any], source: str
+) -> dict[tuple[str, str], list[int]]:
+    """Template clips: one per stride from start to end, kept only where the file exists in
+    storage (as USD keeps only those it can resolve), active from its time plus the offset."""
+    template = keys["templateAssetPath"]
+    start = float(keys["templateStartTime"].value)
+    end = float(keys["templateEndTime"].value)
+    stride = float(keys["templateStride"].value)
+    active_offset = (
+        float(keys["templateActiveOffset"].value) if "templateActiveOffset" in keys else 0.0
+    )
+    chosen: dict[tuple[str, str], list[int]] = {}
+    written_template = str(getattr(template.value, "path", template.value))
     if stride <= 0 or end < start:
-        asset(template, source, None)
-        return
-    times = []
-    time = start
-    while time <= end + 1e-9:
-        times.append(time)
-        time += stride
-    by_time: dict[float, list[int]] = {}
-    for frame in ctx.frames:
-        before = [t for t in times if t + offset <= frame]
-        by_time.setdefault(before[-1] if before else times[0], []).append(frame)
-    for time, frames in sorted(by_time.items()):
-        asset(_fill_template(template, time), source, frames)
+        return chosen
+    try:
+        url_template = state.target(written_template, template.layer, variables)
+    except ValueError as exc:
+        state.out.unresolved.append(Unresolved(source, written_template, str(exc)))
+        return chosen
+    if url_template is None:
+        return chosen
+    folder = url_dirname(url_template)
+    names = set(state.ctx.names_in_folder(folder))
+    clips: list[tuple[float, str, str]] = []
+    count = math.floor((end - start) / stride + 1e-9)
+    for step in range(count + 1):
+        time = start + step * stride
+        url = _fill_template(url_template, time)
+        if url.rsplit("/", 1)[-1] in names:
+            clips.append(
+                (
+                    float(template.offset * (time + active_offset)),
+                    _fill_template(written_template, time),
+                    url,
+                )
+            )
+    if not clips:
+        return chosen
+    starts = [(t, i) for i, (t, _, _) in enumerate(clips)]
+    for frame in state.ctx.frames:
+        _, written, url = clips[_active_at(starts, frame)]
+        chosen.setdefault((written, url), []).append(frame)
+    return chosen
 
 
 def _fill_template(template: str, time: float) -> str:
@@ -237,13 +463,115 @@ def _fill_template(template: str, time: float) -> str:
     runs = list(_HASHES.finditer(template))
     if not runs:
         return template
-    whole = int(time)
-    parts = [str(whole).zfill(len(runs[0].group(0)))]
     if len(runs) > 1:
-        width = len(runs[1].group(0))
-        parts.append(str(round((time - whole) * 10**width)).zfill(width))
-    out, last = [], 0
-    for run, text in zip(runs, parts, strict=False):
-        out.append(template[last : run.start()] + text)
-        last = run.end()
-    return "".join(out) + template[last:]
+        whole, fraction = runs[-2], runs[-1]
+        width = len(fraction.group(0))
+        scaled = round(time * 10**width)
+        integer, decimal = divmod(scaled, 10**width)
+        return (
+            template[: whole.start()]
+            + str(integer).zfill(len(whole.group(0)))
+            + template[whole.end() : fraction.start()]
+            + str(decimal).zfill(width)
+            + template[fraction.end() :]
+        )
+    run = runs[-1]
+    return (
+        template[: run.start()] + str(round(time)).zfill(len(run.group(0))) + template[run.end() :]
+    )
+
+
+# -- what the composed stage reads ------------------------------------------------------
+
+
+def _used_layers(state: _Resolve, stage: Any) -> None:
+    for layer in stage.GetUsedLayers(False):
+        if layer.anonymous or not layer.realPath:
+            continue
+        url = state.url_of(layer.realPath)
+        if url is not None:
+            state.add(_name(layer), url, f"layer used by {state.ctx.scene_url}", None)
+
+
+def _assets(state: _Resolve, stage: Any) -> None:
+    """Every asset-valued attribute at each requested frame, as the composed stage reads it."""
+    variables = _stage_variables(stage)
+    frames = state.ctx.frames
+    for prim in _rendered_prims(stage):
+        for attr in prim.GetAttributes():
+            if attr.GetTypeName() not in _ASSET_TYPES:
+                continue
+            if attr.ValueMightBeTimeVarying():
+                for frame in frames:
+                    _attribute_value(state, attr, Usd.TimeCode(frame), [frame], variables)
+            elif frames:
+                _attribute_value(state, attr, Usd.TimeCode(frames[0]), None, variables)
+
+
+def _rendered_prims(stage: Any) -> Iterator[Any]:
+    predicate = Usd.PrimIsActive & Usd.PrimIsLoaded
+    yield from stage.Traverse(predicate)
+    for prototype in stage.GetPrototypes():
+        yield from Usd.PrimRange(prototype, predicate)
+
+
+def _attribute_value(
+    state: _Resolve, attr: Any, time: Any, frames: Sequence[int] | None, variables: dict[str, Any]
+) -> None:
+    source = str(attr.GetPath())
+    value = attr.Get(time)
+    values = [value] if isinstance(value, Sdf.AssetPath) else list(value or [])
+    for item in values:
+        if not isinstance(item, Sdf.AssetPath) or not item.path:
+            continue
+        written = item.path
+        if item.resolvedPath and not _UDIM.search(item.path):
+            url = state.url_of(item.resolvedPath)
+            if url is not None:
+                state.asset(written, url, source, frames)
+                continue
+        layer = _value_layer(state, attr, time)
+        try:
+            url = state.target(item.evaluatedPath or written, layer, variables) if layer else None
+        except ValueError as exc:
+            state.out.unresolved.append(Unresolved(source, written, str(exc)))
+            continue
+        if url is None and layer is None:
+            state.out.unresolved.append(Unresolved(source, written, "no layer authors this value"))
+            continue
+        if url is not None:
+            state.asset(written, url, source, frames)
+
+
+def _value_layer(state: _Resolve, attr: Any, time: Any) -> Any:
+    """The layer whose opinion gives the attribute's value at ``time`` (the anchor of a
+    relative asset path)."""
+    info = attr.GetResolveInfo(time)
+    kind = info.GetSource()
+    if kind == Usd.ResolveInfoSourceValueClips:
+        layer = _clip_layer(state, attr.GetPrim(), time)
+        if layer is not None:
+            return layer
+    for spec in attr.GetPropertyStack(time):
+        if kind == Usd.ResolveInfoSourceDefault and spec.HasDefaultValue():
+            return spec.layer
+        if kind == Usd.ResolveInfoSourceTimeSamples and spec.layer.GetNumTimeSamplesForPath(
+            spec.path
+        ):
+            return spec.layer
+    stack = attr.GetPropertyStack(time)
+    return stack[0].layer if stack else None
+
+
+def _clip_layer(state: _Resolve, prim: Any, time: Any) -> Any:
+    """The clip layer active at ``time`` for the nearest prim (itself or an ancestor) with
+    clips: the anchor of relative asset paths authored inside clips."""
+    frame = int(time.GetValue())
+    while prim and not prim.IsPseudoRoot():
+        for url in state.active_clips.get((str(prim.GetPath()), frame), []):
+            local = state.local_of_url.get(url)
+            layer = Sdf.Layer.Find(local) if local else None
+            if layer is not None:
+                return layer
+        prim = prim.GetParent()
+    return None

@@ -4,6 +4,7 @@ blue on frame 2) is rendered through the engine's Invocation in a subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -266,7 +267,7 @@ def test_a_blender_binary_gets_the_scene_and_options_after_double_dash(
         ({"resolution": [320]}, "resolution"),
         ({"format": "TIFF"}, "format"),
         ({"engine": "LUXCORE"}, "engine"),
-        ({"device": "GPU"}, "device"),
+        ({"device": "VULKAN"}, "device"),
         ({"percentage": 0}, "percentage"),
         ({"output": "/abs/frame.####.png"}, "output"),
         ({"output": "../up.####.png"}, "output"),
@@ -302,3 +303,124 @@ def test_a_job_without_a_scene_is_a_config_error(tmp_path: Path) -> None:
     call = StageCall("render", (1,), Workspace(tmp_path, None))
     with pytest.raises(ConfigError, match=r"^stages\.render: engine 'blender' needs"):
         engine_named("blender")(call)
+
+
+BUILD_SEQUENCER_SCENE = textwrap.dedent(
+    """
+    import sys
+    import bpy
+
+    folder = sys.argv[1]
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    for number, rgb in ((1, (0, 200, 0)), (2, (0, 0, 200))):
+        image = bpy.data.images.new(f"e{number}", 8, 8)
+        image.pixels = [*(c / 255 for c in rgb), 1.0] * 64
+        image.filepath_raw = f"{folder}/edit/shot.{number:04d}.png"
+        image.file_format = "PNG"
+        image.save()
+        bpy.data.images.remove(image)
+    editor = scene.sequence_editor_create()
+    strip = editor.strips.new_image("shot", folder + "/edit/shot.0001.png", 1, 1)
+    strip.elements.append("shot.0002.png")
+    assert scene.camera is None and not any(o.type == "CAMERA" for o in bpy.data.objects)
+    scene.render.resolution_x, scene.render.resolution_y = 32, 24
+    scene.view_settings.view_transform = "Standard"
+    bpy.ops.wm.save_as_mainfile(filepath=folder + "/edit.blend", relative_remap=True)
+    """
+)
+
+
+def test_a_sequencer_only_scene_without_a_camera_renders_its_strips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blender renders the video sequencer's strips without a camera; so does the engine."""
+    without_blender_on_path(monkeypatch)
+    inputs = tmp_path / "ws" / "inputs" / "file" / "_" / "bucket"
+    inputs.mkdir(parents=True)
+    script = tmp_path / "build_edit.py"
+    script.write_text(BUILD_SEQUENCER_SCENE)
+    subprocess.run([sys.executable, str(script), str(inputs)], check=True, capture_output=True)
+    ws = Workspace(tmp_path / "ws", inputs / "edit.blend")
+    ws.create()
+
+    result = run(engine_named("blender")(call_for(ws, (1, 2))))
+
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for frame, rgb in ((1, GREEN), (2, BLUE)):
+        image = read_png(ws.outputs / f"edit.{frame:04d}.png")
+        assert image.shape[:2] == (24, 32)
+        assert_close(colour_at(image, 16, 12), rgb)
+
+
+def png_bytes(rgb: tuple[int, int, int], width: int = 8, height: int = 8) -> bytes:
+    """A solid 8-bit RGB PNG."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+
+
+def test_jitrender_run_renders_a_public_sequencer_only_scene_that_has_no_camera(
+    tmp_path: Path,
+) -> None:
+    """blender-asset-tracer's ``subdir/image_sequence_dir_up.blend`` (Blender 2.79) is an image
+    strip of ``//../imgseq/000210.png`` ... ``000214.png`` and no camera: Blender renders it, and
+    so does a ``jitrender run`` of it, each frame showing its own element."""
+    import gzip
+
+    corpus = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "blend"
+    rel = "bam/blender-asset-tracer/tests/blendfiles/subdir/image_sequence_dir_up.blend"
+    packed = corpus / "blends" / f"{rel}.gz"
+    if not packed.is_file():
+        pytest.skip(f"the public corpus is not here: {corpus}")
+    bucket = tmp_path / "bucket"
+    (bucket / rel).parent.mkdir(parents=True)
+    (bucket / rel).write_bytes(gzip.decompress(packed.read_bytes()))
+    colours = {210: MAGENTA, 211: GREEN, 212: BLUE, 213: RED, 214: MAGENTA}
+    for number, rgb in colours.items():
+        element = bucket / "bam/blender-asset-tracer/tests/blendfiles/imgseq" / f"{number:06d}.png"
+        element.parent.mkdir(parents=True, exist_ok=True)
+        element.write_bytes(png_bytes(rgb, 1920, 1080))  # the scene's size: no scaling
+    job = {
+        "name": "edit",
+        "scene": f"file://{bucket}/{rel}",
+        "frames": "2-3",
+        "stages": [
+            {
+                "name": "render",
+                "engine": "blender",
+                "args": {
+                    "output": "edit.####.png",
+                    "resolution": [32, 18],
+                    "percentage": 100,
+                    "threads": 2,
+                },
+            }
+        ],
+        "outputs": {"to": f"file://{tmp_path}/out/", "files": ["edit.####.png"]},
+        "cache": {"dir": str(tmp_path / "cache")},
+    }
+    job_file = tmp_path / "edit.yaml"
+    job_file.write_text(json.dumps(job))  # JSON is YAML
+
+    env = {k: v for k, v in os.environ.items() if k != "JITRENDER_BLENDER"}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin"
+    result = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job_file), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["frames"]["done"] == [2, 3]
+    for frame, rgb in ((2, GREEN), (3, BLUE)):  # frame 1 shows 000210, frame 2 000211, ...
+        image = read_png(tmp_path / "out" / f"edit.{frame:04d}.png")
+        assert_close(colour_at(image, 16, 9), rgb)

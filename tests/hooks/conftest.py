@@ -5,15 +5,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import pytest
 
-from jitrender.agent import Agent, workspace_fetcher
+from jitrender.agent import Agent
 from jitrender.cache import Cache
 from jitrender.deps import Dependency
+from jitrender.inputs import Inputs
 from jitrender.paths import PathMap, rule_from
 from jitrender.storage import LocalStore, ObjectInfo, Store, Stores
 
@@ -52,7 +53,12 @@ class RunningAgent:
     store: CountingStore
     bucket: Path  # the folder behind file://<bucket>, mapped from /mnt/show
     inputs: Path
-    fetched: list[str] = field(default_factory=list)
+
+    @property
+    def fetched(self) -> list[str]:
+        """URLs the agent's inputs linked into the workspace (cache hits included)."""
+        inputs = self.agent.inputs
+        return [i.url for i in [*inputs.fetched, *inputs.hits]]
 
     @property
     def socket(self) -> str:
@@ -78,18 +84,13 @@ def start_test_agent(
     store = CountingStore(delay)
     inputs = tmp_path / "ws" / "inputs"
     inputs.mkdir(parents=True)
-    cache = Cache(tmp_path / "cache")
-    fetched: list[str] = []
-    stores = OneStore(store)
     agent = Agent(
-        inputs,
+        Inputs(Cache(tmp_path / "cache"), inputs, stores=OneStore(store), workers=4),
         PathMap([rule_from("/mnt/show", f"file://{bucket}")]),
-        workspace_fetcher(cache, stores, inputs, on_result=lambda i, f: fetched.append(i.url)),
         deps=deps or [],
-        list_prefix=lambda prefix, recursive: store.list(prefix, recursive=recursive),
         log_path=tmp_path / "ws" / "logs" / "agent.log",
     ).start()
-    return RunningAgent(agent, store, bucket, inputs, fetched)
+    return RunningAgent(agent, store, bucket, inputs)
 
 
 @pytest.fixture
@@ -100,3 +101,4 @@ def show_agent(tmp_path: Path) -> Iterator[RunningAgent]:
     running = start_test_agent(tmp_path, files, delay=0.05)
     yield running
     running.agent.stop()
+    running.agent.inputs.close()

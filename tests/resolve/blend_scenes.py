@@ -50,12 +50,27 @@ def material_with(name: str, images: list[bpy.types.Image]) -> tuple[Any, list[A
     mat = bpy.data.materials.new(name)
     if mat.node_tree is None:
         mat.use_nodes = True
+    tree = mat.node_tree
     nodes = []
+    surface = None
     for img in images:
-        node = mat.node_tree.nodes.new("ShaderNodeTexImage")
+        node = tree.nodes.new("ShaderNodeTexImage")
         node.image = img
         node.name = img.name
         nodes.append(node)
+        # each texture feeds the output, as a texture must for Blender to read it
+        emit = tree.nodes.new("ShaderNodeEmission")
+        tree.links.new(node.outputs["Color"], emit.inputs["Color"])
+        if surface is None:
+            surface = emit.outputs[0]
+        else:
+            add = tree.nodes.new("ShaderNodeAddShader")
+            tree.links.new(surface, add.inputs[0])
+            tree.links.new(emit.outputs[0], add.inputs[1])
+            surface = add.outputs[0]
+    output = next(n for n in tree.nodes if n.type == "OUTPUT_MATERIAL")
+    if surface is not None:
+        tree.links.new(surface, output.inputs["Surface"])
     mesh = bpy.data.meshes.new(name)
     mesh.materials.append(mat)
     obj = bpy.data.objects.new(name, mesh)

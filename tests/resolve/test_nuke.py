@@ -944,3 +944,52 @@ def test_registered_for_nk_and_nknc_files() -> None:
     assert resolver_for("auto", "gs://b/comp.nk")[0] == "nuke"
     assert resolver_for("auto", "gs://b/comp.nknc")[0] == "nuke"
     assert resolver_for("nuke", "gs://b/anything")[1] is resolve_nuke
+
+
+def test_a_retime_at_the_end_of_a_5000_node_chain_needs_no_deep_recursion(
+    local_bucket: str,
+) -> None:
+    # Retime's default input range is its input's range, worked out down the whole chain.
+    chain = "".join(f"Grade {{\n name Grade{i}\n}}\n" for i in range(5000))
+    script = (
+        ROOT
+        + read("/x/p.####.exr", " first 1\n last 10")
+        + chain
+        + "Retime {\n output.first 1001\n speed 2\n name Retime1\n}\n"
+        + write("/out/w.####.exr")
+    )
+    found = resolve(local_bucket, script, [1001, 1002, 1010])
+    assert per_frame(found, [1001, 1002, 1010]) == {
+        1001: {"file:///x/p.0001.exr"},
+        1002: {"file:///x/p.0003.exr"},
+        # Input 1-10 at speed 2 fills 1001-1005 (1, 3, 5, 7, 9); after that it holds 9.
+        1010: {"file:///x/p.0009.exr"},
+    }
+
+
+def test_a_precomp_computes_its_scripts_output_node_at_the_frames_asked(
+    local_bucket: str,
+) -> None:
+    # The precomp script's Output shows FG; its BG Read feeds only a Viewer. Downstream of
+    # the Precomp a TimeOffset of 10 asks it for frame f - 10.
+    child = (
+        "Root {\n inputs 0\n}\n"
+        + read("plates/bg.####.exr", " first 1\n last 100", name="BG")
+        + "Viewer {\n name Viewer1\n}\n"
+        + read("plates/fg.####.exr", " first 1\n last 100", name="FG")
+        + "Output {\n name Output1\n}\n"
+    )
+    put_object(f"{local_bucket}/shots/pre/fg.nk", child.encode())
+    script = (
+        ROOT
+        + "Precomp {\n inputs 0\n file pre/fg.nk\n name Pre\n}\n"
+        + "TimeOffset {\n time_offset 10\n name Later\n}\n"
+        + write("/out/comp.####.exr")
+    )
+    found = resolve(local_bucket, script, [20, 21])
+    pre = f"{local_bucket}/shots/pre"
+    assert per_frame(found, [20, 21]) == {
+        20: {f"{pre}/fg.nk", f"{pre}/plates/fg.0010.exr"},
+        21: {f"{pre}/fg.nk", f"{pre}/plates/fg.0011.exr"},
+    }
+    assert not found.unresolved

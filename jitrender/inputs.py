@@ -1,0 +1,314 @@
+"""The run's one view of storage: what exists, and the workspace copy of each input.
+
+:class:`Inputs` is the only thing in a run that stats, lists, fetches and links input files.
+Resolvers call :meth:`Inputs.local_copy` and :meth:`Inputs.list_prefix`; the run prefetches its
+planned dependencies with :meth:`Inputs.prefetch` and waits for a frame's with
+:meth:`Inputs.wait`; the agent (hooks) and the FUSE view call :meth:`Inputs.into_workspace`.
+Whoever asks first, each URL is fetched into the shared cache and linked below ``root`` (at
+its bucket-relative place, under its own name) once per run, and counted once as a cache hit
+or a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from jitrender.aio import AsyncFetcher
+from jitrender.cache import Cache, CacheResult
+from jitrender.deps import Dependency
+from jitrender.errors import JitrenderError, MissingDependencyError, Preempted
+from jitrender.paths import workspace_relpath
+from jitrender.progress import Progress, QuietProgress
+from jitrender.storage import ObjectInfo, RetryPolicy, Store, Stores, with_retries
+from jitrender.transfer import InflightBudget, listing_ranges
+
+
+class Inputs:
+    """Stat memo, listings and single-flight fetch-and-link below ``root`` for one run.
+
+    Thread-safe. :meth:`close` stops the transfers and records the run's hits and downloads in
+    the cache's index. ``stop`` (when set) makes waits and queued prefetches raise
+    :class:`~jitrender.errors.Preempted`.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        root: Path,
+        *,
+        stores: Stores | None = None,
+        retry: RetryPolicy | None = None,
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+        workers: int = 16,
+        prefetch_bytes: int = 16 << 20,
+    ) -> None:
+        self.cache = cache
+        self.root = root
+        self.stores = stores or Stores()
+        self.retry = retry or RetryPolicy()
+        self.stop = stop or threading.Event()
+        self.progress = progress or QuietProgress()
+        self.workers = workers
+        self.hits: list[ObjectInfo] = []
+        self.fetched: list[ObjectInfo] = []  # downloaded by this run
+        self.fetch_seconds = 0.0  # from the first prefetch to the last planned input linked
+        self._known: dict[str, ObjectInfo] = {}
+        self._lock = threading.Lock()
+        self._futures: dict[str, Future[Path]] = {}
+        self._planned: dict[str, Future[Path]] = {}
+        self._deps: list[Dependency] = []
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
+        self._aio = AsyncFetcher(cache, self.retry, self._pool, self.stop.is_set)
+        # One admission policy for every prefetch: in the order asked, bytes in flight capped.
+        self._budget = InflightBudget(prefetch_bytes)
+        self._queue: queue.SimpleQueue[tuple[str, Future[Path]] | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
+        self._prefetch_started = 0.0
+        self._pending: set[str] = set()  # planned URLs this run's prefetch still fetches
+
+    # -- what exists ---------------------------------------------------------------------
+
+    def store(self, url: str) -> Store:
+        return self.stores.for_url(url)
+
+    def stat(self, url: str) -> ObjectInfo | None:
+        """Size, generation and checksum of ``url`` (asked once per run), or None if absent."""
+        known = self._known.get(url)
+        if known is not None:
+            return known
+        store = self.store(url)
+        info = with_retries(lambda: store.stat(url), url, self.retry)
+        if info is not None:
+            self._known[url] = info
+        return info
+
+    def list_prefix(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
+        """The objects below ``prefix``; what it finds answers later :meth:`stat` calls."""
+        store = self.store(prefix)
+        infos = with_retries(lambda: store.list(prefix, recursive=recursive), prefix, self.retry)
+        self._remember(infos)
+        return infos
+
+    def _list_range(self, prefix: str, first: str, last: str) -> None:
+        store = self.store(prefix)
+        self._remember(
+            with_retries(lambda: store.list_range(prefix, first, last), prefix, self.retry)
+        )
+
+    def _remember(self, infos: Iterable[ObjectInfo]) -> None:
+        for info in infos:
+            self._known[info.url] = info
+
+    def stat_all(self, deps: Sequence[Dependency]) -> list[Dependency]:
+        """``deps`` with ``size`` and ``exists`` filled in: one ranged listing per busy folder
+        (a sequence's frames, a texture set), one stat for each of the rest."""
+        unknown = [d.url for d in deps if d.url not in self._known]
+        if unknown:
+            with ThreadPoolExecutor(self.workers) as pool:
+                list(pool.map(lambda r: self._list_range(*r), listing_ranges(unknown)))
+                unknown = [url for url in unknown if url not in self._known]
+                list(pool.map(self.stat, unknown))
+        out = []
+        for dep in deps:
+            info = self._known.get(dep.url)
+            size, exists = (info.size, True) if info is not None else (None, False)
+            out.append(Dependency(dep.path, dep.url, dep.frames, dep.source, size, exists))
+        return out
+
+    # -- the workspace copies -------------------------------------------------------------
+
+    def local_path(self, url: str) -> Path:
+        """Where ``url``'s copy is (or will be) below ``root``."""
+        return self.root / workspace_relpath(url)
+
+    def local_copy(self, url: str) -> Path:
+        """A local copy of ``url`` for a resolver, under the file's own name at its
+        bucket-relative place (formats are told by extension, derived paths come from the
+        name: a cache object's hash name would not do). Same as :meth:`into_workspace`."""
+        return self.into_workspace(url)
+
+    def into_workspace(self, url: str) -> Path:
+        """Fetch ``url`` into the cache and link it below ``root``, once however many threads
+        ask; raises :class:`MissingDependencyError` when it does not exist and storage errors
+        after retries (a later call tries again)."""
+        future, owner = self._claim(url)
+        if owner:
+            self._fetch_and_link(url, future)
+        return future.result()
+
+    def _claim(self, url: str) -> tuple[Future[Path], bool]:
+        with self._lock:
+            future = self._futures.get(url)
+            if future is not None:
+                return future, False
+            future = Future()
+            self._futures[url] = future
+            return future, True
+
+    def _fetch_and_link(
+        self, url: str, future: Future[Path], info: ObjectInfo | None = None
+    ) -> None:
+        """The one fetch + link (the thread path); settles ``future`` whatever happens."""
+        try:
+            info = info or self.stat(url)
+            if info is None:
+                raise MissingDependencyError(url)
+            store = self.store(url)
+            result = with_retries(
+                lambda: self.cache.fetch(info, store, record=False), url, self.retry
+            )
+            try:
+                self._link(url, info, result)
+            except FileNotFoundError:  # evicted between fetch and link: fetch it again
+                self._link(url, info, self.cache.fetch(info, store, record=False))
+        except BaseException as exc:
+            self._failed(url, future, exc)
+            return
+        future.set_result(self.local_path(url))
+
+    def _link(self, url: str, info: ObjectInfo, result: CacheResult) -> None:
+        self.cache.link_into(result.path, self.local_path(url))
+        with self._lock:
+            (self.fetched if result.fetched else self.hits).append(info)
+            if url in self._pending:
+                self._pending.discard(url)
+                if not self._pending:
+                    self.fetch_seconds = time.monotonic() - self._prefetch_started
+        self.progress.event("fetched", url=url, size=info.size, cached=not result.fetched)
+
+    def _failed(self, url: str, future: Future[Path], exc: BaseException) -> None:
+        with self._lock:
+            if self._futures.get(url) is future:
+                del self._futures[url]  # a later request may try again
+        future.set_exception(exc)
+
+    # -- prefetch --------------------------------------------------------------------------
+
+    def prefetch(self, deps: Sequence[Dependency]) -> None:
+        """Start fetching the planned ``deps`` in the order given (the order frames need
+        them); :meth:`wait` then blocks only for a frame's own."""
+        with self._lock:
+            self._deps.extend(deps)
+            if not self._prefetch_started:
+                self._prefetch_started = time.monotonic()
+        for dep in deps:
+            future, owner = self._claim(dep.url)
+            with self._lock:
+                self._planned[dep.url] = future
+                if owner:
+                    self._pending.add(dep.url)
+            if owner:
+                self._enqueue(dep.url, future)
+
+    def prefetch_urls(self, urls: Iterable[str]) -> int:
+        """Queue ``urls`` not asked for yet (after what is queued); returns how many."""
+        queued = 0
+        for url in urls:
+            future, owner = self._claim(url)
+            if owner:
+                self._enqueue(url, future)
+                queued += 1
+        return queued
+
+    def _enqueue(self, url: str, future: Future[Path]) -> None:
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch, name="jitrender-prefetch", daemon=True
+                )
+                self._dispatcher.start()
+        self._queue.put((url, future))
+
+    def _dispatch(self) -> None:
+        """Admit queued fetches one by one in order: cached ones are linked at once, cold ones
+        wait for the byte budget, then go to the asyncio fetcher (small objects over plain
+        HTTP) or the thread pool (large ones, other stores)."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            url, future = item
+            try:
+                self._admit(url, future)
+            except BaseException as exc:
+                self._failed(url, future, exc)
+
+    def _admit(self, url: str, future: Future[Path]) -> None:
+        if self.stop.is_set():
+            raise Preempted("stopped while waiting to fetch")
+        info = self._known.get(url)
+        if info is None:  # not stat'ed yet (a hook's prefetch): the thread path does it all
+            self._pool.submit(self._fetch_and_link, url, future)
+            return
+        cached = self.cache.lookup(info)
+        if cached is not None:
+            try:
+                self._link(url, info, CacheResult(cached, False, 0))
+                future.set_result(self.local_path(url))
+                return
+            except FileNotFoundError:
+                pass  # evicted just now: fetch it like a cold one
+        if not self._budget.acquire(info.size, self.stop.is_set):
+            raise Preempted("stopped while waiting to fetch")
+        store = self.store(url)
+        if AsyncFetcher.eligible(info, store):
+            fetching = self._aio.fetch(info, store)
+            fetching.add_done_callback(lambda f: self._fetched_async(url, info, future, f))
+        else:
+            self._pool.submit(self._fetch_admitted, url, info, future)
+
+    def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path]) -> None:
+        try:
+            self._fetch_and_link(url, future, info)
+        finally:
+            self._budget.release(info.size)
+
+    def _fetched_async(
+        self, url: str, info: ObjectInfo, future: Future[Path], fetched: Future[CacheResult]
+    ) -> None:
+        """On the event loop's thread: link, or hand anything unusual to the thread path."""
+        self._budget.release(info.size)
+        try:
+            self._link(url, info, fetched.result())
+        except FileNotFoundError:  # evicted before it was linked: the thread path again
+            self._pool.submit(self._fetch_and_link, url, future, info)
+            return
+        except BaseException as exc:
+            self._failed(url, future, exc)
+            return
+        future.set_result(self.local_path(url))
+
+    def wait(self, frames: Iterable[int]) -> None:
+        """Block until every planned dependency of ``frames`` is in the workspace; raises the
+        fetch's error, or :class:`Preempted` once ``stop`` is set."""
+        wanted = set(frames)
+        for dep in self._deps:
+            if dep.frames is not None and not wanted.intersection(dep.frames):
+                continue
+            future = self._planned[dep.url]
+            while True:
+                if self.stop.is_set():
+                    raise Preempted("stopped while waiting for dependencies")
+                try:
+                    future.result(timeout=0.2)
+                    break
+                except TimeoutError:
+                    continue
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop fetching (queued prefetches are dropped) and index the run's hits and downloads
+        in one transaction."""
+        self._queue.put(None)
+        self._aio.close()  # before the pool it hands work to
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(JitrenderError, OSError):
+            self.cache.record_run(list(self.hits), list(self.fetched))

@@ -1,0 +1,72 @@
+"""A killed run leaves nothing the next run or ``jitrender cache prune`` does not reclaim: the
+agent's socket folder in ``$TMPDIR`` is removed once its run is gone, and small uploads
+(done markers) never go through a temp file there."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jitrender.storage import GCSStore, LocalStore
+from tests.renderjobs import jitrender_env, make_job, start_run, wait_for
+
+
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """A private ``$TMPDIR`` with a short path (agent sockets must fit ~107 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="jrt", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_killed_runs_agent_folder_is_reclaimed_by_cache_prune(
+    tmp_path: Path, local_bucket: str, short_tmpdir: Path
+) -> None:
+    job = make_job(tmp_path / "job", local_bucket, "1-2", texture_size=2000)
+    env = jitrender_env(job, TMPDIR=str(short_tmpdir), RENDER_SLEEP="30")
+    proc = start_run(job, env=env)
+    wait_for(lambda: bool(job.phases("start")), timeout=60)
+    proc.kill()  # kill -9: nothing of jitrender's own cleanup runs
+    proc.wait(timeout=10)
+    for started in job.phase_dir.glob("start.*"):  # the orphaned renderer, too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(started.name.split(".")[2]), signal.SIGKILL)
+    leftovers = list(short_tmpdir.glob("jitrender-agent-*"))
+    assert len(leftovers) == 1, leftovers
+    pruned = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "cache", "prune", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["dead_agent_folders_removed"] == 1
+    assert list(short_tmpdir.glob("jitrender-agent-*")) == []
+
+
+def test_small_uploads_use_no_temp_file(
+    tmp_path: Path, local_bucket: str, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_temp_files(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a temp file in $TMPDIR: a kill here would leave it")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_temp_files)
+    for store, bucket in ((LocalStore(), local_bucket), (GCSStore(), gcs_bucket)):
+        url = f"{bucket}/markers/1.json"
+        assert store.put_bytes_if_absent(b"{}", url, {"k": "v"}).outcome == "created"
+        assert store.put_bytes_if_absent(b"{}", url).outcome == "identical"
+        assert store.put_bytes_if_absent(b"{ }", url).outcome == "conflict"
+        assert store.read_bytes(url) == b"{}"
+    assert [p.name for p in (tmp_path / "bucket" / "markers").iterdir()] == ["1.json"]
