@@ -371,6 +371,9 @@ class Uploader:
                 return
             self._submitted[relpath] = (0, 0)
             self.records[relpath] = record
+            frame = self.patterns.frame_of(relpath)  # the frame's output, failed: say why
+            for owner in (frame,) if frame is not None else self._frames:
+                self._produced.setdefault(owner, set()).add(relpath)
         if self.on_uploaded is not None:
             self.on_uploaded(record)
 
