@@ -83,6 +83,8 @@ class OutputsSpec(BaseModel):
     model_config = _STRICT
     to: str = Field(min_length=1)
     files: list[str] = Field(default_factory=lambda: ["**/*"], min_length=1)
+    # A prefix for the passes a checkpointing renderer writes before its final one (optional).
+    checkpoints: str | None = Field(default=None, min_length=1)
 
 
 class CacheSpec(BaseModel):
@@ -192,6 +194,13 @@ class Job(BaseModel):
         return self.resolve_url(self.scene) if self.scene is not None else None
 
     @property
+    def checkpoints_url(self) -> str | None:
+        """Where intermediate passes go (``outputs.checkpoints``), or None."""
+        if self.outputs.checkpoints is None:
+            return None
+        return self.resolve_url(self.outputs.checkpoints).rstrip("/")
+
+    @property
     def outputs_url(self) -> str:
         return self.resolve_url(self.outputs.to).rstrip("/")
 
@@ -241,6 +250,7 @@ class Job(BaseModel):
             stage.pop("timeout", None)  # how long to wait changes no pixel
         shape["scene"] = self.scene_url
         shape["outputs"]["to"] = self.outputs_url
+        shape["outputs"].pop("checkpoints", None)  # where previews go changes no final pixel
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

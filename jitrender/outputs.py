@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import stat
 import threading
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from watchdog.events import (
+    FileClosedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -150,6 +152,7 @@ class Uploader:
         retry: RetryPolicy | None = None,
         on_uploaded: Callable[[UploadRecord], None] | None = None,
         workers: int = 4,
+        checkpoints_url: str | None = None,
     ) -> None:
         self.outputs_dir = outputs_dir
         self.outputs_url = outputs_url.rstrip("/")
@@ -177,6 +180,10 @@ class Uploader:
         self.on_stage_frame: Callable[[str, int, list[str]], None] | None = None
         self._fences: dict[str, threading.Event] = {}
         self._fence_count = 0
+        # Files closed while their writer runs go here, each pass replacing the last (opt-in).
+        self.checkpoints_url = checkpoints_url.rstrip("/") if checkpoints_url else None
+        self._checkpointing: set[str] = set()
+        self._checkpoint_again: set[str] = set()
 
     # -- watching ------------------------------------------------------------------------
 
@@ -279,6 +286,52 @@ class Uploader:
                 (self.outputs_dir / (name + ".done")).unlink()
             with self._lock:
                 self._fences.pop(name + ".done", None)
+
+    def closed(self, path: Path) -> None:
+        """A writer closed a file it wrote in place: not final (see the module docstring);
+        with ``checkpoints_url`` a copy of this pass goes there, one copy in flight per file."""
+        if self.checkpoints_url is None:
+            return
+        try:
+            relpath = path.relative_to(self.outputs_dir).as_posix()
+        except ValueError:
+            return
+        if not self.patterns.matches(relpath):
+            return
+        with self._lock:
+            if relpath in self._submitted:
+                return
+            if relpath in self._checkpointing:
+                self._checkpoint_again.add(relpath)
+                return
+            self._checkpointing.add(relpath)
+        self._pool.submit(self._checkpoint, path, relpath)
+
+    def _checkpoint(self, path: Path, relpath: str) -> None:
+        assert self.checkpoints_url is not None
+        url = f"{self.checkpoints_url}/{relpath}"
+        # A copy first: the renderer may start its next pass while this one uploads.
+        snapshot = self.outputs_dir.parent / f".checkpoint.{threading.get_ident()}"
+        while True:
+            try:
+                shutil.copyfile(path, snapshot)
+                with_retries(
+                    lambda: self.store.put_if_absent(
+                        snapshot, url, {JOB_METADATA_KEY: self.job_hash}, overwrite=True
+                    ),
+                    url,
+                    self.retry,
+                )
+            except (JitrenderError, OSError):
+                pass  # a preview: the final file is what counts
+            finally:
+                with contextlib.suppress(OSError):
+                    snapshot.unlink()
+            with self._lock:
+                if relpath not in self._checkpoint_again:
+                    self._checkpointing.discard(relpath)
+                    return
+                self._checkpoint_again.discard(relpath)
 
     def renamed(self, path: Path) -> None:
         """A file was renamed into ``outputs/``: it is final."""
@@ -466,6 +519,10 @@ class Uploader:
 class _Handler(FileSystemEventHandler):
     def __init__(self, uploader: Uploader) -> None:
         self.uploader = uploader
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent) and not event.is_directory:
+            self.uploader.closed(Path(str(event.src_path)))
 
     def on_moved(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileMovedEvent) and not event.is_directory:

@@ -360,6 +360,7 @@ class JobRun:
             retry=self.retry,
             on_uploaded=books.uploaded,
             workers=self.options.upload_workers,
+            checkpoints_url=self.job.checkpoints_url,
         )
         books.produced = self.uploader.frame_relpaths
         last_stage, prefix = self.job.stages[-1].name, marker_prefix(self.job)

@@ -110,3 +110,28 @@ def test_stage_writing_nothing_fails_65_and_writes_no_marker(
     assert "frame 1" in out and "wrote no output matching outputs.files (**/*)" in out
     assert report["frames"]["failed"] == [1, 2, 3]
     assert bucket_objects(gcs_bucket, "renders/") == {}
+
+
+def test_checkpoints_go_to_their_own_prefix_and_only_the_final_pass_to_the_outputs(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """``outputs.checkpoints`` (opt-in): each pass closed while the renderer runs is copied
+    there (the latest replacing the earlier); the output URL still gets the final pass only."""
+    outputs = {
+        "to": f"{gcs_bucket}/renders",
+        "files": ["beauty.####.exr"],
+        "checkpoints": f"{gcs_bucket}/checkpoints",
+    }
+    job = make_job(
+        tmp_path / "job",
+        gcs_bucket,
+        "1",
+        extra={"stages": [_stage(CHECKPOINTS)], "outputs": outputs},
+    )
+    code, out, _ = run(job)
+    assert code == 0, out
+    assert bucket_objects(gcs_bucket, "renders/")["renders/beauty.0001.exr"][1] == (
+        b"frame 1 pass 3 of 3"
+    )
+    checkpoint = bucket_objects(gcs_bucket, "checkpoints/")["checkpoints/beauty.0001.exr"][1]
+    assert checkpoint.startswith(b"frame 1 pass ")
