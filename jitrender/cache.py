@@ -627,8 +627,9 @@ class Cache:
                     with os.scandir(folder.path) as files:
                         yield from (Path(f.path) for f in files)
 
-    def clean_leftovers(self) -> dict[str, int]:
-        """Remove downloads and workspaces left by processes that died."""
+    def clean_leftovers(self, *, kept_too: bool = False) -> dict[str, int]:
+        """Remove downloads and workspaces left by processes that died; a workspace kept with
+        ``--keep-workspace`` (a ``KEPT_FILE`` in it) only with ``kept_too`` (prune, clear)."""
         parts = runs = 0
         for part in self.tmp.iterdir():
             key = part.name.split(".")[0]
@@ -639,7 +640,11 @@ class Cache:
                     part.unlink()
                     parts += 1
         for run in self.runs.iterdir():
-            if run.is_dir() and not run_is_live(run):
+            if (
+                run.is_dir()
+                and not run_is_live(run)
+                and (kept_too or not (run / KEPT_FILE).exists())
+            ):
                 shutil.rmtree(run, ignore_errors=True)
                 runs += 1
         agents = 0
@@ -675,14 +680,14 @@ class Cache:
                 yield folder
 
     def prune(self, max_bytes: int | None = None) -> dict[str, int]:
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         cap = max_bytes if max_bytes is not None else self.max_bytes
         evicted, evicted_bytes = self.evict_to(cap) if cap is not None else (0, 0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
     def clear(self) -> dict[str, int]:
         """Evict everything that no running job is using."""
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         evicted, evicted_bytes = self.evict_to(0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
@@ -742,6 +747,9 @@ def _user_name(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+KEPT_FILE = "kept"  # in a workspace: kept for debugging, removed only by prune or clear
 
 
 def _is_key(name: str) -> bool:

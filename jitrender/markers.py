@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from jitrender.job import Job
-from jitrender.outputs import OutputPatterns
+from jitrender.outputs import OutputPatterns, marker_metadata
 from jitrender.storage import JOB_METADATA_KEY, ObjectInfo, RetryPolicy, Store, with_retries
 
 MARKER_FOLDER = "_jitrender"
@@ -74,7 +74,9 @@ class MarkerWriter:
         }
         url = marker_url(self.job, frame)
         data = json.dumps(body, sort_keys=True).encode()
-        metadata = {JOB_METADATA_KEY: self.job_hash}
+        # The listed outputs ride in the metadata too: a listing then says whether they remain.
+        base = len(self.job.outputs_url) + 1
+        metadata = marker_metadata(self.job_hash, (u[base:] for u in outputs))
         with_retries(lambda: self.store.put_bytes_if_absent(data, url, metadata), url, self.retry)
 
 
