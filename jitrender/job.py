@@ -112,6 +112,9 @@ class StageSpec(BaseModel):
                 f"split: only a per-frame 'blender' engine stage renders parts, not "
                 f"{self.engine or 'command'!r} per {self.per}"
             )
+        engine = self.args.get("engine", "CYCLES")
+        if self.split is not None and str(engine).upper() != "CYCLES":
+            raise ValueError(f"split: parts render with Cycles only, not args.engine {engine!r}")
         return self
 
 
@@ -293,6 +296,9 @@ class Job(BaseModel):
         for stage in shape["stages"]:
             stage.pop("timeout", None)  # how long to wait changes no pixel
         shape["scene"] = self.scene_url
+        for stage in shape["stages"]:
+            if stage.get("split") is None:
+                stage.pop("split", None)  # unsplit jobs keep the hash they had before split:
         shape["outputs"]["to"] = self.outputs_url
         shape["outputs"].pop("checkpoints", None)  # where previews go changes no final pixel
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))

@@ -93,7 +93,9 @@ def plan_tasks(job: Job, tasks: int | None, chunk: int | None) -> TaskPlan:
     frames (then the split is even, at most K frames each); neither takes the job's ``chunk``.
     A plan that would leave frames unrendered, or contradicts the job's chunk, is a
     :class:`ConfigError`."""
-    frames = len(job.frame_list())
+    split = job.split_stage.split if job.split_stage is not None else None
+    # A split job's tasks share (frame, part) pairs, spread as frames are (farm.task_parts).
+    frames = len(job.frame_list()) * (split.parts if split is not None else 1)
     where = f"{job.source or 'job'}"
     if tasks is not None and chunk is not None:
         raise ConfigError("--tasks and --chunk both given: pass one")
