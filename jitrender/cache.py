@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import random
@@ -145,6 +146,7 @@ class Cache:
         except OSError as exc:
             raise ConfigError(f"{self.root}: cannot use as cache folder: {exc}") from None
         self._checked_dirs: set[str] = set()  # objects/xx folders seen to be real and ours
+        self._made_folders: dict[str, tuple[int, int]] = {}  # workspace folder -> (dev, inode)
         self._known_keys: set[str] = set()  # keys seen in the index by this process
         self._db_local = threading.local()
         self._inflight: dict[str, Future[CacheResult]] = {}
@@ -163,7 +165,7 @@ class Cache:
 
     @staticmethod
     def key(info: ObjectInfo) -> str:
-        return hashlib.sha256(f"{info.url}\0{info.generation}".encode()).hexdigest()
+        return _object_key(info.url, info.generation)
 
     def object_path(self, info: ObjectInfo) -> Path:
         key = self.key(info)
@@ -483,16 +485,34 @@ class Cache:
         filesystem). The link keeps the bytes alive even if the cache evicts the entry.
         Raises :class:`DataError` where a folder on the way (below ``runs/``) is a symlink a
         stage made: a link through it would land outside the workspace."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        self._refuse_symlinks_below_runs(dest.parent)
-        with contextlib.suppress(FileNotFoundError):
-            dest.unlink()
+        self._workspace_folder(dest.parent)
         try:
+            os.link(cached, dest)
+        except FileExistsError:
+            dest.unlink()
             os.link(cached, dest)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()
             shutil.copyfile(cached, dest)
+
+    def _workspace_folder(self, folder: Path) -> None:
+        """Make ``folder`` and refuse symlinks on the way. A folder checked before costs one
+        stat (a thousand inputs share a few folders): the path must still reach the same
+        folder, which it would not once a stage swapped a folder on the way for a symlink."""
+        name = str(folder)
+        seen = self._made_folders.get(name)
+        if seen is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(name)
+                if (st.st_dev, st.st_ino) == seen:
+                    return
+        folder.mkdir(parents=True, exist_ok=True)
+        self._refuse_symlinks_below_runs(folder)
+        st = os.lstat(name)
+        self._made_folders[name] = (st.st_dev, st.st_ino)
 
     def _refuse_symlinks_below_runs(self, folder: Path) -> None:
         try:
@@ -702,6 +722,11 @@ class Cache:
         fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return run_dir, fd
+
+
+@functools.lru_cache(maxsize=4096)  # one object's fetch asks for its key four times
+def _object_key(url: str, generation: str) -> str:
+    return hashlib.sha256(f"{url}\0{generation}".encode()).hexdigest()
 
 
 def check_private_folder(folder: Path, *, follow: bool) -> None:

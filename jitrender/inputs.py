@@ -28,6 +28,10 @@ from jitrender.progress import Progress, QuietProgress
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, Stores, with_retries
 from jitrender.transfer import InflightBudget, listing_ranges
 
+# Objects below this are bound by round trips, not bytes: capping their bytes in flight only
+# cost each a cross-thread wake-up; the fetcher's queue keeps them in frame order anyway.
+LATENCY_BOUND_BYTES = 1 << 20
+
 
 class Inputs:
     """Stat memo, listings and single-flight fetch-and-link below ``root`` for one run.
@@ -284,11 +288,13 @@ class Inputs:
                 return True
             except FileNotFoundError:
                 pass  # evicted just now: fetch it like a cold one
-        if not wait:
-            if not self._budget.try_acquire(info.size):
-                return False
-        elif not self._budget.acquire(info.size, self._stopping):
-            raise Preempted("stopped while waiting to fetch")
+        # Small objects are bound by round trips, not bytes: only large ones take the budget.
+        if info.size >= LATENCY_BOUND_BYTES:
+            if not wait:
+                if not self._budget.try_acquire(info.size):
+                    return False
+            elif not self._budget.acquire(info.size, self._stopping):
+                raise Preempted("stopped while waiting to fetch")
         store = self.store(url)
         if AsyncFetcher.eligible(info, store):
             fetching = self._aio.fetch(info, store)
@@ -301,13 +307,15 @@ class Inputs:
         try:
             self._fetch_and_link(url, future, info)
         finally:
-            self._budget.release(info.size)
+            if info.size >= LATENCY_BOUND_BYTES:
+                self._budget.release(info.size)
 
     def _fetched_async(
         self, url: str, info: ObjectInfo, future: Future[Path], fetched: Future[CacheResult]
     ) -> None:
         """On the event loop's thread: link, or hand anything unusual to the thread path."""
-        self._budget.release(info.size)
+        if info.size >= LATENCY_BOUND_BYTES:
+            self._budget.release(info.size)
         try:
             self._link(url, info, fetched.result())
         except FileNotFoundError:  # evicted before it was linked: the thread path again
