@@ -74,6 +74,8 @@ class RunOptions:
     progress: Progress = field(default_factory=QuietProgress)
     task: dict[str, Any] | None = None
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
+    # The process's stop when the CLI holds the signals for the whole process (see stopping).
+    stop: Stop | None = None
     # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
     flush_budget_s: float = field(
         default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
@@ -102,8 +104,11 @@ class JobRun:
         self.job = job
         self.options = options
         self.progress = options.progress
-        self.stopping = Stop(self.progress)
+        self.stopping = options.stop or Stop()
+        self.stopping.attach(self.progress)
+        self.stopping.last_words = self._last_words
         self.stop = self.stopping.event
+        self._settled = False  # the report's status is final (the backstop keeps it)
         self._watcher = PreemptionWatcher(self.stop, self.stopping.notice)
         self.stores = Stores()
         self.retry = RetryPolicy(job.retries.storage, job.retries.storage_deadline)
@@ -141,13 +146,29 @@ class JobRun:
             report.error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             report.timings["wall_s"] = time.monotonic() - started
+            self._settled = True
             self._finish()
         return report
+
+    def _last_words(self) -> int:
+        """For the stop's backstop (storage still hung at its deadline) and a second signal:
+        the report as far as it is true now, written locally; the exit code to end with."""
+        report = self.report
+        if not self._settled:
+            report.status, report.exit_code = "preempted", int(ExitCode.TEMPFAIL)
+            report.error = "stopped; exited before the flush finished (storage not answering)"
+            if self.books is not None:
+                report.done = [f for f in self.books.done if f in set(report.requested)]
+        if self.options.report_path is not None:
+            report.write(self.options.report_path)
+        return report.exit_code
 
     def _execute(self) -> None:
         job, report = self.job, self.report
         frames = self.options.frames if self.options.frames is not None else job.frame_list()
         report.requested = list(frames)
+        if self.stop.is_set():  # a signal during start-up: nothing was started, nothing to flush
+            raise Preempted("stopped before the run started")
         self._watcher.start()
         if not frames:
             self.progress.event("phase", message="no frames for this task: nothing to do")
@@ -315,7 +336,14 @@ class JobRun:
         uploader, books, report = self.uploader, self.books, self.report
         t0 = time.monotonic()
         uploader.sweep()
-        flushed = uploader.wait(self.options.flush_budget_s if self.stop.is_set() else None)
+        flushed = False
+        while not flushed and not self.stop.is_set():  # a stop during the wait bounds it too
+            flushed = uploader.wait(0.25)
+        if not flushed or self.stop.is_set():
+            # The flush budget counts from the stop; marker writes get what is left of it.
+            budget = self.stopping.remaining(self.options.flush_budget_s)
+            self.markers.deadline = time.monotonic() + budget
+            flushed = flushed or uploader.wait(budget)
         for frame in plan.frames:
             books.mark(frame)
         report.timings["upload_s"] = uploader.upload_seconds
@@ -324,7 +352,9 @@ class JobRun:
         report.done = [f for f in books.done if f in set(plan.frames)]
         failures = {} if interrupted else dict(books.failures)
         report.failures = sorted(failures.values(), key=lambda f: f.frame)
-        if self.stop.is_set():  # frames not done are left for the retry, not failed
+        if self.stop.is_set() and set(report.done) != set(plan.frames):
+            # Frames not done are left for the retry, not failed. (A stop that comes when every
+            # frame is done and marked changes nothing: the exit code says what is in the bucket.)
             flush = "finished frames flushed" if flushed else "not every upload finished"
             raise Preempted(f"stopped ({flush})")
         for frame in plan.frames:
