@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sqlite3
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -121,6 +122,7 @@ class JobRun:
         self.markers = MarkerWriter(job, self.outputs_store, self.retry)
         self.inputs: Inputs | None = None
         self.workspace: Workspace | None = None
+        self.run_dir: Path | None = None
         self.uploader: Uploader | None = None
         self.books: FrameBooks | None = None
         self.agent: Agent | None = None
@@ -175,14 +177,16 @@ class JobRun:
             return
         if job.scene_url is None and not job.deps and job.resolver != "auto":
             raise ConfigError(f"{job.source}: resolver {job.resolver!r} needs a 'scene'")
+        # A killed run's partial downloads, workspace (whose links pin cache entries) and agent
+        # folder go now, also when this run finds nothing to do.
+        with contextlib.suppress(OSError):
+            self.cache.clean_leftovers()
         todo = self._resume(frames)
         if not todo:
             self.progress.event("phase", message="every requested frame is already done")
             return
-        # A killed run's partial downloads and workspace (whose links pin cache entries) go now.
-        with contextlib.suppress(OSError):
-            self.cache.clean_leftovers()
         run_dir, _lock_fd = self.cache.new_run_dir(f"{job.display_name}-{self.job_hash[:8]}")
+        self.run_dir = run_dir  # removed at the end however the run ends (--keep-workspace)
         scene = run_dir / "inputs" / workspace_relpath(job.scene_url) if job.scene_url else None
         self._preflight_stages(Workspace(run_dir, scene, _job_dir(job)), todo)
         self.inputs = inputs = self._inputs(run_dir / "inputs")
@@ -413,12 +417,21 @@ class JobRun:
         if self.uploader is not None:
             self.uploader.close(wait=not self.stop.is_set())
         self._record_health()
-        if self.workspace is not None:
-            report.workspace = str(self.workspace.root)
+        if self.run_dir is not None:
+            report.workspace = str(self.run_dir)
             if not self.options.keep_workspace:
-                shutil.rmtree(self.workspace.root, ignore_errors=True)
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            self._keep_cap()
         if self.options.report_path is not None:
             report.write(self.options.report_path)
+
+    def _keep_cap(self) -> None:
+        """Evict to the cap now that this run's links are gone: while jobs run, the entries
+        they link are spared, so a cache can stand over its cap until the last one ends."""
+        if self.cache.max_bytes is None:
+            return
+        with contextlib.suppress(JitrenderError, OSError, sqlite3.Error):
+            self.cache.evict_to(self.cache.max_bytes)
 
     def _record_health(self) -> None:
         """Frames rendered or failed by their stages go to the node's health record (which
