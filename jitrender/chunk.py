@@ -45,6 +45,7 @@ class FrameBooks:
         self._lock = threading.Lock()
         self._stages_done: set[int] = set()
         self._marked: set[int] = set()
+        self._claimed: set[int] = set()  # marker written or being written
         self._uploads: dict[str, UploadRecord] = {}
         self.failures: dict[int, FrameFailure] = {}
         # The frame's outputs beyond the frame-token ones (the uploader's attribution).
@@ -103,21 +104,23 @@ class FrameBooks:
     def mark(self, frame: int) -> None:
         """Write ``frame``'s marker if its stages are done and every output is uploaded."""
         with self._lock:
-            if frame in self._marked or frame not in self._stages_done:
+            if frame in self._claimed or frame not in self._stages_done:
                 return
             expected = sorted({*self.expected.get(frame, ()), *self.produced(frame)})
             records = [self._uploads.get(rel) for rel in expected]
             if any(r is None for r in records):
                 return
-            self._marked.add(frame)  # claimed: no second thread writes it meanwhile
+            self._claimed.add(frame)  # no second thread writes it meanwhile
         outputs = {r.url: r.crc32c for r in records if r is not None}
         try:
             self.markers.write(frame, outputs)
         except JitrenderError as exc:
             with self._lock:
-                self._marked.discard(frame)
+                self._claimed.discard(frame)
             self.progress.event("error", message=f"frame {frame}: marker not written: {exc}")
             return
+        with self._lock:  # done only once its marker is in the bucket, not while it is written
+            self._marked.add(frame)
         self.progress.event("frame", frame=frame, status="done")
 
     @property

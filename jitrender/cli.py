@@ -73,6 +73,7 @@ def _extra_path_map(pairs: list[str] | None, rules: Path | None) -> Any:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     job_file: Annotated[Path, typer.Argument(help="The job.yaml to run.", metavar="JOB")],
     frames: Annotated[
         str | None, typer.Option("--frames", "-f", help="Frames to render, e.g. 1001-1010.")
@@ -140,6 +141,7 @@ def run(
     from jitrender.progress import make_progress
     from jitrender.run import RunOptions, run_job
     from jitrender.sequences import parse_frames
+    from jitrender.stopping import Stop
 
     if progress not in ("auto", "rich", "plain", "json", "quiet"):
         _fail(ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet"))
@@ -170,6 +172,7 @@ def run(
             progress=stream,
             task=task,
             mount=mount,
+            stop=ctx.obj if isinstance(ctx.obj, Stop) else None,
         )
         _refuse_if_unfit(job, cache_dir)
         heartbeat = None
@@ -829,8 +832,16 @@ def _options(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage errors exit 78 with one line, like every configuration error."""
+    args = sys.argv[1:] if argv is None else argv
+    stop = None
+    if args[:1] == ["run"]:
+        from jitrender.stopping import Stop  # light: no storage, job or typer-app imports
+
+        # First, before the imports that take time and before the job is loaded, and kept
+        # until the process exits: a SIGTERM at any moment ends with the report's exit code.
+        stop = Stop().hold()
     try:
-        code = app(args=argv, standalone_mode=False)  # an int when a command raised Exit
+        code = app(args=args, standalone_mode=False, obj=stop)  # an int when a command raised Exit
     except TyperException as exc:  # usage errors: unknown flag, bad value, missing argument
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message())

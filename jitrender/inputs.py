@@ -166,21 +166,24 @@ class Inputs:
             info = info or self.stat(url)
             if info is None:
                 raise MissingDependencyError(url)
-            store = self.store(url)
+            store, dest = self.store(url), self.local_path(url)
+            # Linked by the cache, which wins a race with another process's eviction.
             result = with_retries(
-                lambda: self.cache.fetch(info, store, record=False), url, self.retry
+                lambda: self.cache.fetch_into(info, store, dest, record=False), url, self.retry
             )
-            try:
-                self._link(url, info, result)
-            except FileNotFoundError:  # evicted between fetch and link: fetch it again
-                self._link(url, info, self.cache.fetch(info, store, record=False))
+            self._linked(url, info, result)
         except BaseException as exc:
             self._failed(url, future, exc)
             return
         future.set_result(self.local_path(url))
 
     def _link(self, url: str, info: ObjectInfo, result: CacheResult) -> None:
+        """Link a cached entry; FileNotFoundError when it was evicted since (callers then take
+        the thread path, :meth:`_fetch_and_link`, which cannot lose that race)."""
         self.cache.link_into(result.path, self.local_path(url))
+        self._linked(url, info, result)
+
+    def _linked(self, url: str, info: ObjectInfo, result: CacheResult) -> None:
         with self._lock:
             (self.fetched if result.fetched else self.hits).append(info)
             if url in self._pending:

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -94,6 +95,8 @@ class RunOptions:
     progress: Progress = field(default_factory=QuietProgress)
     task: dict[str, Any] | None = None
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
+    # The process's stop when the CLI holds the signals for the whole process (see stopping).
+    stop: Stop | None = None
     # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
     flush_budget_s: float = field(
         default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
@@ -122,8 +125,11 @@ class JobRun:
         self.job = job
         self.options = options
         self.progress = options.progress
-        self.stopping = Stop(self.progress)
+        self.stopping = options.stop or Stop()
+        self.stopping.attach(self.progress)
+        self.stopping.last_words = self._last_words
         self.stop = self.stopping.event
+        self._settled = False  # the report's status is final (the backstop keeps it)
         self._watcher = PreemptionWatcher(self.stop, self.stopping.notice)
         self.stores = Stores()
         self.retry = RetryPolicy(job.retries.storage, job.retries.storage_deadline)
@@ -136,6 +142,7 @@ class JobRun:
         self.markers = MarkerWriter(job, self.outputs_store, self.retry)
         self.inputs: Inputs | None = None
         self.workspace: Workspace | None = None
+        self.run_dir: Path | None = None
         self.uploader: Uploader | None = None
         self.books: FrameBooks | None = None
         self.agent: Agent | None = None
@@ -165,27 +172,45 @@ class JobRun:
             report.error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             report.timings["wall_s"] = time.monotonic() - started
+            self._settled = True
             self._finish()
         return report
+
+    def _last_words(self) -> int:
+        """For the stop's backstop (storage still hung at its deadline) and a second signal:
+        the report as far as it is true now, written locally; the exit code to end with."""
+        report = self.report
+        if not self._settled:
+            report.status, report.exit_code = "preempted", int(ExitCode.TEMPFAIL)
+            report.error = "stopped; exited before the flush finished (storage not answering)"
+            if self.books is not None:
+                report.done = [f for f in self.books.done if f in set(report.requested)]
+        if self.options.report_path is not None:
+            report.write(self.options.report_path)
+        return report.exit_code
 
     def _execute(self) -> None:
         job, report = self.job, self.report
         frames = self.options.frames if self.options.frames is not None else job.frame_list()
         report.requested = list(frames)
+        if self.stop.is_set():  # a signal during start-up: nothing was started, nothing to flush
+            raise Preempted("stopped before the run started")
         self._watcher.start()
         if not frames:
             self.progress.event("phase", message="no frames for this task: nothing to do")
             return
         if job.scene_url is None and not job.deps and job.resolver != "auto":
             raise ConfigError(f"{job.source}: resolver {job.resolver!r} needs a 'scene'")
+        # A killed run's partial downloads, workspace (whose links pin cache entries) and agent
+        # folder go now, also when this run finds nothing to do.
+        with contextlib.suppress(OSError):
+            self.cache.clean_leftovers()
         todo = self._resume(frames)
         if not todo:
             self.progress.event("phase", message="every requested frame is already done")
             return
-        # A killed run's partial downloads and workspace (whose links pin cache entries) go now.
-        with contextlib.suppress(OSError):
-            self.cache.clean_leftovers()
         run_dir, _lock_fd = self.cache.new_run_dir(f"{job.display_name}-{self.job_hash[:8]}")
+        self.run_dir = run_dir  # removed at the end however the run ends (--keep-workspace)
         scene = run_dir / "inputs" / workspace_relpath(job.scene_url) if job.scene_url else None
         self._preflight_stages(Workspace(run_dir, scene, _job_dir(job)), todo)
         self.inputs = inputs = self._inputs(run_dir / "inputs")
@@ -457,7 +482,14 @@ class JobRun:
         uploader, books, report = self.uploader, self.books, self.report
         t0 = time.monotonic()
         uploader.sweep()
-        flushed = uploader.wait(self.options.flush_budget_s if self.stop.is_set() else None)
+        flushed = False
+        while not flushed and not self.stop.is_set():  # a stop during the wait bounds it too
+            flushed = uploader.wait(0.25)
+        if not flushed or self.stop.is_set():
+            # The flush budget counts from the stop; marker writes get what is left of it.
+            budget = self.stopping.remaining(self.options.flush_budget_s)
+            self.markers.deadline = time.monotonic() + budget
+            flushed = flushed or uploader.wait(budget)
         for frame in plan.frames:
             books.mark(frame)
         report.timings["upload_s"] = uploader.upload_seconds
@@ -469,7 +501,9 @@ class JobRun:
                 self._delete(requeue_url(marker_prefix(self.job), frame))
         failures = {} if interrupted else dict(books.failures)
         report.failures = sorted(failures.values(), key=lambda f: f.frame)
-        if self.stop.is_set():  # frames not done are left for the retry, not failed
+        if self.stop.is_set() and set(report.done) != set(plan.frames):
+            # Frames not done are left for the retry, not failed. (A stop that comes when every
+            # frame is done and marked changes nothing: the exit code says what is in the bucket.)
             flush = "finished frames flushed" if flushed else "not every upload finished"
             raise Preempted(f"stopped ({flush})")
         for frame in plan.frames:
@@ -532,15 +566,24 @@ class JobRun:
             self._logs.close(timeout=1.0 if self.stop.is_set() else 30.0)
             if not self.stop.is_set():
                 self._logs.ship_bytes("report.json", json.dumps(report.to_json()).encode())
-        if self.workspace is not None:
-            report.workspace = str(self.workspace.root)
+        if self.run_dir is not None:
+            report.workspace = str(self.run_dir)
             if not self.options.keep_workspace:
-                shutil.rmtree(self.workspace.root, ignore_errors=True)
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             else:  # later runs on the node leave it alone; `cache prune` removes it
                 with contextlib.suppress(OSError):
-                    (self.workspace.root / KEPT_FILE).touch()
+                    (self.run_dir / KEPT_FILE).touch()
+            self._keep_cap()
         if self.options.report_path is not None:
             report.write(self.options.report_path)
+
+    def _keep_cap(self) -> None:
+        """Evict to the cap now that this run's links are gone: while jobs run, the entries
+        they link are spared, so a cache can stand over its cap until the last one ends."""
+        if self.cache.max_bytes is None:
+            return
+        with contextlib.suppress(JitrenderError, OSError, sqlite3.Error):
+            self.cache.evict_to(self.cache.max_bytes)
 
     def _record_health(self) -> None:
         """Frames rendered or failed by their stages go to the node's health record (which
