@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import random
@@ -145,6 +146,7 @@ class Cache:
         except OSError as exc:
             raise ConfigError(f"{self.root}: cannot use as cache folder: {exc}") from None
         self._checked_dirs: set[str] = set()  # objects/xx folders seen to be real and ours
+        self._made_folders: dict[str, tuple[int, int]] = {}  # workspace folder -> (dev, inode)
         self._known_keys: set[str] = set()  # keys seen in the index by this process
         self._db_local = threading.local()
         self._inflight: dict[str, Future[CacheResult]] = {}
@@ -163,7 +165,7 @@ class Cache:
 
     @staticmethod
     def key(info: ObjectInfo) -> str:
-        return hashlib.sha256(f"{info.url}\0{info.generation}".encode()).hexdigest()
+        return _object_key(info.url, info.generation)
 
     def object_path(self, info: ObjectInfo) -> Path:
         key = self.key(info)
@@ -408,25 +410,55 @@ class Cache:
             found = self.lookup(info)
             if found is not None:  # another process fetched it while we waited
                 return CacheResult(found, False, 0)
-            final = self.object_path(info)
-            part = self.part_path(key)
-            try:
-                final.parent.mkdir(exist_ok=True, mode=0o700)
-                if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
-                    self.ranged.download(info, store, part)  # verifies the crc32c
-                else:
-                    self._download_whole(info, store, part)
-                self.install(part, final)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise self.no_space(info) from None
-                raise
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
+            final = self._download_locked(info, store, key)
         self._record([info])  # indexed at once, so every process's eviction counts it
         self._maybe_evict(keep=(key,))
         return CacheResult(final, True, info.size)
+
+    def _download_locked(self, info: ObjectInfo, store: Store, key: str) -> Path:
+        """Download and install ``info`` (the caller holds ``key``'s stripe lock)."""
+        final = self.object_path(info)
+        part = self.part_path(key)
+        try:
+            final.parent.mkdir(exist_ok=True, mode=0o700)
+            if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
+                self.ranged.download(info, store, part)  # verifies the crc32c
+            else:
+                self._download_whole(info, store, part)
+            self.install(part, final)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise self.no_space(info) from None
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+        return final
+
+    def fetch_into(
+        self, info: ObjectInfo, store: Store, dest: Path, *, record: bool = True
+    ) -> CacheResult:
+        """:meth:`fetch`, then :meth:`link_into` ``dest``. Another process's eviction may take
+        the entry between the two (it spares only linked entries); then it is looked up, or
+        fetched again, and linked while holding the entry's lock, which eviction takes before
+        it unlinks: the second time cannot lose the race."""
+        result = self.fetch(info, store, record=record)
+        try:
+            self.link_into(result.path, dest)
+            return result
+        except FileNotFoundError:
+            if result.path.exists():
+                raise  # the workspace side is missing, not the entry
+        key = self.key(info)
+        with self._stripe_lock(key):
+            found = self.lookup(info)
+            path = found if found is not None else self._download_locked(info, store, key)
+            self.link_into(path, dest)  # pinned (link count 2) before eviction can look again
+        if found is not None:
+            return CacheResult(path, result.fetched, result.bytes_fetched)
+        self._record([info])
+        self._maybe_evict()
+        return CacheResult(path, True, info.size)
 
     def no_space(self, info: ObjectInfo) -> TransientError:
         """The one-line error for a download that found the cache's disk full. Exit 75: a
@@ -483,16 +515,34 @@ class Cache:
         filesystem). The link keeps the bytes alive even if the cache evicts the entry.
         Raises :class:`DataError` where a folder on the way (below ``runs/``) is a symlink a
         stage made: a link through it would land outside the workspace."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        self._refuse_symlinks_below_runs(dest.parent)
-        with contextlib.suppress(FileNotFoundError):
-            dest.unlink()
+        self._workspace_folder(dest.parent)
         try:
+            os.link(cached, dest)
+        except FileExistsError:
+            dest.unlink()
             os.link(cached, dest)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()
             shutil.copyfile(cached, dest)
+
+    def _workspace_folder(self, folder: Path) -> None:
+        """Make ``folder`` and refuse symlinks on the way. A folder checked before costs one
+        stat (a thousand inputs share a few folders): the path must still reach the same
+        folder, which it would not once a stage swapped a folder on the way for a symlink."""
+        name = str(folder)
+        seen = self._made_folders.get(name)
+        if seen is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(name)
+                if (st.st_dev, st.st_ino) == seen:
+                    return
+        folder.mkdir(parents=True, exist_ok=True)
+        self._refuse_symlinks_below_runs(folder)
+        st = os.lstat(name)
+        self._made_folders[name] = (st.st_dev, st.st_ino)
 
     def _refuse_symlinks_below_runs(self, folder: Path) -> None:
         try:
@@ -627,8 +677,9 @@ class Cache:
                     with os.scandir(folder.path) as files:
                         yield from (Path(f.path) for f in files)
 
-    def clean_leftovers(self) -> dict[str, int]:
-        """Remove downloads and workspaces left by processes that died."""
+    def clean_leftovers(self, *, kept_too: bool = False) -> dict[str, int]:
+        """Remove downloads and workspaces left by processes that died; a workspace kept with
+        ``--keep-workspace`` (a ``KEPT_FILE`` in it) only with ``kept_too`` (prune, clear)."""
         parts = runs = 0
         for part in self.tmp.iterdir():
             key = part.name.split(".")[0]
@@ -639,7 +690,11 @@ class Cache:
                     part.unlink()
                     parts += 1
         for run in self.runs.iterdir():
-            if run.is_dir() and not run_is_live(run):
+            if (
+                run.is_dir()
+                and not run_is_live(run)
+                and (kept_too or not (run / KEPT_FILE).exists())
+            ):
                 shutil.rmtree(run, ignore_errors=True)
                 runs += 1
         agents = 0
@@ -665,6 +720,9 @@ class Cache:
                 st = folder.lstat()
                 if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
                     continue
+                if not (folder / "session.json").exists() and time.time() - st.st_mtime > 60:
+                    yield folder  # killed before its first write (a live one writes at once)
+                    continue
                 session = json.loads((folder / "session.json").read_text())
                 workspace = Path(str(session["workspace"]))
             except (OSError, ValueError, KeyError, TypeError):
@@ -675,14 +733,14 @@ class Cache:
                 yield folder
 
     def prune(self, max_bytes: int | None = None) -> dict[str, int]:
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         cap = max_bytes if max_bytes is not None else self.max_bytes
         evicted, evicted_bytes = self.evict_to(cap) if cap is not None else (0, 0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
     def clear(self) -> dict[str, int]:
         """Evict everything that no running job is using."""
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         evicted, evicted_bytes = self.evict_to(0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
@@ -697,6 +755,11 @@ class Cache:
         fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return run_dir, fd
+
+
+@functools.lru_cache(maxsize=4096)  # one object's fetch asks for its key four times
+def _object_key(url: str, generation: str) -> str:
+    return hashlib.sha256(f"{url}\0{generation}".encode()).hexdigest()
 
 
 def check_private_folder(folder: Path, *, follow: bool) -> None:
@@ -742,6 +805,9 @@ def _user_name(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+KEPT_FILE = "kept"  # in a workspace: kept for debugging, removed only by prune or clear
 
 
 def _is_key(name: str) -> bool:
