@@ -7,17 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    BUCKET,
-    MiB,
-    emulator,
-    ratio,
-    run_job_here,
-    table,
-    workdir,
-    write_job,
-    write_object,
-)
+from benchmarks import common
+from benchmarks.common import BUCKET, MiB, ratio
 
 TITLE = "Overlap: frame-ahead prefetch behind a fixed-length render"
 FRAMES = 20
@@ -32,31 +23,33 @@ def run(quick: bool) -> dict[str, Any]:
     import google.cloud.storage  # noqa: F401  (import time is not transfer time)
 
     per_frame = 16 * MiB if quick else 64 * MiB
-    with workdir("overlap") as root:
+    with common.workdir("overlap") as root:
         data = root / "data"
         for frame in range(1, FRAMES + 1):
-            write_object(data, f"overlap/cache/sim.{frame:04d}.vdb", per_frame)
+            common.write_object(data, f"overlap/cache/sim.{frame:04d}.vdb", per_frame)
         deps = [f"gs://{BUCKET}/overlap/cache/sim.####.vdb"]
 
         def job(tag: str, frames: str, stages: list[dict[str, Any]]) -> Path:
-            return write_job(
+            return common.write_job(
                 root / f"{tag}.yaml", frames=frames, deps=deps, stages=stages, outputs=root / tag
             )
 
         touch = [{"name": "wait", "per": "chunk", "command": ["true"]}]
-        with emulator(data) as emu:
-            _, first = run_job_here(job("first", "1", touch), root / "c-first")
-            _, fetch_all = run_job_here(job("all", f"1-{FRAMES}", touch), root / "c-all")
+        with common.emulator(data) as emu:
+            _, first = common.run_job_here(job("first", "1", touch), root / "c-first")
+            _, fetch_all = common.run_job_here(job("all", f"1-{FRAMES}", touch), root / "c-all")
             fetch_total = float(fetch_all.timings["fetch_s"])
             first_fetch = float(first.timings["fetch_s"])
             # The hardest case for overlap: each frame renders as long as its fetch takes.
             render_s = round(max(0.1, fetch_total / FRAMES), 3)
             render = [{"name": "render", "per": "frame", "command": ["sleep", str(render_s)]}]
-            _, overlapped = run_job_here(job("overlap", f"1-{FRAMES}", render), root / "c-ov")
-            _, serial = run_job_here(
+            _, overlapped = common.run_job_here(
+                job("overlap", f"1-{FRAMES}", render), root / "c-ov"
+            )
+            _, serial = common.run_job_here(
                 job("serial", f"1-{FRAMES}", touch + render), root / "c-serial"
             )
-            _, warm = run_job_here(job("warm", f"1-{FRAMES}", render), root / "c-ov")
+            _, warm = common.run_job_here(job("warm", f"1-{FRAMES}", render), root / "c-ov")
             emu.reset()
     render_total = _phase(warm)  # the renders alone: every input already cached
     ideal = first_fetch + max(render_total, fetch_total)
@@ -68,7 +61,7 @@ def run(quick: bool) -> dict[str, Any]:
         "fetch only (no render)": fetch_total,
     }
     over_ideal = ratio(rows["jitrender (prefetch overlapped)"], ideal)
-    text = table(
+    text = common.table(
         TITLE,
         ["schedule", "fetch+render s", "vs ideal"],
         [[name, value, ratio(value, ideal)] for name, value in rows.items()],

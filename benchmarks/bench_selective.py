@@ -8,17 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    BUCKET,
-    emulator,
-    gcsfs_fs,
-    ratio,
-    run_job_here,
-    table,
-    workdir,
-    write_job,
-    write_object,
-)
+from benchmarks import common
+from benchmarks.common import BUCKET, ratio
 
 TITLE = "Selective: one 10-frame chunk of a shot"
 SEQUENCES = ("bg", "fg", "matte")
@@ -29,17 +20,19 @@ def _show(data: Path, frames: int, frame_bytes: int, asset_bytes: int) -> None:
     for shot in ("sh010", "sh020"):
         for seq in SEQUENCES:
             for frame in range(FIRST, FIRST + frames):
-                write_object(data, f"show/shots/{shot}/plates/{seq}.{frame}.exr", frame_bytes)
-        write_object(data, f"show/shots/{shot}/comp/{shot}.nk", 64 << 10)
+                common.write_object(
+                    data, f"show/shots/{shot}/plates/{seq}.{frame}.exr", frame_bytes
+                )
+        common.write_object(data, f"show/shots/{shot}/comp/{shot}.nk", 64 << 10)
     for i in range(20):
-        write_object(data, f"show/assets/tex/asset{i:02d}.tx", asset_bytes)
+        common.write_object(data, f"show/assets/tex/asset{i:02d}.tx", asset_bytes)
 
 
 def _job(root: Path, tag: str) -> Path:
     deps = [f"gs://{BUCKET}/show/shots/sh010/plates/{seq}.####.exr" for seq in SEQUENCES]
     deps += [f"gs://{BUCKET}/show/assets/tex/asset{i:02d}.tx" for i in range(4)]
     deps.append(f"gs://{BUCKET}/show/shots/sh010/comp/sh010.nk")
-    return write_job(
+    return common.write_job(
         root / f"{tag}.yaml",
         frames=f"{FIRST + 10}-{FIRST + 19}",
         deps=deps,
@@ -49,7 +42,7 @@ def _job(root: Path, tag: str) -> Path:
 
 
 def _prefix_copy(root: Path, assets: list[str]) -> None:
-    fs = gcsfs_fs()
+    fs = common.gcsfs_fs()
     fs.get(f"{BUCKET}/show/shots/sh010/", str(root / "prefix-copy") + "/", recursive=True)
     fs.get(assets, [str(root / "prefix-copy" / "assets" / Path(a).name) for a in assets])
 
@@ -76,7 +69,7 @@ def _filecache(root: Path, sequence_len: int, assets: list[str]) -> None:
 
 
 def _gcsfs_list(root: Path, urls: list[str]) -> None:
-    fs = gcsfs_fs()
+    fs = common.gcsfs_fs()
     remote = [u.removeprefix("gs://") for u in urls]
     fs.get(remote, [str(root / "gcsfs-list" / r) for r in remote])
 
@@ -90,10 +83,10 @@ def run(quick: bool) -> dict[str, Any]:
     frames, frame_bytes, asset_bytes = (
         (20, 256 << 10, 1 << 20) if quick else (200, 1 << 20, 4 << 20)
     )
-    with workdir("selective") as root:
+    with common.workdir("selective") as root:
         data = root / "data"
         _show(data, frames, frame_bytes, asset_bytes)
-        with emulator(data) as emu:
+        with common.emulator(data) as emu:
             job_path = _job(root, "chunk")
             job = load_job(job_path)
             resolved = resolve_job(job, job.frame_list(), RunOptions(cache_dir=root / "c-resolve"))
@@ -113,7 +106,9 @@ def run(quick: bool) -> dict[str, Any]:
             report_box: list[Any] = []
             measure(
                 "jitrender (whole run)",
-                lambda: report_box.append(run_job_here(_job(root, "run"), root / "c-run")[1]),
+                lambda: report_box.append(
+                    common.run_job_here(_job(root, "run"), root / "c-run")[1]
+                ),
             )
             report = report_box[0]
             results["jitrender (whole run)"]["bytes_fetched"] = report.bytes_fetched
@@ -129,10 +124,16 @@ def run(quick: bool) -> dict[str, Any]:
         r["moved_over_needed"] = ratio(r["wire_bytes"], needed)
     base = results["jitrender (transfer phase)"]["wall_s"]
     rows = [
-        [name, r["wire_bytes"] / 1e6, r["moved_over_needed"], r["wall_s"], ratio(r["wall_s"], base)]
+        [
+            name,
+            r["wire_bytes"] / 1e6,
+            r["moved_over_needed"],
+            r["wall_s"],
+            ratio(r["wall_s"], base),
+        ]
         for name, r in results.items()
     ]
-    text = table(
+    text = common.table(
         TITLE,
         ["tool", "MB on the wire", "moved / needed", "wall s", "wall vs jitrender transfer"],
         rows,

@@ -8,40 +8,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    BUCKET,
-    Emulator,
-    MiB,
-    emulator,
-    gcs_client,
-    gcsfs_fs,
-    ratio,
-    run_job_here,
-    table,
-    workdir,
-    write_job,
-    write_object,
-)
+from benchmarks import common
+from benchmarks.common import BUCKET, MiB, ratio
 
 TITLE = "Many small files / few large files (cold)"
 
 
-def _jitrender(emu: Emulator, root: Path, prefix: str, tag: str) -> tuple[float, int]:
-    job = write_job(
+def _jitrender(emu: common.Emulator, root: Path, prefix: str, tag: str) -> tuple[float, int]:
+    job = common.write_job(
         root / f"{tag}.yaml",
         frames="1",
         deps=[f"gs://{BUCKET}/{prefix}"],
         stages=[{"name": "render", "per": "chunk", "command": ["true"]}],
         outputs=root / f"out-{tag}",
     )
-    _wall, report = run_job_here(job, root / f"cache-{tag}")
+    _wall, report = common.run_job_here(job, root / f"cache-{tag}")
     # The transfer itself (listing + fetch into the cache), as the alternatives are timed;
     # the whole run (resume, workspace, stage, markers) is reported next to it.
     return report.timings["resolve_s"] + report.timings["fetch_s"], _wall
 
 
 def _sequential(root: Path, prefix: str) -> None:
-    bucket = gcs_client().bucket(BUCKET)
+    bucket = common.gcs_client().bucket(BUCKET)
     dest = root / "seq"
     for blob in bucket.list_blobs(prefix=prefix):
         target = dest / blob.name
@@ -52,7 +40,7 @@ def _sequential(root: Path, prefix: str) -> None:
 def _download_many(root: Path, prefix: str) -> None:
     from google.cloud.storage import transfer_manager
 
-    bucket = gcs_client().bucket(BUCKET)
+    bucket = common.gcs_client().bucket(BUCKET)
     names = [blob.name for blob in bucket.list_blobs(prefix=prefix)]
     results = transfer_manager.download_many_to_path(
         bucket,
@@ -69,7 +57,7 @@ def _download_many(root: Path, prefix: str) -> None:
 def _chunks_concurrently(root: Path, prefix: str) -> None:
     from google.cloud.storage import transfer_manager
 
-    bucket = gcs_client().bucket(BUCKET)
+    bucket = common.gcs_client().bucket(BUCKET)
     (root / "chunks").mkdir(exist_ok=True)
     for blob in bucket.list_blobs(prefix=prefix):
         transfer_manager.download_chunks_concurrently(
@@ -81,7 +69,7 @@ def _chunks_concurrently(root: Path, prefix: str) -> None:
 
 
 def _gcsfs_get(root: Path, prefix: str) -> None:
-    fs = gcsfs_fs()
+    fs = common.gcsfs_fs()
     remote = [p for p in fs.find(f"{BUCKET}/{prefix}")]
     local = [str(root / "gcsfs" / p) for p in remote]
     for path in local:
@@ -89,7 +77,7 @@ def _gcsfs_get(root: Path, prefix: str) -> None:
     fs.get(remote, local)
 
 
-def _measure(emu: Emulator, root: Path, shape: str, count: int, size: int) -> dict[str, Any]:
+def _measure(emu: common.Emulator, root: Path, shape: str, count: int, size: int) -> dict[str, Any]:
     prefix = f"{shape}/"
     total = count * size
     tools: dict[str, Any] = {
@@ -161,13 +149,13 @@ def run(quick: bool) -> dict[str, Any]:
     large_n, large_size = (2, 64 * MiB) if quick else (4, 256 * MiB)
     import google.cloud.storage  # noqa: F401  (import time is not transfer time, for any tool)
 
-    with workdir("transfer") as root:
+    with common.workdir("transfer") as root:
         data = root / "data"
         for i in range(small_n):
-            write_object(data, f"small/tex/t{i:05d}.tx", small_size)
+            common.write_object(data, f"small/tex/t{i:05d}.tx", small_size)
         for i in range(large_n):
-            write_object(data, f"large/cache/sim{i}.vdb", large_size)
-        with emulator(data) as emu:
+            common.write_object(data, f"large/cache/sim{i}.vdb", large_size)
+        with common.emulator(data) as emu:
             small = _measure(emu, root, "small", small_n, small_size)
             large = _measure(emu, root, "large", large_n, large_size)
         crc = _crc_strategy(root, large_size)
@@ -184,7 +172,7 @@ def run(quick: bool) -> dict[str, Any]:
                     "" if name != "jitrender" else result["jitrender_speedup_vs_best_alternative"],
                 ]
             )
-    text = table(
+    text = common.table(
         TITLE,
         ["shape", "tool", "wall s", "files/s", "MB/s", "speed vs best alt"],
         rows,

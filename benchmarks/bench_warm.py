@@ -11,17 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    BUCKET,
-    REPO,
-    emulator,
-    ratio,
-    run_job_here,
-    table,
-    workdir,
-    write_job,
-    write_object,
-)
+from benchmarks import common
+from benchmarks.common import BUCKET, ratio
 
 TITLE = "Warm: 1,000 cached dependencies"
 DEPS = 1000
@@ -34,7 +25,7 @@ def _urls() -> list[str]:
 
 
 def _stamp_job(root: Path, tag: str, stamp: Path) -> Path:
-    return write_job(
+    return common.write_job(
         root / f"{tag}.yaml",
         frames="1",
         deps=_urls(),  # one path each, as a resolver hands them over
@@ -53,7 +44,7 @@ def _first_render_in_process(root: Path, tag: str) -> float:
     stamp = root / f"{tag}.stamp"
     job = _stamp_job(root, tag, stamp)
     started = time.time()
-    run_job_here(job, root / "cache")
+    common.run_job_here(job, root / "cache")
     return float(stamp.read_text()) - started
 
 
@@ -71,7 +62,7 @@ def _first_render_cli(root: Path, tag: str) -> float:
             "--cache-dir",
             str(root / "cache"),
         ],
-        cwd=REPO,
+        cwd=common.REPO,
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -122,11 +113,11 @@ def run(quick: bool) -> dict[str, Any]:
     import google.cloud.storage  # noqa: F401  (import time is not what this measures)
 
     filecache_files = 30 if quick else 300  # ~0.1 s a file cold: the whole 1,000 takes minutes
-    with workdir("warm") as root:
+    with common.workdir("warm") as root:
         data = root / "data"
         for url in _urls():
-            write_object(data, url.removeprefix(f"gs://{BUCKET}/"), 4096)
-        with emulator(data) as emu:
+            common.write_object(data, url.removeprefix(f"gs://{BUCKET}/"), 4096)
+        with common.emulator(data) as emu:
             cold = _first_render_in_process(root, "cold")
             emu.reset()
             warm = min(_first_render_in_process(root, f"warm{i}") for i in range(3))
@@ -142,7 +133,7 @@ def run(quick: bool) -> dict[str, Any]:
         [f"fsspec filecache, warm: open per file ({filecache_files} files)", fc_warm_us, "µs"],
         [f"fsspec filecache, cold fill of {filecache_files} files", fc_cold, "s"],
     ]
-    text = table(TITLE, ["measure", "value", "unit"], rows)
+    text = common.table(TITLE, ["measure", "value", "unit"], rows)
     text += (
         f"\n\nwarm run: {warm_requests} storage requests for {DEPS} dependencies "
         f"({FOLDERS} folder listings + the outputs listing)"

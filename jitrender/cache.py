@@ -145,6 +145,7 @@ class Cache:
         except OSError as exc:
             raise ConfigError(f"{self.root}: cannot use as cache folder: {exc}") from None
         self._checked_dirs: set[str] = set()  # objects/xx folders seen to be real and ours
+        self._known_keys: set[str] = set()  # keys seen in the index by this process
         self._db_local = threading.local()
         self._inflight: dict[str, Future[CacheResult]] = {}
         self._inflight_lock = threading.Lock()
@@ -270,12 +271,25 @@ class Cache:
         except FileNotFoundError:
             return None
         mine = st.st_uid == os.geteuid() and not st.st_mode & 0o022
-        if st.st_size != info.size or not stat.S_ISREG(st.st_mode) or not mine:
+        whole = st.st_size == info.size and stat.S_ISREG(st.st_mode) and mine
+        if whole and not self._indexed(path.name):
+            # A file the index does not know (a crash between install and index, or not put
+            # there by the cache at all): its bytes decide, never its size.
+            whole = info.crc32c is not None and crc32c_of_file(path) == info.crc32c
+        if not whole:
             # Torn by a power loss or tampered with: drop it rather than serve it.
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return None
         return path
+
+    def _indexed(self, key: str) -> bool:
+        if key in self._known_keys:
+            return True
+        row = self._connection().execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone()
+        if row is not None:
+            self._known_keys.add(key)  # entries are immutable: once indexed, always this file
+        return row is not None
 
     def _check_object_dir(self, folder: Path) -> None:
         """Refuse (:class:`ConfigError`) an ``objects/xx`` that is a symlink or not ours: a

@@ -134,7 +134,7 @@ def run(
 ) -> None:
     """Render a job: resolve, fetch just in time, run its stages, upload outputs exactly once."""
     from jitrender.cache import parse_size
-    from jitrender.farm import detect_task, task_frames
+    from jitrender.farm import detect_task, task_frames, task_parts
     from jitrender.heartbeat import TaskProgress
     from jitrender.job import load_job
     from jitrender.progress import make_progress
@@ -148,12 +148,18 @@ def run(
         job = load_job(job_file)
         frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
         slot = detect_task(task_index, task_count, os.environ)
-        task = None
-        if slot is not None:
+        task, parts = None, None
+        split = job.split_stage
+        if slot is not None and split is not None and split.split is not None:
+            parts = task_parts(frame_list, split.split.parts, slot, job.chunk)
+            frame_list = sorted({frame for frame, _ in parts})
+            task = {"index": slot.index, "count": slot.count, "source": slot.source}
+        elif slot is not None:
             frame_list = task_frames(frame_list, slot, job.chunk)
             task = {"index": slot.index, "count": slot.count, "source": slot.source}
         options = RunOptions(
             frames=frame_list,
+            parts=parts,
             cache_dir=cache_dir,
             cache_max_bytes=parse_size(cache_max_size, "--cache-max-size"),
             report_path=report,
@@ -720,6 +726,56 @@ def health(
                 "frames here; it takes no more of its frames"
             )
     raise typer.Exit(0 if state["healthy"] else int(ExitCode.UNHEALTHY))
+
+
+@app.command()
+def assemble(
+    job_file: Annotated[Path, typer.Argument(help="The split job's job.yaml.", metavar="JOB")],
+    frames: Annotated[
+        str | None, typer.Option("--frames", "-f", help="Frames to assemble (default: all).")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write the JSON report here.")
+    ] = None,
+    as_json: JsonFlag = False,
+    cache_dir: CacheDir = None,
+    path_map: PathMapFlag = None,
+    path_map_rules: PathMapRules = None,
+) -> None:
+    """Finish a split job's frames whose parts are all in the bucket but that no task
+    assembled (its tasks were killed after the last part, say); renders nothing. Frames
+    already done are skipped; a frame with a part missing fails (exit 65) naming it."""
+    from jitrender.job import load_job
+    from jitrender.run import RunOptions, run_job
+    from jitrender.sequences import parse_frames
+
+    try:
+        job = load_job(job_file)
+        if job.split_stage is None:
+            raise ConfigError(f"{job_file}: no stage has 'split': there is nothing to assemble")
+        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+        options = RunOptions(
+            frames=frame_list,
+            parts=[],
+            assemble_only=True,
+            cache_dir=cache_dir,
+            report_path=report,
+            extra_path_map=_extra_path_map(path_map, path_map_rules),
+        )
+    except JitrenderError as exc:
+        _fail(exc)
+    result = run_job(job, options)
+    if as_json:
+        _print_json(result.to_json())
+    assembled = (result.parts or {}).get("assembled", [])
+    typer.echo(
+        f"jitrender: {result.status}: {len(assembled)} frames assembled, "
+        f"{len(result.skipped_already_done)} already done, {len(result.failed)} failed",
+        err=True,
+    )
+    if result.error:
+        typer.echo(f"jitrender: error: {result.error}", err=True)
+    raise typer.Exit(result.exit_code)
 
 
 def _version_info() -> dict[str, Any]:

@@ -335,3 +335,13 @@ def task_frames(frames: Sequence[int], slot: TaskSlot, chunk: int | None) -> lis
     start = slot.index * base + min(slot.index, longer)
     length = base + (1 if slot.index < longer else 0)
     return list(frames[start : start + length])
+
+
+def task_parts(
+    frames: Sequence[int], parts: int, slot: TaskSlot, chunk: int | None
+) -> list[tuple[int, int]]:
+    """The (frame, part) pairs task ``slot`` renders of a split job whose frames have ``parts``
+    parts each: the pairs in frame-then-part order, spread over the tasks exactly as
+    :func:`task_frames` spreads frames (``chunk`` counts pairs per task)."""
+    pairs = [(frame, part) for frame in frames for part in range(parts)]
+    return [pairs[i] for i in task_frames(range(len(pairs)), slot, chunk)]

@@ -21,11 +21,9 @@ import contextlib
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from jitrender.progress import Progress
@@ -260,15 +258,9 @@ class Heartbeat:
         with self._write_lock:
             try:
                 store = self._stores.for_url(self.url)
-                with tempfile.NamedTemporaryFile(prefix="jitrender-heartbeat-") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    path = Path(handle.name)
-                    with_retries(
-                        lambda: store.put_if_absent(path, self.url, overwrite=True),
-                        self.url,
-                        RetryPolicy(attempts=2),
-                    )
+                with_retries(
+                    lambda: store.replace_bytes(data, self.url), self.url, RetryPolicy(attempts=2)
+                )
             except Exception:  # a lost heartbeat must never stop the render; the next retries
                 return False
         self.writes += 1

@@ -64,8 +64,9 @@ class Inputs:
         self._futures: dict[str, Future[Path]] = {}
         self._planned: dict[str, Future[Path]] = {}
         self._deps: list[Dependency] = []
+        self._closed = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
-        self._aio = AsyncFetcher(cache, self.retry, self._pool, self.stop.is_set)
+        self._aio = AsyncFetcher(cache, self.retry, self._pool, self._stopping)
         # One admission policy for every prefetch: in the order asked, bytes in flight capped.
         self._budget = InflightBudget(prefetch_bytes)
         self._queue: queue.SimpleQueue[tuple[str, Future[Path]] | None] = queue.SimpleQueue()
@@ -240,8 +241,11 @@ class Inputs:
             except BaseException as exc:
                 self._failed(url, future, exc)
 
+    def _stopping(self) -> bool:
+        return self._closed or self.stop.is_set()
+
     def _admit(self, url: str, future: Future[Path]) -> None:
-        if self.stop.is_set():
+        if self._stopping():
             raise Preempted("stopped while waiting to fetch")
         info = self._known.get(url)
         if info is None:  # not stat'ed yet (a hook's prefetch): the thread path does it all
@@ -255,7 +259,7 @@ class Inputs:
                 return
             except FileNotFoundError:
                 pass  # evicted just now: fetch it like a cold one
-        if not self._budget.acquire(info.size, self.stop.is_set):
+        if not self._budget.acquire(info.size, self._stopping):
             raise Preempted("stopped while waiting to fetch")
         store = self.store(url)
         if AsyncFetcher.eligible(info, store):
@@ -307,6 +311,7 @@ class Inputs:
     def close(self) -> None:
         """Stop fetching (queued prefetches are dropped) and index the run's hits and downloads
         in one transaction."""
+        self._closed = True  # a dispatcher waiting for the byte budget gives up
         self._queue.put(None)
         self._aio.close()  # before the pool it hands work to
         self._pool.shutdown(wait=False, cancel_futures=True)

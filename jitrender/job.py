@@ -54,6 +54,38 @@ class DepSpec(BaseModel):
         return self
 
 
+class SplitSpec(BaseModel):
+    """One frame rendered as parts on many tasks: ``tiles: [X, Y]`` regions (each grown by
+    ``overscan`` pixels on every inner side) or ``samples: N`` disjoint Cycles sample subsets."""
+
+    model_config = _STRICT
+    tiles: list[int] | None = None
+    overscan: int | None = Field(default=None, ge=0)
+    samples: int | None = Field(default=None, ge=1)
+
+    @field_validator("tiles")
+    @classmethod
+    def _two_counts(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            raise ValueError(f"tiles is [columns, rows], each at least 1, not {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SplitSpec:
+        if (self.tiles is None) == (self.samples is None):
+            raise ValueError("give exactly one of 'tiles' or 'samples'")
+        if self.overscan is not None and self.tiles is None:
+            raise ValueError("'overscan' goes with 'tiles' (sample parts cover the whole frame)")
+        return self
+
+    @property
+    def parts(self) -> int:
+        """How many parts one frame is rendered as."""
+        if self.tiles is not None:
+            return self.tiles[0] * self.tiles[1]
+        return self.samples or 1
+
+
 class StageSpec(BaseModel):
     """One stage: a command template or a built-in engine, run per frame or once per chunk."""
 
@@ -65,6 +97,7 @@ class StageSpec(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     timeout: float | None = Field(default=None, gt=0)
+    split: SplitSpec | None = None  # see jitrender.split
 
     @model_validator(mode="after")
     def _command_or_engine(self) -> StageSpec:
@@ -74,6 +107,11 @@ class StageSpec(BaseModel):
             raise ValueError(f"'command' goes with engine 'command', not {self.engine!r}")
         if isinstance(self.command, list) and not self.command:
             raise ValueError("'command' is an empty list")
+        if self.split is not None and (self.engine != "blender" or self.per != "frame"):
+            raise ValueError(
+                f"split: only a per-frame 'blender' engine stage renders parts, not "
+                f"{self.engine or 'command'!r} per {self.per}"
+            )
         return self
 
 
@@ -160,6 +198,12 @@ class Job(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        split = [s.name for s in stages if s.split is not None]
+        if split and len(stages) > 1:
+            raise ValueError(
+                f"stage {split[0]!r} has 'split': a split job has that one render stage only "
+                "(its parts are assembled, denoised and composited by jitrender)"
+            )
         return stages
 
     # -- derived values ------------------------------------------------------------------
@@ -253,6 +297,11 @@ class Job(BaseModel):
         shape["outputs"].pop("checkpoints", None)  # where previews go changes no final pixel
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def split_stage(self) -> StageSpec | None:
+        """The stage whose frames are rendered as parts (``split:``), or None."""
+        return next((s for s in self.stages if s.split is not None), None)
 
     @property
     def display_name(self) -> str:

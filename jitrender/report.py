@@ -51,6 +51,7 @@ class Report:
     )
     workspace: str | None = None
     task: dict[str, Any] | None = None
+    parts: dict[str, Any] | None = None  # a split job's parts (jitrender.split.SplitSummary)
 
     @property
     def failed(self) -> list[int]:
@@ -97,6 +98,7 @@ class Report:
             },
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "workspace": self.workspace,
+            **({"parts": self.parts} if self.parts is not None else {}),
         }
 
     def write(self, path: Path) -> None:

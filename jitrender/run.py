@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
 from jitrender.requeue import requeue_url, requeued_frames
 from jitrender.stagemarks import stages_done, write_stage_marker
-from jitrender.stopping import Stop
+from jitrender.stopping import Stop, seconds_from_env
 from jitrender.storage import (
     JOB_METADATA_KEY,
     ObjectInfo,
@@ -73,16 +73,11 @@ from jitrender.storage import (
 )
 
 
-def _seconds_from_env(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise ConfigError(f"{name}: {os.environ[name]!r} is not a number of seconds") from None
-
-
 @dataclass
 class RunOptions:
     frames: list[int] | None = None  # overrides the job's frames (already split by task)
+    parts: list[tuple[int, int]] | None = None  # a split job's (frame, part) pairs; None: all
+    assemble_only: bool = False  # a split job: render no part, assemble frames whose parts exist
     cache_dir: Path | None = None
     cache_max_bytes: int | None = None
     report_path: Path | None = None
@@ -99,7 +94,7 @@ class RunOptions:
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
     # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
     flush_budget_s: float = field(
-        default_factory=lambda: _seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
+        default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
     )
 
 
@@ -204,7 +199,10 @@ class JobRun:
         self._start_services(plan)
         self.progress.totals(report.deps_count, report.bytes_needed, len(todo))
         try:
-            self._run_stages(plan)
+            if job.split_stage is not None:
+                plan = self._run_parts(plan)  # narrowed to the frames this task finishes
+            else:
+                self._run_stages(plan)
         except Preempted:
             self._settle(plan, interrupted=True)  # flush what finished (bounded), mark it
             raise
@@ -427,6 +425,25 @@ class JobRun:
                         alive.remove(frame)
         finally:
             self.report.timings["render_s"] += runner.render_seconds
+
+    def _run_parts(self, plan: RunPlan) -> RunPlan:
+        """A split job's parts and assemblies (see :mod:`jitrender.split`)."""
+        from jitrender.split import SplitRender
+
+        assert self.workspace and self.uploader and self.books and self.inputs and self.agent
+        runner = StageRunner(self.job, self.workspace, self.uploader, self.agent.env(),
+                             self.stop, self.progress)  # fmt: skip
+        split = SplitRender(self.job, plan.frames, self.options.parts, runner=runner,
+                            books=self.books, inputs=self.inputs, store=self.outputs_store,
+                            retry=self.retry, stop=self.stop, progress=self.progress,
+                            assemble_only=self.options.assemble_only)  # fmt: skip
+        try:
+            settled = split.run()
+        finally:
+            self.report.timings["render_s"] += runner.render_seconds
+            self.report.parts = split.summary.to_json()
+        self.report.skipped_already_done += split.summary.adopted
+        return replace(plan, frames=tuple(f for f in plan.frames if f in settled))
 
     # -- 4. settle: flush uploads, markers, the report -----------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-from jitrender.errors import ExitCode
+from jitrender.errors import ConfigError, ExitCode
 from jitrender.progress import Progress
 
 
@@ -47,3 +47,11 @@ class Stop:
         finally:
             for signum, handler in self.previous.items():
                 signal.signal(signum, handler)
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """A duration setting from the environment (``default`` when unset); 78 when not a number."""
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise ConfigError(f"{name}: {os.environ[name]!r} is not a number of seconds") from None

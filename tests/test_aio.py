@@ -4,11 +4,7 @@ errors classified the same way)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -99,44 +95,3 @@ def test_waits_for_another_process_download_lock(
     os.close(held)
     assert future.result(timeout=30).path.read_bytes() == b"b" * 5000
     fetcher.close()
-
-
-FETCH_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    from concurrent.futures import ThreadPoolExecutor
-    from pathlib import Path
-    from jitrender.aio import AsyncFetcher
-    from jitrender.cache import Cache
-    from jitrender.storage import GCSStore, RetryPolicy
-    cache = Cache(Path(sys.argv[1]))
-    store = GCSStore()
-    infos = sorted(store.list(sys.argv[2]), key=lambda i: i.url)
-    with ThreadPoolExecutor(4) as pool:
-        fetcher = AsyncFetcher(cache, RetryPolicy(), pool)
-        fetched = [f.result().fetched for f in [fetcher.fetch(i, store) for i in infos]]
-        fetcher.close()
-    print(json.dumps(fetched))
-    """
-)
-
-
-def test_eight_processes_download_each_object_once(gcs_bucket: str, cache_dir: Path) -> None:
-    for i in range(30):
-        put_object(f"{gcs_bucket}/seq/p.{i:04d}.exr", bytes([i]) * 100_000)
-    Cache(cache_dir)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", FETCH_SCRIPT, str(cache_dir), f"{gcs_bucket}/seq/"],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for _ in range(8)
-    ]
-    outputs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    downloads = [sum(column) for column in zip(*outputs, strict=True)]
-    assert downloads == [1] * 30  # each object fetched by exactly one process
-    verified = Cache(cache_dir).verify()
-    assert (verified["checked"], verified["bad"]) == (30, 0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
 from tests.renderjobs import jitrender_env, make_job, run
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int) -> str:

@@ -3,6 +3,7 @@ rename-after-verify, identity by generation, and eviction that never breaks a ru
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -81,42 +82,49 @@ def test_corrupt_download_is_rejected_and_leaves_nothing(gcs_bucket: str, cache_
 FETCH_SCRIPT = textwrap.dedent(
     """
     import json, sys
+    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
+    from jitrender.aio import AsyncFetcher
     from jitrender.cache import Cache
-    from jitrender.storage import GCSStore
+    from jitrender.storage import GCSStore, RetryPolicy
     cache = Cache(Path(sys.argv[1]))
     store = GCSStore()
-    urls = sys.argv[2:]
-    infos = [store.stat(u) for u in urls]
-    fetched = [cache.fetch(i, store).fetched for i in infos]
+    infos = [store.stat(u) for u in sys.argv[3:]]
+    if sys.argv[2] == "asyncio":
+        with ThreadPoolExecutor(4) as pool:
+            fetcher = AsyncFetcher(cache, RetryPolicy(), pool)
+            fetched = [f.result().fetched for f in [fetcher.fetch(i, store) for i in infos]]
+            fetcher.close()
+    else:
+        fetched = [cache.fetch(i, store).fetched for i in infos]
     print(json.dumps(fetched))
     """
 )
 
 
-def test_eight_processes_download_each_object_once(gcs_bucket: str, cache_dir: Path) -> None:
-    urls = [f"{gcs_bucket}/seq/p.{i:04d}.exr" for i in range(1, 13)]
+def test_eight_processes_on_both_fetch_paths_download_each_object_once(
+    gcs_bucket: str, cache_dir: Path
+) -> None:
+    """Four processes fetch on the thread path, four on the asyncio path, all at once."""
+    urls = [f"{gcs_bucket}/seq/p.{i:04d}.exr" for i in range(1, 25)]
     for i, url in enumerate(urls):
-        put_object(url, bytes([i]) * 200_000)
+        put_object(url, bytes([i]) * 150_000)
     Cache(cache_dir)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", FETCH_SCRIPT, str(cache_dir), *urls],
+            [sys.executable, "-c", FETCH_SCRIPT, str(cache_dir), path, *urls],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
         )
-        for _ in range(8)
+        for path in ["threads", "asyncio"] * 4
     ]
-    import json
-
     results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     per_object = [sum(r[i] for r in results) for i in range(len(urls))]
     assert per_object == [1] * len(urls), per_object
-    stats = Cache(cache_dir).stats()
-    assert stats["misses"] == len(urls)
-    assert stats["bytes_fetched"] == 12 * 200_000
+    verified = Cache(cache_dir).verify()
+    assert (verified["checked"], verified["bad"]) == (len(urls), 0)
 
 
 STALL_SCRIPT = textwrap.dedent(

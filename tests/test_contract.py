@@ -14,21 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
 from tests.renderjobs import RenderJob, jitrender_env, make_job, run
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-    )
 
 
 def _rewrite(job: RenderJob, **changes: Any) -> None:
@@ -74,7 +63,7 @@ def test_unreadable_path_map_is_78_naming_the_key(tmp_path: Path) -> None:
     for key, path_map in cases.items():
         job_file = tmp_path / "job.yaml"
         job_file.write_text(yaml.safe_dump({**base, "path_map": path_map}))
-        for command in ("validate", "run"):
+        for command in ("validate", "run") if key == "'/mnt/show/'" else ("validate",):
             result = cli(command, str(job_file))
             assert result.returncode == 78, (command, result.stderr)
             line = _error_line(result.stderr)
@@ -170,6 +159,8 @@ def test_validate_refuses_what_run_refuses_with_the_same_line(
         assert code == 78, (word, out)
         assert line in out.splitlines(), (line, out)
         assert report.get("cache", {}).get("bytes_fetched", 0) == 0  # refused before fetching
+        if word != "fram":
+            continue  # --json once: the same document for every case
         as_json = cli("validate", str(job.job_file), "--json")
         assert as_json.returncode == 78
         assert json.loads(as_json.stdout) == {

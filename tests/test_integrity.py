@@ -8,25 +8,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from jitrender.storage import LocalStore, crc32c_of_bytes
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
 from tests.renderjobs import expected_output, jitrender_env, make_job, run
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
 
 
 def cache_objects(cache_dir: Path) -> list[Path]:
@@ -220,3 +208,60 @@ def test_an_object_file_not_made_by_the_cache_is_dropped_not_served(
     output = Path(again.output_url(1).removeprefix("file://")).read_bytes()
     assert output == expected_output(1, again.frame_inputs(1))
     assert all(p.stat().st_uid == os.geteuid() for p in cache_objects(job.cache_dir))
+
+
+def test_an_object_the_index_does_not_know_is_served_only_if_its_bytes_match(
+    tmp_path: Path, gcs_bucket: str
+) -> None:
+    import sqlite3
+
+    job = make_job(tmp_path / "job", gcs_bucket, "1", texture_size=3000)
+    assert run(job)[0] == 0
+    good, bad = cache_objects(job.cache_dir)
+    with sqlite3.connect(job.cache_dir / "index.sqlite") as db:
+        db.execute("DELETE FROM entries")  # as if a crash came between install and index
+    os.chmod(bad, 0o600)
+    bad.write_bytes(b"E" * bad.stat().st_size)  # the right size, ours, but other bytes
+    os.chmod(bad, 0o400)
+    again = make_job(
+        tmp_path / "again", gcs_bucket, "1", texture_size=3000, name="again", upload=False
+    )
+    # Another version of the job over the same outputs: --overwrite lets it start at all.
+    env = jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir))
+    code, out, report = run(again, "--overwrite", env=env)
+    assert code == 0, out
+    assert (report["cache"]["hits"], report["cache"]["misses"]) == (1, 1)  # good kept, bad not
+    assert bucket_bytes(again.output_url(1)) == expected_output(1, again.frame_inputs(1))
+    assert good.exists() and bad.read_bytes() != b"E" * bad.stat().st_size
+
+
+def bucket_bytes(url: str) -> bytes:
+    from tests.renderjobs import bucket_objects
+
+    bucket, _, name = url.removeprefix("gs://").partition("/")
+    return bucket_objects(f"gs://{bucket}", name)[name][1]
+
+
+def test_in_a_read_only_bucket_folder_stat_reads_no_bytes_and_puts_compare_bytes(
+    tmp_path: Path, local_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jitrender.storage as storage
+
+    url = f"{local_bucket}/plate.exr"
+    put_object(url, b"plate bytes")
+    monkeypatch.setattr(storage.os, "access", lambda *_args: False)
+    real_crc = storage.crc32c_of_file
+
+    def no_reads(path: Path, block: int = 4 << 20) -> str:
+        if path == Path(url.removeprefix("file://")):
+            raise AssertionError("stat read the whole object, on every run")
+        return real_crc(path, block)
+
+    monkeypatch.setattr(storage, "crc32c_of_file", no_reads)
+    info = LocalStore().stat(url)
+    assert info is not None and info.crc32c is None
+    same, other = tmp_path / "same", tmp_path / "other"
+    same.write_bytes(b"plate bytes")
+    other.write_bytes(b"plate bytez")
+    assert LocalStore().put_if_absent(same, url).outcome == "identical"
+    assert LocalStore().put_if_absent(other, url).outcome == "conflict"

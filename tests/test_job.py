@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from jitrender.errors import ConfigError
 from jitrender.job import load_job
+from tests.conftest import cli
 
 GOOD = """\
 name: shot
@@ -64,13 +64,7 @@ def test_missing_job_file(tmp_path: Path) -> None:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return cli(*args, cwd=cwd)
 
 
 def test_cli_exit_78_without_traceback(tmp_path: Path) -> None:

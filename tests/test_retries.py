@@ -4,12 +4,11 @@ processes against fake-gcs-server."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from jitrender.health import FrameOutcome, HealthPolicy, NodeHealth
+from tests.conftest import cli
 from tests.renderjobs import (
     RenderJob,
     bucket_objects,
@@ -49,13 +48,7 @@ def test_frame_that_keeps_failing_fails_the_run_after_the_others(
 
 
 def _health(job: RenderJob, *args: str) -> tuple[int, dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "health", "--json", *args],
-        env=jitrender_env(job),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    out = cli("health", "--json", *args, env=jitrender_env(job))
     return out.returncode, json.loads(out.stdout)
 
 
@@ -83,10 +76,7 @@ def test_node_failing_frames_of_several_jobs_reports_unhealthy(
     assert json.loads((cache / "health.json").read_text())["streak"]  # plain JSON on disk
     code, out, _ = run(first)  # a drained node starts nothing
     assert code == 69, out
-    assert subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "health", "--reset"],
-        env=jitrender_env(first), capture_output=True, check=False,
-    ).returncode == 0  # fmt: skip
+    assert cli("health", "--reset", env=jitrender_env(first)).returncode == 0
     code, out, _ = run(first)  # repaired: it renders, and a rendered frame clears the streak
     assert code == 0, out
     assert NodeHealth(cache).status()["failed_frames_in_a_row"] == 0

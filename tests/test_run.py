@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import yaml
 
 from jitrender.storage import GCSStore
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,13 +58,7 @@ def write_job(tmp: Path, bucket: str, name: str = "job", **overrides: Any) -> Pa
 
 
 def jitrender(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "run", *args, "--json", "--progress", "plain"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+    result = cli("run", *args, "--json", "--progress", "plain", timeout=timeout)
     report = json.loads(result.stdout) if result.stdout.strip() else {}
     return result.returncode, report, result.stderr
 

@@ -17,23 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "farm"
 PYTHON_JITRENDER = f"{shlex.quote(sys.executable)} -m jitrender.cli"
-
-
-def cli(
-    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env=env,
-        check=False,
-    )
 
 
 def generate_lines() -> list[tuple[list[str], str]]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.conftest import cli
 from tests.renderjobs import (
     RenderJob,
     bucket_objects,
@@ -95,13 +95,7 @@ def test_four_tasks_some_killed_and_rerun_render_every_frame_exactly_once(
         job.cache_dir = cache
         assert cache_verify(job)["bad"] == 0
 
-    status = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "status", str(job.job_file), "--json"],
-        env=jitrender_env(job),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    status = cli("status", str(job.job_file), "--json", env=jitrender_env(job))
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["complete"] is True
 

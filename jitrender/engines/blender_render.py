@@ -14,6 +14,16 @@ a hidden temporary name next to the output, and renames that file into place: a 
 Exit status: 0 every frame rendered; 65 a frame's data is wrong (missing image, scene, camera,
 or the GPU asked for is gone); 1 a render failed; 2 bad options. The last line printed says why.
 ``--probe-gpu OPTIX,CUDA`` prints the node's Cycles GPU devices of those backends instead.
+
+Parts of a split frame (see :mod:`jitrender.split`): ``--part-tile=I,J,X,Y,OVERSCAN`` renders
+tile column I (from the left), row J (from the top) of an X by Y grid, grown by OVERSCAN pixels,
+as a cropped border; ``--part-samples=K,N`` renders the K-th of N disjoint Cycles sample
+subsets, seed and every other setting unchanged. Either writes ``--part-output`` as a 32-bit
+multilayer EXR with denoising, compositing and stamps off (the denoising passes stored when the
+scene denoises), and ``--part-output`` + ``.json`` saying what the part holds. ``--finish=EXR``
+takes an assembled multilayer EXR through the scene's compositor once (with a Denoise node fed
+by the denoising passes when the scene denoises) and writes the frame as an unsplit render
+would, without rendering anything.
 """
 
 from __future__ import annotations
@@ -83,6 +93,19 @@ def _resolution(text: str) -> tuple[int, int]:
     return size
 
 
+def _counts(length: int) -> Any:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != length or min(values) < 0:
+            raise argparse.ArgumentTypeError(f"expected {length} whole numbers, got {text!r}")
+        return values
+
+    return parse
+
+
 def parse_options(argv: Sequence[str]) -> argparse.Namespace:
     """Options after ``--`` when run by a Blender binary, else every argument."""
     args = list(argv)
@@ -109,7 +132,13 @@ def parse_options(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--gpu-backend", choices=GPU_BACKENDS, help="with --device=GPU: the Cycles backend"
     )
+    parser.add_argument("--part-tile", type=_counts(5), help="I,J,X,Y,OVERSCAN")
+    parser.add_argument("--part-samples", type=_counts(2), help="K,N")
+    parser.add_argument("--part-output", type=Path, help="the part's EXR")
+    parser.add_argument("--finish", type=Path, help="an assembled multilayer EXR to finish")
     options = parser.parse_args(args)
+    if (options.part_tile or options.part_samples) and options.part_output is None:
+        parser.error("--part-tile/--part-samples need --part-output")
     if "#" not in options.output:
         parser.error(f"--output {options.output!r} has no #### frame number")
     return options
@@ -342,6 +371,20 @@ def render(bpy: Any, options: argparse.Namespace) -> int:
     scene = open_scene(bpy, options)
     apply_settings(bpy, scene, options)
     outputs = options.outputs.resolve()
+    if options.part_output is not None or options.finish is not None:
+        frame = options.frames[0]
+        try:
+            if options.finish is not None:
+                final = outputs / output_name(options.output, frame)
+                seconds = finish_frame(bpy, scene, frame, options.finish, final)
+            else:
+                final = options.part_output.resolve()
+                seconds = render_part(bpy, scene, frame, options, final)
+        except FrameDataError as exc:
+            say(f"error: frame {frame} not rendered; frame {frame}: {exc}", error=True)
+            return EXIT_DATA
+        say(f"frame {frame} done {final} {seconds:.2f}s")
+        return 0
     failed: dict[int, str] = {}
     for frame in options.frames:
         final = outputs / output_name(options.output, frame)
@@ -359,6 +402,164 @@ def render(bpy: Any, options: argparse.Namespace) -> int:
         say(f"error: {frames} {listed} not rendered; frame {first}: {failed[first]}", error=True)
         return EXIT_DATA
     return 0
+
+
+# -- parts of a split frame -------------------------------------------------------------------
+
+
+def frame_size(scene: Any) -> tuple[int, int]:
+    """The frame's size in pixels, as Blender computes it (percentage, integer division)."""
+    render = scene.render
+    percent = render.resolution_percentage
+    return render.resolution_x * percent // 100, render.resolution_y * percent // 100
+
+
+def tile_window(index: int, count: int, size: int, overscan: int) -> tuple[int, int, int, int]:
+    """Tile ``index`` of ``count`` along an axis of ``size`` pixels: (core start, core end,
+    window start, window end), the window grown by ``overscan`` and kept inside the frame."""
+    start, end = index * size // count, (index + 1) * size // count
+    return start, end, max(0, start - overscan), min(size, end + overscan)
+
+
+def _border(start: int, end: int, size: int) -> tuple[float, float]:
+    """Border fractions Blender turns back into exactly ``start..end`` (it truncates
+    ``fraction * size``; a quarter pixel in keeps float rounding from losing one)."""
+    low = 0.0 if start == 0 else (start + 0.25) / size
+    high = 1.0 if end == size else (end + 0.25) / size
+    return low, high
+
+
+def render_part(
+    bpy: Any, scene: Any, frame: int, options: argparse.Namespace, final: Path
+) -> float:
+    """Render one part of ``frame`` to ``final`` (32-bit multilayer EXR) and describe it in
+    ``final`` + ``.json``; the seconds."""
+    import json
+
+    render, cycles = scene.render, scene.cycles
+    width, height = frame_size(scene)
+    description: dict[str, Any] = {"frame": frame, "size": [width, height]}
+    denoise = options.engine == "CYCLES" and bool(cycles.use_denoising)
+    description["denoise"] = denoise
+    if denoise:
+        description["denoising"] = {
+            "prefilter": cycles.denoising_prefilter,
+            "input_passes": cycles.denoising_input_passes,
+        }
+    if options.part_tile is not None:
+        column, row, columns, rows, overscan = options.part_tile
+        if not (column < columns and row < rows and columns <= width and rows <= height):
+            raise SetupError(f"tile {column},{row} of {columns}x{rows} on a {width}x{height} frame")
+        x0, x1, wx0, wx1 = tile_window(column, columns, width, overscan)
+        y0, y1, wy0, wy1 = tile_window(row, rows, height, overscan)
+        render.use_border, render.use_crop_to_border = True, True
+        render.border_min_x, render.border_max_x = _border(wx0, wx1, width)
+        # Blender's border counts rows from the bottom, the EXR's data window from the top.
+        render.border_min_y, render.border_max_y = _border(height - wy1, height - wy0, height)
+        description.update(kind="tiles", core=[x0, y0, x1, y1], window=[wx0, wy0, wx1, wy1])
+    else:
+        index, count = options.part_samples
+        if options.engine != "CYCLES":
+            raise SetupError("a samples split needs the Cycles engine")
+        total = int(cycles.samples)
+        if not index < count <= total:
+            raise FrameDataError(
+                f"sample part {index} of {count}: the scene renders {total} samples"
+            )
+        base, extra = divmod(total, count)
+        offset, length = index * base + min(index, extra), base + (1 if index < extra else 0)
+        cycles.use_sample_subset = True
+        cycles.sample_offset, cycles.sample_subset_length = offset, length
+        description.update(kind="samples", total=total, offset=offset, samples=length)
+    cycles.use_denoising = False  # once, on the whole frame, after assembly
+    for layer in scene.view_layers:
+        if denoise:
+            layer.cycles.denoising_store_passes = True
+    render.use_compositing = False
+    render.use_stamp = False
+    settings = render.image_settings
+    if hasattr(settings, "media_type"):
+        settings.media_type = "MULTI_LAYER_IMAGE"
+    settings.file_format = "OPEN_EXR_MULTILAYER"
+    settings.color_depth = "32"
+    settings.exr_codec = "ZIP"
+    seconds = render_frame(bpy, scene, frame, final)
+    side = final.with_name(final.name + ".json")
+    side.write_text(json.dumps(description, sort_keys=True))
+    return seconds
+
+
+_PREFILTERS = {"ACCURATE": "Accurate", "FAST": "Fast", "NONE": "None"}
+
+
+def _denoised(bpy: Any, scene: Any, tree: Any, image_node: Any) -> Any:
+    """A Denoise node on ``image_node``'s Combined, guided as the scene's Cycles denoiser is."""
+    cycles = scene.cycles
+    node = tree.nodes.new("CompositorNodeDenoise")
+    tree.links.new(image_node.outputs["Combined"], node.inputs["Image"])
+    passes = str(cycles.denoising_input_passes)
+    guides = [("Albedo", "Denoising Albedo")] if "ALBEDO" in passes else []
+    guides += [("Normal", "Denoising Normal")] if "NORMAL" in passes else []
+    for socket, name in guides:
+        source = image_node.outputs.get(name)
+        if source is None:
+            raise FrameDataError(f"the parts hold no {name} pass to denoise with")
+        tree.links.new(source, node.inputs[socket])
+    node.inputs["Prefilter"].default_value = _PREFILTERS.get(cycles.denoising_prefilter, "Accurate")
+    return node.outputs["Image"]
+
+
+def finish_frame(bpy: Any, scene: Any, frame: int, assembled: Path, final: Path) -> float:
+    """Write ``frame`` from the assembled multilayer EXR: the scene's compositor (or a plain
+    pass-through) runs once, on Render Layers fed from the file, with the scene's denoising;
+    the output settings, color management and stamps are the unsplit render's. The seconds."""
+    started = time.monotonic()
+    render = scene.render
+    denoise = render.engine == "CYCLES" and bool(scene.cycles.use_denoising)
+    scene.cycles.use_denoising = False
+    image = bpy.data.images.load(str(assembled), check_existing=False)
+    tree = scene.compositing_node_group if render.use_compositing else None
+    layers = [n for n in tree.nodes if n.bl_idname == "CompositorNodeRLayers"] if tree else []
+    if tree is None or not layers:
+        tree = bpy.data.node_groups.new("jitrender assembled", "CompositorNodeTree")
+        tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+        output = tree.nodes.new("NodeGroupOutput")
+        layer = next((v for v in scene.view_layers if v.use), scene.view_layers[0])
+        source = tree.nodes.new("CompositorNodeRLayers")
+        source.layer = layer.name
+        tree.links.new(source.outputs["Image"], output.inputs[0])
+        layers = [source]
+        scene.compositing_node_group = tree
+    for node in layers:
+        image_node = tree.nodes.new("CompositorNodeImage")
+        image_node.image = image
+        image_node.layer = node.layer
+        combined = _denoised(bpy, scene, tree, image_node) if denoise else None
+        for socket in node.outputs:
+            for link in list(socket.links):
+                if socket.name == "Image":
+                    source = combined or image_node.outputs["Combined"]
+                elif socket.name == "Noisy Image":
+                    source = image_node.outputs["Combined"]
+                else:
+                    source = image_node.outputs.get(socket.name)
+                if source is None:
+                    raise FrameDataError(
+                        f"the compositor reads pass {socket.name!r}, not in the parts"
+                    )
+                tree.links.new(source, link.to_socket)
+        tree.nodes.remove(node)  # no Render Layers node left: Blender renders nothing
+    render.use_compositing = True
+    scene.frame_set(frame)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    render.filepath = str(final.parent / f".{final.name}.{os.getpid()}.part")
+    written = Path(render.filepath)
+    result = bpy.ops.render.render(write_still=True, scene=scene.name)
+    if "FINISHED" not in result or not written.is_file():
+        written.unlink(missing_ok=True)
+        raise RuntimeError(f"Blender wrote no image (render returned {sorted(result)})")
+    os.replace(written, final)
+    return time.monotonic() - started
 
 
 def gpu_devices(bpy: Any, backends: Sequence[str] = GPU_BACKENDS) -> dict[str, list[str]]:

@@ -76,13 +76,22 @@ class ResolveContext:
             self._listings[folder_url] = names
         return names
 
-    def map(self, written: str, *, blender: bool = False, relative_to: str | None = None) -> str:
+    def map(
+        self,
+        written: str,
+        *,
+        blender: bool = False,
+        relative_to: str | None = None,
+        node_local: bool = False,
+    ) -> str:
         """The URL of a path written in the scene. Raises ValueError (callers list it as
         unresolved) for a node-local path that no path_map rule maps, in a scene that is not
-        itself local: a scene from a bucket must not pull this node's files into a job."""
+        itself local: a scene from a bucket must not pull this node's files into a job.
+        ``node_local`` is for paths the node itself names (``NUKE_PATH``), not the scene."""
         url = self.path_map.to_url(written, relative_to or self.scene_folder_url, blender=blender)
         if (
-            url.startswith("file://")
+            not node_local
+            and url.startswith("file://")
             and not self.scene_folder_url.startswith("file://")
             and not self.path_map.is_mapped(written.strip())
         ):

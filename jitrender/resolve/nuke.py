@@ -1424,7 +1424,7 @@ class GizmoLibrary:
             if not written:
                 continue
             try:
-                url = ctx.map(written)
+                url = ctx.map(written, node_local=True)  # the node's own NUKE_PATH, not the scene's
             except ValueError:
                 continue
             listed = is_url(written) or ctx.path_map.is_mapped(written)
