@@ -135,6 +135,10 @@ class Agent:
             self._runtime_dir = Path(tempfile.mkdtemp(prefix="jitrender-agent-"))
             self._own_runtime_dir = True
         self.socket_path = self._runtime_dir / "agent.sock"
+        self.session_path = self._runtime_dir / "session.json"
+        # First: it names the run's workspace, so a later run can tell (and reclaim) the
+        # folder of a run that was killed.
+        self.session_path.write_text(json.dumps(self.session(), indent=1))
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         if self._log_path is not None:
@@ -150,8 +154,6 @@ class Agent:
             daemon=True,
         )
         self._thread.start()
-        self.session_path = self._runtime_dir / "session.json"
-        self.session_path.write_text(json.dumps(self.session(), indent=1))
         # Linked libraries must be local before Blender loads the scene.
         self.inputs.prefetch_urls(d.url for d in self.deps if d.url.lower().endswith(".blend"))
         self._log(f"started socket={self.socket_path} deps={len(self.deps)}")

@@ -410,25 +410,55 @@ class Cache:
             found = self.lookup(info)
             if found is not None:  # another process fetched it while we waited
                 return CacheResult(found, False, 0)
-            final = self.object_path(info)
-            part = self.part_path(key)
-            try:
-                final.parent.mkdir(exist_ok=True, mode=0o700)
-                if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
-                    self.ranged.download(info, store, part)  # verifies the crc32c
-                else:
-                    self._download_whole(info, store, part)
-                self.install(part, final)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise self.no_space(info) from None
-                raise
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
+            final = self._download_locked(info, store, key)
         self._record([info])  # indexed at once, so every process's eviction counts it
         self._maybe_evict(keep=(key,))
         return CacheResult(final, True, info.size)
+
+    def _download_locked(self, info: ObjectInfo, store: Store, key: str) -> Path:
+        """Download and install ``info`` (the caller holds ``key``'s stripe lock)."""
+        final = self.object_path(info)
+        part = self.part_path(key)
+        try:
+            final.parent.mkdir(exist_ok=True, mode=0o700)
+            if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
+                self.ranged.download(info, store, part)  # verifies the crc32c
+            else:
+                self._download_whole(info, store, part)
+            self.install(part, final)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise self.no_space(info) from None
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+        return final
+
+    def fetch_into(
+        self, info: ObjectInfo, store: Store, dest: Path, *, record: bool = True
+    ) -> CacheResult:
+        """:meth:`fetch`, then :meth:`link_into` ``dest``. Another process's eviction may take
+        the entry between the two (it spares only linked entries); then it is looked up, or
+        fetched again, and linked while holding the entry's lock, which eviction takes before
+        it unlinks: the second time cannot lose the race."""
+        result = self.fetch(info, store, record=record)
+        try:
+            self.link_into(result.path, dest)
+            return result
+        except FileNotFoundError:
+            if result.path.exists():
+                raise  # the workspace side is missing, not the entry
+        key = self.key(info)
+        with self._stripe_lock(key):
+            found = self.lookup(info)
+            path = found if found is not None else self._download_locked(info, store, key)
+            self.link_into(path, dest)  # pinned (link count 2) before eviction can look again
+        if found is not None:
+            return CacheResult(path, result.fetched, result.bytes_fetched)
+        self._record([info])
+        self._maybe_evict()
+        return CacheResult(path, True, info.size)
 
     def no_space(self, info: ObjectInfo) -> TransientError:
         """The one-line error for a download that found the cache's disk full. Exit 75: a
@@ -647,8 +677,9 @@ class Cache:
                     with os.scandir(folder.path) as files:
                         yield from (Path(f.path) for f in files)
 
-    def clean_leftovers(self) -> dict[str, int]:
-        """Remove downloads and workspaces left by processes that died."""
+    def clean_leftovers(self, *, kept_too: bool = False) -> dict[str, int]:
+        """Remove downloads and workspaces left by processes that died; a workspace kept with
+        ``--keep-workspace`` (a ``KEPT_FILE`` in it) only with ``kept_too`` (prune, clear)."""
         parts = runs = 0
         for part in self.tmp.iterdir():
             key = part.name.split(".")[0]
@@ -659,7 +690,11 @@ class Cache:
                     part.unlink()
                     parts += 1
         for run in self.runs.iterdir():
-            if run.is_dir() and not run_is_live(run):
+            if (
+                run.is_dir()
+                and not run_is_live(run)
+                and (kept_too or not (run / KEPT_FILE).exists())
+            ):
                 shutil.rmtree(run, ignore_errors=True)
                 runs += 1
         agents = 0
@@ -685,6 +720,9 @@ class Cache:
                 st = folder.lstat()
                 if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
                     continue
+                if not (folder / "session.json").exists() and time.time() - st.st_mtime > 60:
+                    yield folder  # killed before its first write (a live one writes at once)
+                    continue
                 session = json.loads((folder / "session.json").read_text())
                 workspace = Path(str(session["workspace"]))
             except (OSError, ValueError, KeyError, TypeError):
@@ -695,14 +733,14 @@ class Cache:
                 yield folder
 
     def prune(self, max_bytes: int | None = None) -> dict[str, int]:
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         cap = max_bytes if max_bytes is not None else self.max_bytes
         evicted, evicted_bytes = self.evict_to(cap) if cap is not None else (0, 0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
     def clear(self) -> dict[str, int]:
         """Evict everything that no running job is using."""
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         evicted, evicted_bytes = self.evict_to(0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
@@ -767,6 +805,9 @@ def _user_name(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+KEPT_FILE = "kept"  # in a workspace: kept for debugging, removed only by prune or clear
 
 
 def _is_key(name: str) -> bool:

@@ -14,9 +14,11 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from jitrender.job import Job
-from jitrender.outputs import OutputPatterns
+from jitrender.outputs import OutputPatterns, marker_metadata
+from jitrender.stopping import bounded
 from jitrender.storage import JOB_METADATA_KEY, ObjectInfo, RetryPolicy, Store, with_retries
 
 MARKER_FOLDER = "_jitrender"
@@ -57,6 +59,9 @@ class MarkerWriter:
         self.store = store
         self.retry = retry
         self.attempt = current_attempt()
+        # Set once the run is stopping (time.monotonic()): every write after it is bounded by
+        # it, with no full retry loop, so a hung storage cannot hold the stop past its budget.
+        self.deadline: float | None = None
 
     def write(
         self, frame: int, outputs: Mapping[str, str | None], *, resumed: bool = False
@@ -74,8 +79,23 @@ class MarkerWriter:
         }
         url = marker_url(self.job, frame)
         data = json.dumps(body, sort_keys=True).encode()
-        metadata = {JOB_METADATA_KEY: self.job_hash}
-        with_retries(lambda: self.store.put_bytes_if_absent(data, url, metadata), url, self.retry)
+        # The listed outputs ride in the metadata too: a listing then says whether they remain.
+        base = len(self.job.outputs_url) + 1
+        metadata = marker_metadata(self.job_hash, (u[base:] for u in outputs))
+        deadline = self.deadline
+        if deadline is None:
+            with_retries(
+                lambda: self.store.put_bytes_if_absent(data, url, metadata), url, self.retry
+            )
+            return
+        left = deadline - time.monotonic()
+        policy = replace(self.retry, deadline=max(0.0, left))
+        bounded(
+            lambda: with_retries(lambda: self.store.put_bytes_if_absent(data, url, metadata),
+                                 url, policy),
+            left,
+            f"marker {url}",
+        )  # fmt: skip
 
 
 def frames_already_done(

@@ -1,52 +1,160 @@
 """The run's stop: SIGTERM/SIGINT or a preemption notice set one event that every part of
-the run polls; a second signal exits at once with 75."""
+the run polls; a second signal exits at once with 75.
+
+For ``jitrender run`` the CLI installs the handlers first thing (:meth:`Stop.hold`), before
+the imports that take time and before the job is loaded, and keeps them until the process
+exits: a signal at any moment (start-up, just after the last frame, while the last lines
+print) ends the process with the report's exit code, never by the signal itself. Once stopped,
+a backstop timer ends the process ``JITRENDER_STOP_BACKSTOP_S`` (12) seconds after the stop
+whatever storage does: it writes the local report first (:attr:`Stop.last_words`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
-from jitrender.errors import ConfigError, ExitCode
-from jitrender.progress import Progress
+from jitrender.errors import ConfigError, ExitCode, TransientError
+from jitrender.progress import Progress, QuietProgress
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+T = TypeVar("T")
 
 
 class Stop:
     """The run's stop event: SIGTERM/SIGINT or a preemption notice set it; a second signal
-    exits at once with 75."""
+    exits at once with 75. Thread-safe to read; set from the main thread's signal handler or
+    from the preemption watcher."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self.event = threading.Event()
-        self.progress = progress
+        self.progress: Progress = progress or QuietProgress()
         self.reason: str | None = None  # why it was set, when not by a signal
+        self.signal_name: str | None = None  # the signal that set it
+        self.at: float | None = None  # time.monotonic() of the stop
         self.previous: dict[int, Any] = {}
+        self.held = False  # installed for the process's lifetime (the CLI), never restored
+        # Called by the backstop and by a second signal just before the process ends: writes
+        # the local report and returns the exit code to end with.
+        self.last_words: Callable[[], int] | None = None
+        self._backstop: threading.Timer | None = None
+
+    def attach(self, progress: Progress) -> None:
+        """Report through ``progress`` from now on (and say now if a signal came before)."""
+        self.progress = progress
+        if self.signal_name is not None:
+            progress.event("warning", message=f"got {self.signal_name}: stopping")
 
     def notice(self, reason: str) -> None:
         self.reason = reason
         self.progress.event("warning", message=f"{reason}: stopping")
+        self._stopped()
+
+    def remaining(self, budget: float) -> float:
+        """Seconds left of ``budget`` counted from the stop (``budget`` when not stopped)."""
+        if self.at is None:
+            return budget
+        return max(0.0, budget - (time.monotonic() - self.at))
+
+    def _stopped(self) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+        self.event.set()
+        if self._backstop is None:
+            self._backstop = threading.Timer(backstop_s(), self._end, args=("backstop",))
+            self._backstop.daemon = True
+            self._backstop.start()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():
-            os._exit(int(ExitCode.TEMPFAIL))
-        self.progress.event("warning", message=f"got {signal.Signals(signum).name}: stopping")
-        self.event.set()
+        if self.event.is_set() and self.signal_name is not None:
+            self._end("second signal")
+        self.signal_name = signal.Signals(signum).name
+        self._stopped()
+        # Not here: the interrupted main thread may hold the progress stream's lock.
+        message = f"got {self.signal_name}: stopping"
+        threading.Thread(
+            target=self.progress.event, args=("warning",), kwargs={"message": message}, daemon=True
+        ).start()
+
+    def _end(self, why: str) -> None:
+        """End the process now: the last words (the local report), then ``os._exit``."""
+        code = int(ExitCode.TEMPFAIL)
+        if self.last_words is not None:
+            # On its own thread, bounded: the interrupted main thread may hold a lock it needs.
+            with contextlib.suppress(Exception):
+                code = bounded(self.last_words, 2.0, "the report")
+        if why == "backstop":
+            with contextlib.suppress(Exception):
+                sys.stderr.write(
+                    f"jitrender: still running {backstop_s():g} s after the stop (storage "
+                    f"not answering?); exiting {code}\n"
+                )
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    def hold(self) -> Stop:
+        """Install the handlers for the rest of the process's life (main thread only)."""
+        for signum in _SIGNALS:
+            signal.signal(signum, self._handle)
+        self.held = True
+        return self
 
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+        """Handlers for the duration (restored after), unless :meth:`hold` already holds them."""
+        if self.held or threading.current_thread() is not threading.main_thread():
             yield
             return
-        for signum in (int(signal.SIGTERM), int(signal.SIGINT)):
-            self.previous[signum] = signal.signal(signum, self._handle)
+        for signum in _SIGNALS:
+            self.previous[int(signum)] = signal.signal(signum, self._handle)
         try:
             yield
         finally:
-            for signum, handler in self.previous.items():
-                signal.signal(signum, handler)
+            for number, handler in self.previous.items():
+                signal.signal(number, handler)
+
+
+def bounded(call: Callable[[], T], seconds: float, what: str) -> T:
+    """``call()``'s result, or :class:`~jitrender.errors.TransientError` when it has not
+    finished within ``seconds`` (it then goes on in a daemon thread nobody waits for): how a
+    stopping run gives storage calls a deadline whatever the client library does."""
+    done = threading.Event()
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append((True, call()))
+        except BaseException as exc:
+            box.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"bounded {what}", daemon=True).start()
+    if not done.wait(max(0.0, seconds)):
+        raise TransientError(f"{what}: no answer within {seconds:.1f} s of the stop's budget")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    result: T = value
+    return result
+
+
+def backstop_s() -> float:
+    """Seconds from a stop to the hard exit: ``$JITRENDER_STOP_BACKSTOP_S`` or 12 (GKE Spot
+    gives ~15 s). Never raises: a bad value means the default."""
+    try:
+        return float(os.environ.get("JITRENDER_STOP_BACKSTOP_S", 12.0))
+    except ValueError:
+        return 12.0
 
 
 def seconds_from_env(name: str, default: float) -> float:

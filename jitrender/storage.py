@@ -310,6 +310,11 @@ class Store(ABC):
             handle.flush()
             self.put_if_absent(Path(handle.name), url, overwrite=True)
 
+    def delete(self, url: str) -> None:
+        """Remove an object: only for stale done markers, ``jitrender requeue`` and its
+        ``--delete-outputs``; a run never deletes an output."""
+        raise ConfigError(f"{url}: this storage ({type(self).__name__}) cannot delete objects")
+
     def read_bytes(self, url: str) -> bytes:
         import io
 
@@ -369,6 +374,9 @@ class LocalStore(Store):
     """A local folder used as a bucket. Writes are temp + ``link`` (atomic create-if-absent);
     objects carry their metadata as ``user.jitrender.*`` extended attributes where the
     filesystem supports them."""
+
+    def delete(self, url: str) -> None:
+        _local_delete(url)
 
     def stat(self, url: str) -> ObjectInfo | None:
         path = local_path_of(url)
@@ -494,6 +502,13 @@ class LocalStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
+
+
+def _local_delete(url: str) -> None:
+    path = local_path_of(url)
+    path.unlink()
+    with contextlib.suppress(OSError):
+        _crc_sidecar(path).unlink()
 
 
 def _local_generation(st: os.stat_result) -> str:
@@ -702,6 +717,10 @@ class GCSStore(Store):
 
     # Connections kept open: above the fetch pool (16) plus the chunk workers (8) combined.
     POOL_CONNECTIONS = 64
+
+    def delete(self, url: str) -> None:
+        bucket_name, name = self._split(url)
+        self._client().bucket(bucket_name).blob(name).delete(retry=None)
 
     def __init__(self, project: str | None = None) -> None:
         self._project = project
@@ -957,6 +976,9 @@ class GCSStore(Store):
 class FsspecStore(Store):
     """Any other fsspec protocol. Create-if-absent is check-then-write here (not atomic):
     use a store with preconditions (``gs://``, ``file://``) where exactly-once matters."""
+
+    def delete(self, url: str) -> None:
+        self.fs.rm_file(self._path(url))
 
     def __init__(self, protocol: str) -> None:
         import fsspec

@@ -1,0 +1,145 @@
+"""A shared, capped cache under concurrent jobs, and what a run leaves behind.
+
+- Eight jobs at once on one capped cache (four file://, on the thread path; four gs://, on the
+  asyncio path): every one exits 0 (an eviction by another process between a fetch and its
+  link is never an error), and the cache is within its cap once they have all ended.
+- A rerun with nothing to do still reclaims a killed run's workspace and agent folder; a run
+  that fails after creating its workspace removes it (unless ``--keep-workspace``); an agent
+  folder killed before its first write is reclaimed once it is a minute old.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.renderjobs import RenderJob, jitrender_env, make_job, run, start_run, wait_for
+
+CAP = 256_000
+TEXTURE = 60_000  # 4 frames + the LUT: 300 kB a job, 2.4 MB for the eight, cap 256 kB
+
+
+@pytest.fixture
+def short_tmpdir() -> Iterator[Path]:
+    """A private ``$TMPDIR`` with a short path (agent sockets must fit ~107 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="jrt", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cache_cli(env: dict[str, str], *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "cache", *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def _object_bytes(cache_dir: Path) -> int:
+    return sum(p.stat().st_size for p in (cache_dir / "objects").rglob("*") if p.is_file())
+
+
+def _kill_run(job: RenderJob, proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()
+    proc.wait(timeout=10)
+    for started in job.phase_dir.glob("start.*"):  # the orphaned renderer, too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(started.name.split(".")[2]), signal.SIGKILL)
+
+
+def test_eight_concurrent_jobs_on_a_capped_cache_all_exit_0_and_end_within_the_cap(
+    tmp_path: Path, gcs_server: str, short_tmpdir: Path
+) -> None:
+    from tests.conftest import gcs_client
+
+    cache_dir = tmp_path / "cache"
+    jobs, procs = [], []
+    for index in range(8):
+        if index % 2:
+            name = f"cap-{os.getpid()}-{index}-{time.monotonic_ns() % 10**8}"
+            gcs_client().create_bucket(name)  # type: ignore[attr-defined]
+            bucket = f"gs://{name}"
+        else:
+            (tmp_path / f"bucket{index}").mkdir()
+            bucket = f"file://{tmp_path}/bucket{index}"
+        job = make_job(tmp_path / f"job{index}", bucket, "1-4", texture_size=TEXTURE,
+                       name=f"shot{index}")  # fmt: skip
+        env = jitrender_env(job, JITRENDER_CACHE_DIR=str(cache_dir), TMPDIR=str(short_tmpdir))
+        jobs.append(job)
+        procs.append(start_run(job, "--cache-max-size", str(CAP), env=env))
+    outs = [proc.communicate(timeout=180)[0].decode(errors="replace") for proc in procs]
+    codes = [proc.returncode for proc in procs]
+    assert codes == [0] * 8, [o[-600:] for o, c in zip(outs, codes, strict=True) if c]
+    assert not any("Traceback" in out for out in outs)
+    env = jitrender_env(jobs[0], JITRENDER_CACHE_DIR=str(cache_dir), TMPDIR=str(short_tmpdir))
+    stats = _cache_cli(env, "stats")
+    assert isinstance(stats["bytes"], int) and stats["bytes"] <= CAP, stats
+    assert _object_bytes(cache_dir) <= CAP
+    assert list((cache_dir / "runs").iterdir()) == []
+    assert _cache_cli(env, "verify")["bad"] == 0
+
+
+def test_a_rerun_with_nothing_to_do_reclaims_a_killed_runs_workspace_and_agent_folder(
+    tmp_path: Path, local_bucket: str, short_tmpdir: Path
+) -> None:
+    cache_dir = tmp_path / "cache"
+    done = make_job(tmp_path / "done", local_bucket, "1-2", texture_size=2000, name="done")
+    env = jitrender_env(done, JITRENDER_CACHE_DIR=str(cache_dir), TMPDIR=str(short_tmpdir))
+    code, out, _ = run(done, env=env)
+    assert code == 0, out
+    killed = make_job(tmp_path / "killed", local_bucket, "1-2", texture_size=2000, name="killed")
+    proc = start_run(killed, env=dict(env, PHASE_DIR=str(killed.phase_dir), RENDER_SLEEP="30"))
+    wait_for(lambda: bool(killed.phases("start")), timeout=60)
+    _kill_run(killed, proc)
+    assert len(list((cache_dir / "runs").iterdir())) == 1
+    assert len(list(short_tmpdir.glob("jitrender-agent-*"))) == 1
+    code, out, report = run(done, env=env, report="again.json")
+    assert code == 0, out
+    assert report["frames"]["skipped_already_done"] == [1, 2]
+    assert list((cache_dir / "runs").iterdir()) == []
+    assert list(short_tmpdir.glob("jitrender-agent-*")) == []
+
+
+def test_a_run_that_fails_after_creating_its_workspace_removes_it(
+    tmp_path: Path, local_bucket: str, short_tmpdir: Path
+) -> None:
+    job = make_job(tmp_path / "job", local_bucket, "1-2", texture_size=2000)
+    Path(local_bucket.removeprefix("file://"), "assets", "tex.0002.bin").unlink()
+    env = jitrender_env(job, TMPDIR=str(short_tmpdir))
+    code, out, report = run(job, env=env)
+    assert code == 65, out
+    assert report["workspace"] and not Path(str(report["workspace"])).exists()
+    assert list((job.cache_dir / "runs").iterdir()) == []
+    code, out, report = run(job, "--keep-workspace", env=env)
+    assert code == 65, out
+    assert Path(str(report["workspace"])).is_dir()  # kept on request, for debugging
+
+
+def test_an_agent_folder_killed_before_its_first_write_is_reclaimed_once_a_minute_old(
+    tmp_path: Path, short_tmpdir: Path
+) -> None:
+    old = short_tmpdir / "jitrender-agent-old"
+    young = short_tmpdir / "jitrender-agent-young"
+    old.mkdir()
+    young.mkdir()
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), TMPDIR=str(short_tmpdir))
+    assert _cache_cli(env, "prune")["dead_agent_folders_removed"] == 1
+    assert not old.exists() and young.is_dir()
