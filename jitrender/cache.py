@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from jitrender.errors import ConfigError, DataError, TransientError
+from jitrender.errors import ConfigError, DataError, JitrenderError, TransientError
 from jitrender.storage import (
     ChecksumMismatch,
     Crc32cWriter,
@@ -567,6 +567,26 @@ class Cache:
             (total,) = db.execute("SELECT value FROM totals WHERE name = 'bytes'").fetchone()
         if total > self.max_bytes:
             self.evict_to(self.max_bytes, keep=keep)
+
+    def end_run_dir(self, run_dir: Path, *, keep: bool) -> None:
+        """A run's folder (from :meth:`new_run_dir`) goes, or with ``keep`` is marked kept
+        (later runs on the node leave it alone; ``cache prune`` removes it); then the cache
+        evicts to its cap, now that the run's links are gone."""
+        if not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                (run_dir / KEPT_FILE).touch()
+        self.keep_to_cap()
+
+    def keep_to_cap(self) -> None:
+        """Evict to the cap, quietly (best effort): a run calls it when it ends, because while
+        jobs run the entries they link are spared, so a cache can stand over its cap until the
+        last one ends."""
+        if self.max_bytes is None:
+            return
+        with contextlib.suppress(JitrenderError, OSError, sqlite3.Error):
+            self.evict_to(self.max_bytes)
 
     def evict_to(self, max_bytes: int, keep: Collection[str] = ()) -> tuple[int, int]:
         """Evict least-recently-used entries until at most ``max_bytes`` remain. Entries that a

@@ -18,13 +18,11 @@ from jitrender.errors import JitrenderError, Preempted
 from jitrender.inputs import Inputs
 from jitrender.job import Job, StageSpec
 from jitrender.markers import MarkerWriter
-from jitrender.outputs import OutputPatterns, Uploader, UploadRecord
-from jitrender.plan import StageGroup
+from jitrender.outputs import UPLOADED, OutputPatterns, Uploader, UploadRecord
+from jitrender.plan import RunPlan, StageGroup
 from jitrender.progress import Progress
 from jitrender.report import FrameFailure
 from jitrender.stages import StageOutcome, run_invocation
-
-UPLOADED = ("created", "identical", "kept_previous", "overwritten")
 
 
 class FrameBooks:
@@ -343,3 +341,28 @@ class Chunk:
             if completed:
                 for failure in failures.values():
                     self.books.failed(failure)
+
+
+def run_chunks(
+    plan: RunPlan,
+    runner: StageRunner,
+    books: FrameBooks,
+    inputs: Inputs,
+    *,
+    attempts: int,
+    done_before: Mapping[str, Collection[int]],
+    stop: threading.Event,
+) -> None:
+    """Every stage group of ``plan`` in order, per frame or per chunk, over the frames no
+    earlier group failed; raises :class:`Preempted` when ``stop`` is set between chunks."""
+    alive = list(plan.frames)
+    for index, group in enumerate(plan.groups):
+        chunks = [(f,) for f in alive] if group.per == "frame" else [tuple(alive)]
+        for frames in chunks:
+            if stop.is_set():
+                raise Preempted("stopped by signal")
+            chunk = Chunk(frames, group, last=index == len(plan.groups) - 1, runner=runner,
+                          books=books, inputs=inputs, attempts=attempts,
+                          done_before=done_before)  # fmt: skip
+            for frame in chunk.run():
+                alive.remove(frame)

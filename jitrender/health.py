@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jitrender.report import Report
+
 HEALTH_FILE = "health.json"
 _LOCK_FILE = "health.lock"
 _KEEP = 100  # streak entries kept: enough to explain, small enough to read at every run
@@ -72,6 +74,21 @@ class FrameOutcome:
     ok: bool
     why: str = ""  # "<stage>: <StageOutcome.why()>"
     log_tail: tuple[str, ...] = ()
+
+
+def record_run(root: Path, job_name: str, report: Report) -> None:
+    """A run's frames rendered or failed by their stages go to the node's health record under
+    ``root`` (which decides what is the node's fault); upload failures and missing inputs never
+    count. Quiet when the record cannot be written."""
+    job_hash = report.job_hash
+    outcomes = [FrameOutcome(job_hash, job_name, f, True) for f in report.done]
+    outcomes += [
+        FrameOutcome(job_hash, job_name, f.frame, False, f"{f.stage}: {f.why}", tuple(f.log_tail))
+        for f in report.failures
+        if f.stage != "upload"
+    ]
+    with contextlib.suppress(OSError):
+        NodeHealth(root).record(outcomes)
 
 
 # What a renderer's log says when the node, not the job, is at fault.

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jitrender.errors import JitrenderError
+from jitrender.progress import Progress
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, with_retries
 
 SHIP_INTERVAL_S = 3.0
@@ -131,6 +132,25 @@ class LogShipper:
         final = threading.Thread(target=self.ship, name="log-shipper-final", daemon=True)
         final.start()
         final.join(timeout=timeout)
+
+
+def ship_run_logs(
+    logs_dir: Path,
+    marker_prefix: str,
+    task: dict[str, object] | None,
+    frames: list[int],
+    store: Store,
+    retry: RetryPolicy,
+    progress: Progress,
+) -> LogShipper:
+    """A started :class:`LogShipper` for this run's ``logs_dir``: stage logs go to the bucket
+    while they are written; says where as a ``phase`` event."""
+    url = logs_prefix(marker_prefix) + run_folder(task, frames)
+    shipper = LogShipper(
+        logs_dir, url, store, retry, warn=lambda message: progress.event("warning", message=message)
+    ).start()
+    progress.event("phase", message=f"logs at {url}")
+    return shipper
 
 
 # -- reading them back --------------------------------------------------------------------

@@ -13,13 +13,13 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from jitrender.job import Job
-from jitrender.outputs import OutputPatterns, marker_metadata
+from jitrender.outputs import marker_metadata
 from jitrender.stopping import bounded
-from jitrender.storage import JOB_METADATA_KEY, ObjectInfo, RetryPolicy, Store, with_retries
+from jitrender.storage import ObjectInfo, RetryPolicy, Store, with_retries
 
 MARKER_FOLDER = "_jitrender"
 
@@ -96,36 +96,3 @@ class MarkerWriter:
             left,
             f"marker {url}",
         )  # fmt: skip
-
-
-def frames_already_done(
-    frames: Sequence[int], markers: MarkerWriter, patterns: OutputPatterns
-) -> list[int]:
-    """Which of ``frames`` need no rendering, from one listing of the outputs prefix: those
-    with a marker, and those whose expected outputs all exist and carry this job's hash (a
-    killed run uploaded them but did not mark them: they get their marker now)."""
-    job, store, retry = markers.job, markers.store, markers.retry
-    prefix, outputs_url = marker_prefix(job), job.outputs_url
-    listed = with_retries(lambda: store.list(f"{outputs_url}/", recursive=True), outputs_url, retry)
-    by_url = {i.url: i for i in listed}
-    marked = frames_with_markers((i for i in listed if i.url.startswith(prefix)), prefix)
-    marked &= set(frames)
-
-    def ours(info: ObjectInfo) -> bool:
-        if info.metadata.get(JOB_METADATA_KEY) == markers.job_hash:
-            return True
-        if info.metadata:
-            return False
-        full = with_retries(lambda: store.stat(info.url), info.url, retry)  # listings may omit it
-        return full is not None and full.metadata.get(JOB_METADATA_KEY) == markers.job_hash
-
-    completed, urls_of = [], {}
-    for frame in frames:
-        if frame in marked:
-            continue
-        urls = urls_of[frame] = [f"{outputs_url}/{rel}" for rel in patterns.expected_for(frame)]
-        if urls and all(u in by_url for u in urls) and all(ours(by_url[u]) for u in urls):
-            completed.append(frame)
-    for frame in completed:
-        markers.write(frame, {u: by_url[u].crc32c for u in urls_of[frame]}, resumed=True)
-    return sorted(marked | set(completed))

@@ -30,6 +30,7 @@ from typing import Any
 from jitrender.errors import JitrenderError, MissingDependencyError
 from jitrender.inputs import Inputs
 from jitrender.paths import PathMap, split_url, workspace_relpath
+from jitrender.progress import Progress
 from jitrender.storage import ObjectInfo
 
 _MOUNT_TIMEOUT_S = 10.0
@@ -239,6 +240,21 @@ class Mount:
                     break
         self.thread.join(timeout=5)
         _restore_signal_handlers(self.saved)
+
+
+def mount_or_warn(mount_dir: Path, path_map: PathMap, inputs: Inputs, progress: Progress) -> Any:
+    """:func:`start_mount`, or None with a warning that the run falls back to prefetching."""
+    try:
+        mount = start_mount(mount_dir, path_map, inputs)
+    except MountUnavailable as exc:
+        progress.event(
+            "warning",
+            message=f"--mount {mount_dir}: {exc}; falling back to prefetching "
+            "the resolved dependencies",
+        )
+        return None
+    progress.event("phase", message=f"lazy mount at {mount_dir}")
+    return mount
 
 
 def start_mount(mount_dir: Path, path_map: PathMap, inputs: Inputs) -> Mount:

@@ -43,6 +43,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from jitrender.errors import JitrenderError, TransientError
+from jitrender.progress import Progress
+from jitrender.report import Report
 from jitrender.sequences import expand_frame, find_frame_token, has_frame_token
 from jitrender.storage import (
     JOB_METADATA_KEY,
@@ -118,6 +120,8 @@ def _to_regex(pattern: str) -> re.Pattern[str]:
 
 
 UploadOutcome = Literal["created", "identical", "kept_previous", "conflict", "overwritten", "error"]
+# Outcomes after which the output is in the bucket as this run made it.
+UPLOADED = ("created", "identical", "kept_previous", "overwritten")
 
 
 @dataclass(frozen=True)
@@ -617,3 +621,37 @@ def outputs_of_other_jobs(
         if owner is not None and owner != job_hash:
             found.append(rel)
     return sorted(found)
+
+
+def why_not_uploaded(
+    frame: int, records: Iterable[UploadRecord], patterns: OutputPatterns, conflicts: list[str]
+) -> str:
+    """Why ``frame``, whose stages succeeded, is not done: a conflict in the bucket first,
+    then an upload's own error (a refused symlink, a storage error)."""
+    why = "outputs not uploaded"
+    errors = [r for r in records if r.outcome == "error"]
+    refused = [r for r in errors if patterns.frame_of(r.relpath) == frame]
+    if refused and refused[0].error:
+        why = refused[0].error
+    bad = [u for u in conflicts if patterns.frame_of(u) == frame]
+    if bad:
+        why = f"output exists in the bucket with other content: {bad[0]}"
+    return why
+
+
+def collect_outputs(uploader: Uploader, report: Report, progress: Progress) -> None:
+    """The uploader's settled outputs into ``report`` (URLs and bytes uploaded, conflicts);
+    warns about an output that changed after its upload."""
+    for record in uploader.records.values():
+        if record.outcome in UPLOADED:
+            report.output_urls.append(record.url)
+            report.output_bytes += record.size
+        elif record.outcome == "conflict":
+            report.conflicts.append(record.relpath)
+    if uploader.changed_after_upload:
+        changed = uploader.changed_after_upload[0]
+        progress.event(
+            "warning",
+            message=f"outputs/{changed} changed after it was uploaded; write outputs once "
+            "(or to a temp name, then rename)",
+        )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from jitrender.cache import Cache
 from jitrender.deps import Dependencies, Dependency, Unresolved
-from jitrender.errors import ConfigError
+from jitrender.errors import ConfigError, DataError
 from jitrender.inputs import Inputs
 from jitrender.job import DepSpec, Job, StageSpec
 from jitrender.outputs import OutputPatterns
@@ -113,6 +113,15 @@ class Resolution:
 
     def dependencies(self) -> Dependencies:
         return Dependencies(self.deps, self.unresolved)
+
+    def check_missing(self) -> None:
+        """Raise :class:`DataError` naming (the first five of) the dependencies missing from
+        storage: nothing renders with an input missing."""
+        missing = self.missing
+        if missing:
+            names = ", ".join(f"{d.url} ({d.source})" for d in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DataError(f"{len(missing)} dependencies missing from storage: {names}{more}")
 
 
 def resolve_dependencies(

@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import sqlite3
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from jitrender import resume
 from jitrender.agent import Agent
-from jitrender.cache import KEPT_FILE, Cache, default_cache_dir, parse_size
-from jitrender.chunk import UPLOADED, Chunk, FrameBooks, StageRunner
+from jitrender.cache import Cache, default_cache_dir, parse_size
+from jitrender.chunk import FrameBooks, StageRunner, run_chunks
 from jitrender.deps import Dependencies
 from jitrender.engines import Workspace
 from jitrender.errors import (
@@ -45,33 +43,20 @@ from jitrender.errors import (
     Preempted,
     TransientError,
 )
-from jitrender.health import FrameOutcome, NodeHealth
+from jitrender.health import record_run
 from jitrender.inputs import Inputs
 from jitrender.job import Job
-from jitrender.joblogs import LogShipper, logs_prefix, run_folder
-from jitrender.markers import MarkerWriter, marker_prefix, marker_url
-from jitrender.outputs import (
-    OutputPatterns,
-    Uploader,
-    frames_in_bucket,
-    outputs_of_other_jobs,
-)
+from jitrender.joblogs import LogShipper, ship_run_logs
+from jitrender.markers import MarkerWriter, marker_prefix
+from jitrender.outputs import OutputPatterns, Uploader, collect_outputs, why_not_uploaded
 from jitrender.paths import PathMap, workspace_relpath
 from jitrender.plan import Resolution, RunPlan, resolve_for_job, resolve_job_scene
 from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
-from jitrender.requeue import requeue_url, requeued_frames
-from jitrender.stagemarks import stages_done, write_stage_marker
+from jitrender.stagemarks import stage_marker_writer
 from jitrender.stopping import Stop, seconds_from_env
-from jitrender.storage import (
-    JOB_METADATA_KEY,
-    ObjectInfo,
-    RetryPolicy,
-    Stores,
-    classify,
-    with_retries,
-)
+from jitrender.storage import RetryPolicy, Stores
 
 
 @dataclass
@@ -148,9 +133,7 @@ class JobRun:
         self.agent: Agent | None = None
         self._mount: Any = None
         self._logs: LogShipper | None = None
-        self._redo: set[int] = set()  # frames rendered again, replacing their outputs
-        self._requests: set[int] = set()  # of those, frames `jitrender requeue` asked for
-        self._stage_skip: dict[str, dict[int, list[ObjectInfo]]] = {}  # done in the bucket
+        self.resumed = resume.Resume([], [])  # what the resume step left to do
 
     def execute(self) -> Report:
         started = time.monotonic()
@@ -205,14 +188,19 @@ class JobRun:
         # folder go now, also when this run finds nothing to do.
         with contextlib.suppress(OSError):
             self.cache.clean_leftovers()
-        todo = self._resume(frames)
+        self.resumed = resumed = resume.decide(frames, self.markers, self.patterns, self.progress,
+                                              rerender=self.options.rerender,
+                                              overwrite=self.options.overwrite)  # fmt: skip
+        report.skipped_already_done, todo = resumed.skipped, resumed.todo
         if not todo:
             self.progress.event("phase", message="every requested frame is already done")
             return
         run_dir, _lock_fd = self.cache.new_run_dir(f"{job.display_name}-{self.job_hash[:8]}")
         self.run_dir = run_dir  # removed at the end however the run ends (--keep-workspace)
         scene = run_dir / "inputs" / workspace_relpath(job.scene_url) if job.scene_url else None
-        self._preflight_stages(Workspace(run_dir, scene, _job_dir(job)), todo)
+        from jitrender.preflight import check_job  # what `validate` checks, before any fetch
+
+        check_job(job, todo, Workspace(run_dir, scene, _job_dir(job)))  # 78 costs no transfer
         self.inputs = inputs = self._inputs(run_dir / "inputs")
         t0 = time.monotonic()
         resolution = self._resolve(inputs, todo)
@@ -220,16 +208,15 @@ class JobRun:
         plan = RunPlan.make(todo, resolution.deps, self.patterns, job.stages)
         self.workspace = Workspace(run_dir, resolution.scene_local, _job_dir(job))
         self.workspace.create()
-        self._start_log_shipper(todo)
+        self._logs = ship_run_logs(self.workspace.root / "logs", marker_prefix(job),
+                                   self.options.task, todo, self.markers.store, self.retry,
+                                   self.progress)  # fmt: skip
         phase_started = time.monotonic()
         inputs.prefetch(plan.deps)
         self._start_services(plan)
         self.progress.totals(report.deps_count, report.bytes_needed, len(todo))
         try:
-            if job.split_stage is not None:
-                plan = self._run_parts(plan)  # narrowed to the frames this task finishes
-            else:
-                self._run_stages(plan)
+            plan = self._render(plan)  # narrowed to the frames this task finishes
         except Preempted:
             self._settle(plan, interrupted=True)  # flush what finished (bounded), mark it
             raise
@@ -249,86 +236,6 @@ class JobRun:
             prefetch_bytes=self.options.prefetch_bytes,
         )
 
-    # -- 1. resume -----------------------------------------------------------------------
-
-    def _resume(self, frames: list[int]) -> list[int]:
-        """Frames still to render, from one listing of the outputs prefix: not those marked
-        done whose listed outputs are all there (a marker whose output is gone is dropped),
-        nor those whose expected outputs a killed run uploaded but did not mark (marked now);
-        all of them with ``--rerender`` or a ``jitrender requeue`` request. Refuses to start
-        when another version of the job's outputs are in the way."""
-        outputs_url, prefix = self.job.outputs_url, marker_prefix(self.job)
-        listing = with_retries(
-            lambda: self.outputs_store.list(outputs_url + "/"), outputs_url, self.retry
-        )
-        listed = {info.url: info for info in listing}
-        self._requests = requeued_frames(listing, prefix) & set(frames)
-        self._redo = set(frames) if self.options.rerender else set(self._requests)
-        for url in (marker_url(self.job, f) for f in sorted(self._redo)):
-            if url in listed:
-                self._delete(url)
-        if self.options.rerender:
-            return list(frames)
-        rest = [f for f in frames if f not in self._redo]
-        in_bucket = frames_in_bucket(listing, outputs_url, prefix, self.patterns, rest)
-        for frame, stale in in_bucket.stale.items():
-            self.progress.event("warning", message=f"frame {frame}: outputs missing; re-rendering")
-            self._delete(stale.url)
-        skipped = set(in_bucket.done)
-        for frame in rest:  # uploaded by a killed run but not marked: mark them now
-            urls = [f"{outputs_url}/{rel}" for rel in self.patterns.expected_for(frame)]
-            if frame in skipped or not urls or not all(u in listed for u in urls):
-                continue
-            if all(self._ours(listed[u]) for u in urls):
-                self.markers.write(frame, {u: listed[u].crc32c for u in urls}, resumed=True)
-                skipped.add(frame)
-        self.report.skipped_already_done = sorted(skipped)
-        for frame in sorted(skipped):
-            self.progress.event("frame", frame=frame, status="skipped")
-        todo = [f for f in frames if f not in skipped]
-        if todo and not self.options.overwrite:
-            self._refuse_other_versions(listing, todo)
-        resumable = [f for f in todo if f not in self._redo]
-        self._stage_skip = stages_done(listing, prefix, outputs_url, resumable)
-        return todo
-
-    def _ours(self, info: ObjectInfo) -> bool:
-        if info.metadata.get(JOB_METADATA_KEY) == self.job_hash:
-            return True
-        full = self._full_info(info) if not info.metadata else None  # listings may omit it
-        return full is not None and full.metadata.get(JOB_METADATA_KEY) == self.job_hash
-
-    def _full_info(self, info: ObjectInfo) -> ObjectInfo | None:
-        found: ObjectInfo | None = with_retries(
-            lambda: self.outputs_store.stat(info.url), info.url, self.retry
-        )
-        return found
-
-    def _delete(self, url: str) -> None:
-        def delete() -> None:
-            try:
-                self.outputs_store.delete(url)
-            except Exception as exc:  # already gone is what was wanted
-                if classify(exc) != "missing":
-                    raise
-
-        with_retries(delete, url, self.retry)
-
-    def _refuse_other_versions(self, listing: list[ObjectInfo], frames: list[int]) -> None:
-        """Before anything is fetched or rendered: outputs an earlier version of this job
-        wrote are in the way, so this run could only end in conflicts."""
-        outputs_url = self.job.outputs_url
-        others = outputs_of_other_jobs(
-            listing, outputs_url, self.patterns, frames, self.job_hash, self._full_info
-        )
-        if others:
-            raise DataError(
-                f"{outputs_url}/: {len(others)} outputs of another version of this job are in "
-                f"the way (first: {others[0]}); the job changed in a way that changes its "
-                "outputs: rerun with --overwrite to replace them, or give the job a new "
-                "outputs.to"
-            )
-
     # -- 2. resolve ----------------------------------------------------------------------
 
     def _resolve(self, inputs: Inputs, frames: list[int]) -> Resolution:
@@ -337,19 +244,8 @@ class JobRun:
         report.unresolved = [u.to_json() for u in resolution.unresolved]
         report.missing = [d.to_json() for d in resolution.missing]
         report.deps_count, report.bytes_needed = resolution.count, resolution.bytes_needed
-        missing = resolution.missing
-        if missing:
-            names = ", ".join(f"{d.url} ({d.source})" for d in missing[:5])
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise DataError(f"{len(missing)} dependencies missing from storage: {names}{more}")
+        resolution.check_missing()
         return resolution
-
-    def _preflight_stages(self, workspace: Workspace, frames: list[int]) -> None:
-        """Every check ``validate`` makes too (templates, engine args, output patterns,
-        extras), before fetching anything: a configuration error (78) costs no transfer."""
-        from jitrender.preflight import check_job
-
-        check_job(self.job, frames, workspace)
 
     # -- 3. services, stages ----------------------------------------------------------------
 
@@ -362,17 +258,9 @@ class JobRun:
         self.agent = Agent(inputs, self.path_map, deps=plan.deps, workspace=ws.root,
                            log_path=logs / "agent.log").start()  # fmt: skip
         if self.options.mount is not None:
-            from jitrender.mount import MountUnavailable, start_mount
+            from jitrender.mount import mount_or_warn
 
-            try:
-                self._mount = start_mount(self.options.mount, self.path_map, inputs)
-                self.progress.event("phase", message=f"lazy mount at {self.options.mount}")
-            except MountUnavailable as exc:
-                self.progress.event(
-                    "warning",
-                    message=f"--mount {self.options.mount}: {exc}; falling back to prefetching "
-                    "the resolved dependencies",
-                )
+            self._mount = mount_or_warn(self.options.mount, self.path_map, inputs, self.progress)
         self.books = books = FrameBooks(plan.expected, self.patterns, self.markers, self.progress)
         self.uploader = Uploader(
             ws.outputs,
@@ -381,96 +269,47 @@ class JobRun:
             self.patterns,
             self.job_hash,
             overwrite=self.options.overwrite or self.options.rerender,
-            overwrite_frames=self._redo,
+            overwrite_frames=self.resumed.redo,
             retry=self.retry,
             on_uploaded=books.uploaded,
             workers=self.options.upload_workers,
             checkpoints_url=self.job.checkpoints_url,
         )
         books.produced = self.uploader.frame_relpaths
-        last_stage, prefix = self.job.stages[-1].name, marker_prefix(self.job)
-
-        def stage_marker(stage: str, frame: int, relpaths: list[str]) -> None:
-            if stage != last_stage:  # the frame's own marker covers the last stage
-                write_stage_marker(self.outputs_store, self.retry, prefix, self.job_hash,
-                                   stage, frame, relpaths)  # fmt: skip
-
-        books.stage_marker = stage_marker
+        books.stage_marker = stage_marker_writer(self.outputs_store, self.retry,
+                                                 marker_prefix(self.job), self.job_hash,
+                                                 self.job.stages[-1].name)  # fmt: skip
         self.uploader.on_stage_frame = books.stage_finished
         self.uploader.start()
-        self._restore_stage_outputs()
+        resume.restore_stage_outputs(self.resumed.stages_done, self.markers, ws.outputs,
+                                     self.uploader, self.progress)  # fmt: skip
 
-    def _restore_stage_outputs(self) -> None:
-        """Outputs of stages an earlier attempt finished come back from the bucket, so the
-        stages after them work from exactly what is stored (see :mod:`jitrender.stagemarks`)."""
-        assert self.uploader is not None and self.workspace is not None
-        for stage, frames in self._stage_skip.items():
-            for frame, stored in frames.items():
-                for info in stored:
-                    relpath = info.url[len(self.job.outputs_url) + 1 :]
-                    dest = self.workspace.outputs / relpath
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    temp = dest.with_name(f".{dest.name}.restored.part")
-                    self._download(info, temp)
-                    self.uploader.adopt(relpath, info, stage, frame, temp)  # before the rename
-                    os.replace(temp, dest)
-                self.progress.event("stage_skipped", stage=stage, frame=frame)
-
-    def _download(self, info: ObjectInfo, dest: Path) -> None:
-        with open(dest, "wb") as sink:
-            with_retries(lambda: self.outputs_store.download(info, sink), info.url, self.retry)
-
-    def _start_log_shipper(self, frames: list[int]) -> None:
-        """Stage logs go to the bucket while they are written (see :mod:`jitrender.joblogs`)."""
-        assert self.workspace is not None
-        url = logs_prefix(marker_prefix(self.job)) + run_folder(self.options.task, frames)
-        self._logs = LogShipper(
-            self.workspace.root / "logs",
-            url,
-            self.outputs_store,
-            self.retry,
-            warn=lambda message: self.progress.event("warning", message=message),
-        ).start()
-        self.progress.event("phase", message=f"logs at {url}")
-
-    def _run_stages(self, plan: RunPlan) -> None:
+    def _render(self, plan: RunPlan) -> RunPlan:
+        """The plan's stage groups, or a split job's parts and assemblies (see
+        :mod:`jitrender.split`); returns the plan narrowed to the frames this task finishes."""
         assert self.workspace and self.uploader and self.books and self.inputs and self.agent
         runner = StageRunner(self.job, self.workspace, self.uploader, self.agent.env(),
                              self.stop, self.progress)  # fmt: skip
-        alive = list(plan.frames)
         try:
-            for index, group in enumerate(plan.groups):
-                chunks = [(f,) for f in alive] if group.per == "frame" else [tuple(alive)]
-                for frames in chunks:
-                    if self.stop.is_set():
-                        raise Preempted("stopped by signal")
-                    chunk = Chunk(frames, group, last=index == len(plan.groups) - 1,
-                                  runner=runner, books=self.books, inputs=self.inputs,
-                                  attempts=self.job.retries.frame + 1,
-                                  done_before=self._stage_skip)  # fmt: skip
-                    for frame in chunk.run():
-                        alive.remove(frame)
+            if self.job.split_stage is None:
+                run_chunks(plan, runner, self.books, self.inputs,
+                           attempts=self.job.retries.frame + 1,
+                           done_before=self.resumed.stages_done, stop=self.stop)  # fmt: skip
+                return plan
+            from jitrender.split import SplitRender
+
+            split = SplitRender(self.job, plan.frames, self.options.parts, runner=runner,
+                                books=self.books, inputs=self.inputs, store=self.outputs_store,
+                                retry=self.retry, stop=self.stop, progress=self.progress,
+                                assemble_only=self.options.assemble_only)  # fmt: skip
+            try:
+                settled = split.run()
+            finally:
+                self.report.parts = split.summary.to_json()
+            self.report.skipped_already_done += split.summary.adopted
+            return replace(plan, frames=tuple(f for f in plan.frames if f in settled))
         finally:
             self.report.timings["render_s"] += runner.render_seconds
-
-    def _run_parts(self, plan: RunPlan) -> RunPlan:
-        """A split job's parts and assemblies (see :mod:`jitrender.split`)."""
-        from jitrender.split import SplitRender
-
-        assert self.workspace and self.uploader and self.books and self.inputs and self.agent
-        runner = StageRunner(self.job, self.workspace, self.uploader, self.agent.env(),
-                             self.stop, self.progress)  # fmt: skip
-        split = SplitRender(self.job, plan.frames, self.options.parts, runner=runner,
-                            books=self.books, inputs=self.inputs, store=self.outputs_store,
-                            retry=self.retry, stop=self.stop, progress=self.progress,
-                            assemble_only=self.options.assemble_only)  # fmt: skip
-        try:
-            settled = split.run()
-        finally:
-            self.report.timings["render_s"] += runner.render_seconds
-            self.report.parts = split.summary.to_json()
-        self.report.skipped_already_done += split.summary.adopted
-        return replace(plan, frames=tuple(f for f in plan.frames if f in settled))
 
     # -- 4. settle: flush uploads, markers, the report -----------------------------------
 
@@ -494,11 +333,9 @@ class JobRun:
             books.mark(frame)
         report.timings["upload_s"] = uploader.upload_seconds
         report.timings["upload_tail_s"] = time.monotonic() - t0
-        self._collect_outputs()
+        collect_outputs(uploader, report, self.progress)
         report.done = [f for f in books.done if f in set(plan.frames)]
-        for frame in sorted(self._requests & set(report.done)):  # the request is served
-            with contextlib.suppress(JitrenderError):
-                self._delete(requeue_url(marker_prefix(self.job), frame))
+        resume.serve_requests(self.markers, self.resumed.requests, report.done)
         failures = {} if interrupted else dict(books.failures)
         report.failures = sorted(failures.values(), key=lambda f: f.frame)
         if self.stop.is_set() and set(report.done) != set(plan.frames):
@@ -509,14 +346,9 @@ class JobRun:
         for frame in plan.frames:
             if frame in report.done or frame in failures:  # stage failures come first
                 continue
-            why = "outputs not uploaded"
-            errors = [r for r in uploader.records.values() if r.outcome == "error"]
-            refused = [r for r in errors if self.patterns.frame_of(r.relpath) == frame]
-            if refused and refused[0].error:
-                why = refused[0].error  # say why (a refused symlink, a storage error)
-            bad = [u for u in report.conflicts if self.patterns.frame_of(u) == frame]
-            if bad:
-                why = f"output exists in the bucket with other content: {bad[0]}"
+            why = why_not_uploaded(
+                frame, uploader.records.values(), self.patterns, report.conflicts
+            )
             report.failures.append(FrameFailure(frame, "upload", why))
         transient = [r for r in uploader.records.values() if r.outcome == "error" and r.transient]
         if transient:
@@ -526,22 +358,6 @@ class JobRun:
             raise DataError(
                 f"{len(report.failures)} frame(s) failed; first: frame {first.frame} "
                 f"({first.stage}): {first.why}"
-            )
-
-    def _collect_outputs(self) -> None:
-        assert self.uploader is not None
-        for record in self.uploader.records.values():
-            if record.outcome in UPLOADED:
-                self.report.output_urls.append(record.url)
-                self.report.output_bytes += record.size
-            elif record.outcome == "conflict":
-                self.report.conflicts.append(record.relpath)
-        if self.uploader.changed_after_upload:
-            changed = self.uploader.changed_after_upload[0]
-            self.progress.event(
-                "warning",
-                message=f"outputs/{changed} changed after it was uploaded; write outputs once "
-                "(or to a temp name, then rename)",
             )
 
     # -- the end -----------------------------------------------------------------------------
@@ -561,42 +377,16 @@ class JobRun:
             self.agent.stop()
         if self.uploader is not None:
             self.uploader.close(wait=not self.stop.is_set())
-        self._record_health()
+        record_run(self.cache.root, self.job.display_name, report)
         if self._logs is not None:  # bounded when stopping: the deadline comes first
             self._logs.close(timeout=1.0 if self.stop.is_set() else 30.0)
             if not self.stop.is_set():
                 self._logs.ship_bytes("report.json", json.dumps(report.to_json()).encode())
         if self.run_dir is not None:
             report.workspace = str(self.run_dir)
-            if not self.options.keep_workspace:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-            else:  # later runs on the node leave it alone; `cache prune` removes it
-                with contextlib.suppress(OSError):
-                    (self.run_dir / KEPT_FILE).touch()
-            self._keep_cap()
+            self.cache.end_run_dir(self.run_dir, keep=self.options.keep_workspace)
         if self.options.report_path is not None:
             report.write(self.options.report_path)
-
-    def _keep_cap(self) -> None:
-        """Evict to the cap now that this run's links are gone: while jobs run, the entries
-        they link are spared, so a cache can stand over its cap until the last one ends."""
-        if self.cache.max_bytes is None:
-            return
-        with contextlib.suppress(JitrenderError, OSError, sqlite3.Error):
-            self.cache.evict_to(self.cache.max_bytes)
-
-    def _record_health(self) -> None:
-        """Frames rendered or failed by their stages go to the node's health record (which
-        decides what is the node's fault); upload conflicts and missing inputs never count."""
-        name, job_hash = self.job.display_name, self.job_hash
-        outcomes = [FrameOutcome(job_hash, name, f, True) for f in self.report.done]
-        outcomes += [
-            FrameOutcome(job_hash, name, f.frame, False, f"{f.stage}: {f.why}", tuple(f.log_tail))
-            for f in self.report.failures
-            if f.stage != "upload"
-        ]
-        with contextlib.suppress(OSError):
-            NodeHealth(self.cache.root).record(outcomes)
 
 
 def _job_dir(job: Job) -> Path | None:

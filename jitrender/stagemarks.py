@@ -16,7 +16,7 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from jitrender.outputs import MARKER_OUTPUTS_KEY, marker_metadata
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, with_retries
@@ -76,3 +76,16 @@ def write_stage_marker(
     metadata = marker_metadata(job_hash, relpaths)
     with contextlib.suppress(FileExistsError):
         with_retries(lambda: store.put_bytes_if_absent(body, url, metadata), url, retry)
+
+
+def stage_marker_writer(
+    store: Store, retry: RetryPolicy, marker_prefix: str, job_hash: str, last_stage: str
+) -> Callable[[str, int, list[str]], None]:
+    """:func:`write_stage_marker` for every stage but ``last_stage`` (the frame's own marker
+    covers that one), as the books' ``stage_marker``."""
+
+    def write(stage: str, frame: int, relpaths: list[str]) -> None:
+        if stage != last_stage:
+            write_stage_marker(store, retry, marker_prefix, job_hash, stage, frame, relpaths)
+
+    return write
