@@ -19,10 +19,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jitrender.errors import ConfigError, ExitCode, TransientError
-from jitrender.progress import Progress, QuietProgress
+
+if TYPE_CHECKING:  # not imported at run time: the CLI imports this module before anything else
+    from jitrender.progress import Progress
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 T = TypeVar("T")
@@ -35,7 +37,7 @@ class Stop:
 
     def __init__(self, progress: Progress | None = None) -> None:
         self.event = threading.Event()
-        self.progress: Progress = progress or QuietProgress()
+        self.progress: Progress | None = progress
         self.reason: str | None = None  # why it was set, when not by a signal
         self.signal_name: str | None = None  # the signal that set it
         self.at: float | None = None  # time.monotonic() of the stop
@@ -54,7 +56,8 @@ class Stop:
 
     def notice(self, reason: str) -> None:
         self.reason = reason
-        self.progress.event("warning", message=f"{reason}: stopping")
+        if self.progress is not None:
+            self.progress.event("warning", message=f"{reason}: stopping")
         self._stopped()
 
     def remaining(self, budget: float) -> float:
@@ -77,11 +80,15 @@ class Stop:
             self._end("second signal")
         self.signal_name = signal.Signals(signum).name
         self._stopped()
-        # Not here: the interrupted main thread may hold the progress stream's lock.
-        message = f"got {self.signal_name}: stopping"
-        threading.Thread(
-            target=self.progress.event, args=("warning",), kwargs={"message": message}, daemon=True
-        ).start()
+        if self.progress is not None:
+            # Not here: the interrupted main thread may hold the progress stream's lock.
+            message = f"got {self.signal_name}: stopping"
+            threading.Thread(
+                target=self.progress.event,
+                args=("warning",),
+                kwargs={"message": message},
+                daemon=True,
+            ).start()
 
     def _end(self, why: str) -> None:
         """End the process now: the last words (the local report), then ``os._exit``."""
