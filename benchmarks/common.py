@@ -37,17 +37,32 @@ class Emulator:
     """fake-gcs-server preloaded from ``data`` (``data/<bucket>/<object path>``), reached only
     through the proxy: every client in the benchmark pays the same latency and bandwidth."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(
+        self,
+        data: Path,
+        *,
+        bandwidth_mbs: float | None = None,
+        connect_ms: float = 0.0,
+        node_mbs: float = 0.0,
+    ) -> None:
+        """``bandwidth_mbs`` overrides the suite's per-connection cap (0: none); ``connect_ms``
+        and ``node_mbs`` add the proxy's handshake cost and node-wide cap (0: none)."""
         latency_ms, bandwidth = link_settings()
+        if bandwidth_mbs is not None:
+            bandwidth = bandwidth_mbs
         self.proxy_port = free_port()
         self.url = f"http://127.0.0.1:{self.proxy_port}"
-        self.server, self.direct = start_fake_gcs(data=data, public_port=self.proxy_port)
+        # Loading ``-data`` takes fake-gcs-server time quadratic in the objects (10k: ~60 s).
+        self.server, self.direct = start_fake_gcs(
+            data=data, public_port=self.proxy_port, timeout=600
+        )
         self.port = int(self.direct.rsplit(":", 1)[1])
         self.proxy = subprocess.Popen(
             [
                 sys.executable, "-m", "benchmarks.proxy",
                 "--upstream", f"127.0.0.1:{self.port}", "--port", str(self.proxy_port),
                 "--latency-ms", str(latency_ms), "--bandwidth-mbs", str(bandwidth),
+                "--connect-ms", str(connect_ms), "--node-mbs", str(node_mbs),
             ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
@@ -94,8 +109,8 @@ def workdir(name: str) -> Iterator[Path]:
 
 
 @contextmanager
-def emulator(data: Path) -> Iterator[Emulator]:
-    emu = Emulator(data)
+def emulator(data: Path, **link: float) -> Iterator[Emulator]:
+    emu = Emulator(data, **link)
     try:
         yield emu
     finally:

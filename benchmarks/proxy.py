@@ -1,8 +1,11 @@
 """A small TCP proxy for HTTP/1.1 that makes a local GCS emulator behave like a cloud bucket.
 
 It sits on 127.0.0.1 in front of fake-gcs-server and adds, per request, a first-byte latency
-(the request is held for ``--latency-ms`` before it is passed on) and, per connection, a
-bandwidth cap on the response bytes (``--bandwidth-mbs`` MB/s). It counts what crosses it, so
+(the request is held for ``--latency-ms`` before it is passed on), per new connection a
+handshake cost (``--connect-ms``: the first request on a connection waits that much more, as
+TCP + TLS set-up to a cloud endpoint does), per connection a bandwidth cap on the response
+bytes (``--bandwidth-mbs`` MB/s) and, for all connections together, the node's own cap
+(``--node-mbs``); 0 turns a cap off. It counts what crosses it, so
 a benchmark can say how many bytes each tool moved: ``GET /__proxy/stats`` answers JSON and
 ``GET /__proxy/reset`` zeroes the counters (both answered by the proxy itself).
 
@@ -36,12 +39,20 @@ class LinkProxy:
     """Forwards 127.0.0.1:``port`` to ``upstream`` with latency and a bandwidth cap."""
 
     def __init__(
-        self, upstream: tuple[str, int], latency_s: float = 0.020, bandwidth: float = 100e6
+        self,
+        upstream: tuple[str, int],
+        latency_s: float = 0.020,
+        bandwidth: float = 100e6,
+        connect_s: float = 0.0,
+        node_bandwidth: float = 0.0,
     ) -> None:
         self.upstream = upstream
         self.latency_s = latency_s
         self.bandwidth = bandwidth
+        self.connect_s = connect_s
+        self.node_bandwidth = node_bandwidth
         self.stats = LinkStats()
+        self._node_free_at = 0.0  # when the node's link is next idle (loop time)
 
     async def serve(self, port: int) -> asyncio.Server:
         return await asyncio.start_server(self._handle, "127.0.0.1", port)
@@ -62,6 +73,7 @@ class LinkProxy:
             writer.close()
             return
         self.stats.connections += 1
+        await asyncio.sleep(self.connect_s)  # TCP + TLS handshake with a far endpoint
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -100,9 +112,16 @@ class LinkProxy:
         free_at = loop.time()
         while data := await up_reader.read(_READ):
             now = loop.time()
-            if free_at > now:
-                await asyncio.sleep(free_at - now)
-            free_at = max(free_at, now) + len(data) / self.bandwidth
+            # A chunk leaves once both its connection and the node's link have sent the last.
+            leave = max(free_at, now)
+            if self.bandwidth:
+                free_at = leave + len(data) / self.bandwidth
+            if self.node_bandwidth:
+                node_start = max(self._node_free_at, now)
+                self._node_free_at = node_start + len(data) / self.node_bandwidth
+                leave = max(leave, node_start)
+            if leave > now:
+                await asyncio.sleep(leave - now)
             self.stats.bytes_down += len(data)
             writer.write(data)
             await writer.drain()
@@ -110,7 +129,13 @@ class LinkProxy:
 
 async def _main(args: argparse.Namespace) -> None:
     host, _, port = args.upstream.rpartition(":")
-    proxy = LinkProxy((host, int(port)), args.latency_ms / 1000, args.bandwidth_mbs * 1e6)
+    proxy = LinkProxy(
+        (host, int(port)),
+        args.latency_ms / 1000,
+        args.bandwidth_mbs * 1e6,
+        args.connect_ms / 1000,
+        args.node_mbs * 1e6,
+    )
     server = await proxy.serve(args.port)
     bound = server.sockets[0].getsockname()[1]
     print(f"listening on 127.0.0.1:{bound}", flush=True)
@@ -128,8 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="first-byte latency")
     parser.add_argument(
-        "--bandwidth-mbs", type=float, default=100.0, help="MB/s cap per connection"
+        "--bandwidth-mbs", type=float, default=100.0, help="MB/s cap per connection (0: none)"
     )
+    parser.add_argument(
+        "--connect-ms", type=float, default=0.0, help="extra wait on each new connection"
+    )
+    parser.add_argument("--node-mbs", type=float, default=0.0, help="MB/s for the node (0: none)")
     asyncio.run(_main(parser.parse_args(argv)))
 
 

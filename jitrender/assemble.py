@@ -116,6 +116,7 @@ def _clean(spec: Any, width: int, height: int, samples: int | None = None) -> An
     whole.x, whole.y, whole.width, whole.height = 0, 0, width, height
     whole.full_x, whole.full_y, whole.full_width, whole.full_height = 0, 0, width, height
     whole.set_format(oiio.FLOAT)
+    whole.attribute("compression", "none")  # a scratch file Blender reads once: no zip time
     for name in _OWN_ATTRIBUTES:
         whole.erase_attribute(name)
     for attribute in list(spec.extra_attribs):

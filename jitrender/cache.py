@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import random
@@ -145,6 +146,7 @@ class Cache:
         except OSError as exc:
             raise ConfigError(f"{self.root}: cannot use as cache folder: {exc}") from None
         self._checked_dirs: set[str] = set()  # objects/xx folders seen to be real and ours
+        self._made_folders: dict[str, tuple[int, int]] = {}  # workspace folder -> (dev, inode)
         self._known_keys: set[str] = set()  # keys seen in the index by this process
         self._db_local = threading.local()
         self._inflight: dict[str, Future[CacheResult]] = {}
@@ -163,7 +165,7 @@ class Cache:
 
     @staticmethod
     def key(info: ObjectInfo) -> str:
-        return hashlib.sha256(f"{info.url}\0{info.generation}".encode()).hexdigest()
+        return _object_key(info.url, info.generation)
 
     def object_path(self, info: ObjectInfo) -> Path:
         key = self.key(info)
@@ -513,16 +515,34 @@ class Cache:
         filesystem). The link keeps the bytes alive even if the cache evicts the entry.
         Raises :class:`DataError` where a folder on the way (below ``runs/``) is a symlink a
         stage made: a link through it would land outside the workspace."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        self._refuse_symlinks_below_runs(dest.parent)
-        with contextlib.suppress(FileNotFoundError):
-            dest.unlink()
+        self._workspace_folder(dest.parent)
         try:
+            os.link(cached, dest)
+        except FileExistsError:
+            dest.unlink()
             os.link(cached, dest)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()
             shutil.copyfile(cached, dest)
+
+    def _workspace_folder(self, folder: Path) -> None:
+        """Make ``folder`` and refuse symlinks on the way. A folder checked before costs one
+        stat (a thousand inputs share a few folders): the path must still reach the same
+        folder, which it would not once a stage swapped a folder on the way for a symlink."""
+        name = str(folder)
+        seen = self._made_folders.get(name)
+        if seen is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(name)
+                if (st.st_dev, st.st_ino) == seen:
+                    return
+        folder.mkdir(parents=True, exist_ok=True)
+        self._refuse_symlinks_below_runs(folder)
+        st = os.lstat(name)
+        self._made_folders[name] = (st.st_dev, st.st_ino)
 
     def _refuse_symlinks_below_runs(self, folder: Path) -> None:
         try:
@@ -657,8 +677,9 @@ class Cache:
                     with os.scandir(folder.path) as files:
                         yield from (Path(f.path) for f in files)
 
-    def clean_leftovers(self) -> dict[str, int]:
-        """Remove downloads and workspaces left by processes that died."""
+    def clean_leftovers(self, *, kept_too: bool = False) -> dict[str, int]:
+        """Remove downloads and workspaces left by processes that died; a workspace kept with
+        ``--keep-workspace`` (a ``KEPT_FILE`` in it) only with ``kept_too`` (prune, clear)."""
         parts = runs = 0
         for part in self.tmp.iterdir():
             key = part.name.split(".")[0]
@@ -669,7 +690,11 @@ class Cache:
                     part.unlink()
                     parts += 1
         for run in self.runs.iterdir():
-            if run.is_dir() and not run_is_live(run):
+            if (
+                run.is_dir()
+                and not run_is_live(run)
+                and (kept_too or not (run / KEPT_FILE).exists())
+            ):
                 shutil.rmtree(run, ignore_errors=True)
                 runs += 1
         agents = 0
@@ -708,14 +733,14 @@ class Cache:
                 yield folder
 
     def prune(self, max_bytes: int | None = None) -> dict[str, int]:
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         cap = max_bytes if max_bytes is not None else self.max_bytes
         evicted, evicted_bytes = self.evict_to(cap) if cap is not None else (0, 0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
     def clear(self) -> dict[str, int]:
         """Evict everything that no running job is using."""
-        cleaned = self.clean_leftovers()
+        cleaned = self.clean_leftovers(kept_too=True)
         evicted, evicted_bytes = self.evict_to(0)
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
@@ -730,6 +755,11 @@ class Cache:
         fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return run_dir, fd
+
+
+@functools.lru_cache(maxsize=4096)  # one object's fetch asks for its key four times
+def _object_key(url: str, generation: str) -> str:
+    return hashlib.sha256(f"{url}\0{generation}".encode()).hexdigest()
 
 
 def check_private_folder(folder: Path, *, follow: bool) -> None:
@@ -775,6 +805,9 @@ def _user_name(uid: int) -> str:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+KEPT_FILE = "kept"  # in a workspace: kept for debugging, removed only by prune or clear
 
 
 def _is_key(name: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from jitrender.engines import StageCall, Workspace, engine_named
 from jitrender.errors import JitrenderError, Preempted
@@ -48,6 +48,11 @@ class FrameBooks:
         self._claimed: set[int] = set()  # marker written or being written
         self._uploads: dict[str, UploadRecord] = {}
         self.failures: dict[int, FrameFailure] = {}
+        # The frame's outputs beyond the frame-token ones (the uploader's attribution).
+        self.produced: Callable[[int], Sequence[str]] = lambda frame: ()
+        # Writes a stage marker (stage, frame, outputs); None: no stage markers.
+        self.stage_marker: Callable[[str, int, list[str]], None] | None = None
+        self._stage_pending: dict[tuple[str, int], list[str]] = {}
 
     def uploaded(self, record: UploadRecord) -> None:
         if record.outcome in UPLOADED:
@@ -59,6 +64,32 @@ class FrameBooks:
         frame = self.patterns.frame_of(record.relpath)
         if frame is not None:
             self.mark(frame)
+        self._mark_stages()
+
+    def stage_finished(self, stage: str, frame: int, relpaths: list[str]) -> None:
+        """A stage finished a frame (the uploader's ``on_stage_frame``): its marker is
+        written once ``relpaths`` are all uploaded."""
+        if self.stage_marker is None:
+            return
+        with self._lock:
+            self._stage_pending[(stage, frame)] = relpaths
+        self._mark_stages()
+
+    def _mark_stages(self) -> None:
+        with self._lock:
+            ready = [
+                (key, rels)
+                for key, rels in self._stage_pending.items()
+                if rels and all(r in self._uploads for r in rels)
+            ]
+            for key, _ in ready:
+                del self._stage_pending[key]
+        for (stage, frame), rels in ready:
+            assert self.stage_marker is not None
+            try:
+                self.stage_marker(stage, frame, rels)
+            except JitrenderError as exc:
+                self.progress.event("warning", message=f"{stage} of frame {frame}: {exc}")
 
     def stages_done(self, frame: int) -> None:
         with self._lock:
@@ -75,7 +106,7 @@ class FrameBooks:
         with self._lock:
             if frame in self._claimed or frame not in self._stages_done:
                 return
-            expected = self.expected.get(frame, ())
+            expected = sorted({*self.expected.get(frame, ()), *self.produced(frame)})
             records = [self._uploads.get(rel) for rel in expected]
             if any(r is None for r in records):
                 return
@@ -128,6 +159,7 @@ class StageRunner:
                 "JITRENDER_WORKSPACE": str(ws.root),
                 "JITRENDER_INPUTS": str(ws.inputs),
                 "JITRENDER_OUTPUTS": str(ws.outputs),
+                "JITRENDER_OUTPUTS_URL": self.job.outputs_url,  # Nuke Writes map below it
                 "JITRENDER_SCRATCH": str(ws.scratch),
                 "JITRENDER_FRAMES": ",".join(str(f) for f in call.frames),
                 "JITRENDER_SCENE": str(ws.scene or ""),
@@ -144,13 +176,13 @@ class StageRunner:
         label = f"{frames[0]}" if len(frames) == 1 else f"{frames[0]}-{frames[-1]}"
         log = self.workspace.root / "logs" / f"{spec.name}.{label}.{attempt}.log"
         self.progress.event("stage", stage=spec.name, frames=label, attempt=attempt)
+        self.uploader.stage_started(frames, spec.name)
         outcome = run_invocation(
             invocation,
             log,
             env=self.env(call),
             stop=self.stop,
             timeout=spec.timeout,
-            on_start=self.uploader.stage_started,
         )
         self.progress.event(
             "stage_end",
@@ -191,7 +223,11 @@ class Chunk:
         books: FrameBooks,
         inputs: Inputs,
         attempts: int,
+        done_before: Mapping[str, Collection[int]] | None = None,
     ) -> None:
+        # Stages that already finished frames (stage markers): not run again for them.
+        self.done_before = done_before or {}
+        self._stages_finished: set[str] = set()
         self.frames = tuple(frames)
         self.group = group
         self.last = last
@@ -207,16 +243,26 @@ class Chunk:
         expected = self.books.expected.get(frame, ())
         missing = self.runner.missing_output(frame, expected) if self.last or self.salvage else None
         if outcome.ok:
-            if missing is not None and self.last:
-                return FrameFailure(frame, spec.name, f"did not write outputs/{missing}")
-            return None
-        if self.salvage and self.books.patterns.per_frame and missing is None:
+            why = self.runner.uploader.check_frame(frame) if self.last else None
+            return None if why is None else FrameFailure(frame, spec.name, why)
+        if self.salvage and self.books.patterns.per_frame and missing is None and self.last:
             return None  # this frame's outputs were finished before the failure
+        if (
+            self.salvage
+            and not self.last
+            and self.runner.uploader.stage_was_finished(spec.name, frame)
+        ):
+            return None  # the renderer had finished this frame and moved on
         return FrameFailure(frame, spec.name, outcome.why(), list(outcome.tail))
 
+    def _checked(self, frame: int) -> bool:
+        """A frame no stage of this group has to run for: finished if it is not the last
+        group, else only if it has produced what ``outputs.files`` asks for."""
+        return not self.last or self.runner.uploader.check_frame(frame) is None
+
     def _written(self, frame: int) -> bool:
-        expected = self.books.expected.get(frame, ())
-        return self.runner.missing_output(frame, expected) is None
+        """A stopped chunk's frame whose outputs were final before the stop."""
+        return self.runner.uploader.check_frame(frame) is None
 
     def _warn(
         self, failures: Mapping[int, FrameFailure], spec: StageSpec, outcome: StageOutcome
@@ -228,16 +274,37 @@ class Chunk:
             for failure in failures.values():
                 progress.event("warning", message=f"frame {failure.frame}: {failure.why}")
 
-    def _run_specs(self, frames: tuple[int, ...], attempt: int) -> tuple[StageSpec, StageOutcome]:
-        """The group's stages in order, up to the first that does not succeed."""
+    def _run_specs(
+        self, frames: tuple[int, ...], attempt: int
+    ) -> tuple[StageSpec, StageOutcome | None]:
+        """The group's stages in order, up to the first that does not succeed; one attempt
+        per stage and frame: a stage that finished (in this run, or in the bucket) is not run
+        again. The outcome is None when every stage had finished already."""
+        outcome: StageOutcome | None = None
         for spec in self.group.specs:
+            if spec.name in self._stages_finished:
+                continue
             outcome = self.runner.invoke(spec, frames, attempt)
             if not outcome.ok:
                 break
+            if len(frames) == 1:
+                self._stages_finished.add(spec.name)
         return spec, outcome
 
     def run(self) -> dict[int, FrameFailure]:
-        remaining = self.frames
+        spec0 = self.group.specs[0]
+        if self.group.per == "frame":
+            self._stages_finished = {
+                s.name
+                for s in self.group.specs
+                if self.frames[0] in self.done_before.get(s.name, ())
+            }
+            remaining = self.frames
+        else:  # a chunk stage runs only for the frames it has not finished before
+            self._stages_finished = set()
+            done = self.done_before.get(spec0.name, ())
+            remaining = tuple(f for f in self.frames if f not in done)
+            self.finished += [f for f in self.frames if f in done and self._checked(f)]
         failures: dict[int, FrameFailure] = {}
         completed = False
         try:
@@ -245,7 +312,12 @@ class Chunk:
                 if not remaining:
                     break
                 self.inputs.wait(remaining)
-                spec, outcome = self._run_specs(remaining, attempt)
+                spec, ran = self._run_specs(remaining, attempt)
+                if ran is None:  # every stage had finished this frame before
+                    self.finished += [f for f in remaining if self._checked(f)]
+                    remaining = ()
+                    break
+                outcome = ran
                 if outcome.stopped:
                     if self.salvage:  # the frames whose outputs it finished before the stop
                         self.finished += [f for f in remaining if self._written(f)]

@@ -102,7 +102,20 @@ def run(
         str | None, typer.Option("--cache-max-size", help="Cache size cap, e.g. 200GB.")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace outputs that already exist.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace outputs that exist with other content (generation-matched; the same "
+            "bytes are left alone), including those of another version of the job.",
+        ),
+    ] = False,
+    rerender: Annotated[
+        bool,
+        typer.Option(
+            "--rerender",
+            help="Render the frames again even if they are done, replacing their outputs and "
+            "markers (use with --frames).",
+        ),
     ] = False,
     keep_workspace: Annotated[
         bool, typer.Option("--keep-workspace", help="Keep the run's workspace for debugging.")
@@ -162,6 +175,7 @@ def run(
             cache_max_bytes=parse_size(cache_max_size, "--cache-max-size"),
             report_path=report,
             overwrite=overwrite,
+            rerender=rerender,
             keep_workspace=keep_workspace,
             extra_path_map=_extra_path_map(path_map, path_map_rules),
             progress=stream,
@@ -409,6 +423,77 @@ def status(
     except JitrenderError as exc:
         _fail(exc)
     raise typer.Exit(0)
+
+
+@app.command()
+def logs(
+    job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
+    frame: Annotated[
+        int | None, typer.Option("--frame", help="Only the stage logs of this frame.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep printing what the logs gain (Ctrl-C stops).")
+    ] = False,
+) -> None:
+    """Print the job's stage logs from the bucket (every run, every task, every attempt), each
+    under a '==> task/run/file <==' header."""
+    from jitrender.job import load_job
+    from jitrender.joblogs import follow_logs, logs_prefix
+    from jitrender.markers import marker_prefix
+    from jitrender.storage import RetryPolicy, Stores
+
+    seen: set[str] = set()
+    try:
+        job = load_job(job_file)
+        prefix = logs_prefix(marker_prefix(job))
+        store = Stores().for_url(prefix)
+        for name, data in follow_logs(store, prefix, frame, RetryPolicy(), follow=follow):
+            if name not in seen:
+                seen.add(name)
+                typer.echo(f"==> {name} <==")
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+    except JitrenderError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    if not seen:
+        which = f" of frame {frame}" if frame is not None else ""
+        typer.echo(f"jitrender: no logs{which} under {prefix}", err=True)
+
+
+@app.command()
+def requeue(
+    job_file: Annotated[Path, typer.Argument(help="The job.yaml.", metavar="JOB")],
+    frames: Annotated[
+        str, typer.Option("--frames", "-f", help="Frames to render again, e.g. 1001-1010.")
+    ],
+    delete_outputs: Annotated[
+        bool,
+        typer.Option("--delete-outputs", help="Also delete those frames' outputs from the bucket."),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Drop the done markers of frames so that the farm's next run renders them again
+    (outputs are kept, and replaced when the frames render, unless --delete-outputs)."""
+    from jitrender.job import load_job
+    from jitrender.requeue import requeue_frames
+    from jitrender.sequences import format_frames, parse_frames
+
+    try:
+        job = load_job(job_file)
+        result = requeue_frames(
+            job, parse_frames(frames, "--frames"), delete_outputs=delete_outputs
+        )
+    except JitrenderError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        typer.echo(
+            f"requeued frames {format_frames(result.frames)}: {len(result.markers)} markers "
+            f"and {len(result.outputs)} outputs removed"
+        )
 
 
 @app.command()

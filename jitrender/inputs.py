@@ -28,6 +28,10 @@ from jitrender.progress import Progress, QuietProgress
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, Stores, with_retries
 from jitrender.transfer import InflightBudget, listing_ranges
 
+# Objects below this are bound by round trips, not bytes: capping their bytes in flight only
+# cost each a cross-thread wake-up; the fetcher's queue keeps them in frame order anyway.
+LATENCY_BOUND_BYTES = 1 << 20
+
 
 class Inputs:
     """Stat memo, listings and single-flight fetch-and-link below ``root`` for one run.
@@ -71,6 +75,7 @@ class Inputs:
         self._budget = InflightBudget(prefetch_bytes)
         self._queue: queue.SimpleQueue[tuple[str, Future[Path]] | None] = queue.SimpleQueue()
         self._dispatcher: threading.Thread | None = None
+        self._waiting = 0  # fetches queued for the dispatcher (later ones queue behind them)
         self._prefetch_started = 0.0
         self._pending: set[str] = set()  # planned URLs this run's prefetch still fetches
 
@@ -197,7 +202,8 @@ class Inputs:
 
     def prefetch(self, deps: Sequence[Dependency]) -> None:
         """Start fetching the planned ``deps`` in the order given (the order frames need
-        them); :meth:`wait` then blocks only for a frame's own."""
+        them) and return at once; :meth:`wait` then blocks only for a frame's own."""
+        owned: list[tuple[str, Future[Path]]] = []
         with self._lock:
             self._deps.extend(deps)
             if not self._prefetch_started:
@@ -208,8 +214,15 @@ class Inputs:
                 self._planned[dep.url] = future
                 if owner:
                     self._pending.add(dep.url)
-            if owner:
-                self._enqueue(dep.url, future)
+                    owned.append((dep.url, future))
+        # One thread admits them (linking cached ones): the caller starts the stages meanwhile.
+        threading.Thread(
+            target=self._feed, args=(owned,), name="jitrender-feed", daemon=True
+        ).start()
+
+    def _feed(self, owned: Sequence[tuple[str, Future[Path]]]) -> None:
+        for url, future in owned:
+            self._enqueue(url, future)
 
     def prefetch_urls(self, urls: Iterable[str]) -> int:
         """Queue ``urls`` not asked for yet (after what is queued); returns how many."""
@@ -222,7 +235,18 @@ class Inputs:
         return queued
 
     def _enqueue(self, url: str, future: Future[Path]) -> None:
+        """Admit ``url`` now when nothing queued is ahead of it and it need not wait (the
+        common case: no thread hop per file), else queue it for the dispatcher."""
         with self._lock:
+            ahead = self._waiting
+        try:
+            if not ahead and self._admit(url, future, wait=False):
+                return
+        except BaseException as exc:
+            self._failed(url, future, exc)
+            return
+        with self._lock:
+            self._waiting += 1
             if self._dispatcher is None:
                 self._dispatcher = threading.Thread(
                     target=self._dispatch, name="jitrender-prefetch", daemon=True
@@ -231,57 +255,70 @@ class Inputs:
         self._queue.put((url, future))
 
     def _dispatch(self) -> None:
-        """Admit queued fetches one by one in order: cached ones are linked at once, cold ones
-        wait for the byte budget, then go to the asyncio fetcher (small objects over plain
-        HTTP) or the thread pool (large ones, other stores)."""
+        """Admit queued fetches one by one, in order, each once the byte budget allows."""
         while True:
             item = self._queue.get()
             if item is None:
                 return
             url, future = item
             try:
-                self._admit(url, future)
+                self._admit(url, future, wait=True)
             except BaseException as exc:
                 self._failed(url, future, exc)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
 
     def _stopping(self) -> bool:
         return self._closed or self.stop.is_set()
 
-    def _admit(self, url: str, future: Future[Path]) -> None:
+    def _admit(self, url: str, future: Future[Path], *, wait: bool) -> bool:
+        """Start ``url``'s fetch: cached objects are linked at once, cold ones take their
+        bytes from the budget (waiting for it only with ``wait``; False when it would have
+        to), then go to the asyncio fetcher (small objects over plain HTTP) or the thread
+        pool (large ones, other stores)."""
         if self._stopping():
             raise Preempted("stopped while waiting to fetch")
         info = self._known.get(url)
         if info is None:  # not stat'ed yet (a hook's prefetch): the thread path does it all
             self._pool.submit(self._fetch_and_link, url, future)
-            return
+            return True
         cached = self.cache.lookup(info)
         if cached is not None:
             try:
                 self._link(url, info, CacheResult(cached, False, 0))
                 future.set_result(self.local_path(url))
-                return
+                return True
             except FileNotFoundError:
                 pass  # evicted just now: fetch it like a cold one
-        if not self._budget.acquire(info.size, self._stopping):
-            raise Preempted("stopped while waiting to fetch")
+        # Small objects are bound by round trips, not bytes: only large ones take the budget.
+        if info.size >= LATENCY_BOUND_BYTES:
+            if not wait:
+                if not self._budget.try_acquire(info.size):
+                    return False
+            elif not self._budget.acquire(info.size, self._stopping):
+                raise Preempted("stopped while waiting to fetch")
         store = self.store(url)
         if AsyncFetcher.eligible(info, store):
             fetching = self._aio.fetch(info, store)
             fetching.add_done_callback(lambda f: self._fetched_async(url, info, future, f))
         else:
             self._pool.submit(self._fetch_admitted, url, info, future)
+        return True
 
     def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path]) -> None:
         try:
             self._fetch_and_link(url, future, info)
         finally:
-            self._budget.release(info.size)
+            if info.size >= LATENCY_BOUND_BYTES:
+                self._budget.release(info.size)
 
     def _fetched_async(
         self, url: str, info: ObjectInfo, future: Future[Path], fetched: Future[CacheResult]
     ) -> None:
         """On the event loop's thread: link, or hand anything unusual to the thread path."""
-        self._budget.release(info.size)
+        if info.size >= LATENCY_BOUND_BYTES:
+            self._budget.release(info.size)
         try:
             self._link(url, info, fetched.result())
         except FileNotFoundError:  # evicted before it was linked: the thread path again

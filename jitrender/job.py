@@ -112,6 +112,9 @@ class StageSpec(BaseModel):
                 f"split: only a per-frame 'blender' engine stage renders parts, not "
                 f"{self.engine or 'command'!r} per {self.per}"
             )
+        engine = self.args.get("engine", "CYCLES")
+        if self.split is not None and str(engine).upper() != "CYCLES":
+            raise ValueError(f"split: parts render with Cycles only, not args.engine {engine!r}")
         return self
 
 
@@ -121,6 +124,8 @@ class OutputsSpec(BaseModel):
     model_config = _STRICT
     to: str = Field(min_length=1)
     files: list[str] = Field(default_factory=lambda: ["**/*"], min_length=1)
+    # A prefix for the passes a checkpointing renderer writes before its final one (optional).
+    checkpoints: str | None = Field(default=None, min_length=1)
 
 
 class CacheSpec(BaseModel):
@@ -236,6 +241,13 @@ class Job(BaseModel):
         return self.resolve_url(self.scene) if self.scene is not None else None
 
     @property
+    def checkpoints_url(self) -> str | None:
+        """Where intermediate passes go (``outputs.checkpoints``), or None."""
+        if self.outputs.checkpoints is None:
+            return None
+        return self.resolve_url(self.outputs.checkpoints).rstrip("/")
+
+    @property
     def outputs_url(self) -> str:
         return self.resolve_url(self.outputs.to).rstrip("/")
 
@@ -271,13 +283,24 @@ class Job(BaseModel):
         return self._map
 
     def job_hash(self) -> str:
-        """Identity of what the job produces: changes when anything that shapes outputs does
-        (not the frame range, cache or retry settings)."""
+        """Identity of what the job produces: the scene (its URL), how inputs are found
+        (resolver, path mapping, extra deps), each stage's name, granularity, command or
+        engine, args and env, the job's env and the outputs (where, which files). Not the
+        frame range, the name, stage timeouts, retries, the cache or the task split: editing
+        those keeps the job's markers and outputs."""
         shape = self.model_dump(
-            mode="json", by_alias=True, exclude={"frames", "cache", "retries", "chunk"}
+            mode="json",
+            by_alias=True,
+            exclude={"frames", "cache", "retries", "chunk", "name", "source"},
         )
+        for stage in shape["stages"]:
+            stage.pop("timeout", None)  # how long to wait changes no pixel
         shape["scene"] = self.scene_url
+        for stage in shape["stages"]:
+            if stage.get("split") is None:
+                stage.pop("split", None)  # unsplit jobs keep the hash they had before split:
         shape["outputs"]["to"] = self.outputs_url
+        shape["outputs"].pop("checkpoints", None)  # where previews go changes no final pixel
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

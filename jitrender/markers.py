@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from jitrender.job import Job
-from jitrender.outputs import OutputPatterns
+from jitrender.outputs import OutputPatterns, marker_metadata
 from jitrender.stopping import bounded
 from jitrender.storage import JOB_METADATA_KEY, ObjectInfo, RetryPolicy, Store, with_retries
 
@@ -79,7 +79,9 @@ class MarkerWriter:
         }
         url = marker_url(self.job, frame)
         data = json.dumps(body, sort_keys=True).encode()
-        metadata = {JOB_METADATA_KEY: self.job_hash}
+        # The listed outputs ride in the metadata too: a listing then says whether they remain.
+        base = len(self.job.outputs_url) + 1
+        metadata = marker_metadata(self.job_hash, (u[base:] for u in outputs))
         deadline = self.deadline
         if deadline is None:
             with_retries(

@@ -1,22 +1,31 @@
-"""Outputs: which workspace files are outputs, and uploading each one the moment it is whole.
+"""Outputs: which workspace files are outputs, and uploading each one the moment it is final.
 
-The uploader watches ``outputs/`` (watchdog) and decides when a file is whole: a file
-*renamed* into place is whole at once (the safe way for a renderer to write); a file
-*closed after writing* is whole if its writer is still alive a moment later (a killed writer
-dies with it, and the kernel's close of its half-written file must never be uploaded) or when
-the stage exits successfully. A failed stage's unsettled files are discarded, never uploaded.
+A file below ``outputs/`` is *final* (and only then uploaded) when it is renamed into place
+(the way a renderer says "this frame is done") or when the stage that wrote it exits 0. A
+file closed while its writer still runs is never final, however long ago it was closed: a
+checkpointing renderer rewrites ``beauty.0001.exr`` several times and a log is closed after
+every line, so only the stage's exit tells the last version from an earlier one. When a stage
+fails or is stopped, the files it wrote in place are deleted (a retry rewrites them); files it
+renamed into place were final and stay uploaded.
+
 Uploads are create-if-absent, tagging each object with the job's hash. An object that already
-exists is never overwritten (unless asked): the same bytes count as uploaded, an object left
-by an earlier attempt of the *same* job is kept (renders are not bit-exact, the first one
-wins), anything else is a conflict that the report names.
+exists is never overwritten (unless asked, then generation-matched): the same bytes count as
+uploaded, an object left by an earlier attempt of the *same* job is kept (renders are not
+bit-exact, the first one wins), anything else is a conflict that the report names.
+
+Every final file is attributed to frames: to the frame its name carries (patterns with a
+frame token) or else to the frames of the stage call that wrote it; :meth:`Uploader.check_frame`
+says whether a frame produced what ``outputs.files`` asks for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
+import shutil
 import stat
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,7 +44,15 @@ from watchdog.observers import Observer
 
 from jitrender.errors import JitrenderError, TransientError
 from jitrender.sequences import expand_frame, find_frame_token, has_frame_token
-from jitrender.storage import JOB_METADATA_KEY, ObjectInfo, RetryPolicy, Store, with_retries
+from jitrender.storage import (
+    JOB_METADATA_KEY,
+    ObjectInfo,
+    PutResult,
+    RetryPolicy,
+    Store,
+    crc32c_of_file,
+    with_retries,
+)
 
 _TEMP_NAME = re.compile(r"(^\.|\.tmp$|\.part$|~$|\.jitrender-part$)")
 
@@ -115,9 +132,11 @@ class UploadRecord:
 
 
 class Uploader:
-    """Uploads finished files below ``outputs/`` to ``<outputs_url>/<relpath>``.
+    """Uploads final files below ``outputs/`` to ``<outputs_url>/<relpath>``.
 
     Thread-safe. ``on_uploaded`` is called (from an upload thread) after each file is settled.
+    Callers bracket every stage call with :meth:`stage_started` and :meth:`stage_succeeded` or
+    :meth:`stage_failed`.
     """
 
     def __init__(
@@ -129,9 +148,11 @@ class Uploader:
         job_hash: str,
         *,
         overwrite: bool = False,
+        overwrite_frames: set[int] | None = None,
         retry: RetryPolicy | None = None,
         on_uploaded: Callable[[UploadRecord], None] | None = None,
         workers: int = 4,
+        checkpoints_url: str | None = None,
     ) -> None:
         self.outputs_dir = outputs_dir
         self.outputs_url = outputs_url.rstrip("/")
@@ -139,6 +160,7 @@ class Uploader:
         self.patterns = patterns
         self.job_hash = job_hash
         self.overwrite = overwrite
+        self.overwrite_frames = overwrite_frames or set()  # replace these frames' outputs
         self.retry = retry or RetryPolicy()
         self.on_uploaded = on_uploaded
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload")
@@ -149,12 +171,19 @@ class Uploader:
         self.changed_after_upload: list[str] = []
         self.upload_seconds = 0.0
         self._observer: Any = None
-        self._closed: dict[str, float] = {}  # relpath -> when its writer closed it
-        self._writer: subprocess.Popen[bytes] | None = None  # the running stage's process
-        self.settle_s = 0.3
-        self._alive_at = 0.0  # last time the writer was seen alive
-        self._ticker_stop = threading.Event()
-        self._ticker: threading.Thread | None = None
+        self._frames: tuple[int, ...] = ()  # the running stage call's frames
+        self._stage = ""  # the running stage call's stage
+        self._produced: dict[int, set[str]] = {}  # frame -> its final outputs
+        self._stage_outputs: dict[tuple[str, int], set[str]] = {}  # (stage, frame) -> outputs
+        self._stage_finished: set[tuple[str, int]] = set()
+        # Called (stage, frame, its outputs) once a stage has finished a frame with outputs.
+        self.on_stage_frame: Callable[[str, int, list[str]], None] | None = None
+        self._fences: dict[str, threading.Event] = {}
+        self._fence_count = 0
+        # Files closed while their writer runs go here, each pass replacing the last (opt-in).
+        self.checkpoints_url = checkpoints_url.rstrip("/") if checkpoints_url else None
+        self._checkpointing: set[str] = set()
+        self._checkpoint_again: set[str] = set()
 
     # -- watching ------------------------------------------------------------------------
 
@@ -166,77 +195,183 @@ class Uploader:
         observer.daemon = True
         observer.start()
         self._observer = observer
-        self._ticker = threading.Thread(target=self._settle_loop, name="settle", daemon=True)
-        self._ticker.start()
 
     def stop_watching(self) -> None:
-        self._ticker_stop.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
-        if self._ticker is not None:
-            self._ticker.join(timeout=5)
-            self._ticker = None
 
-    def closed(self, path: Path) -> None:
-        """A writer closed ``path``: upload once it has settled (see the module docstring)."""
-        with contextlib.suppress(ValueError):
-            relpath = path.relative_to(self.outputs_dir).as_posix()
-            if self.patterns.matches(relpath):
-                with self._lock:
-                    self._closed[relpath] = time.monotonic()
-
-    def _proven_whole(self) -> list[str]:
-        """Closed files whose writer was seen alive ``settle_s`` after the close: a dying
-        process finishes closing its files within milliseconds, so these were closed on
-        purpose."""
+    def stage_started(self, frames: tuple[int, ...], stage: str = "") -> None:
+        """A call of ``stage`` for ``frames`` (in render order) starts: what it makes final is
+        theirs."""
         with self._lock:
-            ready = [r for r, t in self._closed.items() if self._alive_at - t >= self.settle_s]
-            for relpath in ready:
-                del self._closed[relpath]
-        return ready
-
-    def _settle_loop(self) -> None:
-        while not self._ticker_stop.wait(0.05):
-            writer = self._writer
-            if writer is not None and writer.poll() is None:
-                self._alive_at = time.monotonic()
-            for relpath in self._proven_whole():
-                self.submit(self.outputs_dir / relpath)
-
-    def stage_started(self, writer: subprocess.Popen[bytes]) -> None:
-        """A stage process that writes outputs started: files it closes are whole once it is
-        seen alive a moment later (see the module docstring)."""
-        self._writer = writer
+            self._frames, self._stage = tuple(frames), stage
 
     def stage_succeeded(self) -> None:
-        """The writer exited 0: everything it wrote is whole; submit it all."""
-        self._writer = None
-        with self._lock:
-            self._closed.clear()
+        """The writer exited 0: everything it wrote is final; submit it all. The stage has
+        finished each of its frames."""
         self.sweep()
+        with self._lock:
+            stage, frames = self._stage, self._frames
+        self._finish_stage_frames([(stage, f) for f in frames])
+
+    def _finish_stage_frames(self, pairs: list[tuple[str, int]]) -> None:
+        with self._lock:
+            new = [p for p in pairs if p not in self._stage_finished and p in self._stage_outputs]
+            self._stage_finished.update(new)
+        if self.on_stage_frame is not None:
+            for stage, frame in new:
+                self.on_stage_frame(stage, frame, self.stage_relpaths(stage, frame))
+
+    def stage_was_finished(self, stage: str, frame: int) -> bool:
+        """Whether ``stage`` finished ``frame`` (see :meth:`stage_started`)."""
+        with self._lock:
+            return (stage, frame) in self._stage_finished
+
+    def stage_relpaths(self, stage: str, frame: int) -> list[str]:
+        """The final outputs ``stage`` made for ``frame``."""
+        with self._lock:
+            return sorted(self._stage_outputs.get((stage, frame), ()))
+
+    def adopt(self, relpath: str, info: ObjectInfo, stage: str, frame: int, source: Path) -> None:
+        """``source`` (about to be renamed to ``outputs/<relpath>``) holds the bucket object
+        ``info``, an earlier run's output of ``stage`` for ``frame``: it counts as final and
+        uploaded."""
+        st = source.stat()
+        with self._lock:
+            self._submitted[relpath] = (st.st_size, st.st_mtime_ns)
+            self._produced.setdefault(frame, set()).add(relpath)
+            self._stage_outputs.setdefault((stage, frame), set()).add(relpath)
+            self._stage_finished.add((stage, frame))
+            record = self.records[relpath] = UploadRecord(
+                relpath, info.url, "kept_previous", info.size, info.crc32c
+            )
+        if self.on_uploaded is not None:
+            self.on_uploaded(record)
 
     def stage_failed(self) -> None:
-        """The writer failed or was killed: files it closed but that did not settle may be
-        partial. Delete them so that nothing can ever upload them; a retry rewrites them."""
-        self._writer = None
-        for relpath in self._proven_whole():
-            self.submit(self.outputs_dir / relpath)
+        """The writer failed or was killed: files it wrote in place may be partial or an
+        early pass. Delete them so that nothing can ever upload them; a retry rewrites them.
+        Files renamed into place before the failure were final and are kept."""
+        self._fence()  # rename events still in the watcher's queue are handled first
+        if not self.outputs_dir.is_dir():
+            return
+        for path in sorted(self.outputs_dir.rglob("*")):
+            relpath = path.relative_to(self.outputs_dir).as_posix()
+            if not path.is_file() or not self.patterns.matches(relpath):
+                continue
+            with self._lock:
+                final = relpath in self._submitted
+            if not final:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _fence(self, timeout: float = 3.0) -> None:
+        """Wait until the watcher has delivered every event that happened before now: a
+        rename of our own is queued behind them (inotify keeps order)."""
+        if self._observer is None or not self.outputs_dir.is_dir():
+            return
         with self._lock:
-            doomed, self._closed = list(self._closed), {}
-        for relpath in doomed:
+            self._fence_count += 1
+            name = f".jitrender-fence.{self._fence_count}"
+            seen = self._fences[name + ".done"] = threading.Event()
+        first = self.outputs_dir / name
+        try:
+            first.write_bytes(b"")
+            os.replace(first, self.outputs_dir / (name + ".done"))
+            seen.wait(timeout)
+        finally:
             with contextlib.suppress(FileNotFoundError):
-                (self.outputs_dir / relpath).unlink()
+                (self.outputs_dir / (name + ".done")).unlink()
+            with self._lock:
+                self._fences.pop(name + ".done", None)
+
+    def closed(self, path: Path) -> None:
+        """A writer closed a file it wrote in place: not final (see the module docstring);
+        with ``checkpoints_url`` a copy of this pass goes there, one copy in flight per file."""
+        if self.checkpoints_url is None:
+            return
+        try:
+            relpath = path.relative_to(self.outputs_dir).as_posix()
+        except ValueError:
+            return
+        if not self.patterns.matches(relpath):
+            return
+        with self._lock:
+            if relpath in self._submitted:
+                return
+            if relpath in self._checkpointing:
+                self._checkpoint_again.add(relpath)
+                return
+            self._checkpointing.add(relpath)
+        self._pool.submit(self._checkpoint, path, relpath)
+
+    def _checkpoint(self, path: Path, relpath: str) -> None:
+        assert self.checkpoints_url is not None
+        url = f"{self.checkpoints_url}/{relpath}"
+        # A copy first: the renderer may start its next pass while this one uploads.
+        snapshot = self.outputs_dir.parent / f".checkpoint.{threading.get_ident()}"
+        while True:
+            try:
+                shutil.copyfile(path, snapshot)
+                with_retries(
+                    lambda: self.store.put_if_absent(
+                        snapshot, url, {JOB_METADATA_KEY: self.job_hash}, overwrite=True
+                    ),
+                    url,
+                    self.retry,
+                )
+            except (JitrenderError, OSError):
+                pass  # a preview: the final file is what counts
+            finally:
+                with contextlib.suppress(OSError):
+                    snapshot.unlink()
+            with self._lock:
+                if relpath not in self._checkpoint_again:
+                    self._checkpointing.discard(relpath)
+                    return
+                self._checkpoint_again.discard(relpath)
+
+    def renamed(self, path: Path) -> None:
+        """A file was renamed into ``outputs/``: it is final."""
+        fence = self._fences.get(path.name)
+        if fence is not None:
+            fence.set()
+            return
+        self.submit(path)
 
     def sweep(self) -> None:
-        """Submit every output on disk not submitted yet (watch events can be missed). Call
-        only when no writer is running or after :meth:`stage_failed`."""
+        """Submit every output on disk not submitted yet. Call only when no writer is running
+        (after :meth:`stage_succeeded` or :meth:`stage_failed`)."""
         if not self.outputs_dir.is_dir():
             return
         for path in sorted(self.outputs_dir.rglob("*")):
             if path.is_file():
                 self.submit(path)
+
+    # -- which frame made what -------------------------------------------------------------
+
+    def frame_relpaths(self, frame: int) -> list[str]:
+        """The final outputs of ``frame`` so far (its own frame-token files, or files its
+        stage calls made final)."""
+        with self._lock:
+            return sorted(self._produced.get(frame, ()))
+
+    def check_frame(self, frame: int) -> str | None:
+        """Why ``frame`` has not produced what ``outputs.files`` asks for, or None when it
+        has: every frame-token pattern's file, and at least one output."""
+        missing = [
+            rel
+            for rel in self.patterns.expected_for(frame)
+            if not (self.outputs_dir / rel).is_file()
+        ]
+        if missing:
+            return f"did not write outputs/{missing[0]}"
+        if not self.frame_relpaths(frame):
+            wanted = ", ".join(self.patterns.patterns)
+            return f"wrote no output matching outputs.files ({wanted})"
+        return None
 
     # -- uploading -----------------------------------------------------------------------
 
@@ -266,7 +401,20 @@ class Uploader:
                 self.changed_after_upload.append(relpath)
                 return
             self._submitted[relpath] = state
+            frame = self.patterns.frame_of(relpath)
+            owners = (frame,) if frame is not None else self._frames
+            for owner in owners:
+                self._produced.setdefault(owner, set()).add(relpath)
+                self._stage_outputs.setdefault((self._stage, owner), set()).add(relpath)
+            # A renderer that has moved on to a later frame of its call has finished the
+            # earlier ones (their files are final): each frame lands as it is done.
+            moved_on: list[tuple[str, int]] = []
+            if frame is not None and frame in self._frames:
+                before = self._frames[: self._frames.index(frame)]
+                moved_on = [(self._stage, f) for f in before]
             self._futures.append(self._pool.submit(self._upload, path, relpath))
+        if moved_on:
+            self._finish_stage_frames(moved_on)
 
     def _refuse(self, relpath: str, why: str) -> None:
         url = f"{self.outputs_url}/{relpath}"
@@ -276,6 +424,9 @@ class Uploader:
                 return
             self._submitted[relpath] = (0, 0)
             self.records[relpath] = record
+            frame = self.patterns.frame_of(relpath)  # the frame's output, failed: say why
+            for owner in (frame,) if frame is not None else self._frames:
+                self._produced.setdefault(owner, set()).add(relpath)
         if self.on_uploaded is not None:
             self.on_uploaded(record)
 
@@ -288,8 +439,9 @@ class Uploader:
             metadata["jitrender-frame"] = str(frame)
         size = path.stat().st_size
         try:
+            replace = self.overwrite or frame in self.overwrite_frames
             result = with_retries(
-                lambda: self.store.put_if_absent(path, url, metadata, overwrite=self.overwrite),
+                lambda: self._put(path, url, metadata, replace),
                 url,
                 self.retry,
             )
@@ -298,6 +450,8 @@ class Uploader:
             ours = info is not None and info.metadata.get(JOB_METADATA_KEY) == self.job_hash
             if outcome == "conflict" and ours:
                 outcome = "kept_previous"
+                assert info is not None
+                self._keep_stored(path, relpath, info)
             record = UploadRecord(relpath, url, outcome, size, info.crc32c if info else None)
         except (JitrenderError, OSError) as exc:
             message = exc.message if isinstance(exc, JitrenderError) else str(exc)
@@ -309,6 +463,28 @@ class Uploader:
         if self.on_uploaded is not None:
             self.on_uploaded(record)
         return record
+
+    def _keep_stored(self, path: Path, relpath: str, info: ObjectInfo) -> None:
+        """An earlier attempt's object stays at the URL: make the local file that object, so
+        later stages derive their outputs from what the bucket holds (renders are not
+        bit-exact)."""
+        temp = path.with_name(f".{path.name}.stored.part")
+        with open(temp, "wb") as sink:
+            with_retries(lambda: self.store.download(info, sink), info.url, self.retry)
+        st = temp.stat()
+        with self._lock:  # the rename's watch event must find it already submitted
+            self._submitted[relpath] = (st.st_size, st.st_mtime_ns)
+        os.replace(temp, path)
+
+    def _put(self, path: Path, url: str, metadata: dict[str, str], replace: bool) -> PutResult:
+        """Create-if-absent; with ``replace``, an object with the same bytes is left alone
+        (no new generation) and any other is replaced generation-matched."""
+        if replace:
+            existing = self.store.stat(url)
+            known = existing is not None and existing.crc32c is not None
+            if known and existing is not None and existing.crc32c == crc32c_of_file(path):
+                return PutResult("identical", existing)
+        return self.store.put_if_absent(path, url, metadata, overwrite=replace)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for every submitted upload; False if some are still running at ``timeout``."""
@@ -350,4 +526,94 @@ class _Handler(FileSystemEventHandler):
 
     def on_moved(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileMovedEvent) and not event.is_directory:
-            self.uploader.submit(Path(str(event.dest_path)))
+            self.uploader.renamed(Path(str(event.dest_path)))
+
+
+# -- what the bucket says is done -------------------------------------------------------------
+
+MARKER_OUTPUTS_KEY = "jitrender-outputs"  # marker metadata: JSON list of the frame's outputs
+_MARKER_OUTPUTS_MAX = 6000  # GCS allows 8 KiB of metadata; longer lists stay in the body only
+
+
+def marker_metadata(job_hash: str, relpaths: Iterable[str]) -> dict[str, str]:
+    """A done marker's metadata: the job and, when short enough, the frame's outputs (so that
+    a listing alone tells whether they are all still there)."""
+    metadata = {JOB_METADATA_KEY: job_hash}
+    listed = json.dumps(sorted(relpaths), separators=(",", ":"))
+    if len(listed) <= _MARKER_OUTPUTS_MAX:
+        metadata[MARKER_OUTPUTS_KEY] = listed
+    return metadata
+
+
+@dataclass(frozen=True)
+class BucketFrames:
+    """Frames of a job as one listing of its outputs prefix shows them."""
+
+    done: list[int]  # marked, and every output the marker names is there
+    stale: dict[int, ObjectInfo]  # marked, but an output is gone: render again (the marker)
+
+
+def frames_in_bucket(
+    listing: Iterable[ObjectInfo],
+    outputs_url: str,
+    marker_prefix: str,
+    patterns: OutputPatterns,
+    frames: Iterable[int],
+) -> BucketFrames:
+    """Which of ``frames`` are done, from one listing of ``outputs_url`` (markers included).
+    A marker counts only while the outputs it lists (its metadata, else the frame-token
+    patterns' files) are all still in the listing: a deleted output means render again."""
+    wanted = set(frames)
+    base = outputs_url.rstrip("/") + "/"
+    present: set[str] = set()
+    markers: dict[int, ObjectInfo] = {}
+    for info in listing:
+        if info.url.startswith(marker_prefix):
+            name = info.url[len(marker_prefix) :]
+            if name.startswith("frame.") and name.endswith(".json"):
+                with contextlib.suppress(ValueError):
+                    frame = int(name[len("frame.") : -len(".json")])
+                    if frame in wanted:
+                        markers[frame] = info
+        elif info.url.startswith(base):
+            present.add(info.url[len(base) :])
+    done: list[int] = []
+    stale: dict[int, ObjectInfo] = {}
+    for frame, marker in sorted(markers.items()):
+        listed: list[str] = patterns.expected_for(frame)
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            listed = list(json.loads(marker.metadata[MARKER_OUTPUTS_KEY]))
+        if all(rel in present for rel in listed):
+            done.append(frame)
+        else:
+            stale[frame] = marker
+    return BucketFrames(done, stale)
+
+
+def outputs_of_other_jobs(
+    listing: Iterable[ObjectInfo],
+    outputs_url: str,
+    patterns: OutputPatterns,
+    frames: Iterable[int],
+    job_hash: str,
+    full_info: Callable[[ObjectInfo], ObjectInfo | None],
+) -> list[str]:
+    """Objects in the way of ``frames`` that another version of the job wrote: a frame-token
+    output of one of ``frames``, or any object matching a pattern without a frame token,
+    whose ``jitrender-job`` is not ``job_hash``. Objects no jitrender run wrote are left to the
+    upload's own conflict check. ``full_info`` stats an object whose listing lacks metadata."""
+    base = outputs_url.rstrip("/") + "/"
+    token_paths = {rel for frame in frames for rel in patterns.expected_for(frame)}
+    globs = OutputPatterns(p for p in patterns.patterns if not has_frame_token(p))
+    found: list[str] = []
+    for info in listing:
+        if not info.url.startswith(base):
+            continue
+        rel = info.url[len(base) :]
+        if rel.startswith("_jitrender/") or not (rel in token_paths or globs.matches(rel)):
+            continue
+        full: ObjectInfo | None = info if info.metadata else full_info(info)
+        owner = full.metadata.get(JOB_METADATA_KEY) if full is not None else None
+        if owner is not None and owner != job_hash:
+            found.append(rel)
+    return sorted(found)

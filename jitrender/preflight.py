@@ -69,3 +69,7 @@ def check_job(job: Job, frames: list[int], workspace: Workspace) -> None:
     check_resolver(job)
     if frames:
         check_stages(job, frames, workspace)
+    if job.split_stage is not None:
+        from jitrender.split import check_split
+
+        check_split(job)

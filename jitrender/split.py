@@ -80,6 +80,20 @@ def parts_with_markers(listing: Sequence[ObjectInfo], prefix: str) -> set[tuple[
     return found
 
 
+def check_split(job: Job) -> None:
+    """What a split job needs on this node beyond its job file: OpenImageIO (extra ``split``)
+    to assemble frames. :class:`ConfigError` before anything is fetched or rendered."""
+    if job.split_stage is None:
+        return
+    try:
+        import OpenImageIO  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"stages.{job.split_stage.name}.split: assembling parts needs OpenImageIO: "
+            "pip install 'jitrender[split]'"
+        ) from None
+
+
 @dataclass
 class SplitSummary:
     """What a split run did, for the report's ``parts`` section."""
@@ -130,11 +144,6 @@ class SplitRender:
         if stage is None or stage.split is None:
             raise ConfigError(f"{job.source}: no stage has 'split'")
         self.job, self.stage, self.split = job, stage, stage.split
-        if str(stage.args.get("engine", "CYCLES")).upper() != "CYCLES":
-            raise ConfigError(
-                f"stages.{stage.name}.split: parts render with Cycles only, not "
-                f"args.engine {stage.args['engine']!r}"
-            )
         self.frames = tuple(frames)
         every = [(f, p) for f in self.frames for p in range(self.split.parts)]
         self.parts = [pair for pair in (every if parts is None else parts) if pair[0] in frames]

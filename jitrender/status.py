@@ -35,7 +35,8 @@ from typing import Any
 
 from jitrender.heartbeat import STALE_INTERVALS
 from jitrender.job import Job
-from jitrender.markers import frames_with_markers, marker_prefix
+from jitrender.markers import marker_prefix
+from jitrender.outputs import OutputPatterns, frames_in_bucket
 from jitrender.storage import ObjectInfo, RetryPolicy, Stores, with_retries
 
 
@@ -78,7 +79,12 @@ def summarise(
     now = time.time() if now is None else now
     requested = list(frames)
     wanted = set(requested)
-    done = frames_with_markers(seen.markers, marker_prefix(job)) & wanted
+    # A marker counts while the outputs it lists are all still in the bucket.
+    patterns = OutputPatterns(job.outputs.files)
+    listing = [*seen.markers, *seen.outputs]
+    done = set(
+        frames_in_bucket(listing, job.outputs_url, marker_prefix(job), patterns, wanted).done
+    )
     pairs = [(beat, _task_row(beat, now)) for beat in seen.heartbeats]
     tasks = sorted(
         (row for _, row in pairs),

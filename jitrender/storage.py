@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -114,7 +114,7 @@ def crc32c_of_bytes(data: bytes) -> str:
 @dataclass(frozen=True)
 class RetryPolicy:
     """How long transient storage failures are ridden out: jittered exponential backoff
-    (google-api-core's truncated exponential sleep generator, as google-cloud-storage's own
+    (the truncated exponential sleeps of google-api-core, which google-cloud-storage's own
     default retry uses) until ``deadline`` seconds have passed since the call began, or until
     ``attempts`` calls have failed when that is set."""
 
@@ -169,6 +169,10 @@ def classify(exc: BaseException) -> Literal["transient", "missing", "denied", "o
         "TransportError",
         "RemoteDisconnected",
         "ContentDecodingError",
+        "ReadTimeoutError",  # urllib3's, on the light read path
+        "ConnectTimeoutError",
+        "NewConnectionError",
+        "NameResolutionError",
     )
     if name in transient_names or isinstance(exc, ConnectionError | TimeoutError):
         return "transient"
@@ -186,30 +190,29 @@ def with_retries(
     """Run a storage call; retry transient failures within the policy's deadline (and
     attempts), translate the rest into jitrender errors. A transient failure that outlasts
     them is a :class:`TransientError` whose message starts "transient storage failure"."""
-    from google.api_core.exceptions import RetryError
-    from google.api_core.retry import exponential_sleep_generator, retry_target
-
+    # google-api-core's retry_target, without importing it (and requests) for every run:
+    # truncated exponential back-off with full jitter, never sleeping past the deadline.
     failures = 0
     started = time.monotonic()
-
-    def retryable(exc: Exception) -> bool:
-        nonlocal failures
-        failures += 1
-        transient = classify(exc) == "transient"
-        return transient and (policy.attempts is None or failures < policy.attempts)
-
+    deadline = started + policy.deadline if policy.deadline is not None else None
+    ceiling = min(policy.base_delay, policy.max_delay)
     try:
-        result: T = retry_target(
-            call,
-            retryable,
-            exponential_sleep_generator(policy.base_delay, policy.max_delay, policy.multiplier),
-            timeout=policy.deadline,
-            on_error=on_retry,
-        )
-        return result
-    except RetryError as exc:  # the deadline passed: the last failure is its cause
-        last = exc.cause if isinstance(exc.cause, BaseException) else exc
-        raise _transient(url, failures, started, last) from last
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                failures += 1
+                transient = classify(exc) == "transient"
+                if not (transient and (policy.attempts is None or failures < policy.attempts)):
+                    raise
+                if on_retry is not None:
+                    on_retry(exc)
+                pause = random.uniform(0.0, ceiling)
+                ceiling = min(ceiling * policy.multiplier, policy.max_delay)
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    expired: Exception = exc  # the last failure is the cause
+                    break
+                time.sleep(pause)
     except Exception as exc:
         if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
             raise ObjectNameError(
@@ -223,6 +226,7 @@ def with_retries(
         if kind == "transient":  # out of attempts
             raise _transient(url, failures, started, exc) from exc
         raise
+    raise _transient(url, failures, started, expired) from expired
 
 
 def _transient(url: str, failures: int, started: float, exc: BaseException) -> TransientError:
@@ -306,6 +310,11 @@ class Store(ABC):
             handle.flush()
             self.put_if_absent(Path(handle.name), url, overwrite=True)
 
+    def delete(self, url: str) -> None:
+        """Remove an object: only for stale done markers, ``jitrender requeue`` and its
+        ``--delete-outputs``; a run never deletes an output."""
+        raise ConfigError(f"{url}: this storage ({type(self).__name__}) cannot delete objects")
+
     def read_bytes(self, url: str) -> bytes:
         import io
 
@@ -365,6 +374,9 @@ class LocalStore(Store):
     """A local folder used as a bucket. Writes are temp + ``link`` (atomic create-if-absent);
     objects carry their metadata as ``user.jitrender.*`` extended attributes where the
     filesystem supports them."""
+
+    def delete(self, url: str) -> None:
+        _local_delete(url)
 
     def stat(self, url: str) -> ObjectInfo | None:
         path = local_path_of(url)
@@ -492,6 +504,13 @@ class LocalStore(Store):
                 part.unlink()
 
 
+def _local_delete(url: str) -> None:
+    path = local_path_of(url)
+    path.unlink()
+    with contextlib.suppress(OSError):
+        _crc_sidecar(path).unlink()
+
+
 def _local_generation(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}-{st.st_ino}-{st.st_size}"
 
@@ -595,19 +614,123 @@ def _anonymous_credentials_type() -> type:
     return AnonymousCredentials
 
 
+class GcsHttpError(Exception):
+    """A JSON API or media request answered with an error status (``code``), as
+    :func:`classify` reads it: 404 missing, 401/403 denied, 408/429/5xx transient."""
+
+    def __init__(self, code: int, url: str, reason: str) -> None:
+        super().__init__(f"{code} {reason} for {url}")
+        self.code = code
+
+
+_READ_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_only",)
+_LIST_FIELDS = "items(name,size,generation,crc32c,metadata),nextPageToken"
+
+
+class _GcsReader:
+    """GCS's read requests (object metadata, listings, media GETs) over one urllib3 pool with
+    google-auth credentials: no google-cloud-storage on the read path (importing it costs
+    ~0.5 s of CPU at every start) and no Blob wrappers per listed object. Thread-safe."""
+
+    def __init__(self, pool_size: int) -> None:
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        if emulator and "://" not in emulator:
+            emulator = f"http://{emulator}"
+        self.base = (emulator or "https://storage.googleapis.com").rstrip("/")
+        self.anonymous = bool(emulator)
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._credentials: Any = None
+        self._auth_request: Any = None
+        self._lock = threading.Lock()
+
+    def pool(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                import urllib3
+
+                # The CA bundle the requests path (uploads) is told to use, as requests reads it.
+                bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                self._pool = urllib3.PoolManager(
+                    maxsize=self._pool_size,
+                    ca_certs=bundle or None,
+                    retries=False,  # with_retries decides, by classify()
+                    timeout=urllib3.Timeout(connect=30, read=300),
+                )
+            return self._pool
+
+    def authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
+        """Add the credentials' header (refreshing a token when due)."""
+        if self.anonymous:
+            return
+        pool = self.pool()
+        with self._lock:  # refreshes (rarely) a shared token: one thread at a time
+            if self._credentials is None:
+                import google.auth
+                from google.auth.transport.urllib3 import Request
+
+                self._credentials, _project = google.auth.default(scopes=_READ_SCOPES)
+                self._auth_request = Request(pool)
+            self._credentials.before_request(self._auth_request, method, url, headers)
+
+    def get(self, url: str, headers: dict[str, str] | None = None, *, stream: bool = False) -> Any:
+        """A GET; raises :class:`GcsHttpError` for an error status. With ``stream`` the body
+        is left to read (``read(n, decode_content=False)``, then ``release_conn()``)."""
+        headers = dict(headers or {})
+        self.authorize("GET", url, headers)
+        response = self.pool().request(
+            "GET", url, headers=headers, preload_content=not stream, decode_content=False
+        )
+        if response.status >= 400:
+            reason = response.reason or ""
+            response.drain_conn()
+            response.release_conn()
+            raise GcsHttpError(response.status, url, reason)
+        return response
+
+    def get_json(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        import json
+        from urllib.parse import urlencode
+
+        query = f"?{urlencode(params)}" if params else ""
+        response = self.get(f"{self.base}/storage/v1/{path}{query}")
+        data: dict[str, Any] = json.loads(response.data)
+        return data
+
+
+def _info_of(bucket: str, item: Mapping[str, Any]) -> ObjectInfo:
+    return ObjectInfo(
+        url=f"gs://{bucket}/{item['name']}",
+        size=int(item.get("size") or 0),
+        generation=str(item.get("generation")),
+        crc32c=item.get("crc32c"),
+        metadata=dict(item.get("metadata") or {}),
+    )
+
+
 class GCSStore(Store):
-    """Google Cloud Storage through google-cloud-storage. Reads are pinned to the generation
-    that was listed, so a changed object can never be mixed with the old one. Honours
+    """Google Cloud Storage: reads (stat, listings, media GETs) as plain JSON API requests
+    (:class:`_GcsReader`; through google-cloud-storage's session where proxies are set),
+    uploads through google-cloud-storage. Reads are pinned to the generation that was
+    listed, so a changed object can never be mixed with the old one. Honours
     ``STORAGE_EMULATOR_HOST`` (anonymous credentials) for tests and local emulators."""
 
     # Connections kept open: above the fetch pool (16) plus the chunk workers (8) combined.
     POOL_CONNECTIONS = 64
+
+    def delete(self, url: str) -> None:
+        bucket_name, name = self._split(url)
+        self._client().bucket(bucket_name).blob(name).delete(retry=None)
 
     def __init__(self, project: str | None = None) -> None:
         self._project = project
         self._shared: Any = None
         self._auth_request: Any = None
         self._lock = threading.Lock()
+        # Reads go the light way unless proxies are set, which only the google-cloud-storage
+        # (requests) session honours.
+        proxies = any(k.lower().endswith("_proxy") for k in os.environ)
+        self._reader = None if proxies else _GcsReader(self.POOL_CONNECTIONS)
 
     def _client(self) -> Any:
         """One client for all threads (as transfer_manager does with threads): building a
@@ -653,13 +776,45 @@ class GCSStore(Store):
             metadata=dict(blob.metadata or {}),
         )
 
+    def _pages(self, bucket: str, params: Mapping[str, str]) -> Iterator[dict[str, Any]]:
+        """The listing's items, page after page, fetched only as far as they are read."""
+        from urllib.parse import quote
+
+        assert self._reader is not None
+        query = dict(params) | {"fields": _LIST_FIELDS, "maxResults": "1000"}
+        while True:
+            page = self._reader.get_json(f"b/{quote(bucket, safe='')}/o", query)
+            yield from page.get("items", ())
+            token = page.get("nextPageToken")
+            if not token:
+                return
+            query["pageToken"] = token
+
     def stat(self, url: str) -> ObjectInfo | None:
         bucket_name, name = self._split(url)
+        if self._reader is not None:
+            from urllib.parse import quote
+
+            path = f"b/{quote(bucket_name, safe='')}/o/{quote(name, safe='')}"
+            try:
+                item = self._reader.get_json(path, {})
+            except GcsHttpError as exc:
+                if exc.code == 404:
+                    return None
+                raise
+            return _info_of(bucket_name, item)
         blob = self._client().bucket(bucket_name).get_blob(name, retry=None)
         return None if blob is None else self._info(blob)
 
     def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
         bucket_name, prefix = self._split(prefix_url)
+        if self._reader is not None:
+            params = {"prefix": prefix} if recursive else {"prefix": prefix, "delimiter": "/"}
+            return [
+                _info_of(bucket_name, item)
+                for item in self._pages(bucket_name, params)
+                if not item["name"].endswith("/")
+            ]
         blobs = self._client().list_blobs(
             bucket_name, prefix=prefix, delimiter=None if recursive else "/", retry=None
         )
@@ -670,6 +825,15 @@ class GCSStore(Store):
     ) -> builtins.list[ObjectInfo]:
         bucket_name, prefix = self._split(prefix_url)
         first, last = self._split(first_url)[1], self._split(last_url)[1]
+        if self._reader is not None:
+            found = []
+            params = {"prefix": prefix, "delimiter": "/", "startOffset": first}
+            for item in self._pages(bucket_name, params):
+                if item["name"] > last:
+                    break
+                if not item["name"].endswith("/"):
+                    found.append(_info_of(bucket_name, item))
+            return found
         blobs = self._client().list_blobs(
             bucket_name, prefix=prefix, delimiter="/", start_offset=first, retry=None
         )
@@ -688,11 +852,11 @@ class GCSStore(Store):
         pinned to its generation, for any HTTP client (the small-object fetcher's is aiohttp)."""
         from urllib.parse import quote
 
-        client = self._client()
+        reader = self._reader
+        base = reader.base if reader is not None else self._client()._connection.API_BASE_URL
         bucket_name, name = self._split(info.url)
         url = (
-            f"{client._connection.API_BASE_URL}/download/storage/v1/b/{quote(bucket_name)}"
-            f"/o/{quote(name, safe='')}?alt=media"
+            f"{base}/download/storage/v1/b/{quote(bucket_name)}/o/{quote(name, safe='')}?alt=media"
         )
         if info.generation.isdigit():
             url += f"&generation={info.generation}"  # pinned: a newer version is never mixed in
@@ -702,13 +866,17 @@ class GCSStore(Store):
         last = (end if end is not None else info.size) - 1
         if start > 0 or last < info.size - 1:
             headers["Range"] = f"bytes={start}-{last}"
-        credentials = client._http.credentials
+        if reader is not None:
+            if auth:
+                reader.authorize("GET", url, headers)
+            return url, headers
+        credentials = self._client()._http.credentials
         if auth and not isinstance(credentials, _anonymous_credentials_type()):
             with self._lock:  # refreshes (rarely) a shared token: one thread at a time
                 if self._auth_request is None:
                     from google.auth.transport.requests import Request
 
-                    self._auth_request = Request(client._http)
+                    self._auth_request = Request(self._client()._http)
                 credentials.before_request(self._auth_request, "GET", url, headers)
         return url, headers
 
@@ -717,22 +885,36 @@ class GCSStore(Store):
     ) -> None:
         # One streamed media GET read in 1 MiB pieces: blob.download_to_file reads 8 KiB at a
         # time, which made the Python loop, not the link, the limit on large objects.
+        if self._reader is not None:
+            url, headers = self.media_request(info, start, end, auth=False)
+            response = self._reader.get(url, headers, stream=True)
+            try:
+                self._check_encoding(info, response.headers)
+                while piece := response.read(1 << 20, decode_content=False):
+                    sink.write(piece)
+            finally:
+                response.release_conn()
+            return
         url, headers = self.media_request(info, start, end, auth=False)  # the session adds it
         with self._client()._http.get(
             url, headers=headers, stream=True, timeout=(30, 300)
         ) as response:
             response.raise_for_status()  # HTTPError carries the status classify() reads
-            stored = response.headers.get("X-Goog-Stored-Content-Encoding", "identity")
-            served = response.headers.get("Content-Encoding", "identity")
-            if stored.lower() != served.lower():
-                # Served transformed (decoded): its bytes can never match what the store
-                # promises, so retrying cannot help. The job's data (or a proxy) is the problem.
-                raise DataError(
-                    f"{info.url}: stored with Content-Encoding {stored!r} but served as "
-                    f"{served!r}; cannot verify it against its size and crc32c"
-                )
+            self._check_encoding(info, response.headers)
             while piece := response.raw.read(1 << 20, decode_content=False):
                 sink.write(piece)
+
+    @staticmethod
+    def _check_encoding(info: ObjectInfo, headers: Mapping[str, str]) -> None:
+        stored = headers.get("X-Goog-Stored-Content-Encoding", "identity")
+        served = headers.get("Content-Encoding", "identity")
+        if stored.lower() != served.lower():
+            # Served transformed (decoded): its bytes can never match what the store
+            # promises, so retrying cannot help. The job's data (or a proxy) is the problem.
+            raise DataError(
+                f"{info.url}: stored with Content-Encoding {stored!r} but served as "
+                f"{served!r}; cannot verify it against its size and crc32c"
+            )
 
     def put_if_absent(
         self,
@@ -794,6 +976,9 @@ class GCSStore(Store):
 class FsspecStore(Store):
     """Any other fsspec protocol. Create-if-absent is check-then-write here (not atomic):
     use a store with preconditions (``gs://``, ``file://``) where exactly-once matters."""
+
+    def delete(self, url: str) -> None:
+        self.fs.rm_file(self._path(url))
 
     def __init__(self, protocol: str) -> None:
         import fsspec

@@ -9,7 +9,8 @@ submit``) and returns the farm's job id.
 
 Every document runs ``jitrender run <job>`` once per task, the task's slice of the frames chosen
 from the index the farm exports (see :mod:`jitrender.farm`), and maps jitrender's exit codes onto
-the farm's retry policy: 75 (preempted, transient) is retried, 65 (data) and 78 (configuration)
+the farm's retry policy: 75 (preempted, transient) is retried, 69 (this node is drained or
+blocked the job) is retried elsewhere where the farm can, 65 (data) and 78 (configuration)
 fail at once. Where a farm cannot key on exit codes, the README says so.
 """
 
@@ -92,7 +93,9 @@ def plan_tasks(job: Job, tasks: int | None, chunk: int | None) -> TaskPlan:
     frames (then the split is even, at most K frames each); neither takes the job's ``chunk``.
     A plan that would leave frames unrendered, or contradicts the job's chunk, is a
     :class:`ConfigError`."""
-    frames = len(job.frame_list())
+    split = job.split_stage.split if job.split_stage is not None else None
+    # A split job's tasks share (frame, part) pairs, spread as frames are (farm.task_parts).
+    frames = len(job.frame_list()) * (split.parts if split is not None else 1)
     where = f"{job.source or 'job'}"
     if tasks is not None and chunk is not None:
         raise ConfigError("--tasks and --chunk both given: pass one")
@@ -223,6 +226,18 @@ case "$status" in
             scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" || true
         else
             echo "jitrender: exit 75 after ${{restarts}} requeues, giving up"
+        fi
+        ;;
+    69)
+        # This node is drained or has blocked this job (jitrender health): run it elsewhere.
+        restarts=${{SLURM_RESTART_COUNT:-0}}
+        if [ "$restarts" -lt "$MAX_REQUEUES" ] && [ -n "${{SLURMD_NODENAME:-}}" ]; then
+            echo "jitrender: exit 69 on ${{SLURMD_NODENAME}}, requeue on another node"
+            scontrol update JobId="${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" \
+                ExcNodeList="${{SLURMD_NODENAME}}" || true
+            scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}" || true
+        else
+            echo "jitrender: exit 69 (node unhealthy for this job), giving up" >&2
         fi
         ;;
     65)
@@ -436,7 +451,8 @@ def _gcp_batch(job: Job, plan: TaskPlan, options: SubmitOptions) -> FarmJob:
                     "lifecyclePolicies": [
                         # 50001: the Spot VM was preempted; 75: jitrender was stopped or storage
                         # failed transiently. Both resume from the frames already done.
-                        {"action": "RETRY_TASK", "actionCondition": {"exitCodes": [50001, 75]}},
+                        # 69: this VM is drained or blocked the job; a retry may land elsewhere.
+                        {"action": "RETRY_TASK", "actionCondition": {"exitCodes": [50001, 75, 69]}},
                         {"action": "FAIL_TASK", "actionCondition": {"exitCodes": [65, 78]}},
                     ],
                     "volumes": volumes,

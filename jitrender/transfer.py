@@ -214,6 +214,18 @@ class InflightBudget:
             self._cond.notify_all()
             return True
 
+    def try_acquire(self, size: int) -> bool:
+        """Take ``size`` bytes now if nobody waits ahead and they fit; never blocks."""
+        with self._cond:
+            if self._serving != self._next_ticket:
+                return False
+            if self._inflight and self._inflight + size > self.max_bytes:
+                return False
+            self._next_ticket += 1
+            self._serving += 1
+            self._inflight += size
+            return True
+
     def release(self, size: int) -> None:
         with self._cond:
             self._inflight -= size

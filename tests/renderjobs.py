@@ -210,12 +210,17 @@ def wait_for(what: Callable[[], bool], timeout: float = 20, step: float = 0.02) 
         time.sleep(step)
 
 
-def bucket_objects(bucket: str, prefix: str = "") -> dict[str, tuple[int, bytes]]:
-    """``name -> (generation, bytes)`` of every object below ``prefix``."""
+def bucket_objects(
+    bucket: str, prefix: str = "", *, logs: bool = False
+) -> dict[str, tuple[int, bytes]]:
+    """``name -> (generation, bytes)`` of every object below ``prefix``; the runs' own logs
+    (``_jitrender/<hash>/logs/``) only with ``logs``."""
     name = bucket[len("gs://") :]
     client: Any = gcs_client()
     found = {}
     for blob in client.list_blobs(name, prefix=prefix):
+        if not logs and "/_jitrender/" in f"/{blob.name}" and "/logs/" in blob.name:
+            continue
         found[blob.name] = (int(blob.generation), blob.download_as_bytes())
     return found
 

@@ -174,7 +174,9 @@ def test_a_symlinked_objects_folder_is_never_followed(tmp_path: Path, local_buck
     again = make_job(
         tmp_path / "again", local_bucket, "1-2", texture_size=3000, name="again", upload=False
     )
-    code, out, _ = run(again, env=jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir)))
+    # Another version of the job over the same outputs: --overwrite lets it start at all.
+    env = jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir))
+    code, out, _ = run(again, "--overwrite", env=env)
     assert code == 78, out
     assert f"{folder}: is a symlink inside the cache folder" in out and "Traceback" not in out
     assert [p.name for p in outside.iterdir()] == [victim.name]
@@ -198,7 +200,9 @@ def test_an_object_file_not_made_by_the_cache_is_dropped_not_served(
     again = make_job(
         tmp_path / "again", local_bucket, "1", texture_size=3000, name="again", upload=False
     )
-    code, out, report = run(again, env=jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir)))
+    # Another version of the job over the same outputs: --overwrite lets it start at all.
+    env = jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir))
+    code, out, report = run(again, "--overwrite", env=env)
     assert code == 0, out
     assert report["cache"]["misses"] == 2  # both refetched
     output = Path(again.output_url(1).removeprefix("file://")).read_bytes()
@@ -222,7 +226,9 @@ def test_an_object_the_index_does_not_know_is_served_only_if_its_bytes_match(
     again = make_job(
         tmp_path / "again", gcs_bucket, "1", texture_size=3000, name="again", upload=False
     )
-    code, out, report = run(again, env=jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir)))
+    # Another version of the job over the same outputs: --overwrite lets it start at all.
+    env = jitrender_env(again, JITRENDER_CACHE_DIR=str(job.cache_dir))
+    code, out, report = run(again, "--overwrite", env=env)
     assert code == 0, out
     assert (report["cache"]["hits"], report["cache"]["misses"]) == (1, 1)  # good kept, bad not
     assert bucket_bytes(again.output_url(1)) == expected_output(1, again.frame_inputs(1))

@@ -103,32 +103,35 @@ def test_changed_job_does_not_reuse_old_markers_and_reports_conflicts(
     code, out, _ = run(job)
     assert code == 0, out
     before = bucket_objects(gcs_bucket, "renders/")
-    # Same outputs, a different definition (the stage's env): a different job hash.
+    # Same outputs, a different definition (the stage's env): a different job hash, refused
+    # before anything renders because the old version's outputs are in the way.
     changed = make_job(
         tmp_path / "job", gcs_bucket, "1-3", upload=False,
         extra={"env": {"LOOK": "v2"}},
     )  # fmt: skip
     job.clear_phases()
     code, out, report = run(changed, report="changed.json")
+    assert code == 65, out
+    assert changed.phases("start") == []
+    assert "3 outputs of another version of this job" in out and "--overwrite" in out
+    # --overwrite: identical bytes are left alone (same generation), markers for the new hash.
+    code, out, report = run(changed, "--overwrite", report="changed.json")
     assert report["frames"]["skipped_already_done"] == []  # old markers are not this job's
     assert changed.phases("start") == [1, 2, 3]
-    # Identical bytes count as this job's outputs; nothing was overwritten.
     assert code == 0, out
     after = bucket_objects(gcs_bucket, "renders/")
     for name, (generation, _) in before.items():
         assert after[name][0] == generation
     assert len([n for n in after if "/_jitrender/" in n]) == 6  # one marker set per hash
-    # Now different bytes from a changed renderer: conflicts are reported, never overwritten.
+    # Different bytes from a changed renderer, --overwrite: replaced, generation-matched.
     looked = make_job(
         tmp_path / "job", gcs_bucket, "1-3", upload=False,
         extra={"env": {"LOOK": "v3"}},
     )  # fmt: skip
     env = jitrender_env(looked, OUTPUT_TAG="graded ")
-    code, out, report = run(looked, report="conflict.json", env=env)
-    assert code == 65, out
-    assert sorted(report["outputs"]["conflicts"]) == [f"frame.{f:04d}.txt" for f in (1, 2, 3)]
-    assert report["frames"]["failed"] == [1, 2, 3]
-    assert "other content" in report["frames"]["failures"][0]["why"]
+    code, out, report = run(looked, "--overwrite", report="conflict.json", env=env)
+    assert code == 0, out
     final = bucket_objects(gcs_bucket, "renders/")
-    for name, (generation, data) in before.items():
-        assert final[name] == (generation, data)
+    for name in (f"renders/frame.{f:04d}.txt" for f in (1, 2, 3)):
+        assert final[name][1].startswith(b"graded ")
+        assert final[name][0] != before[name][0]

@@ -187,8 +187,9 @@ def test_missing_dependency_fails_before_rendering(gcs_bucket: str, tmp_path: Pa
 
 
 def test_chunk_stage_and_failed_frame_report(gcs_bucket: str, tmp_path: Path) -> None:
-    """A chunk stage renders all frames in one process; one frame keeps failing: the others
-    are delivered, the run exits 65 and the report says which frame and why."""
+    """A chunk stage renders all frames in one process, renaming each into place; one frame
+    keeps failing: the frames renamed before the crash are delivered, the run exits 65 and
+    the report says which frame and why."""
     make_show(gcs_bucket, frames=4)
     chunk = (
         "import sys, pathlib, time\n"
@@ -196,7 +197,9 @@ def test_chunk_stage_and_failed_frame_report(gcs_bucket: str, tmp_path: Path) ->
         "for f in sys.argv[1].split(','):\n"
         "    time.sleep(0.6)  # a frame takes time to render\n"
         "    if f == '3': sys.exit('renderer crashed on frame 3')\n"
-        "    (out / f'r.{{int(f):04d}}.exr').write_bytes(b'frame' + f.encode())\n"
+        "    tmp = out / f'.r.{{int(f):04d}}.exr.tmp'\n"
+        "    tmp.write_bytes(b'frame' + f.encode())\n"
+        "    tmp.rename(out / f'r.{{int(f):04d}}.exr')  # renamed into place: frame final\n"
     )
     stages = [
         {

@@ -151,18 +151,27 @@ def test_parts_spread_over_tasks_as_frames_do() -> None:
     assert part_options(SplitSpec(samples=4), 3) == ["--part-samples=3,4"]
 
 
-def test_split_on_a_command_stage_is_a_one_line_config_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stage", "why"),
+    [
+        (
+            "{name: render, command: 'true', split: {samples: 2}}",
+            "only a per-frame 'blender' engine stage renders parts, not 'command' per frame",
+        ),
+        (
+            "{name: render, engine: blender, args: {engine: BLENDER_EEVEE}, split: {samples: 2}}",
+            "parts render with Cycles only, not args.engine 'BLENDER_EEVEE'",
+        ),
+    ],
+)
+def test_split_outside_a_cycles_blender_stage_is_a_one_line_config_error(
+    stage: str, why: str, tmp_path: Path
+) -> None:
     job = tmp_path / "job.yaml"
-    job.write_text(
-        "frames: 1\noutputs: {to: out}\nstages:\n"
-        "  - {name: render, command: 'true', split: {samples: 2}}\n"
-    )
+    job.write_text(f"frames: 1\noutputs: {{to: out}}\nstages:\n  - {stage}\n")
     code, err, _ = jitrender("validate", str(job))
     assert code == 78
-    assert err.strip().splitlines() == [
-        f"jitrender: error: {job}:4: stages[0]: split: only a per-frame 'blender' engine stage "
-        "renders parts, not 'command' per frame"
-    ]
+    assert err.strip().splitlines() == [f"jitrender: error: {job}:4: stages[0]: split: {why}"]
 
 
 # -- through the CLI ------------------------------------------------------------------------------
@@ -266,6 +275,9 @@ def test_a_task_killed_mid_part_rerenders_only_that_part_and_the_frame_is_assemb
     code, err, report = jitrender("assemble", str(split))
     assert code == 0, err
     assert report["frames"]["skipped_already_done"] == [1]
+    code, err, status = jitrender("status", str(split))
+    assert code == 0, err
+    assert (status["complete"], status["frames"]["done"]) == (True, [1])
 
     # One object generation for the frame, its marker and every part: written once, never
     # replaced by the later runs.
@@ -273,3 +285,74 @@ def test_a_task_killed_mid_part_rerenders_only_that_part_and_the_frame_is_assemb
     assert [n for n in written if n.endswith(".exr") and "/parts/" not in n] == [
         "split/shot.0001.exr"
     ]
+
+
+def test_submit_starts_one_task_per_chunk_of_frame_part_pairs(tmp_path: Path) -> None:
+    job = write_job(tmp_path, "shots/plain.blend", f"file://{tmp_path}/out", {"samples": 4})
+    data = yaml.safe_load(job.read_text())
+    data.update(frames="1-2", chunk=1)
+    job.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "submit", str(job), "--farm", "slurm",
+         "--dry-run"],
+        capture_output=True, text=True, timeout=120, env=cli_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --array=0-7\n" in done.stdout  # 2 frames x 4 parts
+
+
+def test_two_tasks_racing_to_assemble_leave_one_object_and_a_denoised_frame_without_seams(
+    tmp_path: Path, scenes: Path, gcs_bucket: str
+) -> None:
+    scene_url = f"{gcs_bucket}/shots/denoised.blend"
+    put_object(scene_url, (scenes / "denoised.blend").read_bytes())
+    split = write_job(tmp_path, scene_url, f"{gcs_bucket}/split", {"tiles": [2, 1]})
+    run_task(split, 0, count=2)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "jitrender.cli", "run", str(split), "--task-index", "1",
+         "--task-count", "2", "--progress", "plain"],
+        env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert victim.stderr is not None
+    for line in victim.stderr:
+        if "stage_start stage=render frames=1 assembly " in line:
+            break
+    os.killpg(victim.pid, signal.SIGKILL)  # killed while assembling, after its last part
+    victim.wait(timeout=30)
+    assert "split/shot.0001.exr" not in bucket_objects(gcs_bucket, "split/")
+
+    # Its retry and a wrangler's `jitrender assemble` both find every part and assemble.
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jitrender.cli", *argv, "--json"],
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in (
+            ["run", str(split), "--task-index", "1", "--task-count", "2"],
+            ["assemble", str(split)],
+        )
+    ]
+    results = [proc.communicate(timeout=240) for proc in racers]
+    assert [proc.returncode for proc in racers] == [0, 0], [err[-2000:] for _, err in results]
+    reports = [json.loads(out) for out, _ in results]
+    assert all(r["frames"]["done"] + r["frames"]["skipped_already_done"] == [1] for r in reports)
+    assert reports[0]["parts"]["rendered"] == []  # its part was in the bucket already
+    objects = bucket_objects(gcs_bucket, "split/")
+    assert [n for n in objects if n.endswith(".exr") and "/parts/" not in n] == [
+        "split/shot.0001.exr"
+    ]
+    assert len([n for n in objects if n.endswith("/frame.1.json")]) == 1
+    # Denoised once on the whole frame, so no tile edge: the frame is the unsplit denoised
+    # render's, the columns either side of the edge (x = 31 | 32) included.
+    whole = write_job(tmp_path, scene_url, f"{gcs_bucket}/whole", None)
+    run_task(whole)
+    objects = bucket_objects(gcs_bucket)
+    for name in ("whole/shot.0001.exr", "split/shot.0001.exr"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(objects[name][1])
+    one, two = pixels(tmp_path / "whole/shot.0001.exr"), pixels(tmp_path / "split/shot.0001.exr")
+    assert np.abs(two - one).max() <= 1e-4
+    assert np.abs(two[:, 31:33] - one[:, 31:33]).max() <= 1e-4

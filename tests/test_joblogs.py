@@ -1,0 +1,118 @@
+"""Logs live with the job: stage logs reach the bucket while the stage runs and at exit
+(SIGTERM included), ``jitrender logs`` prints them, and a ``--keep-workspace`` workspace
+survives later runs until ``cache prune`` (fake-gcs-server, real processes)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.renderjobs import (
+    RenderJob,
+    finish,
+    jitrender_env,
+    make_job,
+    run,
+    start_run,
+    wait_for,
+)
+
+
+def logs(job: RenderJob, *args: str) -> tuple[int, str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "logs", str(job.job_file), *args],
+        env=jitrender_env(job), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return out.returncode, out.stdout + out.stderr
+
+
+# Says something, then works for a while (long enough for a periodic copy to happen).
+CHATTY = (
+    "import sys, time, pathlib; print('frame', sys.argv[1], 'halfway', flush=True); "
+    "time.sleep(float(sys.argv[3])); "
+    "pathlib.Path(sys.argv[2], f'frame.{{int(sys.argv[1]):04d}}.txt').write_text('ok')"
+)
+
+
+def _chatty(job_root: Path, bucket: str, seconds: float) -> RenderJob:
+    stage = {
+        "name": "render",
+        "command": [sys.executable, "-c", CHATTY, "{frame}", "{outputs}", str(seconds)],
+    }
+    return make_job(job_root, bucket, "1", extra={"stages": [stage]})
+
+
+def test_failing_frames_log_is_readable_with_jitrender_logs(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-3")
+    code, out, _ = run(job, env=jitrender_env(job, FAIL_FRAMES="2"))
+    assert code == 65, out
+    code, text = logs(job, "--frame", "2")
+    assert code == 0, text
+    assert "frame 2 exploded: out of cheese" in text
+    assert "==> frames-1-3/" in text and "/render.2.0.log <==" in text
+    assert "render.1.0.log" not in text  # only frame 2's
+    code, text = logs(job)
+    assert "render.1.0.log" in text and "report.json" in text and '"failed"' in text
+
+
+def _said_halfway(job: RenderJob) -> bool:
+    """The stage's local log (in the run's workspace) has its first line."""
+    found = (job.cache_dir / "runs").glob("*/logs/render.1.0.log")
+    return any("frame 1 halfway" in path.read_text() for path in found)
+
+
+def test_logs_reach_the_bucket_while_the_stage_runs(gcs_bucket: str, tmp_path: Path) -> None:
+    job = _chatty(tmp_path / "job", gcs_bucket, 20)
+    proc = start_run(job)
+    wait_for(lambda: _said_halfway(job), timeout=30, step=0.1)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "jitrender.cli", "logs", str(job.job_file), "--follow"],
+        env=jitrender_env(job), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        wait_for(lambda: "frame 1 halfway" in logs(job, "--frame", "1")[1], timeout=15, step=0.2)
+        assert proc.poll() is None  # still rendering
+        line = follower.stdout.readline()
+        while "frame 1 halfway" not in line:
+            line = follower.stdout.readline()
+        assert "frame 1 halfway" in line
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=10)
+    code, out = finish(proc)
+    assert code == 0, out
+
+
+def test_sigterm_still_copies_the_log(gcs_bucket: str, tmp_path: Path) -> None:
+    job = _chatty(tmp_path / "job", gcs_bucket, 30)
+    proc = start_run(job)
+    wait_for(lambda: _said_halfway(job), timeout=30, step=0.1)
+    proc.send_signal(signal.SIGTERM)  # before the next periodic copy: the last one has it
+    code, out = finish(proc, timeout=20)
+    assert code == 75, out
+    code, text = logs(job, "--frame", "1")
+    assert "frame 1 halfway" in text
+
+
+def test_kept_workspace_survives_later_runs_until_cache_prune(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    code, out, report = run(job, "--frames", "1", "--keep-workspace")
+    assert code == 0, out
+    kept = Path(report["workspace"])
+    assert (kept / "logs" / "render.1.0.log").is_file()
+    code, out, _ = run(job, "--frames", "2", report="second.json")
+    assert code == 0, out
+    assert kept.is_dir()  # a later run on the node left it alone
+    pruned = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "cache", "prune"],
+        env=jitrender_env(job), capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    assert not kept.exists()

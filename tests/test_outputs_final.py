@@ -1,0 +1,137 @@
+"""Only final outputs reach the bucket, and every frame must produce one: through
+``jitrender run`` against fake-gcs-server, with real stage processes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.renderjobs import bucket_objects, make_job, run
+
+# A checkpointing renderer (RenderMan, Karma, V-Ray style): rewrites each frame's image in
+# place three times as it refines, closing it after each pass, in one process for the chunk.
+CHECKPOINTS = r"""
+import pathlib, sys, time
+out = pathlib.Path(sys.argv[2])
+for f in sys.argv[1].split(","):
+    for npass in (1, 2, 3):
+        (out / f"beauty.{int(f):04d}.exr").write_bytes(f"frame {f} pass {npass} of 3".encode())
+        time.sleep(0.4)  # longer than any 'closed a while ago' heuristic
+"""
+
+# A stage that appends a line to its log and closes it after each line.
+APPEND_LOG = r"""
+import pathlib, sys, time
+log = pathlib.Path(sys.argv[2]) / f"log.{int(sys.argv[1]):04d}.txt"
+for line in range(4):
+    with open(log, "a") as handle:
+        handle.write(f"line {line}\n")
+    time.sleep(0.4)
+"""
+
+# Writes every pass in place, then crashes: none of it is final.
+CRASH_IN_PLACE = r"""
+import pathlib, sys, time
+out = pathlib.Path(sys.argv[2])
+for f in sys.argv[1].split(","):
+    (out / f"beauty.{int(f):04d}.exr").write_bytes(b"pass 1 of 3")
+    time.sleep(0.4)
+sys.exit("renderer crashed")
+"""
+
+
+def _stage(script: str, per: str = "chunk") -> dict[str, object]:
+    frames = "{frame_list}" if per == "chunk" else "{frame}"
+    return {
+        "name": "render",
+        "per": per,
+        "command": [
+            sys.executable,
+            "-c",
+            script.replace("{", "{{").replace("}", "}}"),
+            frames,
+            "{outputs}",
+        ],
+    }
+
+
+def test_checkpointing_renderer_lands_only_its_final_pass(gcs_bucket: str, tmp_path: Path) -> None:
+    job = make_job(
+        tmp_path / "job", gcs_bucket, "1-2",
+        extra={"stages": [_stage(CHECKPOINTS)],
+               "outputs": {"to": f"{gcs_bucket}/renders", "files": ["beauty.####.exr"]}},
+    )  # fmt: skip
+    code, out, report = run(job)
+    assert code == 0, out
+    objects = bucket_objects(gcs_bucket, "renders/")
+    for frame in (1, 2):
+        assert (
+            objects[f"renders/beauty.{frame:04d}.exr"][1] == f"frame {frame} pass 3 of 3".encode()
+        )
+    assert report["frames"]["done"] == [1, 2]
+
+
+def test_log_closed_after_every_line_lands_whole(gcs_bucket: str, tmp_path: Path) -> None:
+    job = make_job(
+        tmp_path / "job", gcs_bucket, "1",
+        extra={"stages": [_stage(APPEND_LOG, per="frame")],
+               "outputs": {"to": f"{gcs_bucket}/renders", "files": ["log.####.txt"]}},
+    )  # fmt: skip
+    code, out, _ = run(job)
+    assert code == 0, out
+    log = bucket_objects(gcs_bucket, "renders/")["renders/log.0001.txt"][1]
+    assert log == b"".join(f"line {n}\n".encode() for n in range(4))
+
+
+def test_crashed_renderer_in_place_files_never_upload(gcs_bucket: str, tmp_path: Path) -> None:
+    job = make_job(
+        tmp_path / "job", gcs_bucket, "1-2",
+        extra={"stages": [_stage(CRASH_IN_PLACE)],
+               "outputs": {"to": f"{gcs_bucket}/renders", "files": ["beauty.####.exr"]}},
+    )  # fmt: skip
+    code, out, report = run(job)
+    assert code == 65, out
+    assert report["frames"]["failed"] == [1, 2]
+    assert bucket_objects(gcs_bucket, "renders/") == {}
+
+
+def test_stage_writing_nothing_fails_65_and_writes_no_marker(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """The default ``outputs.files`` (``**/*``) and a stage that writes nothing: each frame
+    fails, naming the frame and the patterns; no marker lets a rerun skip it."""
+    stage = {"name": "render", "command": [sys.executable, "-c", "pass"]}
+    job = make_job(
+        tmp_path / "job", gcs_bucket, "1-3",
+        extra={"stages": [stage], "outputs": {"to": f"{gcs_bucket}/renders"}},
+    )  # fmt: skip
+    code, out, report = run(job)
+    assert code == 65, out
+    assert "frame 1" in out and "wrote no output matching outputs.files (**/*)" in out
+    assert report["frames"]["failed"] == [1, 2, 3]
+    assert bucket_objects(gcs_bucket, "renders/") == {}
+
+
+def test_checkpoints_go_to_their_own_prefix_and_only_the_final_pass_to_the_outputs(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """``outputs.checkpoints`` (opt-in): each pass closed while the renderer runs is copied
+    there (the latest replacing the earlier); the output URL still gets the final pass only."""
+    outputs = {
+        "to": f"{gcs_bucket}/renders",
+        "files": ["beauty.####.exr"],
+        "checkpoints": f"{gcs_bucket}/checkpoints",
+    }
+    job = make_job(
+        tmp_path / "job",
+        gcs_bucket,
+        "1",
+        extra={"stages": [_stage(CHECKPOINTS)], "outputs": outputs},
+    )
+    code, out, _ = run(job)
+    assert code == 0, out
+    assert bucket_objects(gcs_bucket, "renders/")["renders/beauty.0001.exr"][1] == (
+        b"frame 1 pass 3 of 3"
+    )
+    checkpoint = bucket_objects(gcs_bucket, "checkpoints/")["checkpoints/beauty.0001.exr"][1]
+    assert checkpoint.startswith(b"frame 1 pass ")
