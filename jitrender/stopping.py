@@ -6,7 +6,9 @@ the imports that take time and before the job is loaded, and keeps them until th
 exits: a signal at any moment (start-up, just after the last frame, while the last lines
 print) ends the process with the report's exit code, never by the signal itself. Once stopped,
 a backstop timer ends the process ``JITRENDER_STOP_BACKSTOP_S`` (12) seconds after the stop
-whatever storage does: it writes the local report first (:attr:`Stop.last_words`).
+whatever storage does: it writes the local report first (:attr:`Stop.last_words`). (A run
+inside another program, through :func:`jitrender.run.run_job`, gets the handlers only while it
+runs, and no backstop.)
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ class Stop:
         if self.at is None:
             self.at = time.monotonic()
         self.event.set()
-        if self._backstop is None:
+        # Only where the process is the run's own (the CLI): never os._exit someone's program.
+        if self.held and self._backstop is None:
             self._backstop = threading.Timer(backstop_s(), self._end, args=("backstop",))
             self._backstop.daemon = True
             self._backstop.start()
