@@ -6,17 +6,26 @@ configuration error (bad job file, bad flags, permissions). Errors are one line 
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # python -m jitrender.cli: the command's own order (signals first)
+    from jitrender.entry import main as _entry_main
+
+    _entry_main()  # imports this module under its own name and exits
+
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 from typer.exceptions import Abort, TyperException
 
 from jitrender import __version__
 from jitrender.errors import ConfigError, ExitCode, JitrenderError
+
+if TYPE_CHECKING:
+    from jitrender.stopping import Stop
 
 app = typer.Typer(
     name="jitrender",
@@ -830,11 +839,11 @@ def _options(
     node-local cache, render, and upload every output exactly once, as soon as it exists."""
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors exit 78 with one line, like every configuration error."""
+def main(argv: list[str] | None = None, stop: Stop | None = None) -> None:
+    """Entry point: usage errors exit 78 with one line, like every configuration error.
+    ``stop``: the :class:`~jitrender.stopping.Stop` :mod:`jitrender.entry` holds for ``run``."""
     args = sys.argv[1:] if argv is None else argv
-    stop = None
-    if args[:1] == ["run"]:
+    if stop is None and args[:1] == ["run"]:
         from jitrender.stopping import Stop  # light: no storage, job or typer-app imports
 
         # First, before the imports that take time and before the job is loaded, and kept

@@ -6,7 +6,9 @@ the imports that take time and before the job is loaded, and keeps them until th
 exits: a signal at any moment (start-up, just after the last frame, while the last lines
 print) ends the process with the report's exit code, never by the signal itself. Once stopped,
 a backstop timer ends the process ``JITRENDER_STOP_BACKSTOP_S`` (12) seconds after the stop
-whatever storage does: it writes the local report first (:attr:`Stop.last_words`).
+whatever storage does: it writes the local report first (:attr:`Stop.last_words`). (A run
+inside another program, through :func:`jitrender.run.run_job`, gets the handlers only while it
+runs, and no backstop.)
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jitrender.errors import ConfigError, ExitCode, TransientError
-from jitrender.progress import Progress, QuietProgress
+
+if TYPE_CHECKING:  # not imported at run time: the CLI imports this module before anything else
+    from jitrender.progress import Progress
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 T = TypeVar("T")
@@ -35,7 +39,7 @@ class Stop:
 
     def __init__(self, progress: Progress | None = None) -> None:
         self.event = threading.Event()
-        self.progress: Progress = progress or QuietProgress()
+        self.progress: Progress | None = progress
         self.reason: str | None = None  # why it was set, when not by a signal
         self.signal_name: str | None = None  # the signal that set it
         self.at: float | None = None  # time.monotonic() of the stop
@@ -54,7 +58,8 @@ class Stop:
 
     def notice(self, reason: str) -> None:
         self.reason = reason
-        self.progress.event("warning", message=f"{reason}: stopping")
+        if self.progress is not None:
+            self.progress.event("warning", message=f"{reason}: stopping")
         self._stopped()
 
     def remaining(self, budget: float) -> float:
@@ -67,7 +72,8 @@ class Stop:
         if self.at is None:
             self.at = time.monotonic()
         self.event.set()
-        if self._backstop is None:
+        # Only where the process is the run's own (the CLI): never os._exit someone's program.
+        if self.held and self._backstop is None:
             self._backstop = threading.Timer(backstop_s(), self._end, args=("backstop",))
             self._backstop.daemon = True
             self._backstop.start()
@@ -77,11 +83,15 @@ class Stop:
             self._end("second signal")
         self.signal_name = signal.Signals(signum).name
         self._stopped()
-        # Not here: the interrupted main thread may hold the progress stream's lock.
-        message = f"got {self.signal_name}: stopping"
-        threading.Thread(
-            target=self.progress.event, args=("warning",), kwargs={"message": message}, daemon=True
-        ).start()
+        if self.progress is not None:
+            # Not here: the interrupted main thread may hold the progress stream's lock.
+            message = f"got {self.signal_name}: stopping"
+            threading.Thread(
+                target=self.progress.event,
+                args=("warning",),
+                kwargs={"message": message},
+                daemon=True,
+            ).start()
 
     def _end(self, why: str) -> None:
         """End the process now: the last words (the local report), then ``os._exit``."""

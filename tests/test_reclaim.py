@@ -104,7 +104,9 @@ def test_a_rerun_with_nothing_to_do_reclaims_a_killed_runs_workspace_and_agent_f
     env = jitrender_env(done, JITRENDER_CACHE_DIR=str(cache_dir), TMPDIR=str(short_tmpdir))
     code, out, _ = run(done, env=env)
     assert code == 0, out
-    killed = make_job(tmp_path / "killed", local_bucket, "1-2", texture_size=2000, name="killed")
+    (tmp_path / "other").mkdir()  # its own outputs: not the done job's
+    other = f"file://{tmp_path}/other"
+    killed = make_job(tmp_path / "killed", other, "1-2", texture_size=2000, name="killed")
     proc = start_run(killed, env=dict(env, PHASE_DIR=str(killed.phase_dir), RENDER_SLEEP="30"))
     wait_for(lambda: bool(killed.phases("start")), timeout=60)
     _kill_run(killed, proc)

@@ -174,10 +174,16 @@ def leftovers(cache_dir: Path, tmpdir: Path, job: RenderJob) -> list[str]:
 
 
 def one_trial(
-    index: int, backend: str, cache_dir: Path, tmpdir: Path, rng: random.Random
+    index: int,
+    backend: str,
+    cache_dir: Path,
+    tmpdir: Path,
+    rng: random.Random,
+    signals: tuple[str, ...] = SIGNALS,
+    phases: tuple[str, ...] = PHASES,
 ) -> tuple[str, str, float | None, int, RenderJob, dict[str, str]]:
     """Start a run, interrupt it at a random phase; (signal, phase, SIGTERM exit s, code, ...)."""
-    sig, phase = rng.choice(SIGNALS), rng.choice(PHASES)
+    sig, phase = rng.choice(signals), rng.choice(phases)
     root = Path(tempfile.mkdtemp(prefix=f"trial{index}-", dir=tmpdir.parent))
     if backend == "gs":
         name = f"soak-{uuid.uuid4().hex[:10]}"
@@ -233,7 +239,13 @@ def one_trial(
     return sig, phase, term_s, proc.returncode, job, env
 
 
-def soak(trials: int, backends: list[str], seed: int) -> Tally:
+def soak(
+    trials: int,
+    backends: list[str],
+    seed: int,
+    signals: tuple[str, ...] = SIGNALS,
+    phases: tuple[str, ...] = PHASES,
+) -> Tally:
     rng = random.Random(seed)
     tally = Tally()
     work = Path(tempfile.mkdtemp(prefix="jrsoak", dir="/tmp"))
@@ -248,7 +260,9 @@ def soak(trials: int, backends: list[str], seed: int) -> Tally:
         for index in range(trials):
             backend = backends[index % len(backends)]
             cache_dir = work / f"cache-{backend}"
-            sig, phase, term_s, code, job, env = one_trial(index, backend, cache_dir, tmpdir, rng)
+            sig, phase, term_s, code, job, env = one_trial(
+                index, backend, cache_dir, tmpdir, rng, signals, phases
+            )
             tally.trials += 1
             tally.by_kind[f"{backend}/{sig}/{phase}"] += 1
             if term_s is not None:
@@ -300,9 +314,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--backends", default="file,gs")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--signals", default=",".join(SIGNALS), help="KILL,TERM")
+    parser.add_argument("--phases", default=",".join(PHASES), help="fetch,render,upload")
     args = parser.parse_args()
     started = time.monotonic()
-    tally = soak(args.trials, args.backends.split(","), args.seed)
+    signals, phases = tuple(args.signals.split(",")), tuple(args.phases.split(","))
+    tally = soak(args.trials, args.backends.split(","), args.seed, signals, phases)
     result = tally.to_json()
     result["wall_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(result, indent=2))
