@@ -173,6 +173,8 @@ class StageRunner:
         invocation = engine_named(spec.engine or "command")(call)
         label = f"{frames[0]}" if len(frames) == 1 else f"{frames[0]}-{frames[-1]}"
         log = self.workspace.root / "logs" / f"{spec.name}.{label}.{attempt}.log"
+        # Earlier stages' outputs of these frames must be the bucket's before this one reads them.
+        self.uploader.settle(frames, self.stop)
         self.progress.event("stage", stage=spec.name, frames=label, attempt=attempt)
         self.uploader.stage_started(frames, spec.name)
         outcome = run_invocation(

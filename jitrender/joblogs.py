@@ -2,7 +2,7 @@
 
 A run's logs go to ``<outputs.to>/_jitrender/<job hash>/logs/<task>/<run>/<file>``: ``<task>``
 is ``task-<index>`` on a farm (else ``frames-<first>-<last>``), ``<run>`` names this run
-(UTC start time and host, so farm retries of a task keep each other's logs), and ``<file>`` is
+(UTC start time, host and pid, so farm retries of a task keep each other's logs), and ``<file>`` is
 the workspace's log name, ``<stage>.<frames>.<attempt>.log`` (``<frames>`` is one frame or
 ``first-last``), plus ``agent.log`` and, at the end, ``report.json``. :class:`LogShipper`
 copies changed logs every few seconds and once more when the run ends (preempted runs too,
@@ -13,6 +13,7 @@ within a bounded time); each copy replaces the last (generation-matched).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -42,7 +43,9 @@ def run_folder(task: dict[str, object] | None, frames: list[int]) -> str:
         name = "frames-none"
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40]
-    return f"{name}/{stamp}-{host}/"
+    # The pid keeps two runs on one host that start in the same second (a killed run and its
+    # retry) from sharing, and so overwriting, one folder.
+    return f"{name}/{stamp}-{host}-{os.getpid()}/"
 
 
 class LogShipper:

@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -171,6 +171,7 @@ class Uploader:
         self._lock = threading.Lock()
         self._submitted: dict[str, tuple[int, int]] = {}  # relpath -> (size, mtime_ns)
         self._futures: list[Future[UploadRecord]] = []
+        self._future_of: dict[str, Future[UploadRecord]] = {}  # relpath -> its upload
         self.records: dict[str, UploadRecord] = {}
         self.changed_after_upload: list[str] = []
         self.upload_seconds = 0.0
@@ -416,7 +417,9 @@ class Uploader:
             if frame is not None and frame in self._frames:
                 before = self._frames[: self._frames.index(frame)]
                 moved_on = [(self._stage, f) for f in before]
-            self._futures.append(self._pool.submit(self._upload, path, relpath))
+            future = self._pool.submit(self._upload, path, relpath)
+            self._futures.append(future)
+            self._future_of[relpath] = future
         if moved_on:
             self._finish_stage_frames(moved_on)
 
@@ -489,6 +492,19 @@ class Uploader:
             if known and existing is not None and existing.crc32c == crc32c_of_file(path):
                 return PutResult("identical", existing)
         return self.store.put_if_absent(path, url, metadata, overwrite=replace)
+
+    def settle(self, frames: Iterable[int], stop: threading.Event | None = None) -> None:
+        """Wait until every output ``frames`` have made final so far is settled in the bucket
+        (or ``stop`` is set): a file the bucket already held from an earlier attempt has then
+        become that object locally (see :meth:`_keep_stored`), so a stage started after this
+        reads what is stored."""
+        with self._lock:
+            rels = {rel for frame in frames for rel in self._produced.get(frame, ())}
+            pending = [self._future_of[rel] for rel in rels if rel in self._future_of]
+        for future in pending:
+            while not future.done() and not (stop is not None and stop.is_set()):
+                with contextlib.suppress(TimeoutError, CancelledError):
+                    future.exception(timeout=0.1)  # its outcome is the uploader's to report
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for every submitted upload; False if some are still running at ``timeout``."""

@@ -8,7 +8,9 @@ import json
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
+from tests.conftest import gcs_client
 from tests.renderjobs import (
     RenderJob,
     bucket_objects,
@@ -113,3 +115,63 @@ def test_sigkill_mid_chunk_then_rerun_renders_only_the_rest(
         assert after[name] == before[name]
     _describes_stored_render(gcs_bucket, list(range(1, 11)))
     assert report["frames"]["done"] == list(range(1, 11))
+
+
+# Renders one frame of 8 MiB random bytes and exits at once: its upload is still running
+# when the next stage starts.
+BIG_RENDER = r"""
+import os, pathlib, sys
+f, out, phase = int(sys.argv[1]), pathlib.Path(sys.argv[2]), pathlib.Path(os.environ["PHASE_DIR"])
+(phase / f"render.{f}.{os.getpid()}").write_text("")
+tmp = out / f".frame.{f:04d}.png.tmp"
+tmp.write_bytes(os.urandom(8 << 20))
+tmp.rename(out / f"frame.{f:04d}.png")
+"""
+
+# Copies the frame's render at once (a shell starts in milliseconds): a stage that reads the
+# render before the uploader has settled it shows in its output.
+COPY = (
+    'f=$(printf %04d "$1"); cat "$2/frame.$f.png" > "$2/.copy.tmp"'
+    ' && mv "$2/.copy.tmp" "$2/copy.$f.bin"'
+)
+
+
+def test_rerun_after_kill_before_stage_marker_derives_from_the_stored_render(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A kill after a render's upload but before its stage marker: the rerun renders again,
+    the bucket keeps the first render, and the next stage copies the stored one."""
+    stages = [
+        {"name": "render",
+         "command": [sys.executable, "-c", BIG_RENDER.replace("{", "{{").replace("}", "}}"),
+                     "{frame}", "{outputs}"]},
+        {"name": "copy", "command": ["sh", "-c", COPY, "sh", "{frame}", "{outputs}"]},
+    ]  # fmt: skip
+    outputs = {"to": f"{gcs_bucket}/renders", "files": ["frame.####.png", "copy.####.bin"]}
+    job = make_job(
+        tmp_path / "job", gcs_bucket, "1-4", extra={"stages": stages, "outputs": outputs}
+    )
+    code, out, _ = run(job)
+    assert code == 0, out
+    # What a kill between the render's upload and its stage marker leaves: the render alone.
+    name = gcs_bucket[len("gs://") :]
+    client: Any = gcs_client()
+    for blob in list(client.list_blobs(name, prefix="renders/")):
+        base = blob.name.rpartition("/")[2]
+        marker = base.startswith(("frame.", "stage.")) and base.endswith(".json")
+        if marker or base.startswith("copy."):
+            blob.delete()
+    before = bucket_objects(gcs_bucket, "renders/")
+    assert sorted(n for n in before if "/_jitrender/" not in n) == [
+        f"renders/frame.{f:04d}.png" for f in range(1, 5)
+    ]
+    job.clear_phases()
+    code, out, report = run(job, report="rerun.json")
+    assert code == 0, out
+    assert _phases(job, "render") == [1, 2, 3, 4]  # no stage marker: rendered again
+    after = bucket_objects(gcs_bucket, "renders/")
+    for frame in range(1, 5):
+        render = f"renders/frame.{frame:04d}.png"
+        assert after[render] == before[render]  # the first render stays
+        assert after[f"renders/copy.{frame:04d}.bin"][1] == before[render][1], frame
+    assert report["frames"]["done"] == [1, 2, 3, 4]

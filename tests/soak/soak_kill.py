@@ -4,7 +4,7 @@ rerun that must finish the job. Reports what the promises forbid, all of which m
 
 - partial:      an output object in the bucket whose bytes are not a whole render
 - overwritten:  an output object present after the kill that the rerun replaced
-- mixed:        a frame whose two outputs in the bucket come from different attempts
+- mixed:        a frame whose post output describes another render than the stored one
 - unmarked:     a frame marked done whose outputs are not all in the bucket
 - verify:       ``jitrender cache verify`` entries found bad
 - leftovers:    temp/part files, dead workspaces, agent folders left after the rerun
@@ -51,14 +51,16 @@ PHASES = ("fetch", "render", "upload")
 SIGNALS = ("KILL", "TERM")
 TERM_DEADLINE_S = 15.0
 
-# A per-frame post stage whose output names the render it describes (its tag and crc32), so
-# a frame whose two outputs come from different attempts shows.
+# A per-frame post stage whose output names the render it read (that render's tag and crc32),
+# so a frame whose post output was derived from another render than the stored one shows. A
+# rerun's post may describe an earlier attempt's stored render: that is the promise kept.
 POST = """
 import os, pathlib, sys, zlib
 frame = int(sys.argv[1]); out = pathlib.Path(sys.argv[2])
 body = (out / f"frame.{frame:04d}.txt").read_bytes()
+tag = body[: body.index(b":") + 1].decode() if body.startswith(b"attempt-") else ""
 tmp = out / f".meta.{frame:04d}.tmp"
-tmp.write_text(f"{os.environ.get('OUTPUT_TAG', '')}|{zlib.crc32(body)}")
+tmp.write_text(f"{tag}|{zlib.crc32(body)}")
 os.replace(tmp, out / f"meta.{frame:04d}.txt")
 """
 
