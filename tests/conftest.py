@@ -15,6 +15,7 @@ import pytest
 from hypothesis import settings
 
 from tests.fakegcs import emulator_env, start_fake_gcs
+from tests.faultproxy import FaultProxy
 
 # CI runs the fuzzers on fixed examples so a run is repeatable; locally they explore freely.
 settings.register_profile("ci", derandomize=True, database=None)
@@ -68,6 +69,14 @@ def gcs_bucket(gcs_server: str) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     gcs_client().create_bucket(name)  # type: ignore[attr-defined]
     return f"gs://{name}"
+
+
+@pytest.fixture
+def proxy(gcs_server: str) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy (:mod:`tests.faultproxy`) in front of the session's server;
+    no faults until the test sets them. Modules that want other settings define their own."""
+    with FaultProxy(gcs_server) as running:
+        yield running
 
 
 def put_object(url: str, data: bytes) -> None:

@@ -165,6 +165,13 @@ def jitrender_env(job: RenderJob, **overrides: str) -> dict[str, str]:
     return env
 
 
+def job_cli(
+    job: RenderJob, *args: str, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``jitrender ARGS`` (:func:`tests.conftest.cli`) in ``job``'s environment."""
+    return cli(*args, env=jitrender_env(job, **env), timeout=timeout)
+
+
 def start_run(
     job: RenderJob, *args: str, env: Mapping[str, str] | None = None, report: str = "report.json"
 ) -> subprocess.Popen[bytes]:
@@ -200,6 +207,14 @@ def run(
     report_path = job.root / report
     data = json.loads(report_path.read_text()) if report_path.exists() else {}
     return code, out, data
+
+
+def rendered(root: Path, bucket: str, frames: str = "1-6", **kwargs: Any) -> RenderJob:
+    """:func:`make_job`, run once to success (the start of every resume and rerun test)."""
+    job = make_job(root, bucket, frames, **kwargs)
+    code, out, _ = run(job)
+    assert code == 0, out
+    return job
 
 
 def wait_for(what: Callable[[], bool], timeout: float = 20, step: float = 0.02) -> None:

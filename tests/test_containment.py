@@ -15,22 +15,15 @@ from typing import Any
 import yaml
 
 from jitrender.agent import hooks_dir
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
 
 SECRET = b"node-local secret: never upload me\n"
 
 
-def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
     env["JITRENDER_PREEMPTION_WATCH"] = "off"
-    return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    return cli(*args, env=env)
 
 
 def job_with_stage(tmp_path: Path, script: str, **extra: Any) -> Path:
@@ -56,7 +49,7 @@ def test_a_symlink_in_outputs_is_refused_and_not_uploaded(tmp_path: Path) -> Non
         f"os.symlink({str(secret)!r}, os.path.join(os.environ['JITRENDER_OUTPUTS'],"
         " 'out.0001.txt'))\n",
     )
-    result = cli(tmp_path, "run", str(job), "--progress", "plain")
+    result = run_cli(tmp_path, "run", str(job), "--progress", "plain")
     assert result.returncode == 65, result.stderr
     assert "Traceback" not in result.stderr
     assert "out.0001.txt: is a symlink" in result.stderr
@@ -71,7 +64,7 @@ def test_a_node_local_path_in_a_scene_from_a_bucket_is_unresolved_not_fetched(
     put_object(f"{gcs_bucket}/shots/tex/a.png", b"texture")
     manifest = f"{gcs_bucket}/shots/deps.txt"
     put_object(manifest, f"tex/a.png\n{secret}\nfile://{secret}\n{tmp_path}/\n".encode())
-    listed = cli(tmp_path, "deps", manifest, "--json")
+    listed = run_cli(tmp_path, "deps", manifest, "--json")
     assert listed.returncode == 0, listed.stderr
     document = json.loads(listed.stdout)
     assert [d["url"] for d in document["deps"]] == [f"{gcs_bucket}/shots/tex/a.png"]
@@ -87,7 +80,7 @@ def test_a_node_local_path_in_a_scene_from_a_bucket_is_unresolved_not_fetched(
         "out.write_text('\\n'.join(names))\n",
         scene=manifest,
     )
-    result = cli(tmp_path, "run", str(job), "--progress", "plain")
+    result = run_cli(tmp_path, "run", str(job), "--progress", "plain")
     assert result.returncode == 0, result.stderr
     seen = (tmp_path / "bucket" / "renders" / "out.0001.txt").read_text()
     assert "a.png" in seen and "secret" not in seen
@@ -116,7 +109,7 @@ def test_a_stage_made_symlink_in_inputs_never_places_a_file_outside_the_workspac
         "    sys.exit(3)\n",
         path_map=[{"from": "/mnt/show", "to": f"file://{bucket}"}],
     )
-    result = cli(tmp_path, "run", str(job), "--progress", "plain")
+    result = run_cli(tmp_path, "run", str(job), "--progress", "plain")
     assert result.returncode == 65, result.stderr
     assert "Traceback" not in result.stderr
     assert list(outside.iterdir()) == []  # nothing placed (or removed) through the link

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import cli, put_object
-from tests.renderjobs import RenderJob, jitrender_env, make_job, run
+from tests.renderjobs import RenderJob, jitrender_env, job_cli, make_job, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -267,13 +267,7 @@ def test_progress_json_is_only_json_lines_with_wall_clock_and_durations(
     from datetime import datetime
 
     job = make_job(tmp_path / "job", gcs_bucket, "1-2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "run", str(job.job_file), "--progress", "json"],
-        env=jitrender_env(job),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = job_cli(job, "run", str(job.job_file), "--progress", "json")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stderr.splitlines()]  # fails on a plain line
     for record in records:
@@ -289,11 +283,7 @@ def test_progress_json_is_only_json_lines_with_wall_clock_and_durations(
     assert sorted(r["frame"] for r in frames) == [1, 2]
     assert all(r["status"] == "done" and r["seconds"] > 0 for r in frames)
     # Failing before the run starts is a JSON line too.
-    bad = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "run", str(tmp_path / "nope.yaml"),
-         "--progress", "json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    bad = cli("run", str(tmp_path / "nope.yaml"), "--progress", "json", timeout=60)
     assert bad.returncode == 78
     assert json.loads(bad.stderr)["kind"] == "result"
 
@@ -311,13 +301,7 @@ def test_plain_lines_carry_timestamps_and_quiet_prints_nothing(
         re.match(r"jitrender: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", line) for line in progress
     )
     job2 = make_job(tmp_path / "job2", gcs_bucket, "3-4", name="other")
-    quiet = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "run", str(job2.job_file), "--progress", "quiet"],
-        env=jitrender_env(job2),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    quiet = job_cli(job2, "run", str(job2.job_file), "--progress", "quiet")
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr
 
 

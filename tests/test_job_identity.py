@@ -4,13 +4,18 @@ run`` / ``jitrender requeue`` against fake-gcs-server, with real stage processes
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from tests.renderjobs import RenderJob, bucket_objects, jitrender_env, make_job, run
+from tests.renderjobs import (
+    RenderJob,
+    bucket_objects,
+    jitrender_env,
+    job_cli,
+    rendered,
+    run,
+)
 
 
 def _edit(job: RenderJob, **changes: object) -> None:
@@ -24,19 +29,14 @@ def _edit(job: RenderJob, **changes: object) -> None:
 
 
 def _cli(job: RenderJob, *args: str) -> tuple[int, str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args],
-        env=jitrender_env(job), capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    out = job_cli(job, *args, timeout=60)
     return out.returncode, out.stdout + out.stderr
 
 
 def test_timeout_retries_and_name_edits_keep_the_job_and_render_nothing(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
-    job = make_job(tmp_path / "job", gcs_bucket, "1-3")
-    code, out, _ = run(job)
-    assert code == 0, out
+    job = rendered(tmp_path / "job", gcs_bucket, "1-3")
     before = bucket_objects(gcs_bucket, "renders/")
     _edit(job, timeout=1200, retries={"frame": 3, "storage": 4}, name="shot_v2", chunk=2)
     job.clear_phases()
@@ -50,9 +50,7 @@ def test_timeout_retries_and_name_edits_keep_the_job_and_render_nothing(
 def test_incompatible_edit_is_refused_before_anything_is_fetched_or_rendered(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
-    job = make_job(tmp_path / "job", gcs_bucket, "1-3")
-    code, out, _ = run(job)
-    assert code == 0, out
+    job = rendered(tmp_path / "job", gcs_bucket, "1-3")
     before = bucket_objects(gcs_bucket, "renders/")
     _edit(job, env={"LOOK": "graded"})  # changes what the stages see: other pixels
     job.clear_phases()
@@ -69,9 +67,7 @@ def test_incompatible_edit_is_refused_before_anything_is_fetched_or_rendered(
 
 
 def test_rerender_replaces_a_frames_output_and_marker(gcs_bucket: str, tmp_path: Path) -> None:
-    job = make_job(tmp_path / "job", gcs_bucket, "1-3")
-    code, out, _ = run(job)
-    assert code == 0, out
+    job = rendered(tmp_path / "job", gcs_bucket, "1-3")
     before = bucket_objects(gcs_bucket, "renders/")
     job.clear_phases()
     env = jitrender_env(job, OUTPUT_TAG="fixed ")
@@ -90,9 +86,7 @@ def test_rerender_replaces_a_frames_output_and_marker(gcs_bucket: str, tmp_path:
 def test_requeue_makes_the_next_run_render_the_frames_again(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
-    job = make_job(tmp_path / "job", gcs_bucket, "1-4")
-    code, out, _ = run(job)
-    assert code == 0, out
+    job = rendered(tmp_path / "job", gcs_bucket, "1-4")
     before = bucket_objects(gcs_bucket, "renders/")
     code, out = _cli(job, "requeue", str(job.job_file), "--frames", "2-3")
     assert code == 0, out

@@ -13,6 +13,7 @@ from tests.renderjobs import (
     RenderJob,
     finish,
     jitrender_env,
+    job_cli,
     make_job,
     run,
     start_run,
@@ -21,10 +22,7 @@ from tests.renderjobs import (
 
 
 def logs(job: RenderJob, *args: str) -> tuple[int, str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "logs", str(job.job_file), *args],
-        env=jitrender_env(job), capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    out = job_cli(job, "logs", str(job.job_file), *args, timeout=60)
     return out.returncode, out.stdout + out.stderr
 
 
@@ -110,9 +108,6 @@ def test_kept_workspace_survives_later_runs_until_cache_prune(
     code, out, _ = run(job, "--frames", "2", report="second.json")
     assert code == 0, out
     assert kept.is_dir()  # a later run on the node left it alone
-    pruned = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "cache", "prune"],
-        env=jitrender_env(job), capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
+    pruned = job_cli(job, "cache", "prune", timeout=60)
     assert pruned.returncode == 0, pruned.stderr
     assert not kept.exists()

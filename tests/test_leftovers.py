@@ -9,8 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jitrender.storage import GCSStore, LocalStore
+from tests.conftest import cli
 from tests.renderjobs import jitrender_env, make_job, start_run, wait_for
 
 
@@ -43,14 +42,7 @@ def test_a_killed_runs_agent_folder_is_reclaimed_by_cache_prune(
             os.kill(int(started.name.split(".")[2]), signal.SIGKILL)
     leftovers = list(short_tmpdir.glob("jitrender-agent-*"))
     assert len(leftovers) == 1, leftovers
-    pruned = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "cache", "prune", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    pruned = cli("cache", "prune", "--json", env=env, timeout=60)
     assert pruned.returncode == 0, pruned.stderr
     assert json.loads(pruned.stdout)["dead_agent_folders_removed"] == 1
     assert list(short_tmpdir.glob("jitrender-agent-*")) == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.renderjobs import bucket_objects, make_job, run
+from tests.renderjobs import RenderJob, bucket_objects, make_job, run
 
 # A checkpointing renderer (RenderMan, Karma, V-Ray style): rewrites each frame's image in
 # place three times as it refines, closing it after each pass, in one process for the chunk.
@@ -55,12 +55,14 @@ def _stage(script: str, per: str = "chunk") -> dict[str, object]:
     }
 
 
+def _job(tmp: Path, bucket: str, frames: str, stage: dict[str, object], files: str) -> RenderJob:
+    """The one-stage job whose outputs matching ``files`` go to ``<bucket>/renders``."""
+    outputs = {"to": f"{bucket}/renders", "files": [files]}
+    return make_job(tmp / "job", bucket, frames, extra={"stages": [stage], "outputs": outputs})
+
+
 def test_checkpointing_renderer_lands_only_its_final_pass(gcs_bucket: str, tmp_path: Path) -> None:
-    job = make_job(
-        tmp_path / "job", gcs_bucket, "1-2",
-        extra={"stages": [_stage(CHECKPOINTS)],
-               "outputs": {"to": f"{gcs_bucket}/renders", "files": ["beauty.####.exr"]}},
-    )  # fmt: skip
+    job = _job(tmp_path, gcs_bucket, "1-2", _stage(CHECKPOINTS), "beauty.####.exr")
     code, out, report = run(job)
     assert code == 0, out
     objects = bucket_objects(gcs_bucket, "renders/")
@@ -72,11 +74,7 @@ def test_checkpointing_renderer_lands_only_its_final_pass(gcs_bucket: str, tmp_p
 
 
 def test_log_closed_after_every_line_lands_whole(gcs_bucket: str, tmp_path: Path) -> None:
-    job = make_job(
-        tmp_path / "job", gcs_bucket, "1",
-        extra={"stages": [_stage(APPEND_LOG, per="frame")],
-               "outputs": {"to": f"{gcs_bucket}/renders", "files": ["log.####.txt"]}},
-    )  # fmt: skip
+    job = _job(tmp_path, gcs_bucket, "1", _stage(APPEND_LOG, per="frame"), "log.####.txt")
     code, out, _ = run(job)
     assert code == 0, out
     log = bucket_objects(gcs_bucket, "renders/")["renders/log.0001.txt"][1]
@@ -84,11 +82,7 @@ def test_log_closed_after_every_line_lands_whole(gcs_bucket: str, tmp_path: Path
 
 
 def test_crashed_renderer_in_place_files_never_upload(gcs_bucket: str, tmp_path: Path) -> None:
-    job = make_job(
-        tmp_path / "job", gcs_bucket, "1-2",
-        extra={"stages": [_stage(CRASH_IN_PLACE)],
-               "outputs": {"to": f"{gcs_bucket}/renders", "files": ["beauty.####.exr"]}},
-    )  # fmt: skip
+    job = _job(tmp_path, gcs_bucket, "1-2", _stage(CRASH_IN_PLACE), "beauty.####.exr")
     code, out, report = run(job)
     assert code == 65, out
     assert report["frames"]["failed"] == [1, 2]

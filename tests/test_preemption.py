@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,12 +30,6 @@ from tests.renderjobs import (
     start_run,
     wait_for,
 )
-
-
-@pytest.fixture
-def proxy(gcs_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(gcs_server) as running:
-        yield running
 
 
 def assert_exactly_once(job: RenderJob, before: dict[str, tuple[int, bytes]]) -> None:

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cli
 from tests.renderjobs import RenderJob, jitrender_env, make_job, run, start_run, wait_for
 
 CAP = 256_000
@@ -39,14 +39,7 @@ def short_tmpdir() -> Iterator[Path]:
 
 
 def _cache_cli(env: dict[str, str], *args: str) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "cache", *args, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = cli("cache", *args, "--json", env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result

@@ -5,22 +5,17 @@ rendered again, and ``jitrender status`` says the job is not complete (fake-gcs-
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import gcs_client
-from tests.renderjobs import RenderJob, bucket_objects, jitrender_env, make_job, run
+from tests.renderjobs import RenderJob, bucket_objects, job_cli, make_job, run
 
 
 def status(job: RenderJob) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "status", str(job.job_file), "--json"],
-        env=jitrender_env(job), capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr.decode()
+    out = job_cli(job, "status", str(job.job_file), "--json", timeout=60)
+    assert out.returncode == 0, out.stderr
     result: dict[str, object] = json.loads(out.stdout)
     return result
 

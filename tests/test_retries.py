@@ -15,6 +15,7 @@ from tests.renderjobs import (
     expected_output,
     jitrender_env,
     make_job,
+    rendered,
     run,
 )
 
@@ -99,9 +100,7 @@ def test_health_reset_and_thresholds(tmp_path: Path) -> None:
 def test_changed_job_does_not_reuse_old_markers_and_reports_conflicts(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
-    job = make_job(tmp_path / "job", gcs_bucket, "1-3")
-    code, out, _ = run(job)
-    assert code == 0, out
+    job = rendered(tmp_path / "job", gcs_bucket, "1-3")
     before = bucket_objects(gcs_bucket, "renders/")
     # Same outputs, a different definition (the stage's env): a different job hash, refused
     # before anything renders because the old version's outputs are in the way.

@@ -23,7 +23,7 @@ from jitrender.engines.blender_render import tile_window
 from jitrender.farm import TaskSlot, task_parts
 from jitrender.job import SplitSpec
 from jitrender.split import part_options
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
 from tests.renderjobs import bucket_objects
 
 pytest.importorskip("bpy")
@@ -99,14 +99,17 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def start_task(job: Path, index: int, count: int) -> subprocess.Popen[str]:
+    """``jitrender run`` of one task in its own session (to be killed with it), stderr piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job), "--task-index", str(index),
+         "--task-count", str(count), "--progress", "plain"],
+        env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
 def jitrender(*args: str, timeout: float = 240) -> tuple[int, str, dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_env(),
-    )
+    done = cli(*args, "--json", env=cli_env(), timeout=timeout)
     report = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
     return done.returncode, done.stderr, report
 
@@ -245,11 +248,7 @@ def test_a_task_killed_mid_part_rerenders_only_that_part_and_the_frame_is_assemb
     split = write_job(tmp_path, scene_url, f"{gcs_bucket}/split", {"tiles": [2, 2], "overscan": 4})
 
     run_task(split, 0)
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "jitrender.cli", "run", str(split), "--task-index", "1",
-         "--task-count", "4", "--progress", "plain"],
-        env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    victim = start_task(split, 1, 4)
     assert victim.stderr is not None
     for line in victim.stderr:
         if "stage_start stage=render frames=1 part 1 " in line:
@@ -292,11 +291,7 @@ def test_submit_starts_one_task_per_chunk_of_frame_part_pairs(tmp_path: Path) ->
     data = yaml.safe_load(job.read_text())
     data.update(frames="1-2", chunk=1)
     job.write_text(yaml.safe_dump(data))
-    done = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "submit", str(job), "--farm", "slurm",
-         "--dry-run"],
-        capture_output=True, text=True, timeout=120, env=cli_env(),
-    )  # fmt: skip
+    done = cli("submit", str(job), "--farm", "slurm", "--dry-run", env=cli_env())
     assert done.returncode == 0, done.stderr
     assert "#SBATCH --array=0-7\n" in done.stdout  # 2 frames x 4 parts
 
@@ -308,11 +303,7 @@ def test_two_tasks_racing_to_assemble_leave_one_object_and_a_denoised_frame_with
     put_object(scene_url, (scenes / "denoised.blend").read_bytes())
     split = write_job(tmp_path, scene_url, f"{gcs_bucket}/split", {"tiles": [2, 1]})
     run_task(split, 0, count=2)
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "jitrender.cli", "run", str(split), "--task-index", "1",
-         "--task-count", "2", "--progress", "plain"],
-        env=cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    victim = start_task(split, 1, 2)
     assert victim.stderr is not None
     for line in victim.stderr:
         if "stage_start stage=render frames=1 assembly " in line:

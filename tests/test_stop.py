@@ -14,7 +14,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +28,6 @@ from tests.renderjobs import (
     start_run,
     wait_for,
 )
-
-
-@pytest.fixture
-def proxy(gcs_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(gcs_server) as running:
-        yield running
 
 
 def _handles_sigterm(pid: int) -> bool:
@@ -139,6 +132,25 @@ def test_sigterm_after_the_last_frame_exits_0_and_the_report_says_succeeded(
     assert len(markers) == 2
 
 
+def _term_while_held(
+    job: RenderJob, hang: _Hang, env: dict[str, str], timeout: float
+) -> tuple[int, str, float]:
+    """Start the run, SIGTERM it once storage holds a request, wait for it to end; returns
+    (exit code, output, seconds from the signal). The held request is released after."""
+    proc = start_run(job, env=env)
+    assert hang.held.wait(30)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code, out = finish(proc, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    took = time.monotonic() - signalled
+    hang.release.set()
+    return code, out, took
+
+
 def _hang_at_last_marker(job: RenderJob) -> _Hang:
     last = job.frames[-1]
     return _Hang(lambda r: r.is_upload and r.names("_jitrender/") and r.names(f"frame.{last}."))
@@ -160,13 +172,7 @@ def test_sigterm_while_storage_hangs_exits_75_within_the_flush_budget(
         JITRENDER_STOP_BACKSTOP_S="4",
         JITRENDER_HEARTBEAT_INTERVAL="30",  # the final heartbeat hangs too
     )
-    proc = start_run(job, env=env)
-    assert hang.held.wait(30)
-    signalled = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code, out = finish(proc, timeout=40)
-    took = time.monotonic() - signalled
-    hang.release.set()
+    code, out, took = _term_while_held(job, hang, env, timeout=40)
     assert code == 75, (code, out)
     assert took < 4.5, (took, out)
     report = _report(job)
@@ -183,13 +189,7 @@ def test_sigterm_while_storage_hangs_at_the_defaults_exits_75_inside_15_s(
     env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url, JITRENDER_HEARTBEAT_INTERVAL="30")
     for name in ("JITRENDER_FLUSH_BUDGET_S", "JITRENDER_STOP_BACKSTOP_S", "JITRENDER_TERM_GRACE_S"):
         env.pop(name, None)
-    proc = start_run(job, env=env)
-    assert hang.held.wait(30)
-    signalled = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code, out = finish(proc, timeout=60)
-    took = time.monotonic() - signalled
-    hang.release.set()
+    code, out, took = _term_while_held(job, hang, env, timeout=60)
     assert code == 75, (code, out)
     assert took < 15, (took, out)
     assert _report(job)["status"] == "preempted"
@@ -205,17 +205,7 @@ def test_backstop_ends_a_run_stuck_on_storage_before_any_flush(
     hang.on.set()
     proxy.rules.append(hang)
     env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url, JITRENDER_STOP_BACKSTOP_S="2")
-    proc = start_run(job, env=env)
-    assert hang.held.wait(30)
-    signalled = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        code, out = finish(proc, timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    took = time.monotonic() - signalled
-    hang.release.set()
+    code, out, took = _term_while_held(job, hang, env, timeout=30)
     assert code == 75, (code, out)
     assert 1.5 < took < 4, (took, out)
     report = _report(job)
