@@ -13,7 +13,8 @@ The order of a frame's life, and why it is safe to kill the process at any point
 A kill between any two steps leaves only whole objects and a marker-less frame, which the
 next run either completes from its uploaded outputs or renders again without overwriting.
 
-:class:`JobRun` only orchestrates: :class:`~jitrender.inputs.Inputs` owns every input file,
+:class:`JobRun` only orchestrates: :func:`jitrender.resume.decide` says what is left to do,
+:class:`~jitrender.inputs.Inputs` owns every input file,
 :class:`~jitrender.plan.RunPlan` what will run, :class:`~jitrender.chunk.Chunk` each frame's
 (or chunk's) stages, :class:`~jitrender.chunk.FrameBooks` each frame's state and marker, and
 :class:`~jitrender.outputs.Uploader` the outputs. None of them calls back into the run.
