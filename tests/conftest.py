@@ -72,10 +72,12 @@ def gcs_bucket(gcs_server: str) -> str:
 
 
 @pytest.fixture
-def proxy(gcs_server: str) -> Iterator[FaultProxy]:
+def proxy(gcs_server: str, request: pytest.FixtureRequest) -> Iterator[FaultProxy]:
     """A fault-injecting proxy (:mod:`tests.faultproxy`) in front of the session's server;
-    no faults until the test sets them. Modules that want other settings define their own."""
-    with FaultProxy(gcs_server) as running:
+    no faults until the test sets them. A module that wants other settings (a stall length,
+    a seed) names them in a module-level ``PROXY_SETTINGS`` dict."""
+    settings = getattr(request.module, "PROXY_SETTINGS", {})
+    with FaultProxy(gcs_server, **settings) as running:
         yield running
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import gcs_client
 from tests.faultproxy import Fault, FaultProxy, Request
@@ -22,11 +20,8 @@ from tests.renderjobs import (
     texture,
 )
 
-
-@pytest.fixture
-def proxy(gcs_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(gcs_server, stall_s=0.5, seed=3) as running:
-        yield running
+# Read by the shared ``proxy`` fixture (tests/conftest.py).
+PROXY_SETTINGS = {"stall_s": 0.5, "seed": 3}
 
 
 def _put_gzip_encoded(url: str, data: bytes) -> bytes:

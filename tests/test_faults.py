@@ -3,7 +3,6 @@ heal through retries and the outputs are byte-exact; permanent ones end with the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,8 @@ from tests.renderjobs import (
     run,
 )
 
-
-@pytest.fixture
-def proxy(gcs_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(gcs_server, stall_s=0.5, seed=1) as running:
-        yield running
+# Read by the shared ``proxy`` fixture (tests/conftest.py).
+PROXY_SETTINGS = {"stall_s": 0.5, "seed": 1}
 
 
 def test_job_completes_with_exact_bytes_through_ten_percent_faults(
