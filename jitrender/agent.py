@@ -330,7 +330,12 @@ class Agent:
     def _log(self, line: str) -> None:
         if self._log_file is not None:
             with self._log_lock:
-                self._log_file.write(f"{time.time():.3f} {line}\n")
+                try:
+                    self._log_file.write(f"{time.time():.3f} {line}\n")
+                except OSError:  # a full disk (a download's reservation) must not end the run:
+                    broken, self._log_file = self._log_file, None  # the download says why
+                    with contextlib.suppress(OSError):
+                        broken.close()
 
 
 class _Handler(socketserver.StreamRequestHandler):

@@ -23,6 +23,7 @@ next run either completes from its uploaded outputs or renders again without ove
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import time
 import traceback
@@ -150,10 +151,17 @@ class JobRun:
         except JitrenderError as exc:
             report.status, report.exit_code = "failed", int(exc.exit_code)
             report.error = exc.message
-        except Exception as exc:  # a bug, not the user's mistake: keep the traceback, still report
-            traceback.print_exc()
-            report.status, report.exit_code = "failed", int(ExitCode.SOFTWARE)
-            report.error = f"internal error: {type(exc).__name__}: {exc}"
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # the node's state: retry
+                report.status, report.exit_code = "transient_failure", int(ExitCode.TEMPFAIL)
+                report.error = (
+                    f"{exc.filename or self.run_dir or 'the cache'}: no space left on device; "
+                    "free space there, cap the cache (--cache-max-size) or use a bigger --cache-dir"
+                )
+            else:  # a bug, not the user's mistake: keep the traceback, still report
+                traceback.print_exc()
+                report.status, report.exit_code = "failed", int(ExitCode.SOFTWARE)
+                report.error = f"internal error: {type(exc).__name__}: {exc}"
         finally:
             report.timings["wall_s"] = time.monotonic() - started
             self._settled = True
