@@ -12,6 +12,7 @@ from typing import Any
 
 from benchmarks.common import (
     BUCKET,
+    MARK_FRAMES,
     REPO,
     MiB,
     emulator,
@@ -58,7 +59,7 @@ def run(quick: bool) -> dict[str, Any]:
             root / "job.yaml",
             frames="1-4",
             deps=[f"gs://{BUCKET}/conc/"],
-            stages=[{"name": "render", "per": "chunk", "command": ["true"]}],
+            stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
             outputs=root / "out",
         )
         with emulator(data) as emu:
@@ -67,7 +68,7 @@ def run(quick: bool) -> dict[str, Any]:
                 root / "solo.yaml",
                 frames="1-4",
                 deps=[f"gs://{BUCKET}/conc/"],
-                stages=[{"name": "render", "per": "chunk", "command": ["true"]}],
+                stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
                 outputs=root / "out-solo",
             )
             emu.reset()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import BUCKET, MiB, ratio
+from benchmarks.common import BUCKET, MARK_FRAMES, MiB, ratio
 
 TITLE = "Overlap: frame-ahead prefetch behind a fixed-length render"
 FRAMES = 20
@@ -34,7 +34,7 @@ def run(quick: bool) -> dict[str, Any]:
                 root / f"{tag}.yaml", frames=frames, deps=deps, stages=stages, outputs=root / tag
             )
 
-        touch = [{"name": "wait", "per": "chunk", "command": ["true"]}]
+        touch = [{"name": "wait", "per": "chunk", "command": MARK_FRAMES}]
         with common.emulator(data) as emu:
             _, first = common.run_job_here(job("first", "1", touch), root / "c-first")
             _, fetch_all = common.run_job_here(job("all", f"1-{FRAMES}", touch), root / "c-all")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, ratio, table, workdir, write_job
+from benchmarks.common import MARK_FRAMES, REPO, ratio, table, workdir, write_job
 
 TITLE = "Scale: cost per dependency and peak memory"
 PER_FOLDER = 1000
@@ -102,7 +102,7 @@ def _measure(root: Path, count: int, cap: int | None, tag: str) -> dict[str, Any
         root / f"{tag}.yaml",
         frames="1",
         deps=[folder.as_uri() + "/"],
-        stages=[{"name": "render", "per": "chunk", "command": ["true"]}],
+        stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
         outputs=root / f"out-{tag}",
     )
     cache = root / f"cache-{tag}"
@@ -111,7 +111,7 @@ def _measure(root: Path, count: int, cap: int | None, tag: str) -> dict[str, Any
         root / f"{tag}-warm.yaml",
         frames="1",
         deps=[folder.as_uri() + "/"],
-        stages=[{"name": "render", "per": "chunk", "command": ["true"]}],
+        stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
         outputs=root / f"out-{tag}-warm",
     )
     warm = _run_child(job_warm, cache, cap)

@@ -22,6 +22,14 @@ from tests.fakegcs import emulator_env, free_port, start_fake_gcs, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "bench"
+# A stage that only reads its inputs still leaves one (empty) output a frame: a frame with no
+# output is a failed frame (final means final), so ``true`` alone would fail every run.
+MARK_FRAMES = [
+    "sh",
+    "-c",
+    'for f in $(echo "$JITRENDER_FRAMES" | tr , " "); do'
+    ' : > "$JITRENDER_OUTPUTS/frame.$f.done"; done',
+]
 MiB = 1 << 20
 
 
