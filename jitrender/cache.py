@@ -482,10 +482,18 @@ class Cache:
     def install(self, part: Path, final: Path) -> None:
         """Publish a verified download: read-only, then one atomic rename (never through a
         symlinked ``objects/xx``)."""
+        os.chmod(part, 0o400)
         self._checked_dirs.discard(final.parent.name)
         self._check_object_dir(final.parent)
-        os.chmod(part, 0o400)
-        os.replace(part, final)
+        try:
+            os.replace(part, final)
+        except FileNotFoundError:
+            if not part.exists():
+                raise
+            # The first object of its objects/xx folder: made here, not looked for each time.
+            final.parent.mkdir(exist_ok=True, mode=0o700)
+            self._check_object_dir(final.parent)
+            os.replace(part, final)
 
     def try_stripe_lock(self, key: str) -> int | None:
         """``key``'s cross-process download lock if it is free now (a descriptor to
