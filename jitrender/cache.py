@@ -145,6 +145,9 @@ class Cache:
                 _check_own_file(self.root / name)
         except OSError as exc:
             raise ConfigError(f"{self.root}: cannot use as cache folder: {exc}") from None
+        # Plain strings for the per-object paths: pathlib's joins cost more than the syscalls.
+        self._objects_dir, self._tmp_dir = str(self.objects), str(self.tmp)
+        self._stripes_file = str(self.locks / "stripes")
         self._checked_dirs: set[str] = set()  # objects/xx folders seen to be real and ours
         self._made_folders: dict[str, tuple[int, int]] = {}  # workspace folder -> (dev, inode)
         self._known_keys: set[str] = set()  # keys seen in the index by this process
@@ -169,7 +172,7 @@ class Cache:
 
     def object_path(self, info: ObjectInfo) -> Path:
         key = self.key(info)
-        return self.objects / key[:2] / key
+        return Path(f"{self._objects_dir}/{key[:2]}/{key}")  # one parse, not two joins
 
     # -- the index -----------------------------------------------------------------------
 
@@ -267,9 +270,10 @@ class Cache:
     def lookup(self, info: ObjectInfo) -> Path | None:
         """The cached file for exactly this object version, if present and whole."""
         path = self.object_path(info)
-        self._check_object_dir(path.parent)
+        if path.parent.name not in self._checked_dirs:
+            self._check_object_dir(path.parent)
         try:
-            st = path.lstat()  # never follows a symlink planted in place of an object
+            st = os.lstat(path)  # never follows a symlink planted in place of an object
         except FileNotFoundError:
             return None
         mine = st.st_uid == os.geteuid() and not st.st_mode & 0o022
@@ -314,7 +318,7 @@ class Cache:
         separate descriptors conflict even within one process, as flock's do. Elsewhere:
         flock on one of 4096 stripe files."""
         if _OFD_LOCKS:
-            fd = os.open(self.locks / "stripes", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = os.open(self._stripes_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, int(key[:5], 16), 1, 0)
             command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
         else:
@@ -477,7 +481,7 @@ class Cache:
     def part_path(self, key: str) -> Path:
         """A private temp name in the cache's own file system (renamed into place when whole;
         ``clean_leftovers`` removes the ones a killed process left)."""
-        return self.tmp / f"{key}.{os.getpid()}.{random.getrandbits(32):08x}"
+        return Path(f"{self._tmp_dir}/{key}.{os.getpid()}.{random.getrandbits(32):08x}")
 
     def install(self, part: Path, final: Path) -> None:
         """Publish a verified download: read-only, then one atomic rename (never through a
