@@ -40,13 +40,13 @@ from pathlib import Path
 
 from jitrender.errors import ConfigError, DataError, JitrenderError, TransientError
 from jitrender.storage import (
-    ChecksumMismatch,
     Crc32cWriter,
     ObjectInfo,
     Store,
     crc32c_of_file,
 )
 from jitrender.transfer import LARGE_OBJECT_BYTES, RangedDownloader
+from jitrender.transport import verify
 
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
@@ -426,7 +426,7 @@ class Cache:
         try:
             final.parent.mkdir(exist_ok=True, mode=0o700)
             if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
-                self.ranged.download(info, store, part)  # verifies the crc32c
+                verify(info, info.size, self.ranged.download(info, store, part))
             else:
                 self._download_whole(info, store, part)
             self.install(part, final)
@@ -517,10 +517,7 @@ class Cache:
             writer = Crc32cWriter(handle)
             store.download(info, writer)  # type: ignore[arg-type]
             handle.flush()
-        if writer.size != info.size:
-            raise ChecksumMismatch(f"{info.url}: got {writer.size} bytes, storage said {info.size}")
-        if info.crc32c is not None and writer.digest_b64() != info.crc32c:
-            raise ChecksumMismatch(f"{info.url}: crc32c mismatch")
+        verify(info, writer.size, writer.digest_b64())
 
     def link_into(self, cached: Path, dest: Path) -> None:
         """Hardlink a cached object to ``dest`` (a copy when the workspace is on another

@@ -15,7 +15,6 @@ crc32c), and only then does the cache rename them into place.
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from jitrender.storage import ChecksumMismatch, ObjectInfo, Store
-from jitrender.transfer import LARGE_OBJECT_BYTES
+from jitrender.transfer import LARGE_OBJECT_BYTES, crc32c_b64
 
 Route = Literal["asyncio", "ranged", "whole"]
 
@@ -34,11 +33,6 @@ def route(info: ObjectInfo, store: Store) -> Route:
         return "ranged"
     has_get = type(store).http_object is not Store.http_object
     return "asyncio" if has_get and info.crc32c is not None else "whole"
-
-
-def crc32c_b64(value: int) -> str:
-    """GCS's form of a crc32c: the 4 big-endian bytes, base64."""
-    return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
 
 
 def verify(info: ObjectInfo, size: int, crc32c: int | str) -> None:
