@@ -200,7 +200,7 @@ class AsyncFetcher:
         key = cache.key(info)
         claim = cache.claim(key)
         if claim is None:  # another thread of this process fetches it: wait for it there
-            return await self._threaded(lambda: cache.fetch(info, store, record=False), info.url)
+            return await self._threaded(lambda: cache.fetch(info, store), info.url)
         try:
             try:
                 result = await self._download(info, store, key)

@@ -249,11 +249,6 @@ class Cache:
                             (name, value),
                         )
 
-    def record_hits(self, infos: list[ObjectInfo]) -> None:
-        """Mark cached objects as used now (one transaction for the batch)."""
-        if infos:
-            self._record(infos, hits=len(infos), cached_bytes=sum(i.size for i in infos))
-
     def record_run(self, hits: list[ObjectInfo], fetched: list[ObjectInfo]) -> None:
         """Record a whole run's hits and downloads in one transaction."""
         if hits or fetched:
@@ -378,17 +373,18 @@ class Cache:
         else:
             claim.set_result(outcome)
 
-    def fetch(self, info: ObjectInfo, store: Store, *, record: bool = True) -> CacheResult:
+    def fetch(self, info: ObjectInfo, store: Store) -> CacheResult:
         """Make ``info`` present in the cache, downloading it at most once however many
         threads and processes ask at the same time. Raises the store's errors as they are
-        (the caller retries), and :class:`ChecksumMismatch` on corrupt bytes."""
+        (the caller retries), and :class:`ChecksumMismatch` on corrupt bytes. A download is
+        indexed at once; hits and misses are the caller's to count (:meth:`record_run`)."""
         key = self.key(info)
         claim = self.claim(key)
         if claim is None:
             with self._inflight_lock:
                 pending = self._inflight.get(key)
             if pending is None:  # settled between the two looks: it is cached (or failed)
-                return self.fetch(info, store, record=record)
+                return self.fetch(info, store)
             found = pending.result()
             return CacheResult(found.path, False, 0)
         try:
@@ -397,11 +393,6 @@ class Cache:
             self.settle(key, claim, exc)
             raise
         self.settle(key, claim, result)
-        if record:
-            if result.fetched:
-                self._record([info], misses=1, fetched_bytes=result.bytes_fetched)
-            else:
-                self.record_hits([info])
         return result
 
     def fetch_claimed(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
@@ -439,14 +430,12 @@ class Cache:
                 part.unlink()
         return final
 
-    def fetch_into(
-        self, info: ObjectInfo, store: Store, dest: Path, *, record: bool = True
-    ) -> CacheResult:
+    def fetch_into(self, info: ObjectInfo, store: Store, dest: Path) -> CacheResult:
         """:meth:`fetch`, then :meth:`link_into` ``dest``. Another process's eviction may take
         the entry between the two (it spares only linked entries); then it is looked up, or
         fetched again, and linked while holding the entry's lock, which eviction takes before
         it unlinks: the second time cannot lose the race."""
-        result = self.fetch(info, store, record=record)
+        result = self.fetch(info, store)
         try:
             self.link_into(result.path, dest)
             return result
