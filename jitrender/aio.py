@@ -7,7 +7,7 @@ and body in its own threads, the GIL released) ~0.55 s and 3-5 s. So objects bel
 ``LARGE_OBJECT_BYTES`` whose store names a plain GET (:meth:`Store.http_object`) and a crc32c
 are fetched here (:func:`jitrender.transport.route`); large objects keep the ranged thread
 path. The cache's guarantees are the same on both paths: one download per object in the
-process (``Cache.claim``) and across processes (the stripe lock, tried without blocking), a
+process and across processes (a ``Cache.begin`` download, its lock tried without blocking), a
 temp file renamed only once :func:`jitrender.transport.verify` passes. Anything unusual (a
 busy lock, an HTTP error, a short body, a checksum mismatch) is handed to the thread path,
 which retries and classifies errors as every other fetch does.
@@ -28,7 +28,7 @@ from typing import Any
 
 import google_crc32c
 
-from jitrender.cache import Cache, CacheResult
+from jitrender.cache import Cache, CacheResult, Download
 from jitrender.errors import Preempted
 from jitrender.storage import ChecksumMismatch, ObjectInfo, RetryPolicy, Store, with_retries
 from jitrender.transport import http_settings, route, verify
@@ -197,57 +197,47 @@ class AsyncFetcher:
         cache = self.cache
         if self.should_stop():
             raise Preempted("stopped while waiting to fetch")
-        key = cache.key(info)
-        claim = cache.claim(key)
-        if claim is None:  # another thread of this process fetches it: wait for it there
+        download = cache.begin(info)
+        if download is None:  # another thread of this process fetches it: wait for it there
             return await self._threaded(lambda: cache.fetch(info, store), info.url)
         try:
             try:
-                result = await self._download(info, store, key)
+                result = await self._download(info, store, download)
             except _Fallback:
-                result = await self._threaded(
-                    lambda: cache.fetch_claimed(info, store, key), info.url
-                )
+                result = await self._threaded(lambda: download.fetch_blocking(store), info.url)
         except BaseException as exc:
-            cache.settle(key, claim, exc)
+            download.end(exc)
             raise
-        cache.settle(key, claim, result)
+        download.end(result)
         return result
 
-    async def _download(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
-        cache = self.cache
+    async def _download(self, info: ObjectInfo, store: Store, download: Download) -> CacheResult:
         if info.crc32c is None:
             raise _Fallback  # nothing to check the bytes against but the thread path's pin
         try:
             base, path, headers = store.http_object(info) or self._no_get()  # may refresh a token
         except Exception:
             raise _Fallback from None  # the thread path retries and classifies it
-        fd = cache.try_stripe_lock(key)
-        if fd is None:  # another process (or stripe-mate) is downloading: wait in a thread
+        if not download.lock_now():  # another process (or stripe-mate) is downloading it
             raise _Fallback
         self._active += 1
         try:
-            found = cache.lookup(info)  # whoever held the lock before may have fetched it
+            found = download.cached()  # whoever held the lock before may have fetched it
             if found is not None:
-                return CacheResult(found, False, 0)
-            final = cache.object_path(info)
-            part = cache.part_path(key)
+                return found
             try:
-                await self._get(self._object_store(base, headers), path, info, part)
-                cache.install(part, final)
-            except BaseException as exc:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                    raise cache.no_space(info) from None  # one line naming the folder
+                await self._get(self._object_store(base, headers), path, info, download.part)
+                result = download.install()
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:  # one line naming the folder, not a traceback
+                    raise self.cache.no_space(info) from None
                 raise
         finally:
-            os.close(fd)
             self._active -= 1
         self._unrecorded.append(info)
         if len(self._unrecorded) >= RECORD_BATCH or self._active == 0:
             self._flush_records()
-        return CacheResult(final, True, info.size)
+        return result
 
     @staticmethod
     def _no_get() -> tuple[str, str, dict[str, str]]:
