@@ -265,12 +265,12 @@ class Cache:
     def lookup(self, info: ObjectInfo) -> Path | None:
         """The cached file for exactly this object version, if present and whole."""
         path = self.object_path(info)
-        if path.parent.name not in self._checked_dirs:
-            self._check_object_dir(path.parent)
         try:
             st = os.lstat(path)  # never follows a symlink planted in place of an object
         except FileNotFoundError:
-            return None
+            return None  # (a cold object: one syscall, its folder need not exist)
+        if path.parent.name not in self._checked_dirs:
+            self._check_object_dir(path.parent)  # before anything is served through it
         mine = st.st_uid == os.geteuid() and not st.st_mode & 0o022
         whole = st.st_size == info.size and stat.S_ISREG(st.st_mode) and mine
         if whole and not self._indexed(path.name):
