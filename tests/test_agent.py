@@ -111,6 +111,29 @@ def test_frame_next_prefetches_that_frame_and_the_next_ones_deps_only(tmp_path: 
         running.agent.stop()
 
 
+def test_frame_with_wait_answers_the_frames_files_once_local_and_names_the_missing(
+    tmp_path: Path,
+) -> None:
+    """What the Blender plugin asks before each frame instead of deriving file numbers."""
+    root = tmp_path / "bucket"
+    deps = [
+        Dependency("/mnt/show/tex/wood.png", f"file://{root}/tex/wood.png", None, "IMwood"),
+        Dependency("/mnt/show/seq/p.0002.exr", f"file://{root}/seq/p.0002.exr", (2,), "IMp"),
+        Dependency("/mnt/show/seq/p.0003.exr", f"file://{root}/seq/p.0003.exr", (3,), "IMp"),
+    ]
+    running = start_test_agent(tmp_path, {"tex/wood.png": b"w", "seq/p.0002.exr": b"2"}, deps)
+    try:
+        answer = ask(running, {"op": "frame", "frame": 2, "wait": True})
+        local = {Path(f["local"]).name: Path(f["local"]).read_bytes() for f in answer["files"]}
+        assert local == {"wood.png": b"w", "p.0002.exr": b"2"}
+        (missing,) = ask(running, {"op": "frame", "frame": 3, "wait": True})["files"][1:]
+        assert missing["source"] == "IMp" and missing["path"] == "/mnt/show/seq/p.0003.exr"
+        assert missing["error"].endswith("seq/p.0003.exr: does not exist in storage")
+        assert "local" not in missing
+    finally:
+        running.agent.stop()
+
+
 def test_prefetch_returns_at_once_and_the_files_arrive(show_agent: RunningAgent) -> None:
     started = time.monotonic()
     answer = ask(show_agent, {"op": "prefetch", "paths": ["/mnt/show/tex/metal.png", "/x"]})

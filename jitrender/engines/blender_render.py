@@ -153,21 +153,22 @@ def output_name(pattern: str, frame: int) -> str:
 # -- image sequences -------------------------------------------------------------------------
 
 
-def sequence_frame(
-    frame: int, frame_start: int, frame_duration: int, frame_offset: int, cyclic: bool
-) -> int:
-    """The file number an image-sequence user reads at scene ``frame``; mirrors Blender's
-    ``BKE_image_user_frame_get`` (clamped to the sequence unless cyclic, then offset)."""
-    length = frame_duration
-    if length == 0:
-        return 0
-    number = frame - frame_start + 1
-    if cyclic:
-        number %= length
-        if number == 0:
-            number = length
-    number = max(0, min(number, length))
-    return number + frame_offset
+def blend_frames() -> Any:
+    """:mod:`jitrender.resolve.blend_frames`, the one copy of Blender's file-sequence frame
+    arithmetic (the resolver's), loaded from its file: it is standard library only, and this
+    script runs where the jitrender package may not be importable (a Blender binary's Python)."""
+    module = sys.modules.get("_jitrender_blend_frames")
+    if module is None:
+        import importlib.util
+
+        path = Path(__file__).resolve().parents[1] / "resolve" / "blend_frames.py"
+        spec = importlib.util.spec_from_file_location("_jitrender_blend_frames", path)
+        if spec is None or spec.loader is None:
+            raise SetupError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while defining
+        spec.loader.exec_module(module)
+    return module
 
 
 def _image_users(bpy: Any) -> Iterator[tuple[Any, Any, str]]:
@@ -218,6 +219,7 @@ def images_read(bpy: Any, frame: int) -> list[ImageRead]:
         if image.source == "SEQUENCE":
             sequence_users.setdefault(image.name, []).append((image_user, who))
 
+    frames = blend_frames()
     for image in bpy.data.images:
         if image.users - int(image.use_fake_user) <= 0 or image.packed_file is not None:
             continue
@@ -225,18 +227,18 @@ def images_read(bpy: Any, frame: int) -> list[ImageRead]:
             add(image, "", image.filepath)
         elif image.source == "TILED":
             for tile in image.tiles:
-                u, v = (tile.number - 1001) % 10 + 1, (tile.number - 1001) // 10 + 1
-                written = image.filepath.replace("<UDIM>", str(tile.number))
-                add(image, f"tile {tile.number}", written.replace("<UVTILE>", f"u{u}_v{v}"))
+                add(
+                    image, f"tile {tile.number}", frames.udim_tile_path(image.filepath, tile.number)
+                )
         elif image.source == "SEQUENCE":
             for image_user, who in sequence_users.get(image.name, []):
-                image_user.frame_current = sequence_frame(
-                    frame,
-                    image_user.frame_start,
-                    image_user.frame_duration,
-                    image_user.frame_offset,
-                    image_user.use_cyclic,
+                user = frames.ImageUser(
+                    frames=image_user.frame_duration,
+                    start=image_user.frame_start,
+                    offset=image_user.frame_offset,
+                    cyclic=image_user.use_cyclic,
                 )
+                image_user.frame_current = user.file_frame(frame)[0]
                 written = image.filepath_from_user(image_user=image_user)
                 add(image, f"{who}, sequence {image.filepath}", written)
     return list(reads.values())
