@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MARK_FRAMES, REPO, ratio, table, workdir, write_job
+from benchmarks.common import REPO, ratio, table, workdir, write_job
 
 TITLE = "Scale: cost per dependency and peak memory"
 PER_FOLDER = 1000
@@ -98,24 +98,17 @@ def _bucket(root: Path, count: int) -> Path:
 def _measure(root: Path, count: int, cap: int | None, tag: str) -> dict[str, Any]:
     folder = _bucket(root, count) if not (root / "bucket" / f"n{count}").exists() else None
     folder = folder or root / "bucket" / f"n{count}"
-    job = write_job(
-        root / f"{tag}.yaml",
-        frames="1",
-        deps=[folder.as_uri() + "/"],
-        stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
-        outputs=root / f"out-{tag}",
-    )
     cache = root / f"cache-{tag}"
-    cold = _run_child(job, cache, cap)
-    job_warm = write_job(
-        root / f"{tag}-warm.yaml",
-        frames="1",
-        deps=[folder.as_uri() + "/"],
-        stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
-        outputs=root / f"out-{tag}-warm",
-    )
-    warm = _run_child(job_warm, cache, cap)
-    return {"deps": count, "cold": cold, "warm": warm}
+    runs: dict[str, Any] = {}
+    for kind, name in (("cold", tag), ("warm", f"{tag}-warm")):  # warm: the cold run's cache
+        job = write_job(
+            root / f"{name}.yaml",
+            frames="1",
+            deps=[folder.as_uri() + "/"],
+            outputs=root / f"out-{name}",
+        )
+        runs[kind] = _run_child(job, cache, cap)
+    return {"deps": count, **runs}
 
 
 def _per_dep_us(result: dict[str, Any]) -> float:

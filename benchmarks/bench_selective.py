@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import BUCKET, MARK_FRAMES, ratio
+from benchmarks.common import BUCKET, ratio
 
 TITLE = "Selective: one 10-frame chunk of a shot"
 SEQUENCES = ("bg", "fg", "matte")
@@ -36,7 +36,6 @@ def _job(root: Path, tag: str) -> Path:
         root / f"{tag}.yaml",
         frames=f"{FIRST + 10}-{FIRST + 19}",
         deps=deps,
-        stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
         outputs=root / f"out-{tag}",
     )
 

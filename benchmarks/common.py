@@ -30,6 +30,8 @@ MARK_FRAMES = [
     'for f in $(echo "$JITRENDER_FRAMES" | tr , " "); do'
     ' : > "$JITRENDER_OUTPUTS/frame.$f.done"; done',
 ]
+# The stage of the benchmarks that measure fetching: it reads nothing and marks each frame.
+MARK_STAGE: dict[str, Any] = {"name": "render", "per": "chunk", "command": MARK_FRAMES}
 MiB = 1 << 20
 
 
@@ -154,9 +156,12 @@ def write_job(
     *,
     frames: str,
     deps: Sequence[str],
-    stages: Sequence[dict[str, Any]],
+    stages: Sequence[dict[str, Any]] = (MARK_STAGE,),
     outputs: Path,
 ) -> Path:
+    """A job file at ``path`` (named after it) fetching ``deps`` for ``frames``, running
+    ``stages`` (by default :data:`MARK_STAGE`) and writing its outputs to the ``outputs``
+    folder."""
     job = {
         "version": 1,
         "name": path.stem,

@@ -146,6 +146,23 @@ def make_job(
     return RenderJob(root, bucket, frame_list, job_file, phase_dir, root / "cache", texture_size)
 
 
+def jobs_on_one_node(root: Path, bucket: str, frames: Mapping[str, str]) -> list[RenderJob]:
+    """One job per ``name: frames`` (below ``root / name``, named ``name``), all sharing one
+    node's cache (``root / "node-cache"``), as jobs that land on the same node do."""
+    jobs = []
+    for name, job_frames in frames.items():
+        job = make_job(root / name, bucket, job_frames, name=name)
+        job.cache_dir = root / "node-cache"
+        jobs.append(job)
+    return jobs
+
+
+def node_health(job: RenderJob, *args: str) -> tuple[int, dict[str, Any]]:
+    """``jitrender health --json ARGS`` on ``job``'s node: (exit code, the state it prints)."""
+    out = job_cli(job, "health", "--json", *args)
+    return out.returncode, json.loads(out.stdout)
+
+
 def jitrender_env(job: RenderJob, **overrides: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

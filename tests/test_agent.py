@@ -8,7 +8,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from jitrender.agent import AgentClient, AgentError, hooks_dir
 from jitrender.deps import Dependency
 from jitrender.job import load_job
 from jitrender.run import RunOptions, run_job
-from tests.hooks.conftest import RunningAgent, show_agent, start_test_agent
+from tests.hooks.conftest import RunningAgent, at_once, show_agent, start_test_agent
 
 __all__ = ["show_agent"]  # the fixture, shared with the plugin tests
 
@@ -71,19 +70,7 @@ def test_unmapped_paths_and_bad_requests_get_clear_codes(show_agent: RunningAgen
 def test_many_threads_asking_at_once_fetch_each_object_once(show_agent: RunningAgent) -> None:
     paths = ["/mnt/show/tex/wood.png", "/mnt/show/tex/metal.png", "/mnt/show/seq/plate.0003.exr"]
     client = AgentClient(show_agent.socket)
-    answers: list[str] = []
-    lock = threading.Lock()
-
-    def worker(index: int) -> None:
-        local = client.resolve(paths[index % len(paths)])
-        with lock:
-            answers.append(local)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(24)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    answers = at_once(24, lambda i: client.resolve(paths[i % len(paths)]))
     assert len(answers) == 24 and len(set(answers)) == 3
     assert sorted(show_agent.store.downloads.values()) == [1, 1, 1]
 

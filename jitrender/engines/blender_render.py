@@ -339,6 +339,13 @@ def render_frame(bpy: Any, scene: Any, frame: int, final: Path) -> float:
     started = time.monotonic()
     scene.frame_set(frame)
     check_images(bpy, frame)
+    write_still(bpy, scene, final)
+    return time.monotonic() - started
+
+
+def write_still(bpy: Any, scene: Any, final: Path) -> None:
+    """Render the scene's current frame to a hidden temporary name next to ``final`` and
+    rename it into place, so a watcher of the folder only ever sees a whole file."""
     final.parent.mkdir(parents=True, exist_ok=True)
     scene.render.filepath = str(final.parent / f".{final.name}.{os.getpid()}.part")
     written = Path(scene.render.filepath)
@@ -348,7 +355,6 @@ def render_frame(bpy: Any, scene: Any, frame: int, final: Path) -> float:
         written.unlink(missing_ok=True)
         raise RuntimeError(f"Blender wrote no image (render returned {sorted(result)})")
     os.replace(written, final)
-    return time.monotonic() - started
 
 
 def load_plugin(path: str | None) -> None:
@@ -553,14 +559,7 @@ def finish_frame(bpy: Any, scene: Any, frame: int, assembled: Path, final: Path)
         tree.nodes.remove(node)  # no Render Layers node left: Blender renders nothing
     render.use_compositing = True
     scene.frame_set(frame)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    render.filepath = str(final.parent / f".{final.name}.{os.getpid()}.part")
-    written = Path(render.filepath)
-    result = bpy.ops.render.render(write_still=True, scene=scene.name)
-    if "FINISHED" not in result or not written.is_file():
-        written.unlink(missing_ok=True)
-        raise RuntimeError(f"Blender wrote no image (render returned {sorted(result)})")
-    os.replace(written, final)
+    write_still(bpy, scene, final)
     return time.monotonic() - started
 
 

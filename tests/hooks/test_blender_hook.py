@@ -123,16 +123,31 @@ def blender_job(scene_url: str, bucket: str, out: Path, frames: str) -> dict[str
     }
 
 
+def run_from_gcs(
+    scene: Path,
+    files: dict[str, bytes],
+    bucket: str,
+    tmp_path: Path,
+    frames: str,
+    resolution: tuple[int, int] = (64, 48),
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
+    """``jitrender run`` of ``scene`` uploaded to ``bucket``/shots, with ``files`` below
+    ``bucket``/show (where /mnt/show maps): (the process, its report, the outputs folder)."""
+    for rel, data in files.items():
+        put_object(f"{bucket}/show/{rel}", data)
+    scene_url = f"{bucket}/shots/{scene.name}"
+    put_object(scene_url, scene.read_bytes())
+    out = tmp_path / "out"
+    job = blender_job(scene_url, bucket, out, frames)
+    job["stages"][0]["args"]["resolution"] = list(resolution)
+    done, report = run_jitrender(job, tmp_path)
+    return done, report, out
+
+
 def test_jitrender_run_renders_studio_paths_from_gcs_with_only_the_frames_plates(
     scene: Path, gcs_bucket: str, tmp_path: Path
 ) -> None:
-    for rel, data in show_files().items():
-        put_object(f"{gcs_bucket}/show/{rel}", data)
-    put_object(f"{gcs_bucket}/shots/shot.blend", scene.read_bytes())
-    out = tmp_path / "out"
-    done, report = run_jitrender(
-        blender_job(f"{gcs_bucket}/shots/shot.blend", gcs_bucket, out, "2-3"), tmp_path
-    )
+    done, report, out = run_from_gcs(scene, show_files(), gcs_bucket, tmp_path, "2-3")
     assert done.returncode == 0, done.stderr[-3000:]
     for frame in (2, 3):
         assert_frame_pixels(out / f"beauty.{frame:04d}.png", frame)
@@ -148,16 +163,11 @@ def test_jitrender_run_renders_studio_paths_from_gcs_with_only_the_frames_plates
 def test_a_texture_missing_from_the_bucket_fails_the_run_with_65_naming_it(
     scene: Path, gcs_bucket: str, tmp_path: Path
 ) -> None:
-    for rel, data in show_files(with_wood=False).items():
-        put_object(f"{gcs_bucket}/show/{rel}", data)
-    put_object(f"{gcs_bucket}/shots/shot.blend", scene.read_bytes())
-    out = tmp_path / "out"
-    done, report = run_jitrender(
-        blender_job(f"{gcs_bucket}/shots/shot.blend", gcs_bucket, out, "2"), tmp_path
-    )
+    files = show_files(with_wood=False)
+    done, report, out = run_from_gcs(scene, files, gcs_bucket, tmp_path, "2")
     assert done.returncode == 65, done.stderr[-3000:]
     assert "wood.png" in done.stderr
-    assert report["status"] == "failed" and not list(tmp_path.glob("out/*.png"))
+    assert report["status"] == "failed" and not list(out.glob("*.png"))
 
 
 def agent_for(scene: Path, tmp_path: Path, files: dict[str, bytes], frames: str) -> RunningAgent:
@@ -360,13 +370,8 @@ def test_jitrender_run_renders_a_sequencer_edit_from_gcs(
     vse_scene: Path, gcs_bucket: str, tmp_path: Path
 ) -> None:
     """The whole run: the resolver's prediction and the plugin together, from fake GCS."""
-    for rel, data in vse_files(vse_scene).items():
-        put_object(f"{gcs_bucket}/show/{rel}", data)
-    put_object(f"{gcs_bucket}/shots/edit.blend", vse_scene.read_bytes())
-    out = tmp_path / "out"
-    job = blender_job(f"{gcs_bucket}/shots/edit.blend", gcs_bucket, out, "4,9,15")
-    job["stages"][0]["args"]["resolution"] = [16, 16]
-    done, report = run_jitrender(job, tmp_path)
+    files = vse_files(vse_scene)
+    done, report, out = run_from_gcs(vse_scene, files, gcs_bucket, tmp_path, "4,9,15", (16, 16))
     assert done.returncode == 0, done.stderr[-3000:]
     for frame, colour in {4: shot_colour(2), 9: CLIP, 15: inner_colour(3)}.items():
         pixel = centre(out / f"beauty.{frame:04d}.png")
