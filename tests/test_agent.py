@@ -17,7 +17,14 @@ from jitrender.agent import AgentClient, AgentError, hooks_dir
 from jitrender.deps import Dependency
 from jitrender.job import load_job
 from jitrender.run import RunOptions, run_job
-from tests.hooks.conftest import RunningAgent, at_once, show_agent, start_test_agent
+from tests.hooks.conftest import (
+    CLIENT_STAGE,
+    RunningAgent,
+    at_once,
+    make_bucket,
+    show_agent,
+    start_test_agent,
+)
 
 __all__ = ["show_agent"]  # the fixture, shared with the plugin tests
 
@@ -156,16 +163,11 @@ def test_session_file_and_socket_are_private_and_describe_the_mapping(
 def test_run_gives_stages_an_agent_that_fetches_what_the_resolver_did_not_predict(
     tmp_path: Path,
 ) -> None:
-    bucket = tmp_path / "bucket"
-    (bucket / "tex").mkdir(parents=True)
-    (bucket / "tex" / "late.txt").write_text("fetched on request")
-    (bucket / "tex" / "unused.txt").write_text("never asked for")
+    files = {"tex/late.txt": b"fetched on request", "tex/unused.txt": b"never asked for"}
+    bucket = make_bucket(tmp_path / "bucket", files)
     script = tmp_path / "stage.py"
     script.write_text(
-        "import os, sys\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "import jitrender_client\n"
-        "local = jitrender_client.Resolver().local('/mnt/show/tex/late.txt')\n"
+        CLIENT_STAGE + "local = jitrender_client.Resolver().local('/mnt/show/tex/late.txt')\n"
         "out = os.path.join(os.environ['JITRENDER_OUTPUTS'], 'out.' + sys.argv[2] + '.txt')\n"
         "open(out, 'w').write(open(local).read())\n"
     )

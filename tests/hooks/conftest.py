@@ -20,6 +20,8 @@ from jitrender.storage import LocalStore, ObjectInfo, Store, Stores
 
 HOOKS = Path(__file__).resolve().parents[2] / "hooks"
 T = TypeVar("T")
+# How a stage script that asks the run's agent for files starts (argv[1]: the hooks folder).
+CLIENT_STAGE = "import os, sys\nsys.path.insert(0, sys.argv[1])\nimport jitrender_client\n"
 
 
 def at_once(count: int, call: Callable[[int], T]) -> list[T]:

@@ -128,37 +128,32 @@ def link(library: str, kind: str, names: list[str]) -> list[Any]:
     return linked
 
 
-def textured(material: str, blend: str, texture: str) -> None:
-    """A material (on its own mesh) showing the image file ``texture``, written in the folder of
-    the library file ``blend`` (below ROOT) and referenced from it as ``//texture``."""
-    touch(str(Path(blend).parent / texture))
-    material_with(material, [image(Path(texture).stem, "FILE", "//" + texture)])
+def new_library(blend: str, **textures: str) -> None:
+    """Start an empty file for the library ``blend`` (below ROOT) holding, for each
+    ``material=texture``, a material on its own mesh showing the image file ``texture``
+    (written in ``blend``'s folder, referenced as ``//texture``)."""
+    empty_file()
+    for material, texture in textures.items():
+        touch(str(Path(blend).parent / texture))
+        material_with(material, [image(Path(texture).stem, "FILE", "//" + texture)])
 
 
 def build_library() -> None:
     """lib/deep.blend <- lib/props.blend: a library that links from another library."""
-    empty_file()
-    textured("Deep", "lib/deep.blend", "deep_tex/deep.png")
+    new_library("lib/deep.blend", Deep="deep_tex/deep.png")
     save("lib/deep.blend")
-
-    empty_file()
-    textured("Prop", "lib/props.blend", "tex/props_color.png")
-    textured("Unused", "lib/props.blend", "tex/unused.png")
+    new_library("lib/props.blend", Prop="tex/props_color.png", Unused="tex/unused.png")
     bpy.data.objects["Prop"].data.materials.append(link("lib/deep.blend", "materials", ["Deep"])[0])
     save("lib/props.blend")
 
 
 def build_cycle() -> None:
     """cycle/a.blend and cycle/b.blend link from each other."""
-    empty_file()
-    textured("A", "cycle/a.blend", "a.png")
+    new_library("cycle/a.blend", A="a.png")
     save("cycle/a.blend")
-
-    empty_file()
-    textured("B", "cycle/b.blend", "b.png")
+    new_library("cycle/b.blend", B="b.png")
     link("cycle/a.blend", "objects", ["A"])
     save("cycle/b.blend")
-
     bpy.ops.wm.open_mainfile(filepath=str(ROOT / "cycle/a.blend"))
     link("cycle/b.blend", "objects", ["B"])
     save("cycle/a.blend")
