@@ -83,16 +83,20 @@ def run(quick: bool) -> dict[str, Any]:
         ["1 process", solo_s, solo_wire / 1e6, ratio(solo_wire, needed)],
         [f"{PROCESSES} processes, same job", many_s, many_wire / 1e6, ratio(many_wire, needed)],
     ]
-    text = table(TITLE, ["run", "wall s", "MB on the wire", "wire / needed"], rows)
-    text += (
-        f"\n\n{small_n} x 256 KiB + {large_n} x {large // MiB} MiB = {needed / 1e6:.1f} MB needed; "
-        f"bytes fetched per process: {fetched} (sum {sum(fetched)}, "
-        f"{ratio(sum(fetched), needed)} x needed); {PROCESSES} processes took "
-        f"{ratio(many_s, solo_s)} x the time of one; slowest process: resolve "
-        f"{max(t.get('resolve_s', 0) for t in timings):.2f} s, fetch "
-        f"{max(t.get('fetch_s', 0) for t in timings):.2f} s, run "
-        f"{max(t.get('wall_s', 0) for t in timings):.2f} s (the rest is interpreter start and "
-        "imports: 8 processes on 2 cores)"
+    text = table(
+        TITLE,
+        ["run", "wall s", "MB on the wire", "wire / needed"],
+        rows,
+        note=(
+            f"{small_n} x 256 KiB + {large_n} x {large // MiB} MiB = {needed / 1e6:.1f} MB needed; "
+            f"bytes fetched per process: {fetched} (sum {sum(fetched)}, "
+            f"{ratio(sum(fetched), needed)} x needed); {PROCESSES} processes took "
+            f"{ratio(many_s, solo_s)} x the time of one; slowest process: resolve "
+            f"{max(t.get('resolve_s', 0) for t in timings):.2f} s, fetch "
+            f"{max(t.get('fetch_s', 0) for t in timings):.2f} s, run "
+            f"{max(t.get('wall_s', 0) for t in timings):.2f} s (the rest is interpreter start and "
+            "imports: 8 processes on 2 cores)"
+        ),
     )
     return {
         "title": TITLE,

@@ -156,11 +156,6 @@ def run(quick: bool) -> dict[str, Any]:
         verdicts[phase] = time_growth
     capped_growth = ratio(_per_dep_us(capped[-1]["cold"]), _per_dep_us(capped[0]["cold"])) or 0.0
     mem_per_dep = _growth_kb(results[-1]["cold"]) * 1024 / results[-1]["deps"]
-    text = table(
-        TITLE,
-        ["deps", "run", "wall s", "µs / dep", "peak RSS growth MiB", "bytes / dep"],
-        rows,
-    )
     lines = []
     for phase, growth in verdicts.items():
         shape = "linear or better" if growth <= 1.5 else "WORSE than linear"
@@ -173,7 +168,12 @@ def run(quick: bool) -> dict[str, Any]:
         f"{capped_growth} x that at {capped_sizes[0]}: {shape}"
     )
     lines.append(f"memory: about {mem_per_dep:.0f} bytes per dependency above the baseline")
-    text += "\n\n" + "\n".join(lines)
+    text = table(
+        TITLE,
+        ["deps", "run", "wall s", "µs / dep", "peak RSS growth MiB", "bytes / dep"],
+        rows,
+        note="\n".join(lines),
+    )
     return {
         "title": TITLE,
         "table": text,

@@ -133,11 +133,11 @@ def run(quick: bool) -> dict[str, Any]:
         TITLE,
         ["frame", "1 task s", "4 tasks one by one s", "4 tasks at once s", "PSNR dB", "max diff"],
         rows,
-    )
-    text += (
-        f"\n\n{size[0]}x{size[1]}, {samples} samples, on this machine's cores (all 4 'at once' "
-        f"share them). 2K (2048x1080, 4 tiles, denoised): download + paste "
-        f"{summary['assemble_s']:.2f} s, Blender denoise + compositor + write "
-        f"{summary['finish_s']:.2f} s"
+        note=(
+            f"{size[0]}x{size[1]}, {samples} samples, on this machine's cores (all 4 'at once' "
+            f"share them). 2K (2048x1080, 4 tiles, denoised): download + paste "
+            f"{summary['assemble_s']:.2f} s, Blender denoise + compositor + write "
+            f"{summary['finish_s']:.2f} s"
+        ),
     )
     return {"title": TITLE, "table": text, **figures}

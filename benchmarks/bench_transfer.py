@@ -175,10 +175,10 @@ def run(quick: bool) -> dict[str, Any]:
         TITLE,
         ["shape", "tool", "wall s", "files/s", "MB/s", "speed vs best alt"],
         rows,
-    )
-    text += (
-        f"\n\nverifying a {large_size // MiB} MiB object: re-read {crc['reread_s']} s, "
-        f"combine per-chunk CRC32C {crc['combine_s']} s"
+        note=(
+            f"verifying a {large_size // MiB} MiB object: re-read {crc['reread_s']} s, "
+            f"combine per-chunk CRC32C {crc['combine_s']} s"
+        ),
     )
     return {
         "title": TITLE,
