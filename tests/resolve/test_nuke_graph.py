@@ -84,40 +84,35 @@ SCRIPT = (
             ' first 1\n last 50\n frame_mode "start at"\n frame 1001\n reverse true',
         ),
     )
-    # AppendClip from 1001: clip E (frames 1-2) then F (1-5): E1, E2, F1.
-    + two_inputs(
-        "W_append",
-        ("appendF", 1, 5),
-        ("appendE", 1, 2),
-        node("AppendClip", "Append", " firstFrame 1001", inputs=2),
-    )
-    # A one-frame cross dissolve: X (1-2) at 1001-1002, Y (1-5) from 1002; 1002 reads both.
-    + two_inputs(
-        "W_cross",
-        ("crossY", 1, 5),
-        ("crossX", 1, 2),
-        node("AppendClip", "Cross", " firstFrame 1001\n cross_dissolve 1", inputs=2),
+    # AppendClip from 1001: clip E (frames 1-2) then F (1-5): E1, E2, F1; with a one-frame
+    # cross dissolve, X (1-2) at 1001-1002 and Y (1-5) from 1002: 1002 reads both.
+    + "".join(
+        two_inputs(
+            f"W_{label.lower()}",
+            (second, 1, 5),
+            (first, 1, 2),
+            node("AppendClip", label, " firstFrame 1001" + knobs, inputs=2),
+        )
+        for label, second, first, knobs in (
+            ("Append", "appendF", "appendE", ""),
+            ("Cross", "crossY", "crossX", "\n cross_dissolve 1"),
+        )
     )
     # Switch which 1: input 1 only; which {{frame>1001}}: input 0 at 1001, input 1 after;
     # Dissolve which 0.5: both inputs; a disabled Merge passes its input 0 (B) only.
     + "".join(
         two_inputs(
             f"W_{name}",
-            (f"{name}1", 1001, 1003),
-            (f"{name}0", 1001, 1003),
+            (second, 1001, 1003),
+            (first, 1001, 1003),
             node(cls, label, knobs, inputs=2),
         )
-        for name, cls, label, knobs in (
-            ("switch", "Switch", "Static", " which 1"),
-            ("bytime", "Switch", "ByTime", " which {{frame>1001}}"),
-            ("dissolve", "Dissolve", "Mix", " which 0.5"),
+        for name, second, first, cls, label, knobs in (
+            ("switch", "switch1", "switch0", "Switch", "Static", " which 1"),
+            ("bytime", "bytime1", "bytime0", "Switch", "ByTime", " which {{frame>1001}}"),
+            ("dissolve", "dissolve1", "dissolve0", "Dissolve", "Mix", " which 0.5"),
+            ("disabled", "mergeA", "mergeB", "Merge2", "Off", " disable true"),
         )
-    )
-    + two_inputs(
-        "W_disabled",
-        ("mergeA", 1001, 1003),
-        ("mergeB", 1001, 1003),
-        node("Merge2", "Off", " disable true", inputs=2),
     )
     # A group: its Input reads the group's input, through a TimeOffset of 1 inside.
     + chain(
