@@ -15,9 +15,10 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from jitrender.aio import AsyncFetcher
 from jitrender.cache import Cache, CacheResult
@@ -31,6 +32,8 @@ from jitrender.transfer import InflightBudget, listing_ranges
 # Objects below this are bound by round trips, not bytes: capping their bytes in flight only
 # cost each a cross-thread wake-up; the fetcher's queue keeps them in frame order anyway.
 LATENCY_BOUND_BYTES = 1 << 20
+
+T = TypeVar("T")
 
 
 class Inputs:
@@ -115,18 +118,35 @@ class Inputs:
     def stat_all(self, deps: Sequence[Dependency]) -> list[Dependency]:
         """``deps`` with ``size`` and ``exists`` filled in: one ranged listing per busy folder
         (a sequence's frames, a texture set), one stat for each of the rest."""
-        unknown = [d.url for d in deps if d.url not in self._known]
+        known = self._known
+        unknown = [d.url for d in deps if d.url not in known]
         if unknown:
+            ranges = listing_ranges(unknown)
             with ThreadPoolExecutor(self.workers) as pool:
-                list(pool.map(lambda r: self._list_range(*r), listing_ranges(unknown)))
-                unknown = [url for url in unknown if url not in self._known]
-                list(pool.map(self.stat, unknown))
+                self._each(pool, lambda r: self._list_range(*r), [(r[0], r) for r in ranges])
+                unknown = [url for url in unknown if url not in known]
+                self._each(pool, self.stat, [(url, url) for url in unknown])
         out = []
         for dep in deps:
-            info = self._known.get(dep.url)
+            info = known.get(dep.url)
             size, exists = (info.size, True) if info is not None else (None, False)
             out.append(Dependency(dep.path, dep.url, dep.frames, dep.source, size, exists))
         return out
+
+    def _each(
+        self, pool: ThreadPoolExecutor, call: Callable[[T], object], items: list[tuple[str, T]]
+    ) -> None:
+        """``call`` on every item (keyed by its URL): on ``pool`` where the store's reads gain
+        from concurrency, in this thread where they are local CPU work."""
+        here: list[T] = []
+        there: list[T] = []
+        for url, item in items:
+            (there if self.store(url).concurrent_reads else here).append(item)
+        futures = [pool.submit(call, item) for item in there]
+        for item in here:
+            call(item)
+        for future in futures:
+            future.result()
 
     # -- the workspace copies -------------------------------------------------------------
 
