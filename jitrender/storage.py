@@ -726,12 +726,13 @@ class _GcsReader:
 
 
 def _info_of(bucket: str, item: Mapping[str, Any]) -> ObjectInfo:
+    metadata = item.get("metadata")
     return ObjectInfo(
-        url=f"gs://{bucket}/{item['name']}",
-        size=int(item.get("size") or 0),
-        generation=str(item.get("generation")),
-        crc32c=item.get("crc32c"),
-        metadata=dict(item.get("metadata") or {}),
+        f"gs://{bucket}/{item['name']}",
+        int(item.get("size") or 0),
+        str(item.get("generation")),
+        item.get("crc32c"),
+        dict(metadata) if metadata else _NO_METADATA,  # most have none: no dict each
     )
 
 
