@@ -256,6 +256,17 @@ class Job(BaseModel):
     def frame_list(self) -> list[int]:
         return parse_frames(self.frames)
 
+    def cache_folder(self, override: Path | None = None) -> Path:
+        """The node cache this job uses: ``override`` (``--cache-dir``), else the job's
+        ``cache.dir``, else the default (``$JITRENDER_CACHE_DIR`` or ~/.cache/jitrender)."""
+        if override is not None:
+            return override
+        if self.cache.dir:
+            return Path(self.cache.dir).expanduser()
+        from jitrender.cache import default_cache_dir
+
+        return default_cache_dir()
+
     def use_path_map(self, extra: PathMap | None) -> None:
         """Add rules from outside the job file: ``--path-map`` pairs join the job's rules
         (longest prefix wins; on a tie the flag's), a farm's OpenJD rules (``extra.before``)
