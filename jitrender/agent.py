@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import shutil
 import socketserver
 import tempfile
@@ -152,11 +153,7 @@ class Agent:
         self._server = _Server(str(self.socket_path), self)
         os.chmod(self.socket_path, 0o600)
         self._thread = threading.Thread(
-            # A short poll interval: shutdown() waits up to one interval, at the end of every run.
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="jitrender-agent",
-            daemon=True,
+            target=self._server.serve, name="jitrender-agent", daemon=True
         )
         self._thread.start()
         # Linked libraries must be local before Blender loads the scene.
@@ -166,7 +163,9 @@ class Agent:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            self._server.stop()
+            if self._thread is not None:
+                self._thread.join()
             self._server.server_close()
             self._server = None
         self._log(f"stopped {json.dumps(self.stats.to_json(), sort_keys=True)}")
@@ -388,10 +387,34 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True  # a client that never hangs up must not keep the run alive
+    timeout = 0  # handle_request() runs once a client is waiting: it never blocks
 
     def __init__(self, path: str, agent: Agent) -> None:
         self.agent = agent
         super().__init__(path, _Handler)
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopping = False
+
+    def serve(self) -> None:
+        """Accept clients until :meth:`stop`, which ends the loop at once (``serve_forever``
+        notices a shutdown only at its next poll: up to one interval at the end of every run)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _events in selector.select():
+                    if key.fileobj is self and not self._stopping:
+                        self.handle_request()
+
+    def stop(self) -> None:
+        self._stopping = True
+        os.write(self._wake_write, b"\0")
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 # -- the client (standard library only) ------------------------------------------------------

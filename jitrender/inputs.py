@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from jitrender.aio import AsyncFetcher
 from jitrender.cache import Cache, CacheResult
 from jitrender.deps import Dependency
 from jitrender.errors import JitrenderError, MissingDependencyError, Preempted
@@ -30,6 +29,9 @@ from jitrender.paths import workspace_relstr
 from jitrender.progress import Progress, QuietProgress
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, Stores, with_retries
 from jitrender.transfer import InflightBudget, listing_ranges
+
+if TYPE_CHECKING:  # made on the first cold small fetch: asyncio costs a warm run 40 ms to import
+    from jitrender.aio import AsyncFetcher
 
 # Objects below this are bound by round trips, not bytes: capping their bytes in flight only
 # cost each a cross-thread wake-up; the fetcher's queue keeps them in frame order anyway.
@@ -82,7 +84,7 @@ class Inputs:
         self._by_frame: dict[int, list[Future[Path]]] = {}  # the others, by frame
         self._closed = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
-        self._aio = AsyncFetcher(cache, self.retry, self._pool, self._stopping)
+        self._aio: AsyncFetcher | None = None  # see _async()
         # One admission policy for every prefetch: in the order asked, bytes in flight capped.
         self._budget = InflightBudget(prefetch_bytes)
         self._queue: queue.SimpleQueue[tuple[str, Future[Path]] | None] = queue.SimpleQueue()
@@ -368,12 +370,22 @@ class Inputs:
             elif not self._budget.acquire(info.size, self._stopping):
                 raise Preempted("stopped while waiting to fetch")
         store = self.store(url)
-        if AsyncFetcher.eligible(info, store):
-            fetching = self._aio.fetch(info, store)
+        fetcher = self._async()
+        if fetcher.eligible(info, store):
+            fetching = fetcher.fetch(info, store)
             fetching.add_done_callback(lambda f: self._fetched_async(url, info, future, f))
         else:
             self._pool.submit(self._fetch_admitted, url, info, future)
         return True
+
+    def _async(self) -> AsyncFetcher:
+        """The run's asyncio fetcher, made (and asyncio imported) on the first cold fetch."""
+        with self._lock:
+            if self._aio is None:
+                from jitrender.aio import AsyncFetcher
+
+                self._aio = AsyncFetcher(self.cache, self.retry, self._pool, self._stopping)
+            return self._aio
 
     def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path]) -> None:
         try:
@@ -432,7 +444,10 @@ class Inputs:
         in one transaction."""
         self._closed = True  # a dispatcher waiting for the byte budget gives up
         self._queue.put(None)
-        self._aio.close()  # before the pool it hands work to
+        with self._lock:
+            fetcher = self._aio
+        if fetcher is not None:
+            fetcher.close()  # before the pool it hands work to
         self._pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(JitrenderError, OSError):
             self.cache.record_run(list(self.hits), list(self.fetched))
