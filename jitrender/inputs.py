@@ -374,8 +374,9 @@ class Inputs:
         if fetcher.eligible(info, store):
             fetching = fetcher.fetch(info, store)
             fetching.add_done_callback(lambda f: self._fetched_async(url, info, future, f))
-        else:
-            self._pool.submit(self._fetch_admitted, url, info, future)
+        else:  # its ranges queue behind those admitted before it, whichever thread is first
+            order = self.cache.ranged.reserve()
+            self._pool.submit(self._fetch_admitted, url, info, future, order)
         return True
 
     def _async(self) -> AsyncFetcher:
@@ -387,12 +388,25 @@ class Inputs:
                 self._aio = AsyncFetcher(self.cache, self.retry, self._pool, self._stopping)
             return self._aio
 
-    def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path]) -> None:
+    def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path], order: int) -> None:
+        """The thread path for an admitted object: a large one's bytes go back to the budget
+        range by range, as each range's request is made, so the next objects' ranges queue
+        while this one's last ones are still arriving (the link never waits between them)."""
+        charged = info.size if info.size >= LATENCY_BOUND_BYTES else 0
+        lock = threading.Lock()
+
+        def started(size: int) -> None:
+            nonlocal charged
+            with lock:  # a retry starts the ranges again: never give back more than was taken
+                size, charged = min(size, charged), charged - min(size, charged)
+            if size:
+                self._budget.release(size)
+
         try:
-            self._fetch_and_link(url, future, info)
+            with self.cache.ranged.scheduled(order, started, self._stopping):
+                self._fetch_and_link(url, future, info)
         finally:
-            if info.size >= LATENCY_BOUND_BYTES:
-                self._budget.release(info.size)
+            started(charged)  # whatever no range gave back (cached meanwhile, failed, small)
 
     def _fetched_async(
         self, url: str, info: ObjectInfo, future: Future[Path], fetched: Future[CacheResult]
