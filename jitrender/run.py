@@ -385,8 +385,9 @@ class JobRun:
         if self.uploader is not None:
             self.uploader.close(wait=not self.stop.is_set())
         record_run(self.cache.root, self.job.display_name, report)
-        if self._logs is not None:  # bounded when stopping: the deadline comes first
-            self._logs.close(timeout=1.0 if self.stop.is_set() else 30.0)
+        if self._logs is not None:  # bounded when stopping: what is left of the flush budget
+            left = self.stopping.remaining(self.options.flush_budget_s) - 1.0  # 1 s: the report
+            self._logs.close(timeout=max(1.0, left) if self.stop.is_set() else 30.0)
             if not self.stop.is_set():
                 self._logs.ship_bytes("report.json", json.dumps(report.to_json()).encode())
         if self.run_dir is not None:
