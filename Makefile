@@ -35,9 +35,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict jitrender
 
-# In parallel (pytest-xdist): most tests wait on real processes, so workers beyond the cores
-# still help. PYTEST_WORKERS=0 runs in this process; tests/conftest.py says what is shared.
-PYTEST_WORKERS ?= 4
+# In parallel (pytest-xdist), one worker per core: the suite is mostly CPU (real processes),
+# and more workers than cores only stretch the tests that time themselves.
+# PYTEST_WORKERS=0 runs in this process; tests/conftest.py says what the workers share.
+PYTEST_WORKERS ?= auto
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope tests
 
