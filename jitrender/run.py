@@ -57,7 +57,7 @@ from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
 from jitrender.stagemarks import stage_marker_writer
-from jitrender.stopping import Stop, seconds_from_env
+from jitrender.stopping import Stop, check_stop_settings, seconds_from_env
 from jitrender.storage import RetryPolicy, Stores
 
 
@@ -88,6 +88,9 @@ class RunOptions:
     flush_budget_s: float = field(
         default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
     )
+
+    def __post_init__(self) -> None:
+        check_stop_settings()  # read only when stopping: a bad value is refused now (78)
 
 
 def job_cache(job: Job, options: RunOptions) -> Cache:
