@@ -42,7 +42,9 @@ def run(quick: bool) -> dict[str, Any]:
             first_fetch = float(first.timings["fetch_s"])
             # The hardest case for overlap: each frame renders as long as its fetch takes.
             render_s = round(max(0.1, fetch_total / FRAMES), 3)
-            render = [{"name": "render", "per": "frame", "command": ["sleep", str(render_s)]}]
+            # Each frame leaves an (empty) output: a frame with none is a failed frame.
+            mark = f'sleep {render_s}; : > "$JITRENDER_OUTPUTS/render.$JITRENDER_FRAMES.done"'
+            render = [{"name": "render", "per": "frame", "command": ["sh", "-c", mark]}]
             _, overlapped = common.run_job_here(
                 job("overlap", f"1-{FRAMES}", render), root / "c-ov"
             )
