@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any, Literal, TypeVar
+from typing import IO, Any, ClassVar, Literal, TypeVar
 
 import google_crc32c
 
@@ -244,11 +244,14 @@ class Store(ABC):
     """One storage backend. Methods raise the underlying library's exceptions; callers wrap
     them in :func:`with_retries`."""
 
-    def media_request(
-        self, info: ObjectInfo, start: int = 0, end: int | None = None, *, auth: bool = True
-    ) -> tuple[str, dict[str, str]] | None:
-        """URL and headers of one plain HTTP GET of ``info``'s bytes, where the store has one
-        (then small objects are fetched on the asyncio path); None otherwise."""
+    # Whether many stats/listings at once go faster (network round trips); False where each is
+    # CPU work in this process (a local folder), which threads only make fight for the GIL.
+    concurrent_reads: ClassVar[bool] = True
+
+    def http_object(self, info: ObjectInfo) -> tuple[str, str, dict[str, str]] | None:
+        """``(base URL, path below it, headers)`` of one plain HTTP GET of ``info``'s whole
+        bytes (credentials included), where the store has one: then objects below
+        ``LARGE_OBJECT_BYTES`` are fetched on the asyncio path. None otherwise."""
         return None
 
     @abstractmethod
@@ -375,6 +378,8 @@ class LocalStore(Store):
     objects carry their metadata as ``user.jitrender.*`` extended attributes where the
     filesystem supports them."""
 
+    concurrent_reads = False
+
     def delete(self, url: str) -> None:
         _local_delete(url)
 
@@ -393,6 +398,17 @@ class LocalStore(Store):
         )
 
     def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
+        return self._scan(prefix_url, recursive, None)
+
+    def list_range(
+        self, prefix_url: str, first_url: str, last_url: str
+    ) -> builtins.list[ObjectInfo]:
+        # Names outside the range are skipped before any stat or checksum tag is read.
+        return self._scan(prefix_url, False, (first_url, last_url))
+
+    def _scan(
+        self, prefix_url: str, recursive: bool, bounds: tuple[str, str] | None
+    ) -> builtins.list[ObjectInfo]:
         prefix_path = local_path_of(prefix_url)
         if prefix_url.endswith("/") or prefix_path.is_dir():
             folder, name_prefix = prefix_path, ""
@@ -405,21 +421,31 @@ class LocalStore(Store):
         stack = [(folder, base)]
         while stack:
             current, current_url = stack.pop()
+            top = current is folder
             with os.scandir(current) as entries:
                 for entry in entries:
-                    top = current == folder
                     if top and not entry.name.startswith(name_prefix):
                         continue
                     if entry.name.endswith((_PART_SUFFIX, _CRC_SIDECAR_SUFFIX)):
                         continue
                     entry_url = f"{current_url}/{entry.name}"
+                    if bounds is not None and not bounds[0] <= entry_url <= bounds[1]:
+                        continue
                     if entry.is_dir(follow_symlinks=True):
                         if recursive:
                             stack.append((Path(entry.path), entry_url))
                     elif entry.is_file(follow_symlinks=True):
                         st = entry.stat(follow_symlinks=True)
-                        crc = local_crc32c(Path(entry.path), st)
-                        found.append(ObjectInfo(entry_url, st.st_size, _local_generation(st), crc))
+                        generation = _local_generation(st)
+                        # The stored tag read by name (no Path per entry): 100k-file listings.
+                        tag = _read_crc_tag(entry.path)
+                        if tag is not None and tag[0] == generation:
+                            crc: str | None = tag[1]
+                        else:
+                            crc = local_crc32c(Path(entry.path), st)
+                        found.append(
+                            ObjectInfo(entry_url, st.st_size, generation, crc, _NO_METADATA)
+                        )
         found.sort(key=lambda info: info.url)
         return found
 
@@ -558,12 +584,12 @@ def _crc_sidecar(path: Path) -> Path:
     return path.with_name(f".{path.name}{_CRC_SIDECAR_SUFFIX}")
 
 
-def _read_crc_tag(path: Path) -> tuple[str, str] | None:
+def _read_crc_tag(path: Path | str) -> tuple[str, str] | None:
     try:
         raw = os.getxattr(path, _CRC_XATTR)
     except (OSError, AttributeError):
         try:
-            raw = _crc_sidecar(path).read_bytes()
+            raw = _crc_sidecar(Path(path)).read_bytes()
         except OSError:
             return None
     generation, _, crc = raw.decode("ascii", "replace").partition(" ")
@@ -649,11 +675,11 @@ class _GcsReader:
             if self._pool is None:
                 import urllib3
 
-                # The CA bundle the requests path (uploads) is told to use, as requests reads it.
-                bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                from jitrender.transport import http_settings
+
                 self._pool = urllib3.PoolManager(
                     maxsize=self._pool_size,
-                    ca_certs=bundle or None,
+                    ca_certs=http_settings().ca_bundle,  # as requests (uploads) is told
                     retries=False,  # with_retries decides, by classify()
                     timeout=urllib3.Timeout(connect=30, read=300),
                 )
@@ -699,12 +725,13 @@ class _GcsReader:
 
 
 def _info_of(bucket: str, item: Mapping[str, Any]) -> ObjectInfo:
+    metadata = item.get("metadata")
     return ObjectInfo(
-        url=f"gs://{bucket}/{item['name']}",
-        size=int(item.get("size") or 0),
-        generation=str(item.get("generation")),
-        crc32c=item.get("crc32c"),
-        metadata=dict(item.get("metadata") or {}),
+        f"gs://{bucket}/{item['name']}",
+        int(item.get("size") or 0),
+        str(item.get("generation")),
+        item.get("crc32c"),
+        dict(metadata) if metadata else _NO_METADATA,  # most have none: no dict each
     )
 
 
@@ -729,8 +756,9 @@ class GCSStore(Store):
         self._lock = threading.Lock()
         # Reads go the light way unless proxies are set, which only the google-cloud-storage
         # (requests) session honours.
-        proxies = any(k.lower().endswith("_proxy") for k in os.environ)
-        self._reader = None if proxies else _GcsReader(self.POOL_CONNECTIONS)
+        from jitrender.transport import http_settings
+
+        self._reader = None if http_settings().has_proxies else _GcsReader(self.POOL_CONNECTIONS)
 
     def _client(self) -> Any:
         """One client for all threads (as transfer_manager does with threads): building a
@@ -755,8 +783,10 @@ class GCSStore(Store):
                 )
                 client._http.mount("https://", adapter)
                 client._http.mount("http://", adapter)
-                env_settings = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-                if not any(k.lower().endswith("_proxy") or k in env_settings for k in os.environ):
+                from jitrender.transport import http_settings
+
+                settings = http_settings()
+                if not settings.has_proxies and settings.ca_bundle is None:
                     # Else requests scans the whole environment for proxies on every request.
                     client._http.trust_env = False
                 self._shared = client
@@ -845,11 +875,11 @@ class GCSStore(Store):
                 found.append(self._info(blob))
         return found
 
-    def media_request(
-        self, info: ObjectInfo, start: int = 0, end: int | None = None, *, auth: bool = True
+    def _media_request(
+        self, info: ObjectInfo, start: int = 0, end: int | None = None
     ) -> tuple[str, dict[str, str]]:
-        """The URL and headers (credentials included) of one media GET of ``info``'s bytes,
-        pinned to its generation, for any HTTP client (the small-object fetcher's is aiohttp)."""
+        """The URL and headers (no credentials: the caller's client adds them) of one media
+        GET of ``info``'s bytes, pinned to its generation."""
         from urllib.parse import quote
 
         reader = self._reader
@@ -866,19 +896,32 @@ class GCSStore(Store):
         last = (end if end is not None else info.size) - 1
         if start > 0 or last < info.size - 1:
             headers["Range"] = f"bytes={start}-{last}"
-        if reader is not None:
-            if auth:
-                reader.authorize("GET", url, headers)
-            return url, headers
+        return url, headers
+
+    def http_object(self, info: ObjectInfo) -> tuple[str, str, dict[str, str]]:
+        """The object's XML API URL (``<base>/<bucket>/<name>``, which needs no query string,
+        so any HTTP client can join it) and the credentials' headers. It is not pinned to the
+        generation: the caller's size and crc32c check turns another version's bytes away."""
+        reader = self._reader
+        base = reader.base if reader is not None else self._client()._connection.API_BASE_URL
+        bucket_name, name = self._split(info.url)
+        headers: dict[str, str] = {}
+        self._authorize(f"{base}/{bucket_name}/{name}", headers)
+        return base, f"{bucket_name}/{name}", headers
+
+    def _authorize(self, url: str, headers: dict[str, str]) -> None:
+        """Add the credentials' header for a GET of ``url`` (refreshing a token when due)."""
+        if self._reader is not None:
+            self._reader.authorize("GET", url, headers)
+            return
         credentials = self._client()._http.credentials
-        if auth and not isinstance(credentials, _anonymous_credentials_type()):
+        if not isinstance(credentials, _anonymous_credentials_type()):
             with self._lock:  # refreshes (rarely) a shared token: one thread at a time
                 if self._auth_request is None:
                     from google.auth.transport.requests import Request
 
                     self._auth_request = Request(self._client()._http)
                 credentials.before_request(self._auth_request, "GET", url, headers)
-        return url, headers
 
     def download(
         self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
@@ -886,7 +929,7 @@ class GCSStore(Store):
         # One streamed media GET read in 1 MiB pieces: blob.download_to_file reads 8 KiB at a
         # time, which made the Python loop, not the link, the limit on large objects.
         if self._reader is not None:
-            url, headers = self.media_request(info, start, end, auth=False)
+            url, headers = self._media_request(info, start, end)
             response = self._reader.get(url, headers, stream=True)
             try:
                 self._check_encoding(info, response.headers)
@@ -895,7 +938,7 @@ class GCSStore(Store):
             finally:
                 response.release_conn()
             return
-        url, headers = self.media_request(info, start, end, auth=False)  # the session adds it
+        url, headers = self._media_request(info, start, end)  # the session adds it
         with self._client()._http.get(
             url, headers=headers, stream=True, timeout=(30, 300)
         ) as response:
