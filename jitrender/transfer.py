@@ -5,7 +5,8 @@ The decisions about *what* to fetch, and when, live in :mod:`jitrender.plan` and
 :mod:`jitrender.inputs`; this module only moves one object's bytes into one local file as
 fast as the link allows.
 
-Large objects are split into ranges fetched by parallel connections and written in place with
+Large objects are split into ranges, all objects' ranges in one queue (the earliest admitted
+object's first) served by a fixed set of worker threads, each range written in place with
 ``os.pwrite`` into a preallocated file; each range is checksummed as it arrives and the
 CRC32C values are combined (GF(2) arithmetic, microseconds) into the whole object's CRC32C,
 so verifying needs no second read of the file.

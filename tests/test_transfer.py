@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -10,7 +12,11 @@ import google_crc32c
 import pytest
 
 from jitrender import cache as cache_module
+from jitrender import transport as transport_module
 from jitrender.cache import Cache
+from jitrender.deps import Dependency
+from jitrender.errors import Preempted
+from jitrender.inputs import Inputs
 from jitrender.storage import ChecksumMismatch, GCSStore, ObjectInfo, Store
 from jitrender.transfer import InflightBudget, RangedDownloader, chunk_ranges, crc32c_combine
 from tests.conftest import put_object
@@ -152,3 +158,142 @@ def test_concurrent_fetches_are_all_indexed(local_bucket: str, tmp_path: Path) -
     stats = cache.stats()
     assert stats["entries"] == 64
     assert stats["bytes"] == sum(i.size for i in infos)
+
+
+class _Gated(GCSStore):
+    """A GCS store that records when each range starts and can hold one range until a gate
+    opens (bounded), to see what the scheduler does meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[tuple[str, int]] = []
+        self.hold: tuple[str, int] | None = None  # (object name, range start); ("*", -1): the first
+        self.gate = threading.Event()
+        self.held_through: list[bool] = []  # per held range: the gate opened (not timed out)
+
+    def download(
+        self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
+    ) -> None:
+        name = info.url.rsplit("/", 1)[-1]
+        self.started.append((name, start))
+        if (name, start) == self.hold or (self.hold == ("*", -1) and len(self.started) == 1):
+            self.held_through.append(self.gate.wait(10))
+        super().download(info, sink, start, end)
+
+
+def _large_objects(gcs_bucket: str, names: list[str], size: int) -> dict[str, bytes]:
+    objects = {name: os.urandom(size) for name in names}
+    for name, data in objects.items():
+        put_object(f"{gcs_bucket}/seq/{name}", data)
+    return objects
+
+
+def test_prefetch_starts_the_next_objects_ranges_while_the_current_ones_last_is_arriving(
+    gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Budget of one object: admitting the next one only once the current one had arrived in
+    # full would leave the link idle between them (each object's slowest range alone).
+    objects = _large_objects(gcs_bucket, ["p.0001.exr", "p.0002.exr"], 4 * CHUNK)
+    monkeypatch.setattr(cache_module, "LARGE_OBJECT_BYTES", CHUNK)
+    monkeypatch.setattr(transport_module, "LARGE_OBJECT_BYTES", CHUNK)
+    cache = Cache(tmp_path / "cache")
+    cache.ranged = RangedDownloader(chunk_bytes=CHUNK, workers=4)
+    store = _Gated()
+    store.hold = ("p.0001.exr", 3 * CHUNK)  # the first object's last range waits ...
+
+    def opened(name: str) -> None:  # ... until the second object's first range is asked for
+        if name == "p.0002.exr":
+            store.gate.set()
+
+    original = store.download
+    monkeypatch.setattr(
+        store,
+        "download",
+        lambda info, sink, start=0, end=None: (
+            opened(info.url.rsplit("/", 1)[-1]),
+            original(info, sink, start, end),
+        )[1],
+    )
+    inputs = Inputs(cache, tmp_path / "ws", prefetch_bytes=4 * CHUNK)
+    monkeypatch.setattr(inputs, "store", lambda url: store)
+    deps = inputs.stat_all(
+        [Dependency(n, f"{gcs_bucket}/seq/{n}", (i + 1,)) for i, n in enumerate(objects)]
+    )
+    inputs.prefetch(deps)
+    inputs.wait([1, 2])
+    inputs.close()
+    assert store.held_through == [True]
+    for name, data in objects.items():
+        assert inputs.local_path(f"{gcs_bucket}/seq/{name}").read_bytes() == data
+
+
+def test_ranges_are_served_in_the_order_their_downloads_were_admitted(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    objects = _large_objects(gcs_bucket, ["gate.vdb", "f1.vdb", "f2.vdb"], 2 * CHUNK)
+    store = _Gated()
+    store.hold = ("gate.vdb", CHUNK)  # the one worker is busy while both others queue
+    ranged = RangedDownloader(chunk_bytes=CHUNK, workers=1)
+    first, second = ranged.reserve(), ranged.reserve()
+    infos = {n: store.stat(f"{gcs_bucket}/seq/{n}") for n in objects}
+    digests: dict[str, str] = {}
+
+    def fetch(name: str, order: int | None) -> None:
+        info = infos[name]
+        assert info is not None
+        if order is None:
+            digests[name] = ranged.download(info, store, tmp_path / name)
+            return
+        with ranged.scheduled(order):
+            digests[name] = ranged.download(info, store, tmp_path / name)
+
+    threads = [threading.Thread(target=fetch, args=("gate.vdb", None))]
+    threads[0].start()
+    while ("gate.vdb", CHUNK) not in store.started:
+        time.sleep(0.01)
+    # Asked for in the wrong order (threads race): the reserved order still decides.
+    for name, order in (("f2.vdb", second), ("f1.vdb", first)):
+        threads.append(threading.Thread(target=fetch, args=(name, order)))
+        threads[-1].start()
+        time.sleep(0.2)
+    store.gate.set()
+    for thread in threads:
+        thread.join(10)
+    ranged.close()
+    assert store.started[2:] == [("f1.vdb", 0), ("f1.vdb", CHUNK), ("f2.vdb", 0), ("f2.vdb", CHUNK)]
+    for name, data in objects.items():
+        assert (tmp_path / name).read_bytes() == data
+        assert digests[name] == infos[name].crc32c  # type: ignore[union-attr]
+
+
+def test_a_stopped_run_drops_the_queued_ranges_and_leaves_no_partial_entry(
+    gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = _large_objects(gcs_bucket, ["p.0001.exr", "p.0002.exr"], 2 * CHUNK)
+    monkeypatch.setattr(cache_module, "LARGE_OBJECT_BYTES", CHUNK)
+    monkeypatch.setattr(transport_module, "LARGE_OBJECT_BYTES", CHUNK)
+    cache = Cache(tmp_path / "cache")
+    cache.ranged = RangedDownloader(chunk_bytes=CHUNK, workers=1)
+    store = _Gated()
+    store.hold = ("*", -1)  # whichever range the one worker takes first
+    stop = threading.Event()
+    inputs = Inputs(cache, tmp_path / "ws", stop=stop, prefetch_bytes=8 * CHUNK)
+    monkeypatch.setattr(inputs, "store", lambda url: store)
+    deps = inputs.stat_all(
+        [Dependency(n, f"{gcs_bucket}/seq/{n}", (i + 1,)) for i, n in enumerate(objects)]
+    )
+    inputs.prefetch(deps)
+    while not store.started:
+        time.sleep(0.01)
+    stop.set()  # SIGTERM: what is queued is not asked for
+    store.gate.set()
+    with pytest.raises(Preempted):
+        inputs.wait([1, 2])
+    deadline = time.monotonic() + 10
+    while list(cache.tmp.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inputs.close()
+    assert len(store.started) == 1  # the held range; every queued one was dropped
+    assert list(cache.tmp.iterdir()) == []
+    for dep in deps:
+        assert cache.lookup(store.stat(dep.url)) is None  # type: ignore[arg-type]
