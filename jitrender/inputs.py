@@ -114,6 +114,18 @@ class Inputs:
         self._remember(infos)
         return infos
 
+    def list_prefixes(self, prefixes: Sequence[str]) -> list[list[ObjectInfo]]:
+        """:meth:`list_prefix` (recursive) of each of ``prefixes``, concurrently where their
+        storage gains from it; in order."""
+        found: dict[str, list[ObjectInfo]] = {}
+
+        def one(prefix: str) -> None:
+            found[prefix] = self.list_prefix(prefix, True)
+
+        with ThreadPoolExecutor(max(1, min(self.workers, len(prefixes)))) as pool:
+            self._each(pool, one, [(prefix, prefix) for prefix in prefixes])
+        return [found[prefix] for prefix in prefixes]
+
     def _list_range(self, prefix: str, first: str, last: str) -> None:
         store = self.store(prefix)
         self._remember(
