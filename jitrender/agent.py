@@ -11,6 +11,11 @@ the workspace) and answers one JSON object per line, one answer line per request
     {"op": "map", "path": ...}          -> like resolve, without fetching (patterns, folders)
     {"op": "prefetch", "paths": [...]}  -> {"ok": true, "queued": n}   (returns at once)
     {"op": "frame", "frame": 12}        -> {"ok": true, "queued": n}   (frame 12 is next)
+    {"op": "frame", "frame": 12, "wait": true}
+        -> {"ok": true, "queued": n, "files": [{"path", "url", "source", "local" | "error"}]}
+           (every file the resolver says frame 12 needs, each local once the answer comes,
+           or with "error" when it does not exist in storage: what a plugin fetches per frame
+           instead of re-deriving the DCC's frame arithmetic)
     {"op": "list", "path": <folder>}    -> {"ok": true, "names": [...], "local": <folder>}
     {"op": "ping"}                      -> {"ok": true, "version": 1, "workspace": ...}
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import shutil
 import socketserver
 import tempfile
@@ -147,11 +153,7 @@ class Agent:
         self._server = _Server(str(self.socket_path), self)
         os.chmod(self.socket_path, 0o600)
         self._thread = threading.Thread(
-            # A short poll interval: shutdown() waits up to one interval, at the end of every run.
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="jitrender-agent",
-            daemon=True,
+            target=self._server.serve, name="jitrender-agent", daemon=True
         )
         self._thread.start()
         # Linked libraries must be local before Blender loads the scene.
@@ -161,7 +163,9 @@ class Agent:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            self._server.stop()
+            if self._thread is not None:
+                self._thread.join()
             self._server.server_close()
             self._server = None
         self._log(f"stopped {json.dumps(self.stats.to_json(), sort_keys=True)}")
@@ -259,6 +263,23 @@ class Agent:
         self._log(f"frame {frame}: {queued} queued")
         return queued
 
+    def frame_files(self, frame: int) -> list[dict[str, str]]:
+        """Every dependency ``frame`` needs, fetched into the workspace (this waits for them):
+        ``path`` (as written), ``url``, ``source`` and ``local``, or ``error`` for a file that
+        does not exist in storage. Storage failures after retries raise."""
+        needed = [d for d in self.deps if d.needed_by(frame)]
+        self.inputs.prefetch_urls(d.url for d in needed)  # in parallel; the loop below waits
+        files = []
+        for dep in needed:
+            entry = {"path": dep.path, "url": dep.url, "source": dep.source}
+            try:
+                entry["local"] = str(self.inputs.into_workspace(dep.url))
+            except MissingDependencyError:
+                self.stats.missing += 1
+                entry["error"] = f"{dep.url}: does not exist in storage"
+            files.append(entry)
+        return files
+
     def list_folder(self, path: str) -> tuple[list[str], Path]:
         """Names directly below a mapped folder (files and sub-folders), from storage."""
         url = self.url_for(path).rstrip("/")
@@ -319,7 +340,10 @@ class Agent:
             frame = request.get("frame")
             if isinstance(frame, bool) or not isinstance(frame, int):
                 raise RequestError("bad_request", "'frame' must be an integer")
-            return {"ok": True, "queued": self.frame_next(frame)}
+            answer: dict[str, Any] = {"ok": True, "queued": self.frame_next(frame)}
+            if request.get("wait") is True:
+                answer["files"] = self.frame_files(frame)
+            return answer
         if op == "list":
             names, local = self.list_folder(request.get("path"))  # type: ignore[arg-type]
             return {"ok": True, "names": names, "local": str(local)}
@@ -363,10 +387,34 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True  # a client that never hangs up must not keep the run alive
+    timeout = 0  # handle_request() runs once a client is waiting: it never blocks
 
     def __init__(self, path: str, agent: Agent) -> None:
         self.agent = agent
         super().__init__(path, _Handler)
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopping = False
+
+    def serve(self) -> None:
+        """Accept clients until :meth:`stop`, which ends the loop at once (``serve_forever``
+        notices a shutdown only at its next poll: up to one interval at the end of every run)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _events in selector.select():
+                    if key.fileobj is self and not self._stopping:
+                        self.handle_request()
+
+    def stop(self) -> None:
+        self._stopping = True
+        os.write(self._wake_write, b"\0")
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 # -- the client (standard library only) ------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Exit codes: 0 done, 65 the job's data is wrong, 75 retry (preempted / transient), 78
 configuration error (bad job file, bad flags, permissions). Errors are one line on stderr.
-"""
 
-from __future__ import annotations
+Annotations here are objects, not strings (no ``from __future__ import annotations``): typer
+reads every command's signature, and compiling string annotations cost 20 ms a start.
+"""
 
 import sys
 
@@ -27,17 +28,18 @@ from jitrender.errors import ConfigError, ExitCode, JitrenderError
 if TYPE_CHECKING:
     from jitrender.stopping import Stop
 
-app = typer.Typer(
-    name="jitrender",
-    help=(
+_APP_SETTINGS: dict[str, Any] = {
+    "name": "jitrender",
+    "help": (
         "Just-in-time render node: fetch exactly the files a job's frames need into a shared "
         "node-local cache, render, and upload every output exactly once, as soon as it exists."
     ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+    "no_args_is_help": True,
+    "add_completion": False,
+    "pretty_exceptions_enable": False,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+app = typer.Typer(**_APP_SETTINGS)
 cache_app = typer.Typer(help="Inspect and maintain the node-local cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
@@ -50,6 +52,7 @@ CacheDir = Annotated[
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+ReportFlag = Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")]
 PathMapFlag = Annotated[
     list[str] | None,
     typer.Option(
@@ -93,9 +96,7 @@ def run(
     task_count: Annotated[
         int | None, typer.Option("--task-count", help="How many tasks share the frames.")
     ] = None,
-    report: Annotated[
-        Path | None, typer.Option("--report", help="Write the JSON report here.")
-    ] = None,
+    report: ReportFlag = None,
     as_json: JsonFlag = False,
     cache_dir: CacheDir = None,
     cache_max_size: Annotated[
@@ -240,12 +241,10 @@ def run(
 
 def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:
     """A drained node, or one that blocked this job, starts nothing (exit 69)."""
-    from jitrender.cache import default_cache_dir
     from jitrender.errors import NodeUnavailable
     from jitrender.health import NodeHealth
 
-    root = cache_dir or (Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir())
-    why = NodeHealth(root).refusal(job.job_hash())
+    why = NodeHealth(job.cache_folder(cache_dir)).refusal(job.job_hash())
     if why is not None:
         raise NodeUnavailable(why)
 
@@ -297,11 +296,11 @@ def deps(
     path_map_rules: PathMapRules = None,
 ) -> None:
     """List the files the given frames of a scene need (and what is missing or unresolved)."""
-    from jitrender.cache import Cache, default_cache_dir
+    from jitrender.cache import Cache, default_cache_dir, parse_size
     from jitrender.job import load_job
     from jitrender.paths import PathMap, file_url, is_url
-    from jitrender.plan import resolve_scene
-    from jitrender.run import RunOptions, resolve_job
+    from jitrender.plan import resolve_job_scene, resolve_scene
+    from jitrender.progress import QuietProgress
     from jitrender.sequences import parse_frames
 
     try:
@@ -309,8 +308,9 @@ def deps(
         if job_file is not None:
             job = load_job(job_file).model_copy(update={"scene": scene, "resolver": resolver})
             frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
-            options = RunOptions(cache_dir=cache_dir, extra_path_map=extra)
-            found = resolve_job(job, frame_list, options)
+            job.use_path_map(extra)  # first: the scene's URL goes through it
+            cache = Cache(job.cache_folder(cache_dir), parse_size(job.cache.max_size))
+            found = resolve_job_scene(job, frame_list, cache, job.path_mapping(), QuietProgress())
             scene_url = job.scene_url or scene  # after the --path-map rules joined the job's
         else:
             frame_list = parse_frames(frames or "1", "--frames")
@@ -499,58 +499,46 @@ def requeue(
 @app.command()
 def submit(
     job_file: Annotated[Path, typer.Argument(help="The job.yaml to submit.", metavar="JOB")],
-    farm: Annotated[
-        str, typer.Option("--farm", help="slurm | kubernetes | gcp-batch | aws-batch | openjd")
-    ],
-    tasks: Annotated[int | None, typer.Option("--tasks", help="Farm tasks to start.")] = None,
+    # A value option's flag is its name, as typer spells it (time_limit: --time-limit).
+    farm: Annotated[str, typer.Option(help="slurm | kubernetes | gcp-batch | aws-batch | openjd")],
+    tasks: Annotated[int | None, typer.Option(help="Farm tasks to start.")] = None,
     chunk: Annotated[
-        int | None, typer.Option("--chunk", help="Frames per task (sets the task count).")
+        int | None, typer.Option(help="Frames per task (sets the task count).")
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the farm's document; submit nothing.")
     ] = False,
-    name: Annotated[str | None, typer.Option("--name", help="Farm job name stem.")] = None,
-    image: Annotated[
-        str | None, typer.Option("--image", help="Container image (container farms).")
-    ] = None,
+    name: Annotated[str | None, typer.Option(help="Farm job name stem.")] = None,
+    image: Annotated[str | None, typer.Option(help="Container image (container farms).")] = None,
     job_path: Annotated[
-        str | None,
-        typer.Option("--job-path", help="The job file as the farm's nodes see it (gs:// too)."),
+        str | None, typer.Option(help="The job file as the farm's nodes see it (gs:// too).")
     ] = None,
     queue: Annotated[
-        str | None, typer.Option("--queue", help="Slurm partition / AWS Batch job queue.")
+        str | None, typer.Option(help="Slurm partition / AWS Batch job queue.")
     ] = None,
-    cpus: Annotated[int, typer.Option("--cpus", help="CPUs per task.")] = 16,
-    memory: Annotated[str, typer.Option("--memory", help="Memory per task, e.g. 60GB.")] = "60GB",
-    time_limit: Annotated[
-        int, typer.Option("--time-limit", help="Seconds one attempt may run.")
-    ] = 21600,
-    parallelism: Annotated[
-        int | None, typer.Option("--parallelism", help="Tasks at once (default: all).")
-    ] = None,
+    cpus: Annotated[int, typer.Option(help="CPUs per task.")] = 16,
+    memory: Annotated[str, typer.Option(help="Memory per task, e.g. 60GB.")] = "60GB",
+    time_limit: Annotated[int, typer.Option(help="Seconds one attempt may run.")] = 21600,
+    parallelism: Annotated[int | None, typer.Option(help="Tasks at once (default: all).")] = None,
     max_retries: Annotated[
-        int, typer.Option("--max-retries", help="Retries per task after exit 75 / preemption.")
+        int, typer.Option(help="Retries per task after exit 75 / preemption.")
     ] = 3,
     node_cache_dir: Annotated[
-        str | None, typer.Option("--node-cache-dir", help="Cache folder on the farm's nodes.")
+        str | None, typer.Option(help="Cache folder on the farm's nodes.")
     ] = None,
     jitrender_command: Annotated[
         str, typer.Option("--jitrender", help="Command that starts jitrender on a node.")
     ] = "jitrender",
-    log_dir: Annotated[
-        Path | None, typer.Option("--log-dir", help="Slurm log folder (created).")
+    log_dir: Annotated[Path | None, typer.Option(help="Slurm log folder (created).")] = None,
+    bundle_dir: Annotated[
+        Path | None, typer.Option(help="Where the OpenJD bundle is written.")
     ] = None,
-    bundle: Annotated[
-        Path | None, typer.Option("--bundle-dir", help="Where the OpenJD bundle is written.")
-    ] = None,
-    namespace: Annotated[
-        str, typer.Option("--namespace", help="Kubernetes namespace.")
-    ] = "default",
+    namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "default",
     kubernetes_version: Annotated[
-        str, typer.Option("--kubernetes-version", help="Oldest cluster version to target.")
+        str, typer.Option(help="Oldest cluster version to target.")
     ] = "1.29",
-    project: Annotated[str | None, typer.Option("--project", help="GCP project.")] = None,
-    region: Annotated[str | None, typer.Option("--region", help="GCP / AWS region.")] = None,
+    project: Annotated[str | None, typer.Option(help="GCP project.")] = None,
+    region: Annotated[str | None, typer.Option(help="GCP / AWS region.")] = None,
 ) -> None:
     """Write the farm's own job for JOB (task count, exit-code retry policy, preemption) and
     submit it with the farm's client; prints the farm's job id and how to follow it."""
@@ -576,7 +564,7 @@ def submit(
             cache_dir=node_cache_dir,
             jitrender=jitrender_command,
             log_dir=log_dir.resolve() if log_dir is not None else None,
-            bundle_dir=bundle,
+            bundle_dir=bundle_dir,
             namespace=namespace,
             kubernetes_version=kubernetes_version,
             project=project,
@@ -584,8 +572,8 @@ def submit(
         )
         document = farms.farm_job(job, options)
         if dry_run:
-            if document.farm == "openjd" and bundle is not None:
-                farms.write_bundle(bundle, document)
+            if document.farm == "openjd" and bundle_dir is not None:
+                farms.write_bundle(bundle_dir, document)
             typer.echo(document.document, nl=False)
             raise typer.Exit(0)
         farm_id = farms.submit(job, document, options)
@@ -746,9 +734,7 @@ def assemble(
     frames: Annotated[
         str | None, typer.Option("--frames", "-f", help="Frames to assemble (default: all).")
     ] = None,
-    report: Annotated[
-        Path | None, typer.Option("--report", help="Write the JSON report here.")
-    ] = None,
+    report: ReportFlag = None,
     as_json: JsonFlag = False,
     cache_dir: CacheDir = None,
     path_map: PathMapFlag = None,
@@ -839,7 +825,25 @@ def _options(
     node-local cache, render, and upload every output exactly once, as soon as it exists."""
 
 
-def main(argv: list[str] | None = None, stop: Stop | None = None) -> None:
+def _app_for(args: list[str]) -> typer.Typer:
+    """``app`` with only the command ``args`` name (typer builds each command's options on
+    every start); ``app`` itself for help, ``--version``, a typo or no command."""
+    from typer.main import get_command_name
+
+    name = args[0] if args else ""
+    for info in app.registered_commands:
+        if (
+            info.callback is not None
+            and (info.name or get_command_name(info.callback.__name__)) == name
+        ):
+            light = typer.Typer(**_APP_SETTINGS)
+            light.registered_callback = app.registered_callback
+            light.registered_commands = [info]
+            return light
+    return app
+
+
+def main(argv: list[str] | None = None, stop: "Stop | None" = None) -> None:
     """Entry point: usage errors exit 78 with one line, like every configuration error.
     ``stop``: the :class:`~jitrender.stopping.Stop` :mod:`jitrender.entry` holds for ``run``."""
     args = sys.argv[1:] if argv is None else argv
@@ -850,7 +854,8 @@ def main(argv: list[str] | None = None, stop: Stop | None = None) -> None:
         # until the process exits: a SIGTERM at any moment ends with the report's exit code.
         stop = Stop().hold()
     try:
-        code = app(args=args, standalone_mode=False, obj=stop)  # an int when a command raised Exit
+        # An int when a command raised Exit.
+        code = _app_for(args)(args=args, standalone_mode=False, obj=stop)
     except TyperException as exc:  # usage errors: unknown flag, bad value, missing argument
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message())

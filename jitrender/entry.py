@@ -3,6 +3,11 @@
 ``jitrender run`` holds SIGTERM/SIGINT before anything slow is imported (typer, the run's
 modules) and before the job is loaded, so the process never dies by the signal itself (see
 :mod:`jitrender.stopping`); then the CLI runs. Every other command starts as it always did.
+
+When the command is over the process ends at once with its exit code: stdout and stderr
+flushed and ``atexit`` handlers run, as at any exit, but without the interpreter's teardown
+(freeing every object of a run: 0.1-0.4 s after the last request). Where a thread that
+Python would wait for is still running, the exit is the ordinary one.
 """
 
 from __future__ import annotations
@@ -18,4 +23,37 @@ def main() -> None:
         stop = Stop().hold()
     from jitrender.cli import main as cli_main
 
-    cli_main(stop=stop)
+    try:
+        cli_main(stop=stop)
+    except SystemExit as exc:
+        _end(exc.code)
+    _end(0)
+
+
+def _end(code: str | int | None) -> None:
+    """Exit with ``code`` (what ``sys.exit`` was given), skipping the interpreter's teardown
+    when nothing would outlive it anyway: no non-daemon thread other than this one."""
+    import atexit
+    import os
+    import threading
+
+    me = threading.current_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not me):
+        sys.exit(code)  # Python joins those threads first: keep that
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): printed, status 1, as Python does
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()  # logging's flush, temporary folders' cleanup: what exit runs
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head): nothing more can be said
+            if stream is sys.stdout and status == 0:
+                status = 120  # what Python exits with when it cannot flush stdout
+    os._exit(status & 0xFF)

@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from jitrender.aio import AsyncFetcher
 from jitrender.cache import Cache, CacheResult
 from jitrender.deps import Dependency
 from jitrender.errors import JitrenderError, MissingDependencyError, Preempted
@@ -30,6 +29,9 @@ from jitrender.paths import workspace_relstr
 from jitrender.progress import Progress, QuietProgress
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, Stores, with_retries
 from jitrender.transfer import InflightBudget, listing_ranges
+
+if TYPE_CHECKING:  # made on the first cold small fetch: asyncio costs a warm run 40 ms to import
+    from jitrender.aio import AsyncFetcher
 
 # Objects below this are bound by round trips, not bytes: capping their bytes in flight only
 # cost each a cross-thread wake-up; the fetcher's queue keeps them in frame order anyway.
@@ -82,7 +84,7 @@ class Inputs:
         self._by_frame: dict[int, list[Future[Path]]] = {}  # the others, by frame
         self._closed = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
-        self._aio = AsyncFetcher(cache, self.retry, self._pool, self._stopping)
+        self._aio: AsyncFetcher | None = None  # see _async()
         # One admission policy for every prefetch: in the order asked, bytes in flight capped.
         self._budget = InflightBudget(prefetch_bytes)
         self._queue: queue.SimpleQueue[tuple[str, Future[Path]] | None] = queue.SimpleQueue()
@@ -218,9 +220,7 @@ class Inputs:
                 raise MissingDependencyError(url)
             store, dest = self.store(url), self.local_path(url)
             # Linked by the cache, which wins a race with another process's eviction.
-            result = with_retries(
-                lambda: self.cache.fetch_into(info, store, dest, record=False), url, self.retry
-            )
+            result = with_retries(lambda: self.cache.fetch_into(info, store, dest), url, self.retry)
             self._linked(url, info, result)
         except BaseException as exc:
             self._failed(url, future, exc)
@@ -380,19 +380,43 @@ class Inputs:
             elif not self._budget.acquire(info.size, self._stopping):
                 raise Preempted("stopped while waiting to fetch")
         store = self.store(url)
-        if AsyncFetcher.eligible(info, store):
-            fetching = self._aio.fetch(info, store)
+        fetcher = self._async()
+        if fetcher.eligible(info, store):
+            fetching = fetcher.fetch(info, store)
             fetching.add_done_callback(lambda f: self._fetched_async(url, info, future, f))
-        else:
-            self._pool.submit(self._fetch_admitted, url, info, future)
+        else:  # its ranges queue behind those admitted before it, whichever thread is first
+            order = self.cache.ranged.reserve()
+            self._pool.submit(self._fetch_admitted, url, info, future, order)
         return True
 
-    def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path]) -> None:
+    def _async(self) -> AsyncFetcher:
+        """The run's asyncio fetcher, made (and asyncio imported) on the first cold fetch."""
+        with self._lock:
+            if self._aio is None:
+                from jitrender.aio import AsyncFetcher
+
+                self._aio = AsyncFetcher(self.cache, self.retry, self._pool, self._stopping)
+            return self._aio
+
+    def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path], order: int) -> None:
+        """The thread path for an admitted object: a large one's bytes go back to the budget
+        range by range, as each range's request is made, so the next objects' ranges queue
+        while this one's last ones are still arriving (the link never waits between them)."""
+        charged = info.size if info.size >= LATENCY_BOUND_BYTES else 0
+        lock = threading.Lock()
+
+        def started(size: int) -> None:
+            nonlocal charged
+            with lock:  # a retry starts the ranges again: never give back more than was taken
+                size, charged = min(size, charged), charged - min(size, charged)
+            if size:
+                self._budget.release(size)
+
         try:
-            self._fetch_and_link(url, future, info)
+            with self.cache.ranged.scheduled(order, started, self._stopping):
+                self._fetch_and_link(url, future, info)
         finally:
-            if info.size >= LATENCY_BOUND_BYTES:
-                self._budget.release(info.size)
+            started(charged)  # whatever no range gave back (cached meanwhile, failed, small)
 
     def _fetched_async(
         self, url: str, info: ObjectInfo, future: Future[Path], fetched: Future[CacheResult]
@@ -444,7 +468,10 @@ class Inputs:
         in one transaction."""
         self._closed = True  # a dispatcher waiting for the byte budget gives up
         self._queue.put(None)
-        self._aio.close()  # before the pool it hands work to
+        with self._lock:
+            fetcher = self._aio
+        if fetcher is not None:
+            fetcher.close()  # before the pool it hands work to
         self._pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(JitrenderError, OSError):
             self.cache.record_run(list(self.hits), list(self.fetched))

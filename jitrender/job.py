@@ -2,9 +2,11 @@
 
 Every mistake in a job file becomes one :class:`ConfigError` line that names the file, the
 line, the key and what is wrong; never a traceback.
-"""
 
-from __future__ import annotations
+Built cheaply, since every command starts by loading a job: annotations are objects, not
+strings (pydantic compiled each string again: 12 ms a start), and default factories are
+lambdas (pydantic inspects a factory's signature; a builtin's is parsed from text).
+"""
 
 import hashlib
 import json
@@ -48,7 +50,7 @@ class DepSpec(BaseModel):
     frames: str | None = None  # the frames that need it; default: every frame
 
     @model_validator(mode="after")
-    def _one_of(self) -> DepSpec:
+    def _one_of(self) -> "DepSpec":
         if (self.path is None) == (self.prefix is None):
             raise ValueError("give exactly one of 'path' or 'prefix'")
         return self
@@ -71,7 +73,7 @@ class SplitSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_kind(self) -> SplitSpec:
+    def _one_kind(self) -> "SplitSpec":
         if (self.tiles is None) == (self.samples is None):
             raise ValueError("give exactly one of 'tiles' or 'samples'")
         if self.overscan is not None and self.tiles is None:
@@ -94,13 +96,13 @@ class StageSpec(BaseModel):
     per: Literal["frame", "chunk"] = "frame"
     command: str | list[str] | None = None
     engine: str | None = None
-    args: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
+    args: dict[str, Any] = Field(default_factory=lambda: {})
+    env: dict[str, str] = Field(default_factory=lambda: {})
     timeout: float | None = Field(default=None, gt=0)
     split: SplitSpec | None = None  # see jitrender.split
 
     @model_validator(mode="after")
-    def _command_or_engine(self) -> StageSpec:
+    def _command_or_engine(self) -> "StageSpec":
         if self.command is None and self.engine is None:
             raise ValueError("give a 'command' or an 'engine'")
         if self.command is not None and self.engine not in (None, "command"):
@@ -155,13 +157,13 @@ class Job(BaseModel):
     resolver: str = "auto"
     frames: str | int
     chunk: int | None = Field(default=None, ge=1)  # frames per farm task, when split by index
-    path_map: list[PathRuleSpec] | dict[str, Any] = Field(default_factory=list)
-    deps: list[str | DepSpec] = Field(default_factory=list)
+    path_map: list[PathRuleSpec] | dict[str, Any] = Field(default_factory=lambda: [])
+    deps: list[str | DepSpec] = Field(default_factory=lambda: [])
     stages: list[StageSpec] = Field(min_length=1)
     outputs: OutputsSpec
-    cache: CacheSpec = Field(default_factory=CacheSpec)
-    retries: RetriesSpec = Field(default_factory=RetriesSpec)
-    env: dict[str, str] = Field(default_factory=dict)
+    cache: CacheSpec = Field(default_factory=lambda: CacheSpec())
+    retries: RetriesSpec = Field(default_factory=lambda: RetriesSpec())
+    env: dict[str, str] = Field(default_factory=lambda: {})
 
     source: Path | None = Field(default=None, exclude=True)
     # Rules from outside the job (--path-map, a farm's OpenJD rules): see use_path_map().
@@ -253,6 +255,17 @@ class Job(BaseModel):
 
     def frame_list(self) -> list[int]:
         return parse_frames(self.frames)
+
+    def cache_folder(self, override: Path | None = None) -> Path:
+        """The node cache this job uses: ``override`` (``--cache-dir``), else the job's
+        ``cache.dir``, else the default (``$JITRENDER_CACHE_DIR`` or ~/.cache/jitrender)."""
+        if override is not None:
+            return override
+        if self.cache.dir:
+            return Path(self.cache.dir).expanduser()
+        from jitrender.cache import default_cache_dir
+
+        return default_cache_dir()
 
     def use_path_map(self, extra: PathMap | None) -> None:
         """Add rules from outside the job file: ``--path-map`` pairs join the job's rules

@@ -33,7 +33,7 @@ from typing import Any
 
 from jitrender import resume
 from jitrender.agent import Agent
-from jitrender.cache import Cache, default_cache_dir, parse_size
+from jitrender.cache import Cache, parse_size
 from jitrender.chunk import FrameBooks, StageRunner, run_chunks
 from jitrender.deps import Dependencies
 from jitrender.engines import Workspace
@@ -91,11 +91,9 @@ class RunOptions:
 
 
 def job_cache(job: Job, options: RunOptions) -> Cache:
-    cache_dir = options.cache_dir or (
-        Path(job.cache.dir).expanduser() if job.cache.dir else default_cache_dir()
-    )
     max_bytes = options.cache_max_bytes
-    return Cache(cache_dir, parse_size(job.cache.max_size) if max_bytes is None else max_bytes)
+    cap = parse_size(job.cache.max_size) if max_bytes is None else max_bytes
+    return Cache(job.cache_folder(options.cache_dir), cap)
 
 
 def job_path_map(job: Job, options: RunOptions) -> PathMap:

@@ -1,0 +1,68 @@
+"""Start-up stays cheap: a command imports only what its work needs (``-X importtime``'s list of
+every module a real ``jitrender`` process imported, read from its stderr).
+
+A warm run (every dependency in the cache) fetches nothing, so none of the download machinery
+(aiohttp and asyncio, gcsfs, google-cloud-storage) nor fileseq for a plain frame range may be
+imported; a local job needs no HTTP client at all. The dependencies are the shared job
+builder's (tests/renderjobs.py): what they hold does not matter here, only where they live."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+from tests.renderjobs import jitrender_env, make_job, run
+
+# Imported by a run that downloads (or by no run at all): never by a warm one.
+FETCHING = ("aiohttp", "asyncio", "gcsfs", "google.cloud.storage", "OpenImageIO", "numpy")
+_IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", re.MULTILINE)
+
+
+def _imported(output: str) -> set[str]:
+    names = set(_IMPORTED.findall(output))
+    assert "jitrender.cli" in names, output[-2000:]  # the variable reached the process
+    return names
+
+
+def _top(names: set[str], wanted: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if any(n == w or n.startswith(w + ".") for w in wanted))
+
+
+def _warm_rerun_imports(tmp_path: Path, deps_bucket: str, outputs: str) -> set[str]:
+    renders = {"to": f"{outputs}/renders", "files": ["frame.####.txt"]}
+    job = make_job(tmp_path / "job", deps_bucket, "1-2", extra={"outputs": renders})
+    code, out, _ = run(job)  # cold: fills the cache
+    assert code == 0, out
+    env = jitrender_env(job, PYTHONPROFILEIMPORTTIME="1", JITRENDER_HEARTBEAT_INTERVAL="10")
+    code, out, report = run(job, "--rerender", env=env, report="warm.json")
+    assert code == 0, out
+    assert report["cache"]["misses"] == 0 and report["cache"]["hits"] == 3, report["cache"]
+    return _imported(out)
+
+
+def test_warm_run_from_gcs_imports_no_download_machinery(
+    gcs_bucket: str, local_bucket: str, tmp_path: Path
+) -> None:
+    names = _warm_rerun_imports(tmp_path, gcs_bucket, local_bucket)
+    assert _top(names, (*FETCHING, "fileseq")) == []
+
+
+def test_warm_local_run_imports_no_http_client(local_bucket: str, tmp_path: Path) -> None:
+    names = _warm_rerun_imports(tmp_path, local_bucket, local_bucket)
+    assert _top(names, (*FETCHING, "fileseq", "urllib3", "urllib.request")) == []
+
+
+def test_cli_module_and_version_import_no_job_or_storage_code() -> None:
+    """What every command pays before its own work: typer and the CLI's definitions only."""
+    probe = (
+        "import sys, jitrender.cli; "
+        "print(' '.join(m for m in sys.modules if m.startswith(('jitrender.', 'pydantic', "
+        "'yaml', 'urllib3', 'asyncio', 'fileseq', 'watchdog', 'google'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.split()
+    assert sorted(loaded) == ["jitrender.cli", "jitrender.errors"]
