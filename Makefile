@@ -35,9 +35,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict jitrender
 
-# In parallel (pytest-xdist): most tests wait on real processes, so workers beyond the cores
-# still help. PYTEST_WORKERS=0 runs in this process; tests/conftest.py says what is shared.
-PYTEST_WORKERS ?= 4
+# In parallel (pytest-xdist), one worker per usable CPU (nproc; xdist's "auto" counts
+# physical cores, 1 on a 2-vCPU runner): the suite is mostly CPU (real processes), and more
+# workers than CPUs only stretch the tests that time themselves. PYTEST_WORKERS=0 runs in
+# one process; tests/conftest.py says what the workers share.
+PYTEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope tests
 

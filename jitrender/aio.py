@@ -23,7 +23,6 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import google_crc32c
@@ -243,7 +242,7 @@ class AsyncFetcher:
     def _no_get() -> tuple[str, str, dict[str, str]]:
         raise _Fallback
 
-    async def _get(self, http: Any, path: str, info: ObjectInfo, part: Path) -> None:
+    async def _get(self, http: Any, path: str, info: ObjectInfo, part: str) -> None:
         """Stream the object into the new file ``part``, checksummed as it arrives; anything
         unusual (an HTTP error, a short body, a checksum mismatch) raises :class:`_Fallback`,
         a full disk its ``OSError``."""
@@ -292,7 +291,7 @@ class AsyncFetcher:
             self._recording = [f for f in self._recording if not f.done()]
 
 
-def _create(part: Path) -> int:
+def _create(part: str) -> int:
     return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
 

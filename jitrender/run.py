@@ -57,7 +57,7 @@ from jitrender.preemption import PreemptionWatcher
 from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
 from jitrender.stagemarks import stage_marker_writer
-from jitrender.stopping import Stop, seconds_from_env
+from jitrender.stopping import Stop, check_stop_settings, seconds_from_env
 from jitrender.storage import RetryPolicy, Stores
 
 
@@ -88,6 +88,9 @@ class RunOptions:
     flush_budget_s: float = field(
         default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
     )
+
+    def __post_init__(self) -> None:
+        check_stop_settings()  # read only when stopping: a bad value is refused now (78)
 
 
 def job_cache(job: Job, options: RunOptions) -> Cache:
@@ -385,8 +388,9 @@ class JobRun:
         if self.uploader is not None:
             self.uploader.close(wait=not self.stop.is_set())
         record_run(self.cache.root, self.job.display_name, report)
-        if self._logs is not None:  # bounded when stopping: the deadline comes first
-            self._logs.close(timeout=1.0 if self.stop.is_set() else 30.0)
+        if self._logs is not None:  # bounded when stopping: what is left of the flush budget
+            left = self.stopping.remaining(self.options.flush_budget_s) - 1.0  # 1 s: the report
+            self._logs.close(timeout=max(1.0, left) if self.stop.is_set() else 30.0)
             if not self.stop.is_set():
                 self._logs.ship_bytes("report.json", json.dumps(report.to_json()).encode())
         if self.run_dir is not None:

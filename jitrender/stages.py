@@ -24,7 +24,8 @@ TERM_GRACE_ENV = "JITRENDER_TERM_GRACE_S"
 
 
 def term_grace_s() -> float:
-    """The SIGTERM-to-SIGKILL grace: ``$JITRENDER_TERM_GRACE_S`` when it is a number."""
+    """The SIGTERM-to-SIGKILL grace: ``$JITRENDER_TERM_GRACE_S`` when it is a number (a run
+    refuses any other value at start: ``stopping.check_stop_settings``)."""
     try:
         return float(os.environ.get(TERM_GRACE_ENV, TERM_GRACE_S))
     except ValueError:

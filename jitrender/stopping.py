@@ -160,11 +160,21 @@ def bounded(call: Callable[[], T], seconds: float, what: str) -> T:
 
 def backstop_s() -> float:
     """Seconds from a stop to the hard exit: ``$JITRENDER_STOP_BACKSTOP_S`` or 12 (GKE Spot
-    gives ~15 s). Never raises: a bad value means the default."""
+    gives ~15 s). Never raises (a stopping run reads it): a bad value means the default, and
+    a run refuses one at start (:func:`check_stop_settings`)."""
     try:
         return float(os.environ.get("JITRENDER_STOP_BACKSTOP_S", 12.0))
     except ValueError:
         return 12.0
+
+
+def check_stop_settings() -> None:
+    """ConfigError (78) when a setting read only once the run is stopping is not a number:
+    ``JITRENDER_STOP_BACKSTOP_S`` and ``JITRENDER_TERM_GRACE_S`` (their readers never raise)."""
+    from jitrender.stages import TERM_GRACE_ENV, TERM_GRACE_S
+
+    seconds_from_env("JITRENDER_STOP_BACKSTOP_S", 12.0)
+    seconds_from_env(TERM_GRACE_ENV, TERM_GRACE_S)
 
 
 def seconds_from_env(name: str, default: float) -> float:

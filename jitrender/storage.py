@@ -72,6 +72,9 @@ class PutResult:
     info: ObjectInfo | None
 
 
+Metadata = Mapping[str, str] | None  # an object's custom metadata, where a call sets some
+
+
 class ChecksumMismatch(Exception):
     """Downloaded bytes do not match what storage promised. Retried, then exit 75."""
 
@@ -282,19 +285,12 @@ class Store(ABC):
 
     @abstractmethod
     def put_if_absent(
-        self,
-        source: Path,
-        url: str,
-        metadata: Mapping[str, str] | None = None,
-        *,
-        overwrite: bool = False,
+        self, source: Path, url: str, metadata: Metadata = None, *, overwrite: bool = False
     ) -> PutResult:
         """Create the object from a local file only if it does not exist (or, with ``overwrite``,
         replace it). An existing object with the same bytes is ``identical``, not a conflict."""
 
-    def put_bytes_if_absent(
-        self, data: bytes, url: str, metadata: Mapping[str, str] | None = None
-    ) -> PutResult:
+    def put_bytes_if_absent(self, data: bytes, url: str, metadata: Metadata = None) -> PutResult:
         """Create a small object from bytes only if it does not exist."""
         import tempfile
 
@@ -461,12 +457,7 @@ class LocalStore(Store):
             _copy_range(handle, sink, start, end if end is not None else st.st_size)
 
     def put_if_absent(
-        self,
-        source: Path,
-        url: str,
-        metadata: Mapping[str, str] | None = None,
-        *,
-        overwrite: bool = False,
+        self, source: Path, url: str, metadata: Metadata = None, *, overwrite: bool = False
     ) -> PutResult:
         final = local_path_of(url)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -497,9 +488,7 @@ class LocalStore(Store):
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
 
-    def put_bytes_if_absent(
-        self, data: bytes, url: str, metadata: Mapping[str, str] | None = None
-    ) -> PutResult:
+    def put_bytes_if_absent(self, data: bytes, url: str, metadata: Metadata = None) -> PutResult:
         """As the base class, but the bytes wait in a part file next to the object (never in
         ``$TMPDIR``): a killed process's part is removed by the next put there."""
         final = local_path_of(url)
@@ -960,12 +949,7 @@ class GCSStore(Store):
             )
 
     def put_if_absent(
-        self,
-        source: Path,
-        url: str,
-        metadata: Mapping[str, str] | None = None,
-        *,
-        overwrite: bool = False,
+        self, source: Path, url: str, metadata: Metadata = None, *, overwrite: bool = False
     ) -> PutResult:
         from google.api_core.exceptions import PreconditionFailed
 
@@ -986,9 +970,7 @@ class GCSStore(Store):
         outcome: PutOutcome = "created" if existing is None else "overwritten"
         return PutResult(outcome, self._info(blob))
 
-    def put_bytes_if_absent(
-        self, data: bytes, url: str, metadata: Mapping[str, str] | None = None
-    ) -> PutResult:
+    def put_bytes_if_absent(self, data: bytes, url: str, metadata: Metadata = None) -> PutResult:
         """One create-if-absent upload straight from memory (no temp file a kill could leave)."""
         from google.api_core.exceptions import PreconditionFailed
 
@@ -1076,12 +1058,7 @@ class FsspecStore(Store):
             _copy_range(handle, sink, start, end if end is not None else info.size)
 
     def put_if_absent(
-        self,
-        source: Path,
-        url: str,
-        metadata: Mapping[str, str] | None = None,
-        *,
-        overwrite: bool = False,
+        self, source: Path, url: str, metadata: Metadata = None, *, overwrite: bool = False
     ) -> PutResult:
         existing = self.stat(url)
         if existing is not None and not overwrite:

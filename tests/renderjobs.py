@@ -234,7 +234,9 @@ def rendered(root: Path, bucket: str, frames: str = "1-6", **kwargs: Any) -> Ren
     return job
 
 
-def wait_for(what: Callable[[], bool], timeout: float = 20, step: float = 0.02) -> None:
+def wait_for(what: Callable[[], bool], timeout: float = 60, step: float = 0.02) -> None:
+    """Poll ``what`` until true; AssertionError after ``timeout`` s (generous: a loaded
+    machine runs several test workers; a met condition returns at once)."""
     deadline = time.monotonic() + timeout
     while not what():
         if time.monotonic() > deadline:

@@ -213,3 +213,18 @@ def test_a_full_cache_disk_is_one_retryable_line_naming_the_folder_and_the_bytes
     line = next(line for line in out.splitlines() if "error:" in line)
     assert f"{cache}: no space left on the cache's disk for {bucket}/assets/" in line
     assert "(1500000 bytes needed" in line
+
+
+@pytest.mark.parametrize(
+    "name", ["JITRENDER_FLUSH_BUDGET_S", "JITRENDER_TERM_GRACE_S", "JITRENDER_STOP_BACKSTOP_S"]
+)
+def test_a_stop_timing_that_is_not_a_number_is_78_before_anything_renders(
+    tmp_path: Path, name: str
+) -> None:
+    """The stop's timings are read only once a run stops; a bad one is refused at start."""
+    job = write_job(tmp_path)
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), **{name: "5s"})
+    env["JITRENDER_PREEMPTION_WATCH"] = "off"
+    line = one_line(cli("run", str(job), "--progress", "plain", env=env), 78)
+    assert f"{name}: '5s' is not a number of seconds" in line
+    assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered

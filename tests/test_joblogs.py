@@ -26,19 +26,24 @@ def logs(job: RenderJob, *args: str) -> tuple[int, str]:
     return out.returncode, out.stdout + out.stderr
 
 
-# Says something, then works for a while (long enough for a periodic copy to happen).
+# Says something, then works until the test creates the file argv[4] (at most argv[3] s),
+# long enough for a periodic copy to happen.
 CHATTY = (
-    "import sys, time, pathlib; print('frame', sys.argv[1], 'halfway', flush=True); "
-    "time.sleep(float(sys.argv[3])); "
+    "import sys, time, pathlib; print('frame', sys.argv[1], 'halfway', flush=True)\n"
+    "end = time.monotonic() + float(sys.argv[3])\n"
+    "while time.monotonic() < end and not pathlib.Path(sys.argv[4]).exists(): time.sleep(0.1)\n"
     "pathlib.Path(sys.argv[2], f'frame.{{int(sys.argv[1]):04d}}.txt').write_text('ok')"
 )
 
 
 def _chatty(job_root: Path, bucket: str, seconds: float) -> RenderJob:
+    release = job_root / "release"
     stage = {
         "name": "render",
-        "command": [sys.executable, "-c", CHATTY, "{frame}", "{outputs}", str(seconds)],
-    }
+        "command": [
+            sys.executable, "-c", CHATTY, "{frame}", "{outputs}", str(seconds), str(release),
+        ],
+    }  # fmt: skip
     return make_job(job_root, bucket, "1", extra={"stages": [stage]})
 
 
@@ -82,6 +87,7 @@ def test_logs_reach_the_bucket_while_the_stage_runs(gcs_bucket: str, tmp_path: P
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(timeout=10)
+    (job.root / "release").write_text("")  # the stage may end now
     code, out = finish(proc)
     assert code == 0, out
 
