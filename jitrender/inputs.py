@@ -43,6 +43,16 @@ _FEED_BATCH = 256
 _WAIT_BATCH = 256
 
 
+class _BatchClaim(Future[Path]):
+    """One claim for a prefetch batch of up to 256 inputs, not a Future (and a Condition) each:
+    it settles once the batch's cached inputs are linked; the others are handed claims of
+    their own first (``moved``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moved: list[tuple[str, Future[Path]]] = []
+
+
 class Inputs:
     """Stat memo, listings and single-flight fetch-and-link below ``root`` for one run.
 
@@ -79,9 +89,9 @@ class Inputs:
         self._futures: dict[str, Future[Path]] = {}
         self._planned: dict[str, Future[Path]] = {}
         self._deps: list[Dependency] = []
-        self._always: list[Future[Path]] = []  # planned inputs every frame needs, in order
+        self._always: list[str] = []  # planned inputs every frame needs, in order
         self._always_ok = 0  # how many of those a finished wait saw in (never to check again)
-        self._by_frame: dict[int, list[Future[Path]]] = {}  # the others, by frame
+        self._by_frame: dict[int, list[str]] = {}  # the others, by frame
         self._closed = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
         self._aio: AsyncFetcher | None = None  # see _async()
@@ -115,6 +125,18 @@ class Inputs:
         infos = with_retries(lambda: store.list(prefix, recursive=recursive), prefix, self.retry)
         self._remember(infos)
         return infos
+
+    def list_prefixes(self, prefixes: Sequence[str]) -> list[list[ObjectInfo]]:
+        """:meth:`list_prefix` (recursive) of each of ``prefixes``, concurrently where their
+        storage gains from it; in order."""
+        found: dict[str, list[ObjectInfo]] = {}
+
+        def one(prefix: str) -> None:
+            found[prefix] = self.list_prefix(prefix, True)
+
+        with ThreadPoolExecutor(max(1, min(self.workers, len(prefixes)))) as pool:
+            self._each(pool, one, [(prefix, prefix) for prefix in prefixes])
+        return [found[prefix] for prefix in prefixes]
 
     def _list_range(self, prefix: str, first: str, last: str) -> None:
         store = self.store(prefix)
@@ -184,10 +206,18 @@ class Inputs:
         """Fetch ``url`` into the cache and link it below ``root``, once however many threads
         ask; raises :class:`MissingDependencyError` when it does not exist and storage errors
         after retries (a later call tries again)."""
-        future, owner = self._claim(url)
-        if owner:
-            self._fetch_and_link(url, future)
-        return future.result()
+        while True:
+            future, owner = self._claim(url)
+            if owner:
+                self._fetch_and_link(url, future)
+            result = future.result()
+            if not isinstance(future, _BatchClaim):
+                return result
+            with self._lock:
+                if self._futures.get(url) is future:
+                    return self.local_path(url)  # linked from the cache with its batch
+            # Its batch handed it a claim of its own (not cached) or dropped it (failed): ask
+            # again, which waits for that claim or tries again.
 
     def _claim(self, url: str) -> tuple[Future[Path], bool]:
         with self._lock:
@@ -241,7 +271,7 @@ class Inputs:
     def prefetch(self, deps: Sequence[Dependency]) -> None:
         """Start fetching the planned ``deps`` in the order given (the order frames need
         them) and return at once; :meth:`wait` then blocks only for a frame's own."""
-        owned: list[tuple[str, Future[Path]]] = []
+        batches: list[tuple[_BatchClaim, list[str]]] = []
         with self._lock:  # once for all of them, not twice per dependency
             self._deps.extend(deps)
             if not self._prefetch_started:
@@ -250,48 +280,70 @@ class Inputs:
                 url = dep.url
                 future = self._futures.get(url)
                 if future is None:  # unclaimed: this prefetch owns its fetch (as _claim does)
-                    future = self._futures[url] = Future()
+                    if not batches or len(batches[-1][1]) == _FEED_BATCH:
+                        batches.append((_BatchClaim(), []))
+                    future = self._futures[url] = batches[-1][0]
+                    batches[-1][1].append(url)
                     self._pending.add(url)
-                    owned.append((url, future))
                 self._planned[url] = future
                 if dep.frames is None:
-                    self._always.append(future)
+                    self._always.append(url)
                 else:
                     for frame in dep.frames:
-                        self._by_frame.setdefault(frame, []).append(future)
+                        self._by_frame.setdefault(frame, []).append(url)
         # One thread admits them (linking cached ones): the caller starts the stages meanwhile.
         threading.Thread(
-            target=self._feed, args=(owned,), name="jitrender-feed", daemon=True
+            target=self._feed, args=(batches,), name="jitrender-feed", daemon=True
         ).start()
 
-    def _feed(self, owned: Sequence[tuple[str, Future[Path]]]) -> None:
-        for start in range(0, len(owned), _FEED_BATCH):
-            self._feed_batch(owned[start : start + _FEED_BATCH])
+    def _feed(self, batches: Sequence[tuple[_BatchClaim, list[str]]]) -> None:
+        for claim, urls in batches:
+            self._feed_batch(claim, urls)
 
-    def _feed_batch(self, batch: Sequence[tuple[str, Future[Path]]]) -> None:
-        """Link the cached ones of ``batch`` at once (one index query for the lot), and hand
-        the rest, in order, to :meth:`_enqueue`."""
-        infos = [self._known.get(url) for url, _ in batch]
+    def _feed_batch(self, claim: _BatchClaim, urls: Sequence[str]) -> None:
+        """Link the cached ones of a batch (one index query for the lot; they stay on the
+        batch's one claim), give each of the rest a claim of its own, settle the batch, then
+        hand the rest, in order, to :meth:`_enqueue`."""
+        settled: set[str] = set()  # linked, or failed on their own claim
         try:
-            found = iter(self.cache.lookup_many([info for info in infos if info is not None]))
-        except Exception:  # the one-by-one path reports it against each input
-            found = iter(())
-        for (url, future), info in zip(batch, infos, strict=True):
-            cached = next(found, None) if info is not None else None
-            if info is None or cached is None or self._stopping():
-                self._enqueue(url, future)
-                continue
-            dest = self._local_str(url)
+            infos = [self._known.get(url) for url in urls]
             try:
-                self.cache.link_into(cached, dest)
-            except FileNotFoundError:  # evicted just now: fetch it like a cold one
+                found = iter(self.cache.lookup_many([i for i in infos if i is not None]))
+            except Exception:  # the one-by-one path reports it against each input
+                found = iter(())
+            for url, info in zip(urls, infos, strict=True):
+                cached = next(found, None) if info is not None else None
+                if info is None or cached is None or self._stopping():
+                    continue
+                try:
+                    self.cache.link_into(cached, self._local_str(url))
+                except FileNotFoundError:  # evicted just now: fetch it like a cold one
+                    continue
+                except Exception as exc:
+                    self._failed(url, self._move(claim, url), exc)
+                    settled.add(url)
+                    continue
+                self._linked(url, info, CacheResult(Path(cached), False, 0))
+                settled.add(url)
+        except Exception:  # the one-by-one path below meets (and reports) it again
+            pass
+        finally:  # whatever happened, the batch settles and the rest go the one-by-one way
+            owned = [(url, self._move(claim, url)) for url in urls if url not in settled]
+            claim.set_result(self.root)
+            for url, future in owned:
                 self._enqueue(url, future)
-                continue
-            except BaseException as exc:
-                self._failed(url, future, exc)
-                continue
-            self._linked(url, info, CacheResult(Path(cached), False, 0))
-            future.set_result(Path(dest))
+
+    def _move(self, claim: _BatchClaim, url: str) -> Future[Path]:
+        """``url``'s own claim instead of its batch's, made before the batch settles (so no
+        waiter sees the batch settled without it)."""
+        future: Future[Path] = Future()
+        with self._lock:
+            if self._futures.get(url) is claim:
+                self._futures[url] = future
+            if self._planned.get(url) is claim:
+                self._planned[url] = future
+            claim.moved.append((url, future))
+        return future
 
     def prefetch_urls(self, urls: Iterable[str]) -> int:
         """Queue ``urls`` not asked for yet (after what is queued); returns how many."""
@@ -427,25 +479,31 @@ class Inputs:
         fetch's error, or :class:`Preempted` once ``stop`` is set."""
         with self._lock:  # the frames' own, from an index (not a pass over every dependency)
             always = len(self._always)
-            needed = self._always[self._always_ok :]
+            urls = self._always[self._always_ok :]
             for frame in dict.fromkeys(frames):
-                needed.extend(self._by_frame.get(frame, ()))
-        if needed and self.stop.is_set():
+                urls.extend(self._by_frame.get(frame, ()))
+            claims = list(dict.fromkeys(self._planned[url] for url in urls))
+        if claims and self.stop.is_set():
             raise Preempted("stopped while waiting for dependencies")
-        pending = [future for future in needed if not future.done()]
-        while pending:
+        wanted: set[str] | None = None
+        index = 0
+        while index < len(claims):
             if self.stop.is_set():
                 raise Preempted("stopped while waiting for dependencies")
             # A few hundred at a time, woken once when all are in (or one fails): waiting on
             # each in turn cost two thread switches per input, 1,000 in a warm run.
-            head = pending[:_WAIT_BATCH]
-            done, _ = futures_wait(head, timeout=0.2, return_when=FIRST_EXCEPTION)
-            if any(future.exception() is not None for future in done):
-                break
-            pending = [future for future in pending if not future.done()]
-        for future in needed:  # the first failure, in fetch order
-            if future.done() and future.exception() is not None:
-                future.result()
+            head = claims[index : index + _WAIT_BATCH]
+            futures_wait(head, timeout=0.2, return_when=FIRST_EXCEPTION)
+            for future in head:  # the first failure, in fetch order
+                if future.done() and future.exception() is not None:
+                    future.result()
+            if not all(future.done() for future in head):
+                continue
+            for future in head:  # a settled batch: the claims it handed out come next
+                if isinstance(future, _BatchClaim) and future.moved:
+                    wanted = set(urls) if wanted is None else wanted
+                    claims.extend(f for url, f in future.moved if url in wanted)
+            index += len(head)
         with self._lock:
             self._always_ok = max(self._always_ok, always)  # all in: later waits skip them
 

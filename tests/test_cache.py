@@ -237,3 +237,30 @@ def test_verify_drops_tampered_entries(gcs_bucket: str, cache_dir: Path) -> None
     path.write_bytes(b"evil bytes")
     assert cache.verify() == {"checked": 1, "bad": 1, "orphans_removed": 0}
     assert cache.lookup(_info(store, url)) is None
+
+
+def test_batch_lookup_answers_as_one_by_one_lookups_do(tmp_path: Path, cache_dir: Path) -> None:
+    """A warm run's one index query for many inputs finds the same entries as a lookup each,
+    and still refuses (and removes) a planted file the index does not know."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    store = LocalStore()
+    infos = []
+    for name in ("cached-1", "cached-2", "never-fetched", "planted"):
+        (bucket / name).write_bytes(name.encode() * 100)
+        info = store.stat(f"file://{bucket / name}")
+        assert info is not None
+        infos.append(info)
+    first = Cache(cache_dir)
+    for info in infos[:2]:
+        first.fetch(info, store)
+    planted = first.object_path(infos[3])
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"x" * infos[3].size)  # right size, wrong bytes, not indexed
+    planted.chmod(0o400)
+    fresh = Cache(cache_dir)  # nothing known yet: the batch query does the work
+    found = fresh.lookup_many(infos)
+    assert found[:2] == [str(first.object_path(i)) for i in infos[:2]]
+    assert found[2:] == [None, None]
+    assert not planted.exists()
+    assert [Cache(cache_dir).lookup(i) for i in infos] == [Path(p) if p else None for p in found]

@@ -38,6 +38,27 @@ def test_deps_lists_exactly_the_requested_frames(gcs_bucket: str, tmp_path: Path
     assert document["missing"] == [] and document["unresolved"] == []
 
 
+def test_deps_of_a_manifest_of_folders_lists_every_object_of_each_and_names_an_empty_one(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """Folder lines are listed at once (one round trip for all), with the same answer as one
+    after another: every object below each, in order, and an empty folder reported."""
+    for folder in ("a", "b", "c"):
+        for index in range(3):
+            put_object(f"{gcs_bucket}/set/{folder}/f{index}.bin", folder.encode() * (index + 1))
+    manifest = f"{gcs_bucket}/set/deps.txt"
+    lines = [f"{gcs_bucket}/set/{f}/" for f in ("a", "b", "empty", "c")]
+    put_object(manifest, "".join(f"{line}\n" for line in lines).encode())
+    result = cli("deps", manifest, "--frames", "1", "--json", "--cache-dir", str(tmp_path / "c"))
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    expected = [f"{gcs_bucket}/set/{f}/f{i}.bin" for f in ("a", "b", "c") for i in range(3)]
+    assert [d["url"] for d in document["deps"]] == expected
+    assert {d["source"].rsplit(":", 1)[1] for d in document["deps"] if "/c/" in d["url"]} == {"4"}
+    assert [d["size"] for d in document["deps"][:3]] == [1, 2, 3]
+    assert [u["value"] for u in document["unresolved"]] == [f"{gcs_bucket}/set/empty/"]
+
+
 def test_deps_check_fails_naming_each_missing_file(gcs_bucket: str, tmp_path: Path) -> None:
     put_object(f"{gcs_bucket}/plates/p.0001.exr", b"x")
     manifest = tmp_path / "deps.txt"

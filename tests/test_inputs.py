@@ -11,7 +11,7 @@ import pytest
 
 from jitrender.cache import Cache
 from jitrender.deps import Dependency
-from jitrender.errors import MissingDependencyError
+from jitrender.errors import JitrenderError, MissingDependencyError
 from jitrender.inputs import Inputs
 
 
@@ -87,3 +87,53 @@ def test_a_missing_object_is_a_missing_dependency(tmp_path: Path) -> None:
     with pytest.raises(MissingDependencyError):
         inputs.into_workspace(f"{bucket}/nope.exr")
     inputs.close()
+
+
+def test_a_prefetch_of_cached_and_cold_inputs_links_each_once_and_hooks_get_the_same(
+    tmp_path: Path,
+) -> None:
+    """Cached inputs settle in batches (no claim each), cold ones get their own: either way
+    each is linked once, counted once, waited for per frame, and a hook asking meanwhile
+    gets the same file; an input gone since the stat fails its frame's wait."""
+    files = {f"f/{i:04d}.bin": i.to_bytes(2, "big") * 10 for i in range(700)}
+    bucket = _bucket(tmp_path, files)
+    cache = Cache(tmp_path / "cache")
+    deps = [
+        Dependency(rel, f"{bucket}/{rel}", None if i < 100 else (1 + i % 3,))
+        for i, rel in enumerate(files)
+    ]
+    first = Inputs(cache, tmp_path / "ws1" / "inputs")
+    warmed = first.stat_all(deps[::2])  # every other one cached beforehand
+    first.prefetch(warmed)
+    first.wait([1, 2, 3])
+    first.close()
+    inputs = Inputs(cache, tmp_path / "ws2" / "inputs")
+    planned = inputs.stat_all(deps)
+    (tmp_path / "bucket" / "f" / "0699.bin").unlink()  # cold, gone since the stat: frame 1
+    asked: list[tuple[str, Path]] = []
+
+    def hook(urls: list[str]) -> None:
+        for url in urls:
+            asked.append((url, inputs.into_workspace(url)))
+
+    inputs.prefetch(planned)
+    hooks = [
+        threading.Thread(target=hook, args=([d.url for d in planned[k:600:7]],)) for k in (3, 4)
+    ]
+    for thread in hooks:
+        thread.start()
+    inputs.wait([2, 3])
+    with pytest.raises(JitrenderError):
+        inputs.wait([1])
+    for thread in hooks:
+        thread.join()
+    inputs.close()
+    for url, path in asked:
+        assert path == inputs.local_path(url)
+    for i, rel in enumerate(files):
+        if i != 699 and (i < 100 or i % 3 != 0):  # every frame's, and frames 2 and 3
+            assert inputs.local_path(f"{bucket}/{rel}").read_bytes() == files[rel]
+    hits = sorted(i.url for i in inputs.hits)
+    assert hits == sorted(d.url for d in warmed)
+    fetched = [i.url for i in inputs.fetched]
+    assert len(fetched) == len(set(fetched)) and not set(fetched) & set(hits)

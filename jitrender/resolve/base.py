@@ -48,6 +48,9 @@ class ResolveContext:
     # ``nuke`` stage); empty: the scene's own default (every enabled Write).
     render_nodes: tuple[str, ...] = ()
     _listings: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
+    # ``list_prefix`` of many prefixes at once, as concurrently as their storage gains from
+    # (a manifest's folder lines); None: one after another.
+    list_prefixes: Callable[[Sequence[str]], list[list[ObjectInfo]]] | None = None
 
     @functools.cached_property
     def scene_folder_url(self) -> str:
@@ -67,6 +70,7 @@ class ResolveContext:
             self.env,
             self.render_nodes,
             self._listings,
+            self.list_prefixes,
         )
 
     def names_in_folder(self, folder_url: str) -> list[str]:
@@ -108,6 +112,29 @@ class ResolveContext:
         return url
 
 
+def add_plain_file(
+    ctx: ResolveContext,
+    written: str,
+    source: str,
+    out: Dependencies,
+    *,
+    blender: bool = False,
+    relative_to: str | None = None,
+) -> bool:
+    """Add ``written`` to ``out`` as one file every frame needs (or as unresolved) when it
+    holds no frame, tile or view token, and say whether it did; False: it may hold one, and
+    :func:`file_dependencies` expands it. The fast path of a 100,000-line manifest."""
+    if _TOKEN_CHAR.search(written) is not None:
+        return False
+    try:
+        url = ctx.map(written, blender=blender, relative_to=relative_to)
+    except ValueError as exc:
+        out.unresolved.append(Unresolved(source, written, str(exc)))
+    else:
+        out.deps.append(Dependency(written, url, None, source))
+    return True
+
+
 def file_dependencies(
     ctx: ResolveContext,
     written: str,
@@ -130,14 +157,7 @@ def file_dependencies(
     out = Dependencies()
     if not written.strip():
         return out
-    if _TOKEN_CHAR.search(written) is None:
-        # No character any view, frame or tile token starts with: one plain file.
-        try:
-            url = ctx.map(written, blender=blender, relative_to=relative_to)
-        except ValueError as exc:
-            out.unresolved.append(Unresolved(source, written, str(exc)))
-        else:
-            out.deps.append(Dependency(written, url, None, source))
+    if add_plain_file(ctx, written, source, out, blender=blender, relative_to=relative_to):
         return out
     for path in expand_views(written, list(views) if views is not None else list(ctx.views)):
         try:

@@ -4,25 +4,36 @@ is a prefix: every object below it is needed by every frame."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Mapping
 
 from jitrender.deps import Dependencies, Dependency, Unresolved
 from jitrender.errors import SceneParseError
 from jitrender.resolve import register
-from jitrender.resolve.base import ResolveContext, file_dependencies
+from jitrender.resolve.base import ResolveContext, add_plain_file, file_dependencies
 from jitrender.sequences import parse_frames
+from jitrender.storage import ObjectInfo
 
 _COMMENT = re.compile(r"\s#")
 
 
-def prefix_dependencies(ctx: ResolveContext, written: str, source: str) -> Dependencies:
-    """Every object below a prefix (as written, mapped), for every frame."""
+def prefix_dependencies(
+    ctx: ResolveContext,
+    written: str,
+    source: str,
+    listed: Mapping[str, list[ObjectInfo]] | None = None,
+) -> Dependencies:
+    """Every object below a prefix (as written, mapped), for every frame; ``listed`` holds
+    listings made ahead (by prefix URL)."""
     try:
         url = ctx.map(written)
     except ValueError as exc:  # e.g. a node-local prefix in a manifest from a bucket
         return Dependencies([], [Unresolved(source, written, str(exc))])
     prefix = url.rstrip("/") + "/"
-    found = ctx.list_prefix(prefix, True)
+    found = listed.get(prefix) if listed is not None else None
+    if found is None:
+        found = ctx.list_prefix(prefix, True)
     if not found:
         return Dependencies([], [Unresolved(source, written, f"no objects below {prefix}")])
     return Dependencies([Dependency(written, info.url, None, source) for info in found])
@@ -48,7 +59,7 @@ def resolve_manifest(ctx: ResolveContext) -> Dependencies:
         raise SceneParseError(
             f"{ctx.scene_url}: byte {exc.start}: a manifest must be UTF-8 text"
         ) from None
-    out = Dependencies()
+    entries = []
     for number, raw in enumerate(text.splitlines(), start=1):
         # A comment is a line starting with "#", or " #..." after a path: "####" is a token.
         line = raw.strip()
@@ -57,5 +68,26 @@ def resolve_manifest(ctx: ResolveContext) -> Dependencies:
         if "#" in line:
             line = _COMMENT.split(line, maxsplit=1)[0].strip()
         if line:
-            out.extend(entry_dependencies(ctx, line, f"{ctx.scene_url}:{number}"))
+            entries.append((number, line))
+    listed = _list_folders(ctx, [line for _, line in entries if line.endswith("/")])
+    out = Dependencies()
+    for number, line in entries:
+        source = f"{ctx.scene_url}:{number}"
+        if line.endswith("/"):
+            out.extend(prefix_dependencies(ctx, line, source, listed))
+        elif not add_plain_file(ctx, line, source, out):
+            out.extend(entry_dependencies(ctx, line, source))
     return out
+
+
+def _list_folders(ctx: ResolveContext, written: list[str]) -> dict[str, list[ObjectInfo]]:
+    """The listings of a manifest's folder lines, made at once (ten folders: one round trip,
+    not ten); those that do not map are left to :func:`prefix_dependencies` to report."""
+    prefixes = []
+    for line in written:
+        with contextlib.suppress(ValueError):
+            prefixes.append(ctx.map(line).rstrip("/") + "/")
+    prefixes = list(dict.fromkeys(prefixes))
+    if ctx.list_prefixes is None or len(prefixes) < 2:
+        return {}
+    return dict(zip(prefixes, ctx.list_prefixes(prefixes), strict=True))
