@@ -49,10 +49,12 @@ def at_once(count: int, call: Callable[[int], T]) -> list[T]:
 
 
 class CountingStore(LocalStore):
-    """A local bucket that counts downloads per URL and can be made slow."""
+    """A local bucket that counts downloads per URL and can be made slow, or held (``gate``:
+    downloads wait until it is set)."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
+        self.gate: threading.Event | None = None
         self.downloads: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -62,6 +64,8 @@ class CountingStore(LocalStore):
         with self._lock:
             self.downloads[info.url] = self.downloads.get(info.url, 0) + 1
         time.sleep(self.delay)
+        if self.gate is not None:
+            self.gate.wait(timeout=60)
         super().download(info, sink, start, end)
 
 
