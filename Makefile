@@ -35,8 +35,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict jitrender
 
+# In parallel (pytest-xdist): most tests wait on real processes, so workers beyond the cores
+# still help. PYTEST_WORKERS=0 runs in this process; tests/conftest.py says what is shared.
+PYTEST_WORKERS ?= 4
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

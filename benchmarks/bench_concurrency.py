@@ -12,7 +12,6 @@ from typing import Any
 
 from benchmarks.common import (
     BUCKET,
-    MARK_FRAMES,
     REPO,
     MiB,
     emulator,
@@ -55,31 +54,26 @@ def run(quick: bool) -> dict[str, Any]:
         for i in range(large_n):
             write_object(data, f"conc/cache/sim{i}.vdb", large)
         needed = small_n * (256 << 10) + large_n * large
-        job = write_job(
-            root / "job.yaml",
-            frames="1-4",
-            deps=[f"gs://{BUCKET}/conc/"],
-            stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
-            outputs=root / "out",
-        )
-        with emulator(data) as emu:
-            # One process, cold (its own cache and outputs).
-            solo_job = write_job(
-                root / "solo.yaml",
+        jobs = {
+            name: write_job(
+                root / f"{name}.yaml",
                 frames="1-4",
                 deps=[f"gs://{BUCKET}/conc/"],
-                stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
-                outputs=root / "out-solo",
+                outputs=root / f"out-{name}",
             )
+            for name in ("solo", "many")
+        }
+        with emulator(data) as emu:
+            # One process, cold (its own cache and outputs).
             emu.reset()
             started = time.perf_counter()
-            _wait_all([_start(solo_job, root / "cache-solo", root / "solo.json")])
+            _wait_all([_start(jobs["solo"], root / "cache-solo", root / "solo.json")])
             solo_s = time.perf_counter() - started
             solo_wire = emu.stats()["bytes_down"]
             emu.reset()
             started = time.perf_counter()
             reports = [root / f"r{i}.json" for i in range(PROCESSES)]
-            _wait_all([_start(job, root / "cache", r) for r in reports])
+            _wait_all([_start(jobs["many"], root / "cache", r) for r in reports])
             many_s = time.perf_counter() - started
             many_wire = emu.stats()["bytes_down"]
         parsed = [json.loads(r.read_text()) for r in reports]
@@ -89,16 +83,20 @@ def run(quick: bool) -> dict[str, Any]:
         ["1 process", solo_s, solo_wire / 1e6, ratio(solo_wire, needed)],
         [f"{PROCESSES} processes, same job", many_s, many_wire / 1e6, ratio(many_wire, needed)],
     ]
-    text = table(TITLE, ["run", "wall s", "MB on the wire", "wire / needed"], rows)
-    text += (
-        f"\n\n{small_n} x 256 KiB + {large_n} x {large // MiB} MiB = {needed / 1e6:.1f} MB needed; "
-        f"bytes fetched per process: {fetched} (sum {sum(fetched)}, "
-        f"{ratio(sum(fetched), needed)} x needed); {PROCESSES} processes took "
-        f"{ratio(many_s, solo_s)} x the time of one; slowest process: resolve "
-        f"{max(t.get('resolve_s', 0) for t in timings):.2f} s, fetch "
-        f"{max(t.get('fetch_s', 0) for t in timings):.2f} s, run "
-        f"{max(t.get('wall_s', 0) for t in timings):.2f} s (the rest is interpreter start and "
-        "imports: 8 processes on 2 cores)"
+    text = table(
+        TITLE,
+        ["run", "wall s", "MB on the wire", "wire / needed"],
+        rows,
+        note=(
+            f"{small_n} x 256 KiB + {large_n} x {large // MiB} MiB = {needed / 1e6:.1f} MB needed; "
+            f"bytes fetched per process: {fetched} (sum {sum(fetched)}, "
+            f"{ratio(sum(fetched), needed)} x needed); {PROCESSES} processes took "
+            f"{ratio(many_s, solo_s)} x the time of one; slowest process: resolve "
+            f"{max(t.get('resolve_s', 0) for t in timings):.2f} s, fetch "
+            f"{max(t.get('fetch_s', 0) for t in timings):.2f} s, run "
+            f"{max(t.get('wall_s', 0) for t in timings):.2f} s (the rest is interpreter start and "
+            "imports: 8 processes on 2 cores)"
+        ),
     )
     return {
         "title": TITLE,

@@ -10,6 +10,7 @@ a few large files (with and without the link limits), a warm run of 1,000 cached
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -154,13 +155,14 @@ def _python_tool(code: str, root: Path, names: Sequence[str], dest: Path, mode: 
 
 
 _CPU: list[float] = []  # the CPU seconds of each _proc call, in order
+_RUN_TAGS = itertools.count()  # large and large_unlimited share a shape name and outputs
 
 Tool = Callable[[Path], float]  # a fresh destination folder -> wall seconds
 
 
 def _tools(emu: Emulator, root: Path, shape: Shape, which: Sequence[str]) -> dict[str, Tool]:
     names = [n for n, _ in shape.objects]
-    counter = iter(range(1_000_000))
+    counter = _RUN_TAGS  # shared by every shape: a tag reused would find its frame done
 
     def jit(dest: Path) -> float:
         return _jitrender(emu, root, shape, dest, f"{shape.name}-{next(counter)}")

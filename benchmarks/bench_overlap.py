@@ -42,7 +42,8 @@ def run(quick: bool) -> dict[str, Any]:
             first_fetch = float(first.timings["fetch_s"])
             # The hardest case for overlap: each frame renders as long as its fetch takes.
             render_s = round(max(0.1, fetch_total / FRAMES), 3)
-            render = [{"name": "render", "per": "frame", "command": ["sleep", str(render_s)]}]
+            sleep = common.then_mark_frames(f"sleep {render_s}")
+            render = [{"name": "render", "per": "frame", "command": sleep}]
             _, overlapped = common.run_job_here(
                 job("overlap", f"1-{FRAMES}", render), root / "c-ov"
             )
@@ -65,10 +66,10 @@ def run(quick: bool) -> dict[str, Any]:
         TITLE,
         ["schedule", "fetch+render s", "vs ideal"],
         [[name, value, ratio(value, ideal)] for name, value in rows.items()],
-    )
-    text += (
-        f"\n\n{FRAMES} frames x {per_frame // MiB} MiB input each, render {render_s} s per frame"
-        f" (set equal to the measured fetch time per frame); first fetch {first_fetch:.3f} s"
+        note=(
+            f"{FRAMES} frames x {per_frame // MiB} MiB input each, render {render_s} s per frame"
+            f" (set equal to the measured fetch time per frame); first fetch {first_fetch:.3f} s"
+        ),
     )
     return {
         "title": TITLE,

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import MARK_FRAMES, REPO, ratio, table, workdir, write_job
+from benchmarks.common import REPO, ratio, table, workdir, write_job
 
 TITLE = "Scale: cost per dependency and peak memory"
 PER_FOLDER = 1000
@@ -98,24 +98,17 @@ def _bucket(root: Path, count: int) -> Path:
 def _measure(root: Path, count: int, cap: int | None, tag: str) -> dict[str, Any]:
     folder = _bucket(root, count) if not (root / "bucket" / f"n{count}").exists() else None
     folder = folder or root / "bucket" / f"n{count}"
-    job = write_job(
-        root / f"{tag}.yaml",
-        frames="1",
-        deps=[folder.as_uri() + "/"],
-        stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
-        outputs=root / f"out-{tag}",
-    )
     cache = root / f"cache-{tag}"
-    cold = _run_child(job, cache, cap)
-    job_warm = write_job(
-        root / f"{tag}-warm.yaml",
-        frames="1",
-        deps=[folder.as_uri() + "/"],
-        stages=[{"name": "render", "per": "chunk", "command": MARK_FRAMES}],
-        outputs=root / f"out-{tag}-warm",
-    )
-    warm = _run_child(job_warm, cache, cap)
-    return {"deps": count, "cold": cold, "warm": warm}
+    runs: dict[str, Any] = {}
+    for kind, name in (("cold", tag), ("warm", f"{tag}-warm")):  # warm: the cold run's cache
+        job = write_job(
+            root / f"{name}.yaml",
+            frames="1",
+            deps=[folder.as_uri() + "/"],
+            outputs=root / f"out-{name}",
+        )
+        runs[kind] = _run_child(job, cache, cap)
+    return {"deps": count, **runs}
 
 
 def _per_dep_us(result: dict[str, Any]) -> float:
@@ -163,11 +156,6 @@ def run(quick: bool) -> dict[str, Any]:
         verdicts[phase] = time_growth
     capped_growth = ratio(_per_dep_us(capped[-1]["cold"]), _per_dep_us(capped[0]["cold"])) or 0.0
     mem_per_dep = _growth_kb(results[-1]["cold"]) * 1024 / results[-1]["deps"]
-    text = table(
-        TITLE,
-        ["deps", "run", "wall s", "µs / dep", "peak RSS growth MiB", "bytes / dep"],
-        rows,
-    )
     lines = []
     for phase, growth in verdicts.items():
         shape = "linear or better" if growth <= 1.5 else "WORSE than linear"
@@ -180,7 +168,12 @@ def run(quick: bool) -> dict[str, Any]:
         f"{capped_growth} x that at {capped_sizes[0]}: {shape}"
     )
     lines.append(f"memory: about {mem_per_dep:.0f} bytes per dependency above the baseline")
-    text += "\n\n" + "\n".join(lines)
+    text = table(
+        TITLE,
+        ["deps", "run", "wall s", "µs / dep", "peak RSS growth MiB", "bytes / dep"],
+        rows,
+        note="\n".join(lines),
+    )
     return {
         "title": TITLE,
         "table": text,

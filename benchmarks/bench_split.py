@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -20,26 +19,8 @@ from benchmarks.common import table, workdir
 
 TITLE = "Split frames: 1 task vs 4 part tasks"
 
-SCENE = textwrap.dedent(
-    """
-    import sys
-    import bpy
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.engine = "CYCLES"
-    scene.cycles.use_adaptive_sampling = False
-    scene.cycles.use_denoising = sys.argv[2] == "denoised"
-    bpy.ops.mesh.primitive_uv_sphere_add(location=(0, 0, 0))
-    bpy.ops.mesh.primitive_plane_add(size=10, location=(0, 0, -1))
-    bpy.ops.object.light_add(type="POINT", location=(2, -2, 3))
-    bpy.context.object.data.energy = 800
-    bpy.ops.object.camera_add(location=(0, -6, 1.5), rotation=(1.35, 0, 0))
-    scene.camera = bpy.context.object
-    scene.world = bpy.data.worlds.new("sky")
-    bpy.ops.wm.save_as_mainfile(filepath=sys.argv[1])
-    """
-)
+# Writes plain.blend and denoised.blend: the scenes tests/test_split.py renders too.
+SCENE = Path(__file__).resolve().parents[1] / "tests" / "split_scene.py"
 
 
 def _env() -> dict[str, str]:
@@ -122,11 +103,8 @@ def run(quick: bool) -> dict[str, Any]:
     rows: list[list[Any]] = []
     figures: dict[str, Any] = {"size": size, "samples": samples}
     with workdir("split") as root:
-        scenes = {}
-        for kind in ("plain", "denoised"):
-            scenes[kind] = root / f"{kind}.blend"
-            subprocess.run([sys.executable, "-c", SCENE, str(scenes[kind]), kind], check=True,
-                           capture_output=True)  # fmt: skip
+        subprocess.run([sys.executable, str(SCENE), str(root)], check=True, capture_output=True)
+        scenes = {kind: root / f"{kind}.blend" for kind in ("plain", "denoised")}
         for kind, split in (("plain", {"tiles": [2, 2], "overscan": 8}),
                             ("denoised", {"samples": 4})):  # fmt: skip
             label = f"{kind} {'tiles 2x2' if 'tiles' in split else 'samples 4'}"
@@ -155,11 +133,11 @@ def run(quick: bool) -> dict[str, Any]:
         TITLE,
         ["frame", "1 task s", "4 tasks one by one s", "4 tasks at once s", "PSNR dB", "max diff"],
         rows,
-    )
-    text += (
-        f"\n\n{size[0]}x{size[1]}, {samples} samples, on this machine's cores (all 4 'at once' "
-        f"share them). 2K (2048x1080, 4 tiles, denoised): download + paste "
-        f"{summary['assemble_s']:.2f} s, Blender denoise + compositor + write "
-        f"{summary['finish_s']:.2f} s"
+        note=(
+            f"{size[0]}x{size[1]}, {samples} samples, on this machine's cores (all 4 'at once' "
+            f"share them). 2K (2048x1080, 4 tiles, denoised): download + paste "
+            f"{summary['assemble_s']:.2f} s, Blender denoise + compositor + write "
+            f"{summary['finish_s']:.2f} s"
+        ),
     )
     return {"title": TITLE, "table": text, **figures}

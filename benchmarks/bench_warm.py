@@ -33,7 +33,7 @@ def _stamp_job(root: Path, tag: str, stamp: Path) -> Path:
             {
                 "name": "render",
                 "per": "chunk",
-                "command": ["sh", "-c", f"date +%s.%N > {stamp}"],
+                "command": common.then_mark_frames(f"date +%s.%N > {stamp}"),
             }
         ],
         outputs=root / f"out-{tag}",
@@ -133,10 +133,14 @@ def run(quick: bool) -> dict[str, Any]:
         [f"fsspec filecache, warm: open per file ({filecache_files} files)", fc_warm_us, "µs"],
         [f"fsspec filecache, cold fill of {filecache_files} files", fc_cold, "s"],
     ]
-    text = common.table(TITLE, ["measure", "value", "unit"], rows)
-    text += (
-        f"\n\nwarm run: {warm_requests} storage requests for {DEPS} dependencies "
-        f"({FOLDERS} folder listings + the outputs listing)"
+    text = common.table(
+        TITLE,
+        ["measure", "value", "unit"],
+        rows,
+        note=(
+            f"warm run: {warm_requests} storage requests for {DEPS} dependencies "
+            f"({FOLDERS} folder listings + the outputs listing)"
+        ),
     )
     return {
         "title": TITLE,

@@ -30,6 +30,16 @@ MARK_FRAMES = [
     'for f in $(echo "$JITRENDER_FRAMES" | tr , " "); do'
     ' : > "$JITRENDER_OUTPUTS/frame.$f.done"; done',
 ]
+
+
+def then_mark_frames(shell: str) -> list[str]:
+    """A stage command running the ``sh`` command line ``shell``, then marking each frame
+    as :data:`MARK_FRAMES` does (so the frames count as done)."""
+    return ["sh", "-c", f"{shell}; {MARK_FRAMES[2]}"]
+
+
+# The stage of the benchmarks that measure fetching: it reads nothing and marks each frame.
+MARK_STAGE: dict[str, Any] = {"name": "render", "per": "chunk", "command": MARK_FRAMES}
 MiB = 1 << 20
 
 
@@ -154,9 +164,12 @@ def write_job(
     *,
     frames: str,
     deps: Sequence[str],
-    stages: Sequence[dict[str, Any]],
+    stages: Sequence[dict[str, Any]] = (MARK_STAGE,),
     outputs: Path,
 ) -> Path:
+    """A job file at ``path`` (named after it) fetching ``deps`` for ``frames``, running
+    ``stages`` (by default :data:`MARK_STAGE`) and writing its outputs to the ``outputs``
+    folder."""
     job = {
         "version": 1,
         "name": path.stem,
@@ -194,8 +207,9 @@ def du(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table (also valid Markdown)."""
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], note: str = "") -> str:
+    """A plain-text table (also valid Markdown), with ``note`` (what the figures mean, how
+    they were measured) below it after a blank line."""
     cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = [f"### {title}", ""]
@@ -203,6 +217,8 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
         lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
         if index == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if note:
+        lines += ["", note]
     return "\n".join(lines)
 
 

@@ -142,3 +142,15 @@ class Resolver:
 
     def frame_next(self, frame: int) -> None:
         self.request({"op": "frame", "frame": int(frame)})
+
+    def frame_files(self, frame: int) -> list[dict[str, str]]:
+        """Tell the agent ``frame`` is next and wait until every file the run's resolver says
+        it needs is local: one entry per file (``path`` as written, ``url``, ``source``, and
+        ``local``, or ``error`` when it does not exist in storage). Empty without an agent;
+        :class:`AgentUnavailable` when the agent fails to answer."""
+        answer = self.request({"op": "frame", "frame": int(frame), "wait": True})
+        if answer is None:
+            return []
+        if not answer.get("ok"):
+            raise AgentUnavailable(str(answer.get("error")))
+        return [dict(entry) for entry in answer.get("files", [])]

@@ -11,6 +11,11 @@ the workspace) and answers one JSON object per line, one answer line per request
     {"op": "map", "path": ...}          -> like resolve, without fetching (patterns, folders)
     {"op": "prefetch", "paths": [...]}  -> {"ok": true, "queued": n}   (returns at once)
     {"op": "frame", "frame": 12}        -> {"ok": true, "queued": n}   (frame 12 is next)
+    {"op": "frame", "frame": 12, "wait": true}
+        -> {"ok": true, "queued": n, "files": [{"path", "url", "source", "local" | "error"}]}
+           (every file the resolver says frame 12 needs, each local once the answer comes,
+           or with "error" when it does not exist in storage: what a plugin fetches per frame
+           instead of re-deriving the DCC's frame arithmetic)
     {"op": "list", "path": <folder>}    -> {"ok": true, "names": [...], "local": <folder>}
     {"op": "ping"}                      -> {"ok": true, "version": 1, "workspace": ...}
 
@@ -258,6 +263,23 @@ class Agent:
         self._log(f"frame {frame}: {queued} queued")
         return queued
 
+    def frame_files(self, frame: int) -> list[dict[str, str]]:
+        """Every dependency ``frame`` needs, fetched into the workspace (this waits for them):
+        ``path`` (as written), ``url``, ``source`` and ``local``, or ``error`` for a file that
+        does not exist in storage. Storage failures after retries raise."""
+        needed = [d for d in self.deps if d.needed_by(frame)]
+        self.inputs.prefetch_urls(d.url for d in needed)  # in parallel; the loop below waits
+        files = []
+        for dep in needed:
+            entry = {"path": dep.path, "url": dep.url, "source": dep.source}
+            try:
+                entry["local"] = str(self.inputs.into_workspace(dep.url))
+            except MissingDependencyError:
+                self.stats.missing += 1
+                entry["error"] = f"{dep.url}: does not exist in storage"
+            files.append(entry)
+        return files
+
     def list_folder(self, path: str) -> tuple[list[str], Path]:
         """Names directly below a mapped folder (files and sub-folders), from storage."""
         url = self.url_for(path).rstrip("/")
@@ -318,7 +340,10 @@ class Agent:
             frame = request.get("frame")
             if isinstance(frame, bool) or not isinstance(frame, int):
                 raise RequestError("bad_request", "'frame' must be an integer")
-            return {"ok": True, "queued": self.frame_next(frame)}
+            answer: dict[str, Any] = {"ok": True, "queued": self.frame_next(frame)}
+            if request.get("wait") is True:
+                answer["files"] = self.frame_files(frame)
+            return answer
         if op == "list":
             names, local = self.list_folder(request.get("path"))  # type: ignore[arg-type]
             return {"ok": True, "names": names, "local": str(local)}

@@ -12,18 +12,20 @@ or a download.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from jitrender.cache import Cache, CacheResult
 from jitrender.deps import Dependency
 from jitrender.errors import JitrenderError, MissingDependencyError, Preempted
-from jitrender.paths import workspace_relpath
+from jitrender.paths import workspace_relstr
 from jitrender.progress import Progress, QuietProgress
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, Stores, with_retries
 from jitrender.transfer import InflightBudget, listing_ranges
@@ -34,6 +36,11 @@ if TYPE_CHECKING:  # made on the first cold small fetch: asyncio costs a warm ru
 # Objects below this are bound by round trips, not bytes: capping their bytes in flight only
 # cost each a cross-thread wake-up; the fetcher's queue keeps them in frame order anyway.
 LATENCY_BOUND_BYTES = 1 << 20
+
+T = TypeVar("T")
+# Cached inputs looked up in the index per query, and planned inputs a wait watches at once.
+_FEED_BATCH = 256
+_WAIT_BATCH = 256
 
 
 class Inputs:
@@ -58,6 +65,7 @@ class Inputs:
     ) -> None:
         self.cache = cache
         self.root = root
+        self._root_str = str(root)
         self.stores = stores or Stores()
         self.retry = retry or RetryPolicy()
         self.stop = stop or threading.Event()
@@ -71,6 +79,9 @@ class Inputs:
         self._futures: dict[str, Future[Path]] = {}
         self._planned: dict[str, Future[Path]] = {}
         self._deps: list[Dependency] = []
+        self._always: list[Future[Path]] = []  # planned inputs every frame needs, in order
+        self._always_ok = 0  # how many of those a finished wait saw in (never to check again)
+        self._by_frame: dict[int, list[Future[Path]]] = {}  # the others, by frame
         self._closed = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch")
         self._aio: AsyncFetcher | None = None  # see _async()
@@ -118,24 +129,50 @@ class Inputs:
     def stat_all(self, deps: Sequence[Dependency]) -> list[Dependency]:
         """``deps`` with ``size`` and ``exists`` filled in: one ranged listing per busy folder
         (a sequence's frames, a texture set), one stat for each of the rest."""
-        unknown = [d.url for d in deps if d.url not in self._known]
+        known = self._known
+        unknown = [d.url for d in deps if d.url not in known]
         if unknown:
+            ranges = listing_ranges(unknown)
             with ThreadPoolExecutor(self.workers) as pool:
-                list(pool.map(lambda r: self._list_range(*r), listing_ranges(unknown)))
-                unknown = [url for url in unknown if url not in self._known]
-                list(pool.map(self.stat, unknown))
+                self._each(pool, lambda r: self._list_range(*r), [(r[0], r) for r in ranges])
+                unknown = [url for url in unknown if url not in known]
+                self._each(pool, self.stat, [(url, url) for url in unknown])
         out = []
         for dep in deps:
-            info = self._known.get(dep.url)
-            size, exists = (info.size, True) if info is not None else (None, False)
-            out.append(Dependency(dep.path, dep.url, dep.frames, dep.source, size, exists))
+            info = known.get(dep.url)
+            if info is None:
+                out.append(Dependency(dep.path, dep.url, dep.frames, dep.source, None, False))
+                continue
+            # One string for the URL where storage's equals it (and the path as written, where
+            # that is the URL too): 100 bytes less per dependency of a large manifest.
+            url = info.url
+            path = url if dep.path == url else dep.path
+            out.append(Dependency(path, url, dep.frames, dep.source, info.size, True))
         return out
+
+    def _each(
+        self, pool: ThreadPoolExecutor, call: Callable[[T], object], items: list[tuple[str, T]]
+    ) -> None:
+        """``call`` on every item (keyed by its URL): on ``pool`` where the store's reads gain
+        from concurrency, in this thread where they are local CPU work."""
+        here: list[T] = []
+        there: list[T] = []
+        for url, item in items:
+            (there if self.store(url).concurrent_reads else here).append(item)
+        futures = [pool.submit(call, item) for item in there]
+        for item in here:
+            call(item)
+        for future in futures:
+            future.result()
 
     # -- the workspace copies -------------------------------------------------------------
 
     def local_path(self, url: str) -> Path:
         """Where ``url``'s copy is (or will be) below ``root``."""
-        return self.root / workspace_relpath(url)
+        return Path(self._local_str(url))
+
+    def _local_str(self, url: str) -> str:
+        return os.path.join(self._root_str, workspace_relstr(url))
 
     def local_copy(self, url: str) -> Path:
         """A local copy of ``url`` for a resolver, under the file's own name at its
@@ -207,25 +244,56 @@ class Inputs:
         """Start fetching the planned ``deps`` in the order given (the order frames need
         them) and return at once; :meth:`wait` then blocks only for a frame's own."""
         owned: list[tuple[str, Future[Path]]] = []
-        with self._lock:
+        with self._lock:  # once for all of them, not twice per dependency
             self._deps.extend(deps)
             if not self._prefetch_started:
                 self._prefetch_started = time.monotonic()
-        for dep in deps:
-            future, owner = self._claim(dep.url)
-            with self._lock:
-                self._planned[dep.url] = future
-                if owner:
-                    self._pending.add(dep.url)
-                    owned.append((dep.url, future))
+            for dep in deps:
+                url = dep.url
+                future = self._futures.get(url)
+                if future is None:  # unclaimed: this prefetch owns its fetch (as _claim does)
+                    future = self._futures[url] = Future()
+                    self._pending.add(url)
+                    owned.append((url, future))
+                self._planned[url] = future
+                if dep.frames is None:
+                    self._always.append(future)
+                else:
+                    for frame in dep.frames:
+                        self._by_frame.setdefault(frame, []).append(future)
         # One thread admits them (linking cached ones): the caller starts the stages meanwhile.
         threading.Thread(
             target=self._feed, args=(owned,), name="jitrender-feed", daemon=True
         ).start()
 
     def _feed(self, owned: Sequence[tuple[str, Future[Path]]]) -> None:
-        for url, future in owned:
-            self._enqueue(url, future)
+        for start in range(0, len(owned), _FEED_BATCH):
+            self._feed_batch(owned[start : start + _FEED_BATCH])
+
+    def _feed_batch(self, batch: Sequence[tuple[str, Future[Path]]]) -> None:
+        """Link the cached ones of ``batch`` at once (one index query for the lot), and hand
+        the rest, in order, to :meth:`_enqueue`."""
+        infos = [self._known.get(url) for url, _ in batch]
+        try:
+            found = iter(self.cache.lookup_many([info for info in infos if info is not None]))
+        except Exception:  # the one-by-one path reports it against each input
+            found = iter(())
+        for (url, future), info in zip(batch, infos, strict=True):
+            cached = next(found, None) if info is not None else None
+            if info is None or cached is None or self._stopping():
+                self._enqueue(url, future)
+                continue
+            dest = self._local_str(url)
+            try:
+                self.cache.link_into(cached, dest)
+            except FileNotFoundError:  # evicted just now: fetch it like a cold one
+                self._enqueue(url, future)
+                continue
+            except BaseException as exc:
+                self._failed(url, future, exc)
+                continue
+            self._linked(url, info, CacheResult(Path(cached), False, 0))
+            future.set_result(Path(dest))
 
     def prefetch_urls(self, urls: Iterable[str]) -> int:
         """Queue ``urls`` not asked for yet (after what is queued); returns how many."""
@@ -306,8 +374,9 @@ class Inputs:
         if fetcher.eligible(info, store):
             fetching = fetcher.fetch(info, store)
             fetching.add_done_callback(lambda f: self._fetched_async(url, info, future, f))
-        else:
-            self._pool.submit(self._fetch_admitted, url, info, future)
+        else:  # its ranges queue behind those admitted before it, whichever thread is first
+            order = self.cache.ranged.reserve()
+            self._pool.submit(self._fetch_admitted, url, info, future, order)
         return True
 
     def _async(self) -> AsyncFetcher:
@@ -319,12 +388,25 @@ class Inputs:
                 self._aio = AsyncFetcher(self.cache, self.retry, self._pool, self._stopping)
             return self._aio
 
-    def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path]) -> None:
+    def _fetch_admitted(self, url: str, info: ObjectInfo, future: Future[Path], order: int) -> None:
+        """The thread path for an admitted object: a large one's bytes go back to the budget
+        range by range, as each range's request is made, so the next objects' ranges queue
+        while this one's last ones are still arriving (the link never waits between them)."""
+        charged = info.size if info.size >= LATENCY_BOUND_BYTES else 0
+        lock = threading.Lock()
+
+        def started(size: int) -> None:
+            nonlocal charged
+            with lock:  # a retry starts the ranges again: never give back more than was taken
+                size, charged = min(size, charged), charged - min(size, charged)
+            if size:
+                self._budget.release(size)
+
         try:
-            self._fetch_and_link(url, future, info)
+            with self.cache.ranged.scheduled(order, started, self._stopping):
+                self._fetch_and_link(url, future, info)
         finally:
-            if info.size >= LATENCY_BOUND_BYTES:
-                self._budget.release(info.size)
+            started(charged)  # whatever no range gave back (cached meanwhile, failed, small)
 
     def _fetched_async(
         self, url: str, info: ObjectInfo, future: Future[Path], fetched: Future[CacheResult]
@@ -345,19 +427,29 @@ class Inputs:
     def wait(self, frames: Iterable[int]) -> None:
         """Block until every planned dependency of ``frames`` is in the workspace; raises the
         fetch's error, or :class:`Preempted` once ``stop`` is set."""
-        wanted = set(frames)
-        for dep in self._deps:
-            if dep.frames is not None and not wanted.intersection(dep.frames):
-                continue
-            future = self._planned[dep.url]
-            while True:
-                if self.stop.is_set():
-                    raise Preempted("stopped while waiting for dependencies")
-                try:
-                    future.result(timeout=0.2)
-                    break
-                except TimeoutError:
-                    continue
+        with self._lock:  # the frames' own, from an index (not a pass over every dependency)
+            always = len(self._always)
+            needed = self._always[self._always_ok :]
+            for frame in dict.fromkeys(frames):
+                needed.extend(self._by_frame.get(frame, ()))
+        if needed and self.stop.is_set():
+            raise Preempted("stopped while waiting for dependencies")
+        pending = [future for future in needed if not future.done()]
+        while pending:
+            if self.stop.is_set():
+                raise Preempted("stopped while waiting for dependencies")
+            # A few hundred at a time, woken once when all are in (or one fails): waiting on
+            # each in turn cost two thread switches per input, 1,000 in a warm run.
+            head = pending[:_WAIT_BATCH]
+            done, _ = futures_wait(head, timeout=0.2, return_when=FIRST_EXCEPTION)
+            if any(future.exception() is not None for future in done):
+                break
+            pending = [future for future in pending if not future.done()]
+        for future in needed:  # the first failure, in fetch order
+            if future.done() and future.exception() is not None:
+                future.result()
+        with self._lock:
+            self._always_ok = max(self._always_ok, always)  # all in: later waits skip them
 
     # -- the end ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from jitrender.errors import JitrenderError
@@ -48,32 +48,26 @@ def run_folder(task: dict[str, object] | None, frames: list[int]) -> str:
     return f"{name}/{stamp}-{host}-{os.getpid()}/"
 
 
+@dataclass(eq=False)
 class LogShipper:
     """Copies every file in ``logs_dir`` to ``prefix_url`` when it changed, every
     ``interval`` seconds from a background thread and at :meth:`close`. Storage failures are
-    reported through ``warn`` and retried at the next tick: logs never fail a run."""
+    reported through ``warn`` and retried at the next tick: logs never fail a run. ``urls``
+    lists the logs copied so far."""
 
-    def __init__(
-        self,
-        logs_dir: Path,
-        prefix_url: str,
-        store: Store,
-        retry: RetryPolicy,
-        *,
-        interval: float = SHIP_INTERVAL_S,
-        warn: Callable[[str], None] | None = None,
-    ) -> None:
-        self.logs_dir = logs_dir
-        self.prefix_url = prefix_url
-        self.store = store
-        self.retry = retry
-        self.interval = interval
-        self.warn = warn
-        self._shipped: dict[str, tuple[int, int]] = {}
-        self._lock = threading.Lock()  # one ship at a time (the ticker and close)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.urls: list[str] = []
+    logs_dir: Path
+    prefix_url: str
+    store: Store
+    retry: RetryPolicy
+    _: KW_ONLY
+    interval: float = SHIP_INTERVAL_S
+    warn: Callable[[str], None] | None = None
+    urls: list[str] = field(default_factory=list, init=False)
+    _shipped: dict[str, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
+    # One ship at a time (the ticker and close).
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     def start(self) -> LogShipper:
         self._thread = threading.Thread(target=self._loop, name="log-shipper", daemon=True)

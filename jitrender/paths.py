@@ -86,6 +86,11 @@ def workspace_relpath(url: str) -> PurePosixPath:
     The bucket's own layout is kept under its root, so paths relative to a scene keep working.
     Raises :class:`ObjectNameError` (one line, exit 65) for a name with a ``..`` segment
     (it would land outside ``inputs/``) or one too long for the local file system."""
+    return PurePosixPath(workspace_relstr(url))
+
+
+def workspace_relstr(url: str) -> str:
+    """:func:`workspace_relpath` as a string (no pathlib parsing: asked once per input)."""
     scheme, netloc, path = split_url(url)
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
@@ -94,13 +99,15 @@ def workspace_relpath(url: str) -> PurePosixPath:
             "workspace; refusing it (rename the object)"
         )
     for part in parts:
+        if len(part) <= NAME_MAX // 4:  # at most 4 bytes a character: short enough
+            continue
         size = len(part.encode("utf-8", "surrogateescape"))
         if size > NAME_MAX:
             raise ObjectNameError(
                 f"{url}: a name in it is {size} bytes long; the local file system holds at "
                 f"most {NAME_MAX} bytes per file or folder name (shorten it)"
             )
-    return PurePosixPath(scheme, netloc or "_", *parts)
+    return "/".join((scheme, netloc or "_", *parts))
 
 
 def is_windows_path(path: str) -> bool:

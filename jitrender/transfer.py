@@ -14,19 +14,23 @@ so verifying needs no second read of the file.
 from __future__ import annotations
 
 import base64
+import contextlib
+import heapq
+import itertools
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 
+from jitrender.errors import Preempted
 from jitrender.storage import ChecksumMismatch, Crc32cWriter, ObjectInfo, Store
 
 # Objects at least this large are fetched as concurrent ranges: measured on the Overlap
 # benchmark, one object at a time over 8 connections beats 16 objects sharing the link.
 LARGE_OBJECT_BYTES = 8 << 20
-MIN_CHUNK_BYTES = 4 << 20  # below this the per-request latency outweighs the parallelism
+MIN_CHUNK_BYTES = 8 << 20  # below this the per-request cost outweighs the parallelism
 MAX_CHUNK_BYTES = 32 << 20
 CHUNK_BYTES = 16 << 20
 CHUNK_WORKERS = 8
@@ -112,31 +116,161 @@ def chunk_ranges(size: int, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, i
     return [(start, min(start + chunk_bytes, size)) for start in range(0, size, chunk_bytes)]
 
 
+class _Download:
+    """One object's ranges as the scheduler sees them: settled one by one, by any worker."""
+
+    def __init__(
+        self,
+        info: ObjectInfo,
+        store: Store,
+        fd: int,
+        count: int,
+        scope: _Scope | None,
+    ) -> None:
+        self.info = info
+        self.store = store
+        self.fd = fd
+        self.on_start = scope.on_start if scope is not None else None
+        self.should_stop = scope.should_stop if scope is not None else None
+        self.results: list[ChunkResult] = []
+        self.error: BaseException | None = None
+        self.remaining = count
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+    def settle(self, result: ChunkResult | None, error: BaseException | None) -> None:
+        with self.lock:
+            if result is not None:
+                self.results.append(result)
+            if error is not None and self.error is None:
+                self.error = error  # the first failure is the one reported
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.done.set()
+
+
+@dataclass(frozen=True)
+class _Scope:
+    order: int
+    on_start: Callable[[int], None] | None
+    should_stop: Callable[[], bool] | None
+
+
 class RangedDownloader:
-    """Fetches large objects as concurrent ranges on a pool of its own, kept for the life of
-    its owner so each worker keeps its storage client and warm connection between objects."""
+    """Fetches large objects as ranges, from one queue for every object in the process,
+    served by ``workers`` threads kept for the life of the owner (each keeps its warm
+    connection between objects).
+
+    The queue is ordered by when each download was asked for (or by the order reserved for it
+    with :meth:`reserve` and :meth:`scheduled`), then by offset: the earliest object's ranges
+    always go first, and a worker that finds the current object's ranges all taken starts on
+    the next object's at once, so the link never idles between objects."""
 
     def __init__(self, chunk_bytes: int | None = None, workers: int = CHUNK_WORKERS) -> None:
         self.chunk_bytes = chunk_bytes
         self.workers = workers
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._queue: list[tuple[int, int, int, int, _Download]] = []  # a heap
+        self._order = itertools.count()
+        self._tie = itertools.count()
+        self._threads = 0
+        self._idle = 0
+        self._generation = 0  # bumped by close: the workers of an older one leave
+        self._scope = threading.local()
 
     def chunk_size_for(self, size: int) -> int:
-        """One range per worker, each between 4 and 32 MiB."""
+        """One range per worker, each between 8 and 32 MiB."""
         return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, -(-size // self.workers)))
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chunk")
-            return self._pool
+    # -- ordering --------------------------------------------------------------------------
+
+    def reserve(self) -> int:
+        """A place in the queue, for a download that will be asked for later (prefetch
+        admits objects in frame order, then hands them to threads that may race)."""
+        return next(self._order)
+
+    @contextlib.contextmanager
+    def scheduled(
+        self,
+        order: int,
+        on_start: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[None]:
+        """Downloads this thread asks for inside the block take the place ``order``; each of
+        their ranges calls ``on_start(bytes)`` when its request is made (or the range is
+        dropped), and ranges not started once ``should_stop()`` is true are dropped (the
+        download then raises :class:`~jitrender.errors.Preempted`)."""
+        previous = getattr(self._scope, "value", None)
+        self._scope.value = _Scope(order, on_start, should_stop)
+        try:
+            yield
+        finally:
+            self._scope.value = previous
+
+    # -- the workers -----------------------------------------------------------------------
+
+    def _submit(self, download: _Download, order: int, ranges: list[tuple[int, int]]) -> None:
+        with self._cond:
+            for start, end in ranges:
+                heapq.heappush(self._queue, (order, start, next(self._tie), end, download))
+            wanted = min(self.workers, len(self._queue) + self._threads - self._idle)
+            for _ in range(wanted - self._threads):
+                self._threads += 1
+                threading.Thread(
+                    target=self._work,
+                    args=(self._generation,),
+                    name=f"chunk-{self._threads}",
+                    daemon=True,  # a stopping run exits without waiting for a range
+                ).start()
+            self._cond.notify(len(ranges))
+
+    def _work(self, generation: int) -> None:
+        while True:
+            with self._cond:
+                while generation == self._generation and not self._queue:
+                    self._idle += 1
+                    self._cond.wait()
+                    if generation != self._generation:
+                        return  # close reset the counts this worker was in
+                    self._idle -= 1
+                if generation != self._generation:
+                    return
+                _order, start, _tie, end, download = heapq.heappop(self._queue)
+            self._run(download, start, end)
+
+    @staticmethod
+    def _run(download: _Download, start: int, end: int) -> None:
+        if download.on_start is not None:
+            download.on_start(end - start)
+        if download.error is not None:  # another range failed: no point asking for this one
+            download.settle(None, None)
+            return
+        if download.should_stop is not None and download.should_stop():
+            download.settle(None, Preempted("stopped while fetching"))
+            return
+        info = download.info
+        try:
+            sink = Crc32cWriter(_PositionalWriter(download.fd, start, end - start))  # type: ignore[arg-type]
+            download.store.download(info, sink, start, end)  # type: ignore[arg-type]
+            if sink.size != end - start:
+                raise ChecksumMismatch(
+                    f"{info.url}: range {start}-{end} gave {sink.size} bytes, not {end - start}"
+                )
+        except BaseException as exc:
+            download.settle(None, exc)
+            return
+        download.settle(ChunkResult(start, sink.size, _crc_int(sink)), None)
+
+    # -- the download ----------------------------------------------------------------------
 
     def download(self, info: ObjectInfo, store: Store, dest: Path) -> str:
         """Fetch ``info`` into the new file ``dest`` and return the whole object's CRC32C
-        (base64). Raises :class:`ChecksumMismatch` when any range comes back short or long, or
-        the combined checksum differs from what storage promised; ``dest`` is then left for
-        the caller to delete. Store errors propagate unchanged (the caller retries)."""
+        (base64); returns once no range of it is in flight. Raises :class:`ChecksumMismatch`
+        when any range comes back short or long, or the combined checksum differs from what
+        storage promised; ``dest`` is then left for the caller to delete. Store errors
+        propagate unchanged (the caller retries)."""
+        scope: _Scope | None = getattr(self._scope, "value", None)
+        order = scope.order if scope is not None else next(self._order)
         ranges = chunk_ranges(info.size, self.chunk_bytes or self.chunk_size_for(info.size))
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -146,43 +280,39 @@ class RangedDownloader:
                     os.posix_fallocate(fd, 0, info.size)
                 except OSError:
                     os.ftruncate(fd, info.size)
-
-            def one(bounds: tuple[int, int]) -> ChunkResult:
-                start, end = bounds
-                sink = Crc32cWriter(_PositionalWriter(fd, start, end - start))  # type: ignore[arg-type]
-                store.download(info, sink, start, end)  # type: ignore[arg-type]
-                if sink.size != end - start:
-                    raise ChecksumMismatch(
-                        f"{info.url}: range {start}-{end} gave {sink.size} bytes, not {end - start}"
-                    )
-                return ChunkResult(start, sink.size, _crc_int(sink))
-
-            futures = [self._executor().submit(one, bounds) for bounds in ranges]
-            try:
-                results = [future.result() for future in futures]
-            finally:
-                for future in futures:  # never close the fd under a range still writing
-                    future.cancel()
-                wait(futures)
+            download = _Download(info, store, fd, len(ranges), scope)
+            if ranges:
+                self._submit(download, order, ranges)
+                download.done.wait()  # never close the fd under a range still writing
         finally:
             os.close(fd)
+        if download.error is not None:
+            raise download.error
         whole = 0
-        for result in results:  # ranges are in order: combining left to right gives the whole
-            whole = crc32c_combine(whole, result.crc32c, result.size)
+        for result in sorted(download.results, key=lambda r: r.start):
+            whole = crc32c_combine(whole, result.crc32c, result.size)  # left to right
         digest = crc32c_b64(whole)
         if info.crc32c is not None and digest != info.crc32c:
             raise ChecksumMismatch(f"{info.url}: crc32c mismatch over {len(ranges)} ranges")
         return digest
 
     def close(self) -> None:
-        with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+        """Drop the queued ranges (their downloads raise ``CancelledError``) and let the
+        workers go once their current range is done; a later download starts new ones."""
+        with self._cond:
+            queued, self._queue = self._queue, []
+            self._generation += 1
+            self._threads = 0
+            self._idle = 0
+            self._cond.notify_all()
+        for _order, _start, _tie, _end, download in queued:
+            download.settle(None, CancelledError())
 
 
 class InflightBudget:
-    """Admits downloads in the order they ask, while the bytes in flight stay under a cap.
+    """Admits downloads in the order they ask, while the bytes admitted and not yet given back
+    stay under a cap (the caller gives a large object's bytes back range by range, as each
+    range's request is made, and a small one's when it has arrived).
 
     Prefetch submits every frame's dependencies at once; without a cap, frame N+20's files
     share the link with frame N+1's and the next frame to render waits longest. The first

@@ -1,6 +1,12 @@
 """Shared fixtures and helpers: a real GCS JSON API server (fake-gcs-server, started by
 tests/fakegcs.py as the benchmarks start it) with buckets in it, a local folder acting as a
-bucket, and the one CLI runner (:func:`cli`)."""
+bucket, and the one CLI runner (:func:`cli`).
+
+The suite runs in parallel (``make unit``: pytest-xdist, ``--dist loadscope``): each worker
+starts its own fake-gcs-server and has its own default cache folder (``$XDG_CACHE_HOME``),
+and all tests of one module run on one worker, so a module-scoped fixture (a rendered job, a
+Slurm cluster) is built once. A test must not use a fixed port or a fixed path outside its
+``tmp_path``."""
 
 from __future__ import annotations
 
@@ -24,6 +30,19 @@ if os.environ.get("CI"):
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs that name no cache folder use one of this session's (this xdist worker's), not
+    the user's ``~/.cache/jitrender`` shared with other sessions and workers."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
 
 
 def cli(

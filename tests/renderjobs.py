@@ -146,6 +146,23 @@ def make_job(
     return RenderJob(root, bucket, frame_list, job_file, phase_dir, root / "cache", texture_size)
 
 
+def jobs_on_one_node(root: Path, bucket: str, frames: Mapping[str, str]) -> list[RenderJob]:
+    """One job per ``name: frames`` (below ``root / name``, named ``name``), all sharing one
+    node's cache (``root / "node-cache"``), as jobs that land on the same node do."""
+    jobs = []
+    for name, job_frames in frames.items():
+        job = make_job(root / name, bucket, job_frames, name=name)
+        job.cache_dir = root / "node-cache"
+        jobs.append(job)
+    return jobs
+
+
+def node_health(job: RenderJob, *args: str) -> tuple[int, dict[str, Any]]:
+    """``jitrender health --json ARGS`` on ``job``'s node: (exit code, the state it prints)."""
+    out = job_cli(job, "health", "--json", *args)
+    return out.returncode, json.loads(out.stdout)
+
+
 def jitrender_env(job: RenderJob, **overrides: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -245,3 +262,18 @@ def cache_verify(job: RenderJob) -> dict[str, int]:
     assert out.returncode == 0, out.stderr
     result: dict[str, int] = json.loads(out.stdout)
     return result
+
+
+def assert_exactly_once(job: RenderJob, before: dict[str, tuple[int, bytes]]) -> None:
+    """Every frame has one whole output and one marker, nothing else is in the outputs
+    prefix, and every object that existed ``before`` the rerun still has its generation."""
+    after = bucket_objects(job.bucket, "renders/")
+    outputs = {f"renders/frame.{f:04d}.txt" for f in job.frames}
+    markers = {n for n in after if n.startswith("renders/_jitrender/")}
+    assert set(after) == outputs | markers, sorted(after)
+    assert sorted(int(n.rsplit(".", 2)[1]) for n in markers) == job.frames
+    for frame in job.frames:
+        data = after[f"renders/frame.{frame:04d}.txt"][1]
+        assert data == expected_output(frame, job.frame_inputs(frame))
+    for name, (generation, _data) in before.items():
+        assert after[name][0] == generation, f"{name} was overwritten"

@@ -8,7 +8,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,14 @@ from jitrender.agent import AgentClient, AgentError, hooks_dir
 from jitrender.deps import Dependency
 from jitrender.job import load_job
 from jitrender.run import RunOptions, run_job
-from tests.hooks.conftest import RunningAgent, show_agent, start_test_agent
+from tests.hooks.conftest import (
+    CLIENT_STAGE,
+    RunningAgent,
+    at_once,
+    make_bucket,
+    show_agent,
+    start_test_agent,
+)
 
 __all__ = ["show_agent"]  # the fixture, shared with the plugin tests
 
@@ -71,19 +77,7 @@ def test_unmapped_paths_and_bad_requests_get_clear_codes(show_agent: RunningAgen
 def test_many_threads_asking_at_once_fetch_each_object_once(show_agent: RunningAgent) -> None:
     paths = ["/mnt/show/tex/wood.png", "/mnt/show/tex/metal.png", "/mnt/show/seq/plate.0003.exr"]
     client = AgentClient(show_agent.socket)
-    answers: list[str] = []
-    lock = threading.Lock()
-
-    def worker(index: int) -> None:
-        local = client.resolve(paths[index % len(paths)])
-        with lock:
-            answers.append(local)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(24)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    answers = at_once(24, lambda i: client.resolve(paths[i % len(paths)]))
     assert len(answers) == 24 and len(set(answers)) == 3
     assert sorted(show_agent.store.downloads.values()) == [1, 1, 1]
 
@@ -107,6 +101,29 @@ def test_frame_next_prefetches_that_frame_and_the_next_ones_deps_only(tmp_path: 
             "plate.0003.exr",
         ]
         assert ask(running, {"op": "frame", "frame": 2})["queued"] == 0  # already there
+    finally:
+        running.agent.stop()
+
+
+def test_frame_with_wait_answers_the_frames_files_once_local_and_names_the_missing(
+    tmp_path: Path,
+) -> None:
+    """What the Blender plugin asks before each frame instead of deriving file numbers."""
+    root = tmp_path / "bucket"
+    deps = [
+        Dependency("/mnt/show/tex/wood.png", f"file://{root}/tex/wood.png", None, "IMwood"),
+        Dependency("/mnt/show/seq/p.0002.exr", f"file://{root}/seq/p.0002.exr", (2,), "IMp"),
+        Dependency("/mnt/show/seq/p.0003.exr", f"file://{root}/seq/p.0003.exr", (3,), "IMp"),
+    ]
+    running = start_test_agent(tmp_path, {"tex/wood.png": b"w", "seq/p.0002.exr": b"2"}, deps)
+    try:
+        answer = ask(running, {"op": "frame", "frame": 2, "wait": True})
+        local = {Path(f["local"]).name: Path(f["local"]).read_bytes() for f in answer["files"]}
+        assert local == {"wood.png": b"w", "p.0002.exr": b"2"}
+        (missing,) = ask(running, {"op": "frame", "frame": 3, "wait": True})["files"][1:]
+        assert missing["source"] == "IMp" and missing["path"] == "/mnt/show/seq/p.0003.exr"
+        assert missing["error"].endswith("seq/p.0003.exr: does not exist in storage")
+        assert "local" not in missing
     finally:
         running.agent.stop()
 
@@ -146,16 +163,11 @@ def test_session_file_and_socket_are_private_and_describe_the_mapping(
 def test_run_gives_stages_an_agent_that_fetches_what_the_resolver_did_not_predict(
     tmp_path: Path,
 ) -> None:
-    bucket = tmp_path / "bucket"
-    (bucket / "tex").mkdir(parents=True)
-    (bucket / "tex" / "late.txt").write_text("fetched on request")
-    (bucket / "tex" / "unused.txt").write_text("never asked for")
+    files = {"tex/late.txt": b"fetched on request", "tex/unused.txt": b"never asked for"}
+    bucket = make_bucket(tmp_path / "bucket", files)
     script = tmp_path / "stage.py"
     script.write_text(
-        "import os, sys\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "import jitrender_client\n"
-        "local = jitrender_client.Resolver().local('/mnt/show/tex/late.txt')\n"
+        CLIENT_STAGE + "local = jitrender_client.Resolver().local('/mnt/show/tex/late.txt')\n"
         "out = os.path.join(os.environ['JITRENDER_OUTPUTS'], 'out.' + sys.argv[2] + '.txt')\n"
         "open(out, 'w').write(open(local).read())\n"
     )

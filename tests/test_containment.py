@@ -16,6 +16,7 @@ import yaml
 
 from jitrender.agent import hooks_dir
 from tests.conftest import cli, put_object
+from tests.hooks.conftest import CLIENT_STAGE, make_bucket
 
 SECRET = b"node-local secret: never upload me\n"
 
@@ -89,17 +90,12 @@ def test_a_node_local_path_in_a_scene_from_a_bucket_is_unresolved_not_fetched(
 def test_a_stage_made_symlink_in_inputs_never_places_a_file_outside_the_workspace(
     tmp_path: Path,
 ) -> None:
-    bucket = tmp_path / "bucket"
-    (bucket / "late").mkdir(parents=True)
-    (bucket / "late" / "x.txt").write_text("fetched on request")
+    bucket = make_bucket(tmp_path / "bucket", {"late/x.txt": b"fetched on request"})
     outside = tmp_path / "outside"
     outside.mkdir()
     job = job_with_stage(
         tmp_path,
-        "import os, sys\n"
-        "sys.path.insert(0, sys.argv[1])\n"
-        "import jitrender_client\n"
-        f"mirror = os.environ['JITRENDER_INPUTS'] + '/file/_' + {str(bucket)!r}\n"
+        CLIENT_STAGE + f"mirror = os.environ['JITRENDER_INPUTS'] + '/file/_' + {str(bucket)!r}\n"
         "os.makedirs(mirror, exist_ok=True)\n"
         f"os.symlink({str(outside)!r}, mirror + '/late')\n"
         "try:\n"

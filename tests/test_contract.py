@@ -15,7 +15,15 @@ import pytest
 import yaml
 
 from tests.conftest import cli, put_object
-from tests.renderjobs import RenderJob, jitrender_env, job_cli, make_job, run
+from tests.renderjobs import (
+    RenderJob,
+    jitrender_env,
+    job_cli,
+    jobs_on_one_node,
+    make_job,
+    node_health,
+    run,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -327,49 +335,31 @@ def test_rich_bars_count_every_fetched_file_and_name_the_stage(
 # -- 7. health: the node's faults only; a per-job blocklist --------------------------------------
 
 
-def _health(job: RenderJob) -> tuple[int, dict[str, Any]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "health", "--json"],
-        env=jitrender_env(job),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return result.returncode, json.loads(result.stdout)
-
-
 def test_jobs_with_bad_flags_do_not_drain_a_healthy_node(gcs_bucket: str, tmp_path: Path) -> None:
-    cache = tmp_path / "node-cache"
-    jobs = [make_job(tmp_path / n, gcs_bucket, "1-2", name=n) for n in ("a", "b")]
-    for job in jobs:
-        job.cache_dir = cache
+    for job in jobs_on_one_node(tmp_path, gcs_bucket, {"a": "1-2", "b": "1-2"}):
         # A typo in the render flags: the renderer says so and exits 2, every frame.
         typo = "import sys; print('error: unknown option --smaples'); sys.exit(2)"
         _rewrite(job, stages=[{"name": "render", "command": [sys.executable, "-c", typo]}])
         code, out, _ = run(job)
         assert code == 65, out
-    code, state = _health(jobs[0])
+    code, state = node_health(job)
     assert code == 0 and state["healthy"] is True, state
     assert state["failed_frames_in_a_row"] == 0
     # A missing output pattern is the job's too.
-    job = make_job(tmp_path / "c", gcs_bucket, "1-2", name="c")
-    job.cache_dir = cache
+    (job,) = jobs_on_one_node(tmp_path, gcs_bucket, {"c": "1-2"})
     _rewrite(job, outputs={"to": f"{gcs_bucket}/c", "files": ["nothing.####.exr"]})
     code, out, _ = run(job)
     assert code == 65 and "did not write outputs/nothing.0001.exr" in out, out
-    assert _health(job)[0] == 0
+    assert node_health(job)[0] == 0
 
 
 def test_node_that_failed_one_jobs_frames_n_times_stops_taking_that_job(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
-    cache = tmp_path / "node-cache"
-    bad = make_job(tmp_path / "bad", gcs_bucket, "1-3", name="bad")
-    good = make_job(tmp_path / "good", gcs_bucket, "4-5", name="good")
-    bad.cache_dir = good.cache_dir = cache
+    bad, good = jobs_on_one_node(tmp_path, gcs_bucket, {"bad": "1-3", "good": "4-5"})
     code, out, _ = run(bad, env=jitrender_env(bad, FAIL_FRAMES="1,2,3"))
     assert code == 65, out
-    code, state = _health(bad)
+    code, state = node_health(bad)
     assert code == 0, state  # the node is fine...
     assert [v["job_name"] for v in state["blocked_jobs"].values()] == ["bad"]
     code, out, _ = run(bad)  # ...but takes no more of this job's frames

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import gcs_client
 from tests.faultproxy import Fault, FaultProxy, Request
@@ -51,32 +51,37 @@ def test_gzip_encoded_dependency_is_fetched_as_stored_and_verified(
         assert objects[f"renders/frame.{frame:04d}.txt"][1] == expected_output(frame, inputs)
 
 
-def _outage(seconds: float) -> tuple[list[float], Callable[[Request], Fault | None]]:
-    """A rule: every request fails (503 or a reset, alternately) for ``seconds`` from the
-    first one it sees, then storage is back."""
+def _run_through_outage(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy, outage_s: float, deadline_s: float
+) -> tuple[int, str, dict[str, Any], float]:
+    """Run a two-frame job with ``retries.storage_deadline`` at ``deadline_s`` while every
+    storage request fails (503 or a reset, alternately) for ``outage_s`` from the first one;
+    (exit code, output, report, seconds the run took)."""
+    job = make_job(
+        tmp_path / "job", gcs_bucket, "1-2", extra={"retries": {"storage_deadline": deadline_s}}
+    )
     began: list[float] = []
 
-    def rule(request: Request) -> Fault | None:
+    def outage(request: Request) -> Fault | None:
         now = time.monotonic()
         if not began:
             began.append(now)
-        if now - began[0] < seconds:
+        if now - began[0] < outage_s:
             return Fault("503" if int(now * 10) % 2 else "reset")
         return None
 
-    return began, rule
+    proxy.rules.append(outage)
+    started = time.monotonic()
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    return code, out, report, time.monotonic() - started
 
 
 def test_storage_outage_of_a_few_seconds_is_ridden_out(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
-    job = make_job(tmp_path / "job", gcs_bucket, "1-2", extra={"retries": {"storage_deadline": 30}})
-    _, outage = _outage(2.0)
-    proxy.rules.append(outage)
-    started = time.monotonic()
-    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    code, out, report, elapsed = _run_through_outage(gcs_bucket, tmp_path, proxy, 2.0, 30)
     assert code == 0, out
-    assert time.monotonic() - started >= 2.0  # it really waited the outage out
+    assert elapsed >= 2.0  # it really waited the outage out
     assert proxy.counts["503"] + proxy.counts["reset"] >= 3, proxy.counts
     assert report["frames"]["done"] == [1, 2]
 
@@ -84,12 +89,7 @@ def test_storage_outage_of_a_few_seconds_is_ridden_out(
 def test_outage_past_the_deadline_is_75_transient_storage_failure_not_preempted(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
-    job = make_job(tmp_path / "job", gcs_bucket, "1-2", extra={"retries": {"storage_deadline": 2}})
-    _, outage = _outage(60.0)
-    proxy.rules.append(outage)
-    started = time.monotonic()
-    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
-    elapsed = time.monotonic() - started
+    code, out, report, elapsed = _run_through_outage(gcs_bucket, tmp_path, proxy, 60.0, 2)
     assert code == 75, out
     assert report["status"] == "transient_failure"
     assert report["error"].startswith("transient storage failure:"), report["error"]

@@ -254,28 +254,27 @@ def test_negative_index_or_empty_count_is_a_config_error(
     assert name in config_error(flag_index, flag_count, env)
 
 
-def test_two_engines_disagreeing_on_the_index_name_both_variables() -> None:
-    env = {
-        "BATCH_TASK_INDEX": "1",
-        "BATCH_TASK_COUNT": "4",
-        "SLURM_ARRAY_TASK_ID": "2",
-        "SLURM_ARRAY_TASK_COUNT": "4",
-        "SLURM_ARRAY_TASK_MIN": "0",
-        "SLURM_ARRAY_TASK_MAX": "3",
-    }
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (  # on the index
+            {"BATCH_TASK_INDEX": "1", "BATCH_TASK_COUNT": "4", "SLURM_ARRAY_TASK_ID": "2"}
+            | {"SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "0"}
+            | {"SLURM_ARRAY_TASK_MAX": "3"},
+            ("BATCH_TASK_INDEX=1", "SLURM_ARRAY_TASK_ID=2"),
+        ),
+        (  # on the count
+            {"BATCH_TASK_INDEX": "1", "BATCH_TASK_COUNT": "4", "CLOUD_RUN_TASK_INDEX": "1"}
+            | {"CLOUD_RUN_TASK_COUNT": "5"},
+            ("BATCH_TASK_COUNT=4", "CLOUD_RUN_TASK_COUNT=5"),
+        ),
+    ],
+)
+def test_two_engines_disagreeing_name_both_variables(
+    env: dict[str, str], named: tuple[str, str]
+) -> None:
     message = config_error(None, None, env)
-    assert "BATCH_TASK_INDEX=1" in message and "SLURM_ARRAY_TASK_ID=2" in message
-
-
-def test_two_engines_disagreeing_on_the_count_name_both_variables() -> None:
-    env = {
-        "BATCH_TASK_INDEX": "1",
-        "BATCH_TASK_COUNT": "4",
-        "CLOUD_RUN_TASK_INDEX": "1",
-        "CLOUD_RUN_TASK_COUNT": "5",
-    }
-    message = config_error(None, None, env)
-    assert "BATCH_TASK_COUNT=4" in message and "CLOUD_RUN_TASK_COUNT=5" in message
+    assert all(variable in message for variable in named), message
 
 
 def test_task_count_variable_disagreeing_with_the_engine_is_a_config_error() -> None:

@@ -20,9 +20,9 @@ import pytest
 from tests.faultproxy import Fault, FaultProxy, Request
 from tests.renderjobs import (
     RenderJob,
+    assert_exactly_once,
     bucket_objects,
     cache_verify,
-    expected_output,
     finish,
     jitrender_env,
     make_job,
@@ -30,21 +30,6 @@ from tests.renderjobs import (
     start_run,
     wait_for,
 )
-
-
-def assert_exactly_once(job: RenderJob, before: dict[str, tuple[int, bytes]]) -> None:
-    """Every frame has one whole output and one marker, nothing else is in the outputs
-    prefix, and every object that existed ``before`` the rerun still has its generation."""
-    after = bucket_objects(job.bucket, "renders/")
-    outputs = {f"renders/frame.{f:04d}.txt" for f in job.frames}
-    markers = {n for n in after if n.startswith("renders/_jitrender/")}
-    assert set(after) == outputs | markers, sorted(after)
-    assert sorted(int(n.rsplit(".", 2)[1]) for n in markers) == job.frames
-    for frame in job.frames:
-        data = after[f"renders/frame.{frame:04d}.txt"][1]
-        assert data == expected_output(frame, job.frame_inputs(frame))
-    for name, (generation, _data) in before.items():
-        assert after[name][0] == generation, f"{name} was overwritten"
 
 
 def kill_and_rerun(job: RenderJob, proc: subprocess.Popen[bytes]) -> list[int]:

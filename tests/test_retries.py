@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from jitrender.health import FrameOutcome, HealthPolicy, NodeHealth
 from tests.conftest import cli
 from tests.renderjobs import (
-    RenderJob,
     bucket_objects,
     expected_output,
     jitrender_env,
+    jobs_on_one_node,
     make_job,
+    node_health,
     rendered,
     run,
 )
@@ -48,28 +48,20 @@ def test_frame_that_keeps_failing_fails_the_run_after_the_others(
     assert "frame.0002.txt" not in str(bucket_objects(gcs_bucket, "renders/"))
 
 
-def _health(job: RenderJob, *args: str) -> tuple[int, dict[str, Any]]:
-    out = cli("health", "--json", *args, env=jitrender_env(job))
-    return out.returncode, json.loads(out.stdout)
-
-
 def test_node_failing_frames_of_several_jobs_reports_unhealthy(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
-    cache = tmp_path / "node-cache"
-    first = make_job(tmp_path / "a", gcs_bucket, "1-2", name="a")
-    second = make_job(tmp_path / "b", gcs_bucket, "3-4", name="b")
-    for job in (first, second):
-        job.cache_dir = cache
-    assert _health(first)[0] == 0
+    first, second = jobs_on_one_node(tmp_path, gcs_bucket, {"a": "1-2", "b": "3-4"})
+    cache = first.cache_dir
+    assert node_health(first)[0] == 0
     code, out, _ = run(first, env=jitrender_env(first, CRASH_FRAMES="1,2"))
     assert code == 65, out
-    code, state = _health(first)
+    code, state = node_health(first)
     assert code == 0, state  # two failures of one job: that job's problem
     assert state["failed_frames_in_a_row"] == 2
     code, out, _ = run(second, env=jitrender_env(second, GPU_ERROR_FRAMES="3,4"))
     assert code == 65, out
-    code, state = _health(first)
+    code, state = node_health(first)
     assert code == 69 and state["healthy"] is False, state
     assert state["failed_jobs_in_a_row"] == 2
     assert "CUDA error" in state["recent_failures"][-1]["cause"]

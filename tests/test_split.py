@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -32,41 +31,13 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 WIDTH, HEIGHT, SAMPLES = 64, 48, 16
 
-# A lit sphere on a plane: edges, soft shadows and noise across every tile boundary.
-BUILD_SCENE = textwrap.dedent(
-    """
-    import sys
-    import bpy
-
-    folder = sys.argv[1]
-    for denoise in (False, True):
-        bpy.ops.wm.read_factory_settings(use_empty=True)
-        scene = bpy.context.scene
-        scene.render.engine = "CYCLES"
-        scene.render.resolution_x, scene.render.resolution_y = 64, 48
-        scene.render.resolution_percentage = 100
-        scene.cycles.samples = 16
-        scene.cycles.use_adaptive_sampling = False
-        scene.cycles.use_denoising = denoise
-        bpy.ops.mesh.primitive_uv_sphere_add(location=(0, 0, 0))
-        bpy.ops.mesh.primitive_plane_add(size=10, location=(0, 0, -1))
-        bpy.ops.object.light_add(type="POINT", location=(2, -2, 3))
-        bpy.context.object.data.energy = 800
-        bpy.ops.object.camera_add(location=(0, -6, 1.5), rotation=(1.35, 0, 0))
-        scene.camera = bpy.context.object
-        scene.world = bpy.data.worlds.new("sky")
-        name = "denoised" if denoise else "plain"
-        bpy.ops.wm.save_as_mainfile(filepath=f"{folder}/{name}.blend")
-    """
-)
+SPLIT_SCENE = Path(__file__).with_name("split_scene.py")  # plain.blend, denoised.blend
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("scenes")
-    script = folder / "build.py"
-    script.write_text(BUILD_SCENE)
-    subprocess.run([sys.executable, str(script), str(folder)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(SPLIT_SCENE), str(folder)], check=True, capture_output=True)
     return folder
 
 

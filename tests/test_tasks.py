@@ -11,9 +11,9 @@ from pathlib import Path
 from tests.conftest import cli
 from tests.renderjobs import (
     RenderJob,
+    assert_exactly_once,
     bucket_objects,
     cache_verify,
-    expected_output,
     finish,
     jitrender_env,
     make_job,
@@ -80,17 +80,7 @@ def test_four_tasks_some_killed_and_rerun_render_every_frame_exactly_once(
     assert set(rerendered) <= set(CHUNKS[1]) | set(CHUNKS[3])
     assert sorted(set(starts_before) | set(rerendered)) == FRAMES
 
-    after = bucket_objects(gcs_bucket, "renders/")
-    outputs = {f"renders/frame.{f:04d}.txt" for f in FRAMES}
-    markers = {n for n in after if "/_jitrender/" in n}
-    assert set(after) == outputs | markers
-    assert sorted(int(n.rsplit(".", 2)[1]) for n in markers) == FRAMES
-    for frame in FRAMES:
-        assert after[f"renders/frame.{frame:04d}.txt"][1] == expected_output(
-            frame, job.frame_inputs(frame)
-        )
-    for name, (generation, _) in before.items():
-        assert after[name][0] == generation, f"{name} overwritten"
+    assert_exactly_once(job, before)
     for cache in (node_a, node_b):
         job.cache_dir = cache
         assert cache_verify(job)["bad"] == 0

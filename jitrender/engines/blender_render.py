@@ -153,21 +153,22 @@ def output_name(pattern: str, frame: int) -> str:
 # -- image sequences -------------------------------------------------------------------------
 
 
-def sequence_frame(
-    frame: int, frame_start: int, frame_duration: int, frame_offset: int, cyclic: bool
-) -> int:
-    """The file number an image-sequence user reads at scene ``frame``; mirrors Blender's
-    ``BKE_image_user_frame_get`` (clamped to the sequence unless cyclic, then offset)."""
-    length = frame_duration
-    if length == 0:
-        return 0
-    number = frame - frame_start + 1
-    if cyclic:
-        number %= length
-        if number == 0:
-            number = length
-    number = max(0, min(number, length))
-    return number + frame_offset
+def blend_frames() -> Any:
+    """:mod:`jitrender.resolve.blend_frames`, the one copy of Blender's file-sequence frame
+    arithmetic (the resolver's), loaded from its file: it is standard library only, and this
+    script runs where the jitrender package may not be importable (a Blender binary's Python)."""
+    module = sys.modules.get("_jitrender_blend_frames")
+    if module is None:
+        import importlib.util
+
+        path = Path(__file__).resolve().parents[1] / "resolve" / "blend_frames.py"
+        spec = importlib.util.spec_from_file_location("_jitrender_blend_frames", path)
+        if spec is None or spec.loader is None:
+            raise SetupError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while defining
+        spec.loader.exec_module(module)
+    return module
 
 
 def _image_users(bpy: Any) -> Iterator[tuple[Any, Any, str]]:
@@ -218,6 +219,7 @@ def images_read(bpy: Any, frame: int) -> list[ImageRead]:
         if image.source == "SEQUENCE":
             sequence_users.setdefault(image.name, []).append((image_user, who))
 
+    frames = blend_frames()
     for image in bpy.data.images:
         if image.users - int(image.use_fake_user) <= 0 or image.packed_file is not None:
             continue
@@ -225,18 +227,18 @@ def images_read(bpy: Any, frame: int) -> list[ImageRead]:
             add(image, "", image.filepath)
         elif image.source == "TILED":
             for tile in image.tiles:
-                u, v = (tile.number - 1001) % 10 + 1, (tile.number - 1001) // 10 + 1
-                written = image.filepath.replace("<UDIM>", str(tile.number))
-                add(image, f"tile {tile.number}", written.replace("<UVTILE>", f"u{u}_v{v}"))
+                add(
+                    image, f"tile {tile.number}", frames.udim_tile_path(image.filepath, tile.number)
+                )
         elif image.source == "SEQUENCE":
             for image_user, who in sequence_users.get(image.name, []):
-                image_user.frame_current = sequence_frame(
-                    frame,
-                    image_user.frame_start,
-                    image_user.frame_duration,
-                    image_user.frame_offset,
-                    image_user.use_cyclic,
+                user = frames.ImageUser(
+                    frames=image_user.frame_duration,
+                    start=image_user.frame_start,
+                    offset=image_user.frame_offset,
+                    cyclic=image_user.use_cyclic,
                 )
+                image_user.frame_current = user.file_frame(frame)[0]
                 written = image.filepath_from_user(image_user=image_user)
                 add(image, f"{who}, sequence {image.filepath}", written)
     return list(reads.values())
@@ -337,6 +339,13 @@ def render_frame(bpy: Any, scene: Any, frame: int, final: Path) -> float:
     started = time.monotonic()
     scene.frame_set(frame)
     check_images(bpy, frame)
+    write_still(bpy, scene, final)
+    return time.monotonic() - started
+
+
+def write_still(bpy: Any, scene: Any, final: Path) -> None:
+    """Render the scene's current frame to a hidden temporary name next to ``final`` and
+    rename it into place, so a watcher of the folder only ever sees a whole file."""
     final.parent.mkdir(parents=True, exist_ok=True)
     scene.render.filepath = str(final.parent / f".{final.name}.{os.getpid()}.part")
     written = Path(scene.render.filepath)
@@ -346,7 +355,6 @@ def render_frame(bpy: Any, scene: Any, frame: int, final: Path) -> float:
         written.unlink(missing_ok=True)
         raise RuntimeError(f"Blender wrote no image (render returned {sorted(result)})")
     os.replace(written, final)
-    return time.monotonic() - started
 
 
 def load_plugin(path: str | None) -> None:
@@ -551,14 +559,7 @@ def finish_frame(bpy: Any, scene: Any, frame: int, assembled: Path, final: Path)
         tree.nodes.remove(node)  # no Render Layers node left: Blender renders nothing
     render.use_compositing = True
     scene.frame_set(frame)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    render.filepath = str(final.parent / f".{final.name}.{os.getpid()}.part")
-    written = Path(render.filepath)
-    result = bpy.ops.render.render(write_still=True, scene=scene.name)
-    if "FINISHED" not in result or not written.is_file():
-        written.unlink(missing_ok=True)
-        raise RuntimeError(f"Blender wrote no image (render returned {sorted(result)})")
-    os.replace(written, final)
+    write_still(bpy, scene, final)
     return time.monotonic() - started
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import posixpath
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,9 @@ from jitrender.sequences import (
     match_udim_tiles,
 )
 from jitrender.storage import ObjectInfo
+
+# Every token (frame, UDIM/UVTILE, view; see jitrender.sequences) starts with one of these.
+_TOKEN_CHAR = re.compile(r"[#@%$<{]")
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,9 @@ class ResolveContext:
     render_nodes: tuple[str, ...] = ()
     _listings: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def scene_folder_url(self) -> str:
+        # Cached: every mapped path asks for it (twice), 100,000 times in a large manifest.
         return url_dirname(self.scene_url)
 
     def with_scene(self, scene_url: str, scene_file: Path) -> ResolveContext:
@@ -123,6 +129,15 @@ def file_dependencies(
     """
     out = Dependencies()
     if not written.strip():
+        return out
+    if _TOKEN_CHAR.search(written) is None:
+        # No character any view, frame or tile token starts with: one plain file.
+        try:
+            url = ctx.map(written, blender=blender, relative_to=relative_to)
+        except ValueError as exc:
+            out.unresolved.append(Unresolved(source, written, str(exc)))
+        else:
+            out.deps.append(Dependency(written, url, None, source))
         return out
     for path in expand_views(written, list(views) if views is not None else list(ctx.views)):
         try:

@@ -541,18 +541,17 @@ def _volume(
 ) -> Dependencies:
     if not block.get(b"is_sequence", default=0):
         return _files(ctx, written, source, None)
-    wanted: dict[int, set[int]] = {}
-    for frame in ctx.frames:
-        number = volume_file_frame(
+
+    def file_frame(frame: int) -> int | None:
+        return volume_file_frame(
             frame,
             start=int(block[b"frame_start"]),
             duration=int(block[b"frame_duration"]),
             offset=int(block[b"frame_offset"]),
             mode=int(block[b"sequence_mode"]),
         )
-        if number is not None:
-            wanted.setdefault(number, set()).add(frame)
-    return _numbered(ctx, written, source, wanted, {})
+
+    return _sequence_files(ctx, written, source, file_frame)
 
 
 def _movie_clip(
@@ -580,12 +579,22 @@ def _cache_file(
 ) -> Dependencies:
     if not block.get(b"is_sequence", default=0):
         return _files(ctx, written, source, None)
+    override, own_frame = bool(block[b"override_frame"]), float(block[b"frame"])
+    return _sequence_files(
+        ctx, written, source, lambda f: cache_file_frame(f, override=override, frame=own_frame)
+    )
+
+
+def _sequence_files(
+    ctx: ResolveContext, written: str, source: str, file_frame: Callable[[int], int | None]
+) -> Dependencies:
+    """The files of a sequence the context's frames load: ``file_frame`` gives the file number
+    a scene frame loads (``None``: none)."""
     wanted: dict[int, set[int]] = {}
     for frame in ctx.frames:
-        number = cache_file_frame(
-            frame, override=bool(block[b"override_frame"]), frame=float(block[b"frame"])
-        )
-        wanted.setdefault(number, set()).add(frame)
+        number = file_frame(frame)
+        if number is not None:
+            wanted.setdefault(number, set()).add(frame)
     return _numbered(ctx, written, source, wanted, {})
 
 

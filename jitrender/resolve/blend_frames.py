@@ -4,6 +4,11 @@ Each function answers "which file number does scene frame F load?" exactly as Bl
 computes it, so a resolver can list the files a frame range needs without opening Blender.
 C's ``%`` truncates towards zero and Python's floors; ``_c_mod`` keeps Blender's results for
 negative frames.
+
+Standard library only, and it must stay so: the ``blender`` engine's script
+(:mod:`jitrender.engines.blender_render`) loads this file by path inside Blender, where
+jitrender may not be importable, so that the resolver's prediction and the engine's check of
+a frame's images share one copy of the arithmetic.
 """
 
 from __future__ import annotations

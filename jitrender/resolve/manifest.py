@@ -12,6 +12,8 @@ from jitrender.resolve import register
 from jitrender.resolve.base import ResolveContext, file_dependencies
 from jitrender.sequences import parse_frames
 
+_COMMENT = re.compile(r"\s#")
+
 
 def prefix_dependencies(ctx: ResolveContext, written: str, source: str) -> Dependencies:
     """Every object below a prefix (as written, mapped), for every frame."""
@@ -49,7 +51,11 @@ def resolve_manifest(ctx: ResolveContext) -> Dependencies:
     out = Dependencies()
     for number, raw in enumerate(text.splitlines(), start=1):
         # A comment is a line starting with "#", or " #..." after a path: "####" is a token.
-        line = "" if raw.lstrip().startswith("#") else re.split(r"\s#", raw, maxsplit=1)[0].strip()
+        line = raw.strip()
+        if line.startswith("#"):
+            continue
+        if "#" in line:
+            line = _COMMENT.split(line, maxsplit=1)[0].strip()
         if line:
             out.extend(entry_dependencies(ctx, line, f"{ctx.scene_url}:{number}"))
     return out

@@ -390,16 +390,30 @@ class ScriptResolver:
     def rendered_files(self, node: Node) -> Dependencies:
         """What reading a Write's output back needs: its file (and proxy, in proxy mode) for the
         context's frames, numbered as the Write numbers them."""
+        return self.numbered_files(node, write_frame_map, ("frame_mode", "frame"), "reads back")
+
+    def numbered_files(
+        self,
+        node: Node,
+        frame_map_of: Callable[[ScriptResolver, Node], dict[int, list[int]]],
+        knobs: Sequence[str],
+        verb: str,
+    ) -> Dependencies:
+        """A Read's or Write's ``file`` (and ``proxy``, in proxy mode) for the file frames
+        ``frame_map_of`` maps the context's frames to. When that cannot be evaluated: a path
+        without a frame token is one file (a movie), any other is unresolved, quoting
+        ``knobs`` and saying which file frames it ``verb`` cannot be worked out."""
         try:
-            frame_map = write_frame_map(self, node)
+            frame_map = frame_map_of(self, node)
         except NotEvaluable as exc:
             written = self.path(node, "file")
             if written is not None and not has_frame_token(written, "nuke"):
                 return self.files(node, "file")  # one file (a movie): the frame is irrelevant
-            knobs = ("frame_mode", "frame")
             raw = " ".join(f"{k} {node.knobs[k]}" for k in knobs if k in node.knobs)
-            why = f"cannot work out which file frames it reads back: {exc.why}"
+            why = f"cannot work out which file frames it {verb}: {exc.why}"
             return Dependencies([], [Unresolved(self.source(node, "file"), raw, why)])
+        if not frame_map:
+            return Dependencies()
         out = self.files(node, "file", frame_map)
         if self.proxy_mode:
             out.extend(self.files(node, "proxy", frame_map))
@@ -1216,21 +1230,7 @@ _RETIME_MODES = ("hold", "continue", "loop", "bounce", "black")
 
 @_handles("Read", "DeepRead")
 def _read(resolver: ScriptResolver, node: Node) -> Dependencies:
-    try:
-        frame_map = read_frame_map(resolver, node)
-    except NotEvaluable as exc:
-        written = resolver.path(node, "file")
-        if written is not None and not has_frame_token(written, "nuke"):
-            return resolver.files(node, "file")  # one file (a movie): the frame is irrelevant
-        raw = " ".join(f"{k} {node.knobs[k]}" for k in _READ_DEFAULTS if k in node.knobs)
-        why = f"cannot work out which file frames it reads: {exc.why}"
-        return Dependencies([], [Unresolved(resolver.source(node, "file"), raw, why)])
-    if not frame_map:
-        return Dependencies()
-    out = resolver.files(node, "file", frame_map)
-    if resolver.proxy_mode:
-        out.extend(resolver.files(node, "proxy", frame_map))
-    return out
+    return resolver.numbered_files(node, read_frame_map, tuple(_READ_DEFAULTS), "reads")
 
 
 @_handles("ReadGeo", "ReadGeo2", "OCIOFileTransform", "AudioRead")

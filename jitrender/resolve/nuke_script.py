@@ -96,28 +96,30 @@ class Scanner:
 
     def brace_end(self, pos: int, end: int) -> int:
         """Offset just after the ``}`` that closes the ``{`` at ``pos``."""
-        depth = 0
-        for match in _BRACES.finditer(self.text, pos, end):
-            char = match.group()
-            if char == "{":
-                depth += 1
-            elif char == "}":
-                depth -= 1
-                if depth == 0:
-                    return match.end()
-        raise self.error(pos, "unmatched '{': the script ends before its closing '}'")
+        unmatched = "unmatched '{': the script ends before its closing '}'"
+        return self._closing_end(_BRACES, "{", "}", pos, end, unmatched)
 
     def bracket_end(self, pos: int, end: int) -> int:
+        """Offset just after the ``]`` that closes the ``[`` at ``pos``."""
+        unmatched = "unmatched '[': the command substitution is never closed"
+        return self._closing_end(_BRACKETS, "[", "]", pos, end, unmatched)
+
+    def _closing_end(
+        self, pairs: re.Pattern[str], opening: str, closing: str, pos: int, end: int, why: str
+    ) -> int:
+        """Offset just after the ``closing`` that balances the ``opening`` at ``pos``
+        (``pairs`` also matches backslash escapes, which count for neither); a
+        :class:`SceneParseError` saying ``why`` when the text ends first."""
         depth = 0
-        for match in _BRACKETS.finditer(self.text, pos, end):
+        for match in pairs.finditer(self.text, pos, end):
             char = match.group()
-            if char == "[":
+            if char == opening:
                 depth += 1
-            elif char == "]":
+            elif char == closing:
                 depth -= 1
                 if depth == 0:
                     return match.end()
-        raise self.error(pos, "unmatched '[': the command substitution is never closed")
+        raise self.error(pos, why)
 
     def _word_ends(self, pos: int, end: int, after: str) -> None:
         if pos < end and self.text[pos] not in " \t\r\f\v\n;":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 
@@ -19,6 +19,33 @@ from jitrender.paths import PathMap, rule_from
 from jitrender.storage import LocalStore, ObjectInfo, Store, Stores
 
 HOOKS = Path(__file__).resolve().parents[2] / "hooks"
+T = TypeVar("T")
+# How a stage script that asks the run's agent for files starts (argv[1]: the hooks folder).
+CLIENT_STAGE = "import os, sys\nsys.path.insert(0, sys.argv[1])\nimport jitrender_client\n"
+
+
+def at_once(count: int, call: Callable[[int], T]) -> list[T]:
+    """``call(0)`` .. ``call(count - 1)``, each in its own thread, released together; their
+    results in index order. The first exception a thread raised is raised here."""
+    results: dict[int, T] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = call(index)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [results[i] for i in range(count)]
 
 
 class CountingStore(LocalStore):

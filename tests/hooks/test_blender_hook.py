@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
+from jitrender.cache import Cache
+from jitrender.paths import PathMap, rule_from
+from jitrender.plan import resolve_scene
 from tests.conftest import put_object
-from tests.hooks.conftest import HOOKS, start_test_agent
+from tests.hooks.conftest import HOOKS, RunningAgent, make_bucket, start_test_agent
 
 pytestmark = [
     pytest.mark.blender,
@@ -120,16 +123,31 @@ def blender_job(scene_url: str, bucket: str, out: Path, frames: str) -> dict[str
     }
 
 
+def run_from_gcs(
+    scene: Path,
+    files: dict[str, bytes],
+    bucket: str,
+    tmp_path: Path,
+    frames: str,
+    resolution: tuple[int, int] = (64, 48),
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]:
+    """``jitrender run`` of ``scene`` uploaded to ``bucket``/shots, with ``files`` below
+    ``bucket``/show (where /mnt/show maps): (the process, its report, the outputs folder)."""
+    for rel, data in files.items():
+        put_object(f"{bucket}/show/{rel}", data)
+    scene_url = f"{bucket}/shots/{scene.name}"
+    put_object(scene_url, scene.read_bytes())
+    out = tmp_path / "out"
+    job = blender_job(scene_url, bucket, out, frames)
+    job["stages"][0]["args"]["resolution"] = list(resolution)
+    done, report = run_jitrender(job, tmp_path)
+    return done, report, out
+
+
 def test_jitrender_run_renders_studio_paths_from_gcs_with_only_the_frames_plates(
     scene: Path, gcs_bucket: str, tmp_path: Path
 ) -> None:
-    for rel, data in show_files().items():
-        put_object(f"{gcs_bucket}/show/{rel}", data)
-    put_object(f"{gcs_bucket}/shots/shot.blend", scene.read_bytes())
-    out = tmp_path / "out"
-    done, report = run_jitrender(
-        blender_job(f"{gcs_bucket}/shots/shot.blend", gcs_bucket, out, "2-3"), tmp_path
-    )
+    done, report, out = run_from_gcs(scene, show_files(), gcs_bucket, tmp_path, "2-3")
     assert done.returncode == 0, done.stderr[-3000:]
     for frame in (2, 3):
         assert_frame_pixels(out / f"beauty.{frame:04d}.png", frame)
@@ -145,23 +163,32 @@ def test_jitrender_run_renders_studio_paths_from_gcs_with_only_the_frames_plates
 def test_a_texture_missing_from_the_bucket_fails_the_run_with_65_naming_it(
     scene: Path, gcs_bucket: str, tmp_path: Path
 ) -> None:
-    for rel, data in show_files(with_wood=False).items():
-        put_object(f"{gcs_bucket}/show/{rel}", data)
-    put_object(f"{gcs_bucket}/shots/shot.blend", scene.read_bytes())
-    out = tmp_path / "out"
-    done, report = run_jitrender(
-        blender_job(f"{gcs_bucket}/shots/shot.blend", gcs_bucket, out, "2"), tmp_path
-    )
+    files = show_files(with_wood=False)
+    done, report, out = run_from_gcs(scene, files, gcs_bucket, tmp_path, "2")
     assert done.returncode == 65, done.stderr[-3000:]
     assert "wood.png" in done.stderr
-    assert report["status"] == "failed" and not list(tmp_path.glob("out/*.png"))
+    assert report["status"] == "failed" and not list(out.glob("*.png"))
+
+
+def agent_for(scene: Path, tmp_path: Path, files: dict[str, bytes], frames: str) -> RunningAgent:
+    """An agent over a local bucket holding ``files`` (at /mnt/show), told by the blend
+    resolver which files ``frames`` need, as ``jitrender run`` tells its agent, and with
+    nothing fetched: every file the render reads comes through the plugin's requests."""
+    bucket = make_bucket(tmp_path / "bucket", files)
+    deps = resolve_scene(
+        Cache(tmp_path / "resolve-cache"),
+        f"file://{scene}",
+        [int(f) for f in frames.split(",")],
+        path_map=PathMap([rule_from("/mnt/show", f"file://{bucket}")]),
+    )
+    return start_test_agent(tmp_path, files, deps=deps.deps)
 
 
 def render_with_plugin(
     scene: Path, socket: str, out: Path, frame: int | str, resolution: str = "64x48"
 ) -> subprocess.CompletedProcess[str]:
-    """blender_render with the plugin, as the blender engine runs it, but against an agent that
-    was told nothing in advance: every file comes through the plugin's requests."""
+    """blender_render with the plugin, as the blender engine runs it, against an agent (see
+    :func:`agent_for`) that fetches only what the plugin asks for."""
     env = {
         **os.environ,
         "JITRENDER_SOCKET": socket,
@@ -189,7 +216,7 @@ def render_with_plugin(
 def test_the_plugin_fetches_on_request_exactly_the_texture_and_that_frames_plate(
     scene: Path, tmp_path: Path
 ) -> None:
-    running = start_test_agent(tmp_path, show_files())
+    running = agent_for(scene, tmp_path, show_files(), "4")
     try:
         done = render_with_plugin(scene, running.socket, tmp_path / "out", 4)
     finally:
@@ -202,7 +229,7 @@ def test_the_plugin_fetches_on_request_exactly_the_texture_and_that_frames_plate
 def test_the_plugin_fails_the_frame_naming_a_texture_missing_from_storage(
     scene: Path, tmp_path: Path
 ) -> None:
-    running = start_test_agent(tmp_path, show_files(with_wood=False))
+    running = agent_for(scene, tmp_path, show_files(with_wood=False), "4")
     try:
         done = render_with_plugin(scene, running.socket, tmp_path / "out", 4)
     finally:
@@ -313,7 +340,7 @@ def centre(image: Path) -> np.ndarray:
 def test_sequencer_strips_render_each_frames_element_fetching_only_those(
     vse_scene: Path, tmp_path: Path
 ) -> None:
-    running = start_test_agent(tmp_path, vse_files(vse_scene))
+    running = agent_for(vse_scene, tmp_path, vse_files(vse_scene), "4,9,15")
     try:
         done = render_with_plugin(vse_scene, running.socket, tmp_path / "out", "4,9,15", "16x16")
     finally:
@@ -327,9 +354,9 @@ def test_sequencer_strips_render_each_frames_element_fetching_only_those(
     for frame, colour in expected.items():
         pixel = centre(tmp_path / "out" / f"beauty.{frame:04d}.png")
         assert np.abs(pixel - colour).max() <= 2, f"frame {frame} is {pixel}, not {colour}"
-    # The movie and the sound whole, after load; then per frame the one element of each image
-    # strip the sequencer renders there (shot.0007 under the movie at 9 too). Nothing of the
-    # muted channel, the muted movie, or elements of frames not rendered.
+    # The sound whole, after load; then per frame the one element of each image strip the
+    # sequencer renders there (shot.0007 under the movie at 9 too) and the movie where it
+    # plays. Nothing of the muted channel, the muted movie, or elements of frames not rendered.
     assert sorted(u.rsplit("/", 1)[1] for u in running.fetched) == [
         "clip.mov",
         "inner.0003.png",
@@ -343,13 +370,8 @@ def test_jitrender_run_renders_a_sequencer_edit_from_gcs(
     vse_scene: Path, gcs_bucket: str, tmp_path: Path
 ) -> None:
     """The whole run: the resolver's prediction and the plugin together, from fake GCS."""
-    for rel, data in vse_files(vse_scene).items():
-        put_object(f"{gcs_bucket}/show/{rel}", data)
-    put_object(f"{gcs_bucket}/shots/edit.blend", vse_scene.read_bytes())
-    out = tmp_path / "out"
-    job = blender_job(f"{gcs_bucket}/shots/edit.blend", gcs_bucket, out, "4,9,15")
-    job["stages"][0]["args"]["resolution"] = [16, 16]
-    done, report = run_jitrender(job, tmp_path)
+    files = vse_files(vse_scene)
+    done, report, out = run_from_gcs(vse_scene, files, gcs_bucket, tmp_path, "4,9,15", (16, 16))
     assert done.returncode == 0, done.stderr[-3000:]
     for frame, colour in {4: shot_colour(2), 9: CLIP, 15: inner_colour(3)}.items():
         pixel = centre(out / f"beauty.{frame:04d}.png")
@@ -368,21 +390,21 @@ def test_jitrender_run_renders_a_sequencer_edit_from_gcs(
     ("missing", "frames", "rendered", "message"),
     [
         # an element: the frames before the one showing it render, that one fails
-        ("vse/shot.0004.png", "4,6", [4], "'Shot' (scene 'Scene') needs /mnt/show/"),
-        # a movie: fetched after load, so every frame fails
-        ("vse/clip.mov", "4", [], "'Clip' (scene 'Scene') needs /mnt/show/"),
+        ("vse/shot.0004.png", "4,6", [4], "SC:Scene/Shot needs /mnt/show/"),
+        # a movie: only the frames it plays at fail
+        ("vse/clip.mov", "4,9", [4], "SC:Scene/Clip needs /mnt/show/"),
     ],
 )
 def test_a_strip_file_missing_from_storage_fails_the_frame_with_65_naming_it(
     vse_scene: Path, tmp_path: Path, missing: str, frames: str, rendered: list[int], message: str
 ) -> None:
-    running = start_test_agent(tmp_path, vse_files(vse_scene, without=missing))
+    running = agent_for(vse_scene, tmp_path, vse_files(vse_scene, without=missing), frames)
     try:
         done = render_with_plugin(vse_scene, running.socket, tmp_path / "out", frames, "16x16")
     finally:
         running.agent.stop()
     assert done.returncode == 65, done.stderr[-3000:]
-    needs = "sequencer strip " + message + missing
+    needs = message + missing
     assert needs in done.stderr, done.stderr[-3000:]
     assert f"error: frame {frames[-1]} not rendered" in done.stderr
     assert f"{missing}: does not exist in storage" in done.stderr

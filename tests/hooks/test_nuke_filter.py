@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import threading
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.hooks.conftest import HOOKS, RunningAgent
+from tests.hooks.conftest import HOOKS, RunningAgent, at_once
 
 
 @pytest.fixture
@@ -78,24 +77,8 @@ def test_concurrent_requests_from_threads_each_get_the_file_fetched_once(
 ) -> None:
     nuke_plugin.reset(show_agent.socket)
     paths = [f"/mnt/show/seq/plate.{n:04d}.exr" for n in range(1, 6)] + ["/mnt/show/tex/wood.png"]
-    results: dict[int, str] = {}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(30)
-
-    def worker(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = nuke_plugin.filename_filter(paths[index % len(paths)])
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(30)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    for index, local in results.items():
+    results = at_once(30, lambda i: nuke_plugin.filename_filter(paths[i % len(paths)]))
+    for index, local in enumerate(results):
         assert Path(local).name == Path(paths[index % len(paths)]).name and Path(local).is_file()
     assert sorted(show_agent.store.downloads.values()) == [1] * 6
 

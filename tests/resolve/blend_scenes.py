@@ -116,54 +116,46 @@ def png_bytes() -> bytes:
     return data
 
 
+def link(library: str, kind: str, names: list[str]) -> list[Any]:
+    """Link the ``kind`` datablocks (``"objects"``, ``"materials"``) called ``names`` from the
+    library file ``library`` (below ROOT) by a relative path; objects are put in the scene."""
+    with bpy.data.libraries.load(str(ROOT / library), link=True, relative=True) as (_src, dst):
+        setattr(dst, kind, names)
+    linked: list[Any] = getattr(dst, kind)
+    if kind == "objects":
+        for obj in linked:
+            bpy.context.scene.collection.objects.link(obj)
+    return linked
+
+
+def new_library(blend: str, **textures: str) -> None:
+    """Start an empty file for the library ``blend`` (below ROOT) holding, for each
+    ``material=texture``, a material on its own mesh showing the image file ``texture``
+    (written in ``blend``'s folder, referenced as ``//texture``)."""
+    empty_file()
+    for material, texture in textures.items():
+        touch(str(Path(blend).parent / texture))
+        material_with(material, [image(Path(texture).stem, "FILE", "//" + texture)])
+
+
 def build_library() -> None:
     """lib/deep.blend <- lib/props.blend: a library that links from another library."""
-    empty_file()
-    touch("lib/deep_tex/deep.png")
-    material_with("Deep", [image("deep", "FILE", "//deep_tex/deep.png")])
+    new_library("lib/deep.blend", Deep="deep_tex/deep.png")
     save("lib/deep.blend")
-
-    empty_file()
-    touch("lib/tex/props_color.png")
-    touch("lib/tex/unused.png")
-    material_with("Prop", [image("props_color", "FILE", "//tex/props_color.png")])
-    material_with("Unused", [image("unused", "FILE", "//tex/unused.png")])
-    with bpy.data.libraries.load(str(ROOT / "lib/deep.blend"), link=True, relative=True) as (
-        _src,
-        dst,
-    ):
-        dst.materials = ["Deep"]
-    bpy.data.objects["Prop"].data.materials.append(dst.materials[0])
+    new_library("lib/props.blend", Prop="tex/props_color.png", Unused="tex/unused.png")
+    bpy.data.objects["Prop"].data.materials.append(link("lib/deep.blend", "materials", ["Deep"])[0])
     save("lib/props.blend")
 
 
 def build_cycle() -> None:
     """cycle/a.blend and cycle/b.blend link from each other."""
-    empty_file()
-    touch("cycle/a.png")
-    material_with("A", [image("a", "FILE", "//a.png")])
+    new_library("cycle/a.blend", A="a.png")
     save("cycle/a.blend")
-
-    empty_file()
-    touch("cycle/b.png")
-    material_with("B", [image("b", "FILE", "//b.png")])
-    with bpy.data.libraries.load(str(ROOT / "cycle/a.blend"), link=True, relative=True) as (
-        _src,
-        dst,
-    ):
-        dst.objects = ["A"]
-    for obj in dst.objects:
-        bpy.context.scene.collection.objects.link(obj)
+    new_library("cycle/b.blend", B="b.png")
+    link("cycle/a.blend", "objects", ["A"])
     save("cycle/b.blend")
-
     bpy.ops.wm.open_mainfile(filepath=str(ROOT / "cycle/a.blend"))
-    with bpy.data.libraries.load(str(ROOT / "cycle/b.blend"), link=True, relative=True) as (
-        _src,
-        dst,
-    ):
-        dst.objects = ["B"]
-    for obj in dst.objects:
-        bpy.context.scene.collection.objects.link(obj)
+    link("cycle/b.blend", "objects", ["B"])
     save("cycle/a.blend")
 
 
@@ -244,13 +236,7 @@ def build_main() -> dict[str, Any]:
     modifier = cached.modifiers.new("cache", "MESH_SEQUENCE_CACHE")
     modifier.cache_file = bpy.data.cache_files[0]
 
-    with bpy.data.libraries.load(str(ROOT / "lib/props.blend"), link=True, relative=True) as (
-        _src,
-        dst,
-    ):
-        dst.objects = ["Prop"]
-    for obj in dst.objects:
-        scene.collection.objects.link(obj)
+    link("lib/props.blend", "objects", ["Prop"])
 
     save("main.blend")
 

@@ -50,6 +50,12 @@ def bucket(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
     return root, json.loads((root / "blender.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def root(bucket: tuple[Path, dict[str, Any]]) -> Path:
+    """The folder acting as the bucket, for the tests that need no Blender report."""
+    return bucket[0]
+
+
 def resolve(root: Path, scene: str, frames: list[int] | range) -> Dependencies:
     url = file_url(root / scene)
     store = LocalStore()
@@ -121,9 +127,8 @@ def test_image_sequences_load_the_files_blender_loads_per_frame(
 
 
 def test_ten_frames_of_a_hundred_frame_sequence_list_exactly_ten_files(
-    bucket: tuple[Path, dict[str, Any]],
+    root: Path,
 ) -> None:
-    root, _ = bucket
     deps = resolve(root, "main.blend", range(41, 51))
     assert by_source(deps, "IM:seqA") == {
         file_url(root / f"seq/tex.{n:04d}.png"): (n,) for n in range(41, 51)
@@ -131,9 +136,8 @@ def test_ten_frames_of_a_hundred_frame_sequence_list_exactly_ten_files(
 
 
 def test_udim_lists_the_tiles_that_exist_and_no_others(
-    bucket: tuple[Path, dict[str, Any]],
+    root: Path,
 ) -> None:
-    root, _ = bucket
     deps = resolve(root, "main.blend", [1])
     assert set(by_source(deps, "IM:skin")) == {
         file_url(root / f"udim/skin.{tile}.png") for tile in (1001, 1002, 1011)
@@ -141,9 +145,8 @@ def test_udim_lists_the_tiles_that_exist_and_no_others(
 
 
 def test_linked_library_is_followed_recursively_but_only_for_what_is_linked(
-    bucket: tuple[Path, dict[str, Any]],
+    root: Path,
 ) -> None:
-    root, _ = bucket
     urls = {d.url for d in resolve(root, "main.blend", [1]).deps}
     for rel in ("lib/props.blend", "lib/tex/props_color.png", "lib/deep.blend"):
         assert file_url(root / rel) in urls
@@ -152,17 +155,15 @@ def test_linked_library_is_followed_recursively_but_only_for_what_is_linked(
 
 
 def test_libraries_linking_each_other_resolve_without_looping(
-    bucket: tuple[Path, dict[str, Any]],
+    root: Path,
 ) -> None:
-    root, _ = bucket
     urls = {d.url for d in resolve(root, "cycle/a.blend", [1]).deps}
     assert urls == {file_url(root / rel) for rel in ("cycle/a.png", "cycle/b.png", "cycle/b.blend")}
 
 
 def test_volume_sequence_in_clip_mode_needs_files_only_inside_its_range(
-    bucket: tuple[Path, dict[str, Any]],
+    root: Path,
 ) -> None:
-    root, _ = bucket
     deps = resolve(root, "main.blend", range(48, 53))
     assert by_source(deps, "VO:smoke") == {
         file_url(root / f"vdb/smoke.{n:04d}.vdb"): (n,) for n in (48, 49, 50)
@@ -170,9 +171,8 @@ def test_volume_sequence_in_clip_mode_needs_files_only_inside_its_range(
 
 
 def test_movie_clip_sequence_follows_start_frame_and_offset(
-    bucket: tuple[Path, dict[str, Any]],
+    root: Path,
 ) -> None:
-    root, _ = bucket
     # start frame 3, offset 2, first file 0001: scene frame f loads file f - 3 + 2 + 1
     deps = resolve(root, "main.blend", [0, 1, 5])
     assert by_source(deps, "MC:plate.0001.png") == {
@@ -181,10 +181,7 @@ def test_movie_clip_sequence_follows_start_frame_and_offset(
     }
 
 
-def test_missing_library_is_listed_without_failing_the_resolve(
-    bucket: tuple[Path, dict[str, Any]], tmp_path: Path
-) -> None:
-    root, _ = bucket
+def test_missing_library_is_listed_without_failing_the_resolve(root: Path, tmp_path: Path) -> None:
     shutil.copyfile(root / "main.blend", tmp_path / "main.blend")
     urls = {d.url for d in resolve(tmp_path, "main.blend", [1]).deps}
     assert file_url(tmp_path / "lib/props.blend") in urls
@@ -193,9 +190,8 @@ def test_missing_library_is_listed_without_failing_the_resolve(
 
 @pytest.mark.parametrize("keep", [0.5, 0.05])
 def test_truncated_blend_is_a_one_line_scene_parse_error(
-    bucket: tuple[Path, dict[str, Any]], tmp_path: Path, keep: float
+    root: Path, tmp_path: Path, keep: float
 ) -> None:
-    root, _ = bucket
     data = (root / "main.blend").read_bytes()
     broken = tmp_path / "broken.blend"
     broken.write_bytes(data[: int(len(data) * keep)])
@@ -282,18 +278,16 @@ def test_sequencer_elements_match_blender_strip_elem_from_frame(
 
 
 def test_frames_outside_every_strip_need_no_sequencer_file(
-    bucket: tuple[Path, dict[str, Any]],
+    root: Path,
 ) -> None:
-    root, _ = bucket
     deps = resolve(root, "vse.blend", [0, 1, 2, 3, 4, 24, 45])
     assert sequencer_files_per_frame(deps) == {}
     assert {d.source for d in deps.deps if d.source.startswith("SC:")} == {"SC:Scene/music"}
 
 
 def test_ten_frames_of_an_image_strip_list_only_their_elements(
-    bucket: tuple[Path, dict[str, Any]],
+    root: Path,
 ) -> None:
-    root, _ = bucket
     deps = resolve(root, "vse.blend", [7, 8])
     assert by_source(deps, "SC:Scene/plate") == {
         file_url(root / "vse/plate/plate_t.png"): (7,),

@@ -34,78 +34,102 @@ def write(name: str, extra: str = "") -> str:
     return node("Write", name, f" file /show/out/{name}.####.exr\n{extra}")
 
 
-# Each chain ends in its own Write; the stack hands each node the one written before it.
+RETIME = " input.first 1\n input.last 100\n output.first 1001\n speed "
+
+
+def two_inputs(
+    write_name: str, second: tuple[str, int, int], first: tuple[str, int, int], merge: str
+) -> str:
+    """Reads ``second`` (the node's input 1) then ``first`` (input 0, on top of the stack) into
+    the two-input node ``merge``, into the Write ``write_name``."""
+    return chain(write_name, read(*second), read(*first), merge)
+
+
+def chain(write_name: str, *upstream: str) -> str:
+    """``upstream`` (Reads, then the node under test) into the Write ``write_name``: the stack
+    hands each node the ones written just before it."""
+    return "".join(upstream) + write(write_name)
+
+
+# Each chain ends in its own Write.
 SCRIPT = (
     ROOT
     # TimeOffset 1000: render frame f reads input frame f - 1000.
-    + read("offset", 1, 100)
-    + node("TimeOffset", "Offset", " time_offset 1000")
-    + write("W_offset")
+    + chain("W_offset", read("offset", 1, 100), node("TimeOffset", "Offset", " time_offset 1000"))
     # reverse_input plays the input's range (1-10) backwards: 11 - (f - 1000) = 10, 9, 8.
-    + read("reverse", 1, 10)
-    + node("TimeOffset", "Reverse", " time_offset 1000\n reverse_input true")
-    + write("W_reverse")
-    # FrameHold: first_frame 10 at every frame; with increment 2 from 1001: 1001, 1001, 1003.
-    + read("hold", 1, 100)
-    + node("FrameHold", "Hold", " first_frame 10")
-    + write("W_hold")
-    + read("step", 1001, 1100)
-    + node("FrameHold", "Step", " first_frame 1001\n increment 2")
-    + write("W_step")
-    # Retime at speed 2 from output.first 1001: input 1, 3, 5; at 0.5: 1, 1.5 (1 and 2), 2.
-    + read("fast", 1, 100)
-    + node("Retime", "Fast", " input.first 1\n input.last 100\n output.first 1001\n speed 2")
-    + write("W_fast")
-    + read("slow", 1, 100)
-    + node("Retime", "Slow", " input.first 1\n input.last 100\n output.first 1001\n speed 0.5")
-    + write("W_slow")
-    # TimeClip 1-50 starting at 1001, reversed: 50, 49, 48.
-    + read("clip", 1, 50)
-    + node(
-        "TimeClip", "Clip", ' first 1\n last 50\n frame_mode "start at"\n frame 1001\n reverse true'
+    + chain(
+        "W_reverse",
+        read("reverse", 1, 10),
+        node("TimeOffset", "Reverse", " time_offset 1000\n reverse_input true"),
     )
-    + write("W_clip")
-    # AppendClip from 1001: clip E (frames 1-2) then F (1-5): E1, E2, F1.
-    + read("appendF", 1, 5)
-    + read("appendE", 1, 2)
-    + node("AppendClip", "Append", " firstFrame 1001", inputs=2)
-    + write("W_append")
-    # A one-frame cross dissolve: X (1-2) at 1001-1002, Y (1-5) from 1002; 1002 reads both.
-    + read("crossY", 1, 5)
-    + read("crossX", 1, 2)
-    + node("AppendClip", "Cross", " firstFrame 1001\n cross_dissolve 1", inputs=2)
-    + write("W_cross")
-    # Switch which 1: input 1 only; which {{frame>1001}}: input 0 at 1001, input 1 after.
-    + read("switch1", 1001, 1003)
-    + read("switch0", 1001, 1003)
-    + node("Switch", "Static", " which 1", inputs=2)
-    + write("W_switch")
-    + read("bytime1", 1001, 1003)
-    + read("bytime0", 1001, 1003)
-    + node("Switch", "ByTime", " which {{frame>1001}}", inputs=2)
-    + write("W_bytime")
-    # Dissolve which 0.5: both inputs.
-    + read("dissolve1", 1001, 1003)
-    + read("dissolve0", 1001, 1003)
-    + node("Dissolve", "Mix", " which 0.5", inputs=2)
-    + write("W_dissolve")
-    # A disabled Merge passes its input 0 (B) only.
-    + read("mergeA", 1001, 1003)
-    + read("mergeB", 1001, 1003)
-    + node("Merge2", "Off", " disable true", inputs=2)
-    + write("W_disabled")
+    # FrameHold: first_frame 10 at every frame; with increment 2 from 1001: 1001, 1001, 1003.
+    + chain("W_hold", read("hold", 1, 100), node("FrameHold", "Hold", " first_frame 10"))
+    + chain(
+        "W_step",
+        read("step", 1001, 1100),
+        node("FrameHold", "Step", " first_frame 1001\n increment 2"),
+    )
+    # Retime at speed 2 from output.first 1001: input 1, 3, 5; at 0.5: 1, 1.5 (1 and 2), 2.
+    + "".join(
+        chain(f"W_{name}", read(name, 1, 100), node("Retime", name.title(), RETIME + speed))
+        for name, speed in (("fast", "2"), ("slow", "0.5"))
+    )
+    # TimeClip 1-50 starting at 1001, reversed: 50, 49, 48.
+    + chain(
+        "W_clip",
+        read("clip", 1, 50),
+        node(
+            "TimeClip",
+            "Clip",
+            ' first 1\n last 50\n frame_mode "start at"\n frame 1001\n reverse true',
+        ),
+    )
+    # AppendClip from 1001: clip E (frames 1-2) then F (1-5): E1, E2, F1; with a one-frame
+    # cross dissolve, X (1-2) at 1001-1002 and Y (1-5) from 1002: 1002 reads both.
+    + "".join(
+        two_inputs(
+            f"W_{label.lower()}",
+            (second, 1, 5),
+            (first, 1, 2),
+            node("AppendClip", label, " firstFrame 1001" + knobs, inputs=2),
+        )
+        for label, second, first, knobs in (
+            ("Append", "appendF", "appendE", ""),
+            ("Cross", "crossY", "crossX", "\n cross_dissolve 1"),
+        )
+    )
+    # Switch which 1: input 1 only; which {{frame>1001}}: input 0 at 1001, input 1 after;
+    # Dissolve which 0.5: both inputs; a disabled Merge passes its input 0 (B) only.
+    + "".join(
+        two_inputs(
+            f"W_{name}",
+            (second, 1001, 1003),
+            (first, 1001, 1003),
+            node(cls, label, knobs, inputs=2),
+        )
+        for name, second, first, cls, label, knobs in (
+            ("switch", "switch1", "switch0", "Switch", "Static", " which 1"),
+            ("bytime", "bytime1", "bytime0", "Switch", "ByTime", " which {{frame>1001}}"),
+            ("dissolve", "dissolve1", "dissolve0", "Dissolve", "Mix", " which 0.5"),
+            ("disabled", "mergeA", "mergeB", "Merge2", "Off", " disable true"),
+        )
+    )
     # A group: its Input reads the group's input, through a TimeOffset of 1 inside.
-    + read("grouped", 1, 2000)
-    + node("Group", "G")
-    + node("Input", "Input1", inputs=0)
-    + node("TimeOffset", "Inner", " time_offset 1")
-    + node("Output", "Output1")
-    + "end_group\n"
-    + write("W_group")
+    + chain(
+        "W_group",
+        read("grouped", 1, 2000),
+        node("Group", "G"),
+        node("Input", "Input1", inputs=0),
+        node("TimeOffset", "Inner", " time_offset 1"),
+        node("Output", "Output1"),
+        "end_group\n",
+    )
     # An animated TimeWarp needs Nuke: every frame of its input (1-3) is listed, and why.
-    + read("warp", 1, 3)
-    + node("TimeWarp", "Warp", " lookup {{curve x1001 1 x1003 3}}")
-    + write("W_warp")
+    + chain(
+        "W_warp",
+        read("warp", 1, 3),
+        node("TimeWarp", "Warp", " lookup {{curve x1001 1 x1003 3}}"),
+    )
     # A [python] disable needs Nuke: reported, and the Read is listed.
     + read("python", 1001, 1003, " disable \"\\[python \\{nuke.env\\['gui']\\}]\"")
     + write("W_python")
@@ -157,8 +181,10 @@ EXPECTED: dict[str, dict[int, set[str]]] = {
 }
 
 
-def deps(bucket: str, tmp_path: Path, *extra: str) -> dict[str, Any]:
-    put_object(f"{bucket}/show/comp.nk", SCRIPT.encode())
+def deps(bucket: str, tmp_path: Path, *extra: str, script: str = SCRIPT) -> dict[str, Any]:
+    """``jitrender deps --json`` of ``script`` saved at ``bucket``/show/comp.nk, for frames
+    1001-1003, with /show mapped to ``bucket``/show."""
+    put_object(f"{bucket}/show/comp.nk", script.encode())
     result = subprocess.run(
         [
             sys.executable, "-m", "jitrender.cli", "deps", f"{bucket}/show/comp.nk",
@@ -224,39 +250,20 @@ def test_the_jobs_nuke_stage_names_the_writes_that_render(
     assert document["unresolved"] == []
 
 
-GIZMO = r"""Gizmo {
- inputs 1
- addUserKnob {20 User}
- addUserKnob {2 grain_file}
- grain_file /show/grain/default.####.exr
-}
- Input {
-  inputs 0
-  name Input1
- }
- Read {
-  inputs 0
-  file "\[value parent.grain_file]"
-  first 1
-  last 2000
-  name GrainRead
- }
- Merge2 {
-  inputs 2
-  name Over
- }
-set Nover [stack 0]
- Read {
-  inputs 0
-  file /show/grain/unused.####.exr
-  name Unused
- }
-push $Nover
- Output {
-  name Output1
- }
-end_group
-"""
+# A gizmo: Over puts its Read (the instance's grain_file) over the gizmo's input; Unused
+# feeds nothing.
+GIZMO = (
+    "Gizmo {\n inputs 1\n addUserKnob {20 User}\n addUserKnob {2 grain_file}\n"
+    " grain_file /show/grain/default.####.exr\n}\n"
+    + node("Input", "Input1", inputs=0)
+    + node("Read", "GrainRead", ' file "\\[value parent.grain_file]"\n first 1\n last 2000', 0)
+    + node("Merge2", "Over", inputs=2)
+    + "set Nover [stack 0]\n"
+    + node("Read", "Unused", " file /show/grain/unused.####.exr", inputs=0)
+    + "push $Nover\n"
+    + node("Output", "Output1")
+    + "end_group\n"
+)
 
 
 def test_a_gizmo_is_walked_through_its_input_and_output(
@@ -273,17 +280,7 @@ def test_a_gizmo_is_walked_through_its_input_and_output(
         + node("Grainy", "Grain1", " grain_file /show/grain/fine.####.exr")
         + write("W_grain")
     )
-    put_object(f"{local_bucket}/show/comp.nk", script.encode())
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "jitrender.cli", "deps", f"{local_bucket}/show/comp.nk",
-            "--frames", "1001-1003", "--json", "--path-map", f"/show={local_bucket}/show",
-            "--cache-dir", str(tmp_path / "cache"),
-        ],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    document = json.loads(result.stdout)
+    document = deps(local_bucket, tmp_path, script=script)
     by_source: dict[str, set[str]] = {}
     for dep in document["deps"]:
         by_source.setdefault(dep["source"], set()).add(dep["url"].split("/show/", 1)[1])
