@@ -40,13 +40,13 @@ from pathlib import Path
 
 from jitrender.errors import ConfigError, DataError, JitrenderError, TransientError
 from jitrender.storage import (
-    ChecksumMismatch,
     Crc32cWriter,
     ObjectInfo,
     Store,
     crc32c_of_file,
 )
 from jitrender.transfer import LARGE_OBJECT_BYTES, RangedDownloader
+from jitrender.transport import verify
 
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
@@ -130,7 +130,6 @@ class Cache:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.objects = self.root / "objects"
-        self._objects_dir = str(self.objects)
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
         self.runs = self.root / "runs"
@@ -146,6 +145,9 @@ class Cache:
                 _check_own_file(self.root / name)
         except OSError as exc:
             raise ConfigError(f"{self.root}: cannot use as cache folder: {exc}") from None
+        # Plain strings for the per-object paths: pathlib's joins cost more than the syscalls.
+        self._objects_dir, self._tmp_dir = str(self.objects), str(self.tmp)
+        self._stripes_file = str(self.locks / "stripes")
         self._checked_dirs: set[str] = set()  # objects/xx folders seen to be real and ours
         self._made_folders: dict[str, tuple[int, int]] = {}  # workspace folder -> (dev, inode)
         self._known_keys: set[str] = set()  # keys seen in the index by this process
@@ -170,7 +172,7 @@ class Cache:
 
     def object_path(self, info: ObjectInfo) -> Path:
         key = self.key(info)
-        return self.objects / key[:2] / key
+        return Path(f"{self._objects_dir}/{key[:2]}/{key}")  # one parse, not two joins
 
     # -- the index -----------------------------------------------------------------------
 
@@ -246,11 +248,6 @@ class Cache:
                             " DO UPDATE SET value=value+excluded.value",
                             (name, value),
                         )
-
-    def record_hits(self, infos: list[ObjectInfo]) -> None:
-        """Mark cached objects as used now (one transaction for the batch)."""
-        if infos:
-            self._record(infos, hits=len(infos), cached_bytes=sum(i.size for i in infos))
 
     def record_run(self, hits: list[ObjectInfo], fetched: list[ObjectInfo]) -> None:
         """Record a whole run's hits and downloads in one transaction."""
@@ -335,7 +332,7 @@ class Cache:
         separate descriptors conflict even within one process, as flock's do. Elsewhere:
         flock on one of 4096 stripe files."""
         if _OFD_LOCKS:
-            fd = os.open(self.locks / "stripes", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = os.open(self._stripes_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, int(key[:5], 16), 1, 0)
             command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
         else:
@@ -373,8 +370,16 @@ class Cache:
         finally:
             os.close(fd)  # closing releases the lock, also when the process dies
 
-    def claim(self, key: str) -> Future[CacheResult] | None:
-        """Become this process's one fetcher of ``key``: a future to :meth:`settle` when done,
+    def begin(self, info: ObjectInfo) -> Download | None:
+        """Become this process's one fetcher of ``info``, for a caller that moves the bytes
+        itself (the asyncio path; see :class:`Download`), or None while another thread already
+        fetches it (wait for it in :meth:`fetch`)."""
+        key = self.key(info)
+        claim = self._claim(key)
+        return None if claim is None else Download(self, info, key, claim)
+
+    def _claim(self, key: str) -> Future[CacheResult] | None:
+        """Become this process's one fetcher of ``key``: a future to :meth:`_settle` when done,
         or None while another thread already fetches it (wait in :meth:`fetch`)."""
         with self._inflight_lock:
             if key in self._inflight:
@@ -383,10 +388,10 @@ class Cache:
             self._inflight[key] = pending
             return pending
 
-    def settle(
+    def _settle(
         self, key: str, claim: Future[CacheResult], outcome: CacheResult | BaseException
     ) -> None:
-        """End a :meth:`claim`: threads waiting for the same object get ``outcome`` (the
+        """End a :meth:`_claim`: threads waiting for the same object get ``outcome`` (the
         result, or the exception raised)."""
         with self._inflight_lock:
             self._inflight.pop(key, None)
@@ -395,34 +400,30 @@ class Cache:
         else:
             claim.set_result(outcome)
 
-    def fetch(self, info: ObjectInfo, store: Store, *, record: bool = True) -> CacheResult:
+    def fetch(self, info: ObjectInfo, store: Store) -> CacheResult:
         """Make ``info`` present in the cache, downloading it at most once however many
         threads and processes ask at the same time. Raises the store's errors as they are
-        (the caller retries), and :class:`ChecksumMismatch` on corrupt bytes."""
+        (the caller retries), and :class:`ChecksumMismatch` on corrupt bytes. A download is
+        indexed at once; hits and misses are the caller's to count (:meth:`record_run`)."""
         key = self.key(info)
-        claim = self.claim(key)
+        claim = self._claim(key)
         if claim is None:
             with self._inflight_lock:
                 pending = self._inflight.get(key)
             if pending is None:  # settled between the two looks: it is cached (or failed)
-                return self.fetch(info, store, record=record)
+                return self.fetch(info, store)
             found = pending.result()
             return CacheResult(found.path, False, 0)
         try:
-            result = self.fetch_claimed(info, store, key)
+            result = self._fetch_claimed(info, store, key)
         except BaseException as exc:
-            self.settle(key, claim, exc)
+            self._settle(key, claim, exc)
             raise
-        self.settle(key, claim, result)
-        if record:
-            if result.fetched:
-                self._record([info], misses=1, fetched_bytes=result.bytes_fetched)
-            else:
-                self.record_hits([info])
+        self._settle(key, claim, result)
         return result
 
-    def fetch_claimed(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
-        """The download itself, for the holder of ``key``'s :meth:`claim`: waits for any other
+    def _fetch_claimed(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
+        """The download itself, for the holder of ``key``'s :meth:`_claim`: waits for any other
         process fetching the same object, then finds it cached or downloads it."""
         found = self.lookup(info)
         if found is not None:
@@ -439,14 +440,14 @@ class Cache:
     def _download_locked(self, info: ObjectInfo, store: Store, key: str) -> Path:
         """Download and install ``info`` (the caller holds ``key``'s stripe lock)."""
         final = self.object_path(info)
-        part = self.part_path(key)
+        part = self._part_path(key)
         try:
             final.parent.mkdir(exist_ok=True, mode=0o700)
             if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
-                self.ranged.download(info, store, part)  # verifies the crc32c
+                verify(info, info.size, self.ranged.download(info, store, part))
             else:
                 self._download_whole(info, store, part)
-            self.install(part, final)
+            self._install(part, final)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise self.no_space(info) from None
@@ -456,14 +457,12 @@ class Cache:
                 part.unlink()
         return final
 
-    def fetch_into(
-        self, info: ObjectInfo, store: Store, dest: Path, *, record: bool = True
-    ) -> CacheResult:
+    def fetch_into(self, info: ObjectInfo, store: Store, dest: Path) -> CacheResult:
         """:meth:`fetch`, then :meth:`link_into` ``dest``. Another process's eviction may take
         the entry between the two (it spares only linked entries); then it is looked up, or
         fetched again, and linked while holding the entry's lock, which eviction takes before
         it unlinks: the second time cannot lose the race."""
-        result = self.fetch(info, store, record=record)
+        result = self.fetch(info, store)
         try:
             self.link_into(result.path, dest)
             return result
@@ -495,26 +494,29 @@ class Cache:
             "bigger --cache-dir"
         )
 
-    def part_path(self, key: str) -> Path:
+    def _part_path(self, key: str) -> Path:
         """A private temp name in the cache's own file system (renamed into place when whole;
         ``clean_leftovers`` removes the ones a killed process left)."""
-        return self.tmp / f"{key}.{os.getpid()}.{random.getrandbits(32):08x}"
+        return Path(f"{self._tmp_dir}/{key}.{os.getpid()}.{random.getrandbits(32):08x}")
 
-    def install(self, part: Path, final: Path) -> None:
+    def _install(self, part: Path, final: Path) -> None:
         """Publish a verified download: read-only, then one atomic rename (never through a
         symlinked ``objects/xx``)."""
+        os.chmod(part, 0o400)
         self._checked_dirs.discard(final.parent.name)
         self._check_object_dir(final.parent)
-        os.chmod(part, 0o400)
-        os.replace(part, final)
-
-    def try_stripe_lock(self, key: str) -> int | None:
-        """``key``'s cross-process download lock if it is free now (a descriptor to
-        ``os.close`` to release), else None. For callers that must not block."""
-        return self._lock_stripe(key, wait=False)
+        try:
+            os.replace(part, final)
+        except FileNotFoundError:
+            if not part.exists():
+                raise
+            # The first object of its objects/xx folder: made here, not looked for each time.
+            final.parent.mkdir(exist_ok=True, mode=0o700)
+            self._check_object_dir(final.parent)
+            os.replace(part, final)
 
     def record_fetched(self, infos: list[ObjectInfo]) -> None:
-        """Index objects downloaded outside :meth:`fetch` (one transaction), then keep the cap
+        """Index objects a :class:`Download` installed (one transaction), then keep the cap
         (sparing these, which their caller has not linked yet)."""
         if infos:
             self._record(infos)
@@ -526,10 +528,7 @@ class Cache:
             writer = Crc32cWriter(handle)
             store.download(info, writer)  # type: ignore[arg-type]
             handle.flush()
-        if writer.size != info.size:
-            raise ChecksumMismatch(f"{info.url}: got {writer.size} bytes, storage said {info.size}")
-        if info.crc32c is not None and writer.digest_b64() != info.crc32c:
-            raise ChecksumMismatch(f"{info.url}: crc32c mismatch")
+        verify(info, writer.size, writer.digest_b64())
 
     def link_into(self, cached: Path | str, dest: Path | str) -> None:
         """Hardlink a cached object to ``dest`` (a copy when the workspace is on another
@@ -796,6 +795,67 @@ class Cache:
         fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return run_dir, fd
+
+
+class Download:
+    """One object's download by a caller that moves the bytes itself (the asyncio path), from
+    :meth:`Cache.begin` to :meth:`end`. Meanwhile it is this process's only fetch of the
+    object: other threads asking for it wait for :meth:`end`'s outcome. The cross-process lock
+    is tried without blocking (:meth:`lock_now`); when it is busy, or anything else is unusual,
+    :meth:`fetch_blocking` is the thread path for the same object. Used by one task at a time.
+    """
+
+    def __init__(
+        self, cache: Cache, info: ObjectInfo, key: str, claim: Future[CacheResult]
+    ) -> None:
+        self.cache = cache
+        self.info = info
+        self.key = key
+        self.part = cache._part_path(key)  # where the caller writes the bytes
+        self._claim = claim
+        self._fd: int | None = None
+
+    def lock_now(self) -> bool:
+        """Take the object's cross-process download lock if it is free now; never blocks."""
+        self._fd = self.cache._lock_stripe(self.key, wait=False)
+        return self._fd is not None
+
+    def cached(self) -> CacheResult | None:
+        """The object, if it is in the cache already (an earlier holder of the lock put it)."""
+        found = self.cache.lookup(self.info)
+        return None if found is None else CacheResult(found, False, 0)
+
+    def install(self) -> CacheResult:
+        """Publish :attr:`part` (verified by the caller) under the object's name and release
+        the lock. The caller indexes it (:meth:`Cache.record_fetched`), in batches."""
+        final = self.cache.object_path(self.info)
+        self.cache._install(self.part, final)
+        self._unlock()
+        return CacheResult(final, True, self.info.size)
+
+    def fetch_blocking(self, store: Store) -> CacheResult:
+        """Fetch the object on the thread path instead (waiting for another process's lock;
+        raising what :meth:`Cache.fetch` raises, for the caller to retry)."""
+        self._discard()
+        return self.cache._fetch_claimed(self.info, store, self.key)
+
+    def end(self, outcome: CacheResult | BaseException) -> None:
+        """Release what is held (the lock; the temp file of a failure) and hand ``outcome``
+        to the threads waiting for this object."""
+        if isinstance(outcome, BaseException):
+            self._discard()
+        self._unlock()
+        self.cache._settle(self.key, self._claim, outcome)
+
+    def _discard(self) -> None:
+        self._unlock()
+        with contextlib.suppress(FileNotFoundError):
+            self.part.unlink()
+
+    def _unlock(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
 
 
 @functools.lru_cache(maxsize=4096)  # one object's fetch asks for its key four times

@@ -208,9 +208,7 @@ class Inputs:
                 raise MissingDependencyError(url)
             store, dest = self.store(url), self.local_path(url)
             # Linked by the cache, which wins a race with another process's eviction.
-            result = with_retries(
-                lambda: self.cache.fetch_into(info, store, dest, record=False), url, self.retry
-            )
+            result = with_retries(lambda: self.cache.fetch_into(info, store, dest), url, self.retry)
             self._linked(url, info, result)
         except BaseException as exc:
             self._failed(url, future, exc)

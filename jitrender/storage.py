@@ -248,11 +248,10 @@ class Store(ABC):
     # CPU work in this process (a local folder), which threads only make fight for the GIL.
     concurrent_reads: ClassVar[bool] = True
 
-    def media_request(
-        self, info: ObjectInfo, start: int = 0, end: int | None = None, *, auth: bool = True
-    ) -> tuple[str, dict[str, str]] | None:
-        """URL and headers of one plain HTTP GET of ``info``'s bytes, where the store has one
-        (then small objects are fetched on the asyncio path); None otherwise."""
+    def http_object(self, info: ObjectInfo) -> tuple[str, str, dict[str, str]] | None:
+        """``(base URL, path below it, headers)`` of one plain HTTP GET of ``info``'s whole
+        bytes (credentials included), where the store has one: then objects below
+        ``LARGE_OBJECT_BYTES`` are fetched on the asyncio path. None otherwise."""
         return None
 
     @abstractmethod
@@ -676,11 +675,11 @@ class _GcsReader:
             if self._pool is None:
                 import urllib3
 
-                # The CA bundle the requests path (uploads) is told to use, as requests reads it.
-                bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                from jitrender.transport import http_settings
+
                 self._pool = urllib3.PoolManager(
                     maxsize=self._pool_size,
-                    ca_certs=bundle or None,
+                    ca_certs=http_settings().ca_bundle,  # as requests (uploads) is told
                     retries=False,  # with_retries decides, by classify()
                     timeout=urllib3.Timeout(connect=30, read=300),
                 )
@@ -757,8 +756,9 @@ class GCSStore(Store):
         self._lock = threading.Lock()
         # Reads go the light way unless proxies are set, which only the google-cloud-storage
         # (requests) session honours.
-        proxies = any(k.lower().endswith("_proxy") for k in os.environ)
-        self._reader = None if proxies else _GcsReader(self.POOL_CONNECTIONS)
+        from jitrender.transport import http_settings
+
+        self._reader = None if http_settings().has_proxies else _GcsReader(self.POOL_CONNECTIONS)
 
     def _client(self) -> Any:
         """One client for all threads (as transfer_manager does with threads): building a
@@ -783,8 +783,10 @@ class GCSStore(Store):
                 )
                 client._http.mount("https://", adapter)
                 client._http.mount("http://", adapter)
-                env_settings = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-                if not any(k.lower().endswith("_proxy") or k in env_settings for k in os.environ):
+                from jitrender.transport import http_settings
+
+                settings = http_settings()
+                if not settings.has_proxies and settings.ca_bundle is None:
                     # Else requests scans the whole environment for proxies on every request.
                     client._http.trust_env = False
                 self._shared = client
@@ -873,11 +875,11 @@ class GCSStore(Store):
                 found.append(self._info(blob))
         return found
 
-    def media_request(
-        self, info: ObjectInfo, start: int = 0, end: int | None = None, *, auth: bool = True
+    def _media_request(
+        self, info: ObjectInfo, start: int = 0, end: int | None = None
     ) -> tuple[str, dict[str, str]]:
-        """The URL and headers (credentials included) of one media GET of ``info``'s bytes,
-        pinned to its generation, for any HTTP client (the small-object fetcher's is aiohttp)."""
+        """The URL and headers (no credentials: the caller's client adds them) of one media
+        GET of ``info``'s bytes, pinned to its generation."""
         from urllib.parse import quote
 
         reader = self._reader
@@ -894,19 +896,32 @@ class GCSStore(Store):
         last = (end if end is not None else info.size) - 1
         if start > 0 or last < info.size - 1:
             headers["Range"] = f"bytes={start}-{last}"
-        if reader is not None:
-            if auth:
-                reader.authorize("GET", url, headers)
-            return url, headers
+        return url, headers
+
+    def http_object(self, info: ObjectInfo) -> tuple[str, str, dict[str, str]]:
+        """The object's XML API URL (``<base>/<bucket>/<name>``, which needs no query string,
+        so any HTTP client can join it) and the credentials' headers. It is not pinned to the
+        generation: the caller's size and crc32c check turns another version's bytes away."""
+        reader = self._reader
+        base = reader.base if reader is not None else self._client()._connection.API_BASE_URL
+        bucket_name, name = self._split(info.url)
+        headers: dict[str, str] = {}
+        self._authorize(f"{base}/{bucket_name}/{name}", headers)
+        return base, f"{bucket_name}/{name}", headers
+
+    def _authorize(self, url: str, headers: dict[str, str]) -> None:
+        """Add the credentials' header for a GET of ``url`` (refreshing a token when due)."""
+        if self._reader is not None:
+            self._reader.authorize("GET", url, headers)
+            return
         credentials = self._client()._http.credentials
-        if auth and not isinstance(credentials, _anonymous_credentials_type()):
+        if not isinstance(credentials, _anonymous_credentials_type()):
             with self._lock:  # refreshes (rarely) a shared token: one thread at a time
                 if self._auth_request is None:
                     from google.auth.transport.requests import Request
 
                     self._auth_request = Request(self._client()._http)
                 credentials.before_request(self._auth_request, "GET", url, headers)
-        return url, headers
 
     def download(
         self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
@@ -914,7 +929,7 @@ class GCSStore(Store):
         # One streamed media GET read in 1 MiB pieces: blob.download_to_file reads 8 KiB at a
         # time, which made the Python loop, not the link, the limit on large objects.
         if self._reader is not None:
-            url, headers = self.media_request(info, start, end, auth=False)
+            url, headers = self._media_request(info, start, end)
             response = self._reader.get(url, headers, stream=True)
             try:
                 self._check_encoding(info, response.headers)
@@ -923,7 +938,7 @@ class GCSStore(Store):
             finally:
                 response.release_conn()
             return
-        url, headers = self.media_request(info, start, end, auth=False)  # the session adds it
+        url, headers = self._media_request(info, start, end)  # the session adds it
         with self._client()._http.get(
             url, headers=headers, stream=True, timeout=(30, 300)
         ) as response:

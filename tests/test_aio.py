@@ -86,7 +86,7 @@ def test_waits_for_another_process_download_lock(
     store = GCSStore()
     (info,) = _infos(store, f"{gcs_bucket}/")
     cache = Cache(cache_dir)
-    held = cache.try_stripe_lock(cache.key(info))  # as a downloading process would hold it
+    held = cache._lock_stripe(cache.key(info), wait=False)  # as another process's download
     assert held is not None
     fetcher = AsyncFetcher(cache, QUICK, pool)
     future = fetcher.fetch(info, store)
