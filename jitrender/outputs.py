@@ -34,14 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from watchdog.events import (
-    FileClosedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-
 from jitrender.errors import JitrenderError, TransientError
 from jitrender.progress import Progress
 from jitrender.report import Report
@@ -193,8 +185,10 @@ class Uploader:
     # -- watching ------------------------------------------------------------------------
 
     def start(self) -> None:
+        from watchdog.observers import Observer  # here: status and deps never watch
+
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
-        handler = _Handler(self)
+        handler = _handler(self)
         observer = Observer()
         observer.schedule(handler, str(self.outputs_dir), recursive=True)
         observer.daemon = True
@@ -536,17 +530,26 @@ class Uploader:
         )
 
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self, uploader: Uploader) -> None:
-        self.uploader = uploader
+def _handler(uploader: Uploader) -> Any:
+    """The watchdog handler that tells ``uploader`` of closed and renamed files (defined
+    here, with watchdog's import, when a run starts watching)."""
+    from watchdog.events import (
+        FileClosedEvent,
+        FileMovedEvent,
+        FileSystemEvent,
+        FileSystemEventHandler,
+    )
 
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileClosedEvent) and not event.is_directory:
-            self.uploader.closed(Path(str(event.src_path)))
+    class Handler(FileSystemEventHandler):
+        def on_closed(self, event: FileSystemEvent) -> None:
+            if isinstance(event, FileClosedEvent) and not event.is_directory:
+                uploader.closed(Path(str(event.src_path)))
 
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileMovedEvent) and not event.is_directory:
-            self.uploader.renamed(Path(str(event.dest_path)))
+        def on_moved(self, event: FileSystemEvent) -> None:
+            if isinstance(event, FileMovedEvent) and not event.is_directory:
+                uploader.renamed(Path(str(event.dest_path)))
+
+    return Handler()
 
 
 # -- what the bucket says is done -------------------------------------------------------------
