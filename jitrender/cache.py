@@ -754,8 +754,10 @@ class Cache:
 
     def _dead_agent_folders(self) -> Iterator[Path]:
         """``$TMPDIR/jitrender-agent-*`` folders (socket and session of a run's agent, kept in
-        the temp folder for the socket path's ~107-byte limit) whose run, a workspace of this
-        cache, is gone: a killed run cannot remove its own."""
+        the temp folder for the socket path's ~107-byte limit) whose run is gone: a killed run
+        cannot remove its own. A workspace that no longer exists is a dead run whichever cache
+        it was in (a live agent's workspace outlives it); an existing one is judged only when
+        it is this cache's."""
         import json
         import tempfile
 
@@ -772,10 +774,10 @@ class Cache:
                 workspace = Path(str(session["workspace"]))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # not ours to judge (or still starting)
-            if not str(workspace.resolve()).startswith(runs):
-                continue  # another cache's run, or a standalone agent
-            if not workspace.is_dir() or not run_is_live(workspace):
-                yield folder
+            if not workspace.is_dir():
+                yield folder  # e.g. a deleted cache's killed run: they would pile up forever
+            elif str(workspace.resolve()).startswith(runs) and not run_is_live(workspace):
+                yield folder  # (another cache's live-looking run, or a standalone agent: kept)
 
     def prune(self, max_bytes: int | None = None) -> dict[str, int]:
         cleaned = self.clean_leftovers(kept_too=True)

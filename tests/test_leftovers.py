@@ -28,9 +28,12 @@ def short_tmpdir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.parametrize("cache", ["same", "deleted"])
 def test_a_killed_runs_agent_folder_is_reclaimed_by_cache_prune(
-    tmp_path: Path, local_bucket: str, short_tmpdir: Path
+    tmp_path: Path, local_bucket: str, short_tmpdir: Path, cache: str
 ) -> None:
+    """``deleted``: the killed run's cache folder is gone too (a throwaway cache, a wiped
+    disk); any other cache's prune reclaims the folder instead of reading it forever."""
     job = make_job(tmp_path / "job", local_bucket, "1-2", texture_size=2000)
     env = jitrender_env(job, TMPDIR=str(short_tmpdir), RENDER_SLEEP="30")
     proc = start_run(job, env=env)
@@ -42,6 +45,9 @@ def test_a_killed_runs_agent_folder_is_reclaimed_by_cache_prune(
             os.kill(int(started.name.split(".")[2]), signal.SIGKILL)
     leftovers = list(short_tmpdir.glob("jitrender-agent-*"))
     assert len(leftovers) == 1, leftovers
+    if cache == "deleted":
+        shutil.rmtree(env["JITRENDER_CACHE_DIR"])
+        env = env | {"JITRENDER_CACHE_DIR": str(tmp_path / "another-cache")}
     pruned = cli("cache", "prune", "--json", env=env, timeout=60)
     assert pruned.returncode == 0, pruned.stderr
     assert json.loads(pruned.stdout)["dead_agent_folders_removed"] == 1
