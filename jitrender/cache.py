@@ -12,7 +12,8 @@ Layout below the cache folder (mode 0700)::
 
 Why these choices: the object file's name *is* its identity, so a changed object is a new
 name and an unchanged one is never fetched again; rename-after-verify means a reader can
-never see a partial file; ``flock`` dies with its process, so a SIGKILL leaves no stale lock;
+never see a partial file; the stripe locks die with their process (closing, or dying, releases
+them), so a SIGKILL leaves no stale lock;
 and workspaces see objects through hardlinks, so eviction (which skips any object with a
 link count above one) can never pull a file from under a running job. The index is plain
 sqlite rather than diskcache: nothing here is ever unpickled (see README, Security).
@@ -461,8 +462,8 @@ class Cache:
     def fetch_into(self, info: ObjectInfo, store: Store, dest: Path) -> CacheResult:
         """:meth:`fetch`, then :meth:`link_into` ``dest``. Another process's eviction may take
         the entry between the two (it spares only linked entries); then it is looked up, or
-        fetched again, and linked while holding the entry's lock, which eviction takes before
-        it unlinks: the second time cannot lose the race."""
+        fetched again, and linked while holding the entry's stripe lock (one of many keys'),
+        which eviction takes before it unlinks: the second time cannot lose the race."""
         result = self.fetch(info, store)
         try:
             self.link_into(result.path, dest)
