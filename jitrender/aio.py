@@ -30,7 +30,7 @@ import google_crc32c
 from jitrender.cache import Cache, CacheResult, Download
 from jitrender.errors import Preempted
 from jitrender.storage import ChecksumMismatch, ObjectInfo, RetryPolicy, Store, with_retries
-from jitrender.transport import http_settings, route, verify
+from jitrender.transport import http_settings, verify
 
 # Requests in flight at once (obstore's connection pool keeps as many connections).
 CONCURRENCY = 64
@@ -77,10 +77,6 @@ class AsyncFetcher:
         self._recording: list[Future[None]] = []
         self._active = 0
         self._start_lock = threading.Lock()
-
-    @staticmethod
-    def eligible(info: ObjectInfo, store: Store) -> bool:
-        return route(info, store) == "asyncio"
 
     # -- the loop ------------------------------------------------------------------------
 

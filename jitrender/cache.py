@@ -46,8 +46,8 @@ from jitrender.storage import (
     Store,
     crc32c_of_file,
 )
-from jitrender.transfer import LARGE_OBJECT_BYTES, RangedDownloader
-from jitrender.transport import verify
+from jitrender.transfer import RangedDownloader
+from jitrender.transport import route, verify
 
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
@@ -445,7 +445,7 @@ class Cache:
         """Download and install ``info`` (the caller holds ``key``'s stripe lock)."""
         part = self._part_path(key)
         try:
-            if info.size >= LARGE_OBJECT_BYTES:  # concurrent ranges, checksum combined
+            if route(info, store) == "ranged":  # concurrent ranges, checksum combined
                 verify(info, info.size, self.ranged.download(info, store, Path(part)))
             else:
                 self._download_whole(info, store, part)

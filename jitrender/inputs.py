@@ -29,6 +29,7 @@ from jitrender.paths import workspace_relstr
 from jitrender.progress import Progress, QuietProgress
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, Stores, with_retries
 from jitrender.transfer import InflightBudget, listing_ranges
+from jitrender.transport import route
 
 if TYPE_CHECKING:  # made on the first cold small fetch: asyncio costs a warm run 40 ms to import
     from jitrender.aio import AsyncFetcher
@@ -420,9 +421,8 @@ class Inputs:
             elif not self._budget.acquire(info.size, self._stopping):
                 raise Preempted("stopped while waiting to fetch")
         store = self.store(url)
-        fetcher = self._async()
-        if fetcher.eligible(info, store):
-            fetching = fetcher.fetch(info, store)
+        if route(info, store) == "asyncio":  # decided before asyncio is imported for it
+            fetching = self._async().fetch(info, store)
             fetching.add_done_callback(lambda f: self._fetched_async(url, info, future, f))
         else:  # its ranges queue behind those admitted before it, whichever thread is first
             order = self.cache.ranged.reserve()

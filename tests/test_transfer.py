@@ -5,20 +5,26 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
 import google_crc32c
 import pytest
 
-from jitrender import cache as cache_module
 from jitrender import transport as transport_module
 from jitrender.cache import Cache
 from jitrender.deps import Dependency
 from jitrender.errors import Preempted
 from jitrender.inputs import Inputs
 from jitrender.storage import ChecksumMismatch, GCSStore, ObjectInfo, Store
-from jitrender.transfer import InflightBudget, RangedDownloader, chunk_ranges, crc32c_combine
+from jitrender.transfer import (
+    CHUNK_WORKERS,
+    InflightBudget,
+    RangedDownloader,
+    chunk_ranges,
+    crc32c_combine,
+)
 from tests.conftest import put_object
 
 CHUNK = 256 << 10
@@ -102,9 +108,7 @@ def test_large_object_through_the_cache_is_fetched_in_ranges(
         original(i, sink, start, end)
 
     monkeypatch.setattr(store, "download", spy)
-    monkeypatch.setattr(cache_module, "LARGE_OBJECT_BYTES", CHUNK)
-    cache = Cache(tmp_path / "cache")
-    cache.ranged = RangedDownloader(chunk_bytes=CHUNK)
+    cache = _ranged_cache(tmp_path, monkeypatch)
     result = cache.fetch(info, store)
     assert result.fetched and result.path.read_bytes() == data
     assert sorted(seen) == [(s, e) for s, e in chunk_ranges(info.size, CHUNK)]
@@ -115,9 +119,7 @@ def test_a_corrupt_or_short_range_leaves_no_cache_entry(
     gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     info, _ = _object(gcs_bucket, 4 * CHUNK)
-    monkeypatch.setattr(cache_module, "LARGE_OBJECT_BYTES", CHUNK)
-    cache = Cache(tmp_path / "cache")
-    cache.ranged = RangedDownloader(chunk_bytes=CHUNK)
+    cache = _ranged_cache(tmp_path, monkeypatch)
     with pytest.raises(ChecksumMismatch):
         cache.fetch(info, _Corrupting(GCSStore(), bad_start=2 * CHUNK, mode=mode))
     assert cache.lookup(info) is None
@@ -188,16 +190,36 @@ def _large_objects(gcs_bucket: str, names: list[str], size: int) -> dict[str, by
     return objects
 
 
+def _ranged_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int = CHUNK_WORKERS
+) -> Cache:
+    """A cache whose objects from ``CHUNK`` bytes on are fetched as ``CHUNK``-sized ranges."""
+    monkeypatch.setattr(transport_module, "LARGE_OBJECT_BYTES", CHUNK)
+    cache = Cache(tmp_path / "cache")
+    cache.ranged = RangedDownloader(chunk_bytes=CHUNK, workers=workers)
+    return cache
+
+
+def _prefetch(
+    inputs: Inputs, store: Store, bucket: str, names: Iterable[str], monkeypatch: pytest.MonkeyPatch
+) -> list[Dependency]:
+    """Prefetch ``bucket/seq/<name>`` from ``store``, the i-th name for frame i + 1; returns
+    the dependencies prefetched."""
+    monkeypatch.setattr(inputs, "store", lambda url: store)
+    deps = inputs.stat_all(
+        [Dependency(n, f"{bucket}/seq/{n}", (i + 1,)) for i, n in enumerate(names)]
+    )
+    inputs.prefetch(deps)
+    return deps
+
+
 def test_prefetch_starts_the_next_objects_ranges_while_the_current_ones_last_is_arriving(
     gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Budget of one object: admitting the next one only once the current one had arrived in
     # full would leave the link idle between them (each object's slowest range alone).
     objects = _large_objects(gcs_bucket, ["p.0001.exr", "p.0002.exr"], 4 * CHUNK)
-    monkeypatch.setattr(cache_module, "LARGE_OBJECT_BYTES", CHUNK)
-    monkeypatch.setattr(transport_module, "LARGE_OBJECT_BYTES", CHUNK)
-    cache = Cache(tmp_path / "cache")
-    cache.ranged = RangedDownloader(chunk_bytes=CHUNK, workers=4)
+    cache = _ranged_cache(tmp_path, monkeypatch, workers=4)
     store = _Gated()
     store.hold = ("p.0001.exr", 3 * CHUNK)  # the first object's last range waits ...
 
@@ -215,11 +237,7 @@ def test_prefetch_starts_the_next_objects_ranges_while_the_current_ones_last_is_
         )[1],
     )
     inputs = Inputs(cache, tmp_path / "ws", prefetch_bytes=4 * CHUNK)
-    monkeypatch.setattr(inputs, "store", lambda url: store)
-    deps = inputs.stat_all(
-        [Dependency(n, f"{gcs_bucket}/seq/{n}", (i + 1,)) for i, n in enumerate(objects)]
-    )
-    inputs.prefetch(deps)
+    _prefetch(inputs, store, gcs_bucket, objects, monkeypatch)
     inputs.wait([1, 2])
     inputs.close()
     assert store.held_through == [True]
@@ -270,19 +288,12 @@ def test_a_stopped_run_drops_the_queued_ranges_and_leaves_no_partial_entry(
     gcs_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     objects = _large_objects(gcs_bucket, ["p.0001.exr", "p.0002.exr"], 2 * CHUNK)
-    monkeypatch.setattr(cache_module, "LARGE_OBJECT_BYTES", CHUNK)
-    monkeypatch.setattr(transport_module, "LARGE_OBJECT_BYTES", CHUNK)
-    cache = Cache(tmp_path / "cache")
-    cache.ranged = RangedDownloader(chunk_bytes=CHUNK, workers=1)
+    cache = _ranged_cache(tmp_path, monkeypatch, workers=1)
     store = _Gated()
     store.hold = ("*", -1)  # whichever range the one worker takes first
     stop = threading.Event()
     inputs = Inputs(cache, tmp_path / "ws", stop=stop, prefetch_bytes=8 * CHUNK)
-    monkeypatch.setattr(inputs, "store", lambda url: store)
-    deps = inputs.stat_all(
-        [Dependency(n, f"{gcs_bucket}/seq/{n}", (i + 1,)) for i, n in enumerate(objects)]
-    )
-    inputs.prefetch(deps)
+    deps = _prefetch(inputs, store, gcs_bucket, objects, monkeypatch)
     while not store.started:
         time.sleep(0.01)
     stop.set()  # SIGTERM: what is queued is not asked for
