@@ -26,6 +26,7 @@ from jitrender import __version__
 from jitrender.errors import ConfigError, ExitCode, JitrenderError
 
 if TYPE_CHECKING:
+    from jitrender.job import Job
     from jitrender.stopping import Stop
 
 _APP_SETTINGS: dict[str, Any] = {
@@ -72,6 +73,13 @@ def _fail(error: JitrenderError) -> NoReturn:
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _frames(job: "Job", frames: str | None) -> list[int]:
+    """The frames ``--frames`` names, or the job's own where it names none."""
+    from jitrender.sequences import parse_frames
+
+    return parse_frames(frames, "--frames") if frames else job.frame_list()
 
 
 def _extra_path_map(pairs: list[str] | None, rules: Path | None) -> Any:
@@ -150,7 +158,6 @@ def run(
     from jitrender.job import load_job
     from jitrender.progress import make_progress
     from jitrender.run import RunOptions, run_job
-    from jitrender.sequences import parse_frames
     from jitrender.stopping import Stop
 
     if progress not in ("auto", "rich", "plain", "json", "quiet"):
@@ -158,7 +165,7 @@ def run(
     stream = make_progress(progress)  # type: ignore[arg-type]
     try:
         job = load_job(job_file)
-        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+        frame_list = _frames(job, frames)
         slot = detect_task(task_index, task_count, os.environ)
         task, parts = None, None
         split = job.split_stage
@@ -307,7 +314,7 @@ def deps(
         extra = _extra_path_map(path_map, path_map_rules)
         if job_file is not None:
             job = load_job(job_file).model_copy(update={"scene": scene, "resolver": resolver})
-            frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+            frame_list = _frames(job, frames)
             job.use_path_map(extra)  # first: the scene's URL goes through it
             cache = Cache(job.cache_folder(cache_dir), parse_size(job.cache.max_size))
             found = resolve_job_scene(job, frame_list, cache, job.path_mapping(), QuietProgress())
@@ -394,12 +401,11 @@ def status(
     import time
 
     from jitrender.job import load_job
-    from jitrender.sequences import parse_frames
     from jitrender.status import StatusServer, job_status, text_lines
 
     try:
         job = load_job(job_file)
-        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+        frame_list = _frames(job, frames)
         if serve:
             try:
                 server = StatusServer(job, frame_list, host, port)
@@ -601,12 +607,11 @@ def validate(
 
     from jitrender.job import load_job
     from jitrender.preflight import check_job, planned_workspace
-    from jitrender.sequences import parse_frames
 
     try:
         job = load_job(job_file)
         job.use_path_map(_extra_path_map(path_map, path_map_rules))
-        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+        frame_list = _frames(job, frames)
         root = Path(tempfile.gettempdir()) / "jitrender-validate"
         check_job(job, frame_list, planned_workspace(job, root))
     except JitrenderError as exc:
@@ -745,13 +750,12 @@ def assemble(
     already done are skipped; a frame with a part missing fails (exit 65) naming it."""
     from jitrender.job import load_job
     from jitrender.run import RunOptions, run_job
-    from jitrender.sequences import parse_frames
 
     try:
         job = load_job(job_file)
         if job.split_stage is None:
             raise ConfigError(f"{job_file}: no stage has 'split': there is nothing to assemble")
-        frame_list = parse_frames(frames, "--frames") if frames else job.frame_list()
+        frame_list = _frames(job, frames)
         options = RunOptions(
             frames=frame_list,
             parts=[],
