@@ -158,14 +158,17 @@ def bounded(call: Callable[[], T], seconds: float, what: str) -> T:
     return result
 
 
+BACKSTOP_ENV, BACKSTOP_S = "JITRENDER_STOP_BACKSTOP_S", 12.0  # GKE Spot gives ~15 s
+
+
 def backstop_s() -> float:
-    """Seconds from a stop to the hard exit: ``$JITRENDER_STOP_BACKSTOP_S`` or 12 (GKE Spot
-    gives ~15 s). Never raises (a stopping run reads it): a bad value means the default, and
-    a run refuses one at start (:func:`check_stop_settings`)."""
+    """Seconds from a stop to the hard exit: ``$JITRENDER_STOP_BACKSTOP_S`` or 12. Never
+    raises (a stopping run reads it): a bad value means the default, and a run refuses one at
+    start (:func:`check_stop_settings`)."""
     try:
-        return float(os.environ.get("JITRENDER_STOP_BACKSTOP_S", 12.0))
-    except ValueError:
-        return 12.0
+        return seconds_from_env(BACKSTOP_ENV, BACKSTOP_S)
+    except ConfigError:
+        return BACKSTOP_S
 
 
 def check_stop_settings() -> None:
@@ -173,7 +176,7 @@ def check_stop_settings() -> None:
     ``JITRENDER_STOP_BACKSTOP_S`` and ``JITRENDER_TERM_GRACE_S`` (their readers never raise)."""
     from jitrender.stages import TERM_GRACE_ENV, TERM_GRACE_S
 
-    seconds_from_env("JITRENDER_STOP_BACKSTOP_S", 12.0)
+    seconds_from_env(BACKSTOP_ENV, BACKSTOP_S)
     seconds_from_env(TERM_GRACE_ENV, TERM_GRACE_S)
 
 
