@@ -211,9 +211,9 @@ class Inputs:
             future, owner = self._claim(url)
             if owner:
                 self._fetch_and_link(url, future)
-            result = future.result()
+            future.result()  # (claims settle with ``root``: the path is worked out once, here)
             if not isinstance(future, _BatchClaim):
-                return result
+                return self.local_path(url)
             with self._lock:
                 if self._futures.get(url) is future:
                     return self.local_path(url)  # linked from the cache with its batch
@@ -244,12 +244,12 @@ class Inputs:
         except BaseException as exc:
             self._failed(url, future, exc)
             return
-        future.set_result(self.local_path(url))
+        future.set_result(self.root)
 
     def _link(self, url: str, info: ObjectInfo, result: CacheResult) -> None:
         """Link a cached entry; FileNotFoundError when it was evicted since (callers then take
         the thread path, :meth:`_fetch_and_link`, which cannot lose that race)."""
-        self.cache.link_into(result.path, self.local_path(url))
+        self.cache.link_into(result.file, self._local_str(url))  # strings: no Path per file
         self._linked(url, info, result)
 
     def _linked(self, url: str, info: ObjectInfo, result: CacheResult) -> None:
@@ -324,7 +324,7 @@ class Inputs:
                     self._failed(url, self._move(claim, url), exc)
                     settled.add(url)
                     continue
-                self._linked(url, info, CacheResult(Path(cached), False, 0))
+                self._linked(url, info, CacheResult(cached, False, 0))
                 settled.add(url)
         except Exception:  # the one-by-one path below meets (and reports) it again
             pass
@@ -409,7 +409,7 @@ class Inputs:
         if cached is not None:
             try:
                 self._link(url, info, CacheResult(cached, False, 0))
-                future.set_result(self.local_path(url))
+                future.set_result(self.root)
                 return True
             except FileNotFoundError:
                 pass  # evicted just now: fetch it like a cold one
@@ -461,7 +461,8 @@ class Inputs:
     def _fetched_async(
         self, url: str, info: ObjectInfo, future: Future[Path], fetched: Future[CacheResult]
     ) -> None:
-        """On the event loop's thread: link, or hand anything unusual to the thread path."""
+        """On the thread that settled the fetch (a writer, the loop, a pool thread): link, or
+        hand anything unusual to the thread path."""
         if info.size >= LATENCY_BOUND_BYTES:
             self._budget.release(info.size)
         try:
@@ -472,7 +473,7 @@ class Inputs:
         except BaseException as exc:
             self._failed(url, future, exc)
             return
-        future.set_result(self.local_path(url))
+        future.set_result(self.root)
 
     def wait(self, frames: Iterable[int]) -> None:
         """Block until every planned dependency of ``frames`` is in the workspace; raises the
