@@ -546,7 +546,7 @@ class Cache:
             os.replace(part, final)
         return final
 
-    def _install_bytes(self, body: bytes, part: str, key: str) -> str:
+    def _install_bytes(self, body: bytes, key: str) -> str:
         """:meth:`_install` of a download held in memory (see :meth:`Download.install_bytes`)."""
         if self._tmpfile:
             try:
@@ -565,6 +565,7 @@ class Cache:
                     self._tmpfile = False  # no /proc to link through: named files from now on
                 finally:
                     os.close(fd)
+        part = self._part_path(key)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             try:
@@ -901,9 +902,14 @@ class Download:
         self.cache = cache
         self.info = info
         self.key = key
-        self.part = cache._part_path(key)  # where the caller writes the bytes
         self._claim = claim
         self._fd: int | None = None
+
+    @functools.cached_property
+    def part(self) -> str:
+        """Where the caller writes a streamed download's bytes (a private temp name, made on
+        first use: a small object's bytes go to :meth:`install_bytes` instead)."""
+        return self.cache._part_path(self.key)
 
     def lock_now(self) -> bool:
         """Take the object's cross-process download lock if it is free now; never blocks."""
@@ -929,7 +935,7 @@ class Download:
         ``O_TMPFILE``): nothing is ever visible under a temp name, nothing is left behind by
         a killed process, and there is no rename or chmod. Elsewhere: :attr:`part`, renamed.
         Thread-safe: any thread may install, not only the one that took the lock."""
-        final = self.cache._install_bytes(body, self.part, self.key)
+        final = self.cache._install_bytes(body, self.key)
         self._unlock()
         return CacheResult(final, True, self.info.size)
 
@@ -949,8 +955,9 @@ class Download:
 
     def _discard(self) -> None:
         self._unlock()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.part)
+        if "part" in self.__dict__:  # a temp file may exist only once its name was made
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.part)
 
     def _unlock(self) -> None:
         if self._fd is not None:

@@ -332,7 +332,7 @@ class Inputs:
             owned = [(url, self._move(claim, url)) for url in urls if url not in settled]
             claim.set_result(self.root)
             for url, future in owned:
-                self._enqueue(url, future)
+                self._enqueue(url, future, looked_up=True)
 
     def _move(self, claim: _BatchClaim, url: str) -> Future[Path]:
         """``url``'s own claim instead of its batch's, made before the batch settles (so no
@@ -356,13 +356,14 @@ class Inputs:
                 queued += 1
         return queued
 
-    def _enqueue(self, url: str, future: Future[Path]) -> None:
+    def _enqueue(self, url: str, future: Future[Path], *, looked_up: bool = False) -> None:
         """Admit ``url`` now when nothing queued is ahead of it and it need not wait (the
-        common case: no thread hop per file), else queue it for the dispatcher."""
+        common case: no thread hop per file), else queue it for the dispatcher.
+        ``looked_up``: its batch just found it not cached (the fetch looks again, locked)."""
         with self._lock:
             ahead = self._waiting
         try:
-            if not ahead and self._admit(url, future, wait=False):
+            if not ahead and self._admit(url, future, wait=False, looked_up=looked_up):
                 return
         except BaseException as exc:
             self._failed(url, future, exc)
@@ -394,7 +395,9 @@ class Inputs:
     def _stopping(self) -> bool:
         return self._closed or self.stop.is_set()
 
-    def _admit(self, url: str, future: Future[Path], *, wait: bool) -> bool:
+    def _admit(
+        self, url: str, future: Future[Path], *, wait: bool, looked_up: bool = False
+    ) -> bool:
         """Start ``url``'s fetch: cached objects are linked at once, cold ones take their
         bytes from the budget (waiting for it only with ``wait``; False when it would have
         to), then go to the asyncio fetcher (small objects over plain HTTP) or the thread
@@ -405,7 +408,7 @@ class Inputs:
         if info is None:  # not stat'ed yet (a hook's prefetch): the thread path does it all
             self._pool.submit(self._fetch_and_link, url, future)
             return True
-        cached = self.cache.lookup(info)
+        cached = None if looked_up else self.cache.lookup(info)
         if cached is not None:
             try:
                 self._link(url, info, CacheResult(cached, False, 0))
