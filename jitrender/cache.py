@@ -122,7 +122,8 @@ class CacheResult:
     __slots__ = ("bytes_fetched", "fetched", "file")
 
     def __init__(self, path: str | Path, fetched: bool, bytes_fetched: int) -> None:
-        # A string: a small object's fetch made three Paths it never used (13% of its CPU).
+        # A string: a small object's fetch made three Paths it never used (about a fifth of
+        # the loop thread's Python time in a py-spy --gil profile of 2,000 x 64 KiB).
         self.file = os.fspath(path)
         self.fetched = fetched
         self.bytes_fetched = bytes_fetched
@@ -630,7 +631,8 @@ class Cache:
                 os.link(source, final, src_dir_fd=fd, follow_symlinks=True)
                 return final
             except FileExistsError:
-                # Under the lock only a file the lookup turned away can be there: replace it.
+                # Under the lock nothing else installs it: what is there is no entry of the
+                # cache's (the lookup just now found none), so it is replaced, as a rename would.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(final)
             except FileNotFoundError:
@@ -976,7 +978,7 @@ class Download:
         object's name, then release the lock; as :meth:`install`, the caller indexes it. The
         bytes go into an unnamed file that appears, whole, with one link (Linux's
         ``O_TMPFILE``): nothing is ever visible under a temp name, nothing is left behind by
-        a killed process, and there is no rename or chmod. Elsewhere: :attr:`part`, renamed.
+        a killed process, and there is no rename or chmod. Elsewhere: a temp name, renamed.
         Thread-safe: any thread may install, not only the one that took the lock."""
         final = self.cache._install_bytes(body, self.key)
         self._unlock()
