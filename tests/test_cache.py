@@ -281,3 +281,24 @@ def test_a_stripe_held_by_two_downloads_stays_locked_until_the_last_lets_go(
     assert cache._stripe_held(second)
     cache._release_hold(second)
     assert not cache._stripe_held(first)
+
+
+def test_a_small_body_is_published_read_only_with_no_temp_name_over_a_foreign_file(
+    cache_dir: Path,
+) -> None:
+    """The asyncio path's install (an unnamed file linked into place): whole, read-only,
+    nothing in tmp/, and a file that is no entry of the cache's is replaced, as a rename
+    would replace it."""
+    cache = Cache(cache_dir)
+    info = ObjectInfo("gs://b/tex/x.bin", 5, "1", None)
+    download = cache.begin(info)
+    assert download is not None and download.lock_now()
+    planted = cache.object_path(info)
+    planted.parent.mkdir(exist_ok=True)
+    planted.write_bytes(b"wrong")
+    result = download.install_bytes(b"right")
+    download.end(result)
+    assert result.fetched and result.path == planted and planted.read_bytes() == b"right"
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o400
+    assert list(cache.tmp.iterdir()) == []
+    assert not cache._stripe_held(cache.key(info))  # the lock went with the install
