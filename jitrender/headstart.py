@@ -23,8 +23,9 @@ from pathlib import Path
 
 from jitrender.storage import ObjectInfo, Stores
 
-# Connections opened ahead for the listings the resolve runs at once (one per busy folder).
-PRECONNECT = 8
+# Connections open ahead for the listings the resolve runs at once (one per busy folder, on
+# up to 16 threads: Inputs' default workers).
+PRECONNECT = 16
 # Remote schemes worth a head start (a store with a connection pool, light to import).
 _SCHEMES = ("gs://",)
 _JOB_FILE_MAX = 1 << 20  # a job file is small; anything bigger is not one
