@@ -166,7 +166,7 @@ def run(
     try:
         job = load_job(job_file)
         extra_path_map = _extra_path_map(path_map, path_map_rules)
-        head_start = _head_start(job, job_file, extra_path_map, early)  # before the imports
+        head_start = _head_start(job, extra_path_map, early)  # before the imports below
         from jitrender.cache import parse_size
         from jitrender.farm import detect_task, task_frames, task_parts
         from jitrender.heartbeat import TaskProgress
@@ -270,25 +270,23 @@ def _pydantic_plugins_off() -> Iterator[None]:
         os.environ.pop(name, None)
 
 
-def _head_start(
-    job: "Job", job_file: Path, extra_path_map: Any, early: "HeadStart | None"
-) -> "HeadStart | None":
-    """The head start the entry point began for this job file, or one for the scene's stat
-    and its storage's connections, started now (see :mod:`jitrender.headstart`); None where
-    there is no remote scene or its URL does not map."""
-    if early is not None and early.covers(job_file):
-        return early
+def _head_start(job: "Job", extra_path_map: Any, early: "HeadStart | None") -> "HeadStart | None":
+    """The head start the entry point began, where it stats this job's scene; else one for
+    the scene's stat and its storage's connections, started now (see
+    :mod:`jitrender.headstart`). None where there is no remote scene or its URL does not map."""
     try:
         job.use_path_map(extra_path_map)  # the URL the run will ask for (it sets the same)
         url = job.scene_url
     except JitrenderError:  # the run says what is wrong, in its report
         return None
     if url is None or not url.startswith("gs://"):
-        return None
+        return early  # nothing to stat: still its stores (and their connections) if any
+    if early is not None and early.asks_for(url):
+        return early
     from jitrender.headstart import HeadStart
     from jitrender.storage import Stores
 
-    return HeadStart(Stores(), urls=[url]).start()
+    return HeadStart(early.stores if early else Stores(), urls=[url]).start()
 
 
 def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:

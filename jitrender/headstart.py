@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -26,14 +27,12 @@ from jitrender.storage import ObjectInfo, Stores
 # Connections open ahead for the listings the resolve runs at once (one per busy folder, on
 # up to 16 threads: Inputs' default workers).
 PRECONNECT = 16
-# Remote schemes worth a head start (a store with a connection pool, light to import).
-_SCHEMES = ("gs://",)
 _JOB_FILE_MAX = 1 << 20  # a job file is small; anything bigger is not one
 
 
 class HeadStart:
-    """Stats the scene that the job files among ``job_files`` name, or ``urls`` (and opens
-    connections to their storage) in a background thread, through ``stores``, which the run
+    """Stats ``urls``, or the scenes that the job files among ``job_files`` name (and opens
+    connections to their storage), in a background thread, through ``stores``, which the run
     then uses for everything else (the connections are in its pools)."""
 
     def __init__(
@@ -42,7 +41,9 @@ class HeadStart:
         self.stores = stores
         self.urls = list(urls)
         self.job_files = [Path(f) for f in job_files]
+        self._asked: list[str] = list(urls)  # what the thread stats, once it has read the files
         self._found: list[ObjectInfo] = []
+        self._read = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
 
@@ -52,18 +53,22 @@ class HeadStart:
         are files (which one only typer knows yet: option values are files too)."""
         return cls(Stores(), job_files=[a for a in args if not a.startswith("-")])
 
-    def covers(self, job_file: Path) -> bool:
-        """Whether this head start read ``job_file`` (or was given its URLs)."""
-        return bool(self.urls) or job_file in self.job_files
-
     def start(self) -> HeadStart:
         self._thread.start()
         return self
 
+    def asks_for(self, url: str, timeout: float = 1.0) -> bool:
+        """Whether this head start stats ``url`` (waiting up to ``timeout`` seconds for it to
+        read the job files, a matter of microseconds once it runs)."""
+        self._read.wait(timeout)
+        return url in self._asked
+
     def _run(self) -> None:
         try:
-            urls = self.urls or _scenes_named(self.job_files)
-            for url in urls:
+            if not self._asked:
+                self._asked = _scenes_named(self.job_files)
+            self._read.set()
+            for url in self._asked:
                 # Any failure is left to the run, which asks again with its retries.
                 with contextlib.suppress(Exception):
                     store = self.stores.for_url(url)
@@ -72,6 +77,7 @@ class HeadStart:
                         self._found.append(info)
                     store.preconnect(url, PRECONNECT)
         finally:
+            self._read.set()
             self._done.set()
 
     def infos(self, stop: threading.Event, timeout: float = 5.0) -> list[ObjectInfo]:
@@ -84,21 +90,24 @@ class HeadStart:
         return list(self._found)
 
 
-def _scenes_named(job_files: Sequence[Path]) -> list[str]:
-    """The remote ``scene:`` URLs of those of ``job_files`` that read as a job (a YAML
-    mapping), as written: path mapping and validation come later, in the run."""
-    import yaml
+# A job's top-level ``scene:`` naming a gs:// object, in YAML's plain or quoted style, or a
+# line of JSON. Read without a YAML parser (a parse costs milliseconds per file, and every
+# file argument is read); a scene written any other way is left to the run.
+_SCENE = r"""^(?:scene|[ \t]*"scene")[ \t]*:[ \t]+(["']?)(gs://[^\s"'#,]+)\1[ \t]*(?:[#,].*)?$"""
 
+
+def _scenes_named(job_files: Sequence[Path]) -> list[str]:
+    """The remote ``scene:`` URLs (as written: path mapping and validation come later, in the
+    run) of those of ``job_files`` that look like a job."""
     urls: list[str] = []
     for path in job_files:
         try:
             if not path.is_file() or os.path.getsize(path) > _JOB_FILE_MAX:
                 continue
-            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            data = yaml.load(path.read_bytes(), Loader=loader)
-        except (OSError, ValueError, yaml.YAMLError):
+            text = path.read_text(errors="replace")
+        except OSError:
             continue
-        scene = data.get("scene") if isinstance(data, dict) else None
-        if isinstance(scene, str) and scene.startswith(_SCHEMES) and scene not in urls:
-            urls.append(scene)
+        for found in re.finditer(_SCENE, text, re.MULTILINE):
+            if found[2] not in urls:
+                urls.append(found[2])
     return urls

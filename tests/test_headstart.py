@@ -49,6 +49,26 @@ def test_scene_stat_is_the_runs_first_request_and_made_once(
     assert sum(map(_is_scene_stat, requests)) == 1, [r.path for r in requests]
 
 
+def test_a_mapped_scene_path_gets_its_head_start_once_the_job_is_read(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """A scene written as a studio path (``path_map`` makes it a gs:// URL) is not guessed
+    from the file: its stat starts once the job is validated, still before the markers."""
+    job = _scene_job(
+        tmp_path / "job",
+        gcs_bucket,
+        path_map=[{"from": "/mnt/show", "to": gcs_bucket}],
+    )
+    text = job.job_file.read_text().replace(f"scene: {gcs_bucket}/", "scene: /mnt/show/")
+    assert "scene: /mnt/show/scenes/shot.txt" in text, text
+    job.job_file.write_text(text)
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    requests = _after_warmup(proxy)
+    assert _is_scene_stat(requests[0]), [r.path for r in requests[:5]]
+    assert sum(map(_is_scene_stat, requests)) == 1
+
+
 def test_head_start_failure_is_retried_by_the_run(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
