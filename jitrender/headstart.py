@@ -39,7 +39,6 @@ class HeadStart:
         self, stores: Stores, *, urls: Sequence[str] = (), job_files: Sequence[str] = ()
     ) -> None:
         self.stores = stores
-        self.urls = list(urls)
         self.job_files = [Path(f) for f in job_files]
         self._asked: list[str] = list(urls)  # what the thread stats, once it has read the files
         self._found: list[ObjectInfo] = []

@@ -135,3 +135,21 @@ def test_sigterm_while_the_head_start_hangs_exits_75_at_once(
     assert code == 75, out
     assert took < 10, took
     assert bucket_objects(job.bucket, "renders/") == {}, "a stopped start-up wrote outputs"
+
+
+def test_scene_urls_are_read_from_top_level_scene_lines(tmp_path: Path) -> None:
+    """The pure part: which ``scene:`` lines of the file arguments give a URL to stat."""
+    from jitrender.headstart import _scenes_named
+
+    texts = {
+        "plain.yaml": "name: a\nscene: gs://b/shot.nk  # the comp\n",
+        "quoted.yaml": "scene: 'gs://b/q.usda'\n",
+        "job.json": '{\n  "name": "j",\n  "scene": "gs://b/j.blend",\n  "frames": "1"\n}\n',
+        "nested.yaml": "stages:\n  - scene: gs://b/not-the-job.nk\n",
+        "local.yaml": "scene: /mnt/show/shot.nk\n",
+        "glued.yaml": "scene:gs://b/not-a-key\n",
+    }
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    files = [tmp_path / n for n in texts] + [tmp_path / "absent.yaml", tmp_path]
+    assert _scenes_named(files) == ["gs://b/shot.nk", "gs://b/q.usda", "gs://b/j.blend"]
