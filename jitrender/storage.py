@@ -1,7 +1,8 @@
 """One thin layer over object storage: stat, list, download, create-if-absent upload.
 
 ``file://`` (a local folder acting as the bucket) is the embedded default, ``gs://`` goes
-through google-cloud-storage (generation-pinned reads, ``ifGenerationMatch=0`` writes), and
+to the JSON API (generation-pinned reads, ``ifGenerationMatch=0`` writes; google-cloud-storage
+only for uploads above 8 MiB and where proxies are set), and
 every other fsspec protocol works through :class:`FsspecStore`. Stores know nothing about
 scenes, jobs or the cache; the caller decides what to transfer.
 """
@@ -794,7 +795,8 @@ def _info_of(bucket: str, item: Mapping[str, Any]) -> ObjectInfo:
 class GCSStore(Store):
     """Google Cloud Storage: reads (stat, listings, media GETs) as plain JSON API requests
     (:class:`_GcsReader`; through google-cloud-storage's session where proxies are set),
-    uploads through google-cloud-storage. Reads are pinned to the generation that was
+    uploads up to ``MULTIPART_UPLOAD_BYTES`` and deletes over the same pool, larger uploads
+    through google-cloud-storage (resumable). Reads are pinned to the generation that was
     listed, so a changed object can never be mixed with the old one. Honours
     ``STORAGE_EMULATOR_HOST`` (anonymous credentials) for tests and local emulators."""
 
