@@ -75,3 +75,42 @@ def test_list_range_returns_exactly_the_range(bucket_and_store: tuple[str, Store
         f"{bucket}/seq/p.", f"{bucket}/seq/p.0995.exr", f"{bucket}/seq/p.1004.exr"
     )
     assert [i.url.rsplit("/", 1)[1] for i in found] == [f"p.{f:04d}.exr" for f in range(995, 1005)]
+
+
+def test_gcs_writes_ask_for_a_read_write_token_reads_for_a_read_only_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real GCS (no emulator): each kind of request gets credentials of its own scope, asked
+    for once; the emulator gets none at all (anonymous)."""
+    import google.auth
+
+    from jitrender import storage
+
+    asked: list[tuple[str, ...]] = []
+
+    class Token:
+        def __init__(self, scopes: tuple[str, ...]) -> None:
+            self.scopes = scopes
+
+        def before_request(
+            self, _request: object, _method: str, _url: str, headers: dict[str, str]
+        ) -> None:
+            headers["authorization"] = " ".join(self.scopes)
+
+    def default(scopes: tuple[str, ...]) -> tuple[Token, str]:
+        asked.append(scopes)
+        return Token(scopes), "project"
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(google.auth, "default", default)
+    reader = storage._GcsReader(4)
+    headers: dict[str, str] = {}
+    for write in (False, True, True, False):
+        reader.authorize("POST" if write else "GET", f"{reader.base}/x", headers, write=write)
+        expected = "devstorage.read_write" if write else "devstorage.read_only"
+        assert headers["authorization"].endswith(expected)
+    assert asked == [storage._READ_SCOPES, storage._WRITE_SCOPES]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
+    anonymous, headers = storage._GcsReader(4), {}
+    anonymous.authorize("POST", f"{anonymous.base}/x", headers, write=True)
+    assert headers == {} and len(asked) == 2
