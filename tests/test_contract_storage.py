@@ -141,3 +141,18 @@ def test_small_output_over_someone_elses_object_is_a_conflict_not_an_overwrite(
     assert report["outputs"]["conflicts"] == ["frame.0002.txt"], report["outputs"]
     assert bucket_objects(gcs_bucket, "renders/")["renders/frame.0002.txt"] == before
     assert len(_uploads_of(proxy, "renders/frame.0002.txt")) == 1  # refused (412), not retried
+
+
+def test_small_upload_refused_403_is_not_retried_and_says_permission_denied(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    named = b'"name": "renders/frame.0002.txt"'
+    proxy.rules.append(
+        lambda r: Fault("status", status=403) if r.is_upload and named in r.body[:4096] else None
+    )
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 65, out  # as through google-cloud-storage: the frame fails, not the node
+    assert report["frames"]["done"] == [1] and report["frames"]["failed"] == [2]
+    assert "frame.0002.txt: permission denied (403" in report["error"], report["error"]
+    assert len(_uploads_of(proxy, "renders/frame.0002.txt")) == 1  # denied: never retried
