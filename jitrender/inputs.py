@@ -103,6 +103,10 @@ class Inputs:
         self._waiting = 0  # fetches queued for the dispatcher (later ones queue behind them)
         self._prefetch_started = 0.0
         self._pending: set[str] = set()  # planned URLs this run's prefetch still fetches
+        # The hits recorded in the index early (by the feed, while the stages run); close
+        # records the rest. The lock makes "early" and close's remainder exclusive.
+        self._record_lock = threading.Lock()
+        self._hits_recorded = 0
 
     # -- what exists ---------------------------------------------------------------------
 
@@ -305,6 +309,22 @@ class Inputs:
     def _feed(self, batches: Sequence[tuple[_BatchClaim, list[str]]]) -> None:
         for claim, urls in batches:
             self._feed_batch(claim, urls)
+        self._record_hits_early()
+
+    def _record_hits_early(self) -> None:
+        """Index the hits linked so far (a warm run's all), here while the stages run rather
+        than in :meth:`close` on the way out; close records only what came after. Nothing is
+        recorded once close has begun, and a failure here leaves them all to close."""
+        with self._record_lock:
+            if self._closed:
+                return
+            with self._lock:
+                hits = self.hits[self._hits_recorded :]
+            try:
+                self.cache.record_run(hits, [])
+            except Exception:  # close tries them again, and reports what it reports
+                return
+            self._hits_recorded += len(hits)
 
     def _feed_batch(self, claim: _BatchClaim, urls: Sequence[str]) -> None:
         """Link the cached ones of a batch (one index query for the lot; they stay on the
@@ -520,7 +540,7 @@ class Inputs:
 
     def close(self) -> None:
         """Stop fetching (queued prefetches are dropped) and index the run's hits and downloads
-        in one transaction."""
+        in one transaction (the hits the feed indexed while the stages ran are not again)."""
         self._closed = True  # a dispatcher waiting for the byte budget gives up
         self._queue.put(None)
         with self._lock:
@@ -528,5 +548,5 @@ class Inputs:
         if fetcher is not None:
             fetcher.close()  # before the pool it hands work to
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(JitrenderError, OSError):
-            self.cache.record_run(list(self.hits), list(self.fetched))
+        with self._record_lock, contextlib.suppress(JitrenderError, OSError):
+            self.cache.record_run(self.hits[self._hits_recorded :], list(self.fetched))

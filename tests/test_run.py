@@ -215,3 +215,45 @@ def test_chunk_stage_and_failed_frame_report(gcs_bucket: str, tmp_path: Path) ->
     assert report["frames"]["failed"] == [3, 4]
     failure = report["frames"]["failures"][0]
     assert failure["frame"] == 3 and "renderer crashed on frame 3" in failure["why"]
+
+
+# The stage's view of the cache index while it runs: each entry's uses, and the hits counter
+# (looked at until the hits are there, 10 s at most: the feed records them as the stage starts).
+_INDEX_PEEK = """
+import json, sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1])
+for _ in range(100):
+    hits = dict(c.execute('SELECT name, value FROM counters')).get('hits', 0)
+    if hits >= int(sys.argv[3]):
+        break
+    time.sleep(0.1)
+uses = sorted(u for (u,) in c.execute('SELECT uses FROM entries'))
+open(sys.argv[2], 'w').write(json.dumps([uses, hits]))
+"""
+
+
+def test_warm_run_indexes_its_hits_while_the_stage_runs_and_counts_them_once(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A warm run records its cache hits (last use, counters) in the index by the time its
+    stage runs, not only on the way out; the counters end the same as if done once."""
+    make_show(gcs_bucket, frames=20)
+    cache = tmp_path / "cache"
+    job = write_job(tmp_path, gcs_bucket, "cold", frames="1-20")
+    code, _, err = jitrender(str(job), "--cache-dir", str(cache))
+    assert code == 0, err
+    peek = tmp_path / "peek.json"
+    command = [sys.executable, "-c", _INDEX_PEEK, str(cache / "index.sqlite"), str(peek), "21"]
+    # (A frame with no output is a failed one: each frame leaves an empty file.)
+    mark = 'for f in $(echo "$JITRENDER_FRAMES" | tr , " "); do : > "$JITRENDER_OUTPUTS/m.$f"; done'
+    stage = {"name": "peek", "per": "chunk", "command": [
+        "sh", "-c", f'"$@"; {mark}', "sh", *command]}  # fmt: skip
+    warm = write_job(tmp_path, gcs_bucket, "warm", frames="1-20", stages=[stage],
+                     outputs={"to": f"{gcs_bucket}/renders/warm"})  # fmt: skip
+    code, report, err = jitrender(str(warm), "--cache-dir", str(cache))
+    assert code == 0, err
+    assert report["cache"]["hits"] == 21 and report["cache"]["misses"] == 0
+    uses, hits = json.loads(peek.read_text())
+    assert uses == [2] * 21 and hits == 21  # the cold run's use, then this run's
+    stats = json.loads(cli("cache", "stats", "--cache-dir", str(cache), "--json").stdout)
+    assert stats["hits"] == 21 and stats["misses"] == 21  # recorded once, not again at close
