@@ -7,10 +7,16 @@ and body in its own threads, the GIL released) ~0.55 s and 3-5 s. So objects bel
 ``LARGE_OBJECT_BYTES`` whose store names a plain GET (:meth:`Store.http_object`) and a crc32c
 are fetched here (:func:`jitrender.transport.route`); large objects keep the ranged thread
 path. The cache's guarantees are the same on both paths: one download per object in the
-process and across processes (a ``Cache.begin`` download, its lock tried without blocking), a
-temp file renamed only once :func:`jitrender.transport.verify` passes. Anything unusual (a
-busy lock, an HTTP error, a short body, a checksum mismatch) is handed to the thread path,
-which retries and classifies errors as every other fetch does.
+process and across processes (a ``Cache.begin`` download, its lock tried without blocking), and
+nothing visible until :func:`jitrender.transport.verify` passes. Anything unusual (a busy lock,
+an HTTP error, a short body, a checksum mismatch) is handed to the thread path, which retries
+and classifies errors as every other fetch does.
+
+The loop only moves bytes. A small body is checked, written and published (an unnamed file
+linked into place: :meth:`Download.install_bytes`) and linked into the workspace by one of
+``WRITERS`` threads: creating a file is kernel time (0.1-0.5 ms each on these disks, where
+ext4 scans past recently deleted inodes; rclone spends the same, on both cores), which on the
+loop's thread held up every request behind it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ CONCURRENCY = 64
 # Downloads indexed in one transaction: the index lags the files by at most this many.
 RECORD_BATCH = 64
 PIECE_BYTES = 1 << 20  # a body is written in pieces of this size (a small object: in one)
+# Threads that write, install and link small objects (file creation is kernel time, spent
+# in parallel with the GIL released), and the bytes that may wait for them.
+WRITERS = 4
+WRITE_BACKLOG = 64 << 20
 
 
 _Request = tuple[ObjectInfo, Store, "Future[CacheResult]"]
@@ -48,7 +58,8 @@ class _Fallback(Exception):
 
 class AsyncFetcher:
     """Fetches small objects into ``cache`` on a private event loop thread; ``fetch`` returns
-    a ``concurrent.futures.Future`` of the :class:`CacheResult`, set on the loop's thread."""
+    a ``concurrent.futures.Future`` of the :class:`CacheResult`, set (and its callbacks run)
+    on the loop's thread, a writer's or a pool thread."""
 
     def __init__(
         self,
@@ -75,7 +86,11 @@ class AsyncFetcher:
         self._tasks: set[asyncio.Future[None]] = set()
         self._unrecorded: list[ObjectInfo] = []
         self._recording: list[Future[None]] = []
-        self._active = 0
+        self._active = 0  # downloads begun and not ended
+        self._writing = 0  # bytes handed to the writers, not written yet
+        self._room_waiter: asyncio.Future[None] | None = None
+        self._record_lock = threading.Lock()
+        self._writers: ThreadPoolExecutor | None = None
         self._start_lock = threading.Lock()
 
     # -- the loop ------------------------------------------------------------------------
@@ -124,7 +139,6 @@ class AsyncFetcher:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._flush_records()
             self._stores = {}
 
         with contextlib.suppress(Exception):
@@ -132,6 +146,9 @@ class AsyncFetcher:
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._writers is not None:  # the bodies handed over are written and settled
+            self._writers.shutdown(wait=True)
+        self._flush_records()
         for pending in self._recording:  # the index must hold every file that was renamed in
             with contextlib.suppress(Exception):
                 pending.result(timeout=30)
@@ -174,13 +191,11 @@ class AsyncFetcher:
                 if not future.set_running_or_notify_cancel():
                     continue
                 try:
-                    result = await self._fetch(info, store)
+                    await self._fetch(info, store, future)
                 except BaseException as exc:
                     future.set_exception(exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
-                else:
-                    future.set_result(result)
         finally:
             self._workers -= 1
 
@@ -188,25 +203,48 @@ class AsyncFetcher:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self.pool, lambda: with_retries(call, url, self.retry))
 
-    async def _fetch(self, info: ObjectInfo, store: Store) -> CacheResult:
+    async def _fetch(self, info: ObjectInfo, store: Store, future: Future[CacheResult]) -> None:
+        """Settle ``future`` with ``info``'s fetch, or raise for the worker to settle it. A
+        small body is handed to a writer thread, which settles it: this loop only moves bytes
+        (file creation costs 0.1-0.5 ms of kernel time each here, and every syscall on this
+        thread handed the GIL to obstore's threads and back)."""
         cache = self.cache
         if self.should_stop():
             raise Preempted("stopped while waiting to fetch")
         download = cache.begin(info)
         if download is None:  # another thread of this process fetches it: wait for it there
-            return await self._threaded(lambda: cache.fetch(info, store), info.url)
+            future.set_result(await self._threaded(lambda: cache.fetch(info, store), info.url))
+            return
+        with self._record_lock:
+            self._active += 1
+        indexed = False  # the thread path indexes its own downloads
         try:
             try:
-                result = await self._download(info, store, download)
+                got = await self._download(info, store, download)
             except _Fallback:
-                result = await self._threaded(lambda: download.fetch_blocking(store), info.url)
+                got = await self._threaded(lambda: download.fetch_blocking(store), info.url)
+                indexed = True
+            if isinstance(got, bytes):
+                await self._room(len(got))
         except BaseException as exc:
-            download.end(exc)
+            self._end(download, exc)
             raise
-        download.end(result)
-        return result
+        if isinstance(got, bytes):
+            try:
+                self._writer().submit(self._write, info, store, download, future, got)
+            except BaseException as exc:  # (only while closing)
+                self._written(len(got))
+                self._end(download, exc)
+                raise
+        else:
+            self._end(download, got, indexed=indexed)
+            future.set_result(got)
 
-    async def _download(self, info: ObjectInfo, store: Store, download: Download) -> CacheResult:
+    async def _download(
+        self, info: ObjectInfo, store: Store, download: Download
+    ) -> CacheResult | bytes:
+        """The object installed (found cached, or streamed in), or a small one's whole body,
+        not checked yet (:meth:`_write` checks and installs it)."""
         if info.crc32c is None:
             raise _Fallback  # nothing to check the bytes against but the thread path's pin
         try:
@@ -215,28 +253,120 @@ class AsyncFetcher:
             raise _Fallback from None  # the thread path retries and classifies it
         if not download.lock_now():  # another process (or stripe-mate) is downloading it
             raise _Fallback
-        self._active += 1
+        found = download.cached()  # whoever held the lock before may have fetched it
+        if found is not None:
+            return found
+        http = self._object_store(base, headers)
+        if 0 < info.size <= PIECE_BYTES:
+            return await self._get_body(http, path, info.size)
         try:
-            found = download.cached()  # whoever held the lock before may have fetched it
-            if found is not None:
-                return found
+            await self._get(http, path, info, download.part)
+            return download.install()
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # one line naming the folder, not a traceback
+                raise self.cache.no_space(info) from None
+            raise
+
+    def _writer(self) -> ThreadPoolExecutor:
+        with self._start_lock:
+            if self._writers is None:
+                self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="jitrender-write")
+            return self._writers
+
+    async def _room(self, size: int) -> None:
+        """Wait while the bodies handed to the writers and not written yet pass
+        ``WRITE_BACKLOG`` bytes (a slow disk must not fill memory), then count ``size`` in."""
+        while True:
+            with self._record_lock:
+                if not self._writing or self._writing + size <= WRITE_BACKLOG:
+                    self._writing += size
+                    return
+                if self._room_waiter is None:
+                    self._room_waiter = asyncio.get_running_loop().create_future()
+                waiter = self._room_waiter
+            await waiter
+
+    def _write(
+        self,
+        info: ObjectInfo,
+        store: Store,
+        download: Download,
+        future: Future[CacheResult],
+        body: bytes,
+    ) -> None:
+        """On a writer thread: check ``body``, install it, settle ``future`` (whose callbacks,
+        such as linking into a workspace, run here too)."""
+        try:
             try:
-                await self._get(self._object_store(base, headers), path, info, download.part)
-                result = download.install()
+                verify(info, len(body), google_crc32c.value(body))
+            except ChecksumMismatch:  # the thread path fetches again, then calls it transient
+                self.pool.submit(self._fallback, store, download, future)
+                return
+            try:
+                result = download.install_bytes(body)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:  # one line naming the folder, not a traceback
                     raise self.cache.no_space(info) from None
                 raise
+        except BaseException as exc:
+            self._end(download, exc)
+            future.set_exception(exc)
+            return
         finally:
+            self._written(len(body))
+        self._end(download, result)
+        future.set_result(result)
+
+    def _fallback(self, store: Store, download: Download, future: Future[CacheResult]) -> None:
+        """On a pool thread: the thread path for a download the writer turned away."""
+        try:
+            url = download.info.url
+            result = with_retries(lambda: download.fetch_blocking(store), url, self.retry)
+        except BaseException as exc:
+            self._end(download, exc)
+            future.set_exception(exc)
+            return
+        self._end(download, result, indexed=True)
+        future.set_result(result)
+
+    def _written(self, size: int) -> None:
+        with self._record_lock:
+            self._writing -= size
+            waiter, self._room_waiter = self._room_waiter, None
+        loop = self._loop
+        if waiter is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop has no one left to wake
+                loop.call_soon_threadsafe(_wake, waiter)
+
+    def _end(
+        self, download: Download, outcome: CacheResult | BaseException, *, indexed: bool = False
+    ) -> None:
+        """End ``download`` (any thread); a new file (unless ``indexed``) is indexed once a
+        batch is full or nothing else is under way (the index lags by ``RECORD_BATCH``)."""
+        download.end(outcome)
+        with self._record_lock:
             self._active -= 1
-        self._unrecorded.append(info)
-        if len(self._unrecorded) >= RECORD_BATCH or self._active == 0:
+            if isinstance(outcome, CacheResult) and outcome.fetched and not indexed:
+                self._unrecorded.append(download.info)
+            flush = len(self._unrecorded) >= RECORD_BATCH or self._active == 0
+        if flush:
             self._flush_records()
-        return result
 
     @staticmethod
     def _no_get() -> tuple[str, str, dict[str, str]]:
         raise _Fallback
+
+    @staticmethod
+    async def _get_body(http: Any, path: str, size: int) -> bytes:
+        """A small object's whole body in one call: each answer from obstore's threads costs
+        the loop a GIL hand-over, so one per object instead of three (head, piece, end)."""
+        import obstore
+
+        try:
+            got = await obstore.get_range_async(http, path, start=0, end=size)
+            return got.to_bytes()
+        except Exception:
+            raise _Fallback from None  # obstore's 404 and 403 are OSErrors too
 
     async def _get(self, http: Any, path: str, info: ObjectInfo, part: str) -> None:
         """Stream the object into the new file ``part``, checksummed as it arrives; anything
@@ -245,28 +375,16 @@ class AsyncFetcher:
         import obstore
 
         try:
-            if 0 < info.size <= PIECE_BYTES:
-                # The whole body in one call: each answer from obstore's threads costs the loop
-                # a GIL hand-over, so one per object instead of three (head, piece, end).
-                got = await obstore.get_range_async(http, path, start=0, end=info.size)
-                body = got.to_bytes()
-                size, crc = len(body), google_crc32c.value(body)
-                fd = _create(part)
-                try:
-                    _write_all(fd, body)
-                finally:
-                    os.close(fd)
-            else:
-                size, crc = 0, 0
-                response = await obstore.get_async(http, path)
-                fd = _create(part)
-                try:
-                    async for piece in response.stream(min_chunk_size=PIECE_BYTES):
-                        _write_all(fd, piece)
-                        crc = google_crc32c.extend(crc, piece)
-                        size += len(piece)
-                finally:
-                    os.close(fd)
+            size, crc = 0, 0
+            response = await obstore.get_async(http, path)
+            fd = _create(part)
+            try:
+                async for piece in response.stream(min_chunk_size=PIECE_BYTES):
+                    _write_all(fd, piece)
+                    crc = google_crc32c.extend(crc, piece)
+                    size += len(piece)
+            finally:
+                os.close(fd)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise
@@ -279,12 +397,18 @@ class AsyncFetcher:
             raise _Fallback from None  # the thread path fetches again, then calls it transient
 
     def _flush_records(self) -> None:
-        """Index a batch in a pool thread: eviction takes stripe locks, which this loop's own
-        downloads may hold, so it must never run on the loop's thread."""
-        batch, self._unrecorded = self._unrecorded, []
-        if batch:
-            self._recording.append(self.pool.submit(self.cache.record_fetched, batch))
-            self._recording = [f for f in self._recording if not f.done()]
+        """Index a batch in a pool thread: eviction takes stripe locks, which downloads under
+        way may hold, so it must never run on the loop's or a writer's thread."""
+        with self._record_lock:
+            batch, self._unrecorded = self._unrecorded, []
+            if batch:
+                self._recording.append(self.pool.submit(self.cache.record_fetched, batch))
+                self._recording = [f for f in self._recording if not f.done()]
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _create(part: str) -> int:

@@ -216,9 +216,9 @@ class Inputs:
             future, owner = self._claim(url)
             if owner:
                 self._fetch_and_link(url, future)
-            result = future.result()
+            future.result()  # (claims settle with ``root``: the path is worked out once, here)
             if not isinstance(future, _BatchClaim):
-                return result
+                return self.local_path(url)
             with self._lock:
                 if self._futures.get(url) is future:
                     return self.local_path(url)  # linked from the cache with its batch
@@ -249,12 +249,12 @@ class Inputs:
         except BaseException as exc:
             self._failed(url, future, exc)
             return
-        future.set_result(self.local_path(url))
+        future.set_result(self.root)
 
     def _link(self, url: str, info: ObjectInfo, result: CacheResult) -> None:
         """Link a cached entry; FileNotFoundError when it was evicted since (callers then take
         the thread path, :meth:`_fetch_and_link`, which cannot lose that race)."""
-        self.cache.link_into(result.path, self.local_path(url))
+        self.cache.link_into(result.file, self._local_str(url))  # strings: no Path per file
         self._linked(url, info, result)
 
     def _linked(self, url: str, info: ObjectInfo, result: CacheResult) -> None:
@@ -329,7 +329,7 @@ class Inputs:
                     self._failed(url, self._move(claim, url), exc)
                     settled.add(url)
                     continue
-                self._linked(url, info, CacheResult(Path(cached), False, 0))
+                self._linked(url, info, CacheResult(cached, False, 0))
                 settled.add(url)
         except Exception:  # the one-by-one path below meets (and reports) it again
             pass
@@ -337,7 +337,7 @@ class Inputs:
             owned = [(url, self._move(claim, url)) for url in urls if url not in settled]
             claim.set_result(self.root)
             for url, future in owned:
-                self._enqueue(url, future)
+                self._enqueue(url, future, looked_up=True)
 
     def _move(self, claim: _BatchClaim, url: str) -> Future[Path]:
         """``url``'s own claim instead of its batch's, made before the batch settles (so no
@@ -361,13 +361,14 @@ class Inputs:
                 queued += 1
         return queued
 
-    def _enqueue(self, url: str, future: Future[Path]) -> None:
+    def _enqueue(self, url: str, future: Future[Path], *, looked_up: bool = False) -> None:
         """Admit ``url`` now when nothing queued is ahead of it and it need not wait (the
-        common case: no thread hop per file), else queue it for the dispatcher."""
+        common case: no thread hop per file), else queue it for the dispatcher.
+        ``looked_up``: its batch just found it not cached (the fetch looks again, locked)."""
         with self._lock:
             ahead = self._waiting
         try:
-            if not ahead and self._admit(url, future, wait=False):
+            if not ahead and self._admit(url, future, wait=False, looked_up=looked_up):
                 return
         except BaseException as exc:
             self._failed(url, future, exc)
@@ -399,7 +400,9 @@ class Inputs:
     def _stopping(self) -> bool:
         return self._closed or self.stop.is_set()
 
-    def _admit(self, url: str, future: Future[Path], *, wait: bool) -> bool:
+    def _admit(
+        self, url: str, future: Future[Path], *, wait: bool, looked_up: bool = False
+    ) -> bool:
         """Start ``url``'s fetch: cached objects are linked at once, cold ones take their
         bytes from the budget (waiting for it only with ``wait``; False when it would have
         to), then go to the asyncio fetcher (small objects over plain HTTP) or the thread
@@ -410,11 +413,11 @@ class Inputs:
         if info is None:  # not stat'ed yet (a hook's prefetch): the thread path does it all
             self._pool.submit(self._fetch_and_link, url, future)
             return True
-        cached = self.cache.lookup(info)
+        cached = None if looked_up else self.cache.lookup(info)
         if cached is not None:
             try:
                 self._link(url, info, CacheResult(cached, False, 0))
-                future.set_result(self.local_path(url))
+                future.set_result(self.root)
                 return True
             except FileNotFoundError:
                 pass  # evicted just now: fetch it like a cold one
@@ -466,7 +469,8 @@ class Inputs:
     def _fetched_async(
         self, url: str, info: ObjectInfo, future: Future[Path], fetched: Future[CacheResult]
     ) -> None:
-        """On the event loop's thread: link, or hand anything unusual to the thread path."""
+        """On the thread that settled the fetch (a writer, the loop, a pool thread): link, or
+        hand anything unusual to the thread path."""
         if info.size >= LATENCY_BOUND_BYTES:
             self._budget.release(info.size)
         try:
@@ -477,7 +481,7 @@ class Inputs:
         except BaseException as exc:
             self._failed(url, future, exc)
             return
-        future.set_result(self.local_path(url))
+        future.set_result(self.root)
 
     def wait(self, frames: Iterable[int]) -> None:
         """Block until every planned dependency of ``frames`` is in the workspace; raises the

@@ -4,19 +4,24 @@ errors classified the same way)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jitrender.aio import AsyncFetcher
 from jitrender.cache import Cache
 from jitrender.errors import MissingDependencyError, TransientError
 from jitrender.storage import GCSStore, ObjectInfo, RetryPolicy
-from tests.conftest import put_object
+from tests.conftest import cli, put_object
+from tests.faultproxy import Fault, FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
@@ -95,3 +100,78 @@ def test_waits_for_another_process_download_lock(
     os.close(held)
     assert future.result(timeout=30).path.read_bytes() == b"b" * 5000
     fetcher.close()
+
+
+def test_a_run_killed_mid_download_leaves_only_whole_entries_then_the_rerun_fetches_the_rest(
+    tmp_path: Path, gcs_bucket: str, proxy: FaultProxy
+) -> None:
+    """Through the CLI: half the small objects are held at the server while the other half
+    are fetched, installed and linked; then the run is SIGKILLed. Every entry left is whole
+    and verified, no temp file is left (the bytes go into an unnamed file, linked only once
+    checked), and the next run fetches exactly the objects that are missing."""
+    bodies = {
+        f"tex/{'late' if i % 2 else 'early'}{i:02d}.tx": os.urandom(900 + i) for i in range(40)
+    }
+    for name, data in bodies.items():
+        put_object(f"{gcs_bucket}/{name}", data)
+    put_object(f"{gcs_bucket}/shot.txt", f"{gcs_bucket}/tex/\n".encode())
+    cache = tmp_path / "cache"
+    env = os.environ | {
+        "STORAGE_EMULATOR_HOST": proxy.url,
+        "JITRENDER_CACHE_DIR": str(cache),
+        "JITRENDER_PREEMPTION_WATCH": "off",
+        "JITRENDER_HEARTBEAT_INTERVAL": "0",
+    }
+
+    def job(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        mark = ': > "$JITRENDER_OUTPUTS/frame.$JITRENDER_FRAMES.done"'
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "version": 1,
+                    "name": name,
+                    "scene": f"{gcs_bucket}/shot.txt",
+                    "frames": "1",
+                    "stages": [{"name": "read", "command": ["sh", "-c", mark]}],
+                    "outputs": {"to": (tmp_path / f"out-{name}").as_uri()},
+                }
+            )
+        )
+        return path
+
+    hold = Fault("hold")
+    proxy.rules.append(lambda request: hold if "/late" in request.path else None)
+    argv = [sys.executable, "-m", "jitrender.cli", "run", str(job("killed")), "--progress", "quiet"]
+    run = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        assert hold.held.wait(60)
+        deadline = time.monotonic() + 60
+        while len(list(cache.glob("objects/*/*"))) < 21 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        run.kill()  # kill -9, with 20 downloads held open
+        run.wait(timeout=10)
+        hold.release.set()
+        proxy.rules.clear()
+    assert len(list(cache.glob("objects/*/*"))) == 21  # the early ones and the scene
+    assert list((cache / "tmp").iterdir()) == []  # nothing partial, not even a temp name
+    for entry in cache.glob("objects/*/*"):
+        assert entry.stat().st_mode & 0o777 == 0o400
+    verified = cli("cache", "verify", "--json", env=env)
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["bad"] == 0
+
+    report = tmp_path / "report.json"
+    again = cli("run", str(job("again")), "--progress", "quiet", "--report", str(report), env=env)
+    assert again.returncode == 0, again.stderr
+    fetched = json.loads(report.read_text())["cache"]
+    assert fetched["bytes_fetched"] == sum(len(b) for n, b in bodies.items() if "late" in n)
+    inputs = cache / "runs"  # the workspace is gone; the cache holds every object, exact
+    assert not list(inputs.glob("again-*"))
+    store = GCSStore()
+    for name, data in bodies.items():
+        info = store.stat(f"{gcs_bucket}/{name}")
+        assert info is not None
+        found = Cache(cache).lookup(info)
+        assert found is not None and found.read_bytes() == data

@@ -3,6 +3,7 @@ rename-after-verify, identity by generation, and eviction that never breaks a ru
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -264,3 +265,40 @@ def test_batch_lookup_answers_as_one_by_one_lookups_do(tmp_path: Path, cache_dir
     assert found[2:] == [None, None]
     assert not planted.exists()
     assert [Cache(cache_dir).lookup(i) for i in infos] == [Path(p) if p else None for p in found]
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_OFD_SETLK"), reason="open-file-description locks")
+def test_a_stripe_held_by_two_downloads_stays_locked_until_the_last_lets_go(
+    cache_dir: Path,
+) -> None:
+    """The asyncio path's downloads share one descriptor: two keys of one stripe lock it
+    once, and another descriptor (another process, eviction) sees it held until both end."""
+    cache = Cache(cache_dir)
+    first, second = "abcde" + "0" * 59, "abcde" + "1" * 59
+    assert cache._try_hold(first) and cache._try_hold(second)
+    assert cache._stripe_held(first)
+    cache._release_hold(first)
+    assert cache._stripe_held(second)
+    cache._release_hold(second)
+    assert not cache._stripe_held(first)
+
+
+def test_a_small_body_is_published_read_only_with_no_temp_name_over_a_foreign_file(
+    cache_dir: Path,
+) -> None:
+    """The asyncio path's install (an unnamed file linked into place): whole, read-only,
+    nothing in tmp/, and a file that is no entry of the cache's is replaced, as a rename
+    would replace it."""
+    cache = Cache(cache_dir)
+    info = ObjectInfo("gs://b/tex/x.bin", 5, "1", None)
+    download = cache.begin(info)
+    assert download is not None and download.lock_now()
+    planted = cache.object_path(info)
+    planted.parent.mkdir(exist_ok=True)
+    planted.write_bytes(b"wrong")
+    result = download.install_bytes(b"right")
+    download.end(result)
+    assert result.fetched and result.path == planted and planted.read_bytes() == b"right"
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o400
+    assert list(cache.tmp.iterdir()) == []
+    assert not cache._stripe_held(cache.key(info))  # the lock went with the install

@@ -4,6 +4,7 @@ fetch and the link. The CLI tests (test_run, test_agent, the plugins) cover it e
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -49,12 +50,12 @@ def test_an_eviction_between_fetch_and_link_fetches_again(
     cache = Cache(tmp_path / "cache")
     inputs = Inputs(cache, tmp_path / "ws" / "inputs")
     real_link = cache.link_into
-    calls: list[Path] = []
+    calls: list[Path | str] = []
 
-    def evicted_once(cached: Path, dest: Path) -> None:
+    def evicted_once(cached: Path | str, dest: Path | str) -> None:
         calls.append(cached)
         if len(calls) == 1:
-            cached.unlink()  # another job's eviction got there first
+            os.unlink(cached)  # another job's eviction got there first
             raise FileNotFoundError(cached)
         real_link(cached, dest)
 
