@@ -9,7 +9,11 @@ Large objects are split into ranges, all objects' ranges in one queue (the earli
 object's first) served by a fixed set of worker threads, each range written in place with
 ``os.pwrite`` into a preallocated file; each range is checksummed as it arrives and the
 CRC32C values are combined (GF(2) arithmetic, microseconds) into the whole object's CRC32C,
-so verifying needs no second read of the file.
+so verifying needs no second read of the file. Where workers are idle, the range taken from
+the queue is shared out among them (a lone object over several connections), and once the
+queue runs dry an idle worker takes the far half of the range with the most bytes still to
+come (that range's reader stops at the new end), so connections finish together instead of
+one range's tail arriving alone.
 """
 
 from __future__ import annotations
@@ -20,21 +24,38 @@ import heapq
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 
-from jitrender.errors import Preempted
-from jitrender.storage import ChecksumMismatch, Crc32cWriter, ObjectInfo, Store
+import google_crc32c
 
-# Objects at least this large are fetched as concurrent ranges: measured on the Overlap
-# benchmark, one object at a time over 8 connections beats 16 objects sharing the link.
+from jitrender.errors import Preempted
+from jitrender.storage import ChecksumMismatch, ObjectInfo, Store
+
+# Objects at least this large are fetched as ranges: measured on the Overlap benchmark, one
+# object at a time over several connections beats 16 objects sharing the link.
 LARGE_OBJECT_BYTES = 8 << 20
-MIN_CHUNK_BYTES = 8 << 20  # below this the per-request cost outweighs the parallelism
+# One request per object up to this size: each request costs a round trip to first byte, and
+# with many objects queued their ranges already keep every connection busy. A lone object is
+# still spread over the idle workers (PIECE_BYTES each), see RangedDownloader.
+MIN_CHUNK_BYTES = 16 << 20
 MAX_CHUNK_BYTES = 32 << 20
 CHUNK_BYTES = 16 << 20
-CHUNK_WORKERS = 8
+# Connections in flight: at 20 ms to first byte a connection idles between its ranges, so the
+# link needs more busy ones than its share per connection (4 x 100 MB/s on a 400 MB/s node).
+CHUNK_WORKERS = 12
+# The smallest range a split makes: below it the request's round trip outweighs its bytes.
+PIECE_BYTES = 4 << 20
+# A range already arriving is cut (its connection dropped, with the bytes in flight) only when
+# this much is still to come: the far half then saves more than the cut wastes.
+CUT_MIN_BYTES = 16 << 20
+# How long a worker finding the queue empty waits for new ranges before cutting one: longer
+# than admitting the next object takes, so only the end of a batch (or a lull) is cut.
+SPLIT_AFTER_S = 0.01
+READ_PIECE_BYTES = 1 << 20  # the most a store reads per write (GCSStore: 1 MiB pieces)
 
 _CRC32C_POLY = 0x82F63B78  # reflected Castagnoli polynomial
 
@@ -86,30 +107,71 @@ class ChunkResult:
     crc32c: int
 
 
-class _PositionalWriter:
-    """Writes one range in place (``os.pwrite``), never past its end whatever the server sends."""
+class _RangeCut(Exception):
+    """Raised by a range's sink once it reaches an end another worker moved: the store stops
+    reading (and drops the connection, whose response was not read to its end)."""
 
-    def __init__(self, fd: int, start: int, limit: int) -> None:
-        self.fd = fd
+
+class _Range:
+    """One range being fetched, ``[start, end)`` with ``offset`` written so far. ``end`` only
+    moves down, when another worker takes the far part (:meth:`split`)."""
+
+    __slots__ = ("crc", "cut", "download", "end", "lock", "offset", "start")
+
+    def __init__(self, download: _Download, start: int, end: int) -> None:
+        self.download = download
+        self.start = start
+        self.end = end
         self.offset = start
-        self.end = start + limit
+        self.cut = False
+        self.lock = threading.Lock()
+        self.crc = 0  # CRC32C of the bytes written so far
+
+    def left(self) -> int:
+        return self.end - self.offset
+
+    def split(self, min_bytes: int) -> _Range | None:
+        """The far part of what is still to come, now another worker's (None when less than
+        ``min_bytes`` is left). The reader may be reading a piece past ``offset`` right now:
+        the cut leaves it that piece."""
+        with self.lock:
+            left = self.end - self.offset
+            if left < min_bytes:
+                return None
+            middle = self.offset + max(READ_PIECE_BYTES, left // 2)
+            if middle >= self.end:
+                return None
+            tail = _Range(self.download, middle, self.end)
+            self.end, self.cut = middle, True
+            return tail
 
     def write(self, data: bytes) -> int:
-        if self.offset + len(data) > self.end:
-            raise ChecksumMismatch("server sent more bytes than the range asked for")
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, self.offset)
-            self.offset += written
-            view = view[written:]
-        return len(data)
+        """Write ``data`` in place at ``offset`` and checksum it; never past ``end``."""
+        with self.lock:
+            offset = self.offset
+            count = min(len(data), self.end - offset)
+            self.offset = offset + count  # claimed before writing: a split starts past it
+            cut = self.cut
+        if count < len(data):
+            if not cut:
+                raise ChecksumMismatch("server sent more bytes than the range asked for")
+            data = data[:count]
+        if data:
+            self.crc = google_crc32c.extend(self.crc, data)
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(self.download.fd, view, offset)
+                offset += written
+                view = view[written:]
+        if cut and self.offset >= self.end:
+            raise _RangeCut  # the rest is another worker's: stop reading
+        return count
 
     def flush(self) -> None:
         return None
 
-
-def _crc_int(writer: Crc32cWriter) -> int:
-    return int.from_bytes(base64.b64decode(writer.digest_b64()), "big")
+    def result(self) -> ChunkResult:
+        return ChunkResult(self.start, self.offset - self.start, self.crc)
 
 
 def chunk_ranges(size: int, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
@@ -139,6 +201,11 @@ class _Download:
         self.lock = threading.Lock()
         self.done = threading.Event()
 
+    def add_range(self) -> None:
+        """One more range to settle (a split): called before the split range can settle."""
+        with self.lock:
+            self.remaining += 1
+
     def settle(self, result: ChunkResult | None, error: BaseException | None) -> None:
         with self.lock:
             if result is not None:
@@ -165,13 +232,30 @@ class RangedDownloader:
     The queue is ordered by when each download was asked for (or by the order reserved for it
     with :meth:`reserve` and :meth:`scheduled`), then by offset: the earliest object's ranges
     always go first, and a worker that finds the current object's ranges all taken starts on
-    the next object's at once, so the link never idles between objects."""
+    the next object's at once, so the link never idles between objects. A range taken while
+    other workers are idle and nothing else is queued is shared out with them, in pieces of
+    at least ``piece_bytes`` (no bytes wasted: none was asked for yet). A worker that finds
+    the queue empty for ``split_after_s`` cuts the range with the most bytes to come (at least
+    ``cut_min_bytes``) and fetches its far half, so no connection idles long while another
+    one's last range arrives."""
 
-    def __init__(self, chunk_bytes: int | None = None, workers: int = CHUNK_WORKERS) -> None:
+    def __init__(
+        self,
+        chunk_bytes: int | None = None,
+        workers: int = CHUNK_WORKERS,
+        *,
+        piece_bytes: int = PIECE_BYTES,
+        cut_min_bytes: int = CUT_MIN_BYTES,
+        split_after_s: float = SPLIT_AFTER_S,
+    ) -> None:
         self.chunk_bytes = chunk_bytes
         self.workers = workers
+        self.piece_bytes = piece_bytes
+        self.cut_min_bytes = cut_min_bytes
+        self.split_after_s = split_after_s
         self._cond = threading.Condition()
         self._queue: list[tuple[int, int, int, int, _Download]] = []  # a heap
+        self._active: set[_Range] = set()  # being fetched: what a split takes from
         self._order = itertools.count()
         self._tie = itertools.count()
         self._threads = 0
@@ -180,7 +264,7 @@ class RangedDownloader:
         self._scope = threading.local()
 
     def chunk_size_for(self, size: int) -> int:
-        """One range per worker, each between 8 and 32 MiB."""
+        """One range per worker, each between 16 and 32 MiB."""
         return min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, -(-size // self.workers)))
 
     # -- ordering --------------------------------------------------------------------------
@@ -214,8 +298,8 @@ class RangedDownloader:
         with self._cond:
             for start, end in ranges:
                 heapq.heappush(self._queue, (order, start, next(self._tie), end, download))
-            wanted = min(self.workers, len(self._queue) + self._threads - self._idle)
-            for _ in range(wanted - self._threads):
+            # All of them at the first ranges: those the queue does not need may split one.
+            for _ in range(self.workers - self._threads):
                 self._threads += 1
                 threading.Thread(
                     target=self._work,
@@ -223,44 +307,102 @@ class RangedDownloader:
                     name=f"chunk-{self._threads}",
                     daemon=True,  # a stopping run exits without waiting for a range
                 ).start()
-            self._cond.notify(len(ranges))
+            self._cond.notify_all()  # the idle ones too: those the queue does not need may split
+
+    def _next(self, generation: int) -> tuple[_Range, bool] | None:
+        """The next range for a worker (the caller holds ``_cond``) and whether it is a fresh
+        one from the queue (not a split); None once :meth:`close` retired this worker."""
+        idle_since = 0.0
+        while generation == self._generation:
+            if self._queue:
+                order, start, tie, end, download = heapq.heappop(self._queue)
+                if not self._queue and self._idle:
+                    end = self._share(order, start, tie, end, download)
+                return _Range(download, start, end), True
+            now = time.monotonic()
+            if idle_since and now - idle_since >= self.split_after_s:
+                tail = self._split()
+                if tail is not None:
+                    return tail, False
+            idle_since = idle_since or now
+            self._idle += 1
+            # Woken for new ranges; meanwhile, while others fetch, look again for one to split.
+            self._cond.wait(self.split_after_s if self._active else None)
+            if generation != self._generation:
+                return None  # close reset the counts this worker was in
+            self._idle -= 1
+        return None
+
+    def _share(self, order: int, start: int, tie: int, end: int, download: _Download) -> int:
+        """Split ``[start, end)`` into pieces for this worker and the idle ones (the caller
+        holds ``_cond``): the later pieces go back to the queue's front, the new end of this
+        worker's piece is returned."""
+        pieces = min(self._idle + 1, (end - start) // self.piece_bytes)
+        if pieces < 2:
+            return end
+        size = -(-(end - start) // pieces)
+        cuts = list(range(start, end, size))[1:]
+        with download.lock:
+            download.remaining += len(cuts)  # before any piece can settle
+        for index, cut in enumerate(cuts):
+            last = cuts[index + 1] if index + 1 < len(cuts) else end
+            heapq.heappush(self._queue, (order, cut, tie, last, download))
+        self._cond.notify(len(cuts))
+        return cuts[0]
+
+    def _split(self) -> _Range | None:
+        """The far half of the active range with the most bytes to come (caller holds
+        ``_cond``, so that range cannot settle meanwhile), registered with its download."""
+        for victim in sorted(self._active, key=_Range.left, reverse=True):
+            download = victim.download
+            if download.error is not None or (
+                download.should_stop is not None and download.should_stop()
+            ):
+                continue
+            tail = victim.split(self.cut_min_bytes)
+            if tail is not None:
+                download.add_range()
+                return tail
+            break  # the largest is too small to split: so are the others
+        return None
 
     def _work(self, generation: int) -> None:
         while True:
             with self._cond:
-                while generation == self._generation and not self._queue:
-                    self._idle += 1
-                    self._cond.wait()
-                    if generation != self._generation:
-                        return  # close reset the counts this worker was in
-                    self._idle -= 1
-                if generation != self._generation:
+                picked = self._next(generation)
+                if picked is None:
                     return
-                _order, start, _tie, end, download = heapq.heappop(self._queue)
-            self._run(download, start, end)
+                work, fresh = picked
+                self._active.add(work)
+            try:
+                result, error = self._run(work, fresh)
+            finally:
+                with self._cond:
+                    self._active.discard(work)
+            work.download.settle(result, error)  # after leaving _active: no split after this
 
     @staticmethod
-    def _run(download: _Download, start: int, end: int) -> None:
-        if download.on_start is not None:
-            download.on_start(end - start)
+    def _run(work: _Range, fresh: bool) -> tuple[ChunkResult | None, BaseException | None]:
+        """Fetch one range: its result, or the error that failed it (None, None: skipped)."""
+        download = work.download
+        if fresh and download.on_start is not None:
+            download.on_start(work.end - work.start)  # a split's bytes were counted already
         if download.error is not None:  # another range failed: no point asking for this one
-            download.settle(None, None)
-            return
+            return None, None
         if download.should_stop is not None and download.should_stop():
-            download.settle(None, Preempted("stopped while fetching"))
-            return
+            return None, Preempted("stopped while fetching")
         info = download.info
         try:
-            sink = Crc32cWriter(_PositionalWriter(download.fd, start, end - start))  # type: ignore[arg-type]
-            download.store.download(info, sink, start, end)  # type: ignore[arg-type]
-            if sink.size != end - start:
+            with contextlib.suppress(_RangeCut):  # the rest is another worker's range
+                download.store.download(info, work, work.start, work.end)  # type: ignore[arg-type]
+            if work.offset != work.end:
                 raise ChecksumMismatch(
-                    f"{info.url}: range {start}-{end} gave {sink.size} bytes, not {end - start}"
+                    f"{info.url}: range {work.start}-{work.end} gave "
+                    f"{work.offset - work.start} bytes, not {work.end - work.start}"
                 )
         except BaseException as exc:
-            download.settle(None, exc)
-            return
-        download.settle(ChunkResult(start, sink.size, _crc_int(sink)), None)
+            return None, exc
+        return work.result(), None
 
     # -- the download ----------------------------------------------------------------------
 
