@@ -50,11 +50,15 @@ CHUNK_WORKERS = 12
 # The smallest range a split makes: below it the request's round trip outweighs its bytes.
 PIECE_BYTES = 4 << 20
 # A range already arriving is cut (its connection dropped, with the bytes in flight) only when
-# this much is still to come: the far half then saves more than the cut wastes.
-CUT_MIN_BYTES = 16 << 20
+# at its pace so far it would still take this long (a stalled one: forever), it is this old
+# (a younger one's pace is not known yet) and this much of it is still to come: the far half
+# then saves more link time than the bytes in flight that the cut wastes.
+CUT_ETA_S = 0.2
+CUT_AGE_S = 0.05
+CUT_MIN_BYTES = 2 * PIECE_BYTES
 # How long a worker finding the queue empty waits for new ranges before cutting one: longer
 # than admitting the next object takes, so only the end of a batch (or a lull) is cut.
-SPLIT_AFTER_S = 0.01
+SPLIT_AFTER_S = 0.02
 READ_PIECE_BYTES = 1 << 20  # the most a store reads per write (GCSStore: 1 MiB pieces)
 
 _CRC32C_POLY = 0x82F63B78  # reflected Castagnoli polynomial
@@ -116,7 +120,7 @@ class _Range:
     """One range being fetched, ``[start, end)`` with ``offset`` written so far. ``end`` only
     moves down, when another worker takes the far part (:meth:`split`)."""
 
-    __slots__ = ("crc", "cut", "download", "end", "lock", "offset", "start")
+    __slots__ = ("began", "crc", "cut", "download", "end", "lock", "offset", "start")
 
     def __init__(self, download: _Download, start: int, end: int) -> None:
         self.download = download
@@ -126,9 +130,16 @@ class _Range:
         self.cut = False
         self.lock = threading.Lock()
         self.crc = 0  # CRC32C of the bytes written so far
+        self.began = time.monotonic()
 
-    def left(self) -> int:
-        return self.end - self.offset
+    def eta(self, now: float, min_age: float) -> float:
+        """Seconds until the rest arrives at the pace so far (infinite when nothing came);
+        0 while younger than ``min_age``."""
+        age = now - self.began
+        if age < min_age:
+            return 0.0
+        done = self.offset - self.start
+        return (self.end - self.offset) * age / done if done else float("inf")
 
     def split(self, min_bytes: int) -> _Range | None:
         """The far part of what is still to come, now another worker's (None when less than
@@ -235,9 +246,9 @@ class RangedDownloader:
     the next object's at once, so the link never idles between objects. A range taken while
     other workers are idle and nothing else is queued is shared out with them, in pieces of
     at least ``piece_bytes`` (no bytes wasted: none was asked for yet). A worker that finds
-    the queue empty for ``split_after_s`` cuts the range with the most bytes to come (at least
-    ``cut_min_bytes``) and fetches its far half, so no connection idles long while another
-    one's last range arrives."""
+    the queue empty for ``split_after_s`` cuts the range that would end last at its pace so
+    far (at least ``cut_eta_s`` away, ``cut_min_bytes`` to come) and fetches its far half, so
+    no connection idles long while another one's last range, or a stalled one, arrives."""
 
     def __init__(
         self,
@@ -246,12 +257,16 @@ class RangedDownloader:
         *,
         piece_bytes: int = PIECE_BYTES,
         cut_min_bytes: int = CUT_MIN_BYTES,
+        cut_eta_s: float = CUT_ETA_S,
+        cut_age_s: float = CUT_AGE_S,
         split_after_s: float = SPLIT_AFTER_S,
     ) -> None:
         self.chunk_bytes = chunk_bytes
         self.workers = workers
         self.piece_bytes = piece_bytes
         self.cut_min_bytes = cut_min_bytes
+        self.cut_eta_s = cut_eta_s
+        self.cut_age_s = cut_age_s
         self.split_after_s = split_after_s
         self._cond = threading.Condition()
         self._queue: list[tuple[int, int, int, int, _Download]] = []  # a heap
@@ -351,9 +366,14 @@ class RangedDownloader:
         return cuts[0]
 
     def _split(self) -> _Range | None:
-        """The far half of the active range with the most bytes to come (caller holds
-        ``_cond``, so that range cannot settle meanwhile), registered with its download."""
-        for victim in sorted(self._active, key=_Range.left, reverse=True):
+        """The far half of the active range that would end last at its pace so far, where
+        that is more than ``cut_eta_s`` away (the caller holds ``_cond``, so that range cannot
+        settle meanwhile), registered with its download."""
+        now = time.monotonic()
+        etas = sorted(((r.eta(now, self.cut_age_s), id(r), r) for r in self._active), reverse=True)
+        for eta, _id, victim in etas:
+            if eta < self.cut_eta_s:
+                break  # the slowest ends soon enough: so do the others
             download = victim.download
             if download.error is not None or (
                 download.should_stop is not None and download.should_stop()
@@ -363,7 +383,6 @@ class RangedDownloader:
             if tail is not None:
                 download.add_range()
                 return tail
-            break  # the largest is too small to split: so are the others
         return None
 
     def _work(self, generation: int) -> None:
