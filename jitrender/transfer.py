@@ -53,8 +53,8 @@ PIECE_BYTES = 4 << 20
 # at its pace so far it would still take this long (a stalled one: forever), it is this old
 # (a younger one's pace is not known yet) and this much of it is still to come: the far half
 # then saves more link time than the bytes in flight that the cut wastes.
-CUT_ETA_S = 0.2
-CUT_AGE_S = 0.05
+CUT_ETA_S = 0.5
+CUT_AGE_S = 0.1
 CUT_MIN_BYTES = 2 * PIECE_BYTES
 # How long a worker finding the queue empty waits for new ranges before cutting one: longer
 # than admitting the next object takes, so only the end of a batch (or a lull) is cut.

@@ -45,7 +45,7 @@ class _SlowFirstRange(GCSStore):
 
         class Slow:
             def write(self, data: bytes) -> int:
-                time.sleep(0.1)
+                time.sleep(0.3)
                 count = sink.write(data)  # raises once the range was cut
                 outer.slow_written += len(data)
                 return count
