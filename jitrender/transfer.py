@@ -9,11 +9,9 @@ Large objects are split into ranges, all objects' ranges in one queue (the earli
 object's first) served by a fixed set of worker threads, each range written in place with
 ``os.pwrite`` into a preallocated file; each range is checksummed as it arrives and the
 CRC32C values are combined (GF(2) arithmetic, microseconds) into the whole object's CRC32C,
-so verifying needs no second read of the file. Where workers are idle, the range taken from
-the queue is shared out among them (a lone object over several connections), and once the
-queue runs dry an idle worker takes the far half of the range with the most bytes still to
-come (that range's reader stops at the new end), so connections finish together instead of
-one range's tail arriving alone.
+so verifying needs no second read of the file. A range taken while other workers are free
+and nothing else is queued is shared out among them (a lone object goes over several
+connections, and the end of a batch finishes together).
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import heapq
 import itertools
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -49,17 +46,6 @@ CHUNK_BYTES = 16 << 20
 CHUNK_WORKERS = 12
 # The smallest range a split makes: below it the request's round trip outweighs its bytes.
 PIECE_BYTES = 4 << 20
-# A range already arriving is cut (its connection dropped, with the bytes in flight) only when
-# at its pace so far it would still take this long (a stalled one: forever), it is this old
-# (a younger one's pace is not known yet) and this much of it is still to come: the far half
-# then saves more link time than the bytes in flight that the cut wastes.
-CUT_ETA_S = 0.5
-CUT_AGE_S = 0.1
-CUT_MIN_BYTES = 2 * PIECE_BYTES
-# How long a worker finding the queue empty waits for new ranges before cutting one: longer
-# than admitting the next object takes, so only the end of a batch (or a lull) is cut.
-SPLIT_AFTER_S = 0.02
-READ_PIECE_BYTES = 1 << 20  # the most a store reads per write (GCSStore: 1 MiB pieces)
 
 _CRC32C_POLY = 0x82F63B78  # reflected Castagnoli polynomial
 
@@ -111,72 +97,31 @@ class ChunkResult:
     crc32c: int
 
 
-class _RangeCut(Exception):
-    """Raised by a range's sink once it reaches an end another worker moved: the store stops
-    reading (and drops the connection, whose response was not read to its end)."""
-
-
 class _Range:
-    """One range being fetched, ``[start, end)`` with ``offset`` written so far. ``end`` only
-    moves down, when another worker takes the far part (:meth:`split`)."""
+    """One range being fetched, ``[start, end)``, written in place as it arrives (never past
+    ``end``) and checksummed on the way."""
 
-    __slots__ = ("began", "crc", "cut", "download", "end", "lock", "offset", "start")
+    __slots__ = ("crc", "download", "end", "offset", "start")
 
     def __init__(self, download: _Download, start: int, end: int) -> None:
         self.download = download
         self.start = start
         self.end = end
         self.offset = start
-        self.cut = False
-        self.lock = threading.Lock()
         self.crc = 0  # CRC32C of the bytes written so far
-        self.began = time.monotonic()
-
-    def eta(self, now: float, min_age: float) -> float:
-        """Seconds until the rest arrives at the pace so far (infinite when nothing came);
-        0 while younger than ``min_age``."""
-        age = now - self.began
-        if age < min_age:
-            return 0.0
-        done = self.offset - self.start
-        return (self.end - self.offset) * age / done if done else float("inf")
-
-    def split(self, min_bytes: int) -> _Range | None:
-        """The far part of what is still to come, now another worker's (None when less than
-        ``min_bytes`` is left). The reader may be reading a piece past ``offset`` right now:
-        the cut leaves it that piece."""
-        with self.lock:
-            left = self.end - self.offset
-            if left < min_bytes:
-                return None
-            middle = self.offset + max(READ_PIECE_BYTES, left // 2)
-            if middle >= self.end:
-                return None
-            tail = _Range(self.download, middle, self.end)
-            self.end, self.cut = middle, True
-            return tail
 
     def write(self, data: bytes) -> int:
-        """Write ``data`` in place at ``offset`` and checksum it; never past ``end``."""
-        with self.lock:
-            offset = self.offset
-            count = min(len(data), self.end - offset)
-            self.offset = offset + count  # claimed before writing: a split starts past it
-            cut = self.cut
-        if count < len(data):
-            if not cut:
-                raise ChecksumMismatch("server sent more bytes than the range asked for")
-            data = data[:count]
-        if data:
-            self.crc = google_crc32c.extend(self.crc, data)
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(self.download.fd, view, offset)
-                offset += written
-                view = view[written:]
-        if cut and self.offset >= self.end:
-            raise _RangeCut  # the rest is another worker's: stop reading
-        return count
+        offset = self.offset
+        if offset + len(data) > self.end:
+            raise ChecksumMismatch("server sent more bytes than the range asked for")
+        self.crc = google_crc32c.extend(self.crc, data)
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.download.fd, view, offset)
+            offset += written
+            view = view[written:]
+        self.offset = offset
+        return len(data)
 
     def flush(self) -> None:
         return None
@@ -212,11 +157,6 @@ class _Download:
         self.lock = threading.Lock()
         self.done = threading.Event()
 
-    def add_range(self) -> None:
-        """One more range to settle (a split): called before the split range can settle."""
-        with self.lock:
-            self.remaining += 1
-
     def settle(self, result: ChunkResult | None, error: BaseException | None) -> None:
         with self.lock:
             if result is not None:
@@ -244,11 +184,8 @@ class RangedDownloader:
     with :meth:`reserve` and :meth:`scheduled`), then by offset: the earliest object's ranges
     always go first, and a worker that finds the current object's ranges all taken starts on
     the next object's at once, so the link never idles between objects. A range taken while
-    other workers are idle and nothing else is queued is shared out with them, in pieces of
-    at least ``piece_bytes`` (no bytes wasted: none was asked for yet). A worker that finds
-    the queue empty for ``split_after_s`` cuts the range that would end last at its pace so
-    far (at least ``cut_eta_s`` away, ``cut_min_bytes`` to come) and fetches its far half, so
-    no connection idles long while another one's last range, or a stalled one, arrives."""
+    other workers are free and nothing else is queued is shared out with them, in pieces of
+    at least ``piece_bytes`` (none of it was asked for yet: no bytes are wasted)."""
 
     def __init__(
         self,
@@ -256,25 +193,16 @@ class RangedDownloader:
         workers: int = CHUNK_WORKERS,
         *,
         piece_bytes: int = PIECE_BYTES,
-        cut_min_bytes: int = CUT_MIN_BYTES,
-        cut_eta_s: float = CUT_ETA_S,
-        cut_age_s: float = CUT_AGE_S,
-        split_after_s: float = SPLIT_AFTER_S,
     ) -> None:
         self.chunk_bytes = chunk_bytes
         self.workers = workers
         self.piece_bytes = piece_bytes
-        self.cut_min_bytes = cut_min_bytes
-        self.cut_eta_s = cut_eta_s
-        self.cut_age_s = cut_age_s
-        self.split_after_s = split_after_s
         self._cond = threading.Condition()
         self._queue: list[tuple[int, int, int, int, _Download]] = []  # a heap
-        self._active: set[_Range] = set()  # being fetched: what a split takes from
+        self._busy = 0  # workers fetching a range
         self._order = itertools.count()
         self._tie = itertools.count()
         self._threads = 0
-        self._idle = 0
         self._generation = 0  # bumped by close: the workers of an older one leave
         self._scope = threading.local()
 
@@ -313,7 +241,7 @@ class RangedDownloader:
         with self._cond:
             for start, end in ranges:
                 heapq.heappush(self._queue, (order, start, next(self._tie), end, download))
-            # All of them at the first ranges: those the queue does not need may split one.
+            # All of them at the first ranges: a range taken while others are free is shared.
             for _ in range(self.workers - self._threads):
                 self._threads += 1
                 threading.Thread(
@@ -322,37 +250,28 @@ class RangedDownloader:
                     name=f"chunk-{self._threads}",
                     daemon=True,  # a stopping run exits without waiting for a range
                 ).start()
-            self._cond.notify_all()  # the idle ones too: those the queue does not need may split
+            self._cond.notify(len(ranges))
 
-    def _next(self, generation: int) -> tuple[_Range, bool] | None:
-        """The next range for a worker (the caller holds ``_cond``) and whether it is a fresh
-        one from the queue (not a split); None once :meth:`close` retired this worker."""
-        idle_since = 0.0
+    def _next(self, generation: int) -> _Range | None:
+        """The next range for a worker (the caller holds ``_cond``); None once :meth:`close`
+        retired this worker."""
         while generation == self._generation:
             if self._queue:
                 order, start, tie, end, download = heapq.heappop(self._queue)
-                if not self._queue and self._idle:
-                    end = self._share(order, start, tie, end, download)
-                return _Range(download, start, end), True
-            now = time.monotonic()
-            if idle_since and now - idle_since >= self.split_after_s:
-                tail = self._split()
-                if tail is not None:
-                    return tail, False
-            idle_since = idle_since or now
-            self._idle += 1
-            # Woken for new ranges; meanwhile, while others fetch, look again for one to split.
-            self._cond.wait(self.split_after_s if self._active else None)
-            if generation != self._generation:
-                return None  # close reset the counts this worker was in
-            self._idle -= 1
+                free = self._threads - self._busy - 1  # idle, or just started
+                if not self._queue and free > 0:
+                    end = self._share(order, start, tie, end, download, free)
+                return _Range(download, start, end)
+            self._cond.wait()
         return None
 
-    def _share(self, order: int, start: int, tie: int, end: int, download: _Download) -> int:
-        """Split ``[start, end)`` into pieces for this worker and the idle ones (the caller
-        holds ``_cond``): the later pieces go back to the queue's front, the new end of this
-        worker's piece is returned."""
-        pieces = min(self._idle + 1, (end - start) // self.piece_bytes)
+    def _share(
+        self, order: int, start: int, tie: int, end: int, download: _Download, free: int
+    ) -> int:
+        """Split ``[start, end)`` into pieces for this worker and ``free`` others (the caller
+        holds ``_cond``): the later pieces go back to the queue's front; returns the end of
+        this worker's piece."""
+        pieces = min(free + 1, (end - start) // self.piece_bytes)
         if pieces < 2:
             return end
         size = -(-(end - start) // pieces)
@@ -365,55 +284,34 @@ class RangedDownloader:
         self._cond.notify(len(cuts))
         return cuts[0]
 
-    def _split(self) -> _Range | None:
-        """The far half of the active range that would end last at its pace so far, where
-        that is more than ``cut_eta_s`` away (the caller holds ``_cond``, so that range cannot
-        settle meanwhile), registered with its download."""
-        now = time.monotonic()
-        etas = sorted(((r.eta(now, self.cut_age_s), id(r), r) for r in self._active), reverse=True)
-        for eta, _id, victim in etas:
-            if eta < self.cut_eta_s:
-                break  # the slowest ends soon enough: so do the others
-            download = victim.download
-            if download.error is not None or (
-                download.should_stop is not None and download.should_stop()
-            ):
-                continue
-            tail = victim.split(self.cut_min_bytes)
-            if tail is not None:
-                download.add_range()
-                return tail
-        return None
-
     def _work(self, generation: int) -> None:
         while True:
             with self._cond:
-                picked = self._next(generation)
-                if picked is None:
+                work = self._next(generation)
+                if work is None:
                     return
-                work, fresh = picked
-                self._active.add(work)
+                self._busy += 1
             try:
-                result, error = self._run(work, fresh)
+                result, error = self._run(work)
             finally:
                 with self._cond:
-                    self._active.discard(work)
-            work.download.settle(result, error)  # after leaving _active: no split after this
+                    if generation == self._generation:  # close reset the count
+                        self._busy -= 1
+            work.download.settle(result, error)
 
     @staticmethod
-    def _run(work: _Range, fresh: bool) -> tuple[ChunkResult | None, BaseException | None]:
+    def _run(work: _Range) -> tuple[ChunkResult | None, BaseException | None]:
         """Fetch one range: its result, or the error that failed it (None, None: skipped)."""
         download = work.download
-        if fresh and download.on_start is not None:
-            download.on_start(work.end - work.start)  # a split's bytes were counted already
+        if download.on_start is not None:
+            download.on_start(work.end - work.start)
         if download.error is not None:  # another range failed: no point asking for this one
             return None, None
         if download.should_stop is not None and download.should_stop():
             return None, Preempted("stopped while fetching")
         info = download.info
         try:
-            with contextlib.suppress(_RangeCut):  # the rest is another worker's range
-                download.store.download(info, work, work.start, work.end)  # type: ignore[arg-type]
+            download.store.download(info, work, work.start, work.end)  # type: ignore[arg-type]
             if work.offset != work.end:
                 raise ChecksumMismatch(
                     f"{info.url}: range {work.start}-{work.end} gave "
@@ -461,7 +359,7 @@ class RangedDownloader:
             queued, self._queue = self._queue, []
             self._generation += 1
             self._threads = 0
-            self._idle = 0
+            self._busy = 0
             self._cond.notify_all()
         for _order, _start, _tie, _end, download in queued:
             download.settle(None, CancelledError())
