@@ -9,8 +9,8 @@ Large objects are split into ranges, all objects' ranges in one queue (the earli
 object's first) served by a fixed set of worker threads, each range written in place with
 ``os.pwrite`` into a preallocated file; each range is checksummed as it arrives and the
 CRC32C values are combined (GF(2) arithmetic, microseconds) into the whole object's CRC32C,
-so verifying needs no second read of the file. A range taken while other workers are free
-and nothing else is queued is shared out among them (a lone object goes over several
+so verifying needs no second read of the file. A range taken while more workers are free
+than ranges are queued is shared out among them (a lone object goes over several
 connections, and the end of a batch finishes together).
 """
 
@@ -184,8 +184,8 @@ class RangedDownloader:
     with :meth:`reserve` and :meth:`scheduled`), then by offset: the earliest object's ranges
     always go first, and a worker that finds the current object's ranges all taken starts on
     the next object's at once, so the link never idles between objects. A range taken while
-    other workers are free and nothing else is queued is shared out with them, in pieces of
-    at least ``piece_bytes`` (none of it was asked for yet: no bytes are wasted)."""
+    more workers are free than ranges are queued is shared out with those, in pieces of at
+    least ``piece_bytes`` (none of it was asked for yet: no bytes are wasted)."""
 
     def __init__(
         self,
@@ -258,20 +258,21 @@ class RangedDownloader:
         while generation == self._generation:
             if self._queue:
                 order, start, tie, end, download = heapq.heappop(self._queue)
-                free = self._threads - self._busy - 1  # idle, or just started
-                if not self._queue and free > 0:
-                    end = self._share(order, start, tie, end, download, free)
+                # Workers idle (or just started) that no queued range will keep busy.
+                spare = self._threads - self._busy - 1 - len(self._queue)
+                if spare > 0:
+                    end = self._share(order, start, tie, end, download, spare)
                 return _Range(download, start, end)
             self._cond.wait()
         return None
 
     def _share(
-        self, order: int, start: int, tie: int, end: int, download: _Download, free: int
+        self, order: int, start: int, tie: int, end: int, download: _Download, spare: int
     ) -> int:
-        """Split ``[start, end)`` into pieces for this worker and ``free`` others (the caller
+        """Split ``[start, end)`` into pieces for this worker and ``spare`` others (the caller
         holds ``_cond``): the later pieces go back to the queue's front; returns the end of
         this worker's piece."""
-        pieces = min(free + 1, (end - start) // self.piece_bytes)
+        pieces = min(spare + 1, (end - start) // self.piece_bytes)
         if pieces < 2:
             return end
         size = -(-(end - start) // pieces)
