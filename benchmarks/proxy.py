@@ -2,9 +2,10 @@
 
 It sits on 127.0.0.1 in front of fake-gcs-server and adds, per request, a first-byte latency
 (the request is held for ``--latency-ms`` before it is passed on), per new connection a
-handshake cost (``--connect-ms``: the first request on a connection waits that much more, as
-TCP + TLS set-up to a cloud endpoint does), per connection a bandwidth cap on the response
-bytes (``--bandwidth-mbs`` MB/s) and, for all connections together, the node's own cap
+handshake cost (``--connect-ms``, counted from the connect: the first request on a connection
+waits until that long after it opened, as TCP + TLS set-up to a cloud endpoint does), per
+connection a bandwidth cap on the response bytes (``--bandwidth-mbs`` MB/s) and, for all
+connections together, the node's own cap
 (``--node-mbs``); 0 turns a cap off. It counts what crosses it, so
 a benchmark can say how many bytes each tool moved: ``GET /__proxy/stats`` answers JSON and
 ``GET /__proxy/reset`` zeroes the counters (both answered by the proxy itself).
@@ -58,6 +59,7 @@ class LinkProxy:
         return await asyncio.start_server(self._handle, "127.0.0.1", port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted = asyncio.get_running_loop().time()  # a handshake starts when a client connects
         first = await reader.read(_READ)
         if first.startswith((b"GET /__proxy/stats", b"GET /__proxy/reset")):
             if first.startswith(b"GET /__proxy/reset"):
@@ -73,7 +75,10 @@ class LinkProxy:
             writer.close()
             return
         self.stats.connections += 1
-        await asyncio.sleep(self.connect_s)  # TCP + TLS handshake with a far endpoint
+        # TCP + TLS handshake with a far endpoint, counted from the connect: a client that opens
+        # connections ahead of its requests (as browsers preconnect) has waited part of it.
+        waited = asyncio.get_running_loop().time() - accepted
+        await asyncio.sleep(max(0.0, self.connect_s - waited))
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:

@@ -14,8 +14,10 @@ if __name__ == "__main__":  # python -m jitrender.cli: the command's own order (
 
     _entry_main()  # imports this module under its own name and exits
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
@@ -26,6 +28,7 @@ from jitrender import __version__
 from jitrender.errors import ConfigError, ExitCode, JitrenderError
 
 if TYPE_CHECKING:
+    from jitrender.headstart import HeadStart
     from jitrender.job import Job
     from jitrender.stopping import Stop
 
@@ -152,19 +155,23 @@ def run(
     ] = None,
 ) -> None:
     """Render a job: resolve, fetch just in time, run its stages, upload outputs exactly once."""
-    from jitrender.cache import parse_size
-    from jitrender.farm import detect_task, task_frames, task_parts
-    from jitrender.heartbeat import TaskProgress
-    from jitrender.job import load_job
+    with _pydantic_plugins_off():  # the job's models, built without a scan for plugins
+        from jitrender.job import load_job
     from jitrender.progress import make_progress
-    from jitrender.run import RunOptions, run_job
-    from jitrender.stopping import Stop
 
+    held_stop, early = ctx.obj if isinstance(ctx.obj, tuple) else (None, None)
     if progress not in ("auto", "rich", "plain", "json", "quiet"):
         _fail(ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet"))
     stream = make_progress(progress)  # type: ignore[arg-type]
     try:
         job = load_job(job_file)
+        extra_path_map = _extra_path_map(path_map, path_map_rules)
+        head_start = _head_start(job, extra_path_map, early)  # before the imports below
+        from jitrender.cache import parse_size
+        from jitrender.farm import detect_task, task_frames, task_parts
+        from jitrender.heartbeat import TaskProgress
+        from jitrender.run import RunOptions, run_job
+
         frame_list = _frames(job, frames)
         slot = detect_task(task_index, task_count, os.environ)
         task, parts = None, None
@@ -185,11 +192,12 @@ def run(
             overwrite=overwrite,
             rerender=rerender,
             keep_workspace=keep_workspace,
-            extra_path_map=_extra_path_map(path_map, path_map_rules),
+            extra_path_map=extra_path_map,
             progress=stream,
             task=task,
             mount=mount,
-            stop=ctx.obj if isinstance(ctx.obj, Stop) else None,
+            stop=held_stop,
+            head_start=head_start,
         )
         _refuse_if_unfit(job, cache_dir)
         heartbeat = None
@@ -244,6 +252,41 @@ def run(
         sys.stderr.flush()
         os._exit(result.exit_code)
     raise typer.Exit(result.exit_code)
+
+
+@contextlib.contextmanager
+def _pydantic_plugins_off() -> Iterator[None]:
+    """No pydantic plugins for models built meanwhile, as typer builds its own: looking for
+    them reads every installed package's entry points (~8 ms a start). A value the user set
+    is kept."""
+    name = "PYDANTIC_DISABLE_PLUGINS"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "__all__"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def _head_start(job: "Job", extra_path_map: Any, early: "HeadStart | None") -> "HeadStart | None":
+    """The head start the entry point began, where it stats this job's scene; else one for
+    the scene's stat and its storage's connections, started now (see
+    :mod:`jitrender.headstart`). None where there is no remote scene or its URL does not map."""
+    try:
+        job.use_path_map(extra_path_map)  # the URL the run will ask for (it sets the same)
+        url = job.scene_url
+    except JitrenderError:  # the run says what is wrong, in its report
+        return None
+    if url is None or not url.startswith("gs://"):
+        return early  # nothing to stat: still its stores (and their connections) if any
+    if early is not None and early.asks_for(url):
+        return early
+    from jitrender.headstart import HeadStart
+    from jitrender.storage import Stores
+
+    return HeadStart(early.stores if early else Stores(), urls=[url]).start()
 
 
 def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:
@@ -847,9 +890,14 @@ def _app_for(args: list[str]) -> typer.Typer:
     return app
 
 
-def main(argv: list[str] | None = None, stop: "Stop | None" = None) -> None:
+def main(
+    argv: list[str] | None = None,
+    stop: "Stop | None" = None,
+    head_start: "HeadStart | None" = None,
+) -> None:
     """Entry point: usage errors exit 78 with one line, like every configuration error.
-    ``stop``: the :class:`~jitrender.stopping.Stop` :mod:`jitrender.entry` holds for ``run``."""
+    ``stop``: the :class:`~jitrender.stopping.Stop` :mod:`jitrender.entry` holds for ``run``;
+    ``head_start``: the storage requests it started (:mod:`jitrender.headstart`)."""
     args = sys.argv[1:] if argv is None else argv
     if stop is None and args[:1] == ["run"]:
         from jitrender.stopping import Stop  # light: no storage, job or typer-app imports
@@ -859,7 +907,7 @@ def main(argv: list[str] | None = None, stop: "Stop | None" = None) -> None:
         stop = Stop().hold()
     try:
         # An int when a command raised Exit.
-        code = _app_for(args)(args=args, standalone_mode=False, obj=stop)
+        code = _app_for(args)(args=args, standalone_mode=False, obj=(stop, head_start))
     except TyperException as exc:  # usage errors: unknown flag, bad value, missing argument
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message())

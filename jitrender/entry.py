@@ -2,7 +2,8 @@
 
 ``jitrender run`` holds SIGTERM/SIGINT before anything slow is imported (typer, the run's
 modules) and before the job is loaded, so the process never dies by the signal itself (see
-:mod:`jitrender.stopping`); then the CLI runs. Every other command starts as it always did.
+:mod:`jitrender.stopping`), starts its first storage requests (:mod:`jitrender.headstart`);
+then the CLI runs. Every other command starts as it always did.
 
 When the command is over the process ends at once with its exit code: stdout and stderr
 flushed and ``atexit`` handlers run, as at any exit, but without the interpreter's teardown
@@ -16,15 +17,19 @@ import sys
 
 
 def main() -> None:
-    stop = None
+    stop = head_start = None
     if sys.argv[1:2] == ["run"]:
         from jitrender.stopping import Stop
 
         stop = Stop().hold()
+        from jitrender.headstart import HeadStart
+
+        # The scene's stat and connections, while typer and the run's modules import.
+        head_start = HeadStart.for_run_args(sys.argv[2:]).start()
     from jitrender.cli import main as cli_main
 
     try:
-        cli_main(stop=stop)
+        cli_main(stop=stop, head_start=head_start)
     except SystemExit as exc:
         _end(exc.code)
     _end(0)

@@ -145,6 +145,11 @@ class Inputs:
             with_retries(lambda: store.list_range(prefix, first, last), prefix, self.retry)
         )
 
+    def remember(self, infos: Iterable[ObjectInfo]) -> None:
+        """Take stats made elsewhere this run (a head start's): :meth:`stat` of their URLs
+        then asks storage nothing."""
+        self._remember(infos)
+
     def _remember(self, infos: Iterable[ObjectInfo]) -> None:
         for info in infos:
             self._known[info.url] = info

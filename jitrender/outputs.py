@@ -530,6 +530,13 @@ class Uploader:
         )
 
 
+def import_watcher() -> None:
+    """Import the watching machinery :meth:`Uploader.start` uses (watchdog's: ~20 ms of CPU),
+    e.g. in a thread while the run waits on storage, so that the start itself does not."""
+    import watchdog.events
+    import watchdog.observers  # noqa: F401
+
+
 def _handler(uploader: Uploader) -> Any:
     """The watchdog handler that tells ``uploader`` of closed and renamed files (defined
     here, with watchdog's import, when a run starts watching)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -45,12 +46,19 @@ from jitrender.errors import (
     Preempted,
     TransientError,
 )
+from jitrender.headstart import HeadStart
 from jitrender.health import record_run
 from jitrender.inputs import Inputs
 from jitrender.job import Job
 from jitrender.joblogs import LogShipper, ship_run_logs
 from jitrender.markers import MarkerWriter, marker_prefix
-from jitrender.outputs import OutputPatterns, Uploader, collect_outputs, why_not_uploaded
+from jitrender.outputs import (
+    OutputPatterns,
+    Uploader,
+    collect_outputs,
+    import_watcher,
+    why_not_uploaded,
+)
 from jitrender.paths import PathMap, workspace_relpath
 from jitrender.plan import Resolution, RunPlan, resolve_for_job, resolve_job_scene
 from jitrender.preemption import PreemptionWatcher
@@ -84,6 +92,9 @@ class RunOptions:
     mount: Path | None = None  # a lazy read-only FUSE view of the mapped prefixes
     # The process's stop when the CLI holds the signals for the whole process (see stopping).
     stop: Stop | None = None
+    # The scene's stat and connections started while the run's modules imported; its stores
+    # are the run's.
+    head_start: HeadStart | None = None
     # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
     flush_budget_s: float = field(
         default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
@@ -119,7 +130,7 @@ class JobRun:
         self.stop = self.stopping.event
         self._settled = False  # the report's status is final (the backstop keeps it)
         self._watcher = PreemptionWatcher(self.stop, self.stopping.notice)
-        self.stores = Stores()
+        self.stores = options.head_start.stores if options.head_start else Stores()
         self.retry = RetryPolicy(job.retries.storage, job.retries.storage_deadline)
         self.path_map = job_path_map(job, options)  # first: the job's URLs go through it
         self.job_hash = job.job_hash()
@@ -213,6 +224,10 @@ class JobRun:
         check_job(job, todo, Workspace(run_dir, scene, _job_dir(job)))  # 78 costs no transfer
         self.inputs = inputs = self._inputs(run_dir / "inputs")
         t0 = time.monotonic()
+        # The uploader's imports, meanwhile: the resolve mostly waits on storage.
+        threading.Thread(target=import_watcher, name="import-watcher", daemon=True).start()
+        if self.options.head_start is not None:
+            inputs.remember(self.options.head_start.infos(self.stop))
         resolution = self._resolve(inputs, todo)
         report.timings["resolve_s"] = time.monotonic() - t0
         plan = RunPlan.make(todo, resolution.deps, self.patterns, job.stages)

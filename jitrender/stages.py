@@ -104,19 +104,19 @@ def run_invocation(
         if on_start is not None:
             on_start(proc)
         stopped = timed_out = False
-        while True:
-            try:
-                proc.wait(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if stop.is_set():
-                stopped = True
-            elif timeout is not None and time.monotonic() - started > timeout:
-                timed_out = True
-            if stopped or timed_out:
-                terminate_group(proc)
-                break
+        pidfd = _pidfd(proc)
+        try:
+            while not _ended_within(proc, pidfd, 0.1):
+                if stop.is_set():
+                    stopped = True
+                elif timeout is not None and time.monotonic() - started > timeout:
+                    timed_out = True
+                if stopped or timed_out:
+                    terminate_group(proc)
+                    break
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
     return StageOutcome(
         proc.returncode,
         time.monotonic() - started,
@@ -125,6 +125,32 @@ def run_invocation(
         stopped=stopped,
         timed_out=timed_out,
     )
+
+
+def _pidfd(proc: subprocess.Popen[bytes]) -> int | None:
+    """A descriptor that turns readable the moment ``proc`` ends (Linux >= 5.3), or None."""
+    try:
+        return os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # another OS, an old kernel, a sandbox refusing it
+        return None
+
+
+def _ended_within(proc: subprocess.Popen[bytes], pidfd: int | None, seconds: float) -> bool:
+    """Whether ``proc`` ended (and was reaped) within ``seconds``: woken at its end through
+    ``pidfd`` where there is one. (Popen's own timed wait polls, sleeping up to 50 ms between
+    looks: a 10 ms stage took up to 16 ms more.)"""
+    if pidfd is not None:
+        import select
+
+        if not select.select([pidfd], [], [], seconds)[0]:
+            return False
+        proc.wait()  # it has ended: reaping it does not block
+        return True
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 _PR_SET_PDEATHSIG = 1

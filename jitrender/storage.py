@@ -251,6 +251,10 @@ class Store(ABC):
     # CPU work in this process (a local folder), which threads only make fight for the GIL.
     concurrent_reads: ClassVar[bool] = True
 
+    def preconnect(self, url: str, count: int) -> None:  # noqa: B027 (most stores: nothing)
+        """Open up to ``count`` connections for ``url``'s reads ahead of use, where the store
+        keeps a pool (so concurrent reads soon after skip the TCP/TLS set-up). Best effort."""
+
     def http_object(self, info: ObjectInfo) -> tuple[str, str, dict[str, str]] | None:
         """``(base URL, path below it, headers)`` of one plain HTTP GET of ``info``'s whole
         bytes (credentials included), where the store has one: then objects below
@@ -676,6 +680,34 @@ class _GcsReader:
                 )
             return self._pool
 
+    def preconnect(self, count: int) -> None:
+        """Have ``count`` connections to the API host open and idle in the pool, opening the
+        missing ones all at once (urllib3 has no public call for it: this takes and gives back
+        pool slots as its own ``urlopen`` does, through ``_get_conn``/``_put_conn``)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = self.pool().connection_from_url(self.base)
+        # Every slot taken before any goes back: else one connection is handed round.
+        conns = [pool._get_conn() for _ in range(min(count, self._pool_size))]
+
+        def connect(conn: Any) -> None:
+            try:
+                if not conn.is_connected:  # a new one; an idle one stays as it is
+                    conn.connect()
+            except OSError:
+                conn.close()  # it reconnects when next used, as urllib3's own do
+
+        try:
+            if self.base.startswith("https://"):  # a TLS handshake each: all at once
+                with ThreadPoolExecutor(len(conns), thread_name_prefix="preconnect") as threads:
+                    list(threads.map(connect, conns))
+            else:  # a plain TCP connect returns at once: no threads to start
+                for conn in conns:
+                    connect(conn)
+        finally:
+            for conn in conns:
+                pool._put_conn(conn)
+
     def authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
         """Add the credentials' header (refreshing a token when due)."""
         if self.anonymous:
@@ -826,6 +858,10 @@ class GCSStore(Store):
             return _info_of(bucket_name, item)
         blob = self._client().bucket(bucket_name).get_blob(name, retry=None)
         return None if blob is None else self._info(blob)
+
+    def preconnect(self, url: str, count: int) -> None:
+        if self._reader is not None:  # requests' session (proxies) opens its own
+            self._reader.preconnect(count)
 
     def list(self, prefix_url: str, *, recursive: bool = True) -> list[ObjectInfo]:
         bucket_name, prefix = self._split(prefix_url)

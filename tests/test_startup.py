@@ -66,3 +66,17 @@ def test_cli_module_and_version_import_no_job_or_storage_code() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout.split()
     assert sorted(loaded) == ["jitrender.cli", "jitrender.errors"]
+
+
+def test_only_run_starts_storage_requests_early(gcs_bucket: str, tmp_path: Path) -> None:
+    """``jitrender run`` stats its scene from the first milliseconds (jitrender.headstart);
+    ``validate`` of the same job reads no bucket, so it imports no HTTP client at all."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1", extra={"scene": f"{gcs_bucket}/s.txt"})
+    env = jitrender_env(job, PYTHONPROFILEIMPORTTIME="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "validate", str(job.job_file)],
+        capture_output=True, text=True, cwd=ROOT, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = _imported(result.stderr)
+    assert _top(names, ("jitrender.headstart", "urllib3", *FETCHING)) == []

@@ -1,0 +1,155 @@
+"""A run's first storage request goes out while the process still imports
+(:mod:`jitrender.headstart`): real ``jitrender run`` processes against fake-gcs-server behind
+the fault proxy, which records every request in order.
+
+The promises: the scene's stat is the run's first request (before the done markers are
+listed) and is made once; what the head start could not do (an error, a scene that does not
+exist, a job file it did not guess) the run does itself, exactly as without it; a SIGTERM while
+the head start's request hangs ends the run at once with 75 and nothing written."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from tests.conftest import cli, put_object
+from tests.faultproxy import Fault, FaultProxy, Request
+from tests.renderjobs import RenderJob, bucket_objects, finish, jitrender_env, make_job, run
+from tests.renderjobs import start_run as start
+
+
+def _scene_job(root: Path, bucket: str, **extra: object) -> RenderJob:
+    """The shared job, its dependencies named by a manifest scene in ``bucket``."""
+    lines = f"{bucket}/assets/lut.bin\n{bucket}/assets/tex.####.bin\n"
+    put_object(f"{bucket}/scenes/shot.txt", lines.encode())
+    return make_job(root, bucket, "1-2", extra={"scene": f"{bucket}/scenes/shot.txt", **extra})
+
+
+def _is_scene_stat(request: Request) -> bool:
+    return (
+        request.method == "GET" and "scenes/shot.txt" in request.path and not (request.is_download)
+    )
+
+
+def _after_warmup(proxy: FaultProxy) -> list[Request]:
+    return [r for r in proxy.requests if not r.is_upload]
+
+
+def test_scene_stat_is_the_runs_first_request_and_made_once(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _scene_job(tmp_path / "job", gcs_bucket)
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0, out
+    assert report["frames"]["done"] == [1, 2] and report["cache"]["fetch_ratio"] == 1.0
+    requests = _after_warmup(proxy)
+    assert _is_scene_stat(requests[0]), [r.path for r in requests[:5]]
+    assert sum(map(_is_scene_stat, requests)) == 1, [r.path for r in requests]
+
+
+def test_a_mapped_scene_path_gets_its_head_start_once_the_job_is_read(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """A scene written as a studio path (``path_map`` makes it a gs:// URL) is not guessed
+    from the file: its stat starts once the job is validated, still before the markers."""
+    job = _scene_job(
+        tmp_path / "job",
+        gcs_bucket,
+        path_map=[{"from": "/mnt/show", "to": gcs_bucket}],
+    )
+    text = job.job_file.read_text().replace(f"scene: {gcs_bucket}/", "scene: /mnt/show/")
+    assert "scene: /mnt/show/scenes/shot.txt" in text, text
+    job.job_file.write_text(text)
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    requests = _after_warmup(proxy)
+    assert _is_scene_stat(requests[0]), [r.path for r in requests[:5]]
+    assert sum(map(_is_scene_stat, requests)) == 1
+
+
+def test_head_start_failure_is_retried_by_the_run(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _scene_job(tmp_path / "job", gcs_bucket)
+    failed: list[Request] = []
+
+    def first_scene_stat_fails(request: Request) -> Fault | None:
+        if _is_scene_stat(request) and not failed:
+            failed.append(request)
+            return Fault("503")
+        return None
+
+    proxy.rules.append(first_scene_stat_fails)
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0, out
+    assert failed and report["frames"]["done"] == [1, 2]
+    assert sum(map(_is_scene_stat, proxy.requests)) == 2  # the head start's, the run's own
+
+
+def test_missing_gcs_scene_is_the_same_one_line_config_error(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1", extra={"scene": f"{gcs_bucket}/no.txt"})
+    code, out, report = run(job)
+    assert code == 78, out
+    assert report["error"] == f"{job.job_file}: scene: {gcs_bucket}/no.txt does not exist"
+    assert "Traceback" not in out
+
+
+def test_an_option_value_naming_another_scene_is_not_taken_for_the_job(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """Which argument is the job only typer knows when the head start begins: a file given
+    as an option's value before the job (here a YAML file that names a scene) may be read
+    too and costs one stat at most; the run renders its own job's scene."""
+    job = _scene_job(tmp_path / "job", gcs_bucket)
+    decoy = tmp_path / "decoy.yaml"
+    decoy.write_text(f"scene: {gcs_bucket}/scenes/decoy.txt\n")
+    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url)
+    result = cli("run", "--report", str(decoy), str(job.job_file), env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(decoy.read_text())["frames"]["done"] == [1, 2]
+    assert sum(map(_is_scene_stat, proxy.requests)) == 1
+    assert sum("scenes/decoy.txt" in r.path for r in proxy.requests) <= 1
+
+
+def test_sigterm_while_the_head_start_hangs_exits_75_at_once(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _scene_job(tmp_path / "job", gcs_bucket)
+    hold = Fault("hold", forward=False)
+    proxy.rules.append(lambda request: hold if _is_scene_stat(request) else None)
+    proc = start(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    try:
+        assert hold.held.wait(30), "the head start never asked for the scene"
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code, out = finish(proc, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        hold.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 75, out
+    assert took < 10, took
+    assert bucket_objects(job.bucket, "renders/") == {}, "a stopped start-up wrote outputs"
+
+
+def test_scene_urls_are_read_from_top_level_scene_lines(tmp_path: Path) -> None:
+    """The pure part: which ``scene:`` lines of the file arguments give a URL to stat."""
+    from jitrender.headstart import _scenes_named
+
+    texts = {
+        "plain.yaml": "name: a\nscene: gs://b/shot.nk  # the comp\n",
+        "quoted.yaml": "scene: 'gs://b/q.usda'\n",
+        "job.json": '{\n  "name": "j",\n  "scene": "gs://b/j.blend",\n  "frames": "1"\n}\n',
+        "nested.yaml": "stages:\n  - scene: gs://b/not-the-job.nk\n",
+        "local.yaml": "scene: /mnt/show/shot.nk\n",
+        "glued.yaml": "scene:gs://b/not-a-key\n",
+    }
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    files = [tmp_path / n for n in texts] + [tmp_path / "absent.yaml", tmp_path]
+    assert _scenes_named(files) == ["gs://b/shot.nk", "gs://b/q.usda", "gs://b/j.blend"]
