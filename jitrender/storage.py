@@ -1,7 +1,8 @@
 """One thin layer over object storage: stat, list, download, create-if-absent upload.
 
 ``file://`` (a local folder acting as the bucket) is the embedded default, ``gs://`` goes
-through google-cloud-storage (generation-pinned reads, ``ifGenerationMatch=0`` writes), and
+to the JSON API (generation-pinned reads, ``ifGenerationMatch=0`` writes; google-cloud-storage
+only for uploads above 8 MiB and where proxies are set), and
 every other fsspec protocol works through :class:`FsspecStore`. Stores know nothing about
 scenes, jobs or the cache; the caller decides what to transfer.
 """
@@ -645,6 +646,12 @@ class GcsHttpError(Exception):
 
 
 _READ_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_only",)
+# Uploads need a token that may write; asked for only by a process that uploads.
+_WRITE_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
+# google-cloud-storage's own _MAX_MULTIPART_SIZE: up to it, it sends one multipart upload
+# (the whole body in memory, as here); above it, a resumable upload in chunks, which stays its.
+MULTIPART_UPLOAD_BYTES = 8 << 20
+_DEFAULT_CONTENT_TYPE = "application/octet-stream"  # google-cloud-storage's, where none is known
 _LIST_FIELDS = "items(name,size,generation,crc32c,metadata),nextPageToken"
 
 
@@ -661,7 +668,7 @@ class _GcsReader:
         self.anonymous = bool(emulator)
         self._pool_size = pool_size
         self._pool: Any = None
-        self._credentials: Any = None
+        self._credentials: dict[tuple[str, ...], Any] = {}  # by scopes: read-only, read-write
         self._auth_request: Any = None
         self._lock = threading.Lock()
 
@@ -708,19 +715,26 @@ class _GcsReader:
             for conn in conns:
                 pool._put_conn(conn)
 
-    def authorize(self, method: str, url: str, headers: dict[str, str]) -> None:
-        """Add the credentials' header (refreshing a token when due)."""
+    def authorize(
+        self, method: str, url: str, headers: dict[str, str], *, write: bool = False
+    ) -> None:
+        """Add the credentials' header (refreshing a token when due): read-only scope, or
+        read-write with ``write``. Nothing on the emulator (anonymous)."""
         if self.anonymous:
             return
         pool = self.pool()
+        scopes = _WRITE_SCOPES if write else _READ_SCOPES
         with self._lock:  # refreshes (rarely) a shared token: one thread at a time
-            if self._credentials is None:
+            credentials = self._credentials.get(scopes)
+            if credentials is None:
                 import google.auth
                 from google.auth.transport.urllib3 import Request
 
-                self._credentials, _project = google.auth.default(scopes=_READ_SCOPES)
-                self._auth_request = Request(pool)
-            self._credentials.before_request(self._auth_request, method, url, headers)
+                credentials, _project = google.auth.default(scopes=scopes)
+                self._credentials[scopes] = credentials
+                if self._auth_request is None:
+                    self._auth_request = Request(pool)
+            credentials.before_request(self._auth_request, method, url, headers)
 
     def get(self, url: str, headers: dict[str, str] | None = None, *, stream: bool = False) -> Any:
         """A GET; raises :class:`GcsHttpError` for an error status. With ``stream`` the body
@@ -746,6 +760,28 @@ class _GcsReader:
         data: dict[str, Any] = json.loads(response.data)
         return data
 
+    def write(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """A request with write credentials (an upload, a delete); the answer's body. Raises
+        :class:`GcsHttpError` for an error status (its reason with the server's message)."""
+        import json
+
+        sent = dict(headers or {})
+        self.authorize(method, url, sent, write=True)
+        response = self.pool().request(method, url, body=body, headers=sent)
+        if response.status >= 400:
+            reason = response.reason or ""
+            with contextlib.suppress(ValueError, KeyError, AttributeError, TypeError):
+                reason = f"{reason}: {json.loads(response.data)['error']['message']}"
+            raise GcsHttpError(response.status, url.partition("?")[0], reason)
+        data: bytes = response.data
+        return data
+
 
 def _info_of(bucket: str, item: Mapping[str, Any]) -> ObjectInfo:
     metadata = item.get("metadata")
@@ -761,7 +797,8 @@ def _info_of(bucket: str, item: Mapping[str, Any]) -> ObjectInfo:
 class GCSStore(Store):
     """Google Cloud Storage: reads (stat, listings, media GETs) as plain JSON API requests
     (:class:`_GcsReader`; through google-cloud-storage's session where proxies are set),
-    uploads through google-cloud-storage. Reads are pinned to the generation that was
+    uploads up to ``MULTIPART_UPLOAD_BYTES`` and deletes over the same pool, larger uploads
+    through google-cloud-storage (resumable). Reads are pinned to the generation that was
     listed, so a changed object can never be mixed with the old one. Honours
     ``STORAGE_EMULATOR_HOST`` (anonymous credentials) for tests and local emulators."""
 
@@ -770,6 +807,12 @@ class GCSStore(Store):
 
     def delete(self, url: str) -> None:
         bucket_name, name = self._split(url)
+        if self._reader is not None:
+            from urllib.parse import quote
+
+            path = f"b/{quote(bucket_name, safe='')}/o/{quote(name, safe='')}"
+            self._reader.write("DELETE", f"{self._reader.base}/storage/v1/{path}")
+            return
         self._client().bucket(bucket_name).blob(name).delete(retry=None)
 
     def __init__(self, project: str | None = None) -> None:
@@ -991,9 +1034,76 @@ class GCSStore(Store):
                 f"{served!r}; cannot verify it against its size and crc32c"
             )
 
+    def _upload_small(
+        self, data: bytes, url: str, metadata: Metadata, content_type: str, match: int | None
+    ) -> ObjectInfo:
+        """One multipart upload (JSON API) over the reader's pool: what google-cloud-storage
+        sends for bodies up to ``MULTIPART_UPLOAD_BYTES``, without importing it. ``match`` is
+        the ``ifGenerationMatch`` precondition (0: only if absent; None: unconditional). The
+        metadata part carries the body's crc32c, so the server refuses corrupted bytes."""
+        import json
+        import secrets
+        from urllib.parse import quote
+
+        assert self._reader is not None
+        bucket_name, name = self._split(url)
+        resource: dict[str, Any] = {"name": name, "crc32c": crc32c_of_bytes(data)}
+        if metadata:
+            resource["metadata"] = dict(metadata)
+        boundary = f"==jitrender-{secrets.token_hex(16)}=="
+        while boundary.encode() in data:  # a body that holds it would end its part early
+            boundary = f"==jitrender-{secrets.token_hex(16)}=="
+        separator = f"--{boundary}\r\n".encode()
+        body = b"".join(
+            (
+                separator,
+                b"content-type: application/json; charset=UTF-8\r\n\r\n",
+                json.dumps(resource).encode(),
+                b"\r\n",
+                separator,
+                f"content-type: {content_type}\r\n\r\n".encode(),
+                data,
+                f"\r\n--{boundary}--".encode(),
+            )
+        )
+        query = "uploadType=multipart"
+        if match is not None:
+            query += f"&ifGenerationMatch={match}"
+        answer = self._reader.write(
+            "POST",
+            f"{self._reader.base}/upload/storage/v1/b/{quote(bucket_name, safe='')}/o?{query}",
+            body,
+            {"Content-Type": f'multipart/related; boundary="{boundary}"'},
+        )
+        return _info_of(bucket_name, json.loads(answer))
+
+    def _put_small(
+        self, data: bytes, url: str, metadata: Metadata, content_type: str, *, overwrite: bool
+    ) -> PutResult:
+        """:meth:`put_if_absent`'s semantics for a body in memory, on the light path."""
+        existing = self.stat(url) if overwrite else None
+        match = 0 if existing is None else int(existing.generation)
+        try:
+            info = self._upload_small(data, url, metadata, content_type, match)
+        except GcsHttpError as exc:
+            if exc.code != 412 or overwrite:  # 412 with overwrite: another writer, raised
+                raise
+            return _compare_bytes(data, self.stat(url))
+        return PutResult("created" if existing is None else "overwritten", info)
+
     def put_if_absent(
         self, source: Path, url: str, metadata: Metadata = None, *, overwrite: bool = False
     ) -> PutResult:
+        if self._reader is not None:
+            with open(source, "rb") as handle:  # sized as google-cloud-storage does: fstat
+                small = os.fstat(handle.fileno()).st_size <= MULTIPART_UPLOAD_BYTES
+                data = handle.read() if small else b""
+            if small:
+                import mimetypes
+
+                # The content type google-cloud-storage gives it: guessed from the file's name.
+                content_type = mimetypes.guess_type(str(source))[0] or _DEFAULT_CONTENT_TYPE
+                return self._put_small(data, url, metadata, content_type, overwrite=overwrite)
         from google.api_core.exceptions import PreconditionFailed
 
         bucket_name, name = self._split(url)
@@ -1015,6 +1125,8 @@ class GCSStore(Store):
 
     def put_bytes_if_absent(self, data: bytes, url: str, metadata: Metadata = None) -> PutResult:
         """One create-if-absent upload straight from memory (no temp file a kill could leave)."""
+        if self._reader is not None and len(data) <= MULTIPART_UPLOAD_BYTES:
+            return self._put_small(data, url, metadata, _DEFAULT_CONTENT_TYPE, overwrite=False)
         from google.api_core.exceptions import PreconditionFailed
 
         bucket_name, name = self._split(url)
@@ -1024,18 +1136,26 @@ class GCSStore(Store):
         try:
             blob.upload_from_string(data, if_generation_match=0, checksum="crc32c", retry=None)
         except PreconditionFailed:
-            existing = self.stat(url)
-            if existing is None:
-                return PutResult("conflict", None)
-            same = existing.crc32c == crc32c_of_bytes(data)
-            return PutResult("identical" if same else "conflict", existing)
+            return _compare_bytes(data, self.stat(url))
         return PutResult("created", self._info(blob))
 
     def replace_bytes(self, data: bytes, url: str) -> None:
         """As the base class: one upload straight from memory (GCS swaps objects whole)."""
+        if self._reader is not None and len(data) <= MULTIPART_UPLOAD_BYTES:
+            self._upload_small(data, url, None, _DEFAULT_CONTENT_TYPE, None)
+            return
         bucket_name, name = self._split(url)
         blob = self._client().bucket(bucket_name).blob(name)
         blob.upload_from_string(data, checksum="crc32c", retry=None)
+
+
+def _compare_bytes(data: bytes, existing: ObjectInfo | None) -> PutResult:
+    """After a refused create-if-absent: ``identical`` only where the object's crc32c is the
+    body's; else (or when it is gone again) a conflict."""
+    if existing is None:
+        return PutResult("conflict", None)
+    same = existing.crc32c == crc32c_of_bytes(data)
+    return PutResult("identical" if same else "conflict", existing)
 
 
 # -- anything else fsspec speaks ----------------------------------------------------------

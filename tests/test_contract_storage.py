@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import gcs_client
+from tests.conftest import gcs_client, put_object
 from tests.faultproxy import Fault, FaultProxy, Request
 from tests.renderjobs import (
     bucket_objects,
@@ -95,3 +95,64 @@ def test_outage_past_the_deadline_is_75_transient_storage_failure_not_preempted(
     assert report["error"].startswith("transient storage failure:"), report["error"]
     assert "preempted" not in out
     assert 1.0 <= elapsed < 20, elapsed  # the 2 s deadline, not attempts, ended it
+
+
+def _uploads_of(proxy: FaultProxy, name: str) -> list[Request]:
+    """The uploads (JSON API, multipart) whose metadata part names object ``name``."""
+    named = f'"name": "{name}"'.encode()
+    return [r for r in proxy.requests if r.is_upload and named in r.body[:4096]]
+
+
+def test_small_upload_answered_503_is_retried_and_lands_once(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    refused: list[Request] = []
+
+    def first_upload_of_frame_1(request: Request) -> Fault | None:
+        named = b'"name": "renders/frame.0001.txt"' in request.body[:4096]
+        if request.is_upload and named and not refused:
+            refused.append(request)
+            return Fault("503")
+        return None
+
+    proxy.rules.append(first_upload_of_frame_1)
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0, out
+    assert refused and proxy.counts["503"] == 1, proxy.counts
+    uploads = _uploads_of(proxy, "renders/frame.0001.txt")
+    assert len(uploads) == 2  # the refused one and one retry, which created it
+    assert all(
+        "uploadType=multipart" in u.path and "ifGenerationMatch=0" in u.path for u in uploads
+    )
+    assert report["frames"]["done"] == [1, 2] and report["outputs"]["conflicts"] == []
+    objects = bucket_objects(gcs_bucket, "renders/")
+    assert objects["renders/frame.0001.txt"][1] == expected_output(1, job.frame_inputs(1))
+
+
+def test_small_output_over_someone_elses_object_is_a_conflict_not_an_overwrite(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    put_object(f"{gcs_bucket}/renders/frame.0002.txt", b"not jitrender's\n")
+    before = bucket_objects(gcs_bucket, "renders/")["renders/frame.0002.txt"]
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code != 0, out
+    assert report["outputs"]["conflicts"] == ["frame.0002.txt"], report["outputs"]
+    assert bucket_objects(gcs_bucket, "renders/")["renders/frame.0002.txt"] == before
+    assert len(_uploads_of(proxy, "renders/frame.0002.txt")) == 1  # refused (412), not retried
+
+
+def test_small_upload_refused_403_is_not_retried_and_says_permission_denied(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    named = b'"name": "renders/frame.0002.txt"'
+    proxy.rules.append(
+        lambda r: Fault("status", status=403) if r.is_upload and named in r.body[:4096] else None
+    )
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 65, out  # as through google-cloud-storage: the frame fails, not the node
+    assert report["frames"]["done"] == [1] and report["frames"]["failed"] == [2]
+    assert "frame.0002.txt: permission denied (403" in report["error"], report["error"]
+    assert len(_uploads_of(proxy, "renders/frame.0002.txt")) == 1  # denied: never retried
