@@ -286,7 +286,9 @@ class Store(ABC):
     def download(
         self, info: ObjectInfo, sink: IO[bytes], start: int = 0, end: int | None = None
     ) -> None:
-        """Write the object's bytes ``[start, end)`` (the whole object by default) to ``sink``."""
+        """Write the object's bytes ``[start, end)`` (the whole object by default) to ``sink``.
+        An exception from ``sink.write`` stops the download and propagates (what was not read
+        is dropped, with its connection)."""
 
     @abstractmethod
     def put_if_absent(
@@ -800,7 +802,7 @@ class GCSStore(Store):
     listed, so a changed object can never be mixed with the old one. Honours
     ``STORAGE_EMULATOR_HOST`` (anonymous credentials) for tests and local emulators."""
 
-    # Connections kept open: above the fetch pool (16) plus the chunk workers (8) combined.
+    # Connections kept open: above the fetch pool (16) plus the chunk workers (12) combined.
     POOL_CONNECTIONS = 64
 
     def delete(self, url: str) -> None:
@@ -1003,6 +1005,11 @@ class GCSStore(Store):
                 self._check_encoding(info, response.headers)
                 while piece := response.read(1 << 20, decode_content=False):
                     sink.write(piece)
+            except BaseException:
+                # The body was not read to its end (the sink stopped it, or it broke): the
+                # connection cannot carry another request.
+                response.close()
+                raise
             finally:
                 response.release_conn()
             return

@@ -33,6 +33,7 @@ class Request:
     method: str
     path: str  # with its query, percent-decoded
     body: bytes
+    range: str = ""  # the Range header, where one was sent
 
     @property
     def is_upload(self) -> bool:
@@ -199,7 +200,9 @@ class FaultProxy:
 
             def _proxy(self) -> None:
                 body = self._body()
-                request = Request(self.command, unquote(self.path), body)
+                request = Request(
+                    self.command, unquote(self.path), body, self.headers.get("Range", "")
+                )
                 fault = proxy._choose(request)
                 kind = fault.kind if fault is not None else "pass"
                 with proxy._lock:
