@@ -678,6 +678,59 @@ class Cache:
                 os.unlink(dest)
             shutil.copyfile(cached, dest)
 
+    def link_many(self, pairs: Sequence[tuple[str, str]]) -> list[Exception | None]:
+        """:meth:`link_into` of each ``(cached, dest)`` pair, in order; one outcome per pair:
+        None, or what :meth:`link_into` would have raised (FileNotFoundError: evicted). Each
+        destination folder is checked and opened once for the lot (not stat'ed per file), and
+        the links are made through that descriptor: they land in the folder that was checked,
+        whatever a stage renames or swaps for a symlink meanwhile."""
+        out: list[Exception | None] = []
+        folders: dict[str, int] = {}
+        try:
+            for cached, dest in pairs:
+                name, base = os.path.split(dest)
+                try:
+                    fd = folders.get(name)
+                    if fd is None:
+                        fd = folders[name] = self._open_workspace_folder(name or ".")
+                    try:
+                        os.link(cached, base, dst_dir_fd=fd)
+                    except FileExistsError:
+                        os.unlink(base, dir_fd=fd)
+                        os.link(cached, base, dst_dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                        out.append(exc)
+                        continue
+                    try:  # another file system (or no hardlinks there): the copy path
+                        self.link_into(cached, dest)
+                    except Exception as again:
+                        out.append(again)
+                        continue
+                except Exception as exc:
+                    out.append(exc)
+                    continue
+                out.append(None)
+        finally:
+            for fd in folders.values():
+                os.close(fd)
+        return out
+
+    def _open_workspace_folder(self, name: str) -> int:
+        """A descriptor of workspace folder ``name`` (made and checked as
+        :meth:`_workspace_folder` does), refused where it is no longer the folder checked."""
+        self._workspace_folder(name)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._made_folders.get(name):
+            os.close(fd)
+            self._made_folders.pop(name, None)
+            raise DataError(
+                f"{name}: replaced while inputs were linked into it (by a stage?); refusing to "
+                "place an input there"
+            )
+        return fd
+
     def _workspace_folder(self, name: str) -> None:
         """Make folder ``name`` and refuse symlinks on the way. A folder checked before costs
         one stat (a thousand inputs share a few folders): the path must still reach the same

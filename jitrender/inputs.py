@@ -337,19 +337,30 @@ class Inputs:
                 found = iter(self.cache.lookup_many([i for i in infos if i is not None]))
             except Exception:  # the one-by-one path reports it against each input
                 found = iter(())
+            linking: list[tuple[str, ObjectInfo, str]] = []
+            pairs: list[tuple[str, str]] = []
             for url, info in zip(urls, infos, strict=True):
                 cached = next(found, None) if info is not None else None
-                if info is None or cached is None or self._stopping():
+                if info is None or cached is None:
                     continue
                 try:
-                    self.cache.link_into(cached, self._local_str(url))
-                except FileNotFoundError:  # evicted just now: fetch it like a cold one
-                    continue
+                    pairs.append((cached, self._local_str(url)))
                 except Exception as exc:
                     self._failed(url, self._move(claim, url), exc)
                     settled.add(url)
                     continue
-                self._linked(url, info, CacheResult(cached, False, 0))
+                linking.append((url, info, cached))
+            if self._stopping():
+                linking, pairs = [], []
+            # One folder check per folder for the lot, not a stat per file.
+            outcomes = self.cache.link_many(pairs)
+            for (url, info, cached), error in zip(linking, outcomes, strict=True):
+                if isinstance(error, FileNotFoundError):  # evicted just now: fetch it cold
+                    continue
+                if error is not None:
+                    self._failed(url, self._move(claim, url), error)
+                else:
+                    self._linked(url, info, CacheResult(cached, False, 0))
                 settled.add(url)
         except Exception:  # the one-by-one path below meets (and reports) it again
             pass

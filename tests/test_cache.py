@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from jitrender.cache import Cache, run_is_live
+from jitrender.errors import DataError
 from jitrender.storage import GCSStore, LocalStore, ObjectInfo
 from tests.conftest import put_object
 
@@ -302,3 +303,33 @@ def test_a_small_body_is_published_read_only_with_no_temp_name_over_a_foreign_fi
     assert stat.S_IMODE(planted.stat().st_mode) == 0o400
     assert list(cache.tmp.iterdir()) == []
     assert not cache._stripe_held(cache.key(info))  # the lock went with the install
+
+
+def test_link_many_links_through_one_checked_folder_and_reports_each_pair(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """The batch link of a warm run's cached inputs (pure function of the file system): each
+    pair linked in order, a stale file replaced, an evicted entry reported on its own pair,
+    and a folder a stage swapped for a symlink refused, nothing placed outside."""
+    cache = Cache(cache_dir)
+    sources = []
+    for i in range(3):
+        source = cache_dir / f"object{i}"
+        source.write_bytes(bytes([i]) * 10)
+        sources.append(str(source))
+    folder = cache_dir / "runs" / "job-1" / "inputs" / "gs" / "b" / "seq"
+    folder.mkdir(parents=True)
+    (folder / "f1.bin").write_bytes(b"stale")
+    os.unlink(sources[2])  # evicted by another process after the lookup
+    pairs = [(source, str(folder / f"f{i}.bin")) for i, source in enumerate(sources)]
+    outcomes = cache.link_many(pairs)
+    assert outcomes[:2] == [None, None] and isinstance(outcomes[2], FileNotFoundError)
+    assert [(folder / f"f{i}.bin").read_bytes() for i in range(2)] == [b"\0" * 10, b"\1" * 10]
+    assert (folder / "f0.bin").stat().st_nlink == 2
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder.rename(folder.with_name("moved"))
+    folder.symlink_to(outside)  # a stage swapped the checked folder for a symlink
+    (outcome,) = cache.link_many([(sources[0], str(folder / "again.bin"))])
+    assert isinstance(outcome, DataError) and not list(outside.iterdir())
