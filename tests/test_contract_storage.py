@@ -94,7 +94,11 @@ def test_outage_past_the_deadline_is_75_transient_storage_failure_not_preempted(
     assert report["status"] == "transient_failure"
     assert report["error"].startswith("transient storage failure:"), report["error"]
     assert "preempted" not in out
-    assert 1.0 <= elapsed < 20, elapsed  # the 2 s deadline, not attempts, ended it
+    # The 2 s deadline, not a count of attempts, ended it: retried, then given up well before
+    # 20 s. (No lower bound on the time: a jittered pause that would end past the deadline is
+    # not slept, so the run may give up before 2 s have passed.)
+    assert proxy.counts["503"] + proxy.counts["reset"] >= 2, proxy.counts
+    assert elapsed < 20, elapsed
 
 
 def _uploads_of(proxy: FaultProxy, name: str) -> list[Request]:
