@@ -43,7 +43,7 @@ class HeadStart:
         self._asked: list[str] = list(urls)  # what the thread stats, once it has read the files
         self._found: list[ObjectInfo] = []
         self._read = threading.Event()
-        self._done = threading.Event()
+        self._stated = threading.Event()
         self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
 
     @classmethod
@@ -67,23 +67,30 @@ class HeadStart:
             if not self._asked:
                 self._asked = _scenes_named(self.job_files)
             self._read.set()
+            stores = []
             for url in self._asked:
                 # Any failure is left to the run, which asks again with its retries.
                 with contextlib.suppress(Exception):
                     store = self.stores.for_url(url)
+                    stores.append((store, url))
                     info = store.stat(url)
                     if info is not None and info.url == url:
                         self._found.append(info)
+            # The stats are what the run waits for; the connections it only finds in its pool.
+            self._stated.set()
+            for store, url in stores:
+                with contextlib.suppress(Exception):
                     store.preconnect(url, PRECONNECT)
         finally:
             self._read.set()
-            self._done.set()
+            self._stated.set()
 
     def infos(self, stop: threading.Event, timeout: float = 5.0) -> list[ObjectInfo]:
         """The stats that came back, after waiting up to ``timeout`` seconds (not past
-        ``stop``) for the thread; empty when it did not finish in time."""
+        ``stop``) for the thread's stats (not for the connections it opens after them);
+        empty when they did not come in time."""
         deadline = time.monotonic() + timeout
-        while not self._done.wait(0.05):
+        while not self._stated.wait(0.05):
             if stop.is_set() or time.monotonic() > deadline:
                 return []
         return list(self._found)
