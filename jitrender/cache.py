@@ -34,7 +34,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -43,11 +43,14 @@ from jitrender.storage import (
     Crc32cWriter,
     ObjectInfo,
     Store,
+    crc32c_of_bytes,
     crc32c_of_file,
 )
 from jitrender.transfer import RangedDownloader
 from jitrender.transport import route, verify
 
+# An object's bytes already at hand (a head start's download), asked for on a miss: or None.
+Held = Callable[[], bytes | None] | None
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
 # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), native layout.
@@ -82,6 +85,13 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "jitrender"
+
+
+def object_file(root: Path, url: str, generation: str) -> str:
+    """Where the cache at ``root`` keeps ``url`` at ``generation`` (:meth:`Cache.object_path`),
+    for a look before any :class:`Cache` is opened."""
+    key = _object_key(url, generation)
+    return f"{root}/objects/{key[:2]}/{key}"
 
 
 def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | None:
@@ -469,52 +479,65 @@ class Cache:
         else:
             claim.set_result(outcome)
 
-    def fetch(self, info: ObjectInfo, store: Store) -> CacheResult:
+    def fetch(self, info: ObjectInfo, store: Store, held: Held = None) -> CacheResult:
         """Make ``info`` present in the cache, downloading it at most once however many
         threads and processes ask at the same time. Raises the store's errors as they are
         (the caller retries), and :class:`ChecksumMismatch` on corrupt bytes. A download is
-        indexed at once; hits and misses are the caller's to count (:meth:`record_run`)."""
+        indexed at once; hits and misses are the caller's to count (:meth:`record_run`).
+        ``held``, asked only on a miss: the object's bytes already at hand and checked (a head
+        start's), or None; installed instead of a download, counted as one."""
         key = self.key(info)
         claim = self._claim(key)
         if claim is None:
             with self._inflight_lock:
                 pending = self._inflight.get(key)
             if pending is None:  # settled between the two looks: it is cached (or failed)
-                return self.fetch(info, store)
+                return self.fetch(info, store, held)
             found = pending.result()
             return CacheResult(found.file, False, 0)
         try:
-            result = self._fetch_claimed(info, store, key)
+            result = self._fetch_claimed(info, store, key, held)
         except BaseException as exc:
             self._settle(key, claim, exc)
             raise
         self._settle(key, claim, result)
         return result
 
-    def _fetch_claimed(self, info: ObjectInfo, store: Store, key: str) -> CacheResult:
+    def _fetch_claimed(
+        self, info: ObjectInfo, store: Store, key: str, held: Held = None
+    ) -> CacheResult:
         """The download itself, for the holder of ``key``'s :meth:`_claim`: waits for any other
-        process fetching the same object, then finds it cached or downloads it."""
+        process fetching the same object, then finds it cached or downloads it (or installs
+        ``held``'s bytes)."""
         found = self.lookup(info)
         if found is not None:
             return CacheResult(found, False, 0)
+        body = held() if held is not None else None  # before the lock: it may wait a moment
         with self._stripe_lock(key):
             found = self.lookup(info)
             if found is not None:  # another process fetched it while we waited
                 return CacheResult(found, False, 0)
-            final = self._download_locked(info, store, key)
+            final = self._download_locked(info, store, key, body)
         self._record([info])  # indexed at once, so every process's eviction counts it
         self._maybe_evict(keep=(key,))
         return CacheResult(final, True, info.size)
 
-    def _download_locked(self, info: ObjectInfo, store: Store, key: str) -> Path:
-        """Download and install ``info`` (the caller holds ``key``'s stripe lock)."""
+    def _download_locked(
+        self, info: ObjectInfo, store: Store, key: str, body: bytes | None = None
+    ) -> Path:
+        """Download and install ``info`` (the caller holds ``key``'s stripe lock), or install
+        ``body``, the object's bytes already at hand (checked here too: the cost is small)."""
         part = self._part_path(key)
         try:
-            if route(info, store) == "ranged":  # concurrent ranges, checksum combined
-                verify(info, info.size, self.ranged.download(info, store, Path(part)))
+            if body is not None:  # as the asyncio path's small objects: an unnamed file, linked
+                verify(info, len(body), crc32c_of_bytes(body))  # cheap (<= 1 MiB): never trusted
+                final = self._install_bytes(body, key)
             else:
-                self._download_whole(info, store, part)
-            final = self._install(part, key)
+                if route(info, store) == "ranged":  # concurrent ranges, checksum combined
+                    verify(info, info.size, self.ranged.download(info, store, Path(part)))
+                else:
+                    self._download_whole(info, store, part)
+                final = self._install(part, key)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise self.no_space(info) from None
@@ -524,12 +547,14 @@ class Cache:
                 os.unlink(part)
         return Path(final)
 
-    def fetch_into(self, info: ObjectInfo, store: Store, dest: Path) -> CacheResult:
+    def fetch_into(
+        self, info: ObjectInfo, store: Store, dest: Path, held: Held = None
+    ) -> CacheResult:
         """:meth:`fetch`, then :meth:`link_into` ``dest``. Another process's eviction may take
         the entry between the two (it spares only linked entries); then it is looked up, or
         fetched again, and linked while holding the entry's stripe lock (one of many keys'),
         which eviction takes before it unlinks: the second time cannot lose the race."""
-        result = self.fetch(info, store)
+        result = self.fetch(info, store, held)
         try:
             self.link_into(result.file, dest)
             return result

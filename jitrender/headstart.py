@@ -10,6 +10,11 @@ It only reads (the job file, a stat of the ``gs://`` scene it names, connections
 any moment leaves nothing behind. The job is not validated yet, so this is a guess the run
 checks: it uses a stat only for the URL it would have asked for itself, and whatever the head
 start did not finish in time the run simply does itself, with its retries.
+
+A small scene (``BODY_MAX``) that the node's cache does not hold at the stat's generation is
+also downloaded, pinned to that generation and checked against the stat's size and crc32c,
+and kept in memory: the run installs those bytes into its cache (:meth:`body`) instead of a
+serial download before the resolve can parse it. Nothing is written until then.
 """
 
 from __future__ import annotations
@@ -22,12 +27,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from jitrender.storage import ObjectInfo, Stores
+from jitrender.storage import ObjectInfo, Stores, crc32c_of_bytes
 
 # Connections open ahead for the listings the resolve runs at once (one per busy folder, on
 # up to 16 threads: Inputs' default workers).
 PRECONNECT = 16
 _JOB_FILE_MAX = 1 << 20  # a job file is small; anything bigger is not one
+# Scenes up to this size are downloaded ahead: the asyncio path's small-object size (aio's
+# PIECE_BYTES, a body held whole in memory and written at once), ~10 ms at a connection's
+# 100 MB/s, below one round trip; bigger ones go the cache's streamed or ranged way.
+BODY_MAX = 1 << 20
+# How long the run waits for a download the head start has under way before doing its own.
+BODY_WAIT_S = 1.0
 
 
 class HeadStart:
@@ -36,10 +47,20 @@ class HeadStart:
     then uses for everything else (the connections are in its pools)."""
 
     def __init__(
-        self, stores: Stores, *, urls: Sequence[str] = (), job_files: Sequence[str] = ()
+        self,
+        stores: Stores,
+        *,
+        urls: Sequence[str] = (),
+        job_files: Sequence[str] = (),
+        cache_dir: Path | None = None,
     ) -> None:
         self.stores = stores
         self.job_files = [Path(f) for f in job_files]
+        # The node cache the run will use, where known: small scenes it lacks are downloaded.
+        self.cache_dir = cache_dir
+        self._bodies: dict[tuple[str, str], bytes] = {}  # (url, generation) -> checked bytes
+        self._fetching: set[str] = set()  # URLs whose download is under way
+        self._fetched = threading.Event()
         self._asked: list[str] = list(urls)  # what the thread stats, once it has read the files
         self._found: list[ObjectInfo] = []
         self._read = threading.Event()
@@ -50,7 +71,8 @@ class HeadStart:
     def for_run_args(cls, args: Sequence[str]) -> HeadStart:
         """A head start for ``jitrender run ARGS``: the job file is one of the arguments that
         are files (which one only typer knows yet: option values are files too)."""
-        return cls(Stores(), job_files=[a for a in args if not a.startswith("-")])
+        files = [a for a in args if not a.startswith("-")]
+        return cls(Stores(), job_files=files, cache_dir=_cache_dir_of(args, files))
 
     def start(self) -> HeadStart:
         self._thread.start()
@@ -77,13 +99,51 @@ class HeadStart:
                     if info is not None and info.url == url:
                         self._found.append(info)
             # The stats are what the run waits for; the connections it only finds in its pool.
+            self._fetching = {i.url for i in self._found if self._wants_body(i)}
             self._stated.set()
+            for info in list(self._found):
+                if info.url in self._fetching:
+                    with contextlib.suppress(Exception):  # the run downloads it itself
+                        self._download(info)
+                    self._fetching.discard(info.url)
+            self._fetched.set()
             for store, url in stores:
                 with contextlib.suppress(Exception):
                     store.preconnect(url, PRECONNECT)
         finally:
             self._read.set()
             self._stated.set()
+            self._fetching = set()
+            self._fetched.set()
+
+    def _wants_body(self, info: ObjectInfo) -> bool:
+        """Whether to download ``info`` ahead: small, checkable, and not in the node's cache
+        at this generation (one lstat: a warm run asks storage for no bytes)."""
+        if self.cache_dir is None or info.size > BODY_MAX or info.crc32c is None:
+            return False
+        from jitrender.cache import object_file  # (the run imports it anyway)
+
+        return not os.path.lexists(object_file(self.cache_dir, info.url, info.generation))
+
+    def _download(self, info: ObjectInfo) -> None:
+        sink = _Capped(info.size)
+        self.stores.for_url(info.url).download(info, sink)  # type: ignore[arg-type]
+        body = b"".join(sink.pieces)
+        # Checked here, so only exactly the stat's bytes are ever offered to the run.
+        if len(body) == info.size and crc32c_of_bytes(body) == info.crc32c:
+            self._bodies[info.url, info.generation] = body
+
+    def body(self, info: ObjectInfo, stop: threading.Event) -> bytes | None:
+        """The scene's bytes, downloaded and checked against ``info``'s size and crc32c, where
+        this head start holds exactly that URL at that generation (waiting up to
+        ``BODY_WAIT_S`` for a download under way, not past ``stop``); else None. Handed out
+        once."""
+        if info.url in self._fetching:
+            deadline = time.monotonic() + BODY_WAIT_S
+            while not self._fetched.wait(0.02):
+                if stop.is_set() or time.monotonic() > deadline:
+                    return None
+        return self._bodies.pop((info.url, info.generation), None)
 
     def infos(self, stop: threading.Event, timeout: float = 5.0) -> list[ObjectInfo]:
         """The stats that came back, after waiting up to ``timeout`` seconds (not past
@@ -100,6 +160,50 @@ class HeadStart:
 # line of JSON. Read without a YAML parser (a parse costs milliseconds per file, and every
 # file argument is read); a scene written any other way is left to the run.
 _SCENE = r"""^(?:scene|[ \t]*"scene")[ \t]*:[ \t]+(["']?)(gs://[^\s"'#,]+)\1[ \t]*(?:[#,].*)?$"""
+
+
+class _Capped:
+    """A download's sink in memory that refuses more bytes than the stat said."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.got = 0
+        self.pieces: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.got += len(data)
+        if self.got > self.size:
+            raise ValueError("more bytes than the stat said")
+        self.pieces.append(bytes(data))
+        return len(data)
+
+
+# A ``dir:`` key anywhere in a job file: it may set the job's cache folder (``cache.dir``).
+_DIR_KEY = r"""^[ \t]*["']?dir["']?[ \t]*:|"dir"[ \t]*:"""
+
+
+def _cache_dir_of(args: Sequence[str], job_files: Sequence[str]) -> Path | None:
+    """The cache folder ``jitrender run ARGS`` will use, in the CLI's order (``--cache-dir``,
+    ``$JITRENDER_CACHE_DIR``, the job's ``cache.dir``, the default); None where the job file
+    may set it (told only once it is parsed)."""
+    for i, arg in enumerate(args):
+        if arg == "--cache-dir" and i + 1 < len(args):
+            return Path(args[i + 1])
+        if arg.startswith("--cache-dir="):
+            return Path(arg.partition("=")[2])
+    if os.environ.get("JITRENDER_CACHE_DIR"):
+        return Path(os.environ["JITRENDER_CACHE_DIR"])
+    for name in job_files:
+        try:
+            path = Path(name)
+            if not path.is_file() or os.path.getsize(path) > _JOB_FILE_MAX:
+                continue
+            if re.search(_DIR_KEY, path.read_text(errors="replace"), re.MULTILINE):
+                return None
+        except OSError:
+            return None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "jitrender"  # cache.default_cache_dir's, without its imports
 
 
 def _scenes_named(job_files: Sequence[Path]) -> list[str]:

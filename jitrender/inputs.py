@@ -12,6 +12,7 @@ or a download.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -86,6 +87,7 @@ class Inputs:
         self.fetched: list[ObjectInfo] = []  # downloaded by this run
         self.fetch_seconds = 0.0  # from the first prefetch to the last planned input linked
         self._known: dict[str, ObjectInfo] = {}
+        self._held: Callable[[ObjectInfo], bytes | None] | None = None  # see hold()
         self._lock = threading.Lock()
         self._futures: dict[str, Future[Path]] = {}
         self._planned: dict[str, Future[Path]] = {}
@@ -153,6 +155,12 @@ class Inputs:
         """Take stats made elsewhere this run (a head start's): :meth:`stat` of their URLs
         then asks storage nothing."""
         self._remember(infos)
+
+    def hold(self, body: Callable[[ObjectInfo], bytes | None]) -> None:
+        """Take downloads made elsewhere this run (a head start's): ``body(info)`` is exactly
+        ``info``'s bytes, checked, or None. A miss on the thread path installs them instead
+        of downloading."""
+        self._held = body
 
     def _remember(self, infos: Iterable[ObjectInfo]) -> None:
         for info in infos:
@@ -248,7 +256,11 @@ class Inputs:
                 raise MissingDependencyError(url)
             store, dest = self.store(url), self.local_path(url)
             # Linked by the cache, which wins a race with another process's eviction.
-            result = with_retries(lambda: self.cache.fetch_into(info, store, dest), url, self.retry)
+            held = self._held
+            got = None if held is None else functools.partial(held, info)
+            result = with_retries(
+                lambda: self.cache.fetch_into(info, store, dest, got), url, self.retry
+            )
             self._linked(url, info, result)
         except BaseException as exc:
             self._failed(url, future, exc)

@@ -228,6 +228,8 @@ class JobRun:
         threading.Thread(target=import_watcher, name="import-watcher", daemon=True).start()
         if self.options.head_start is not None:
             inputs.remember(self.options.head_start.infos(self.stop))
+            head_start, stop = self.options.head_start, self.stop
+            inputs.hold(lambda info: head_start.body(info, stop))
         resolution = self._resolve(inputs, todo)
         report.timings["resolve_s"] = time.monotonic() - t0
         plan = RunPlan.make(todo, resolution.deps, self.patterns, job.stages)

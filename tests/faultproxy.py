@@ -51,8 +51,9 @@ class Request:
 @dataclass
 class Fault:
     """What to do with one request: ``kind`` is a RANDOM_FAULTS name, ``status`` (answer with
-    this status, not forwarded), ``hold`` (signal ``held`` and wait for ``release``, bounded,
-    then ``forward`` it or drop the connection), or ``pass``."""
+    this status, not forwarded), ``corrupt`` (the answer's first byte flipped), ``hold``
+    (signal ``held`` and wait for ``release``, bounded, then ``forward`` it or drop the
+    connection), or ``pass``."""
 
     kind: str
     status: int = 0
@@ -231,6 +232,8 @@ class FaultProxy:
                 if kind == "reset_after":
                     self._reset()
                     return
+                if kind == "corrupt" and data:  # (never random) one byte flipped, same length
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
                 self._send(status, headers, data, cut=kind == "truncate" and len(data) > 1)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _proxy

@@ -5,7 +5,10 @@ the fault proxy, which records every request in order.
 The promises: the scene's stat is the run's first request (before the done markers are
 listed) and is made once; what the head start could not do (an error, a scene that does not
 exist, a job file it did not guess) the run does itself, exactly as without it; a SIGTERM while
-the head start's request hangs ends the run at once with 75 and nothing written."""
+the head start's request hangs ends the run at once with 75 and nothing written. A small scene
+the cache lacks is downloaded by the head start, once, and installed by the run (counted as a
+fetch); a cached one is not downloaded at all; bytes that do not match its stat are never
+installed (the run downloads it again)."""
 
 from __future__ import annotations
 
@@ -14,9 +17,19 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import cli, put_object
 from tests.faultproxy import Fault, FaultProxy, Request
-from tests.renderjobs import RenderJob, bucket_objects, finish, jitrender_env, make_job, run
+from tests.renderjobs import (
+    RenderJob,
+    bucket_objects,
+    cache_verify,
+    finish,
+    jitrender_env,
+    make_job,
+    run,
+)
 from tests.renderjobs import start_run as start
 
 
@@ -31,6 +44,14 @@ def _is_scene_stat(request: Request) -> bool:
     return (
         request.method == "GET" and "scenes/shot.txt" in request.path and not (request.is_download)
     )
+
+
+def _is_scene_get(request: Request) -> bool:
+    return request.is_download and "scenes/shot.txt" in request.path
+
+
+def _cache_files(job: RenderJob) -> list[Path]:
+    return sorted(p for p in (job.cache_dir / "objects").rglob("*") if p.is_file())
 
 
 def _after_warmup(proxy: FaultProxy) -> list[Request]:
@@ -135,6 +156,94 @@ def test_sigterm_while_the_head_start_hangs_exits_75_at_once(
     assert code == 75, out
     assert took < 10, took
     assert bucket_objects(job.bucket, "renders/") == {}, "a stopped start-up wrote outputs"
+
+
+def test_a_small_scene_is_downloaded_once_ahead_and_cached_by_the_run(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _scene_job(tmp_path / "job", gcs_bucket)
+    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url)
+    code, out, report = run(job, env=env)
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    requests = _after_warmup(proxy)
+    # The head start's: right after its stat, before the run's first request (the markers').
+    assert _is_scene_stat(requests[0]) and _is_scene_get(requests[1]), [
+        r.path for r in requests[:5]
+    ]
+    assert sum(map(_is_scene_get, requests)) == 1, [r.path for r in requests]
+    cache = report["cache"]
+    assert (
+        cache["bytes_fetched"] == report["deps"]["bytes_needed"] > 0 and cache["fetch_ratio"] == 1.0
+    )
+    assert cache_verify(job)["bad"] == 0
+
+    proxy.requests.clear()  # warm: the scene is cached at this generation
+    code, out, report = run(job, "--rerender", env=env)
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    assert not any(map(_is_scene_get, proxy.requests)), [r.path for r in proxy.requests]
+    assert report["cache"]["bytes_fetched"] == 0
+
+
+def test_scene_bytes_corrupted_on_the_way_are_never_cached(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _scene_job(tmp_path / "job", gcs_bucket)
+    corrupted: list[Request] = []
+
+    def first_scene_get_corrupt(request: Request) -> Fault | None:
+        if _is_scene_get(request) and not corrupted:
+            corrupted.append(request)
+            return Fault("corrupt")
+        return None
+
+    proxy.rules.append(first_scene_get_corrupt)
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    assert corrupted and sum(map(_is_scene_get, proxy.requests)) == 2  # the run's own, right
+    cache = report["cache"]
+    assert cache["bytes_fetched"] == report["deps"]["bytes_needed"]
+    assert cache_verify(job)["bad"] == 0
+
+
+def test_sigterm_during_the_head_starts_download_exits_75_with_nothing_cached(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _scene_job(tmp_path / "job", gcs_bucket)
+    hold = Fault("hold", forward=False)
+    proxy.rules.append(lambda request: hold if _is_scene_get(request) else None)
+    proc = start(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    try:
+        assert hold.held.wait(30), "the head start never downloaded the scene"
+        proc.send_signal(signal.SIGTERM)
+        code, out = finish(proc, timeout=30)
+    finally:
+        hold.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 75, out
+    assert _cache_files(job) == []
+    assert list((job.cache_dir / "tmp").glob("*")) == []
+    assert bucket_objects(job.bucket, "renders/") == {}
+
+
+def test_the_cache_folder_is_guessed_as_the_cli_picks_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pure part: where the head start looks for the scene before downloading it; None
+    (no download) where the job file may set ``cache.dir``."""
+    from jitrender.headstart import _cache_dir_of
+
+    plain, own = tmp_path / "plain.yaml", tmp_path / "own.yaml"
+    plain.write_text("scene: gs://b/s.txt\ncache:\n  max_size: 1GB\n")
+    own.write_text("scene: gs://b/s.txt\ncache:\n  dir: /scratch/c\n")
+    monkeypatch.setenv("JITRENDER_CACHE_DIR", "/env/c")
+    assert _cache_dir_of(["--cache-dir", "/arg/c", str(own)], [str(own)]) == Path("/arg/c")
+    assert _cache_dir_of(["--cache-dir=/arg/c", str(own)], [str(own)]) == Path("/arg/c")
+    assert _cache_dir_of([str(own)], [str(own)]) == Path("/env/c")
+    monkeypatch.delenv("JITRENDER_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    assert _cache_dir_of([str(own)], [str(own)]) is None
+    assert _cache_dir_of([str(plain)], [str(plain)]) == Path("/xdg/jitrender")
 
 
 def test_scene_urls_are_read_from_top_level_scene_lines(tmp_path: Path) -> None:
