@@ -87,13 +87,6 @@ def default_cache_dir() -> Path:
     return Path(base) / "jitrender"
 
 
-def object_file(root: Path, url: str, generation: str) -> str:
-    """Where the cache at ``root`` keeps ``url`` at ``generation`` (:meth:`Cache.object_path`),
-    for a look before any :class:`Cache` is opened."""
-    key = _object_key(url, generation)
-    return f"{root}/objects/{key[:2]}/{key}"
-
-
 def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | None:
     """``50GB``, ``500MiB``, ``1T``, a plain byte count, or None for no cap."""
     if text is None:

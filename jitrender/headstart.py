@@ -20,6 +20,7 @@ serial download before the resolve can parse it. Nothing is written until then.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
@@ -121,9 +122,7 @@ class HeadStart:
         at this generation (one lstat: a warm run asks storage for no bytes)."""
         if self.cache_dir is None or info.size > BODY_MAX or info.crc32c is None:
             return False
-        from jitrender.cache import object_file  # (the run imports it anyway)
-
-        return not os.path.lexists(object_file(self.cache_dir, info.url, info.generation))
+        return not os.path.lexists(_cached_object(self.cache_dir, info))
 
     def _download(self, info: ObjectInfo) -> None:
         sink = _Capped(info.size)
@@ -176,6 +175,13 @@ class _Capped:
             raise ValueError("more bytes than the stat said")
         self.pieces.append(bytes(data))
         return len(data)
+
+
+def _cached_object(root: Path, info: ObjectInfo) -> str:
+    """Where the cache at ``root`` keeps ``info`` (:meth:`jitrender.cache.Cache.object_path`,
+    the test says so), without importing the cache's modules in this thread."""
+    key = hashlib.sha256(f"{info.url}\0{info.generation}".encode()).hexdigest()
+    return f"{root}/objects/{key[:2]}/{key}"
 
 
 # A ``dir:`` key anywhere in a job file: it may set the job's cache folder (``cache.dir``).

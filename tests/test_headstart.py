@@ -246,6 +246,16 @@ def test_the_cache_folder_is_guessed_as_the_cli_picks_it(
     assert _cache_dir_of([str(plain)], [str(plain)]) == Path("/xdg/jitrender")
 
 
+def test_the_head_start_looks_where_the_cache_keeps_the_scene(tmp_path: Path) -> None:
+    from jitrender.cache import Cache
+    from jitrender.headstart import _cached_object
+    from jitrender.storage import ObjectInfo
+
+    info = ObjectInfo(url="gs://b/s.txt", size=3, generation="17", crc32c=None)
+    cache = Cache(tmp_path / "c")
+    assert _cached_object(tmp_path / "c", info) == str(cache.object_path(info))
+
+
 def test_scene_urls_are_read_from_top_level_scene_lines(tmp_path: Path) -> None:
     """The pure part: which ``scene:`` lines of the file arguments give a URL to stat."""
     from jitrender.headstart import _scenes_named
