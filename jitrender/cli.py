@@ -166,7 +166,7 @@ def run(
     try:
         job = load_job(job_file)
         extra_path_map = _extra_path_map(path_map, path_map_rules)
-        head_start = _head_start(job, extra_path_map, early)  # before the imports below
+        head_start = _head_start(job, extra_path_map, early, cache_dir)  # before the imports
         from jitrender.cache import parse_size
         from jitrender.farm import detect_task, task_frames, task_parts
         from jitrender.heartbeat import TaskProgress
@@ -270,10 +270,13 @@ def _pydantic_plugins_off() -> Iterator[None]:
         os.environ.pop(name, None)
 
 
-def _head_start(job: "Job", extra_path_map: Any, early: "HeadStart | None") -> "HeadStart | None":
+def _head_start(
+    job: "Job", extra_path_map: Any, early: "HeadStart | None", cache_dir: Path | None
+) -> "HeadStart | None":
     """The head start the entry point began, where it stats this job's scene; else one for
-    the scene's stat and its storage's connections, started now (see
-    :mod:`jitrender.headstart`). None where there is no remote scene or its URL does not map."""
+    the scene's stat (and its bytes, where the job's node cache lacks a small scene) and its
+    storage's connections, started now (see :mod:`jitrender.headstart`). None where there is
+    no remote scene or its URL does not map."""
     try:
         job.use_path_map(extra_path_map)  # the URL the run will ask for (it sets the same)
         url = job.scene_url
@@ -286,7 +289,8 @@ def _head_start(job: "Job", extra_path_map: Any, early: "HeadStart | None") -> "
     from jitrender.headstart import HeadStart
     from jitrender.storage import Stores
 
-    return HeadStart(early.stores if early else Stores(), urls=[url]).start()
+    stores = early.stores if early else Stores()
+    return HeadStart(stores, urls=[url], cache_dir=job.cache_folder(cache_dir)).start()
 
 
 def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:

@@ -88,6 +88,9 @@ def test_a_mapped_scene_path_gets_its_head_start_once_the_job_is_read(
     requests = _after_warmup(proxy)
     assert _is_scene_stat(requests[0]), [r.path for r in requests[:5]]
     assert sum(map(_is_scene_stat, requests)) == 1
+    # Its bytes once (by this late head start, or by the run where it asks first).
+    assert sum(map(_is_scene_get, requests)) == 1, [r.path for r in requests]
+    assert report["cache"]["bytes_fetched"] == report["deps"]["bytes_needed"]
 
 
 def test_head_start_failure_is_retried_by_the_run(
