@@ -654,13 +654,15 @@ class Cache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(final)
             except FileNotFoundError:
-                if not os.path.exists("/proc/self/fd") or os.path.isdir(folder):
+                if not os.path.exists("/proc/self/fd"):
                     raise
                 # The first object of its objects/xx folder: made here, not looked for each time.
+                # Another writer may have made it since this link failed (two first objects of
+                # one folder at once): then the next attempt simply links.
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(folder, 0o700)
                 self._check_object_dir(folder)
-        os.link(source, final, src_dir_fd=fd, follow_symlinks=True)
+        os.link(source, final, src_dir_fd=fd, follow_symlinks=True)  # still failing: raised
         return final
 
     def record_fetched(self, infos: list[ObjectInfo]) -> None:

@@ -3,6 +3,7 @@ rename-after-verify, identity by generation, and eviction that never breaks a ru
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -303,6 +305,40 @@ def test_a_small_body_is_published_read_only_with_no_temp_name_over_a_foreign_fi
     assert stat.S_IMODE(planted.stat().st_mode) == 0o400
     assert list(cache.tmp.iterdir()) == []
     assert not cache._stripe_held(cache.key(info))  # the lock went with the install
+
+
+def test_two_first_objects_of_one_folder_at_once_both_land(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writer threads publishing the first two objects of one ``objects/xx`` folder: the
+    one whose link failed for want of the folder finds it made by the other and links (it
+    raised before: CI met it with 40 small objects on 4 writers). The other writer is played
+    here by making the folder between the failed link and the retry, where the race put it."""
+    cache = Cache(cache_dir)
+    info = ObjectInfo("gs://b/tex/first.bin", 5, "1", None)
+    folder = cache.object_path(info).parent
+    assert not folder.exists()
+    real_link = os.link
+    calls: list[str] = []
+
+    def link_meets_the_race(*args: Any, **kwargs: Any) -> None:
+        calls.append(str(args[1]))
+        if len(calls) == 1:  # the folder is missing at this link ...
+            with contextlib.suppress(FileNotFoundError):
+                real_link(*args, **kwargs)
+            folder.mkdir(mode=0o700)  # ... and the other writer makes it just after
+            raise FileNotFoundError(2, "No such file or directory", str(args[1]))
+        real_link(*args, **kwargs)
+
+    download = cache.begin(info)
+    assert download is not None and download.lock_now()
+    monkeypatch.setattr(os, "link", link_meets_the_race)
+    result = download.install_bytes(b"right")
+    monkeypatch.undo()
+    download.end(result)
+    assert len(calls) >= 2, calls
+    assert result.fetched and cache.object_path(info).read_bytes() == b"right"
+    assert list(cache.tmp.iterdir()) == []
 
 
 def test_link_many_links_through_one_checked_folder_and_reports_each_pair(
