@@ -65,6 +65,20 @@ class Fault:
 Rule = Callable[[Request], Fault | None]
 
 
+def first_only(matches: Callable[[Request], bool], kind: str) -> tuple[Rule, list[Request]]:
+    """A rule giving a ``kind`` fault to the first request ``matches`` accepts (later ones
+    pass), and the list that request is put in once it has come."""
+    hit: list[Request] = []
+
+    def rule(request: Request) -> Fault | None:
+        if hit or not matches(request):
+            return None
+        hit.append(request)
+        return Fault(kind)
+
+    return rule, hit
+
+
 class FaultProxy:
     def __init__(
         self,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import gcs_client, put_object
-from tests.faultproxy import Fault, FaultProxy, Request
+from tests.faultproxy import Fault, FaultProxy, Request, first_only
 from tests.renderjobs import (
     bucket_objects,
     expected_output,
@@ -111,15 +111,9 @@ def test_small_upload_answered_503_is_retried_and_lands_once(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
     job = make_job(tmp_path / "job", gcs_bucket, "1-2")
-    refused: list[Request] = []
-
-    def first_upload_of_frame_1(request: Request) -> Fault | None:
-        named = b'"name": "renders/frame.0001.txt"' in request.body[:4096]
-        if request.is_upload and named and not refused:
-            refused.append(request)
-            return Fault("503")
-        return None
-
+    first_upload_of_frame_1, refused = first_only(
+        lambda r: r.is_upload and b'"name": "renders/frame.0001.txt"' in r.body[:4096], "503"
+    )
     proxy.rules.append(first_upload_of_frame_1)
     code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
     assert code == 0, out

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli, put_object
-from tests.faultproxy import Fault, FaultProxy, Request
+from tests.faultproxy import Fault, FaultProxy, Request, first_only
 from tests.renderjobs import (
     RenderJob,
     bucket_objects,
@@ -97,14 +97,7 @@ def test_head_start_failure_is_retried_by_the_run(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
     job = _scene_job(tmp_path / "job", gcs_bucket)
-    failed: list[Request] = []
-
-    def first_scene_stat_fails(request: Request) -> Fault | None:
-        if _is_scene_stat(request) and not failed:
-            failed.append(request)
-            return Fault("503")
-        return None
-
+    first_scene_stat_fails, failed = first_only(_is_scene_stat, "503")
     proxy.rules.append(first_scene_stat_fails)
     code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
     assert code == 0, out
@@ -191,14 +184,7 @@ def test_scene_bytes_corrupted_on_the_way_are_never_cached(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
     job = _scene_job(tmp_path / "job", gcs_bucket)
-    corrupted: list[Request] = []
-
-    def first_scene_get_corrupt(request: Request) -> Fault | None:
-        if _is_scene_get(request) and not corrupted:
-            corrupted.append(request)
-            return Fault("corrupt")
-        return None
-
+    first_scene_get_corrupt, corrupted = first_only(_is_scene_get, "corrupt")
     proxy.rules.append(first_scene_get_corrupt)
     code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
     assert code == 0 and report["frames"]["done"] == [1, 2], out
