@@ -25,7 +25,6 @@ import contextlib
 import errno
 import fcntl
 import functools
-import hashlib
 import os
 import random
 import shutil
@@ -38,6 +37,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
+from jitrender.cachelayout import object_file, object_key
 from jitrender.errors import ConfigError, DataError, JitrenderError, TransientError
 from jitrender.storage import (
     Crc32cWriter,
@@ -77,14 +77,6 @@ CREATE TRIGGER IF NOT EXISTS entries_added AFTER INSERT ON entries
 CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries
     BEGIN UPDATE totals SET value = value - OLD.size WHERE name = 'bytes'; END;
 """
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("JITRENDER_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "jitrender"
 
 
 def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | None:
@@ -201,11 +193,10 @@ class Cache:
 
     @staticmethod
     def key(info: ObjectInfo) -> str:
-        return _object_key(info.url, info.generation)
+        return object_key(info.url, info.generation)
 
     def object_path(self, info: ObjectInfo) -> Path:
-        key = self.key(info)
-        return Path(f"{self._objects_dir}/{key[:2]}/{key}")  # one parse, not two joins
+        return Path(object_file(self._objects_dir, self.key(info)))  # one parse, not two joins
 
     # -- the index -----------------------------------------------------------------------
 
@@ -305,7 +296,7 @@ class Cache:
     def _lookup(self, info: ObjectInfo) -> str | None:
         # On strings: a warm run asks this for every input, and pathlib cost more than the stat.
         key = self.key(info)
-        path = f"{self._objects_dir}/{key[:2]}/{key}"
+        path = object_file(self._objects_dir, key)
         try:
             st = os.lstat(path)  # never follows a symlink planted in place of an object
         except FileNotFoundError:
@@ -1087,10 +1078,6 @@ class Download:
 
 
 @functools.lru_cache(maxsize=4096)  # one object's fetch asks for its key four times
-def _object_key(url: str, generation: str) -> str:
-    return hashlib.sha256(f"{url}\0{generation}".encode()).hexdigest()
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

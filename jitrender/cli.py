@@ -350,7 +350,8 @@ def deps(
     path_map_rules: PathMapRules = None,
 ) -> None:
     """List the files the given frames of a scene need (and what is missing or unresolved)."""
-    from jitrender.cache import Cache, default_cache_dir, parse_size
+    from jitrender.cache import Cache, parse_size
+    from jitrender.cachelayout import default_cache_dir
     from jitrender.job import load_job
     from jitrender.paths import PathMap, file_url, is_url
     from jitrender.plan import resolve_job_scene, resolve_scene
@@ -685,7 +686,8 @@ def _cache_action(
     action: str, cache_dir: Path | None, as_json: bool, max_size: str | None = None
 ) -> dict[str, Any]:
     """Run one maintenance action on the node's cache and print its result."""
-    from jitrender.cache import Cache, default_cache_dir, parse_size
+    from jitrender.cache import Cache, parse_size
+    from jitrender.cachelayout import default_cache_dir
 
     try:
         cache = Cache(cache_dir or default_cache_dir(), parse_size(max_size, "--max-size"))
@@ -747,7 +749,7 @@ def health(
     """Is this node fit for work? Exit 0 healthy, 69 unhealthy (frames of several jobs failed
     in a row for the node's own reasons: signals, OOM, GPU/driver errors; drain it). Also
     lists the jobs this node has blocked. Reads health.json in the cache folder."""
-    from jitrender.cache import default_cache_dir
+    from jitrender.cachelayout import default_cache_dir
     from jitrender.health import NodeHealth
 
     node = NodeHealth(cache_dir or default_cache_dir())

@@ -20,7 +20,6 @@ serial download before the resolve can parse it. Nothing is written until then.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import threading
@@ -28,6 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from jitrender.cachelayout import default_cache_dir, object_file, object_key
 from jitrender.storage import ObjectInfo, Stores, crc32c_of_bytes
 
 # Connections open ahead for the listings the resolve runs at once (one per busy folder, on
@@ -178,10 +178,9 @@ class _Capped:
 
 
 def _cached_object(root: Path, info: ObjectInfo) -> str:
-    """Where the cache at ``root`` keeps ``info`` (:meth:`jitrender.cache.Cache.object_path`,
-    the test says so), without importing the cache's modules in this thread."""
-    key = hashlib.sha256(f"{info.url}\0{info.generation}".encode()).hexdigest()
-    return f"{root}/objects/{key[:2]}/{key}"
+    """Where the cache at ``root`` keeps ``info`` (:meth:`jitrender.cache.Cache.object_path`'s
+    layout), without importing the cache's modules in this thread."""
+    return object_file(root / "objects", object_key(info.url, info.generation))
 
 
 # A ``dir:`` key anywhere in a job file: it may set the job's cache folder (``cache.dir``).
@@ -198,18 +197,22 @@ def _cache_dir_of(args: Sequence[str], job_files: Sequence[str]) -> Path | None:
         if arg.startswith("--cache-dir="):
             return Path(arg.partition("=")[2])
     if os.environ.get("JITRENDER_CACHE_DIR"):
-        return Path(os.environ["JITRENDER_CACHE_DIR"])
+        return default_cache_dir()
     for name in job_files:
         try:
-            path = Path(name)
-            if not path.is_file() or os.path.getsize(path) > _JOB_FILE_MAX:
-                continue
-            if re.search(_DIR_KEY, path.read_text(errors="replace"), re.MULTILINE):
-                return None
+            text = _job_text(Path(name))
         except OSError:
             return None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "jitrender"  # cache.default_cache_dir's, without its imports
+        if text is not None and re.search(_DIR_KEY, text, re.MULTILINE):
+            return None
+    return default_cache_dir()
+
+
+def _job_text(path: Path) -> str | None:
+    """``path``'s text where it may be a job file (a file, and small); None where not."""
+    if not path.is_file() or os.path.getsize(path) > _JOB_FILE_MAX:
+        return None
+    return path.read_text(errors="replace")
 
 
 def _scenes_named(job_files: Sequence[Path]) -> list[str]:
@@ -218,10 +221,10 @@ def _scenes_named(job_files: Sequence[Path]) -> list[str]:
     urls: list[str] = []
     for path in job_files:
         try:
-            if not path.is_file() or os.path.getsize(path) > _JOB_FILE_MAX:
-                continue
-            text = path.read_text(errors="replace")
+            text = _job_text(path)
         except OSError:
+            continue
+        if text is None:
             continue
         for found in re.finditer(_SCENE, text, re.MULTILINE):
             if found[2] not in urls:

@@ -263,7 +263,7 @@ class Job(BaseModel):
             return override
         if self.cache.dir:
             return Path(self.cache.dir).expanduser()
-        from jitrender.cache import default_cache_dir
+        from jitrender.cachelayout import default_cache_dir
 
         return default_cache_dir()
 
