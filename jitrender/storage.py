@@ -783,6 +783,13 @@ class _GcsReader:
         return data
 
 
+def _object_path(bucket: str, name: str) -> str:
+    """The JSON API's path of one object (``b/BUCKET/o/NAME``, each part percent-encoded)."""
+    from urllib.parse import quote
+
+    return f"b/{quote(bucket, safe='')}/o/{quote(name, safe='')}"
+
+
 def _info_of(bucket: str, item: Mapping[str, Any]) -> ObjectInfo:
     metadata = item.get("metadata")
     return ObjectInfo(
@@ -808,9 +815,7 @@ class GCSStore(Store):
     def delete(self, url: str) -> None:
         bucket_name, name = self._split(url)
         if self._reader is not None:
-            from urllib.parse import quote
-
-            path = f"b/{quote(bucket_name, safe='')}/o/{quote(name, safe='')}"
+            path = _object_path(bucket_name, name)
             self._reader.write("DELETE", f"{self._reader.base}/storage/v1/{path}")
             return
         self._client().bucket(bucket_name).blob(name).delete(retry=None)
@@ -889,9 +894,7 @@ class GCSStore(Store):
     def stat(self, url: str) -> ObjectInfo | None:
         bucket_name, name = self._split(url)
         if self._reader is not None:
-            from urllib.parse import quote
-
-            path = f"b/{quote(bucket_name, safe='')}/o/{quote(name, safe='')}"
+            path = _object_path(bucket_name, name)
             try:
                 item = self._reader.get_json(path, {})
             except GcsHttpError as exc:
@@ -950,14 +953,11 @@ class GCSStore(Store):
     ) -> tuple[str, dict[str, str]]:
         """The URL and headers (no credentials: the caller's client adds them) of one media
         GET of ``info``'s bytes, pinned to its generation."""
-        from urllib.parse import quote
 
         reader = self._reader
         base = reader.base if reader is not None else self._client()._connection.API_BASE_URL
         bucket_name, name = self._split(info.url)
-        url = (
-            f"{base}/download/storage/v1/b/{quote(bucket_name)}/o/{quote(name, safe='')}?alt=media"
-        )
+        url = f"{base}/download/storage/v1/{_object_path(bucket_name, name)}?alt=media"
         if info.generation.isdigit():
             url += f"&generation={info.generation}"  # pinned: a newer version is never mixed in
         # "gzip" is what makes GCS send a gzip-encoded object as stored (with "identity" it
