@@ -109,6 +109,13 @@ class Inputs:
         # records the rest. The lock makes "early" and close's remainder exclusive.
         self._record_lock = threading.Lock()
         self._hits_recorded = 0
+        # Stats under way (stat_soon): the URLs whose answer is still to come, and what came
+        # back for those not found. The feed admits each planned input as its answer comes in.
+        self._stat_cond = threading.Condition()
+        self._stating: set[str] = set()
+        self._absent: set[str] = set()
+        self._stat_errors: dict[str, BaseException] = {}
+        self._stat_pool: ThreadPoolExecutor | None = None
 
     # -- what exists ---------------------------------------------------------------------
 
@@ -166,17 +173,121 @@ class Inputs:
         for info in infos:
             self._known[info.url] = info
 
-    def stat_all(self, deps: Sequence[Dependency]) -> list[Dependency]:
-        """``deps`` with ``size`` and ``exists`` filled in: one ranged listing per busy folder
-        (a sequence's frames, a texture set), one stat for each of the rest."""
+    def stat_soon(self, urls: Iterable[str]) -> None:
+        """Start learning the stats of ``urls`` (those not known, asked or answered already)
+        and return: one ranged listing per busy folder (a sequence's frames, a texture set),
+        one stat for each of the rest, on threads where the store's reads gain from it (else
+        here, now). Each is retried per the run's policy. :meth:`stat_all` waits for them, and
+        a prefetch admits each input as soon as its own answer is in."""
+        known, stating = self._known, self._stating
+        with self._stat_cond:
+            unknown = [
+                url
+                for url in dict.fromkeys(urls)
+                if url not in known
+                and url not in stating
+                and url not in self._absent
+                and url not in self._stat_errors
+            ]
+            stating.update(unknown)
+        if not unknown:
+            return
+        ranges = listing_ranges(unknown)
+        # A range covers every URL of its folder asked here (they sort between its ends).
+        in_range: dict[str, list[str]] = {first.rpartition("/")[0]: [] for _, first, _ in ranges}
+        alone: list[str] = []
+        for url in unknown:
+            group = in_range.get(url.rpartition("/")[0])
+            (alone if group is None else group).append(url)
+        for prefix, first, last in ranges:
+            covered = in_range[first.rpartition("/")[0]]
+            task = functools.partial(self._stat_range, prefix, first, last, covered)
+            self._stat_task(prefix, task)
+        for url in alone:
+            self._stat_task(url, functools.partial(self._stat_one, url))
+
+    def _stat_task(self, url: str, call: Callable[[], None]) -> None:
+        if not self.store(url).concurrent_reads:  # local CPU work: no thread to start
+            call()
+            return
+        with self._lock:
+            if self._stat_pool is None:
+                self._stat_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="stat")
+            pool = self._stat_pool
+        pool.submit(call)
+
+    def _stat_range(self, prefix: str, first: str, last: str, urls: list[str]) -> None:
+        try:
+            self._list_range(prefix, first, last)
+        except BaseException as exc:  # kept for stat_all to raise (a stop or exit: now)
+            self._stated(urls, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
         known = self._known
-        unknown = [d.url for d in deps if d.url not in known]
-        if unknown:
-            ranges = listing_ranges(unknown)
-            with ThreadPoolExecutor(self.workers) as pool:
-                self._each(pool, lambda r: self._list_range(*r), [(r[0], r) for r in ranges])
-                unknown = [url for url in unknown if url not in known]
-                self._each(pool, self.stat, [(url, url) for url in unknown])
+        # Not in the listing: each asked on its own (as before any listing), still under way.
+        for url in urls:
+            if url not in known:
+                self._stat_task(url, functools.partial(self._stat_one, url))
+        self._stated([url for url in urls if url in known])
+
+    def _stat_one(self, url: str) -> None:
+        try:
+            self.stat(url)
+        except BaseException as exc:
+            self._stated([url], exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._stated([url])
+
+    def _stated(self, urls: Iterable[str], error: BaseException | None = None) -> None:
+        """``urls``' answers are in: each is known, absent, or failed with ``error``."""
+        known = self._known
+        with self._stat_cond:
+            for url in urls:
+                self._stating.discard(url)
+                if url in known:
+                    continue
+                if error is None:
+                    self._absent.add(url)
+                else:
+                    self._stat_errors[url] = error
+            self._stat_cond.notify_all()
+
+    def _stated_through(self, urls: Sequence[str], start: int) -> int:
+        """The end of the run of ``urls`` from ``start`` whose stats are in: waits for
+        ``urls[start]``'s answer (or a stop), then takes every answered one after it."""
+        stating = self._stating
+        with self._stat_cond:
+            while urls[start] in stating and not self._stopping():
+                self._stat_cond.wait(0.2)
+            end = start + 1
+            while end < len(urls) and urls[end] not in stating:
+                end += 1
+        return end
+
+    def _await_stats(self, urls: Sequence[str]) -> None:
+        """Block until every one of ``urls`` asked with :meth:`stat_soon` has its answer; raise
+        the first one's failure (after its retries), or :class:`Preempted` once stopped."""
+        stating = self._stating
+        with self._stat_cond:
+            for url in urls:  # each looked at until answered: no pass over all per wake-up
+                while url in stating:
+                    if self._stopping():
+                        raise Preempted("stopped while listing the dependencies")
+                    self._stat_cond.wait(0.2)
+            errors = self._stat_errors
+            failed = next((errors[url] for url in urls if url in errors), None) if errors else None
+        if failed is not None:
+            raise failed
+
+    def stat_all(self, deps: Sequence[Dependency]) -> list[Dependency]:
+        """``deps`` with ``size`` and ``exists`` filled in: :meth:`stat_soon` of their URLs (or
+        what it asked already), waited for."""
+        known = self._known
+        self.stat_soon(d.url for d in deps)
+        self._await_stats([d.url for d in deps])
         out = []
         for dep in deps:
             info = known.get(dep.url)
@@ -339,10 +450,33 @@ class Inputs:
             self._hits_recorded += len(hits)
 
     def _feed_batch(self, claim: _BatchClaim, urls: Sequence[str]) -> None:
-        """Link the cached ones of a batch (one index query for the lot; they stay on the
-        batch's one claim), give each of the rest a claim of its own, settle the batch, then
-        hand the rest, in order, to :meth:`_enqueue`."""
-        settled: set[str] = set()  # linked, or failed on their own claim
+        """As the batch's stats come in (in order: each run of answered ones at once), link the
+        cached ones (one index query per run; they stay on the batch's one claim) and give each
+        of the rest a claim of its own and hand it to :meth:`_enqueue` then and there; settle
+        the batch once all its inputs are one or the other."""
+        handled: set[str] = set()  # linked, failed, or handed on with a claim of their own
+        start = 0
+        try:
+            while start < len(urls) and not self._stopping():
+                end = self._stated_through(urls, start)
+                part = urls[start:end]
+                self._link_cached(claim, part, handled)
+                cold = [(url, self._move(claim, url)) for url in part if url not in handled]
+                handled.update(url for url, _ in cold)
+                for url, future in cold:
+                    self._admit_stated(url, future)
+                start = end
+        except Exception:  # the one-by-one path below meets (and reports) it again
+            pass
+        finally:  # whatever happened, the batch settles and the rest go the one-by-one way
+            owned = [(url, self._move(claim, url)) for url in urls if url not in handled]
+            claim.set_result(self.root)
+            for url, future in owned:
+                self._enqueue(url, future, looked_up=True)
+
+    def _link_cached(self, claim: _BatchClaim, urls: Sequence[str], settled: set[str]) -> None:
+        """Link those of ``urls`` the cache holds (adding them to ``settled``, as those that
+        failed on a claim of their own); the rest are left for the caller."""
         try:
             infos = [self._known.get(url) for url in urls]
             try:
@@ -374,13 +508,19 @@ class Inputs:
                 else:
                     self._linked(url, info, CacheResult(cached, False, 0))
                 settled.add(url)
-        except Exception:  # the one-by-one path below meets (and reports) it again
+        except Exception:  # the one-by-one path meets (and reports) it again
             pass
-        finally:  # whatever happened, the batch settles and the rest go the one-by-one way
-            owned = [(url, self._move(claim, url)) for url in urls if url not in settled]
-            claim.set_result(self.root)
-            for url, future in owned:
-                self._enqueue(url, future, looked_up=True)
+
+    def _admit_stated(self, url: str, future: Future[Path]) -> None:
+        """Hand a planned input the cache lacks to :meth:`_enqueue`, or fail it with what its
+        stat found (absent, or storage's error after the retries) without asking again."""
+        error = self._stat_errors.get(url)
+        if error is None and url in self._absent:
+            error = MissingDependencyError(url)
+        if error is not None:
+            self._failed(url, future, error)
+        else:
+            self._enqueue(url, future, looked_up=True)
 
     def _move(self, claim: _BatchClaim, url: str) -> Future[Path]:
         """``url``'s own claim instead of its batch's, made before the batch settles (so no
@@ -571,5 +711,9 @@ class Inputs:
         if fetcher is not None:
             fetcher.close()  # before the pool it hands work to
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            stat_pool = self._stat_pool
+        if stat_pool is not None:  # listings not started yet are dropped; waits see _closed
+            stat_pool.shutdown(wait=False, cancel_futures=True)
         with self._record_lock, contextlib.suppress(JitrenderError, OSError):
             self.cache.record_run(self.hits[self._hits_recorded :], list(self.fetched))

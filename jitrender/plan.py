@@ -147,11 +147,14 @@ def resolve_dependencies(
     where: str,
     progress: Progress,
     render_nodes: tuple[str, ...] = (),
+    prefetch: bool = False,
 ) -> Resolution:
     """Resolve ``scene_url`` (linked below ``inputs.root`` for the resolver to read) and the
     job's ``deps:`` ``entries`` for ``frames``, then stat every dependency. Raises
     :class:`ConfigError` when the scene does not exist; missing dependencies are reported in
-    the result, not raised."""
+    the result, not raised. With ``prefetch`` the dependencies (the scene's excepted) are
+    handed to ``inputs.prefetch`` in :func:`fetch_order` as soon as they are known, before
+    their stats are in: each starts (a cached one is linked) as its own stat answers."""
     found = Dependencies()
     scene: ObjectInfo | None = None
     scene_file = Path(os.devnull)
@@ -170,6 +173,7 @@ def resolve_dependencies(
         env=dict(env or {}),
         render_nodes=render_nodes,
         list_prefixes=inputs.list_prefixes,
+        stat_soon=inputs.stat_soon,
     )
     with _collector_paused():
         if scene_url is not None:
@@ -179,7 +183,11 @@ def resolve_dependencies(
         for index, entry in enumerate(entries):
             found.extend(_entry(ctx, entry, f"job deps[{index}]"))
         merged = found.merged()
-        deps = inputs.stat_all([d for d in merged.deps if d.url != scene_url])
+        wanted = [d for d in merged.deps if d.url != scene_url]
+        inputs.stat_soon(d.url for d in wanted)
+        if prefetch:  # the order needs no stat; each waits in the feed for its own answer
+            inputs.prefetch(fetch_order(wanted))
+        deps = inputs.stat_all(wanted)
     for item in merged.unresolved:
         progress.event("warning", message=f"unresolved {item.source}: {item.why}")
     scene_local = scene_file if scene_url is not None else None
@@ -209,9 +217,16 @@ def _entry(ctx: ResolveContext, entry: str | DepSpec, source: str) -> Dependenci
 
 
 def resolve_for_job(
-    job: Job, inputs: Inputs, frames: list[int], path_map: PathMap, progress: Progress
+    job: Job,
+    inputs: Inputs,
+    frames: list[int],
+    path_map: PathMap,
+    progress: Progress,
+    *,
+    prefetch: bool = False,
 ) -> Resolution:
-    """``job``'s scene and ``deps:`` resolved for ``frames`` through ``inputs``."""
+    """``job``'s scene and ``deps:`` resolved for ``frames`` through ``inputs`` (prefetched
+    as they are known with ``prefetch``: see :func:`resolve_dependencies`)."""
     return resolve_dependencies(
         inputs,
         scene_url=job.scene_url,
@@ -224,6 +239,7 @@ def resolve_for_job(
         where=str(job.source),
         progress=progress,
         render_nodes=nuke_render_nodes(job),
+        prefetch=prefetch,
     )
 
 

@@ -238,8 +238,7 @@ class JobRun:
         self._logs = ship_run_logs(self.workspace.root / "logs", marker_prefix(job),
                                    self.options.task, todo, self.markers.store, self.retry,
                                    self.progress)  # fmt: skip
-        phase_started = time.monotonic()
-        inputs.prefetch(plan.deps)
+        phase_started = time.monotonic()  # (the prefetch began in the resolve: see _resolve)
         self._start_services(plan)
         self.progress.totals(report.deps_count, report.bytes_needed, len(todo))
         try:
@@ -267,7 +266,11 @@ class JobRun:
 
     def _resolve(self, inputs: Inputs, frames: list[int]) -> Resolution:
         job, report = self.job, self.report
-        resolution = resolve_for_job(job, inputs, frames, self.path_map, self.progress)
+        # Prefetched as the plan's inputs become known (each as its stat answers), in the plan's
+        # fetch order: nothing renders before the missing check below, and none is fetched twice.
+        resolution = resolve_for_job(
+            job, inputs, frames, self.path_map, self.progress, prefetch=True
+        )
         report.unresolved = [u.to_json() for u in resolution.unresolved]
         report.missing = [d.to_json() for d in resolution.missing]
         report.deps_count, report.bytes_needed = resolution.count, resolution.bytes_needed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +51,9 @@ class ResolveContext:
     # ``list_prefix`` of many prefixes at once, as concurrently as their storage gains from
     # (a manifest's folder lines); None: one after another.
     list_prefixes: Callable[[Sequence[str]], list[list[ObjectInfo]]] | None = None
+    # Start the stats of URLs the resolver will return, and return at once (their listings go
+    # out while it lists or reads more); None: they are stat'ed after the resolve.
+    stat_soon: Callable[[Iterable[str]], None] | None = None
 
     @functools.cached_property
     def scene_folder_url(self) -> str:
@@ -71,6 +74,7 @@ class ResolveContext:
             self.render_nodes,
             self._listings,
             self.list_prefixes,
+            self.stat_soon,
         )
 
     def names_in_folder(self, folder_url: str) -> list[str]:

@@ -69,14 +69,31 @@ def resolve_manifest(ctx: ResolveContext) -> Dependencies:
             line = _COMMENT.split(line, maxsplit=1)[0].strip()
         if line:
             entries.append((number, line))
-    listed = _list_folders(ctx, [line for _, line in entries if line.endswith("/")])
-    out = Dependencies()
+    # The file lines first (no request, but for UDIM tiles' folders), their stats started, then
+    # the folder lines' listings: both go out in one round trip, not one after the other.
+    files = Dependencies()
+    folders: list[tuple[int, int, int, str]] = []  # where each folder line's objects go
     for number, line in entries:
-        source = f"{ctx.scene_url}:{number}"
         if line.endswith("/"):
-            out.extend(prefix_dependencies(ctx, line, source, listed))
-        elif not add_plain_file(ctx, line, source, out):
-            out.extend(entry_dependencies(ctx, line, source))
+            folders.append((len(files.deps), len(files.unresolved), number, line))
+            continue
+        source = f"{ctx.scene_url}:{number}"
+        if not add_plain_file(ctx, line, source, files):
+            files.extend(entry_dependencies(ctx, line, source))
+    if ctx.stat_soon is not None and files.deps:
+        ctx.stat_soon(dep.url for dep in files.deps)
+    if not folders:
+        return files
+    listed = _list_folders(ctx, [line for _, _, _, line in folders])
+    out = Dependencies()
+    at, at_unresolved = 0, 0
+    for deps_end, unresolved_end, number, line in folders:  # in the manifest's order
+        out.deps.extend(files.deps[at:deps_end])
+        out.unresolved.extend(files.unresolved[at_unresolved:unresolved_end])
+        at, at_unresolved = deps_end, unresolved_end
+        out.extend(prefix_dependencies(ctx, line, f"{ctx.scene_url}:{number}", listed))
+    out.deps.extend(files.deps[at:])
+    out.unresolved.extend(files.unresolved[at_unresolved:])
     return out
 
 
