@@ -1,0 +1,179 @@
+"""Dependencies flow into fetching as soon as each one's stat is in, not after the whole
+resolve and stat: real ``jitrender run`` processes against fake-gcs-server behind the fault
+proxy, which holds one listing while the test watches what else goes on.
+
+The promises: with a sequence's listing held, the first download (a file every frame needs,
+known from its folder's listing) is already asked for; on a warm cache its workspace link is
+made meanwhile; no stage starts before every stat is in; the run still ends with the right
+outputs, fetching exactly the bytes it needs (cold) or none (warm). A manifest's folder
+listing and its sequences' listings go out together; a dependency missing from a sequence
+still fails the run with 65 before any stage runs, and a failed listing is retried."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import gcs_client, put_object
+from tests.faultproxy import MAX_HOLD_S, Fault, FaultProxy, Request, first_only
+from tests.renderjobs import (
+    RenderJob,
+    bucket_objects,
+    expected_output,
+    finish,
+    jitrender_env,
+    make_job,
+    run,
+    shared_lut,
+    start_run,
+    texture,
+    wait_for,
+)
+
+FRAMES = "1-10"  # ten frames of one sequence: one ranged listing, not ten stats
+# How long a test watches for what must happen while a request is held: well inside the
+# proxy's own ceiling on a hold, after which it lets the request go anyway.
+HOLD_CHECK_S = MAX_HOLD_S - 10
+
+
+def _manifest_job(root: Path, bucket: str) -> RenderJob:
+    """The shared job (a LUT every frame needs, a texture per frame), its dependencies named
+    by a manifest: a folder line (``shared/``, holding the LUT) and a sequence line."""
+    job = make_job(root, bucket, FRAMES, extra={"scene": f"{bucket}/scenes/shot.txt", "deps": []})
+    put_object(f"{bucket}/shared/lut.bin", shared_lut(job.texture_size))
+    lines = f"{bucket}/shared/\n{bucket}/assets/tex.####.bin\n"
+    put_object(f"{bucket}/scenes/shot.txt", lines.encode())
+    return job
+
+
+def _is_sequence_listing(request: Request) -> bool:
+    return "/storage/v1/b/" in request.path and "startOffset=assets/tex." in request.path
+
+
+def _is_folder_listing(request: Request) -> bool:
+    return "/storage/v1/b/" in request.path and "prefix=shared/" in request.path
+
+
+def _is_lut_download(request: Request) -> bool:
+    # A media GET (JSON API) or the XML API's /BUCKET/NAME; never a stat or a listing.
+    return "shared/lut.bin" in request.path and (
+        request.is_download or not request.path.startswith("/storage/")
+    )
+
+
+def _held(proxy: FaultProxy, matches: Callable[[Request], bool]) -> Fault:
+    """Hold the first request ``matches`` accepts until the test releases it (then forward it)."""
+    hold = Fault("hold", forward=True)
+    taken: list[Request] = []
+
+    def rule(request: Request) -> Fault | None:
+        if taken or not matches(request):
+            return None
+        taken.append(request)
+        return hold
+
+    proxy.rules.append(rule)
+    return hold
+
+
+def _outputs_right(job: RenderJob) -> None:
+    found = bucket_objects(job.bucket, "renders/")
+    for frame in job.frames:
+        name = f"renders/frame.{frame:04d}.txt"
+        assert found.get(name) is not None, sorted(found)
+        # The renderer reads its inputs sorted by path: assets/tex.* before shared/lut.bin.
+        read = texture(frame, job.texture_size) + shared_lut(job.texture_size)
+        assert found[name][1] == expected_output(frame, read), frame
+
+
+def test_the_first_download_goes_out_while_a_sequence_listing_is_still_held(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _manifest_job(tmp_path / "job", gcs_bucket)
+    hold = _held(proxy, _is_sequence_listing)
+    proc = start_run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    try:
+        assert hold.held.wait(30), "the sequence was never listed"
+        wait_for(lambda: any(map(_is_lut_download, proxy.requests)), timeout=HOLD_CHECK_S)
+        assert job.phases("start") == [], "a stage started before every stat was in"
+    finally:
+        hold.release.set()
+    code, out = finish(proc)
+    assert code == 0, out
+    report = json.loads((job.root / "report.json").read_text())
+    assert report["frames"]["done"] == job.frames
+    cache = report["cache"]
+    assert cache["bytes_fetched"] == report["deps"]["bytes_needed"] > 0, cache
+    _outputs_right(job)
+
+
+def test_a_warm_run_links_what_it_knows_while_a_listing_is_held_and_ends_right(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _manifest_job(tmp_path / "job", gcs_bucket)
+    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url)
+    code, out, _ = run(job, env=env)
+    assert code == 0, out
+    job.clear_phases()
+    hold = _held(proxy, _is_sequence_listing)
+    proc = start_run(job, "--rerender", env=env)
+    try:
+        assert hold.held.wait(30), "the sequence was never listed"
+        # The LUT (from the folder's listing) is linked from the cache meanwhile.
+        wait_for(
+            lambda: any((job.cache_dir / "runs").glob("*/inputs/**/shared/lut.bin")),
+            timeout=HOLD_CHECK_S,
+        )
+        assert job.phases("start") == [], "a stage started before every stat was in"
+    finally:
+        hold.release.set()
+    code, out = finish(proc)
+    assert code == 0, out
+    report = json.loads((job.root / "report.json").read_text())
+    assert report["frames"]["done"] == job.frames
+    cache = report["cache"]
+    assert cache["bytes_fetched"] == 0 and cache["hits"] == report["deps"]["count"], cache
+    _outputs_right(job)
+
+
+def test_a_manifests_folder_and_sequence_listings_go_out_together(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """The sequence's listing is asked before the folder's answers: one round trip, not two."""
+    job = _manifest_job(tmp_path / "job", gcs_bucket)
+    hold = _held(proxy, _is_folder_listing)
+    proc = start_run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    try:
+        assert hold.held.wait(30), "the folder was never listed"
+        wait_for(lambda: any(map(_is_sequence_listing, proxy.requests)), timeout=HOLD_CHECK_S)
+    finally:
+        hold.release.set()
+    code, out = finish(proc)
+    assert code == 0, out
+
+
+def test_a_frame_missing_from_a_sequence_fails_with_65_before_any_stage(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    job = _manifest_job(tmp_path / "job", gcs_bucket)
+    bucket = gcs_client().bucket(gcs_bucket[len("gs://") :])  # type: ignore[attr-defined]
+    bucket.blob("assets/tex.0007.bin").delete()
+    code, out, report = run(job)
+    assert code == 65, out
+    assert [d["url"] for d in report["deps"]["missing"]] == [f"{gcs_bucket}/assets/tex.0007.bin"]
+    assert job.phases("start") == [], "a stage ran with a dependency missing"
+    assert bucket_objects(job.bucket, "renders/") == {}
+
+
+def test_a_failed_sequence_listing_is_retried_and_the_run_ends_right(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _manifest_job(tmp_path / "job", gcs_bucket)
+    rule, failed = first_only(_is_sequence_listing, "503")
+    proxy.rules.append(rule)
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0, out
+    assert failed and sum(map(_is_sequence_listing, proxy.requests)) == 2
+    assert report["cache"]["bytes_fetched"] == report["deps"]["bytes_needed"]
+    _outputs_right(job)
