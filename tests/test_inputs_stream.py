@@ -12,6 +12,8 @@ still fails the run with 65 before any stage runs, and a failed listing is retri
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -177,3 +179,31 @@ def test_a_failed_sequence_listing_is_retried_and_the_run_ends_right(
     assert failed and sum(map(_is_sequence_listing, proxy.requests)) == 2
     assert report["cache"]["bytes_fetched"] == report["deps"]["bytes_needed"]
     _outputs_right(job)
+
+
+def test_sigterm_while_a_sequence_listing_hangs_exits_75_at_once_with_nothing_partial(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """The run waits for its stats while the prefetch has begun: a stop ends both, without
+    waiting for the listing, and leaves no partial download and no output."""
+    job = _manifest_job(tmp_path / "job", gcs_bucket)
+    hold = Fault("hold", forward=False)
+    proxy.rules.append(lambda request: hold if _is_sequence_listing(request) else None)
+    proc = start_run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    try:
+        assert hold.held.wait(30), "the sequence was never listed"
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code, out = finish(proc, timeout=30)
+        took = time.monotonic() - started
+    finally:
+        hold.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 75, out
+    assert took < 5, took  # not the listing's (held) answer, nor the stop's 12 s backstop
+    report = json.loads((job.root / "report.json").read_text())
+    assert report["status"] == "preempted", report
+    assert job.phases("start") == []
+    assert list((job.cache_dir / "tmp").glob("*")) == [], "a partial download was left"
+    assert bucket_objects(job.bucket, "renders/") == {}
