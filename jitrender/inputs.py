@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 from jitrender.cache import Cache, CacheResult
 from jitrender.deps import Dependency
 from jitrender.errors import JitrenderError, MissingDependencyError, Preempted
-from jitrender.paths import workspace_relstr
+from jitrender.paths import NAME_MAX, workspace_relstr
 from jitrender.progress import Progress, QuietProgress
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, Stores, with_retries
 from jitrender.transfer import InflightBudget, listing_ranges
@@ -53,6 +53,27 @@ class _BatchClaim(Future[Path]):
     def __init__(self) -> None:
         super().__init__()
         self.moved: list[tuple[str, Future[Path]]] = []
+
+
+class _LocalNames:
+    """``local_str(url)`` for many URLs, worked out once per folder: the folder's part is the
+    same for all its files, and a plain file name (no ``.``/``..``, short enough for any file
+    system) is only appended (checking every name of every path cost 5 µs per input)."""
+
+    def __init__(self, local_str: Callable[[str], str]) -> None:
+        self._local_str = local_str
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, url: str) -> str:
+        folder, _, name = url.rpartition("/")
+        plain = name not in ("", ".", "..") and len(name) <= NAME_MAX // 4
+        where = self._folders.get(folder) if plain else None
+        if where is not None:
+            return f"{where}/{name}"
+        local = self._local_str(url)  # every check, and the error for a name that fails one
+        if plain:
+            self._folders[folder] = local[: -len(name) - 1]
+        return local
 
 
 class Inputs:
@@ -485,12 +506,13 @@ class Inputs:
                 found = iter(())
             linking: list[tuple[str, ObjectInfo, str]] = []
             pairs: list[tuple[str, str]] = []
+            local = _LocalNames(self._local_str)
             for url, info in zip(urls, infos, strict=True):
                 cached = next(found, None) if info is not None else None
                 if info is None or cached is None:
                     continue
                 try:
-                    pairs.append((cached, self._local_str(url)))
+                    pairs.append((cached, local(url)))
                 except Exception as exc:
                     self._failed(url, self._move(claim, url), exc)
                     settled.add(url)

@@ -12,11 +12,17 @@ still fails the run with 65 before any stage runs, and a failed listing is retri
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from jitrender.errors import ObjectNameError
+from jitrender.inputs import _LocalNames
+from jitrender.paths import workspace_relstr
 from tests.conftest import gcs_client, put_object
 from tests.faultproxy import MAX_HOLD_S, Fault, FaultProxy, Request, first_only
 from tests.renderjobs import (
@@ -207,3 +213,20 @@ def test_sigterm_while_a_sequence_listing_hangs_exits_75_at_once_with_nothing_pa
     assert job.phases("start") == []
     assert list((job.cache_dir / "tmp").glob("*")) == [], "a partial download was left"
     assert bucket_objects(job.bucket, "renders/") == {}
+
+
+def test_workspace_names_worked_out_per_folder_equal_the_full_check() -> None:
+    """The pure part: the feed's per-folder shortcut gives every input the same place below
+    the workspace as the full check, and the same error for a name the workspace refuses."""
+
+    def full(url: str) -> str:
+        return os.path.join("/ws/inputs", workspace_relstr(url))
+
+    urls = [f"gs://b/seq/d{i // 3}/f{i:04d}.exr" for i in range(9)]
+    urls += ["gs://b/a/./x.bin", "gs://b/a//y.bin", "gs://b//z", "gs://b/a/.", "gs://b/a/"]
+    urls += ["file:///mnt/show/a.tx", "gs://b/a/x.bin", "gs://b/a/" + "n" * 70]
+    local = _LocalNames(full)
+    assert [local(url) for url in urls] == [full(url) for url in urls]
+    for bad in ("gs://b/a/../x.bin", "gs://b/a/" + "é" * 200):
+        with pytest.raises(ObjectNameError):
+            local(bad)
