@@ -40,6 +40,8 @@ _JOB_FILE_MAX = 1 << 20  # a job file is small; anything bigger is not one
 BODY_MAX = 1 << 20
 # How long the run waits for a download the head start has under way before doing its own.
 BODY_WAIT_S = 1.0
+# A manifest's listings made ahead, at most (a bigger one's are left to the run).
+LIST_AHEAD_MAX = 64
 
 
 class HeadStart:
@@ -66,6 +68,11 @@ class HeadStart:
         self._found: list[ObjectInfo] = []
         self._read = threading.Event()
         self._stated = threading.Event()
+        # A manifest scene's listings made ahead: its folder lines' (by prefix), and the stats
+        # its files' ranged listings found.
+        self._listed: dict[str, list[ObjectInfo]] = {}
+        self._list_stats: list[ObjectInfo] = []
+        self._listings_done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
 
     @classmethod
@@ -108,6 +115,10 @@ class HeadStart:
                         self._download(info)
                     self._fetching.discard(info.url)
             self._fetched.set()
+            for info in list(self._found):
+                with contextlib.suppress(Exception):  # the run lists for itself
+                    self._list_ahead(info)
+            self._listings_done.set()
             for store, url in stores:
                 with contextlib.suppress(Exception):
                     store.preconnect(url, PRECONNECT)
@@ -116,6 +127,7 @@ class HeadStart:
             self._stated.set()
             self._fetching = set()
             self._fetched.set()
+            self._listings_done.set()
 
     def _wants_body(self, info: ObjectInfo) -> bool:
         """Whether to download ``info`` ahead: small, checkable, and not in the node's cache
@@ -143,6 +155,65 @@ class HeadStart:
                 if stop.is_set() or time.monotonic() > deadline:
                     return None
         return self._bodies.pop((info.url, info.generation), None)
+
+    def _list_ahead(self, scene: ObjectInfo) -> None:
+        """For a small manifest scene (downloaded ahead, or in the node's cache): list its
+        ``gs://`` folder lines and its plain files' busy folders (ranged), as the run's
+        resolve and stat would, at most ``LIST_AHEAD_MAX`` requests at once."""
+        text = self._manifest_text(scene)
+        if text is None:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from jitrender.manifestlines import TOKEN_CHAR, manifest_entries
+        from jitrender.transfer import listing_ranges
+
+        lines = [line for _, line in manifest_entries(text) if line.startswith("gs://")]
+        folders = dict.fromkeys(line.rstrip("/") + "/" for line in lines if line.endswith("/"))
+        files = [line for line in lines if not line.endswith("/") and not TOKEN_CHAR.search(line)]
+        ranges = listing_ranges(files)
+        count = len(folders) + len(ranges)
+        if not count or count > LIST_AHEAD_MAX:
+            return
+        store = self.stores.for_url
+        with ThreadPoolExecutor(min(PRECONNECT, count)) as threads:
+            listed = {p: threads.submit(store(p).list, p, recursive=True) for p in folders}
+            ranged = [threads.submit(store(r[0]).list_range, *r) for r in ranges]
+        for prefix, future in listed.items():
+            if future.exception() is None:
+                self._listed[prefix] = future.result()
+        for future in ranged:
+            if future.exception() is None:
+                self._list_stats.extend(future.result())
+
+    def _manifest_text(self, info: ObjectInfo) -> str | None:
+        """A small manifest scene's text, from the body downloaded ahead or the node's cache;
+        None for any other scene or where neither holds it."""
+        if not info.url.endswith((".txt", ".manifest")) or info.size > BODY_MAX:
+            return None
+        body = self._bodies.get((info.url, info.generation))
+        if body is None and self.cache_dir is not None:
+            with contextlib.suppress(OSError):
+                body = Path(_cached_object(self.cache_dir, info)).read_bytes()
+        if body is None or len(body) != info.size:
+            return None
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def listings(
+        self, stop: threading.Event, timeout: float = BODY_WAIT_S
+    ) -> tuple[dict[str, list[ObjectInfo]], list[ObjectInfo]]:
+        """A manifest scene's listings made ahead: each folder line's objects (by prefix URL,
+        ending in ``/``; what :meth:`~jitrender.storage.Store.list` recursive returns), and the
+        stats its files' ranged listings found. Waits up to ``timeout`` seconds (not past
+        ``stop``); empty when they did not come in time."""
+        deadline = time.monotonic() + timeout
+        while not self._listings_done.wait(0.02):
+            if stop.is_set() or time.monotonic() > deadline:
+                return {}, []
+        return dict(self._listed), list(self._list_stats)
 
     def infos(self, stop: threading.Event, timeout: float = 5.0) -> list[ObjectInfo]:
         """The stats that came back, after waiting up to ``timeout`` seconds (not past

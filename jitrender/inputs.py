@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
@@ -108,6 +108,7 @@ class Inputs:
         self.fetched: list[ObjectInfo] = []  # downloaded by this run
         self.fetch_seconds = 0.0  # from the first prefetch to the last planned input linked
         self._known: dict[str, ObjectInfo] = {}
+        self._listed: dict[str, list[ObjectInfo]] = {}  # recursive listings taken (a head start's)
         self._held: Callable[[ObjectInfo], bytes | None] | None = None  # see hold()
         self._lock = threading.Lock()
         self._futures: dict[str, Future[Path]] = {}
@@ -156,6 +157,9 @@ class Inputs:
 
     def list_prefix(self, prefix: str, recursive: bool = True) -> list[ObjectInfo]:
         """The objects below ``prefix``; what it finds answers later :meth:`stat` calls."""
+        listed = self._listed.get(prefix) if recursive else None
+        if listed is not None:
+            return listed
         store = self.store(prefix)
         infos = with_retries(lambda: store.list(prefix, recursive=recursive), prefix, self.retry)
         self._remember(infos)
@@ -183,6 +187,14 @@ class Inputs:
         """Take stats made elsewhere this run (a head start's): :meth:`stat` of their URLs
         then asks storage nothing."""
         self._remember(infos)
+
+    def remember_listings(self, listed: Mapping[str, list[ObjectInfo]]) -> None:
+        """Take recursive listings made elsewhere this run (a head start's), by prefix URL:
+        :meth:`list_prefix` of those prefixes, and :meth:`stat` of what they hold, then ask
+        storage nothing."""
+        for prefix, infos in listed.items():
+            self._listed[prefix] = infos
+            self._remember(infos)
 
     def hold(self, body: Callable[[ObjectInfo], bytes | None]) -> None:
         """Take downloads made elsewhere this run (a head start's): ``body(info)`` is exactly

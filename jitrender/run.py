@@ -230,6 +230,9 @@ class JobRun:
             inputs.remember(self.options.head_start.infos(self.stop))
             head_start, stop = self.options.head_start, self.stop
             inputs.hold(lambda info: head_start.body(info, stop))
+            listed, stats = head_start.listings(stop)  # a manifest scene's, made ahead
+            inputs.remember_listings(listed)
+            inputs.remember(stats)
         resolution = self._resolve(inputs, todo)
         report.timings["resolve_s"] = time.monotonic() - t0
         plan = RunPlan.make(todo, resolution.deps, self.patterns, job.stages)

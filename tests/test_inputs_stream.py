@@ -230,3 +230,59 @@ def test_workspace_names_worked_out_per_folder_equal_the_full_check() -> None:
     for bad in ("gs://b/a/../x.bin", "gs://b/a/" + "é" * 200):
         with pytest.raises(ObjectNameError):
             local(bad)
+
+
+def _explicit_job(root: Path, bucket: str) -> RenderJob:
+    """The shared job, its manifest naming every file on its own line (no tokens): the LUT's
+    folder line and the ten textures, which a ranged listing of their folder answers."""
+    job = make_job(root, bucket, FRAMES, extra={"scene": f"{bucket}/scenes/shot.txt", "deps": []})
+    put_object(f"{bucket}/shared/lut.bin", shared_lut(job.texture_size))
+    lines = [f"{bucket}/shared/"] + [f"{bucket}/assets/tex.{f:04d}.bin" for f in job.frames]
+    put_object(f"{bucket}/scenes/shot.txt", "".join(f"{line}\n" for line in lines).encode())
+    return job
+
+
+def _is_outputs_listing(request: Request) -> bool:  # the resume step's: the run's first own
+    return "/storage/v1/b/" in request.path and "prefix=renders/" in request.path
+
+
+def _is_texture_listing(request: Request) -> bool:
+    return "/storage/v1/b/" in request.path and "prefix=assets/tex." in request.path
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_manifests_listings_are_made_once_while_the_run_still_imports(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy, warm: bool
+) -> None:
+    """The head start lists a small manifest's folder lines and its files' busy folders (from
+    the bytes it downloaded, or the cached scene) before the run's first request of its own;
+    the run asks storage for none of them again."""
+    job = _explicit_job(tmp_path / "job", gcs_bucket)
+    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url)
+    if warm:
+        code, out, _ = run(job, env=env)
+        assert code == 0, out
+        proxy.requests.clear()
+    code, out, report = run(job, *(["--rerender"] if warm else []), env=env)
+    assert code == 0, out
+    paths = [r.path for r in proxy.requests]
+    first_own = next(i for i, r in enumerate(proxy.requests) if _is_outputs_listing(r))
+    for kind in (_is_folder_listing, _is_texture_listing):
+        asked = [i for i, r in enumerate(proxy.requests) if kind(r)]
+        assert len(asked) == 1 and asked[0] < first_own, (kind.__name__, paths)
+    cache = report["cache"]
+    assert cache["bytes_fetched"] == (0 if warm else report["deps"]["bytes_needed"]), cache
+    _outputs_right(job)
+
+
+def test_a_head_start_listing_that_fails_is_made_again_by_the_run(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    job = _explicit_job(tmp_path / "job", gcs_bucket)
+    rule, failed = first_only(_is_folder_listing, "503")
+    proxy.rules.append(rule)
+    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    assert code == 0, out
+    assert failed and sum(map(_is_folder_listing, proxy.requests)) == 2
+    assert report["cache"]["bytes_fetched"] == report["deps"]["bytes_needed"]
+    _outputs_right(job)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import posixpath
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jitrender.deps import Dependencies, Dependency, Unresolved
+from jitrender.manifestlines import TOKEN_CHAR
 from jitrender.paths import PathMap, split_url, url_dirname
 from jitrender.sequences import (
     expand_frame,
@@ -19,9 +19,6 @@ from jitrender.sequences import (
     match_udim_tiles,
 )
 from jitrender.storage import ObjectInfo
-
-# Every token (frame, UDIM/UVTILE, view; see jitrender.sequences) starts with one of these.
-_TOKEN_CHAR = re.compile(r"[#@%$<{]")
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ def add_plain_file(
     """Add ``written`` to ``out`` as one file every frame needs (or as unresolved) when it
     holds no frame, tile or view token, and say whether it did; False: it may hold one, and
     :func:`file_dependencies` expands it. The fast path of a 100,000-line manifest."""
-    if _TOKEN_CHAR.search(written) is not None:
+    if TOKEN_CHAR.search(written) is not None:
         return False
     try:
         url = ctx.map(written, blender=blender, relative_to=relative_to)

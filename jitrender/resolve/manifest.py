@@ -5,17 +5,15 @@ is a prefix: every object below it is needed by every frame."""
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Mapping
 
 from jitrender.deps import Dependencies, Dependency, Unresolved
 from jitrender.errors import SceneParseError
+from jitrender.manifestlines import manifest_entries
 from jitrender.resolve import register
 from jitrender.resolve.base import ResolveContext, add_plain_file, file_dependencies
 from jitrender.sequences import parse_frames
 from jitrender.storage import ObjectInfo
-
-_COMMENT = re.compile(r"\s#")
 
 
 def prefix_dependencies(
@@ -59,16 +57,7 @@ def resolve_manifest(ctx: ResolveContext) -> Dependencies:
         raise SceneParseError(
             f"{ctx.scene_url}: byte {exc.start}: a manifest must be UTF-8 text"
         ) from None
-    entries = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        # A comment is a line starting with "#", or " #..." after a path: "####" is a token.
-        line = raw.strip()
-        if line.startswith("#"):
-            continue
-        if "#" in line:
-            line = _COMMENT.split(line, maxsplit=1)[0].strip()
-        if line:
-            entries.append((number, line))
+    entries = manifest_entries(text)
     # The file lines first (no request, but for UDIM tiles' folders), their stats started, then
     # the folder lines' listings: both go out in one round trip, not one after the other.
     files = Dependencies()
