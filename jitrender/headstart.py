@@ -209,6 +209,8 @@ class HeadStart:
         ending in ``/``; what :meth:`~jitrender.storage.Store.list` recursive returns), and the
         stats its files' ranged listings found. Waits up to ``timeout`` seconds (not past
         ``stop``); empty when they did not come in time."""
+        if not self._stated.is_set():  # the stats did not come (the run asks itself): nor these
+            return {}, []
         deadline = time.monotonic() + timeout
         while not self._listings_done.wait(0.02):
             if stop.is_set() or time.monotonic() > deadline:
