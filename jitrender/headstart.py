@@ -225,8 +225,11 @@ class HeadStart:
             return None
         body = self._bodies.get((info.url, info.generation))
         if body is None and self.cache_dir is not None:
-            with contextlib.suppress(OSError):
-                body = Path(_cached_object(self.cache_dir, info)).read_bytes()
+            with (
+                contextlib.suppress(OSError),
+                open(_cached_object(self.cache_dir, info), "rb") as f,
+            ):
+                body = f.read(BODY_MAX + 1)
         if body is None or len(body) != info.size:
             return None
         try:
