@@ -22,7 +22,6 @@ next run either completes from its uploaded outputs or renders again without ove
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import threading
@@ -206,9 +205,9 @@ class JobRun:
         if job.scene_url is None and not job.deps and job.resolver != "auto":
             raise ConfigError(f"{job.source}: resolver {job.resolver!r} needs a 'scene'")
         # A killed run's partial downloads, workspace (whose links pin cache entries) and agent
-        # folder go now, also when this run finds nothing to do.
-        with contextlib.suppress(OSError):
-            self.cache.clean_leftovers()
+        # folder go now, also when this run finds nothing to do: in the background (the run
+        # waits on storage meanwhile), over by the run's end.
+        self.cache.start_cleaning_leftovers()
         self.resumed = resumed = resume.decide(frames, self.markers, self.patterns, self.progress,
                                               rerender=self.options.rerender,
                                               overwrite=self.options.overwrite)  # fmt: skip
@@ -346,6 +345,8 @@ class JobRun:
         ``interrupted`` run are left for the retry, never failed."""
         assert self.uploader is not None and self.books is not None
         uploader, books, report = self.uploader, self.books, self.report
+        if self.run_dir is not None and not self.options.keep_workspace:
+            self.cache.clear_run_inputs(self.run_dir)  # the stages are over: no one reads them
         t0 = time.monotonic()
         uploader.sweep()
         flushed = False
@@ -410,6 +411,12 @@ class JobRun:
             self._logs.close(timeout=max(1.0, left) if self.stop.is_set() else 30.0)
             if not self.stop.is_set():
                 self._logs.ship_bytes("report.json", json.dumps(report.to_json()).encode())
+        # The leftovers' sweep begun at the start is over before the run ends (a stopping run
+        # waits within its flush budget).
+        stopping = self.stop.is_set()
+        self.cache.leftovers_cleaned(
+            self.stopping.remaining(self.options.flush_budget_s) if stopping else None
+        )
         if self.run_dir is not None:
             report.workspace = str(self.run_dir)
             self.cache.end_run_dir(self.run_dir, keep=self.options.keep_workspace)
