@@ -408,9 +408,11 @@ class JobRun:
         record_run(self.cache.root, self.job.display_name, report)
         if self._logs is not None:  # bounded when stopping: what is left of the flush budget
             left = self.stopping.remaining(self.options.flush_budget_s) - 1.0  # 1 s: the report
-            self._logs.close(timeout=max(1.0, left) if self.stop.is_set() else 30.0)
-            if not self.stop.is_set():
-                self._logs.ship_bytes("report.json", json.dumps(report.to_json()).encode())
+            if self.stop.is_set():
+                self._logs.close(timeout=max(1.0, left))
+            else:  # the report goes with the logs' last copy
+                shipped = {"report.json": json.dumps(report.to_json()).encode()}
+                self._logs.close(timeout=30.0, extra=shipped)
         # The leftovers' sweep begun at the start is over before the run ends (a stopping run
         # waits within its flush budget).
         stopping = self.stop.is_set()
