@@ -57,6 +57,8 @@ _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
 _FLOCK_FORMAT = "hhqqi4x"
 # An unnamed file in tmp/, linked into place once whole (Linux); 0 where there is none.
 _TMPFILE_FLAGS = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC if hasattr(os, "O_TMPFILE") else 0
+# The index's schema (every statement idempotent); bump the version with any change to it.
+_SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -186,8 +188,13 @@ class Cache:
         self._cleaner: threading.Thread | None = None  # start_cleaning_leftovers' sweep
         self.ranged = RangedDownloader()  # large objects: concurrent ranges on its own pool
         try:
-            # One write transaction, so the running total starts from a consistent sum.
-            self._connection().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+            conn = self._connection()
+            # Once per cache folder: the script sums every entry (30 ms at 300,000 of them).
+            if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                # One write transaction, so the running total starts from a consistent sum.
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
+                )
         except sqlite3.Error as exc:
             raise ConfigError(f"{self.root}/index.sqlite: cannot open cache index: {exc}") from None
 
