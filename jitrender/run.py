@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import json
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -53,9 +52,9 @@ from jitrender.joblogs import LogShipper, ship_run_logs
 from jitrender.markers import MarkerWriter, marker_prefix
 from jitrender.outputs import (
     OutputPatterns,
+    OutputsWatch,
     Uploader,
     collect_outputs,
-    import_watcher,
     why_not_uploaded,
 )
 from jitrender.paths import PathMap, workspace_relpath
@@ -146,6 +145,7 @@ class JobRun:
         self.agent: Agent | None = None
         self._mount: Any = None
         self._logs: LogShipper | None = None
+        self._outputs_watch: OutputsWatch | None = None  # started ahead of the uploader
         self.resumed = resume.Resume([], [])  # what the resume step left to do
 
     def execute(self) -> Report:
@@ -223,8 +223,9 @@ class JobRun:
         check_job(job, todo, Workspace(run_dir, scene, _job_dir(job)))  # 78 costs no transfer
         self.inputs = inputs = self._inputs(run_dir / "inputs")
         t0 = time.monotonic()
-        # The uploader's imports, meanwhile: the resolve mostly waits on storage.
-        threading.Thread(target=import_watcher, name="import-watcher", daemon=True).start()
+        # The uploader's watcher (its imports, its threads), meanwhile: the resolve mostly
+        # waits on storage.
+        self._outputs_watch = OutputsWatch(run_dir / "outputs").start_in_background()
         if self.options.head_start is not None:
             inputs.remember(self.options.head_start.infos(self.stop))
             head_start, stop = self.options.head_start, self.stop
@@ -306,7 +307,7 @@ class JobRun:
                                                  marker_prefix(self.job), self.job_hash,
                                                  self.job.stages[-1].name)  # fmt: skip
         self.uploader.on_stage_frame = books.stage_finished
-        self.uploader.start()
+        self.uploader.start(self._outputs_watch)
         resume.restore_stage_outputs(self.resumed.stages_done, self.markers, ws.outputs,
                                      self.uploader, self.progress)  # fmt: skip
 
@@ -405,6 +406,8 @@ class JobRun:
             self.agent.stop()
         if self.uploader is not None:
             self.uploader.close(wait=not self.stop.is_set())
+        if self._outputs_watch is not None:  # a run that ended before its uploader started
+            self._outputs_watch.stop()
         record_run(self.cache.root, self.job.display_name, report)
         if self._logs is not None:  # bounded when stopping: what is left of the flush budget
             left = self.stopping.remaining(self.options.flush_budget_s) - 1.0  # 1 s: the report
