@@ -531,10 +531,10 @@ class Uploader:
 
 
 class OutputsWatch:
-    """The watcher of an ``outputs/`` folder, started ahead of its :class:`Uploader` (in a
-    thread, while the run waits on storage: its imports and its three threads then cost the
-    run nothing); :meth:`Uploader.start` takes it over. What happens in the folder before
-    then is not told to anyone: nothing writes there before the uploader starts."""
+    """The watcher of an ``outputs/`` folder, started ahead of its :class:`Uploader` (by
+    :meth:`start_now` in a thread, while the run waits on storage: its imports and its three
+    threads then cost the run nothing); :meth:`Uploader.start` takes it over. What happens in
+    the folder before then is told to no one: nothing writes there before the uploader starts."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -544,11 +544,8 @@ class OutputsWatch:
         self._lock = threading.Lock()
         self._stopped = False
 
-    def start_in_background(self) -> OutputsWatch:
-        threading.Thread(target=self._start, name="outputs-watch", daemon=True).start()
-        return self
-
-    def _start(self) -> None:
+    def start_now(self) -> None:
+        """Start watching (in the calling thread); failures are left for the uploader."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             observer = _observe(self.folder, self)

@@ -1,4 +1,5 @@
-"""How a stage's process starts, seen from the stage and from the report (real runs, file://).
+"""How a stage's process starts, seen from the stage and from the report (real runs, file://),
+and the run's agent it talks to.
 
 The renderer is started without a fork of the run (util-linux ``setpriv`` sets its parent-death
 signal where it is there): it still sees its command line as written, the run as its parent and
@@ -73,3 +74,35 @@ def test_a_stage_that_cannot_start_fails_its_frame_with_the_reason(
     assert why == f"cannot start {str(tool)!r}: {expected}", why
     assert "Traceback" not in out
     assert os.path.exists(tmp_path / "job" / "report.json")
+
+
+FRAME_FILES = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import jitrender_client
+files = jitrender_client.Resolver().frame_files(int(sys.argv[2]))
+out = os.path.join(os.environ["JITRENDER_OUTPUTS"], f"frame.{int(sys.argv[2]):04d}.txt")
+open(out, "w").write(json.dumps(sorted(f["url"] for f in files if "local" in f)))
+"""
+
+
+def test_the_runs_agent_started_while_it_resolved_answers_a_frames_files(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    """The agent is started before the resolver's answer is in (while the run waits on
+    storage); a stage asking it for its frame's files gets the resolver's, local."""
+    from jitrender.agent import hooks_dir
+
+    script = tmp_path / "frame_files.py"
+    script.write_text(FRAME_FILES)
+    command = [sys.executable, str(script), str(hooks_dir()), "{frame}"]
+    job = make_job(tmp_path / "job", local_bucket, "1-2", texture_size=100,
+                   extra={"stages": [{"name": "render", "command": command}]})  # fmt: skip
+    code, out, _ = run(job)
+    assert code == 0, out
+    for frame in (1, 2):
+        text = Path(local_bucket.removeprefix("file://"), "renders", f"frame.{frame:04d}.txt")
+        assert json.loads(text.read_text()) == [
+            f"{local_bucket}/assets/lut.bin",
+            f"{local_bucket}/assets/tex.{frame:04d}.bin",
+        ]
