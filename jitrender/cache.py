@@ -57,6 +57,8 @@ _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
 _FLOCK_FORMAT = "hhqqi4x"
 # An unnamed file in tmp/, linked into place once whole (Linux); 0 where there is none.
 _TMPFILE_FLAGS = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC if hasattr(os, "O_TMPFILE") else 0
+# One object's fetch asks for its key several times (a sha256 each, ~1 us).
+_object_key = functools.lru_cache(maxsize=4096)(object_key)
 # The index's schema (every statement idempotent); bump the version with any change to it.
 _SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -202,7 +204,7 @@ class Cache:
 
     @staticmethod
     def key(info: ObjectInfo) -> str:
-        return object_key(info.url, info.generation)
+        return _object_key(info.url, info.generation)
 
     def object_path(self, info: ObjectInfo) -> Path:
         return Path(object_file(self._objects_dir, self.key(info)))  # one parse, not two joins
@@ -1133,7 +1135,6 @@ class Download:
             self._fd = None
 
 
-@functools.lru_cache(maxsize=4096)  # one object's fetch asks for its key four times
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
