@@ -795,9 +795,8 @@ class Cache:
 
     def clear_run_inputs(self, run_dir: Path) -> None:
         """Start removing ``run_dir``'s ``inputs/`` (a link per dependency: the bulk of a
-        workspace) in a thread, for a run whose stages are over, so that the unlinking overlaps
-        the uploads' tail; :meth:`end_run_dir` waits for it. Whatever still lands there
-        meanwhile goes with the rest of the folder."""
+        workspace) in a thread, for a run that no longer reads or links them, so that the
+        unlinking overlaps the rest of its end; :meth:`end_run_dir` waits for it."""
         thread = threading.Thread(
             target=shutil.rmtree,
             args=(run_dir / "inputs",),

@@ -371,8 +371,6 @@ class JobRun:
         ``interrupted`` run are left for the retry, never failed."""
         assert self.uploader is not None and self.books is not None
         uploader, books, report = self.uploader, self.books, self.report
-        if self.run_dir is not None and not self.options.keep_workspace:
-            self.cache.clear_run_inputs(self.run_dir)  # the stages are over: no one reads them
         t0 = time.monotonic()
         uploader.sweep()
         flushed = False
@@ -432,6 +430,9 @@ class JobRun:
                 self.agent = self._agent_ahead.result(timeout=5)
         if self.agent is not None:
             self.agent.stop()
+        if self.run_dir is not None and not self.options.keep_workspace:
+            # Nothing links or reads inputs any more: they go while the rest is flushed.
+            self.cache.clear_run_inputs(self.run_dir)
         if self.uploader is not None:
             self.uploader.close(wait=not self.stop.is_set())
         if self._outputs_watch is not None:  # a run that ended before its uploader started
