@@ -193,7 +193,10 @@ def _spawn_argv(argv: list[str], cwd: Path | None, env: Mapping[str, str]) -> li
     setpriv = _setpriv()
     if setpriv is None or not argv or not _executable(argv[0], cwd, env):
         return None
-    check = f'[ "$PPID" = {os.getpid()} ] && exec "$@"'  # the parent died before the setting
+    # The parent may have died before the setting took; the shell's own PWD is undone.
+    pwd = env.get("PWD")
+    keep = "unset PWD" if pwd is None else "export PWD='" + pwd.replace("'", "'\\''") + "'"
+    check = f'[ "$PPID" = {os.getpid()} ] || exit 1; {keep}; exec "$@"'
     return [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", check, "sh", *argv]
 
 

@@ -2,10 +2,11 @@
 and the run's agent it talks to.
 
 The renderer is started without a fork of the run (util-linux ``setpriv`` sets its parent-death
-signal where it is there): it still sees its command line as written, the run as its parent and
-SIGKILL as its parent-death signal (``tests/test_preemption.py`` kills a run mid-render and
-finds its renderer gone). A command that cannot start fails its frame with the reason, as it
-always did: not found, not executable, not a program.
+signal where it is there): it still sees its command line as written, its environment as the
+run gives it, the run as its parent and SIGKILL as its parent-death signal
+(``tests/test_preemption.py`` kills a run mid-render and finds its renderer gone). A command
+that cannot start fails its frame with the reason, as it always did: not found, not
+executable, not a program.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.renderjobs import finish, make_job, run, start_run
+from tests.renderjobs import finish, jitrender_env, make_job, run, start_run
 
 PROBE = r"""
 import ctypes, json, os, pathlib, sys
@@ -25,7 +26,8 @@ signal = ctypes.c_int(0)
 ctypes.CDLL(None, use_errno=True).prctl(2, ctypes.byref(signal), 0, 0, 0)  # PR_GET_PDEATHSIG
 out = pathlib.Path(os.environ["JITRENDER_OUTPUTS"]) / f"frame.{int(sys.argv[1]):04d}.txt"
 out.write_text(json.dumps({"argv": sys.argv, "ppid": os.getppid(), "pdeathsig": signal.value,
-                           "frames": os.environ["JITRENDER_FRAMES"]}))
+                           "frames": os.environ["JITRENDER_FRAMES"],
+                           "pwd": os.environ.get("PWD"), "odd": os.environ.get("ODD")}))
 """
 
 
@@ -38,7 +40,8 @@ def test_a_stage_sees_its_command_line_the_run_as_parent_and_dies_with_it(
     command = [sys.executable, str(probe), "{frame}", "as written"]
     job = make_job(tmp_path / "job", local_bucket, "1", texture_size=100,
                    extra={"stages": [{"name": "render", "command": command}]})  # fmt: skip
-    proc = start_run(job)
+    odd = 'it\'s "quoted" $HOME'
+    proc = start_run(job, env=jitrender_env(job, PWD="/not/the/stage's/cwd", ODD=odd))
     code, out = finish(proc)
     assert code == 0, out
     seen = json.loads(Path(local_bucket.removeprefix("file://"), "renders", "frame.0001.txt")
@@ -47,6 +50,7 @@ def test_a_stage_sees_its_command_line_the_run_as_parent_and_dies_with_it(
     assert seen["ppid"] == proc.pid
     assert seen["pdeathsig"] == 9  # SIGKILL
     assert seen["frames"] == "1"
+    assert (seen["pwd"], seen["odd"]) == ("/not/the/stage's/cwd", odd)  # its environment as given
 
 
 @pytest.mark.parametrize("kind", ["missing", "not_executable", "not_a_program"])
