@@ -193,6 +193,8 @@ def _spawn_argv(argv: list[str], cwd: Path | None, env: Mapping[str, str]) -> li
     setpriv = _setpriv()
     if setpriv is None or not argv or not _executable(argv[0], cwd, env):
         return None
+    if os.sep not in argv[0] and "PATH" not in env:  # the shell's default PATH is not Popen's
+        return None
     # The parent may have died before the setting took; the shell's own PWD is undone.
     pwd = env.get("PWD")
     keep = "unset PWD" if pwd is None else "export PWD='" + pwd.replace("'", "'\\''") + "'"
@@ -215,7 +217,7 @@ def _setpriv() -> str | None:
 
 def _executable(name: str, cwd: Path | None, env: Mapping[str, str]) -> bool:
     """Whether ``name`` (as Popen would find it: through ``env``'s PATH, or relative to
-    ``cwd``) is an executable script or ELF binary."""
+    ``cwd``) is an ELF binary or a script whose interpreter is there, executable."""
     if os.sep in name:
         candidates = [os.path.join(cwd or os.getcwd(), name)]
     else:
@@ -224,10 +226,13 @@ def _executable(name: str, cwd: Path | None, env: Mapping[str, str]) -> bool:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             try:
                 with open(path, "rb") as head:
-                    magic = head.read(4)
+                    start = head.read(256)
             except OSError:
                 return False
-            return magic == b"\x7fELF" or magic[:2] == b"#!"
+            if start[:2] != b"#!":
+                return start[:4] == b"\x7fELF"
+            words = start[2:].split(b"\n", 1)[0].split()  # a missing interpreter: Popen says so
+            return bool(words) and os.access(words[0], os.X_OK)
     return False
 
 

@@ -6,7 +6,7 @@ signal where it is there): it still sees its command line as written, its enviro
 run gives it, the run as its parent and SIGKILL as its parent-death signal
 (``tests/test_preemption.py`` kills a run mid-render and finds its renderer gone). A command
 that cannot start fails its frame with the reason, as it always did: not found, not
-executable, not a program.
+executable, not a program, an interpreter that is not there.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def test_a_stage_sees_its_command_line_the_run_as_parent_and_dies_with_it(
     assert (seen["pwd"], seen["odd"]) == ("/not/the/stage's/cwd", odd)  # its environment as given
 
 
-@pytest.mark.parametrize("kind", ["missing", "not_executable", "not_a_program"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "not_executable", "not_a_program", "missing_interpreter"]
+)
 def test_a_stage_that_cannot_start_fails_its_frame_with_the_reason(
     tmp_path: Path, local_bucket: str, kind: str
 ) -> None:
@@ -61,6 +63,9 @@ def test_a_stage_that_cannot_start_fails_its_frame_with_the_reason(
     if kind == "not_executable":
         tool.write_text("#!/bin/sh\nexit 0\n")
         tool.chmod(0o644)
+    elif kind == "missing_interpreter":
+        tool.write_text("#!/no/such/interpreter\nexit 0\n")
+        tool.chmod(0o755)
     elif kind == "not_a_program":
         tool.write_text("exit 0\n")  # no #! line: exec refuses it; no shell is guessed
         tool.chmod(0o755)
@@ -74,6 +79,7 @@ def test_a_stage_that_cannot_start_fails_its_frame_with_the_reason(
         "missing": "No such file or directory",
         "not_executable": "Permission denied",
         "not_a_program": "Exec format error",
+        "missing_interpreter": "No such file or directory",
     }[kind]
     assert why == f"cannot start {str(tool)!r}: {expected}", why
     assert "Traceback" not in out
