@@ -237,7 +237,8 @@ class JobRun:
             inputs.remember(stats)
         resolution = self._resolve(inputs, todo)
         report.timings["resolve_s"] = time.monotonic() - t0
-        plan = RunPlan.make(todo, resolution.deps, self.patterns, job.stages)
+        plan = RunPlan.make(todo, resolution.deps, self.patterns, job.stages,
+                            in_fetch_order=resolution.in_fetch_order)  # fmt: skip
         self.workspace = Workspace(run_dir, resolution.scene_local, _job_dir(job))
         self.workspace.create()
         self._logs = ship_run_logs(self.workspace.root / "logs", marker_prefix(job),
