@@ -22,7 +22,7 @@ import heapq
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
@@ -425,14 +425,25 @@ def listing_ranges(urls: list[str], min_group: int = 8) -> list[tuple[str, str, 
     longest common prefix of their names and the first and last of them. A store lists just
     that range (:meth:`Store.list_range`), so 10 frames of a 100,000-frame sequence cost one
     short listing whatever their numbers, instead of ten stats."""
+    return [listing for listing, _ in listing_groups(urls, min_group)[0]]
+
+
+def listing_groups(
+    urls: Iterable[str], min_group: int = 8
+) -> tuple[list[tuple[tuple[str, str, str], list[str]]], list[str]]:
+    """:func:`listing_ranges`' listings, each with the URLs of ``urls`` it covers, and the URLs
+    none covers (in one pass over ``urls``)."""
     by_folder: dict[str, list[str]] = {}
     for url in urls:
-        folder, _, name = url.rpartition("/")
-        by_folder.setdefault(folder, []).append(name)
+        by_folder.setdefault(url.rpartition("/")[0], []).append(url)
     ranges = []
-    for folder, names in by_folder.items():
-        if len(names) >= min_group:
+    alone: list[str] = []
+    for group in by_folder.values():
+        if len(group) >= min_group:
             # Character-wise on purpose: "plate.10" narrows a listing, path components cannot.
-            prefix = f"{folder}/{os.path.commonprefix(names)}"  # noqa: RUF071
-            ranges.append((prefix, f"{folder}/{min(names)}", f"{folder}/{max(names)}"))
-    return ranges
+            # (Of whole URLs: they share the folder and its "/", so it is the names' one.)
+            prefix = os.path.commonprefix(group)  # noqa: RUF071
+            ranges.append(((prefix, min(group), max(group)), group))
+        else:
+            alone.extend(group)
+    return ranges, alone
