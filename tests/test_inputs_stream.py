@@ -23,6 +23,7 @@ import pytest
 from jitrender.errors import ObjectNameError
 from jitrender.inputs import _LocalNames
 from jitrender.paths import workspace_relstr
+from jitrender.transfer import listing_groups, listing_ranges
 from tests.conftest import gcs_client, put_object
 from tests.faultproxy import MAX_HOLD_S, Fault, FaultProxy, Request, first_only
 from tests.renderjobs import (
@@ -286,3 +287,19 @@ def test_a_head_start_listing_that_fails_is_made_again_by_the_run(
     assert failed and sum(map(_is_folder_listing, proxy.requests)) == 2
     assert report["cache"]["bytes_fetched"] == report["deps"]["bytes_needed"]
     _outputs_right(job)
+
+
+def test_listing_groups_are_listing_ranges_with_the_urls_each_covers() -> None:
+    """The pure part: the stat's one pass over the URLs gives the listings listing_ranges
+    gives, each with exactly the URLs between its ends in its folder, and the rest alone."""
+    urls = [f"gs://b/plates/plate.{f:04d}.exr" for f in range(1001, 1011)]
+    urls += [f"gs://b/tex/t{i:02d}.tx" for i in range(8)] + ["gs://b/tex/sub/x.tx"]
+    urls += ["gs://b/lut.cube", "gs://b/a/one.bin", "gs://b/plates/other/plate.1001.exr"]
+    ranges, alone = listing_groups(urls)
+    assert [listing for listing, _ in ranges] == listing_ranges(urls)
+    assert ranges[0] == (
+        ("gs://b/plates/plate.10", "gs://b/plates/plate.1001.exr", "gs://b/plates/plate.1010.exr"),
+        urls[:10],
+    )
+    assert ranges[1][0][0] == "gs://b/tex/t0" and ranges[1][1] == urls[10:18]
+    assert sorted(alone) == sorted(urls[18:])
