@@ -325,17 +325,29 @@ class Cache:
             return None
         return path
 
-    def lookup_many(self, infos: Sequence[ObjectInfo]) -> list[str | None]:
+    def lookup_many(
+        self, infos: Sequence[ObjectInfo], *, indexed_only: bool = False
+    ) -> list[str | None]:
         """:meth:`lookup` of each of ``infos``, in order (as path strings), with one index query
-        for the lot instead of one per object (a warm run of 1,000 inputs)."""
-        wanted = [k for k in map(self.key, infos) if k not in self._known_keys]
+        for the lot instead of one per object (a warm run of 1,000 inputs). ``indexed_only``:
+        objects the index does not know are None without a look on disk (a cold run's are
+        then looked up once, by the fetch, under their lock, where a file the index does not
+        know is served if its bytes match, as here)."""
+        keys = list(map(self.key, infos))
+        known = self._known_keys
+        wanted = [k for k in keys if k not in known]
         if wanted:
             conn = self._connection()
             for start in range(0, len(wanted), 500):  # well below sqlite's 999 variables
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(f"SELECT key FROM entries WHERE key IN ({marks})", chunk)
-                self._known_keys.update(key for (key,) in rows)
+                known.update(key for (key,) in rows)
+        if indexed_only:
+            return [
+                self._lookup(info) if key in known else None
+                for info, key in zip(infos, keys, strict=True)
+            ]
         return [self._lookup(info) for info in infos]
 
     def _indexed(self, key: str) -> bool:

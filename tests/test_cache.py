@@ -3,7 +3,6 @@ rename-after-verify, identity by generation, and eviction that never breaks a ru
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -263,6 +262,11 @@ def test_batch_lookup_answers_as_one_by_one_lookups_do(tmp_path: Path, cache_dir
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_bytes(b"x" * infos[3].size)  # right size, wrong bytes, not indexed
     planted.chmod(0o400)
+    # A prefetch's look (indexed_only) leaves what the index does not know to the fetch's
+    # own lookup under its lock: no lstat of a cold object, and the planted file untouched.
+    early = Cache(cache_dir).lookup_many(infos, indexed_only=True)
+    assert early == [str(first.object_path(i)) for i in infos[:2]] + [None, None]
+    assert planted.exists()
     fresh = Cache(cache_dir)  # nothing known yet: the batch query does the work
     found = fresh.lookup_many(infos)
     assert found[:2] == [str(first.object_path(i)) for i in infos[:2]]
