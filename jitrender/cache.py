@@ -53,6 +53,7 @@ from jitrender.transport import route, verify
 Held = Callable[[], bytes | None] | None
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
+_HOLD_MUTEXES = 64  # in-process mutexes over the shared descriptor's stripes (_try_hold)
 # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), native layout.
 _FLOCK_FORMAT = "hhqqi4x"
 # An unnamed file in tmp/, linked into place once whole (Linux); 0 where there is none.
@@ -190,7 +191,8 @@ class Cache:
         self._tmpfile = bool(_TMPFILE_FLAGS)  # unnamed temp files, until one fails
         self._holds: dict[int, int] = {}  # stripe -> downloads holding it on _holds_fd
         self._holds_fd: int | None = None
-        self._holds_lock = threading.Lock()
+        self._holds_lock = threading.Lock()  # (opening _holds_fd)
+        self._hold_mutexes = [threading.Lock() for _ in range(_HOLD_MUTEXES)]
         self.ranged = RangedDownloader()  # large objects: concurrent ranges on its own pool
         try:
             # One write transaction, so the running total starts from a consistent sum.
@@ -406,28 +408,36 @@ class Cache:
         key has one download here), and unlocked when the last lets go (:meth:`_release_hold`).
         Other descriptors' locks (another process, eviction, the thread path) still conflict."""
         stripe = int(key[:5], 16)
+        fd = self._holds_fd if self._holds_fd is not None else self._open_holds_fd()
+        # The count and the lock of one stripe change together under its mutex, one of
+        # _HOLD_MUTEXES: one mutex for all, held across the fcntl (which lets go of the GIL),
+        # queued every writer and the loop behind whichever thread waited for the GIL.
+        with self._hold_mutexes[stripe % _HOLD_MUTEXES]:
+            held = self._holds.get(stripe, 0)
+            if not held:
+                request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, stripe, 1, 0)
+                try:
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EACCES):
+                        return False
+                    raise
+            self._holds[stripe] = held + 1
+            return True
+
+    def _open_holds_fd(self) -> int:
         with self._holds_lock:
-            if stripe in self._holds:
-                self._holds[stripe] += 1
-                return True
             if self._holds_fd is None:
                 flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                 self._holds_fd = os.open(self._stripes_file, flags, 0o600)
-            request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, stripe, 1, 0)
-            try:
-                fcntl.fcntl(self._holds_fd, fcntl.F_OFD_SETLK, request)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    return False
-                raise
-            self._holds[stripe] = 1
-            return True
+            return self._holds_fd
 
     def _release_hold(self, key: str) -> None:
         stripe = int(key[:5], 16)
-        with self._holds_lock:
-            self._holds[stripe] -= 1
-            if self._holds[stripe]:
+        with self._hold_mutexes[stripe % _HOLD_MUTEXES]:
+            held = self._holds[stripe] - 1
+            if held:
+                self._holds[stripe] = held
                 return
             del self._holds[stripe]
             assert self._holds_fd is not None
