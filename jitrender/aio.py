@@ -305,7 +305,8 @@ class AsyncFetcher:
             item = self._bodies.get()
             if item is None:
                 return
-            self._write(*item)
+            with contextlib.suppress(Exception):  # (its outcome is handed on, whatever it is)
+                self._write(*item)
 
     async def _room(self, size: int) -> None:
         """Wait while the bodies handed to the writers and not written yet pass
@@ -343,8 +344,10 @@ class AsyncFetcher:
             return
         finally:
             self._written(len(body))
-        self._end(download, result)
-        done(result)
+        try:
+            self._end(download, result)
+        finally:  # the file is in place: its caller hears so whatever the index does
+            done(result)
 
     def _fallback(self, store: Store, download: Download, done: Done) -> None:
         """On a pool thread: the thread path for a download the writer turned away."""
@@ -355,8 +358,10 @@ class AsyncFetcher:
             self._end(download, exc)
             done(exc)
             return
-        self._end(download, result, indexed=True)
-        done(result)
+        try:
+            self._end(download, result, indexed=True)
+        finally:
+            done(result)
 
     def _written(self, size: int) -> None:
         with self._record_lock:
