@@ -181,7 +181,8 @@ class Cache:
         self._object_dirs: dict[str, int] = {}
         self._stale_dirs: list[int] = []
         self._object_dirs_lock = threading.Lock()
-        weakref.finalize(self, _close_all, self._object_dirs, self._stale_dirs)
+        # Closed when the cache is collected, not at exit (a daemon thread may still link).
+        weakref.finalize(self, _close_all, self._object_dirs, self._stale_dirs).atexit = False
         self._made_folders: dict[str, tuple[int, int]] = {}  # workspace folder -> (dev, inode)
         self._known_keys: set[str] = set()  # keys seen in the index by this process
         self._db_local = threading.local()
