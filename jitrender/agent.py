@@ -156,10 +156,18 @@ class Agent:
             target=self._server.serve, name="jitrender-agent", daemon=True
         )
         self._thread.start()
+        self._log(f"started socket={self.socket_path}")
+        self.use_deps(self.deps)
+        return self
+
+    def use_deps(self, deps: Sequence[Dependency]) -> None:
+        """The resolver's dependencies (for an agent started before they were known; none
+        are asked for until a stage starts): linked libraries are fetched at once."""
+        self.deps = list(deps)
+        self._frames = sorted({f for d in self.deps for f in d.frames or ()})
         # Linked libraries must be local before Blender loads the scene.
         self.inputs.prefetch_urls(d.url for d in self.deps if d.url.lower().endswith(".blend"))
-        self._log(f"started socket={self.socket_path} deps={len(self.deps)}")
-        return self
+        self._log(f"deps={len(self.deps)}")
 
     def stop(self) -> None:
         if self._server is not None:

@@ -59,6 +59,8 @@ _FLOCK_FORMAT = "hhqqi4x"
 _TMPFILE_FLAGS = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC if hasattr(os, "O_TMPFILE") else 0
 # One object's fetch asks for its key several times (a sha256 each, ~1 us).
 _object_key = functools.lru_cache(maxsize=4096)(object_key)
+# The index's schema (every statement idempotent); bump the version with any change to it.
+_SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -184,10 +186,17 @@ class Cache:
         self._holds: dict[int, int] = {}  # stripe -> downloads holding it on _holds_fd
         self._holds_fd: int | None = None
         self._holds_lock = threading.Lock()
+        self._clearing: dict[str, threading.Thread] = {}  # run folder -> its inputs' removal
+        self._cleaner: threading.Thread | None = None  # start_cleaning_leftovers' sweep
         self.ranged = RangedDownloader()  # large objects: concurrent ranges on its own pool
         try:
-            # One write transaction, so the running total starts from a consistent sum.
-            self._connection().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+            conn = self._connection()
+            # Once per cache folder: the script sums every entry (30 ms at 300,000 of them).
+            if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                # One write transaction, so the running total starts from a consistent sum.
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
+                )
         except sqlite3.Error as exc:
             raise ConfigError(f"{self.root}/index.sqlite: cannot open cache index: {exc}") from None
 
@@ -784,12 +793,32 @@ class Cache:
         if total > self.max_bytes:
             self.evict_to(self.max_bytes, keep=keep)
 
+    def clear_run_inputs(self, run_dir: Path) -> None:
+        """Start removing ``run_dir``'s ``inputs/`` (a link per dependency: the bulk of a
+        workspace) in a thread, for a run that no longer reads or links them, so that the
+        unlinking overlaps the rest of its end; :meth:`end_run_dir` waits for it."""
+        thread = threading.Thread(
+            target=shutil.rmtree,
+            args=(run_dir / "inputs",),
+            kwargs={"ignore_errors": True},
+            name="clear-inputs",
+            daemon=True,
+        )
+        with self._inflight_lock:
+            self._clearing[str(run_dir)] = thread
+        thread.start()
+
     def end_run_dir(self, run_dir: Path, *, keep: bool) -> None:
         """A run's folder (from :meth:`new_run_dir`) goes, or with ``keep`` is marked kept
         (later runs on the node leave it alone; ``cache prune`` removes it); then the cache
-        evicts to its cap, now that the run's links are gone."""
+        evicts to its cap, now that the run's links are gone. The held ``run.lock`` goes
+        last: a run killed meanwhile leaves a folder that its free lock shows to be dead."""
+        with self._inflight_lock:
+            clearing = self._clearing.pop(str(run_dir), None)
+        if clearing is not None:
+            clearing.join()
         if not keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            remove_workspace(run_dir)
         else:
             with contextlib.suppress(OSError):
                 (run_dir / KEPT_FILE).touch()
@@ -943,6 +972,28 @@ class Cache:
             "dead_agent_folders_removed": agents,
         }
 
+    def start_cleaning_leftovers(self) -> None:
+        """:meth:`clean_leftovers` in a thread (its errors ignored, as a run ignores them), for
+        a run that waits on storage meanwhile: as safe as another run's cleaner running at the
+        same time, which every lock here already allows for. :meth:`leftovers_cleaned` waits."""
+
+        def clean() -> None:
+            with contextlib.suppress(OSError):
+                self.clean_leftovers()
+
+        self._cleaner = threading.Thread(target=clean, name="clean-leftovers", daemon=True)
+        self._cleaner.start()
+
+    def leftovers_cleaned(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) for :meth:`start_cleaning_leftovers`' sweep;
+        whether it is over (True when none was started)."""
+        if self._cleaner is not None:
+            self._cleaner.join(timeout)
+            if self._cleaner.is_alive():
+                return False
+            self._cleaner = None
+        return True
+
     def _dead_agent_folders(self) -> Iterator[Path]:
         """``$TMPDIR/jitrender-agent-*`` folders (socket and session of a run's agent, kept in
         the temp folder for the socket path's ~107-byte limit) whose run is gone: a killed run
@@ -990,8 +1041,12 @@ class Cache:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
         run_dir = self.runs / f"{safe}-{os.getpid()}-{random.getrandbits(32):08x}"
         run_dir.mkdir(mode=0o700)
-        fd = os.open(run_dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # Locked under another name, then renamed: ``run.lock`` is never there unlocked, which
+        # a cleaner (another run's, or this one's in the background) would take for dead.
+        fresh = run_dir / "run.lock.new"
+        fd = os.open(fresh, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(fresh, run_dir / "run.lock")
         return run_dir, fd
 
 
@@ -1135,6 +1190,31 @@ KEPT_FILE = "kept"  # in a workspace: kept for debugging, removed only by prune 
 
 def _is_key(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def remove_workspace(run_dir: Path) -> None:
+    """Remove a workspace, its ``run.lock`` last (see :meth:`Cache.end_run_dir`); quietly."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return
+    for name in names:
+        if name == "run.lock":
+            continue
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(run_dir, "run.lock"))
+    try:
+        os.rmdir(run_dir)
+    except FileNotFoundError:
+        pass
+    except OSError:  # something landed meanwhile (a renderer's straggler)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run_is_live(run_dir: Path) -> bool:

@@ -13,11 +13,13 @@ within a bounded time); each copy replaces the last (generation-matched).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
@@ -81,26 +83,55 @@ class LogShipper:
     def ship(self) -> None:
         """Copy every log that changed since its last copy."""
         with self._lock:
-            if not self.logs_dir.is_dir():
-                return
-            for path in sorted(self.logs_dir.iterdir()):
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
-                state = (st.st_size, st.st_mtime_ns)
-                if not path.is_file() or self._shipped.get(path.name) == state:
-                    continue
-                url = self.prefix_url + path.name
-                try:
-                    self._put(path, url)
-                except (JitrenderError, OSError) as exc:
-                    if self.warn is not None:
-                        self.warn(f"log {path.name} not copied to {url}: {exc}")
-                    continue
-                self._shipped[path.name] = state
-                if url not in self.urls:
-                    self.urls.append(url)
+            for path, state in self._changed():
+                self._ship_log(path, state)
+
+    def _changed(self) -> list[tuple[Path, tuple[int, int]]]:
+        """The logs that changed since their last copy, with their (size, mtime)."""
+        if not self.logs_dir.is_dir():
+            return []
+        changed = []
+        for path in sorted(self.logs_dir.iterdir()):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            state = (st.st_size, st.st_mtime_ns)
+            if stat.S_ISREG(st.st_mode) and self._shipped.get(path.name) != state:
+                changed.append((path, state))
+        return changed
+
+    def _ship_log(self, path: Path, state: tuple[int, int]) -> None:
+        url = self.prefix_url + path.name
+        try:
+            self._put(path, url)
+        except (JitrenderError, OSError) as exc:
+            if self.warn is not None:
+                self.warn(f"log {path.name} not copied to {url}: {exc}")
+            return
+        self._shipped[path.name] = state
+        if url not in self.urls:
+            self.urls.append(url)
+
+    def _ship_final(self, extra: Mapping[str, bytes]) -> None:
+        """The last copy: every changed log and each of ``extra`` (name -> bytes), all at
+        once (each is a request of its own: one round trip in all, not one each)."""
+        with self._lock:
+            jobs: list[Callable[[], None]] = [
+                functools.partial(self._ship_log, path, state) for path, state in self._changed()
+            ]
+            jobs += [functools.partial(self.ship_bytes, name, data) for name, data in extra.items()]
+            # Daemon threads (not a pool's): a copy that hangs must not hold the process's exit.
+            lanes = [jobs[i::8] for i in range(min(len(jobs), 8))]
+            threads = [
+                threading.Thread(target=_run_all, args=(lane,), name="log-ship", daemon=True)
+                for lane in lanes[1:]
+            ]
+            for thread in threads:
+                thread.start()
+            _run_all(lanes[0] if lanes else [])
+            for thread in threads:
+                thread.join()
 
     def ship_bytes(self, name: str, data: bytes) -> None:
         """Store a small file (the report) next to the logs; failures only warn."""
@@ -119,16 +150,27 @@ class LogShipper:
     def _put(self, path: Path, url: str) -> None:
         with_retries(lambda: self.store.put_if_absent(path, url, overwrite=True), url, self.retry)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop the ticker and copy what changed one last time, in at most ``timeout``
+    def close(self, timeout: float | None = None, extra: Mapping[str, bytes] | None = None) -> None:
+        """Stop the ticker and copy what changed one last time, with ``extra`` (name -> bytes,
+        e.g. the report: as :meth:`ship_bytes`) next to the logs, in at most ``timeout``
         seconds (a stopping run must keep its deadline; the copy goes on in the background)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
             self._thread = None
-        final = threading.Thread(target=self.ship, name="log-shipper-final", daemon=True)
+        final = threading.Thread(
+            target=self._ship_final,
+            args=(dict(extra or {}),),
+            name="log-shipper-final",
+            daemon=True,
+        )
         final.start()
         final.join(timeout=timeout)
+
+
+def _run_all(jobs: list[Callable[[], None]]) -> None:
+    for job in jobs:
+        job()
 
 
 def ship_run_logs(

@@ -184,16 +184,16 @@ class Uploader:
 
     # -- watching ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        from watchdog.observers import Observer  # here: status and deps never watch
-
+    def start(self, watch: OutputsWatch | None = None) -> None:
+        """Start watching ``outputs/``: through ``watch`` (started ahead, on the same folder)
+        where it is running, else with a watcher of its own."""
+        if watch is not None:
+            observer = watch.attach(self)
+            if observer is not None:
+                self._observer = observer
+                return
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
-        handler = _handler(self)
-        observer = Observer()
-        observer.schedule(handler, str(self.outputs_dir), recursive=True)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        self._observer = _observe(self.outputs_dir, self)
 
     def stop_watching(self) -> None:
         if self._observer is not None:
@@ -530,14 +530,79 @@ class Uploader:
         )
 
 
-def import_watcher() -> None:
-    """Import the watching machinery :meth:`Uploader.start` uses (watchdog's: ~20 ms of CPU),
-    e.g. in a thread while the run waits on storage, so that the start itself does not."""
-    import watchdog.events
-    import watchdog.observers  # noqa: F401
+class OutputsWatch:
+    """The watcher of an ``outputs/`` folder, started ahead of its :class:`Uploader` (by
+    :meth:`start_now` in a thread, while the run waits on storage: its imports and its three
+    threads then cost the run nothing); :meth:`Uploader.start` takes it over. What happens in
+    the folder before then is told to no one: nothing writes there before the uploader starts."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._target: Uploader | None = None
+        self._observer: Any = None
+        self._started = threading.Event()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def start_now(self) -> None:
+        """Start watching (in the calling thread); failures are left for the uploader."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            observer = _observe(self.folder, self)
+        except Exception:  # the uploader starts its own and says what is wrong
+            return
+        finally:
+            self._started.set()
+        with self._lock:
+            self._observer = observer
+            if not self._stopped:
+                return
+        self._stop_observer(observer)
+
+    def attach(self, uploader: Uploader) -> Any:
+        """Tell ``uploader`` of this folder's events from now on; the running observer (its
+        :meth:`Uploader.stop_watching` stops it), or None when this watch did not start."""
+        self._started.wait()
+        with self._lock:
+            self._target = uploader
+            return None if self._stopped else self._observer
+
+    def stop(self) -> None:
+        """Stop the watcher unless an uploader took it over (which stops it)."""
+        with self._lock:
+            if self._target is not None or self._stopped:
+                return
+            self._stopped = True
+            observer, self._observer = self._observer, None
+        if observer is not None:
+            self._stop_observer(observer)
+
+    @staticmethod
+    def _stop_observer(observer: Any) -> None:
+        observer.stop()
+        observer.join(timeout=5)
+
+    def closed(self, path: Path) -> None:
+        if self._target is not None:
+            self._target.closed(path)
+
+    def renamed(self, path: Path) -> None:
+        if self._target is not None:
+            self._target.renamed(path)
 
 
-def _handler(uploader: Uploader) -> Any:
+def _observe(folder: Path, target: Uploader | OutputsWatch) -> Any:
+    """A started watchdog observer of ``folder`` (recursive) telling ``target``."""
+    from watchdog.observers import Observer  # here: status and deps never watch
+
+    observer = Observer()
+    observer.schedule(_handler(target), str(folder), recursive=True)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+def _handler(uploader: Uploader | OutputsWatch) -> Any:
     """The watchdog handler that tells ``uploader`` of closed and renamed files (defined
     here, with watchdog's import, when a run starts watching)."""
     from watchdog.events import (

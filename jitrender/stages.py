@@ -4,7 +4,9 @@ signal that reaches every process the renderer started."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,16 +84,17 @@ def run_invocation(
     with open(log, "ab") as sink:
         sink.write(f"$ {' '.join(invocation.argv)}\n".encode())
         sink.flush()
+        fast = _spawn_argv(invocation.argv, invocation.cwd, full_env)
         try:
             proc = subprocess.Popen(
-                invocation.argv,
+                invocation.argv if fast is None else fast,
                 cwd=invocation.cwd,
                 env=full_env,
                 stdin=subprocess.DEVNULL,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: signals reach its children too
-                preexec_fn=_die_with_parent(),
+                preexec_fn=_die_with_parent() if fast is None else None,
             )
         except OSError as exc:
             return StageOutcome(
@@ -178,6 +181,59 @@ def _die_with_parent() -> Callable[[], None] | None:
             kill(0, sigkill)
 
     return arm
+
+
+def _spawn_argv(argv: list[str], cwd: Path | None, env: Mapping[str, str]) -> list[str] | None:
+    """``argv`` behind util-linux's ``setpriv --pdeathsig KILL`` and a shell that execs it only
+    while this process is still its parent: what :func:`_die_with_parent` does, without a
+    ``preexec_fn``, so Popen can vfork instead of fork (a fork copies this process's page
+    tables: 3-12 ms a stage). None where either is missing, or ``argv[0]`` is not an
+    executable file with a ``#!`` line or an ELF header now; then the stage starts the way it
+    always did, with the errors it always had."""
+    setpriv = _setpriv()
+    if setpriv is None or not argv or not _executable(argv[0], cwd, env):
+        return None
+    if os.sep not in argv[0] and "PATH" not in env:  # the shell's default PATH is not Popen's
+        return None
+    # The parent may have died before the setting took; the shell's own PWD is undone.
+    pwd = env.get("PWD")
+    keep = "unset PWD" if pwd is None else "export PWD='" + pwd.replace("'", "'\\''") + "'"
+    check = f'[ "$PPID" = {os.getpid()} ] || exit 1; {keep}; exec "$@"'
+    return [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", check, "sh", *argv]
+
+
+@functools.lru_cache(maxsize=1)
+def _setpriv() -> str | None:
+    """The ``setpriv`` that knows ``--pdeathsig`` (util-linux >= 2.33), or None."""
+    if not sys.platform.startswith("linux") or not os.access("/bin/sh", os.X_OK):
+        return None
+    found = shutil.which("setpriv")
+    try:
+        with open(found or "", "rb") as binary:
+            return found if b"pdeathsig" in binary.read(1 << 20) else None
+    except OSError:
+        return None
+
+
+def _executable(name: str, cwd: Path | None, env: Mapping[str, str]) -> bool:
+    """Whether ``name`` (as Popen would find it: through ``env``'s PATH, or relative to
+    ``cwd``) is an ELF binary or a script whose interpreter is there, executable."""
+    if os.sep in name:
+        candidates = [os.path.join(cwd or os.getcwd(), name)]
+    else:
+        candidates = [os.path.join(folder, name) for folder in os.get_exec_path(dict(env))]
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            try:
+                with open(path, "rb") as head:
+                    start = head.read(256)
+            except OSError:
+                return False
+            if start[:2] != b"#!":
+                return start[:4] == b"\x7fELF"
+            words = start[2:].split(b"\n", 1)[0].split()  # a missing interpreter: Popen says so
+            return bool(words) and os.access(words[0], os.X_OK)
+    return False
 
 
 def terminate_group(proc: subprocess.Popen[bytes], grace: float | None = None) -> None:

@@ -138,3 +138,34 @@ def test_an_agent_folder_killed_before_its_first_write_is_reclaimed_once_a_minut
     env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), TMPDIR=str(short_tmpdir))
     assert _cache_cli(env, "prune")["dead_agent_folders_removed"] == 1
     assert not old.exists() and young.is_dir()
+
+
+def test_a_workspace_its_run_was_killed_while_removing_is_reclaimed_by_the_next_run(
+    tmp_path: Path, local_bucket: str, short_tmpdir: Path
+) -> None:
+    """A run removes its workspace's inputs (the links that pin cache entries) while its
+    uploads finish, then the rest, ``run.lock`` last. Killed half way, it leaves a folder whose
+    free lock says dead (or, past the lock, an empty folder): the next run reclaims it, and the
+    entries it pinned can be evicted again."""
+    cache_dir = tmp_path / "cache"
+    job = make_job(tmp_path / "job", local_bucket, "1-2", texture_size=2000)
+    env = jitrender_env(job, JITRENDER_CACHE_DIR=str(cache_dir), TMPDIR=str(short_tmpdir))
+    code, out, report = run(job, "--keep-workspace", env=env)
+    assert code == 0, out
+    half = Path(str(report["workspace"]))
+    (half / "kept").unlink()
+    linked = sorted(p for p in (half / "inputs").rglob("*") if p.is_file())
+    assert len(linked) == 3 and (half / "run.lock").exists()
+    linked[0].unlink()  # killed part way through the inputs
+    shutil.rmtree(half / "outputs")
+    past_lock = cache_dir / "runs" / "killed-past-its-lock"
+    past_lock.mkdir()  # killed between the lock's unlink and the folder's
+    os.utime(past_lock, (time.time() - 120, time.time() - 120))
+    assert _cache_cli(env, "stats")["pinned_bytes"] == 2 * 2000
+    code, out, report = run(job, "--rerender", "--frames", "2", env=env, report="again.json")
+    assert code == 0, out
+    assert report["frames"]["done"] == [2]
+    assert list((cache_dir / "runs").iterdir()) == []  # its own workspace is gone too
+    assert not Path(str(report["workspace"])).exists()
+    assert _cache_cli(env, "stats")["pinned_bytes"] == 0
+    assert _cache_cli(env, "verify")["bad"] == 0
