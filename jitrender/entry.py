@@ -2,8 +2,10 @@
 
 ``jitrender run`` holds SIGTERM/SIGINT before anything slow is imported (typer, the run's
 modules) and before the job is loaded, so the process never dies by the signal itself (see
-:mod:`jitrender.stopping`), starts its first storage requests (:mod:`jitrender.headstart`);
-then the CLI runs. Every other command starts as it always did.
+:mod:`jitrender.stopping`), starts its first storage requests (:mod:`jitrender.headstart`: its
+thread starts a few milliseconds in and imports its storage client while the process waits);
+then the CLI runs, without garbage collection until the run's modules are imported
+(:func:`imports_done`). Every other command starts as it always did.
 
 When the command is over the process ends at once with its exit code: stdout and stderr
 flushed and ``atexit`` handlers run, as at any exit, but without the interpreter's teardown
@@ -33,7 +35,7 @@ def main() -> None:
         # thread imports its HTTP client alone first (the run's own anyway): shared with
         # typer's import, the first request went out ~50 ms later.
         head_start = HeadStart.for_run_args(sys.argv[2:]).start()
-        head_start.imported.wait(1.0)
+        head_start.imported.wait(5.0)  # imports only: bounded against the unforeseen
     from jitrender.cli import main as cli_main
 
     try:
