@@ -24,8 +24,11 @@ def main() -> None:
         stop = Stop().hold()
         from jitrender.headstart import HeadStart
 
-        # The scene's stat and connections, while typer and the run's modules import.
+        # The scene's stat and connections, while typer and the run's modules import. Its
+        # thread imports its HTTP client alone first (the run's own anyway): shared with
+        # typer's import, the first request went out ~50 ms later.
         head_start = HeadStart.for_run_args(sys.argv[2:]).start()
+        head_start.imported.wait(1.0)
     from jitrender.cli import main as cli_main
 
     try:

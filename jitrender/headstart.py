@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import threading
 import time
-from collections.abc import Sequence
-from pathlib import Path
 
-from jitrender.cachelayout import default_cache_dir, object_file, object_key
-from jitrender.storage import ObjectInfo, Stores, crc32c_of_bytes
+TYPE_CHECKING = False  # typing's constant, not its import: see jitrender.stopping
+if TYPE_CHECKING:  # the thread imports them: the process's first milliseconds start it
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from jitrender.storage import ObjectInfo, Stores
 
 # Connections open ahead for the listings the resolve runs at once (one per busy folder, on
 # up to 16 threads: Inputs' default workers).
@@ -44,36 +45,54 @@ BODY_WAIT_S = 1.0
 
 class HeadStart:
     """Stats ``urls``, or the scenes that the job files among ``job_files`` name (and opens
-    connections to their storage), in a background thread, through ``stores``, which the run
-    then uses for everything else (the connections are in its pools)."""
+    connections to their storage), in a background thread, through ``stores`` (created on
+    first use where not given), which the run then uses for everything else (the connections
+    are in its pools)."""
 
     def __init__(
         self,
-        stores: Stores,
+        stores: Stores | None = None,
         *,
         urls: Sequence[str] = (),
         job_files: Sequence[str] = (),
         cache_dir: Path | None = None,
     ) -> None:
-        self.stores = stores
-        self.job_files = [Path(f) for f in job_files]
+        self._stores = stores
+        self._stores_lock = threading.Lock()
+        self._job_files: Sequence[str] = job_files
         # The node cache the run will use, where known: small scenes it lacks are downloaded.
         self.cache_dir = cache_dir
+        self._run_args: Sequence[str] | None = None  # ``jitrender run``'s, read by the thread
         self._bodies: dict[tuple[str, str], bytes] = {}  # (url, generation) -> checked bytes
         self._fetching: set[str] = set()  # URLs whose download is under way
         self._fetched = threading.Event()
         self._asked: list[str] = list(urls)  # what the thread stats, once it has read the files
         self._found: list[ObjectInfo] = []
         self._read = threading.Event()
+        # Set once the thread holds what its first request needs (the storage code, the
+        # HTTP client), before any request: the process's other imports wait for it.
+        self.imported = threading.Event()
         self._stated = threading.Event()
         self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
 
     @classmethod
     def for_run_args(cls, args: Sequence[str]) -> HeadStart:
         """A head start for ``jitrender run ARGS``: the job file is one of the arguments that
-        are files (which one only typer knows yet: option values are files too)."""
-        files = [a for a in args if not a.startswith("-")]
-        return cls(Stores(), job_files=files, cache_dir=_cache_dir_of(args, files))
+        are files (which one only typer knows yet: option values are files too). Cheap: the
+        thread reads the files and imports the storage code."""
+        head_start = cls()
+        head_start._run_args = list(args)
+        return head_start
+
+    @property
+    def stores(self) -> Stores:
+        """The stores the head start's requests go through (the run's from then on)."""
+        with self._stores_lock:
+            if self._stores is None:
+                from jitrender.storage import Stores
+
+                self._stores = Stores()
+            return self._stores
 
     def start(self) -> HeadStart:
         self._thread.start()
@@ -87,9 +106,19 @@ class HeadStart:
 
     def _run(self) -> None:
         try:
+            if self._run_args is not None:
+                files = [a for a in self._run_args if not a.startswith("-")]
+                self._job_files = files
+                self.cache_dir = _cache_dir_of(self._run_args, files)
             if not self._asked:
-                self._asked = _scenes_named(self.job_files)
+                self._asked = _scenes_named(self._job_files)
             self._read.set()
+            if any(url.startswith("gs://") for url in self._asked):
+                with contextlib.suppress(ImportError):  # the run says what is missing
+                    import urllib3  # noqa: F401  (gs:// reads' HTTP client: most of the wait)
+
+                    from jitrender.storage import GCSStore  # noqa: F401
+            self.imported.set()
             stores = []
             for url in self._asked:
                 # Any failure is left to the run, which asks again with its retries.
@@ -113,6 +142,7 @@ class HeadStart:
                     store.preconnect(url, PRECONNECT)
         finally:
             self._read.set()
+            self.imported.set()
             self._stated.set()
             self._fetching = set()
             self._fetched.set()
@@ -125,6 +155,8 @@ class HeadStart:
         return not os.path.lexists(_cached_object(self.cache_dir, info))
 
     def _download(self, info: ObjectInfo) -> None:
+        from jitrender.storage import crc32c_of_bytes
+
         sink = _Capped(info.size)
         self.stores.for_url(info.url).download(info, sink)  # type: ignore[arg-type]
         body = b"".join(sink.pieces)
@@ -180,6 +212,8 @@ class _Capped:
 def _cached_object(root: Path, info: ObjectInfo) -> str:
     """Where the cache at ``root`` keeps ``info`` (:meth:`jitrender.cache.Cache.object_path`'s
     layout), without importing the cache's modules in this thread."""
+    from jitrender.cachelayout import object_file, object_key
+
     return object_file(root / "objects", object_key(info.url, info.generation))
 
 
@@ -191,6 +225,11 @@ def _cache_dir_of(args: Sequence[str], job_files: Sequence[str]) -> Path | None:
     """The cache folder ``jitrender run ARGS`` will use, in the CLI's order (``--cache-dir``,
     ``$JITRENDER_CACHE_DIR``, the job's ``cache.dir``, the default); None where the job file
     may set it (told only once it is parsed)."""
+    import re
+    from pathlib import Path
+
+    from jitrender.cachelayout import default_cache_dir
+
     for i, arg in enumerate(args):
         if arg == "--cache-dir" and i + 1 < len(args):
             return Path(args[i + 1])
@@ -215,13 +254,16 @@ def _job_text(path: Path) -> str | None:
     return path.read_text(errors="replace")
 
 
-def _scenes_named(job_files: Sequence[Path]) -> list[str]:
+def _scenes_named(job_files: Sequence[str | Path]) -> list[str]:
     """The remote ``scene:`` URLs (as written: path mapping and validation come later, in the
     run) of those of ``job_files`` that look like a job."""
+    import re
+    from pathlib import Path
+
     urls: list[str] = []
     for path in job_files:
         try:
-            text = _job_text(path)
+            text = _job_text(Path(path))
         except OSError:
             continue
         if text is None:

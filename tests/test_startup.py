@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, gcs_client
+from tests.conftest import ROOT, gcs_client, put_object
 from tests.renderjobs import bucket_objects, expected_output, jitrender_env, make_job, run
 
 # Imported by a run that downloads (or by no run at all): never by a warm one.
@@ -113,3 +113,25 @@ def test_runs_writing_small_outputs_to_gcs_import_no_google_cloud_storage(
     after = bucket_objects(gcs_bucket, "renders/")
     for name in (f"renders/frame.{f:04d}.txt" for f in job.frames):
         assert after[name] == before[name]  # identical bytes: the generation left as it was
+
+
+def test_run_imports_its_storage_client_before_typer_and_the_job_schema(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """``jitrender run`` of a job whose scene is in a bucket: the head start's thread imports
+    the storage code and the HTTP client its scene's stat goes through first, alone (the
+    process waits for it), and only then does the CLI import typer, pydantic and the job's
+    schema, so the stat's round trips overlap those imports instead of queuing behind them."""
+    lines = f"{gcs_bucket}/assets/lut.bin\n"
+    put_object(f"{gcs_bucket}/scenes/early.txt", lines.encode())
+    scene = {"scene": f"{gcs_bucket}/scenes/early.txt"}
+    job = make_job(tmp_path / "job", gcs_bucket, "1", extra=scene)
+    env = jitrender_env(job, PYTHONPROFILEIMPORTTIME="1")
+    code, out, _ = run(job, env=env)
+    assert code == 0, out
+    order = _IMPORTED.findall(out)
+    first = {name: order.index(name) for name in ("jitrender.storage", "urllib3", "typer")}
+    assert first["jitrender.storage"] < first["typer"], order[: first["typer"] + 1]
+    assert first["urllib3"] < first["typer"], order[: first["typer"] + 1]
+    late = [n for n in order[: first["urllib3"]] if n.startswith(("typer", "pydantic", "yaml"))]
+    assert late == [], late
