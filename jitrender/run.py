@@ -447,8 +447,8 @@ class JobRun:
             else:  # the report goes with the logs' last copy
                 shipped = {"report.json": json.dumps(report.to_json()).encode()}
                 self._logs.close(timeout=30.0, extra=shipped)
-        # The leftovers' sweep begun at the start is over before the run ends (a stopping run
-        # waits within its flush budget).
+        # The leftovers' sweep is over before the run ends (a stopping run waits within its
+        # flush budget).
         stopping = self.stop.is_set()
         self.cache.leftovers_cleaned(
             self.stopping.remaining(self.options.flush_budget_s) if stopping else None
