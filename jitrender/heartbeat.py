@@ -17,7 +17,6 @@ task's frames), ``frame`` and ``stage`` in progress (or null), ``done``, ``faile
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -248,9 +247,11 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while True:
+            last = self._stop.is_set()  # set after the state's finish: this write has it
             self.write()
-            if self._stop.wait(self.state.interval_s):
+            if last:
                 return
+            self._stop.wait(self.state.interval_s)
 
     def write(self) -> bool:
         """One write of the current state; False (and the run goes on) when it failed."""
@@ -269,10 +270,11 @@ class Heartbeat:
     def stop(self, state: str, error: str | None, timeout: float = 2.0) -> None:
         """Record the task's final state and write it. Bounded (about ``timeout`` + 1 s) so a
         stopping task still exits well inside a farm's SIGTERM grace period."""
+        self.state.finish(state, error)  # first: the thread's last write takes it
         self._stop.set()
-        self.state.finish(state, error)
-        with contextlib.suppress(RuntimeError):
-            self._thread.join(timeout=1.0)
+        if self._thread.is_alive():  # it writes once more and ends (no thread to start)
+            self._thread.join(timeout=timeout + 1.0)
+            return
         writer = threading.Thread(target=self.write, name="heartbeat-final", daemon=True)
         writer.start()
         writer.join(timeout=timeout)
