@@ -26,9 +26,10 @@ import collections
 import contextlib
 import errno
 import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
 
 import google_crc32c
@@ -49,7 +50,12 @@ WRITERS = 4
 WRITE_BACKLOG = 64 << 20
 
 
-_Request = tuple[ObjectInfo, Store, "Future[CacheResult]"]
+# Called once with a fetch's outcome (the result, or what the thread path would raise), on
+# the loop's thread, a writer's or a pool thread; it must not raise.
+Done = Callable[[CacheResult | BaseException], None]
+_Request = tuple[ObjectInfo, Store, Done]
+# A small body for a writer: the object, its store (for a fallback), its download, the body.
+_Body = tuple[ObjectInfo, Store, Download, Done, bytes]
 
 
 class _Fallback(Exception):
@@ -59,7 +65,8 @@ class _Fallback(Exception):
 class AsyncFetcher:
     """Fetches small objects into ``cache`` on a private event loop thread; ``fetch`` returns
     a ``concurrent.futures.Future`` of the :class:`CacheResult`, set (and its callbacks run)
-    on the loop's thread, a writer's or a pool thread."""
+    on the loop's thread, a writer's or a pool thread; ``submit`` calls back instead (no
+    Future, and its Condition, per object)."""
 
     def __init__(
         self,
@@ -90,7 +97,9 @@ class AsyncFetcher:
         self._writing = 0  # bytes handed to the writers, not written yet
         self._room_waiter: asyncio.Future[None] | None = None
         self._record_lock = threading.Lock()
-        self._writers: ThreadPoolExecutor | None = None
+        # Bodies for the writer threads: a plain queue, no Future or work item per object.
+        self._bodies: queue.SimpleQueue[_Body | None] = queue.SimpleQueue()
+        self._writers: list[threading.Thread] = []
         self._start_lock = threading.Lock()
 
     # -- the loop ------------------------------------------------------------------------
@@ -132,8 +141,8 @@ class AsyncFetcher:
         async def shutdown() -> None:
             with self._queue_lock:
                 queued, self._queue = list(self._queue), collections.deque()
-            for _info, _store, future in queued:
-                future.cancel()
+            for _info, _store, done in queued:
+                done(CancelledError())
             current = asyncio.current_task()
             tasks = [t for t in asyncio.all_tasks() if t is not current]
             for task in tasks:
@@ -146,8 +155,12 @@ class AsyncFetcher:
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self._writers is not None:  # the bodies handed over are written and settled
-            self._writers.shutdown(wait=True)
+        with self._start_lock:
+            writers, self._writers = self._writers, []
+        for _writer in writers:
+            self._bodies.put(None)
+        for writer in writers:  # the bodies handed over are written and settled
+            writer.join()
         self._flush_records()
         for pending in self._recording:  # the index must hold every file that was renamed in
             with contextlib.suppress(Exception):
@@ -163,13 +176,28 @@ class AsyncFetcher:
         the thread path would (missing, denied, transient after retries, Preempted). Requests
         are served in the order they are made."""
         future: Future[CacheResult] = Future()
+
+        def done(outcome: CacheResult | BaseException) -> None:
+            if isinstance(outcome, CancelledError):
+                future.cancel()
+            elif future.set_running_or_notify_cancel():  # (unless its caller cancelled it)
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+        self.submit(info, store, done)
+        return future
+
+    def submit(self, info: ObjectInfo, store: Store, done: Done) -> None:
+        """:meth:`fetch`, but ``done`` is called once with the outcome: the result, or the
+        exception the future would raise (``CancelledError`` when closed before it began)."""
         loop = self._ensure_loop()
         with self._queue_lock:
-            self._queue.append((info, store, future))
+            self._queue.append((info, store, done))
             wake, self._wake_pending = not self._wake_pending, True
         if wake:  # one wake-up per burst of requests, not one per request
             loop.call_soon_threadsafe(self._spawn_workers)
-        return future
 
     def _spawn_workers(self) -> None:
         with self._queue_lock:
@@ -187,13 +215,11 @@ class AsyncFetcher:
                 with self._queue_lock:
                     if not self._queue:
                         return
-                    info, store, future = self._queue.popleft()
-                if not future.set_running_or_notify_cancel():
-                    continue
+                    info, store, done = self._queue.popleft()
                 try:
-                    await self._fetch(info, store, future)
+                    await self._fetch(info, store, done)
                 except BaseException as exc:
-                    future.set_exception(exc)
+                    done(exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
         finally:
@@ -203,8 +229,8 @@ class AsyncFetcher:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self.pool, lambda: with_retries(call, url, self.retry))
 
-    async def _fetch(self, info: ObjectInfo, store: Store, future: Future[CacheResult]) -> None:
-        """Settle ``future`` with ``info``'s fetch, or raise for the worker to settle it. A
+    async def _fetch(self, info: ObjectInfo, store: Store, done: Done) -> None:
+        """Call ``done`` with ``info``'s fetch, or raise for the worker to call it. A
         small body is handed to a writer thread, which settles it: this loop only moves bytes
         (file creation costs 0.1-0.5 ms of kernel time each here, and every syscall on this
         thread handed the GIL to obstore's threads and back)."""
@@ -213,7 +239,7 @@ class AsyncFetcher:
             raise Preempted("stopped while waiting to fetch")
         download = cache.begin(info)
         if download is None:  # another thread of this process fetches it: wait for it there
-            future.set_result(await self._threaded(lambda: cache.fetch(info, store), info.url))
+            done(await self._threaded(lambda: cache.fetch(info, store), info.url))
             return
         with self._record_lock:
             self._active += 1
@@ -230,15 +256,11 @@ class AsyncFetcher:
             self._end(download, exc)
             raise
         if isinstance(got, bytes):
-            try:
-                self._writer().submit(self._write, info, store, download, future, got)
-            except BaseException as exc:  # (only while closing)
-                self._written(len(got))
-                self._end(download, exc)
-                raise
+            self._start_writers()
+            self._bodies.put((info, store, download, done, got))
         else:
             self._end(download, got, indexed=indexed)
-            future.set_result(got)
+            done(got)
 
     async def _download(
         self, info: ObjectInfo, store: Store, download: Download
@@ -267,11 +289,24 @@ class AsyncFetcher:
                 raise self.cache.no_space(info) from None
             raise
 
-    def _writer(self) -> ThreadPoolExecutor:
+    def _start_writers(self) -> None:
+        if self._writers:
+            return
         with self._start_lock:
-            if self._writers is None:
-                self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="jitrender-write")
-            return self._writers
+            while len(self._writers) < WRITERS:
+                name = f"jitrender-write_{len(self._writers)}"
+                writer = threading.Thread(target=self._write_bodies, name=name, daemon=True)
+                writer.start()
+                self._writers.append(writer)
+
+    def _write_bodies(self) -> None:
+        """A writer thread: write what the loop hands over until :meth:`close` says stop."""
+        while True:
+            item = self._bodies.get()
+            if item is None:
+                return
+            with contextlib.suppress(Exception):  # (its outcome is handed on, whatever it is)
+                self._write(*item)
 
     async def _room(self, size: int) -> None:
         """Wait while the bodies handed to the writers and not written yet pass
@@ -287,20 +322,15 @@ class AsyncFetcher:
             await waiter
 
     def _write(
-        self,
-        info: ObjectInfo,
-        store: Store,
-        download: Download,
-        future: Future[CacheResult],
-        body: bytes,
+        self, info: ObjectInfo, store: Store, download: Download, done: Done, body: bytes
     ) -> None:
-        """On a writer thread: check ``body``, install it, settle ``future`` (whose callbacks,
-        such as linking into a workspace, run here too)."""
+        """On a writer thread: check ``body``, install it, call ``done`` (whose work, such as
+        linking into a workspace, runs here too)."""
         try:
             try:
                 verify(info, len(body), google_crc32c.value(body))
             except ChecksumMismatch:  # the thread path fetches again, then calls it transient
-                self.pool.submit(self._fallback, store, download, future)
+                self.pool.submit(self._fallback, store, download, done)
                 return
             try:
                 result = download.install_bytes(body)
@@ -310,24 +340,28 @@ class AsyncFetcher:
                 raise
         except BaseException as exc:
             self._end(download, exc)
-            future.set_exception(exc)
+            done(exc)
             return
         finally:
             self._written(len(body))
-        self._end(download, result)
-        future.set_result(result)
+        try:
+            self._end(download, result)
+        finally:  # the file is in place: its caller hears so whatever the index does
+            done(result)
 
-    def _fallback(self, store: Store, download: Download, future: Future[CacheResult]) -> None:
+    def _fallback(self, store: Store, download: Download, done: Done) -> None:
         """On a pool thread: the thread path for a download the writer turned away."""
         try:
             url = download.info.url
             result = with_retries(lambda: download.fetch_blocking(store), url, self.retry)
         except BaseException as exc:
             self._end(download, exc)
-            future.set_exception(exc)
+            done(exc)
             return
-        self._end(download, result, indexed=True)
-        future.set_result(result)
+        try:
+            self._end(download, result, indexed=True)
+        finally:
+            done(result)
 
     def _written(self, size: int) -> None:
         with self._record_lock:

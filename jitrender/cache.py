@@ -33,8 +33,8 @@ import stat
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 
 from jitrender.cachelayout import object_file, object_key
@@ -53,6 +53,7 @@ from jitrender.transport import route, verify
 Held = Callable[[], bytes | None] | None
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
+_HOLD_MUTEXES = 64  # in-process mutexes over the shared descriptor's stripes (_try_hold)
 # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), native layout.
 _FLOCK_FORMAT = "hhqqi4x"
 # An unnamed file in tmp/, linked into place once whole (Linux); 0 where there is none.
@@ -174,10 +175,18 @@ class Cache:
         self._objects_dir, self._tmp_dir = str(self.objects), str(self.tmp)
         self._stripes_file = str(self.locks / "stripes")
         self._checked_dirs: set[str] = set()  # objects/xx folders seen to be real and ours
+        # Held descriptors of objects/xx folders, checked once when opened: a small body is
+        # linked through one (no lstat of the folder per object). Never closed while the
+        # cache lives (a writer may be linking through one); one gone stale is kept aside.
+        self._object_dirs: dict[str, int] = {}
+        self._stale_dirs: list[int] = []
+        self._object_dirs_lock = threading.Lock()
+        # Closed when the cache is collected, not at exit (a daemon thread may still link).
+        weakref.finalize(self, _close_all, self._object_dirs, self._stale_dirs).atexit = False
         self._made_folders: dict[str, tuple[int, int]] = {}  # workspace folder -> (dev, inode)
         self._known_keys: set[str] = set()  # keys seen in the index by this process
         self._db_local = threading.local()
-        self._inflight: dict[str, Future[CacheResult]] = {}
+        self._inflight: dict[str, _Claim] = {}
         self._inflight_lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._pending: list[tuple[list[tuple[object, ...]], tuple[tuple[str, int], ...]]] = []
@@ -185,7 +194,8 @@ class Cache:
         self._tmpfile = bool(_TMPFILE_FLAGS)  # unnamed temp files, until one fails
         self._holds: dict[int, int] = {}  # stripe -> downloads holding it on _holds_fd
         self._holds_fd: int | None = None
-        self._holds_lock = threading.Lock()
+        self._holds_lock = threading.Lock()  # (opening _holds_fd)
+        self._hold_mutexes = [threading.Lock() for _ in range(_HOLD_MUTEXES)]
         self._clearing: dict[str, threading.Thread] = {}  # run folder -> its inputs' removal
         self._cleaner: threading.Thread | None = None  # start_cleaning_leftovers' sweep
         self.ranged = RangedDownloader()  # large objects: concurrent ranges on its own pool
@@ -327,17 +337,29 @@ class Cache:
             return None
         return path
 
-    def lookup_many(self, infos: Sequence[ObjectInfo]) -> list[str | None]:
+    def lookup_many(
+        self, infos: Sequence[ObjectInfo], *, indexed_only: bool = False
+    ) -> list[str | None]:
         """:meth:`lookup` of each of ``infos``, in order (as path strings), with one index query
-        for the lot instead of one per object (a warm run of 1,000 inputs)."""
-        wanted = [k for k in map(self.key, infos) if k not in self._known_keys]
+        for the lot instead of one per object (a warm run of 1,000 inputs). ``indexed_only``:
+        objects the index does not know are None without a look on disk (a cold run's are
+        then looked up once, by the fetch, under their lock, where a file the index does not
+        know is served if its bytes match, as here)."""
+        keys = list(map(self.key, infos))
+        known = self._known_keys
+        wanted = [k for k in keys if k not in known]
         if wanted:
             conn = self._connection()
             for start in range(0, len(wanted), 500):  # well below sqlite's 999 variables
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(f"SELECT key FROM entries WHERE key IN ({marks})", chunk)
-                self._known_keys.update(key for (key,) in rows)
+                known.update(key for (key,) in rows)
+        if indexed_only:
+            return [
+                self._lookup(info) if key in known else None
+                for info, key in zip(infos, keys, strict=True)
+            ]
         return [self._lookup(info) for info in infos]
 
     def _indexed(self, key: str) -> bool:
@@ -396,28 +418,36 @@ class Cache:
         key has one download here), and unlocked when the last lets go (:meth:`_release_hold`).
         Other descriptors' locks (another process, eviction, the thread path) still conflict."""
         stripe = int(key[:5], 16)
+        fd = self._holds_fd if self._holds_fd is not None else self._open_holds_fd()
+        # The count and the lock of one stripe change together under its mutex, one of
+        # _HOLD_MUTEXES: one mutex for all, held across the fcntl (which lets go of the GIL),
+        # queued every writer and the loop behind whichever thread waited for the GIL.
+        with self._hold_mutexes[stripe % _HOLD_MUTEXES]:
+            held = self._holds.get(stripe, 0)
+            if not held:
+                request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, stripe, 1, 0)
+                try:
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EACCES):
+                        return False
+                    raise
+            self._holds[stripe] = held + 1
+            return True
+
+    def _open_holds_fd(self) -> int:
         with self._holds_lock:
-            if stripe in self._holds:
-                self._holds[stripe] += 1
-                return True
             if self._holds_fd is None:
                 flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                 self._holds_fd = os.open(self._stripes_file, flags, 0o600)
-            request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, stripe, 1, 0)
-            try:
-                fcntl.fcntl(self._holds_fd, fcntl.F_OFD_SETLK, request)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    return False
-                raise
-            self._holds[stripe] = 1
-            return True
+            return self._holds_fd
 
     def _release_hold(self, key: str) -> None:
         stripe = int(key[:5], 16)
-        with self._holds_lock:
-            self._holds[stripe] -= 1
-            if self._holds[stripe]:
+        with self._hold_mutexes[stripe % _HOLD_MUTEXES]:
+            held = self._holds[stripe] - 1
+            if held:
+                self._holds[stripe] = held
                 return
             del self._holds[stripe]
             assert self._holds_fd is not None
@@ -452,27 +482,37 @@ class Cache:
         claim = self._claim(key)
         return None if claim is None else Download(self, info, key, claim)
 
-    def _claim(self, key: str) -> Future[CacheResult] | None:
-        """Become this process's one fetcher of ``key``: a future to :meth:`_settle` when done,
+    def _claim(self, key: str) -> _Claim | None:
+        """Become this process's one fetcher of ``key``: a claim to :meth:`_settle` when done,
         or None while another thread already fetches it (wait in :meth:`fetch`)."""
         with self._inflight_lock:
             if key in self._inflight:
                 return None
-            pending: Future[CacheResult] = Future()
-            self._inflight[key] = pending
-            return pending
+            claim = self._inflight[key] = _Claim()
+            return claim
 
-    def _settle(
-        self, key: str, claim: Future[CacheResult], outcome: CacheResult | BaseException
-    ) -> None:
+    def _settle(self, key: str, claim: _Claim, outcome: CacheResult | BaseException) -> None:
         """End a :meth:`_claim`: threads waiting for the same object get ``outcome`` (the
         result, or the exception raised)."""
         with self._inflight_lock:
             self._inflight.pop(key, None)
-        if isinstance(outcome, BaseException):
-            claim.set_exception(outcome)
-        else:
-            claim.set_result(outcome)
+            claim.outcome = outcome
+            waiting = claim.settled
+        if waiting is not None:
+            waiting.set()
+
+    def _wait_claimed(self, key: str) -> CacheResult | BaseException | None:
+        """The outcome of another thread's fetch of ``key`` once it ends, or None when there
+        is none under way (any more)."""
+        with self._inflight_lock:
+            claim = self._inflight.get(key)
+            if claim is None:
+                return None
+            if claim.settled is None:  # the first thread to wait for it makes the Event
+                claim.settled = threading.Event()
+            settled = claim.settled
+        settled.wait()
+        return claim.outcome
 
     def fetch(self, info: ObjectInfo, store: Store, held: Held = None) -> CacheResult:
         """Make ``info`` present in the cache, downloading it at most once however many
@@ -484,11 +524,11 @@ class Cache:
         key = self.key(info)
         claim = self._claim(key)
         if claim is None:
-            with self._inflight_lock:
-                pending = self._inflight.get(key)
-            if pending is None:  # settled between the two looks: it is cached (or failed)
+            found = self._wait_claimed(key)
+            if found is None:  # settled between the two looks: it is cached (or failed)
                 return self.fetch(info, store, held)
-            found = pending.result()
+            if isinstance(found, BaseException):
+                raise found
             return CacheResult(found.file, False, 0)
         try:
             result = self._fetch_claimed(info, store, key, held)
@@ -638,34 +678,64 @@ class Cache:
                 os.unlink(part)
 
     def _link_unnamed(self, fd: int, key: str) -> str:
-        """Give the unnamed file ``fd`` its object name (never through a symlinked
-        ``objects/xx``): linkat through ``/proc`` (``AT_SYMLINK_FOLLOW``; the ``src_dir_fd``
-        only makes Python call linkat, the absolute source ignores it)."""
-        folder = f"{self._objects_dir}/{key[:2]}"
-        final = f"{folder}/{key}"
+        """Give the unnamed file ``fd`` its object name: linkat from ``/proc``
+        (``AT_SYMLINK_FOLLOW``) into the held descriptor of its ``objects/xx`` folder, so it
+        lands in the folder that was checked (never through a symlink put there since)."""
+        prefix = key[:2]
         source = f"/proc/self/fd/{fd}"
-        self._checked_dirs.discard(key[:2])
-        self._check_object_dir(folder)
         for _attempt in range(3):
+            folder = self._object_dir(prefix)
             try:
-                os.link(source, final, src_dir_fd=fd, follow_symlinks=True)
-                return final
+                os.link(source, key, dst_dir_fd=folder, follow_symlinks=True)
+                return f"{self._objects_dir}/{prefix}/{key}"
             except FileExistsError:
                 # Under the lock nothing else installs it: what is there is no entry of the
                 # cache's (the lookup just now found none), so it is replaced, as a rename would.
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(final)
+                    os.unlink(key, dir_fd=folder)
             except FileNotFoundError:
                 if not os.path.exists("/proc/self/fd"):
                     raise
-                # The first object of its objects/xx folder: made here, not looked for each time.
-                # Another writer may have made it since this link failed (two first objects of
-                # one folder at once): then the next attempt simply links.
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(folder, 0o700)
-                self._check_object_dir(folder)
-        os.link(source, final, src_dir_fd=fd, follow_symlinks=True)  # still failing: raised
-        return final
+                self._forget_object_dir(prefix, folder)  # removed since it was opened
+        os.link(source, key, dst_dir_fd=self._object_dir(prefix), follow_symlinks=True)
+        return f"{self._objects_dir}/{prefix}/{key}"
+
+    def _object_dir(self, prefix: str) -> int:
+        """The held descriptor of folder ``objects/<prefix>``, made where missing (the first
+        object of its folder: made here, not looked for each time) and refused
+        (:class:`ConfigError`) where it is a symlink or not the user's own."""
+        fd = self._object_dirs.get(prefix)
+        if fd is not None:
+            return fd
+        path = f"{self._objects_dir}/{prefix}"
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        with self._object_dirs_lock:
+            fd = self._object_dirs.get(prefix)
+            if fd is not None:
+                return fd
+            try:
+                fd = os.open(path, flags)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):  # (or another process made it)
+                    os.mkdir(path, 0o700)
+                fd = _open_dir_or_refuse(path, flags)
+            except OSError:
+                fd = _open_dir_or_refuse(path, flags)
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                os.close(fd)
+                check_private_folder(path, follow=False)  # raises its one-line refusal
+                raise ConfigError(f"{path}: changed while it was checked; refusing it")
+            self._object_dirs[prefix] = fd
+            return fd
+
+    def _forget_object_dir(self, prefix: str, fd: int) -> None:
+        """Drop a held folder descriptor that went stale (its folder was removed); kept open
+        until the cache goes, as another thread may be linking through it right now."""
+        with self._object_dirs_lock:
+            if self._object_dirs.get(prefix) == fd:
+                del self._object_dirs[prefix]
+                self._stale_dirs.append(fd)
 
     def record_fetched(self, infos: list[ObjectInfo]) -> None:
         """Index objects a :class:`Download` installed (one transaction), then keep the cap
@@ -1050,6 +1120,18 @@ class Cache:
         return run_dir, fd
 
 
+class _Claim:
+    """This process's one fetch of an object under way (:meth:`Cache._claim`): its outcome
+    once settled, and an Event made only when another thread waits for it (most never see
+    one: a Future's Condition per object was a tenth of the loop thread's time)."""
+
+    __slots__ = ("outcome", "settled")
+
+    def __init__(self) -> None:
+        self.outcome: CacheResult | BaseException | None = None
+        self.settled: threading.Event | None = None
+
+
 class Download:
     """One object's download by a caller that moves the bytes itself (the asyncio path), from
     :meth:`Cache.begin` to :meth:`end`. Meanwhile it is this process's only fetch of the
@@ -1058,9 +1140,7 @@ class Download:
     :meth:`fetch_blocking` is the thread path for the same object. Used by one task at a time.
     """
 
-    def __init__(
-        self, cache: Cache, info: ObjectInfo, key: str, claim: Future[CacheResult]
-    ) -> None:
+    def __init__(self, cache: Cache, info: ObjectInfo, key: str, claim: _Claim) -> None:
         self.cache = cache
         self.info = info
         self.key = key
@@ -1138,6 +1218,24 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _open_dir_or_refuse(path: str, flags: int) -> int:
+    """``os.open`` of a folder; where that fails, :func:`check_private_folder`'s one-line
+    refusal (a symlink, not a folder), else the error as it was."""
+    try:
+        return os.open(path, flags)
+    except OSError:
+        check_private_folder(path, follow=False)
+        raise
+
+
+def _close_all(held: dict[str, int], stale: list[int]) -> None:
+    for fd in [*held.values(), *stale]:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    held.clear()
+    stale.clear()
 
 
 def check_private_folder(folder: str | Path, *, follow: bool) -> None:

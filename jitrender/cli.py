@@ -172,6 +172,10 @@ def run(
         from jitrender.heartbeat import TaskProgress
         from jitrender.run import RunOptions, run_job
 
+        if early is not None:  # started by jitrender.entry, which paused garbage collection
+            from jitrender.entry import imports_done
+
+            imports_done()
         frame_list = _frames(job, frames)
         slot = detect_task(task_index, task_count, os.environ)
         task, parts = None, None

@@ -218,3 +218,69 @@ def test_small_objects_with_equal_bytes_each_arrive_whole_through_the_cli(
     verified = cli("cache", "verify", "--json", env=env)
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout) == {"checked": 61, "bad": 0, "orphans_removed": 0}
+
+
+def test_two_runs_at_once_on_one_cache_download_each_small_object_once_and_both_see_it_whole(
+    tmp_path: Path, gcs_bucket: str, proxy: FaultProxy
+) -> None:
+    """Through the CLI: two runs of jobs over the same 40 small textures start on one cache
+    while the server holds every texture request, so both are fetching at once. Both exit 0,
+    each stage sees every input whole, the two reports' downloads add up to each object once,
+    and ``cache verify`` finds every entry exact."""
+    bodies = {f"tex/t{i:02d}.tx": os.urandom(2000 + i) for i in range(40)}
+    for name, data in bodies.items():
+        put_object(f"{gcs_bucket}/{name}", data)
+    put_object(f"{gcs_bucket}/shot.txt", f"{gcs_bucket}/tex/\n".encode())
+    cache = tmp_path / "cache"
+    env = os.environ | {
+        "STORAGE_EMULATOR_HOST": proxy.url,
+        "JITRENDER_CACHE_DIR": str(cache),
+        "JITRENDER_PREEMPTION_WATCH": "off",
+        "JITRENDER_HEARTBEAT_INTERVAL": "0",
+    }
+    sizes = 'wc -c $(find "$JITRENDER_INPUTS" -name "*.tx") > "$JITRENDER_OUTPUTS/sizes.txt"'
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        job = tmp_path / f"{name}.yaml"
+        job.write_text(
+            yaml.safe_dump(
+                {
+                    "version": 1,
+                    "name": name,
+                    "scene": f"{gcs_bucket}/shot.txt",
+                    "frames": "1",
+                    "stages": [{"name": "read", "command": ["sh", "-c", sizes]}],
+                    "outputs": {"to": (tmp_path / f"out-{name}").as_uri()},
+                }
+            )
+        )
+        report = str(tmp_path / f"{name}.json")
+        argv = [sys.executable, "-m", "jitrender.cli", "run", str(job), "--progress", "quiet"]
+        return subprocess.Popen([*argv, "--report", report], env=env, cwd=ROOT)
+
+    hold = Fault("hold", forward=True)
+    proxy.rules.append(lambda request: hold if "/tex/" in request.path else None)
+    runs = [start("first")]
+    try:
+        assert hold.held.wait(60)
+        runs.append(start("second"))
+        deadline = time.monotonic() + 60  # both workspaces made: the second is fetching too
+        while len(list((cache / "runs").glob("*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        hold.release.set()
+    assert [r.wait(timeout=120) for r in runs] == [0, 0]
+    proxy.rules.clear()
+    fetched = 0
+    for name in ("first", "second"):
+        (listed,) = (tmp_path / f"out-{name}").rglob("sizes.txt")
+        lines = [line.split() for line in listed.read_text().splitlines()]
+        seen = {Path(path).name: int(size) for size, path in lines if path != "total"}
+        assert seen == {Path(n).name: len(b) for n, b in bodies.items()}, name
+        fetched += json.loads((tmp_path / f"{name}.json").read_text())["cache"]["bytes_fetched"]
+    scene = len(f"{gcs_bucket}/tex/\n")  # fetched once too
+    assert fetched == sum(map(len, bodies.values())) + scene
+    verified = cli("cache", "verify", "--json", env=env)
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["bad"] == 0

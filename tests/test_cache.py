@@ -3,10 +3,10 @@ rename-after-verify, identity by generation, and eviction that never breaks a ru
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -262,6 +262,11 @@ def test_batch_lookup_answers_as_one_by_one_lookups_do(tmp_path: Path, cache_dir
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_bytes(b"x" * infos[3].size)  # right size, wrong bytes, not indexed
     planted.chmod(0o400)
+    # A prefetch's look (indexed_only) leaves what the index does not know to the fetch's
+    # own lookup under its lock: no lstat of a cold object, and the planted file untouched.
+    early = Cache(cache_dir).lookup_many(infos, indexed_only=True)
+    assert early == [str(first.object_path(i)) for i in infos[:2]] + [None, None]
+    assert planted.exists()
     fresh = Cache(cache_dir)  # nothing known yet: the batch query does the work
     found = fresh.lookup_many(infos)
     assert found[:2] == [str(first.object_path(i)) for i in infos[:2]]
@@ -311,34 +316,48 @@ def test_two_first_objects_of_one_folder_at_once_both_land(
     cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two writer threads publishing the first two objects of one ``objects/xx`` folder: the
-    one whose link failed for want of the folder finds it made by the other and links (it
-    raised before: CI met it with 40 small objects on 4 writers). The other writer is played
-    here by making the folder between the failed link and the retry, where the race put it."""
+    one whose mkdir finds the folder made by the other meanwhile links into it (it raised
+    before: CI met it with 40 small objects on 4 writers). The other writer is played here by
+    making the folder just before this one's mkdir, where the race put it."""
     cache = Cache(cache_dir)
     info = ObjectInfo("gs://b/tex/first.bin", 5, "1", None)
     folder = cache.object_path(info).parent
     assert not folder.exists()
-    real_link = os.link
+    real_mkdir = os.mkdir
     calls: list[str] = []
 
-    def link_meets_the_race(*args: Any, **kwargs: Any) -> None:
-        calls.append(str(args[1]))
-        if len(calls) == 1:  # the folder is missing at this link ...
-            with contextlib.suppress(FileNotFoundError):
-                real_link(*args, **kwargs)
-            folder.mkdir(mode=0o700)  # ... and the other writer makes it just after
-            raise FileNotFoundError(2, "No such file or directory", str(args[1]))
-        real_link(*args, **kwargs)
+    def mkdir_meets_the_race(path: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(str(path))
+        real_mkdir(path, *args, **kwargs)  # the other writer, just before ...
+        real_mkdir(path, *args, **kwargs)  # ... this one: FileExistsError
 
     download = cache.begin(info)
     assert download is not None and download.lock_now()
-    monkeypatch.setattr(os, "link", link_meets_the_race)
+    monkeypatch.setattr(os, "mkdir", mkdir_meets_the_race)
     result = download.install_bytes(b"right")
     monkeypatch.undo()
     download.end(result)
-    assert len(calls) >= 2, calls
+    assert calls == [str(folder)]
     assert result.fetched and cache.object_path(info).read_bytes() == b"right"
     assert list(cache.tmp.iterdir()) == []
+
+
+def test_an_objects_folder_removed_after_its_first_object_is_made_again_for_the_next(
+    cache_dir: Path,
+) -> None:
+    """Small bodies are linked through a held descriptor of their ``objects/xx`` folder; a
+    folder removed since (its objects deleted by hand) is made again, not linked into while
+    gone: the object installed next is an entry a lookup finds."""
+    cache = Cache(cache_dir)
+    info = ObjectInfo("gs://b/t.bin", 5, "1", None)
+    for body in (b"first", b"again"):
+        download = cache.begin(info)
+        assert download is not None and download.lock_now()
+        result = download.install_bytes(body)
+        download.end(result)
+        assert cache.object_path(info).read_bytes() == body
+        assert result.file == str(cache.object_path(info))
+        shutil.rmtree(cache.object_path(info).parent)  # the descriptor is still held
 
 
 def test_link_many_links_through_one_checked_folder_and_reports_each_pair(

@@ -135,3 +135,24 @@ def test_run_imports_its_storage_client_before_typer_and_the_job_schema(
     assert first["urllib3"] < first["typer"], order[: first["typer"] + 1]
     late = [n for n in order[: first["urllib3"]] if n.startswith(("typer", "pydantic", "yaml"))]
     assert late == [], late
+
+
+def test_run_collects_garbage_again_once_its_modules_are_imported(
+    local_bucket: str, tmp_path: Path
+) -> None:
+    """The entry point pauses garbage collection while ``jitrender run`` imports (what that
+    creates lives until exit) and turns it back on before the run's work, start-up's objects
+    frozen: a long run's garbage is collected as ever (read at exit, in the process)."""
+    job = make_job(tmp_path / "job", local_bucket, "1")
+    probe = (
+        "import atexit, gc, sys; "
+        "atexit.register(lambda: print('gc', gc.isenabled(), gc.get_freeze_count() > 0)); "
+        "sys.argv[0] = 'jitrender'; from jitrender.entry import main; main()"
+    )
+    argv = ["run", str(job.job_file), "--progress", "quiet", "--report", str(tmp_path / "r.json")]
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        capture_output=True, text=True, cwd=ROOT, env=jitrender_env(job), check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "gc True True", result.stdout
