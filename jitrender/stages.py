@@ -218,10 +218,11 @@ def _setpriv() -> str | None:
 def _executable(name: str, cwd: Path | None, env: Mapping[str, str]) -> bool:
     """Whether ``name`` (as Popen would find it: through ``env``'s PATH, or relative to
     ``cwd``) is an ELF binary or a script whose interpreter is there, executable."""
+    base = str(cwd) if cwd is not None else os.getcwd()  # where the child looks: after its chdir
     if os.sep in name:
-        candidates = [os.path.join(cwd or os.getcwd(), name)]
+        candidates = [os.path.join(base, name)]
     else:
-        candidates = [os.path.join(folder, name) for folder in os.get_exec_path(dict(env))]
+        candidates = [os.path.join(base, folder, name) for folder in os.get_exec_path(dict(env))]
     for path in candidates:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             try:
