@@ -300,9 +300,9 @@ class Inputs:
         the first one's failure (after its retries), or :class:`Preempted` once stopped."""
         stating = self._stating
         with self._stat_cond:
-            if stating.isdisjoint(urls):  # all answered already: no pass in Python
-                urls = ()
-            for url in urls:  # each looked at until answered: no pass over all per wake-up
+            # All answered already: no pass in Python (the failures are still looked at below).
+            waiting = () if stating.isdisjoint(urls) else urls
+            for url in waiting:  # each looked at until answered: no pass over all per wake-up
                 while url in stating:
                     if self._stopping():
                         raise Preempted("stopped while listing the dependencies")
