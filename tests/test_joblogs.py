@@ -86,8 +86,14 @@ def test_logs_reach_the_bucket_while_the_stage_runs(gcs_bucket: str, tmp_path: P
         assert "frame 1 halfway" in line
     finally:
         follower.send_signal(signal.SIGINT)
-        # Bounded generously: once in a loaded CI run the follower took over 10 s to end.
-        follower.wait(timeout=30)
+        try:
+            follower.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # A known, unexplained gap: in 2 of 5 whole-suite runs from a fresh clone, a Ctrl-C
+            # sent the moment the follower printed did not end it (never reproduced alone, in
+            # 55 tries). A user's second Ctrl-C must.
+            follower.send_signal(signal.SIGINT)
+            follower.wait(timeout=20)
     (job.root / "release").write_text("")  # the stage may end now
     code, out = finish(proc)
     assert code == 0, out
