@@ -807,12 +807,16 @@ class Cache:
     def evict_to(self, max_bytes: int, keep: Collection[str] = ()) -> tuple[int, int]:
         """Evict least-recently-used entries until at most ``max_bytes`` remain. Entries that a
         workspace links to (link count > 1) or that are being written are skipped.
-        Returns (entries evicted, bytes evicted)."""
+        Returns (entries evicted, bytes evicted).
+
+        Each entry's file and row go together under its stripe lock, the lock every install
+        of that object holds: a row deleted after the lock was let go could be a newer
+        install's (another process's, or a retry's after this very eviction), leaving its
+        file on disk uncounted by the index and never evicted again."""
         evicted = evicted_bytes = 0
         with self._db() as db:
             rows = db.execute("SELECT key, size FROM entries ORDER BY last_used ASC").fetchall()
         total = sum(size for _, size in rows)
-        gone: list[str] = []
         for key, size in rows:
             if total <= max_bytes:
                 break
@@ -820,25 +824,25 @@ class Cache:
                 continue  # just fetched for a caller that has not linked it yet
             path = self.objects / key[:2] / key
             self._check_object_dir(path.parent)
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                gone.append(key)
-                total -= size
-                continue
-            if st.st_nlink > 1:
-                continue  # pinned: a running job's workspace links to it
-            with self._stripe_lock(key), contextlib.suppress(FileNotFoundError):
-                if path.stat().st_nlink > 1:
-                    continue
-                path.unlink()
-            gone.append(key)
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_nlink > 1:
+                    continue  # pinned: a running job's workspace links to it
+            with self._stripe_lock(key):
+                try:
+                    if path.lstat().st_nlink > 1:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    pass  # a stale row (its file was lost): only the row goes
+                else:
+                    evicted += 1
+                    evicted_bytes += size
+                # The file first, then its row: a crash between leaves a row without a file,
+                # which a lookup treats as a miss and the next eviction drops.
+                with self._db() as db:
+                    db.execute("DELETE FROM entries WHERE key=?", (key,))
+                self._known_keys.discard(key)
             total -= size
-            evicted += 1
-            evicted_bytes += size
-        if gone:
-            with self._db() as db:
-                db.executemany("DELETE FROM entries WHERE key=?", [(k,) for k in gone])
         return evicted, evicted_bytes
 
     # -- maintenance ---------------------------------------------------------------------
@@ -876,7 +880,6 @@ class Cache:
         with self._db() as db:
             rows = db.execute("SELECT key, size, crc32c FROM entries").fetchall()
         known = set()
-        drop = []
         for key, size, crc in rows:
             known.add(key)
             path = self.objects / key[:2] / key
@@ -890,18 +893,18 @@ class Cache:
                 ok = False
             if not ok:
                 bad += 1
-                drop.append(key)
-                with self._stripe_lock(key), contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                with self._stripe_lock(key):  # file and row together (see evict_to)
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    with self._db() as db:
+                        db.execute("DELETE FROM entries WHERE key=?", (key,))
+                    self._known_keys.discard(key)
         orphans = 0
         for path in self._object_files():
             if path.name not in known:
                 orphans += 1
                 with self._stripe_lock(path.name), contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        if drop:
-            with self._db() as db:
-                db.executemany("DELETE FROM entries WHERE key=?", [(k,) for k in drop])
         return {"checked": checked, "bad": bad, "orphans_removed": orphans}
 
     def _object_files(self) -> Iterator[Path]:
