@@ -51,6 +51,7 @@ from jitrender.transport import route, verify
 
 # An object's bytes already at hand (a head start's download), asked for on a miss: or None.
 Held = Callable[[], bytes | None] | None
+UNINDEXED_GRACE_S = 600.0  # an unindexed object file younger than this is never removed
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
 # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), native layout.
@@ -940,11 +941,51 @@ class Cache:
         for folder in self._dead_agent_folders():
             shutil.rmtree(folder, ignore_errors=True)
             agents += 1
+        # A killed run may have published objects it had not indexed yet (the index is written
+        # in batches, after the install): files no eviction counts. Looked for only where a run
+        # is known to have died here (and by prune and clear): the scan reads every object
+        # folder, which a warm run must not pay for.
+        unindexed = self._remove_unindexed() if runs or kept_too else 0
         return {
             "partial_downloads_removed": parts,
             "dead_workspaces_removed": runs,
             "dead_agent_folders_removed": agents,
+            "unindexed_objects_removed": unindexed,
         }
+
+    def _remove_unindexed(self, min_age_s: float = UNINDEXED_GRACE_S) -> int:
+        """Remove object files the index has no row for, once they are ``min_age_s`` old (by
+        the time their bytes were written). A younger one may be a live run's install that is
+        about to be indexed, or a killed run's that its retry, starting now, will adopt (a
+        lookup checks an unindexed file's bytes and the hit indexes it). A file whose stripe
+        lock is held (a download under way) is left for next time."""
+        with self._db() as db:
+            known = {key for (key,) in db.execute("SELECT key FROM entries")}
+        removed = 0
+        old = time.time() - min_age_s
+        for path in self._object_files():
+            key = path.name
+            if key in known:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_mtime > old:
+                    continue
+                fd = self._lock_stripe(key, wait=False) if _is_key(key) else None
+                if _is_key(key) and fd is None:
+                    continue
+                try:
+                    if not self._indexed_now(key):
+                        path.unlink()
+                        removed += 1
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+        return removed
+
+    def _indexed_now(self, key: str) -> bool:
+        """Whether the index has ``key`` now (asked again, never from this process's memo)."""
+        row = self._connection().execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone()
+        return row is not None
 
     def _dead_agent_folders(self) -> Iterator[Path]:
         """``$TMPDIR/jitrender-agent-*`` folders (socket and session of a run's agent, kept in

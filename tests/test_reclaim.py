@@ -156,6 +156,45 @@ def test_a_rerun_with_nothing_to_do_reclaims_a_killed_runs_workspace_and_agent_f
     assert list(short_tmpdir.glob("jitrender-agent-*")) == []
 
 
+def test_a_killed_runs_unindexed_objects_go_once_old_and_a_young_one_stays_for_its_retry(
+    tmp_path: Path, local_bucket: str, short_tmpdir: Path
+) -> None:
+    """A run killed between publishing objects and indexing them (the index is written in
+    batches) leaves files no eviction counts. The next run on the node that finds a killed
+    run's workspace removes those older than the grace time; a younger one stays, for the
+    killed run's retry to adopt. The kill is real; the unindexed files are planted (a kill
+    cannot be timed into that window from outside): copies of a real entry under new keys."""
+    cache_dir = tmp_path / "cache"
+    done = make_job(tmp_path / "done", local_bucket, "1-2", texture_size=2000, name="done")
+    env = jitrender_env(done, JITRENDER_CACHE_DIR=str(cache_dir), TMPDIR=str(short_tmpdir))
+    code, out, _ = run(done, env=env)
+    assert code == 0, out
+    indexed = sorted(p for p in (cache_dir / "objects").rglob("*") if p.is_file())
+    assert len(indexed) == 3
+    old, young = cache_dir / "objects" / "ab" / ("ab" + "0" * 62), indexed[0].parent / ("f" * 64)
+    old.parent.mkdir(exist_ok=True)
+    for planted in (old, young):
+        shutil.copyfile(indexed[0], planted)
+        planted.chmod(0o400)
+    os.utime(old, (time.time() - 2 * 3600, time.time() - 2 * 3600))
+    (tmp_path / "other").mkdir()
+    killed = make_job(tmp_path / "killed", f"file://{tmp_path}/other", "1-2", texture_size=2000,
+                      name="killed")  # fmt: skip
+    proc = start_run(killed, env=dict(env, PHASE_DIR=str(killed.phase_dir), RENDER_SLEEP="30"))
+    wait_for(lambda: bool(killed.phases("start")), timeout=60)
+    _kill_run(killed, proc)
+    code, out, report = run(done, env=env, report="again.json")
+    assert code == 0, out
+    assert report["frames"]["skipped_already_done"] == [1, 2]
+    assert not old.exists() and young.exists()
+    assert all(p.exists() for p in indexed)
+    pruned = _cache_cli(env, "prune")
+    assert pruned["unindexed_objects_removed"] == 0 and young.exists(), pruned
+    # Six entries: the done job's three and the killed run's (indexed before its kill); the
+    # young file is an orphan to verify, which removes them whatever their age.
+    assert _cache_cli(env, "verify") == {"checked": 6, "bad": 0, "orphans_removed": 1}
+
+
 def test_a_run_that_fails_after_creating_its_workspace_removes_it(
     tmp_path: Path, local_bucket: str, short_tmpdir: Path
 ) -> None:
