@@ -51,6 +51,7 @@ from jitrender.transport import route, verify
 
 # An object's bytes already at hand (a head start's download), asked for on a miss: or None.
 Held = Callable[[], bytes | None] | None
+UNINDEXED_GRACE_S = 600.0  # an unindexed object file younger than this is never removed
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
 _HOLD_MUTEXES = 64  # in-process mutexes over the shared descriptor's stripes (_try_hold)
@@ -906,12 +907,16 @@ class Cache:
     def evict_to(self, max_bytes: int, keep: Collection[str] = ()) -> tuple[int, int]:
         """Evict least-recently-used entries until at most ``max_bytes`` remain. Entries that a
         workspace links to (link count > 1) or that are being written are skipped.
-        Returns (entries evicted, bytes evicted)."""
+        Returns (entries evicted, bytes evicted).
+
+        Each entry's file and row go together under its stripe lock, the lock every install
+        of that object holds: a row deleted after the lock was let go could be a newer
+        install's (another process's, or a retry's after this very eviction), leaving its
+        file on disk uncounted by the index and never evicted again."""
         evicted = evicted_bytes = 0
         with self._db() as db:
             rows = db.execute("SELECT key, size FROM entries ORDER BY last_used ASC").fetchall()
         total = sum(size for _, size in rows)
-        gone: list[str] = []
         for key, size in rows:
             if total <= max_bytes:
                 break
@@ -919,25 +924,25 @@ class Cache:
                 continue  # just fetched for a caller that has not linked it yet
             path = self.objects / key[:2] / key
             self._check_object_dir(path.parent)
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                gone.append(key)
-                total -= size
-                continue
-            if st.st_nlink > 1:
-                continue  # pinned: a running job's workspace links to it
-            with self._stripe_lock(key), contextlib.suppress(FileNotFoundError):
-                if path.stat().st_nlink > 1:
-                    continue
-                path.unlink()
-            gone.append(key)
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_nlink > 1:
+                    continue  # pinned: a running job's workspace links to it
+            with self._stripe_lock(key):
+                try:
+                    if path.lstat().st_nlink > 1:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    pass  # a stale row (its file was lost): only the row goes
+                else:
+                    evicted += 1
+                    evicted_bytes += size
+                # The file first, then its row: a crash between leaves a row without a file,
+                # which a lookup treats as a miss and the next eviction drops.
+                with self._db() as db:
+                    db.execute("DELETE FROM entries WHERE key=?", (key,))
+                self._known_keys.discard(key)
             total -= size
-            evicted += 1
-            evicted_bytes += size
-        if gone:
-            with self._db() as db:
-                db.executemany("DELETE FROM entries WHERE key=?", [(k,) for k in gone])
         return evicted, evicted_bytes
 
     # -- maintenance ---------------------------------------------------------------------
@@ -975,7 +980,6 @@ class Cache:
         with self._db() as db:
             rows = db.execute("SELECT key, size, crc32c FROM entries").fetchall()
         known = set()
-        drop = []
         for key, size, crc in rows:
             known.add(key)
             path = self.objects / key[:2] / key
@@ -989,18 +993,18 @@ class Cache:
                 ok = False
             if not ok:
                 bad += 1
-                drop.append(key)
-                with self._stripe_lock(key), contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                with self._stripe_lock(key):  # file and row together (see evict_to)
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    with self._db() as db:
+                        db.execute("DELETE FROM entries WHERE key=?", (key,))
+                    self._known_keys.discard(key)
         orphans = 0
         for path in self._object_files():
             if path.name not in known:
                 orphans += 1
                 with self._stripe_lock(path.name), contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        if drop:
-            with self._db() as db:
-                db.executemany("DELETE FROM entries WHERE key=?", [(k,) for k in drop])
         return {"checked": checked, "bad": bad, "orphans_removed": orphans}
 
     def _object_files(self) -> Iterator[Path]:
@@ -1036,10 +1040,16 @@ class Cache:
         for folder in self._dead_agent_folders():
             shutil.rmtree(folder, ignore_errors=True)
             agents += 1
+        # A killed run may have published objects it had not indexed yet (the index is written
+        # in batches, after the install): files no eviction counts. Looked for only where a run
+        # is known to have died here (and by prune and clear): the scan reads every object
+        # folder, which a warm run must not pay for.
+        unindexed = self._remove_unindexed() if runs or kept_too else 0
         return {
             "partial_downloads_removed": parts,
             "dead_workspaces_removed": runs,
             "dead_agent_folders_removed": agents,
+            "unindexed_objects_removed": unindexed,
         }
 
     def start_cleaning_leftovers(self) -> None:
@@ -1063,6 +1073,40 @@ class Cache:
                 return False
             self._cleaner = None
         return True
+
+    def _remove_unindexed(self, min_age_s: float = UNINDEXED_GRACE_S) -> int:
+        """Remove object files the index has no row for, once they are ``min_age_s`` old (by
+        the time their bytes were written). A younger one may be a live run's install that is
+        about to be indexed, or a killed run's that its retry, starting now, will adopt (a
+        lookup checks an unindexed file's bytes and the hit indexes it). A file whose stripe
+        lock is held (a download under way) is left for next time."""
+        with self._db() as db:
+            known = {key for (key,) in db.execute("SELECT key FROM entries")}
+        removed = 0
+        old = time.time() - min_age_s
+        for path in self._object_files():
+            key = path.name
+            if key in known:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_mtime > old:
+                    continue
+                fd = self._lock_stripe(key, wait=False) if _is_key(key) else None
+                if _is_key(key) and fd is None:
+                    continue
+                try:
+                    if not self._indexed_now(key):
+                        path.unlink()
+                        removed += 1
+                finally:
+                    if fd is not None:
+                        os.close(fd)
+        return removed
+
+    def _indexed_now(self, key: str) -> bool:
+        """Whether the index has ``key`` now (asked again, never from this process's memo)."""
+        row = self._connection().execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone()
+        return row is not None
 
     def _dead_agent_folders(self) -> Iterator[Path]:
         """``$TMPDIR/jitrender-agent-*`` folders (socket and session of a run's agent, kept in

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,19 +137,7 @@ def test_sigterm_while_the_head_start_hangs_exits_75_at_once(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
     job = _scene_job(tmp_path / "job", gcs_bucket)
-    hold = Fault("hold", forward=False)
-    proxy.rules.append(lambda request: hold if _is_scene_stat(request) else None)
-    proc = start(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
-    try:
-        assert hold.held.wait(30), "the head start never asked for the scene"
-        proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        code, out = finish(proc, timeout=30)
-        took = time.monotonic() - started
-    finally:
-        hold.release.set()
-        if proc.poll() is None:
-            proc.kill()
+    code, out, took = _sigterm_while_held(job, proxy, _is_scene_stat, "asked for the scene")
     assert code == 75, out
     assert took < 10, took
     assert bucket_objects(job.bucket, "renders/") == {}, "a stopped start-up wrote outputs"
@@ -198,17 +187,7 @@ def test_sigterm_during_the_head_starts_download_exits_75_with_nothing_cached(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
     job = _scene_job(tmp_path / "job", gcs_bucket)
-    hold = Fault("hold", forward=False)
-    proxy.rules.append(lambda request: hold if _is_scene_get(request) else None)
-    proc = start(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
-    try:
-        assert hold.held.wait(30), "the head start never downloaded the scene"
-        proc.send_signal(signal.SIGTERM)
-        code, out = finish(proc, timeout=30)
-    finally:
-        hold.release.set()
-        if proc.poll() is None:
-            proc.kill()
+    code, out, _ = _sigterm_while_held(job, proxy, _is_scene_get, "downloaded the scene")
     assert code == 75, out
     assert _cache_files(job) == []
     assert list((job.cache_dir / "tmp").glob("*")) == []
@@ -261,3 +240,24 @@ def test_scene_urls_are_read_from_top_level_scene_lines(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     files = [tmp_path / n for n in texts] + [tmp_path / "absent.yaml", tmp_path]
     assert _scenes_named(files) == ["gs://b/shot.nk", "gs://b/q.usda", "gs://b/j.blend"]
+
+
+def _sigterm_while_held(
+    job: RenderJob, proxy: FaultProxy, matches: Callable[[Request], bool], what: str
+) -> tuple[int, str, float]:
+    """Run ``job`` through ``proxy`` with the requests that ``matches`` held unanswered,
+    SIGTERM it once the first is in, and give back its exit code, output and the seconds
+    from the signal to its end."""
+    hold = Fault("hold", forward=False)
+    proxy.rules.append(lambda request: hold if matches(request) else None)
+    proc = start(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    try:
+        assert hold.held.wait(30), f"the head start never {what}"
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code, out = finish(proc, timeout=30)
+        return code, out, time.monotonic() - started
+    finally:
+        hold.release.set()
+        if proc.poll() is None:
+            proc.kill()
