@@ -178,11 +178,15 @@ def backstop_s() -> float:
 
 def check_stop_settings() -> None:
     """ConfigError (78) when a setting read only once the run is stopping is not a number:
-    ``JITRENDER_STOP_BACKSTOP_S`` and ``JITRENDER_TERM_GRACE_S`` (their readers never raise)."""
+    ``JITRENDER_STOP_BACKSTOP_S`` and ``JITRENDER_TERM_GRACE_S`` (their readers never raise);
+    and ``JITRENDER_READ_TIMEOUT_S``, read where an HTTP client is made, maybe in a thread
+    that cannot report it."""
     from jitrender.stages import TERM_GRACE_ENV, TERM_GRACE_S
+    from jitrender.transport import read_timeout_s
 
     seconds_from_env(BACKSTOP_ENV, BACKSTOP_S)
     seconds_from_env(TERM_GRACE_ENV, TERM_GRACE_S)
+    read_timeout_s()  # (read where a client is made: in a thread, or the head start's)
 
 
 def seconds_from_env(name: str, default: float) -> float:

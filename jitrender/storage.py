@@ -677,13 +677,13 @@ class _GcsReader:
             if self._pool is None:
                 import urllib3
 
-                from jitrender.transport import http_settings
+                from jitrender.transport import http_settings, read_timeout_s
 
                 self._pool = urllib3.PoolManager(
                     maxsize=self._pool_size,
                     ca_certs=http_settings().ca_bundle,  # as requests (uploads) is told
                     retries=False,  # with_retries decides, by classify()
-                    timeout=urllib3.Timeout(connect=30, read=300),
+                    timeout=urllib3.Timeout(connect=30, read=read_timeout_s()),
                 )
             return self._pool
 
@@ -1014,8 +1014,10 @@ class GCSStore(Store):
                 response.release_conn()
             return
         url, headers = self._media_request(info, start, end)  # the session adds it
+        from jitrender.transport import read_timeout_s
+
         with self._client()._http.get(
-            url, headers=headers, stream=True, timeout=(30, 300)
+            url, headers=headers, stream=True, timeout=(30, read_timeout_s())
         ) as response:
             response.raise_for_status()  # HTTPError carries the status classify() reads
             self._check_encoding(info, response.headers)

@@ -51,7 +51,9 @@ class Request:
 @dataclass
 class Fault:
     """What to do with one request: ``kind`` is a RANDOM_FAULTS name, ``status`` (answer with
-    this status, not forwarded), ``corrupt`` (the answer's first byte flipped), ``hold``
+    this status, not forwarded), ``corrupt`` (the answer's first byte flipped), ``stall_body``
+    (headers and half the body sent, then silence on the open connection until ``release``,
+    bounded, then a reset), ``hold``
     (signal ``held`` and wait for ``release``, bounded, then ``forward`` it or drop the
     connection), or ``pass``."""
 
@@ -198,7 +200,12 @@ class FaultProxy:
                     conn.close()
 
             def _send(
-                self, status: int, headers: list[tuple[str, str]], data: bytes, cut: bool = False
+                self,
+                status: int,
+                headers: list[tuple[str, str]],
+                data: bytes,
+                cut: bool = False,
+                hold: Fault | None = None,
             ) -> None:
                 self.send_response(status)
                 for key, value in headers:
@@ -209,6 +216,9 @@ class FaultProxy:
                 if cut:
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
+                    if hold is not None:
+                        hold.held.set()
+                        hold.release.wait(MAX_HOLD_S)
                     self._reset()
                     return
                 self.wfile.write(data)
@@ -248,6 +258,11 @@ class FaultProxy:
                     return
                 if kind == "corrupt" and data:  # (never random) one byte flipped, same length
                     data = bytes([data[0] ^ 0xFF]) + data[1:]
+                if kind == "stall_body" and fault is not None and len(data) > 1:
+                    # (never random) headers and half the body sent, then nothing: the
+                    # connection stays open until ``release`` (bounded), then is reset.
+                    self._send(status, headers, data, cut=True, hold=fault)
+                    return
                 self._send(status, headers, data, cut=kind == "truncate" and len(data) > 1)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _proxy

@@ -147,3 +147,62 @@ def test_upload_failing_after_retries_exits_75_and_rerun_completes(
     assert code == 0, out
     assert job.phases("start") == [2]
     assert sorted(report["frames"]["skipped_already_done"]) == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("texture_size", "path"), [(20_000, "asyncio"), (9 << 20, "ranged")], ids=["small", "large"]
+)
+def test_a_download_that_stalls_mid_body_is_retried_after_the_read_timeout(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy, texture_size: int, path: str
+) -> None:
+    """The first download of frame 1's texture sends its headers and half its body, then
+    nothing, on a connection left open (a stalled link). With ``JITRENDER_READ_TIMEOUT_S=1``
+    the request is given up after a second of silence and retried: the run ends 0 with exact
+    outputs long before the stall would end by itself (the proxy resets it after 30 s). Small
+    objects take the asyncio path (obstore), large ones the ranged one (urllib3)."""
+    import time
+
+    from jitrender.storage import GCSStore
+    from jitrender.transport import route
+
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2", texture_size=texture_size)
+    store = GCSStore()
+    info = store.stat(f"{gcs_bucket}/assets/tex.0001.bin")
+    assert info is not None and route(info, store) == path
+    stall = Fault("stall_body")
+    taken: list[Request] = []
+
+    def first_texture_download(request: Request) -> Fault | None:
+        if taken or not (request.is_download and request.names("tex.0001")):
+            return None
+        taken.append(request)
+        return stall
+
+    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url, JITRENDER_READ_TIMEOUT_S="1")
+    started = time.monotonic()
+    try:
+        with proxy.rule(first_texture_download):
+            code, out, report = run(job, env=env)
+    finally:
+        stall.release.set()
+    elapsed = time.monotonic() - started
+    assert code == 0, out
+    assert stall.held.is_set()  # the stall really happened
+    assert elapsed < 20, f"{elapsed:.1f} s: the stalled read was not given up"
+    objects = bucket_objects(gcs_bucket, "renders/")
+    for frame in job.frames:
+        data = objects[f"renders/frame.{frame:04d}.txt"][1]
+        assert data == expected_output(frame, job.frame_inputs(frame))
+    assert report["frames"]["done"] == job.frames
+    assert cache_verify(job)["bad"] == 0
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "nan"])
+def test_a_read_timeout_that_is_not_a_positive_number_is_refused_at_start(
+    gcs_bucket: str, tmp_path: Path, value: str
+) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1", upload=False)
+    code, out, _ = run(job, env=jitrender_env(job, JITRENDER_READ_TIMEOUT_S=value))
+    assert code == 78, out
+    assert "JITRENDER_READ_TIMEOUT_S" in out and repr(value) in out, out
+    assert "Traceback" not in out
