@@ -756,7 +756,10 @@ def health(
     from jitrender.cachelayout import default_cache_dir
     from jitrender.health import NodeHealth
 
-    node = NodeHealth(cache_dir or default_cache_dir())
+    try:
+        node = NodeHealth(cache_dir or default_cache_dir())
+    except ConfigError as exc:  # a threshold that is not a number
+        _fail(exc)
     try:
         if reset:
             node.reset()

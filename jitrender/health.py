@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jitrender.errors import ConfigError
 from jitrender.report import Report
 
 HEALTH_FILE = "health.json"
@@ -52,12 +53,21 @@ class HealthPolicy:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HealthPolicy:
+        """The thresholds set in the environment (unset or empty: the defaults); ConfigError
+        (78) for one that is not a whole number of 1 or more."""
         env = os.environ if environ is None else environ
 
         def number(name: str, default: int) -> int:
-            with contextlib.suppress(ValueError):
-                return max(1, int(env.get(name, "")))
-            return default
+            text = env.get(name, "").strip()
+            if not text:
+                return default
+            try:
+                value = int(text)
+            except ValueError:
+                value = 0
+            if value < 1:  # never taken as some other number than the one set
+                raise ConfigError(f"{name}: {text!r} is not a whole number of 1 or more")
+            return value
 
         return cls(
             number("JITRENDER_HEALTH_FAILED_FRAMES", cls.failed_frames),

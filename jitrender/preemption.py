@@ -26,8 +26,23 @@ _SOCKET_SLACK_S = 10
 _MAX_ERRORS = 5
 
 
-def _watch_setting(environ: Mapping[str, str]) -> str:
-    return environ.get("JITRENDER_PREEMPTION_WATCH", "").strip().lower()
+_WATCH_OFF = ("off", "0", "false", "no")
+_WATCH_ON = ("", "auto", "on", "1", "true", "yes")
+
+
+def watch_setting(environ: Mapping[str, str]) -> str:
+    """``JITRENDER_PREEMPTION_WATCH``, lower case; ConfigError (78) for a value that is neither
+    off (``off``, ``0``, ``false``, ``no``) nor on (unset, ``auto``, ``on``, ``1``, ``true``,
+    ``yes``): a typo must not leave the watch on without a word."""
+    raw = environ.get("JITRENDER_PREEMPTION_WATCH", "")
+    value = raw.strip().lower()
+    if value not in _WATCH_OFF + _WATCH_ON:
+        from jitrender.errors import ConfigError
+
+        raise ConfigError(
+            f"JITRENDER_PREEMPTION_WATCH: {raw!r} is not off/0/false/no or on/1/true/yes/auto"
+        )
+    return value
 
 
 def _looks_like_gce(hosts_file: Path, product_file: Path) -> bool:
@@ -63,7 +78,7 @@ class PreemptionWatcher:
 
     def host(self) -> str | None:
         """Where to ask, or None when this is no place to watch (no network involved)."""
-        if _watch_setting(self.environ) in ("off", "0", "false", "no"):
+        if watch_setting(self.environ) in _WATCH_OFF:
             return None
         explicit = self.environ.get("GCE_METADATA_HOST", "").strip()
         if explicit:

@@ -179,19 +179,29 @@ def backstop_s() -> float:
 def check_stop_settings() -> None:
     """ConfigError (78) when a setting read only once the run is stopping is not a number:
     ``JITRENDER_STOP_BACKSTOP_S`` and ``JITRENDER_TERM_GRACE_S`` (their readers never raise);
-    and ``JITRENDER_READ_TIMEOUT_S``, read where an HTTP client is made, maybe in a thread
-    that cannot report it."""
+    and those read in a thread that cannot report them: ``JITRENDER_READ_TIMEOUT_S`` (where an
+    HTTP client is made, maybe the head start's) and ``JITRENDER_PREEMPTION_WATCH``."""
+    from jitrender.preemption import watch_setting
     from jitrender.stages import TERM_GRACE_ENV, TERM_GRACE_S
     from jitrender.transport import read_timeout_s
 
     seconds_from_env(BACKSTOP_ENV, BACKSTOP_S)
     seconds_from_env(TERM_GRACE_ENV, TERM_GRACE_S)
-    read_timeout_s()  # (read where a client is made: in a thread, or the head start's)
+    read_timeout_s()
+    watch_setting(os.environ)
 
 
 def seconds_from_env(name: str, default: float) -> float:
-    """A duration setting from the environment (``default`` when unset); 78 when not a number."""
+    """A duration setting from the environment (``default`` when unset); 78 when it is not a
+    number of seconds: also a negative one, nan or infinity (a grace or budget of -1 s would
+    be taken as none at all, which is not what anyone setting it meant)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
     try:
-        return float(os.environ.get(name, default))
+        value = float(text)
     except ValueError:
-        raise ConfigError(f"{name}: {os.environ[name]!r} is not a number of seconds") from None
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{name}: {text!r} is not a number of seconds (0 or more)")
+    return value

@@ -215,16 +215,42 @@ def test_a_full_cache_disk_is_one_retryable_line_naming_the_folder_and_the_bytes
     assert "(1500000 bytes needed" in line
 
 
+@pytest.mark.parametrize("value", ["5s", "-1", "nan", "inf"])
 @pytest.mark.parametrize(
     "name", ["JITRENDER_FLUSH_BUDGET_S", "JITRENDER_TERM_GRACE_S", "JITRENDER_STOP_BACKSTOP_S"]
 )
 def test_a_stop_timing_that_is_not_a_number_is_78_before_anything_renders(
-    tmp_path: Path, name: str
+    tmp_path: Path, name: str, value: str
 ) -> None:
     """The stop's timings are read only once a run stops; a bad one is refused at start."""
     job = write_job(tmp_path)
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), **{name: "5s"})
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), **{name: value})
     env["JITRENDER_PREEMPTION_WATCH"] = "off"
     line = one_line(cli("run", str(job), "--progress", "plain", env=env), 78)
-    assert f"{name}: '5s' is not a number of seconds" in line
+    assert f"{name}: {value!r} is not a number of seconds (0 or more)" in line
     assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("JITRENDER_READ_TIMEOUT_S", "1m", "is not a positive number of seconds"),
+        ("JITRENDER_PREEMPTION_WATCH", "maybe", "is not off/0/false/no or on/1/true/yes/auto"),
+        ("JITRENDER_HEALTH_FAILED_FRAMES", "three", "is not a whole number of 1 or more"),
+        ("JITRENDER_HEALTH_JOB_FAILURES", "0", "is not a whole number of 1 or more"),
+    ],
+)
+def test_a_node_setting_that_cannot_be_taken_is_78_before_anything_renders(
+    tmp_path: Path, name: str, value: str, says: str
+) -> None:
+    """Settings read in a background thread (the read timeout, the preemption watch) or only
+    at the end of a run (the health thresholds) are refused at start, never silently taken
+    as their default (a typo of ``off`` left the watch on; ``0`` was read as 1)."""
+    job = write_job(tmp_path)
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), **{name: value})
+    line = one_line(cli("run", str(job), "--progress", "plain", env=env), 78)
+    assert f"{name}: {value!r} {says}" in line
+    assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
+    if name.startswith("JITRENDER_HEALTH"):
+        line = one_line(cli("health", "--cache-dir", str(tmp_path / "cache"), env=env), 78)
+        assert f"{name}: {value!r} {says}" in line
