@@ -204,15 +204,32 @@ def _spawn_argv(argv: list[str], cwd: Path | None, env: Mapping[str, str]) -> li
 
 @functools.lru_cache(maxsize=1)
 def _setpriv() -> str | None:
-    """The ``setpriv`` that knows ``--pdeathsig`` (util-linux >= 2.33), or None."""
+    """The ``setpriv`` that knows ``--pdeathsig`` (util-linux >= 2.33) and can set it here,
+    or None."""
     if not sys.platform.startswith("linux") or not os.access("/bin/sh", os.X_OK):
         return None
     found = shutil.which("setpriv")
     try:
         with open(found or "", "rb") as binary:
-            return found if b"pdeathsig" in binary.read(1 << 20) else None
+            if b"pdeathsig" not in binary.read(1 << 20):
+                return None
     except OSError:
         return None
+    # Once per process: a setpriv that cannot set the signal (a seccomp profile or security
+    # module refusing prctl) would fail every stage it starts, where the fork's own prctl,
+    # refused the same way, lets the renderer run (without the signal, as it always did).
+    try:
+        probe = subprocess.run(
+            [found, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", ":"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found if probe.returncode == 0 else None
 
 
 def _executable(name: str, cwd: Path | None, env: Mapping[str, str]) -> bool:

@@ -53,6 +53,33 @@ def test_a_stage_sees_its_command_line_the_run_as_parent_and_dies_with_it(
     assert (seen["pwd"], seen["odd"]) == ("/not/the/stage's/cwd", odd)  # its environment as given
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_a_setpriv_that_cannot_set_the_signal_is_not_used_and_the_stage_still_runs(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    """Where a seccomp profile refuses prctl, util-linux setpriv fails before it runs anything.
+    Stood in for by a ``setpriv`` first on PATH that knows ``--pdeathsig`` and fails as that
+    one would: the run finds it unusable once and starts its stages the way it did before
+    setpriv (a fork that sets the signal itself), so the frame renders."""
+    fake = tmp_path / "bin" / "setpriv"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n# --pdeathsig\necho 'setpriv: prctl: Operation not permitted' >&2\n"
+                    "exit 127\n")  # fmt: skip
+    fake.chmod(0o755)
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    command = [sys.executable, str(probe), "{frame}"]
+    job = make_job(tmp_path / "job", local_bucket, "1", texture_size=100,
+                   extra={"stages": [{"name": "render", "command": command}]})  # fmt: skip
+    env = jitrender_env(job)
+    proc = start_run(job, env=dict(env, PATH=f"{fake.parent}:{env['PATH']}"))
+    code, out = finish(proc)
+    assert code == 0, out
+    seen = json.loads(Path(local_bucket.removeprefix("file://"), "renders", "frame.0001.txt")
+                      .read_text())  # fmt: skip
+    assert seen["ppid"] == proc.pid and seen["pdeathsig"] == 9  # set by the fork instead
+
+
 @pytest.mark.parametrize(
     "kind", ["missing", "not_executable", "not_a_program", "missing_interpreter"]
 )
