@@ -209,8 +209,10 @@ def _setpriv() -> str | None:
     if not sys.platform.startswith("linux") or not os.access("/bin/sh", os.X_OK):
         return None
     found = shutil.which("setpriv")
+    if found is None:
+        return None
     try:
-        with open(found or "", "rb") as binary:
+        with open(found, "rb") as binary:
             if b"pdeathsig" not in binary.read(1 << 20):
                 return None
     except OSError:
