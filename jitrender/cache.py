@@ -52,6 +52,8 @@ from jitrender.transport import route, verify
 # An object's bytes already at hand (a head start's download), asked for on a miss: or None.
 Held = Callable[[], bytes | None] | None
 UNINDEXED_GRACE_S = 600.0  # an unindexed object file younger than this is never removed
+_INDEX_OPEN_S = 30.0  # how long a cache waits for its index while other processes make it
+_EVICT_BATCH = 64  # entries evicted under their locks at once, one transaction
 _STRIPES = 4096  # flock stripe files, where open-file-description locks are missing
 _OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
 _HOLD_MUTEXES = 64  # in-process mutexes over the shared descriptor's stripes (_try_hold)
@@ -200,16 +202,43 @@ class Cache:
         self._clearing: dict[str, threading.Thread] = {}  # run folder -> its inputs' removal
         self._cleaner: threading.Thread | None = None  # start_cleaning_leftovers' sweep
         self.ranged = RangedDownloader()  # large objects: concurrent ranges on its own pool
-        try:
-            conn = self._connection()
-            # Once per cache folder: the script sums every entry (30 ms at 300,000 of them).
-            if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
-                # One write transaction, so the running total starts from a consistent sum.
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
-                )
-        except sqlite3.Error as exc:
-            raise ConfigError(f"{self.root}/index.sqlite: cannot open cache index: {exc}") from None
+        self._open_index()
+
+    def _open_index(self) -> None:
+        """Open the index, making its tables the first time. Jobs that start together on a new
+        node make it at the same moment, and sqlite answers one of them "database is locked"
+        at once, without its busy wait, where the connections race to switch the new file to
+        WAL (1 of 200 processes here, eight at a time): that is retried, for up to
+        ``_INDEX_OPEN_S``, not reported as a broken cache."""
+        deadline = time.monotonic() + _INDEX_OPEN_S
+        delay = 0.005
+        while True:
+            try:
+                conn = self._connection()
+                # Once per cache folder: the script sums every entry (30 ms at 300,000 of them).
+                if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                    # One write transaction, so the running total starts from a consistent sum.
+                    conn.executescript(
+                        f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
+                    )
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() + delay > deadline:
+                    raise ConfigError(
+                        f"{self.root}/index.sqlite: cannot open cache index: {exc}"
+                    ) from None
+                stale = getattr(self._db_local, "conn", None)
+                if stale is not None:  # a fresh connection for the next try
+                    with contextlib.suppress(sqlite3.Error):
+                        stale.close()
+                    self._db_local.conn = None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.25)
+            except sqlite3.Error as exc:
+                raise ConfigError(
+                    f"{self.root}/index.sqlite: cannot open cache index: {exc}"
+                ) from None
 
     # -- identity ------------------------------------------------------------------------
 
@@ -912,37 +941,55 @@ class Cache:
         Each entry's file and row go together under its stripe lock, the lock every install
         of that object holds: a row deleted after the lock was let go could be a newer
         install's (another process's, or a retry's after this very eviction), leaving its
-        file on disk uncounted by the index and never evicted again."""
+        file on disk uncounted by the index and never evicted again. The locks are taken
+        without waiting, up to ``_EVICT_BATCH`` at a time, and each batch's rows go in one
+        transaction; an entry whose stripe is busy (a download of it, or of a stripe-mate) is
+        left for the next eviction."""
         evicted = evicted_bytes = 0
         with self._db() as db:
             rows = db.execute("SELECT key, size FROM entries ORDER BY last_used ASC").fetchall()
         total = sum(size for _, size in rows)
-        for key, size in rows:
-            if total <= max_bytes:
-                break
-            if key in keep:
-                continue  # just fetched for a caller that has not linked it yet
-            path = self.objects / key[:2] / key
-            self._check_object_dir(path.parent)
-            with contextlib.suppress(FileNotFoundError):
-                if path.lstat().st_nlink > 1:
-                    continue  # pinned: a running job's workspace links to it
-            with self._stripe_lock(key):
-                try:
-                    if path.lstat().st_nlink > 1:
-                        continue
-                    path.unlink()
-                except FileNotFoundError:
-                    pass  # a stale row (its file was lost): only the row goes
-                else:
-                    evicted += 1
-                    evicted_bytes += size
-                # The file first, then its row: a crash between leaves a row without a file,
-                # which a lookup treats as a miss and the next eviction drops.
-                with self._db() as db:
-                    db.execute("DELETE FROM entries WHERE key=?", (key,))
-                self._known_keys.discard(key)
-            total -= size
+        pending = iter(rows)
+        while total > max_bytes:
+            held: list[int] = []
+            gone: list[str] = []
+            try:
+                for key, size in pending:
+                    if key in keep:
+                        continue  # just fetched for a caller that has not linked it yet
+                    path = f"{self._objects_dir}/{key[:2]}/{key}"
+                    self._check_object_dir(os.path.dirname(path))
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.lstat(path).st_nlink > 1:
+                            continue  # pinned: a running job's workspace links to it
+                    fd = self._lock_stripe(key, wait=False)
+                    if fd is None:
+                        continue  # being downloaded (or a stripe-mate is): not now
+                    held.append(fd)
+                    try:
+                        if os.lstat(path).st_nlink > 1:
+                            continue
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass  # a stale row (its file was lost): only the row goes
+                    else:
+                        evicted += 1
+                        evicted_bytes += size
+                    gone.append(key)
+                    total -= size
+                    if total <= max_bytes or len(held) >= _EVICT_BATCH:
+                        break
+                # Files first, then their rows: a crash between leaves rows without files,
+                # which a lookup treats as misses and the next eviction drops.
+                if gone:
+                    with self._db() as db:
+                        db.executemany("DELETE FROM entries WHERE key=?", [(k,) for k in gone])
+                    self._known_keys.difference_update(gone)
+            finally:
+                for fd in held:
+                    os.close(fd)
+            if not held:
+                break  # every entry left is kept, pinned or busy
         return evicted, evicted_bytes
 
     # -- maintenance ---------------------------------------------------------------------

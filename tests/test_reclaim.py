@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import ROOT, cli
 from tests.renderjobs import RenderJob, jitrender_env, make_job, run, start_run, wait_for
 
 CAP = 256_000
@@ -252,3 +253,21 @@ def test_a_workspace_its_run_was_killed_while_removing_is_reclaimed_by_the_next_
     assert not Path(str(report["workspace"])).exists()
     assert _cache_cli(env, "stats")["pinned_bytes"] == 0
     assert _cache_cli(env, "verify")["bad"] == 0
+
+
+def test_jobs_starting_together_on_a_new_node_all_open_its_new_cache(tmp_path: Path) -> None:
+    """Processes that make a cache's index at the same moment: sqlite answered one of them
+    "database is locked" at once (no busy wait) while they raced to switch the new file to
+    WAL, and that process exited 78 "cannot open cache index" (1 of 200 processes, eight at a
+    time, in a stress loop). Sixteen at once on each of two new cache folders, through the
+    CLI: every one opens it (a check, not a proof: the race is rare)."""
+    for index in range(2):
+        cache = tmp_path / f"cache{index}"
+        argv = [sys.executable, "-m", "jitrender.cli", "cache", "stats", "--json", "--cache-dir",
+                str(cache)]  # fmt: skip
+        procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(16)]  # fmt: skip
+        outs = [proc.communicate(timeout=120) for proc in procs]
+        failed = [err for proc, (_, err) in zip(procs, outs, strict=True) if proc.returncode]
+        assert failed == [], failed[:2]
+        assert all(json.loads(out)["entries"] == 0 for out, _ in outs)
