@@ -202,6 +202,12 @@ def _spawn_argv(argv: list[str], cwd: Path | None, env: Mapping[str, str]) -> li
     return [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", check, "sh", *argv]
 
 
+def start_probe() -> None:
+    """Find out now (:func:`_setpriv`, one short process) how this process will start its
+    stages, so that the first stage does not wait for it."""
+    _setpriv()
+
+
 @functools.lru_cache(maxsize=1)
 def _setpriv() -> str | None:
     """The ``setpriv`` that knows ``--pdeathsig`` (util-linux >= 2.33) and can set it here,
