@@ -71,6 +71,10 @@ class _Resolve:
     scanned: set[str] = field(default_factory=set)  # layers and prim specs whose arcs are read
     # (prim path, frame) -> the clip layers its clip sets activate there
     active_clips: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    # Layers fetched for arcs that name a node path outside the resolve folder (an absolute
+    # path that path_map maps): each one's bytes in memory under that path (kept alive here),
+    # where composition looks for it.
+    aliases: dict[str, Any] = field(default_factory=dict)
     out: Dependencies = field(default_factory=Dependencies)
 
     # -- local files <-> URLs -------------------------------------------------------------
@@ -109,11 +113,22 @@ class _Resolve:
             base = self.ctx.scene_url
         return self.ctx.map(path, relative_to=url_dirname(base))
 
-    def fetch(self, url: str, written: str, source: str, frames: Sequence[int] | None) -> bool:
-        """Fetch a layer (once); record it as a dependency. True when it was new and exists."""
+    def fetch(
+        self,
+        url: str,
+        written: str,
+        source: str,
+        frames: Sequence[int] | None,
+        anchored: str | None = None,
+    ) -> bool:
+        """Fetch a layer (once); record it as a dependency. True when it was new and exists.
+        ``anchored``: the path composition asks for (the arc's path anchored to its layer), to
+        which the layer is aliased where it is a node path outside the resolve folder."""
         if url in self.tried:
             if frames is not None:
                 self.add(written, url, source, frames)
+            if anchored is not None and self.tried[url] and anchored not in self.aliases:
+                return self._alias(anchored, url)  # the same layer named another way
             return False
         self.add(written, url, source, frames)
         try:
@@ -125,8 +140,41 @@ class _Resolve:
         self.url_of_local[str(Path(local).resolve())] = url
         self.url_of_local[str(local)] = url
         self.local_of_url[url] = str(local)
+        if anchored is not None:
+            self._alias(anchored, url)
         if url.lower().endswith(".mtlx"):
             self._materialx(url, Path(local), frames)
+        return True
+
+    def _alias(self, anchored: str, url: str) -> bool:
+        """Give the fetched layer of ``url`` the identifier ``anchored`` (a node path such as
+        ``/mnt/show/asset.usd`` that path_map mapped to ``url``): an in-memory layer holding
+        its content, which Sdf's registry hands composition for that path, so the layer is
+        composed (its own arcs and values read, anchored where its author meant) instead of
+        being an unresolved arc. True when one was made."""
+        if anchored in self.aliases or not anchored.startswith("/") or self._local(anchored):
+            return False
+        local = self.local_of_url.get(url)
+        try:
+            source = Sdf.Layer.FindOrOpen(local) if local else None
+            if source is None:
+                return False
+            alias = Sdf.Layer.Find(anchored) or Sdf.Layer.New(source.GetFileFormat(), anchored)
+            alias.TransferContent(source)
+        except Tf.ErrorException:
+            return False  # (a package, a format that cannot be made in memory): as before
+        self.aliases[anchored] = alias
+        self.url_of_local[anchored] = url
+        return True
+
+    def _local(self, path: str) -> bool:
+        """Whether ``path`` is below the resolve folder (a file composition finds as it is)."""
+        if self.root is None:
+            return False
+        try:
+            Path(path).resolve().relative_to(self.root)
+        except ValueError:
+            return False
         return True
 
     def add(self, written: str, url: str, source: str, frames: Sequence[int] | None) -> None:
@@ -292,7 +340,23 @@ def _arc(state: _Resolve, written: str, layer: Any, variables: dict[str, Any], s
         return False
     if url is None:
         return False
-    return state.fetch(url, written, source, None)
+    anchored = _anchored(written, layer, variables)
+    return state.fetch(url, written, source, None, anchored)
+
+
+def _anchored(written: str, layer: Any, variables: dict[str, Any]) -> str | None:
+    """The path composition opens for an arc ``written`` in ``layer``: a node path (absolute
+    as written, or relative to a layer that itself has one), None for a URL or a package's
+    inner file."""
+    path = _evaluate(written, variables)
+    if not path or is_url(path) or "[" in path:
+        return None
+    if path.startswith("/"):
+        return posixpath.normpath(path)
+    anchor = layer.realPath or layer.identifier
+    if not anchor.startswith("/") or "[" in anchor:
+        return None
+    return posixpath.normpath(posixpath.join(posixpath.dirname(anchor), path))
 
 
 def _name(layer: Any) -> str:

@@ -69,9 +69,10 @@ LOOK = b"""<?xml version="1.0"?>
 """
 
 
-def deps(scene_url: str, frames: str) -> subprocess.CompletedProcess[str]:
+def deps(scene_url: str, frames: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "deps", scene_url, "--frames", frames, "--json"],
+        [sys.executable, "-m", "jitrender.cli", "deps", scene_url, "--frames", frames, "--json",
+         *extra],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=120,
@@ -122,3 +123,91 @@ def test_a_malformed_scene_is_one_line_and_exit_65(tmp_path: Path) -> None:
     proc = deps(f"file://{scene}", "1")
     assert proc.returncode == 65
     assert "bad.usda" in proc.stderr and "Traceback" not in proc.stderr
+
+
+SHOT_ON_SHOW = b"""#usda 1.0
+(
+    subLayers = [@/mnt/show/seq/lighting.usda@]
+)
+
+def Xform "World" (
+    prepend references = @/mnt/show/assets/car/car.usda@
+)
+{
+}
+"""
+
+LIGHTING = b"""#usda 1.0
+def DomeLight "Dome"
+{
+    asset inputs:texture:file = @../tex/sky.exr@
+}
+"""
+
+CAR = b"""#usda 1.0
+(
+    defaultPrim = "Car"
+)
+
+def Xform "Car" (
+    prepend payload = @./geo/body.usdc@
+)
+{
+    asset paint = @./tex/paint.<UDIM>.png@
+}
+"""
+
+BODY = b"""#usda 1.0
+(
+    defaultPrim = "Body"
+)
+
+def Mesh "Body"
+{
+    asset decal = @../tex/decal.png@
+}
+"""
+
+
+def test_layers_named_by_mapped_absolute_paths_are_composed_and_their_own_files_found(
+    bucket: str, tmp_path: Path
+) -> None:
+    """A shot authored on a show mount (``/mnt/show/...``, mapped by ``--path-map`` to the
+    bucket): its sublayer and reference are fetched and composed as if the mount were there,
+    so what those layers name in turn (a payload, textures, UDIM tiles, each relative to its
+    own layer) is found. Before, only the two layers were listed: composition could not open
+    ``/mnt/show`` on the node, and nothing below them was read."""
+    show = f"{bucket}/show"
+    put_object(f"{bucket}/shots/sh010.usda", SHOT_ON_SHOW)
+    put_object(f"{show}/seq/lighting.usda", LIGHTING)
+    put_object(f"{show}/tex/sky.exr", b"exr")
+    put_object(f"{show}/assets/car/car.usda", CAR)
+    put_object(f"{show}/assets/car/geo/body.usdc", _crate(BODY, tmp_path))
+    put_object(f"{show}/assets/car/tex/decal.png", b"png")
+    for tile in ("1001", "1002"):
+        put_object(f"{show}/assets/car/tex/paint.{tile}.png", b"png")
+    proc = deps(f"{bucket}/shots/sh010.usda", "1", "--path-map", f"/mnt/show={show}")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    found = {d["url"][len(show) + 1 :]: d["exists"] for d in report["deps"]}
+    assert found == {
+        "seq/lighting.usda": True,
+        "tex/sky.exr": True,
+        "assets/car/car.usda": True,
+        "assets/car/geo/body.usdc": True,
+        "assets/car/tex/decal.png": True,
+        "assets/car/tex/paint.1001.png": True,
+        "assets/car/tex/paint.1002.png": True,
+    }, report
+    assert report["missing"] == [] and report["unresolved"] == []
+
+
+def _crate(text: bytes, folder: Path) -> bytes:
+    """``text`` (usda) as a binary crate layer, written by usd-core."""
+    from pxr import Sdf
+
+    layer = Sdf.Layer.CreateAnonymous(".usda")
+    layer.ImportFromString(text.decode())
+    path = folder / "crate.usdc"
+    layer.Export(str(path))
+    return path.read_bytes()
