@@ -70,9 +70,9 @@ LOOK = b"""<?xml version="1.0"?>
 
 
 def deps(scene_url: str, frames: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "jitrender.cli", "deps", scene_url, "--frames", frames]
     return subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "deps", scene_url, "--frames", frames, "--json",
-         *extra],  # fmt: skip
+        [*argv, "--json", *extra],
         capture_output=True,
         text=True,
         timeout=120,
