@@ -278,14 +278,14 @@ class JobRun:
 
         def start() -> None:
             watch.start_now()
-            from jitrender.stages import start_probe
-
-            start_probe()  # whether setpriv can start the stages here (~3 ms), ahead of them
             log = run_dir / "logs" / "agent.log"
             try:
                 agent.set_result(Agent(inputs, path_map, workspace=run_dir, log_path=log).start())
             except BaseException as exc:  # raised where the run takes it over
                 agent.set_exception(exc)
+            from jitrender.stages import start_probe
+
+            start_probe()  # whether setpriv can start the stages here (~3 ms), ahead of them
 
         threading.Thread(target=start, name="start-ahead", daemon=True).start()
         # A killed run's partial downloads, workspace (whose links pin cache entries) and agent
