@@ -190,33 +190,40 @@ class HeadStart:
 
     def _list_ahead(self, scene: ObjectInfo) -> None:
         """For a small manifest scene (downloaded ahead, or in the node's cache): list its
-        ``gs://`` folder lines and its plain files' busy folders (ranged), as the run's
-        resolve and stat would, at most ``LIST_AHEAD_MAX`` requests at once."""
+        ``gs://`` folder lines and its plain files' busy folders (ranged), and stat its other
+        plain files, as the run's resolve and stat would, at most ``LIST_AHEAD_MAX`` requests
+        at once."""
         text = self._manifest_text(scene)
         if text is None:
             return
         from concurrent.futures import ThreadPoolExecutor
 
         from jitrender.manifestlines import TOKEN_CHAR, manifest_entries
-        from jitrender.transfer import listing_ranges
+        from jitrender.transfer import listing_groups
 
         lines = [line for _, line in manifest_entries(text) if line.startswith("gs://")]
         folders = dict.fromkeys(line.rstrip("/") + "/" for line in lines if line.endswith("/"))
         files = [line for line in lines if not line.endswith("/") and not TOKEN_CHAR.search(line)]
-        ranges = listing_ranges(files)
-        count = len(folders) + len(ranges)
+        groups, alone = listing_groups(dict.fromkeys(files))
+        ranges = [listing for listing, _ in groups]
+        count = len(folders) + len(ranges) + len(alone)  # (files alone in a folder: a stat each)
         if not count or count > LIST_AHEAD_MAX:
             return
         store = self.stores.for_url
         with ThreadPoolExecutor(min(PRECONNECT, count)) as threads:
             listed = {p: threads.submit(store(p).list, p, recursive=True) for p in folders}
             ranged = [threads.submit(store(r[0]).list_range, *r) for r in ranges]
+            stated = [threads.submit(store(url).stat, url) for url in alone]
         for prefix, future in listed.items():
             if future.exception() is None:
                 self._listed[prefix] = future.result()
         for future in ranged:
             if future.exception() is None:
                 self._list_stats.extend(future.result())
+        for stat in stated:
+            found = stat.result() if stat.exception() is None else None
+            if found is not None:  # (a missing one: the run finds it missing itself)
+                self._list_stats.append(found)
 
     def _manifest_text(self, info: ObjectInfo) -> str | None:
         """A small manifest scene's text, from the body downloaded ahead or the node's cache;

@@ -276,6 +276,38 @@ def test_a_manifests_listings_are_made_once_while_the_run_still_imports(
     _outputs_right(job)
 
 
+def test_a_manifests_files_alone_in_their_folders_are_stated_once_while_the_run_imports(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """Files a manifest names that share their folder with too few others for a ranged listing
+    (here three textures, each in its own folder, and one that does not exist) are stated by
+    the head start, before the run's first request of its own; the run asks for none of the
+    found ones again and finds the missing one missing itself (65, naming it)."""
+    frames = [1, 2, 3]
+    job = make_job(tmp_path / "job", gcs_bucket, "1-3",
+                   extra={"scene": f"{gcs_bucket}/scenes/shot.txt", "deps": []})  # fmt: skip
+    put_object(f"{gcs_bucket}/shared/lut.bin", shared_lut(job.texture_size))
+    names = [f"assets/f{f}/tex.{f:04d}.bin" for f in frames]
+    for frame, name in zip(frames, names, strict=True):
+        put_object(f"{gcs_bucket}/{name}", texture(frame, job.texture_size))
+    lines = [f"{gcs_bucket}/shared/lut.bin", *(f"{gcs_bucket}/{n}" for n in names)]
+    put_object(f"{gcs_bucket}/scenes/shot.txt", "".join(f"{line}\n" for line in lines).encode())
+    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url)
+    code, out, report = run(job, env=env)
+    assert code == 0, out
+    first_own = next(i for i, r in enumerate(proxy.requests) if _is_outputs_listing(r))
+    for name in ["shared/lut.bin", *names]:
+        stats = [i for i, r in enumerate(proxy.requests)
+                 if not r.is_download and r.path.split("?")[0].endswith(f"/o/{name}")]  # fmt: skip
+        assert len(stats) == 1 and stats[0] < first_own, (name, [r.path for r in proxy.requests])
+    assert report["cache"]["bytes_fetched"] == report["deps"]["bytes_needed"]
+    gone = f"{gcs_bucket}/assets/gone/tex.0009.bin"
+    put_object(f"{gcs_bucket}/scenes/shot.txt",
+               "".join(f"{line}\n" for line in [*lines, gone]).encode())  # fmt: skip
+    code, out, _ = run(job, "--rerender", env=env, report="again.json")
+    assert code == 65 and "gone/tex.0009.bin" in out, out
+
+
 def test_a_head_start_listing_that_fails_is_made_again_by_the_run(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
