@@ -68,3 +68,38 @@ def test_small_uploads_use_no_temp_file(
         assert store.put_bytes_if_absent(b"{ }", url).outcome == "conflict"
         assert store.read_bytes(url) == b"{}"
     assert [p.name for p in (tmp_path / "bucket" / "markers").iterdir()] == ["1.json"]
+
+
+def test_the_next_run_removes_this_nodes_dead_upload_parts_and_leaves_other_nodes(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    """Killed uploads to a file:// bucket leave hidden part files next to their objects. The
+    next run's first write into that folder removes the parts of this node's dead processes
+    (named ``<pid>@<host>``, or ``<pid>`` alone as older versions named them), and keeps a live
+    process's and another node's (a bucket on NFS is shared: only that node can tell whether
+    its writer is gone). The folder is read once for all names, not once per write."""
+    import socket
+    import subprocess
+
+    from tests.renderjobs import run
+
+    job = make_job(tmp_path / "job", local_bucket, "1-3")
+    renders = Path(local_bucket.removeprefix("file://"), "renders")
+    renders.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no process has now
+    host = socket.gethostname().replace(".", "_")
+    parts = {
+        "mine_dead": f".frame.0001.txt.{dead.pid}@{host}.0badc0de.jitrender-part",
+        "legacy_dead": f".frame.0009.txt.{dead.pid}.0badc0de.src.jitrender-part",
+        "mine_live": f".frame.0002.txt.{os.getpid()}@{host}.0badc0de.jitrender-part",
+        "other_node": f".frame.0003.txt.{dead.pid}@elsewhere_example.0badc0de.jitrender-part",
+    }
+    for name in parts.values():
+        (renders / name).write_bytes(b"partial")
+    code, out, _ = run(job)
+    assert code == 0, out
+    left = {key for key, name in parts.items() if (renders / name).exists()}
+    assert left == {"mine_live", "other_node"}
+    assert sorted(p.name for p in renders.glob("frame.*")) == [
+        "frame.0001.txt", "frame.0002.txt", "frame.0003.txt"]  # fmt: skip
