@@ -222,8 +222,10 @@ class Cache:
                         f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
                     )
                 return
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
+            except sqlite3.Error as exc:
+                busy = isinstance(exc, sqlite3.OperationalError) and (
+                    "locked" in str(exc) or "busy" in str(exc)
+                )
                 if not busy or time.monotonic() + delay > deadline:
                     raise ConfigError(
                         f"{self.root}/index.sqlite: cannot open cache index: {exc}"
@@ -235,10 +237,6 @@ class Cache:
                     self._db_local.conn = None
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.25)
-            except sqlite3.Error as exc:
-                raise ConfigError(
-                    f"{self.root}/index.sqlite: cannot open cache index: {exc}"
-                ) from None
 
     # -- identity ------------------------------------------------------------------------
 
@@ -395,9 +393,14 @@ class Cache:
     def _indexed(self, key: str) -> bool:
         if key in self._known_keys:
             return True
-        row = self._connection().execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone()
-        if row is not None:
+        found = self._indexed_now(key)
+        if found:
             self._known_keys.add(key)  # entries are immutable: once indexed, always this file
+        return found
+
+    def _indexed_now(self, key: str) -> bool:
+        """Whether the index has ``key`` now (asked again, never from this process's memo)."""
+        row = self._connection().execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone()
         return row is not None
 
     def _check_object_dir(self, folder: str | Path) -> None:
@@ -1138,22 +1141,20 @@ class Cache:
             with contextlib.suppress(FileNotFoundError):
                 if path.lstat().st_mtime > old:
                     continue
-                fd = self._lock_stripe(key, wait=False) if _is_key(key) else None
-                if _is_key(key) and fd is None:
+                if not _is_key(key):  # no object of the cache's: nobody downloads it
+                    path.unlink()
+                    removed += 1
+                    continue
+                fd = self._lock_stripe(key, wait=False)
+                if fd is None:
                     continue
                 try:
                     if not self._indexed_now(key):
                         path.unlink()
                         removed += 1
                 finally:
-                    if fd is not None:
-                        os.close(fd)
+                    os.close(fd)
         return removed
-
-    def _indexed_now(self, key: str) -> bool:
-        """Whether the index has ``key`` now (asked again, never from this process's memo)."""
-        row = self._connection().execute("SELECT 1 FROM entries WHERE key=?", (key,)).fetchone()
-        return row is not None
 
     def _dead_agent_folders(self) -> Iterator[Path]:
         """``$TMPDIR/jitrender-agent-*`` folders (socket and session of a run's agent, kept in

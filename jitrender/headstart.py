@@ -76,7 +76,7 @@ class HeadStart:
         self.imported = threading.Event()
         self._stated = threading.Event()
         # A manifest scene's listings made ahead: its folder lines' (by prefix), and the stats
-        # its files' ranged listings found.
+        # of its plain files (from ranged listings, or one stat each).
         self._listed: dict[str, list[ObjectInfo]] = {}
         self._list_stats: list[ObjectInfo] = []
         self._listings_done = threading.Event()
@@ -249,8 +249,8 @@ class HeadStart:
     ) -> tuple[dict[str, list[ObjectInfo]], list[ObjectInfo]]:
         """A manifest scene's listings made ahead: each folder line's objects (by prefix URL,
         ending in ``/``; what :meth:`~jitrender.storage.Store.list` recursive returns), and the
-        stats its files' ranged listings found. Waits up to ``timeout`` seconds (not past
-        ``stop``); empty when they did not come in time."""
+        stats of its plain files that its ranged listings and stats found. Waits up to
+        ``timeout`` seconds (not past ``stop``); empty when they did not come in time."""
         if not self._stated.is_set():  # the stats did not come (the run asks itself): nor these
             return {}, []
         deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 
 from jitrender.errors import ConfigError, ExitCode, TransientError
@@ -191,17 +191,21 @@ def check_stop_settings() -> None:
     watch_setting(os.environ)
 
 
-def seconds_from_env(name: str, default: float) -> float:
+def seconds_from_env(
+    name: str, default: float, *, positive: bool = False, environ: Mapping[str, str] | None = None
+) -> float:
     """A duration setting from the environment (``default`` when unset); 78 when it is not a
-    number of seconds: also a negative one, nan or infinity (a grace or budget of -1 s would
-    be taken as none at all, which is not what anyone setting it meant)."""
-    text = os.environ.get(name)
+    number of seconds: also a negative one (or 0, where it must be ``positive``), nan or
+    infinity (a grace or budget of -1 s would be taken as none at all, which is not what
+    anyone setting it meant)."""
+    text = (os.environ if environ is None else environ).get(name)
     if text is None:
         return default
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 <= value < float("inf"):
-        raise ConfigError(f"{name}: {text!r} is not a number of seconds (0 or more)")
+    if not (value > 0 if positive else value >= 0) or value == float("inf"):
+        what = "a positive number of seconds" if positive else "a number of seconds (0 or more)"
+        raise ConfigError(f"{name}: {text!r} is not {what}")
     return value

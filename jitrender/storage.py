@@ -13,6 +13,7 @@ import base64
 import builtins
 import contextlib
 import errno
+import functools
 import os
 import random
 import threading
@@ -542,11 +543,17 @@ _SWEPT_LOCK = threading.Lock()
 
 
 def _part_owner() -> str:
-    """What a part file's name says of its writer: ``<pid>@<host>`` (dots of the host name as
-    underscores), so that a folder shared by nodes (NFS) is swept only of this node's dead."""
+    """What a part file's name says of its writer: ``<pid>@<host>``, so that a folder shared
+    by nodes (NFS) is swept only of this node's dead."""
+    return f"{os.getpid()}@{_host_tag()}"
+
+
+@functools.cache
+def _host_tag() -> str:
+    """This node's name as part file names hold it (its dots as underscores)."""
     import socket
 
-    return f"{os.getpid()}@{socket.gethostname().replace('.', '_')}"
+    return socket.gethostname().replace(".", "_")
 
 
 def _remove_dead_parts(final: Path) -> None:
@@ -560,9 +567,7 @@ def _remove_dead_parts(final: Path) -> None:
         if folder in _SWEPT:
             return
         _SWEPT.add(folder)
-    import socket
-
-    host = socket.gethostname().replace(".", "_")
+    host = _host_tag()
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name

@@ -44,20 +44,9 @@ def read_timeout_s(environ: Mapping[str, str] | None = None) -> float:
     connection that stalls mid-download costs that long, not the 300 s it used to. The
     asyncio path's small objects (at most 1 MiB) get it as their whole request's limit.
     ConfigError (78) unless it is a positive number."""
-    import math
+    from jitrender.stopping import seconds_from_env
 
-    from jitrender.errors import ConfigError
-
-    text = (os.environ if environ is None else environ).get(READ_TIMEOUT_ENV)
-    if text is None:
-        return READ_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{READ_TIMEOUT_ENV}: {text!r} is not a positive number of seconds")
-    return value
+    return seconds_from_env(READ_TIMEOUT_ENV, READ_TIMEOUT_S, positive=True, environ=environ)
 
 
 def verify(info: ObjectInfo, size: int, crc32c: int | str) -> None:

@@ -175,15 +175,22 @@ def test_a_frame_missing_from_a_sequence_fails_with_65_before_any_stage(
     assert bucket_objects(job.bucket, "renders/") == {}
 
 
-def test_a_failed_sequence_listing_is_retried_and_the_run_ends_right(
-    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+@pytest.mark.parametrize("which", ["sequence", "head_start_folder"])
+def test_a_failed_listing_is_made_again_and_the_run_ends_right(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy, which: str
 ) -> None:
-    job = _manifest_job(tmp_path / "job", gcs_bucket)
-    rule, failed = first_only(_is_sequence_listing, "503")
+    """A sequence's listing (the run's), or a folder line's listing made by the head start,
+    answered 503 once: the run lists it again and ends right."""
+    make, listing = {
+        "sequence": (_manifest_job, _is_sequence_listing),
+        "head_start_folder": (_explicit_job, _is_folder_listing),
+    }[which]
+    job = make(tmp_path / "job", gcs_bucket)
+    rule, failed = first_only(listing, "503")
     proxy.rules.append(rule)
     code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
     assert code == 0, out
-    assert failed and sum(map(_is_sequence_listing, proxy.requests)) == 2
+    assert failed and sum(map(listing, proxy.requests)) == 2
     assert report["cache"]["bytes_fetched"] == report["deps"]["bytes_needed"]
     _outputs_right(job)
 
@@ -306,19 +313,6 @@ def test_a_manifests_files_alone_in_their_folders_are_stated_once_while_the_run_
                "".join(f"{line}\n" for line in [*lines, gone]).encode())  # fmt: skip
     code, out, _ = run(job, "--rerender", env=env, report="again.json")
     assert code == 65 and "gone/tex.0009.bin" in out, out
-
-
-def test_a_head_start_listing_that_fails_is_made_again_by_the_run(
-    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
-) -> None:
-    job = _explicit_job(tmp_path / "job", gcs_bucket)
-    rule, failed = first_only(_is_folder_listing, "503")
-    proxy.rules.append(rule)
-    code, out, report = run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
-    assert code == 0, out
-    assert failed and sum(map(_is_folder_listing, proxy.requests)) == 2
-    assert report["cache"]["bytes_fetched"] == report["deps"]["bytes_needed"]
-    _outputs_right(job)
 
 
 def test_listing_groups_are_listing_ranges_with_the_urls_each_covers() -> None:

@@ -86,13 +86,8 @@ class _Resolve:
         known = self.url_of_local.get(local)
         if known is not None:
             return known
-        if self.root is None:
-            return None
-        try:
-            rel = PurePosixPath(Path(local).resolve().relative_to(self.root).as_posix())
-        except ValueError:
-            return None
-        if len(rel.parts) < 2:
+        rel = self._below_root(local)
+        if rel is None or len(rel.parts) < 2:
             return None
         scheme, netloc, rest = rel.parts[0], rel.parts[1], "/".join(rel.parts[2:])
         return f"{scheme}://{'' if netloc == '_' else netloc}/{rest}"
@@ -152,7 +147,7 @@ class _Resolve:
         its content, which Sdf's registry hands composition for that path, so the layer is
         composed (its own arcs and values read, anchored where its author meant) instead of
         being an unresolved arc. True when one was made."""
-        if anchored in self.aliases or not anchored.startswith("/") or self._local(anchored):
+        if anchored in self.aliases or self._below_root(anchored) is not None:
             return False
         local = self.local_of_url.get(url)
         try:
@@ -167,15 +162,15 @@ class _Resolve:
         self.url_of_local[anchored] = url
         return True
 
-    def _local(self, path: str) -> bool:
-        """Whether ``path`` is below the resolve folder (a file composition finds as it is)."""
+    def _below_root(self, path: str) -> PurePosixPath | None:
+        """``path`` relative to the resolve folder, or None where it is not below it (where
+        composition does not find the file as it is)."""
         if self.root is None:
-            return False
+            return None
         try:
-            Path(path).resolve().relative_to(self.root)
+            return PurePosixPath(Path(path).resolve().relative_to(self.root).as_posix())
         except ValueError:
-            return False
-        return True
+            return None
 
     def add(self, written: str, url: str, source: str, frames: Sequence[int] | None) -> None:
         narrowed = tuple(sorted(set(frames))) if frames is not None else None
@@ -345,18 +340,14 @@ def _arc(state: _Resolve, written: str, layer: Any, variables: dict[str, Any], s
 
 
 def _anchored(written: str, layer: Any, variables: dict[str, Any]) -> str | None:
-    """The path composition opens for an arc ``written`` in ``layer``: a node path (absolute
-    as written, or relative to a layer that itself has one), None for a URL or a package's
-    inner file."""
+    """The path composition opens for an arc ``written`` in ``layer`` (Sdf's own anchoring): a
+    node path, None for a URL, a package's inner file or a path left relative (an anonymous
+    layer's)."""
     path = _evaluate(written, variables)
     if not path or is_url(path) or "[" in path:
         return None
-    if path.startswith("/"):
-        return posixpath.normpath(path)
-    anchor = layer.realPath or layer.identifier
-    if not anchor.startswith("/") or "[" in anchor:
-        return None
-    return posixpath.normpath(posixpath.join(posixpath.dirname(anchor), path))
+    anchored = str(layer.ComputeAbsolutePath(path))
+    return anchored if anchored.startswith("/") and "[" not in anchored else None
 
 
 def _name(layer: Any) -> str:
