@@ -14,22 +14,20 @@ if __name__ == "__main__":  # python -m jitrender.cli: the command's own order (
 
     _entry_main()  # imports this module under its own name and exits
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.exceptions import Abort, TyperException
 
 from jitrender import __version__
 from jitrender.errors import ConfigError, ExitCode, JitrenderError
+from jitrender.runcmd import extra_path_map as _extra_path_map
+from jitrender.runcmd import frames_of as _frames
 
 if TYPE_CHECKING:
     from jitrender.headstart import HeadStart
-    from jitrender.job import Job
     from jitrender.stopping import Stop
 
 _APP_SETTINGS: dict[str, Any] = {
@@ -76,22 +74,6 @@ def _fail(error: JitrenderError) -> NoReturn:
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
-
-
-def _frames(job: "Job", frames: str | None) -> list[int]:
-    """The frames ``--frames`` names, or the job's own where it names none."""
-    from jitrender.sequences import parse_frames
-
-    return parse_frames(frames, "--frames") if frames else job.frame_list()
-
-
-def _extra_path_map(pairs: list[str] | None, rules: Path | None) -> Any:
-    from jitrender.paths import PathMap
-
-    extra = PathMap.from_pairs(pairs or [])
-    if rules is not None:  # the farm's rules run first: workstation paths -> this node's
-        extra = extra.chained_after(PathMap.load_openjd(rules))
-    return extra if extra else None
 
 
 @app.command()
@@ -155,172 +137,28 @@ def run(
     ] = None,
 ) -> None:
     """Render a job: resolve, fetch just in time, run its stages, upload outputs exactly once."""
-    with _pydantic_plugins_off():  # the job's models, built without a scan for plugins
-        from jitrender.job import load_job
-    from jitrender.progress import make_progress
+    from jitrender.runcmd import run_command
 
     held_stop, early = ctx.obj if isinstance(ctx.obj, tuple) else (None, None)
-    if progress not in ("auto", "rich", "plain", "json", "quiet"):
-        _fail(ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet"))
-    stream = make_progress(progress)  # type: ignore[arg-type]
-    try:
-        job = load_job(job_file)
-        extra_path_map = _extra_path_map(path_map, path_map_rules)
-        head_start = _head_start(job, extra_path_map, early, cache_dir)  # before the imports
-        from jitrender.cache import parse_size
-        from jitrender.farm import detect_task, task_frames, task_parts
-        from jitrender.heartbeat import TaskProgress
-        from jitrender.run import RunOptions, run_job
-
-        if early is not None:  # started by jitrender.entry, which paused garbage collection
-            from jitrender.entry import imports_done
-
-            imports_done()
-        frame_list = _frames(job, frames)
-        slot = detect_task(task_index, task_count, os.environ)
-        task, parts = None, None
-        split = job.split_stage
-        if slot is not None and split is not None and split.split is not None:
-            parts = task_parts(frame_list, split.split.parts, slot, job.chunk)
-            frame_list = sorted({frame for frame, _ in parts})
-            task = {"index": slot.index, "count": slot.count, "source": slot.source}
-        elif slot is not None:
-            frame_list = task_frames(frame_list, slot, job.chunk)
-            task = {"index": slot.index, "count": slot.count, "source": slot.source}
-        options = RunOptions(
-            frames=frame_list,
-            parts=parts,
-            cache_dir=cache_dir,
-            cache_max_bytes=parse_size(cache_max_size, "--cache-max-size"),
-            report_path=report,
-            overwrite=overwrite,
-            rerender=rerender,
-            keep_workspace=keep_workspace,
-            extra_path_map=extra_path_map,
-            progress=stream,
-            task=task,
-            mount=mount,
-            stop=held_stop,
-            head_start=head_start,
-        )
-        _refuse_if_unfit(job, cache_dir)
-        heartbeat = None
-        if heartbeat_interval > 0:
-            heartbeat = _heartbeat(
-                job, slot.index if slot else None, frame_list, heartbeat_interval
-            )
-            options.progress = TaskProgress(options.progress, heartbeat.state)
-            heartbeat.start()
-    except JitrenderError as exc:
-        if progress == "json":  # only JSON lines on stderr, the failure included
-            stream.event("result", status="failed", exit_code=int(exc.exit_code), error=exc.message)
-            stream.close()
-            raise typer.Exit(int(exc.exit_code)) from None
-        stream.close()
-        _fail(exc)
-    final, error_text = "failed", cast(str | None, "internal error")  # unless run_job returns
-    try:
-        result = run_job(job, options)
-        final, error_text = result.status, result.error
-    except BaseException:
-        stream.close()
-        raise
-    finally:
-        if heartbeat is not None:
-            heartbeat.stop(final, error_text)
-    if as_json:
-        _print_json(result.to_json())
-    summary = (
-        f"{result.status}: {len(result.done)} frames rendered, "
-        f"{len(result.skipped_already_done)} already done, {len(result.failed)} failed; "
-        f"fetched {result.bytes_fetched} of {result.bytes_needed} bytes needed "
-        f"({result.misses} files), {result.hits} cache hits; "
-        f"{len(result.output_urls)} outputs"
-    )
-    if progress == "json":
-        stream.event(
-            "result",
-            status=result.status,
-            exit_code=result.exit_code,
-            message=summary,
-            error=result.error,
-        )
-    elif progress != "quiet":
-        typer.echo(f"jitrender: {summary}", err=True)
-    stream.close()
-    if result.error and progress != "json":  # quiet too: nothing on success, the cause on failure
-        typer.echo(f"jitrender: error: {result.error}", err=True)
-    if result.status in ("preempted", "transient_failure"):
-        # Storage threads that still hang must not hold the process past its deadline.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(result.exit_code)
-    raise typer.Exit(result.exit_code)
-
-
-@contextlib.contextmanager
-def _pydantic_plugins_off() -> Iterator[None]:
-    """No pydantic plugins for models built meanwhile, as typer builds its own: looking for
-    them reads every installed package's entry points (~8 ms a start). A value the user set
-    is kept."""
-    name = "PYDANTIC_DISABLE_PLUGINS"
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = "__all__"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
-def _head_start(
-    job: "Job", extra_path_map: Any, early: "HeadStart | None", cache_dir: Path | None
-) -> "HeadStart | None":
-    """The head start the entry point began, where it stats this job's scene; else one for
-    the scene's stat (and its bytes, where the job's node cache lacks a small scene) and its
-    storage's connections, started now (see :mod:`jitrender.headstart`). None where there is
-    no remote scene or its URL does not map."""
-    try:
-        job.use_path_map(extra_path_map)  # the URL the run will ask for (it sets the same)
-        url = job.scene_url
-    except JitrenderError:  # the run says what is wrong, in its report
-        return None
-    if url is None or not url.startswith("gs://"):
-        return early  # nothing to stat: still its stores (and their connections) if any
-    if early is not None and early.asks_for(url):
-        return early
-    from jitrender.headstart import HeadStart
-    from jitrender.storage import Stores
-
-    stores = early.stores if early else Stores()
-    return HeadStart(stores, urls=[url], cache_dir=job.cache_folder(cache_dir)).start()
-
-
-def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:
-    """A drained node, or one that blocked this job, starts nothing (exit 69)."""
-    from jitrender.errors import NodeUnavailable
-    from jitrender.health import NodeHealth
-
-    why = NodeHealth(job.cache_folder(cache_dir)).refusal(job.job_hash())
-    if why is not None:
-        raise NodeUnavailable(why)
-
-
-def _heartbeat(job: Any, slot_index: int | None, frames: list[int], interval: float) -> Any:
-    from jitrender.heartbeat import for_run
-    from jitrender.markers import marker_prefix
-    from jitrender.outputs import OutputPatterns
-
-    patterns = OutputPatterns(job.outputs.files)
-    return for_run(
-        f"{marker_prefix(job)}tasks/",
-        job.outputs_url,
-        patterns.frame_of,
-        slot_index,
-        frames,
-        interval,
-        os.environ,
+    run_command(
+        job_file=job_file,
+        frames=frames,
+        task_index=task_index,
+        task_count=task_count,
+        report=report,
+        as_json=as_json,
+        cache_dir=cache_dir,
+        cache_max_size=cache_max_size,
+        overwrite=overwrite,
+        rerender=rerender,
+        keep_workspace=keep_workspace,
+        progress=progress,
+        path_map=path_map,
+        path_map_rules=path_map_rules,
+        heartbeat_interval=heartbeat_interval,
+        mount=mount,
+        stop=held_stop,
+        early=early,
     )
 
 

@@ -4,7 +4,8 @@
 modules) and before the job is loaded, so the process never dies by the signal itself (see
 :mod:`jitrender.stopping`), starts its first storage requests (:mod:`jitrender.headstart`: its
 thread starts a few milliseconds in and imports its storage client while the process waits);
-then the CLI runs, without garbage collection until the run's modules are imported
+then the run starts (its arguments read by :mod:`jitrender.runcmd`, or by typer where they are
+not plain), without garbage collection until the run's modules are imported
 (:func:`imports_done`). Every other command starts as it always did.
 
 When the command is over the process ends at once with its exit code: stdout and stderr
@@ -36,9 +37,16 @@ def main() -> None:
         # typer's import, the first request went out ~50 ms later.
         head_start = HeadStart.for_run_args(sys.argv[2:]).start()
         head_start.imported.wait(5.0)  # imports only: bounded against the unforeseen
-    from jitrender.cli import main as cli_main
-
     try:
+        if stop is not None:
+            from jitrender.runcmd import main as run_main
+
+            # Its arguments read without typer where their meaning is plain (typer reads
+            # them through pydantic adapters, built anew each start: see jitrender.runcmd).
+            if run_main(sys.argv[2:], stop, head_start):
+                _end(0)
+        from jitrender.cli import main as cli_main
+
         cli_main(stop=stop, head_start=head_start)
     except SystemExit as exc:
         _end(exc.code)

@@ -26,7 +26,7 @@ _IMPORTED = re.compile(r"import time:\s+\d+ \|\s+\d+ \|[ ]*([\w.]+)")
 
 def _imported(output: str) -> set[str]:
     names = set(_IMPORTED.findall(output))
-    assert "jitrender.cli" in names, output[-2000:]  # the variable reached the process
+    assert "jitrender.errors" in names, output[-2000:]  # the variable reached the process
     return names
 
 
@@ -51,6 +51,8 @@ def test_warm_run_from_gcs_imports_no_download_machinery(
 ) -> None:
     names = _warm_rerun_imports(tmp_path, gcs_bucket, local_bucket)
     assert _top(names, (*FETCHING, "fileseq")) == []
+    # Its arguments read by jitrender.runcmd: no typer (nor the pydantic adapters it builds).
+    assert _top(names, ("typer", "jitrender.cli", "rich")) == []
 
 
 def test_warm_local_run_imports_no_http_client(local_bucket: str, tmp_path: Path) -> None:
@@ -68,7 +70,7 @@ def test_cli_module_and_version_import_no_job_or_storage_code() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout.split()
-    assert sorted(loaded) == ["jitrender.cli", "jitrender.errors"]
+    assert sorted(loaded) == ["jitrender.cli", "jitrender.errors", "jitrender.runcmd"]
 
 
 def test_only_run_starts_storage_requests_early(gcs_bucket: str, tmp_path: Path) -> None:
@@ -117,13 +119,14 @@ def test_runs_writing_small_outputs_to_gcs_import_no_google_cloud_storage(
         assert after[name] == before[name]  # identical bytes: the generation left as it was
 
 
-def test_run_imports_its_storage_client_before_typer_and_the_job_schema(
+def test_run_imports_its_storage_client_before_the_job_schema(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
     """``jitrender run`` of a job whose scene is in a bucket: the head start's thread imports
     the storage code and the HTTP client its scene's stat goes through first, alone (the
-    process waits for it), and only then does the CLI import typer, pydantic and the job's
-    schema, so the stat's round trips overlap those imports instead of queuing behind them."""
+    process waits for it), and only then does the run import pydantic and the job's schema, so
+    the stat's round trips overlap those imports instead of queuing behind them. Plain
+    arguments are read without typer (jitrender.runcmd): it is not imported at all."""
     lines = f"{gcs_bucket}/assets/lut.bin\n"
     put_object(f"{gcs_bucket}/scenes/early.txt", lines.encode())
     scene = {"scene": f"{gcs_bucket}/scenes/early.txt"}
@@ -132,13 +135,17 @@ def test_run_imports_its_storage_client_before_typer_and_the_job_schema(
     code, out, _ = run(job, env=env)
     assert code == 0, out
     order = _IMPORTED.findall(out)
-    missing = [n for n in ("jitrender.storage", "urllib3", "typer") if n not in order]
-    assert not missing, [line for line in out.splitlines() if "typer" in line or "urllib3" in line]
-    first = {name: order.index(name) for name in ("jitrender.storage", "urllib3", "typer")}
-    assert first["jitrender.storage"] < first["typer"], order[: first["typer"] + 1]
-    assert first["urllib3"] < first["typer"], order[: first["typer"] + 1]
+    names = ("jitrender.storage", "urllib3", "jitrender.job", "pydantic")
+    missing = [n for n in names if n not in order]
+    assert not missing, [
+        line for line in out.splitlines() if "pydantic" in line or "urllib3" in line
+    ]
+    first = {name: order.index(name) for name in names}
+    assert first["jitrender.storage"] < first["jitrender.job"], order[: first["jitrender.job"] + 1]
+    assert first["urllib3"] < first["jitrender.job"], order[: first["jitrender.job"] + 1]
     late = [n for n in order[: first["urllib3"]] if n.startswith(("typer", "pydantic", "yaml"))]
     assert late == [], late
+    assert [n for n in order if n.startswith(("typer", "jitrender.cli"))] == []
 
 
 def test_run_collects_garbage_again_once_its_modules_are_imported(
