@@ -75,6 +75,11 @@ class _Resolve:
     # path that path_map maps): each one's bytes in memory under that path (kept alive here),
     # where composition looks for it.
     aliases: dict[str, Any] = field(default_factory=dict)
+    alias_of_url: dict[str, Any] = field(default_factory=dict)  # a fetched layer's first alias
+    # Template clip sets on such a node path: (prim path, clip set) -> the template in the
+    # resolve folder, set in each stage's session layer (USD keeps only template clips that
+    # resolve on disk, which an in-memory alias does not).
+    templates: dict[tuple[str, str], str] = field(default_factory=dict)
     out: Dependencies = field(default_factory=Dependencies)
 
     # -- local files <-> URLs -------------------------------------------------------------
@@ -159,6 +164,7 @@ class _Resolve:
         except Tf.ErrorException:
             return False  # (a package, a format that cannot be made in memory): as before
         self.aliases[anchored] = alias
+        self.alias_of_url.setdefault(url, alias)
         self.url_of_local[anchored] = url
         return True
 
@@ -281,7 +287,14 @@ def _open(state: _Resolve) -> Any:
         if layer is None:
             raise SceneParseError(f"{state.ctx.scene_url}: not a USD layer USD can read")
         layer.Reload()  # Sdf keeps layers per process: pick up files changed since
-        return Usd.Stage.Open(layer, Usd.Stage.LoadAll)
+        stage = Usd.Stage.Open(layer, Usd.Stage.LoadAll)
+        if state.templates:
+            with Usd.EditContext(stage, stage.GetSessionLayer()):
+                for (prim_path, clip_set), template in state.templates.items():
+                    prim = stage.GetPrimAtPath(prim_path)
+                    if prim:
+                        Usd.ClipsAPI(prim).SetClipTemplateAssetPath(template, clip_set)
+        return stage
     except Tf.ErrorException as exc:
         raise SceneParseError(f"{state.ctx.scene_url}: malformed USD layer: {_why(exc)}") from None
 
@@ -426,11 +439,41 @@ def _clips(state: _Resolve, prim: Any, variables: dict[str, Any]) -> bool:
         manifest = keys.get("manifestAssetPath")
         if manifest is not None and manifest.value.path:
             new |= _arc(state, manifest.value.path, manifest.layer, variables, source)
+        # The layer that authored the clips' paths: an absolute one (a show mount that
+        # path_map maps) is aliased as layers are, so USD's clips open it and its values count.
+        authored = keys["templateAssetPath" if "templateAssetPath" in keys else "assetPaths"].layer
         for (written, url), frames in chosen.items():
-            new |= state.fetch(url, written, source, frames)
+            anchored = _anchored(written, authored, variables)
+            new |= state.fetch(url, written, source, frames, anchored)
             for frame in frames:
                 state.active_clips.setdefault((str(prim.GetPath()), frame), []).append(url)
+            if anchored is not None and "templateAssetPath" in keys:
+                _template_in_resolve_folder(state, prim, name, keys, variables, anchored, url)
     return new
+
+
+def _template_in_resolve_folder(
+    state: _Resolve,
+    prim: Any,
+    clip_set: str,
+    keys: dict[str, _ClipKey],
+    variables: dict[str, Any],
+    anchored: str,
+    url: str,
+) -> None:
+    """Where a template clip set names a node path outside the resolve folder (a mapped show
+    mount), have USD read its clips where they were fetched: the template's file name in the
+    folder of the clip fetched for ``url``. Only fetched clips exist there, and among them the
+    one active at each requested frame is the one the full set activates (each requested
+    frame's clip was fetched)."""
+    if state._below_root(anchored) is not None:
+        return  # composition finds the clips as they are
+    template = _evaluate(str(getattr(keys["templateAssetPath"].value, "path", "")), variables)
+    local = state.local_of_url.get(url)
+    name = template.rsplit("/", 1)[-1]
+    if not local or "#" not in name or state._below_root(local) is None:
+        return
+    state.templates[str(prim.GetPath()), clip_set] = posixpath.join(posixpath.dirname(local), name)
 
 
 def _active_at(starts: Sequence[tuple[float, int]], frame: float) -> int:
@@ -626,6 +669,8 @@ def _clip_layer(state: _Resolve, prim: Any, time: Any) -> Any:
         for url in state.active_clips.get((str(prim.GetPath()), frame), []):
             local = state.local_of_url.get(url)
             layer = Sdf.Layer.Find(local) if local else None
+            if layer is None:  # a clip named by a mapped node path: the alias USD opened
+                layer = state.alias_of_url.get(url)
             if layer is not None:
                 return layer
         prim = prim.GetParent()

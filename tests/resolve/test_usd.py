@@ -211,3 +211,79 @@ def _crate(text: bytes, folder: Path) -> bytes:
     path = folder / "crate.usdc"
     layer.Export(str(path))
     return path.read_bytes()
+
+
+CLIPPED_SHOTS = {
+    "explicit": b"""#usda 1.0
+def Shader "Anim" (
+    clips = {
+        dictionary default = {
+            asset[] assetPaths = [
+                @/mnt/show/clips/c.1.usda@, @/mnt/show/clips/c.2.usda@, @/mnt/show/clips/c.3.usda@
+            ]
+            double2[] active = [(1, 0), (2, 1), (3, 2)]
+            double2[] times = [(1, 1), (2, 2), (3, 3)]
+            asset manifestAssetPath = @/mnt/show/clips/manifest.usda@
+            string primPath = "/Anim"
+        }
+    }
+)
+{
+    asset inputs:file
+}
+""",
+    "template": b"""#usda 1.0
+def Shader "Anim" (
+    clips = {
+        dictionary default = {
+            asset templateAssetPath = @/mnt/show/clips/c.#.usda@
+            double templateStartTime = 1
+            double templateEndTime = 3
+            double templateStride = 1
+            asset manifestAssetPath = @/mnt/show/clips/manifest.usda@
+            string primPath = "/Anim"
+        }
+    }
+)
+{
+    asset inputs:file
+}
+""",
+}
+
+CLIP_MANIFEST = b"""#usda 1.0
+over "Anim"
+{
+    asset inputs:file
+}
+"""
+
+
+@pytest.mark.parametrize("kind", sorted(CLIPPED_SHOTS))
+def test_value_clips_named_by_mapped_absolute_paths_give_their_values_per_frame(
+    bucket: str, kind: str
+) -> None:
+    """Value clips on a show mount (``/mnt/show/clips/c.N.usda``, mapped to the bucket), as
+    explicit paths or a template: each frame's clip is fetched and read, so the texture it
+    names for that frame, relative to the clip, is that frame's dependency. Before, the clips
+    were listed but USD could not open them on the node, and no texture was found."""
+    show = f"{bucket}/show"
+    put_object(f"{bucket}/shots/sh020.usda", CLIPPED_SHOTS[kind])
+    put_object(f"{show}/clips/manifest.usda", CLIP_MANIFEST)
+    for i in (1, 2, 3):
+        clip = '#usda 1.0\nover "Anim"\n{\n    asset inputs:file.timeSamples = {\n'
+        clip += f"        {i}: @../tex/frame.{i}.png@,\n    }}\n}}\n"
+        put_object(f"{show}/clips/c.{i}.usda", clip.encode())
+        put_object(f"{show}/tex/frame.{i}.png", b"png")
+    proc = deps(f"{bucket}/shots/sh020.usda", "2-3", "--path-map", f"/mnt/show={show}")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    found = {d["url"][len(show) + 1 :]: (d["frames"], d["exists"]) for d in report["deps"]}
+    assert found == {
+        "clips/manifest.usda": (None, True),
+        "clips/c.2.usda": ([2], True),
+        "clips/c.3.usda": ([3], True),
+        "tex/frame.2.png": ([2], True),
+        "tex/frame.3.png": ([3], True),
+    }, report
+    assert report["missing"] == [] and report["unresolved"] == []
