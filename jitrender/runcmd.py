@@ -271,6 +271,11 @@ def run_command(
             head_start=head_start,
         )
         _refuse_if_unfit(job, cache_dir)
+        if not (0 <= heartbeat_interval < float("inf")):  # nan too: never taken as "none"
+            raise ConfigError(
+                f"--heartbeat-interval (or JITRENDER_HEARTBEAT_INTERVAL): {heartbeat_interval!r}"
+                " is not a number of seconds (0 or more; 0: no heartbeats)"
+            )
         heartbeat = None
         if heartbeat_interval > 0:
             heartbeat = _heartbeat(

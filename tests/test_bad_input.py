@@ -254,3 +254,23 @@ def test_a_node_setting_that_cannot_be_taken_is_78_before_anything_renders(
     if name.startswith("JITRENDER_HEALTH"):
         line = one_line(cli("health", "--cache-dir", str(tmp_path / "cache"), env=env), 78)
         assert f"{name}: {value!r} {says}" in line
+
+
+@pytest.mark.parametrize(
+    ("flag", "env_value"), [("-1", None), ("nan", None), ("inf", None), (None, "-0.5")]
+)
+def test_a_heartbeat_interval_that_is_not_seconds_is_78_before_anything_renders(
+    tmp_path: Path, flag: str | None, env_value: str | None
+) -> None:
+    """A negative, NaN or infinite heartbeat interval (the flag, or its variable) was taken as
+    "no heartbeats" without a word; it is refused at start, as every bad setting is."""
+    job = write_job(tmp_path)
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
+    env["JITRENDER_PREEMPTION_WATCH"] = "off"
+    if env_value is not None:
+        env["JITRENDER_HEARTBEAT_INTERVAL"] = env_value
+    args = ["--heartbeat-interval", flag] if flag is not None else []
+    line = one_line(cli("run", str(job), *args, "--progress", "plain", env=env), 78)
+    value = float(flag if flag is not None else str(env_value))
+    assert f"--heartbeat-interval (or JITRENDER_HEARTBEAT_INTERVAL): {value!r} is not" in line
+    assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
