@@ -88,33 +88,20 @@ CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries
 
 
 def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | None:
-    """``50GB``, ``500MiB``, ``1T``, a plain byte count, or None for no cap."""
+    """``50GB``, ``500MiB``, ``1.5 TB``, a plain byte count (pydantic's ``ByteSize``: decimal and
+    binary units, any case), or None for no cap. Anything else, a negative or an infinite size
+    included, is a :class:`ConfigError` naming ``where``."""
     if text is None:
         return None
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ConfigError(f"{where}: {text!r} is not a size (a number of bytes, 0 or more)")
         return text
-    value = text.strip().upper().replace(" ", "")
-    units = {
-        "": 1,
-        "B": 1,
-        "K": 1000,
-        "KB": 1000,
-        "KIB": 1024,
-        "M": 1000**2,
-        "MB": 1000**2,
-        "MIB": 1024**2,
-        "G": 1000**3,
-        "GB": 1000**3,
-        "GIB": 1024**3,
-        "T": 1000**4,
-        "TB": 1000**4,
-        "TIB": 1024**4,
-    }
-    number = value.rstrip("KMGTIB")
-    unit = value[len(number) :]
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
     try:
-        return int(float(number) * units[unit])
-    except (ValueError, KeyError):
+        return int(TypeAdapter(ByteSize).validate_python(str(text)))
+    except ValidationError:
         raise ConfigError(f"{where}: {text!r} is not a size (use e.g. 50GB, 500MiB)") from None
 
 

@@ -274,3 +274,22 @@ def test_a_heartbeat_interval_that_is_not_seconds_is_78_before_anything_renders(
     value = float(flag if flag is not None else str(env_value))
     assert f"--heartbeat-interval (or JITRENDER_HEARTBEAT_INTERVAL): {value!r} is not" in line
     assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
+
+
+@pytest.mark.parametrize(
+    ("flag", "in_job"), [("-5GB", None), ("inf", None), ("1e3", None), (None, -5), (None, "-1MB")]
+)
+def test_a_cache_size_that_is_not_a_size_is_78_before_anything_renders(
+    tmp_path: Path, flag: str | None, in_job: int | str | None
+) -> None:
+    """Sizes are read by pydantic's ByteSize (``50GB``, ``500MiB``, ``1.5 TB``). A negative cap
+    was taken as one (every run evicted all it could), ``inf`` was a traceback; both are one
+    line, naming where the size was written."""
+    job = write_job(tmp_path, **({"cache": {"max_size": in_job}} if in_job is not None else {}))
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
+    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    args = ["--cache-max-size", flag] if flag is not None else []
+    line = one_line(cli("run", str(job), *args, "--progress", "plain", env=env), 78)
+    where = "--cache-max-size" if flag is not None else "cache.max_size"
+    assert f"{where}: {flag if flag is not None else in_job!r} is not a size" in line, line
+    assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
