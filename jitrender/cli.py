@@ -210,7 +210,7 @@ def deps(
             found = resolve_job_scene(job, frame_list, cache, job.path_mapping(), QuietProgress())
             scene_url = job.scene_url or scene  # after the --path-map rules joined the job's
         else:
-            frame_list = parse_frames(frames or "1", "--frames")
+            frame_list = parse_frames("1" if frames is None else frames, "--frames")
             rules = extra if extra is not None else PathMap([])
             if is_url(scene):
                 scene_url = scene

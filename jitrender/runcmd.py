@@ -167,10 +167,11 @@ def _fail(error: JitrenderError) -> NoReturn:
 
 
 def frames_of(job: Job, frames: str | None) -> list[int]:
-    """The frames ``--frames`` names, or the job's own where it names none."""
+    """The frames ``--frames`` names, or the job's own where it is not given. An empty one
+    (``--frames "$FRAMES"`` with the variable unset) is an error, never all of the job."""
     from jitrender.sequences import parse_frames
 
-    return parse_frames(frames, "--frames") if frames else job.frame_list()
+    return job.frame_list() if frames is None else parse_frames(frames, "--frames")
 
 
 def extra_path_map(pairs: list[str] | None, rules: Path | None) -> Any:

@@ -293,3 +293,18 @@ def test_a_cache_size_that_is_not_a_size_is_78_before_anything_renders(
     where = "--cache-max-size" if flag is not None else "cache.max_size"
     assert f"{where}: {flag if flag is not None else in_job!r} is not a size" in line, line
     assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
+
+
+@pytest.mark.parametrize("command", ["run", "deps"])
+def test_an_empty_frames_flag_is_78_not_the_whole_job(tmp_path: Path, command: str) -> None:
+    """``--frames "$FRAMES"`` with the variable unset gave ``--frames ""``, which was read as
+    no flag at all: every frame of the job rendered (or frame 1 listed) without a word."""
+    job = write_job(tmp_path)
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
+    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    scene = tmp_path / "scene.txt"
+    scene.write_text(f"{tmp_path}/tex.png\n")
+    args = [str(job)] if command == "run" else [str(scene)]
+    line = one_line(cli(command, *args, "--frames", "", env=env), 78)
+    assert "--frames: empty frame range" in line, line
+    assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
