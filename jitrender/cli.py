@@ -45,16 +45,29 @@ app = typer.Typer(**_APP_SETTINGS)
 cache_app = typer.Typer(help="Inspect and maintain the node-local cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
+
+def _given_path(value: str) -> Path:
+    """A path option's value: an empty one (``--cache-dir "$DIR"`` with the variable unset) is a
+    usage error, not the current folder that ``Path("")`` would make of it."""
+    if not value:
+        raise typer.BadParameter("an empty path (leave the option out instead)")
+    return Path(value)
+
+
 CacheDir = Annotated[
     Path | None,
     typer.Option(
         "--cache-dir",
+        parser=_given_path,
         envvar="JITRENDER_CACHE_DIR",
         help="Node-local cache folder (default: $JITRENDER_CACHE_DIR or ~/.cache/jitrender).",
     ),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
-ReportFlag = Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")]
+ReportFlag = Annotated[
+    Path | None,
+    typer.Option("--report", parser=_given_path, help="Write the JSON report here."),
+]
 PathMapFlag = Annotated[
     list[str] | None,
     typer.Option(
@@ -63,7 +76,11 @@ PathMapFlag = Annotated[
 ]
 PathMapRules = Annotated[
     Path | None,
-    typer.Option("--path-map-rules", help="Open Job Description path-mapping rules (JSON file)."),
+    typer.Option(
+        "--path-map-rules",
+        parser=_given_path,
+        help="Open Job Description path-mapping rules (JSON file).",
+    ),
 ]
 
 
@@ -131,6 +148,7 @@ def run(
         Path | None,
         typer.Option(
             "--mount",
+            parser=_given_path,
             help="Also show the mapped bucket prefixes read-only at this folder (FUSE, extra "
             "'fuse'); opening a file fetches it. Without FUSE the run says so and prefetches.",
         ),
@@ -169,7 +187,8 @@ def deps(
         str | None, typer.Option("--frames", "-f", help="Frames to list deps for.")
     ] = None,
     job_file: Annotated[
-        Path | None, typer.Option("--job", help="Take path mapping and deps from this job.")
+        Path | None,
+        typer.Option("--job", parser=_given_path, help="Take path mapping and deps from this job."),
     ] = None,
     resolver: Annotated[str, typer.Option("--resolver", help="Resolver name or auto.")] = "auto",
     check: Annotated[
@@ -425,9 +444,11 @@ def submit(
     jitrender_command: Annotated[
         str, typer.Option("--jitrender", help="Command that starts jitrender on a node.")
     ] = "jitrender",
-    log_dir: Annotated[Path | None, typer.Option(help="Slurm log folder (created).")] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(parser=_given_path, help="Slurm log folder (created).")
+    ] = None,
     bundle_dir: Annotated[
-        Path | None, typer.Option(help="Where the OpenJD bundle is written.")
+        Path | None, typer.Option(parser=_given_path, help="Where the OpenJD bundle is written.")
     ] = None,
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "default",
     kubernetes_version: Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -105,7 +106,12 @@ class Report:
         """Write atomically: a reader (or a farm's log shipper) never sees half a report."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.to_json(), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.to_json(), handle, indent=2)
+                handle.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # no partial report left beside it, ever
+                os.unlink(tmp)
+            raise

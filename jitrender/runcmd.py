@@ -232,6 +232,8 @@ def run_command(
         _fail(ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet"))
     stream = make_progress(progress)  # type: ignore[arg-type]
     try:
+        if report is not None and report.is_dir():  # found now, not once the work is done
+            raise ConfigError(f"--report {report}: is a folder (name the report's file)")
         job = load_job(job_file)
         extra = extra_path_map(path_map, path_map_rules)
         head_start = _head_start(job, extra, early, cache_dir)  # before the imports

@@ -308,3 +308,27 @@ def test_an_empty_frames_flag_is_78_not_the_whole_job(tmp_path: Path, command: s
     line = one_line(cli(command, *args, "--frames", "", env=env), 78)
     assert "--frames: empty frame range" in line, line
     assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
+
+
+@pytest.mark.parametrize("flag", ["--cache-dir", "--report", "--mount", "--path-map-rules"])
+def test_an_empty_path_option_is_78_not_the_current_folder(tmp_path: Path, flag: str) -> None:
+    """``--cache-dir ""`` made a cache in the current folder, ``--report ""`` a traceback after
+    the work (and a temporary file left beside it): an empty path is a usage error."""
+    job = write_job(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
+    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    line = one_line(cli("run", str(job), f"{flag}=", "--progress", "plain", cwd=cwd, env=env), 78)
+    assert f"'{flag}'" in line and "an empty path" in line, line
+    assert list(cwd.iterdir()) == [] and not (tmp_path / "bucket").exists()
+
+
+def test_a_report_path_that_is_a_folder_is_78_before_anything_renders(tmp_path: Path) -> None:
+    job = write_job(tmp_path)
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
+    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    line = one_line(cli("run", str(job), "--report", str(tmp_path), env=env), 78)
+    assert f"--report {tmp_path}: is a folder" in line, line
+    assert not (tmp_path / "bucket").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary report
