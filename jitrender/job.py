@@ -431,7 +431,9 @@ def unsafe_paths(job: Job) -> tuple[list[str | int], str] | None:
 
 
 def _one_line(path: Path, node: yaml.Node | None, exc: ValidationError) -> str:
-    error = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelt key is the likely cause of a missing one: say it first.
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [part for part in error["loc"] if not (isinstance(part, str) and "[" in part)]
     loc = [
         p for p in loc if p not in ("str", "int", "list[PathRuleSpec]", "dict[str,any]", "DepSpec")
@@ -441,11 +443,48 @@ def _one_line(path: Path, node: yaml.Node | None, exc: ValidationError) -> str:
     where = f"{path}:{line}" if line else str(path)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown key (check its spelling and the job.yaml reference in the README)"
+        near = _near_keys(loc)
+        message = (
+            f"unknown key (did you mean {near}?)"
+            if near
+            else "unknown key (check its spelling and the job.yaml reference in the README)"
+        )
     elif error["type"] == "missing":
         message = "required key is missing"
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {key or 'job'}: {message}{more}"
+
+
+def _near_keys(loc: list[Any]) -> str | None:
+    """The keys of the model at ``loc``'s place closest to its last part (a misspelling of one
+    of them), quoted (``'a' or 'b'``), or None."""
+    import difflib
+    import typing
+
+    model: Any = Job
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        found = [
+            t
+            for t in (field.annotation, *typing.get_args(field.annotation))
+            for t in (t, *typing.get_args(t))
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        if not found:
+            return None
+        model = found[0]
+    keys = [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+    written = str(loc[-1])
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, written, k).ratio(), k) for k in keys), reverse=True
+    )
+    # The closest, and a second one only where it is as likely ('form': 'from' or 'format').
+    close = [k for score, k in scored if score >= 0.6 and score >= scored[0][0] - 0.06][:2]
+    return " or ".join(repr(k) for k in close) or None
 
 
 def _format_loc(loc: list[Any]) -> str:

@@ -26,7 +26,16 @@ BAD_CASES = {
     "unknown_key": (GOOD + "colour: blue\n", ":9: colour: unknown key"),
     "typo_in_stage": (
         GOOD.replace("command: echo {frame}", "comand: echo {frame}"),
-        ":5: stages[0].comand: unknown key",
+        ":5: stages[0].comand: unknown key (did you mean 'command'?)",
+    ),
+    # The misspelt key is named (and the key it meant), not the required one it leaves out.
+    "typo_of_a_required_key": (
+        GOOD.replace("stages:", "stage:"),
+        ":3: stage: unknown key (did you mean 'stages'?) (and 1 more)",
+    ),
+    "typo_in_a_nested_mapping": (
+        GOOD + "retries:\n  storage_deadlin: 30\n",
+        ":10: retries.storage_deadlin: unknown key (did you mean 'storage_deadline'?)",
     ),
     "wrong_type": (GOOD.replace("name: shot", "name: [1, 2]"), ":1: name:"),
     "bad_range": (GOOD.replace("frames: 1-10", "frames: 10-x"), ":2: frames: '10-x' is not"),
