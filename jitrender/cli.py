@@ -553,7 +553,9 @@ def _cache_action(
     from jitrender.cachelayout import default_cache_dir
 
     try:
-        cache = Cache(cache_dir or default_cache_dir(), parse_size(max_size, "--max-size"))
+        root = cache_dir or default_cache_dir()
+        _must_be_a_cache(root, action)
+        cache = Cache(root, parse_size(max_size, "--max-size"))
         result: dict[str, Any] = getattr(cache, action)()
     except JitrenderError as exc:
         _fail(exc)
@@ -565,6 +567,20 @@ def _cache_action(
     else:
         typer.echo(" ".join(f"{k}={v}" for k, v in result.items()))
     return result
+
+
+def _must_be_a_cache(root: Path, action: str) -> None:
+    """A maintenance action works on a cache, or on a folder not made yet (a node's first
+    cache): ``--cache-dir /tmp`` (a folder holding something else) is an error, not a cache
+    made among its files and reported empty."""
+    if not root.is_dir():
+        return
+    names = {entry.name for entry in root.iterdir()}
+    if names and not names & {"index.sqlite", "objects", "runs", "locks", "tmp"}:
+        raise ConfigError(
+            f"{root}: no jitrender cache there (no index.sqlite, objects/ or runs/), and it "
+            f"holds other files (jitrender cache {action} works on a cache)"
+        )
 
 
 @cache_app.command("stats")

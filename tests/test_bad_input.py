@@ -332,3 +332,16 @@ def test_a_report_path_that_is_a_folder_is_78_before_anything_renders(tmp_path: 
     assert f"--report {tmp_path}: is a folder" in line, line
     assert not (tmp_path / "bucket").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary report
+
+
+@pytest.mark.parametrize("action", ["stats", "verify", "prune", "clear"])
+def test_a_cache_command_on_a_folder_that_holds_other_files_is_78_and_makes_no_cache(
+    tmp_path: Path, action: str
+) -> None:
+    """``jitrender cache clear --cache-dir /tmp`` made a cache among the folder's files and
+    said all was well; a folder that holds something else is refused, and left as it was (a
+    folder not made yet is a node's first cache, as before)."""
+    (tmp_path / "notes.txt").write_text("not a cache")
+    line = one_line(cli("cache", action, "--cache-dir", str(tmp_path)), 78)
+    assert f"{tmp_path}: no jitrender cache there" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
