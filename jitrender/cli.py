@@ -575,7 +575,7 @@ def _must_be_a_cache(root: Path, action: str) -> None:
     made among its files and reported empty."""
     if not root.is_dir():
         return
-    names = {entry.name for entry in root.iterdir()}
+    names = {entry.name for entry in root.iterdir()} - {"lost+found"}  # a new disk's root
     if names and not names & {"index.sqlite", "objects", "runs", "locks", "tmp"}:
         raise ConfigError(
             f"{root}: no jitrender cache there (no index.sqlite, objects/ or runs/), and it "
