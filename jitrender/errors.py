@@ -52,6 +52,20 @@ class MissingDependencyError(DataError):
         self.source = source
 
 
+class NoSuchBucketError(MissingDependencyError):
+    """A listing of ``url`` found no bucket: it does not exist, or these credentials cannot
+    see it. For the job's ``outputs.to`` the run says so as a configuration error."""
+
+    def __init__(self, url: str, bucket: str) -> None:
+        super().__init__(url)
+        self.message = (
+            f"{url}: bucket {bucket!r} does not exist in storage (or these credentials cannot "
+            "see it)"
+        )
+        self.args = (self.message,)
+        self.bucket = bucket
+
+
 class ObjectNameError(DataError, ValueError):
     """An object or path name this node cannot hold: a ``..`` segment, a name longer than the
     local file system allows, bytes that are not UTF-8. Exit 65."""

@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from jitrender.errors import ConfigError, NoSuchBucketError
 from jitrender.heartbeat import STALE_INTERVALS
 from jitrender.job import Job
 from jitrender.markers import marker_prefix
@@ -57,7 +58,10 @@ def gather(job: Job, stores: Stores | None = None) -> Observed:
     tasks = f"{prefix}tasks/"
     store = stores.for_url(root)
     retry = RetryPolicy()
-    found: list[ObjectInfo] = with_retries(lambda: store.list(root), root, retry)
+    try:
+        found: list[ObjectInfo] = with_retries(lambda: store.list(root), root, retry)
+    except NoSuchBucketError as exc:  # the job names it: a setting to fix
+        raise ConfigError(f"outputs.to: {exc.message}") from None
     markers = [i for i in found if i.url.startswith(prefix) and not i.url.startswith(tasks)]
     heartbeats = []
 

@@ -32,6 +32,7 @@ from jitrender.errors import (
     DataError,
     JitrenderError,
     MissingDependencyError,
+    NoSuchBucketError,
     ObjectNameError,
     PermissionDeniedError,
     TransientError,
@@ -224,6 +225,8 @@ def with_retries(
                 f"{url}: a name in this path is longer than the local file system allows"
             ) from None
         kind = classify(exc)
+        if kind == "missing" and isinstance(exc, NoSuchBucket):
+            raise NoSuchBucketError(url, exc.bucket) from exc
         if kind == "missing":
             raise MissingDependencyError(url) from exc
         if kind == "denied":
@@ -683,6 +686,15 @@ class GcsHttpError(Exception):
         self.code = code
 
 
+class NoSuchBucket(GcsHttpError):
+    """A listing answered 404: its bucket does not exist (a prefix of a bucket that does is an
+    empty listing, never a 404) or the credentials cannot see it."""
+
+    def __init__(self, code: int, url: str, reason: str, bucket: str) -> None:
+        super().__init__(code, url, reason)
+        self.bucket = bucket
+
+
 _READ_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_only",)
 # Uploads need a token that may write; asked for only by a process that uploads.
 _WRITE_SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
@@ -922,7 +934,12 @@ class GCSStore(Store):
         assert self._reader is not None
         query = dict(params) | {"fields": _LIST_FIELDS, "maxResults": "1000"}
         while True:
-            page = self._reader.get_json(f"b/{quote(bucket, safe='')}/o", query)
+            try:
+                page = self._reader.get_json(f"b/{quote(bucket, safe='')}/o", query)
+            except GcsHttpError as exc:
+                if exc.code == 404:
+                    raise NoSuchBucket(404, f"gs://{bucket}", "Not Found", bucket) from None
+                raise
             yield from page.get("items", ())
             token = page.get("nextPageToken")
             if not token:

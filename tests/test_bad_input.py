@@ -345,3 +345,22 @@ def test_a_cache_command_on_a_folder_that_holds_other_files_is_78_and_makes_no_c
     line = one_line(cli("cache", action, "--cache-dir", str(tmp_path)), 78)
     assert f"{tmp_path}: no jitrender cache there" in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_an_outputs_bucket_that_does_not_exist_is_one_config_line_naming_it(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """``outputs.to: gs://typo-bucket/renders``: run and status say the bucket does not exist
+    (exit 78, a setting to fix), not "dependency does not exist in storage" (exit 65); a
+    scene's folder line in such a bucket names it too."""
+    outputs = {"to": "gs://no-such-bucket-jitrender/renders", "files": ["frame.####.txt"]}
+    job = make_job(tmp_path / "job", gcs_bucket, "1", extra={"outputs": outputs})
+    code, out, _ = run(job)
+    says = "gs://no-such-bucket-jitrender/renders: bucket 'no-such-bucket-jitrender' does not"
+    assert code == 78 and f"outputs.to: {says}" in out, out
+    line = one_line(cli("status", str(job.job_file), env=jitrender_env(job)), 78)
+    assert "bucket 'no-such-bucket-jitrender' does not exist in storage" in line, line
+    scene = tmp_path / "scene.txt"
+    scene.write_text("gs://no-such-bucket-jitrender/tex/\n")
+    line = one_line(cli("deps", str(scene), env=jitrender_env(job)), 65)
+    assert "gs://no-such-bucket-jitrender/tex/: bucket 'no-such-bucket-jitrender'" in line, line
