@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,11 +103,13 @@ class Report:
         }
 
     def write(self, path: Path) -> None:
-        """Write atomically: a reader (or a farm's log shipper) never sees half a report."""
+        """Write atomically: a reader (or a farm's log shipper) never sees half a report. Its
+        mode is the umask's, as any file the user writes (mkstemp's 0600 kept a log shipper
+        or a wrangler running as another user from reading it)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            with os.fdopen(fd, "w") as handle:
+            with open(tmp, "x") as handle:
                 json.dump(self.to_json(), handle, indent=2)
                 handle.write("\n")
             os.replace(tmp, path)

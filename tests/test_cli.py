@@ -141,3 +141,24 @@ def test_malformed_scene_is_exit_65_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert re.search(r"comp\.nk:\d+:\d+: ", lines[0]), lines[0]
+
+
+def test_the_report_is_readable_as_any_file_the_user_writes(
+    local_bucket: str, tmp_path: Path
+) -> None:
+    """``--report``'s file takes the umask's mode (0644 under 022), not mkstemp's 0600, so a
+    farm's log shipper or a wrangler running as another user can read it; nothing is left
+    beside it."""
+    import os
+    import stat
+
+    from tests.renderjobs import make_job, run
+
+    job = make_job(tmp_path / "job", local_bucket, "1")
+    code, out, report = run(job, report="reports/r.json")
+    assert code == 0 and report["status"] == "succeeded", out
+    umask = os.umask(0)
+    os.umask(umask)
+    written = job.root / "reports" / "r.json"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in written.parent.iterdir()] == ["r.json"]
