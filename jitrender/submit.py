@@ -132,6 +132,14 @@ def farm_job(job: Job, options: SubmitOptions) -> FarmJob:
         raise ConfigError(f"--parallelism {options.parallelism}: must be at least 1")
     if options.cpus < 1:
         raise ConfigError(f"--cpus {options.cpus}: must be at least 1")
+    # Each farm reads 0 otherwise (Slurm's --time=0 and --mem=0 are "no limit", Kubernetes
+    # refuses a negative backoff limit): refused here, for every farm alike.
+    if options.memory_bytes < 1024 * 1024:
+        raise ConfigError(f"--memory {options.memory_bytes} bytes: must be at least 1MiB")
+    if options.time_limit_s < 1:
+        raise ConfigError(f"--time-limit {options.time_limit_s}: must be at least 1 second")
+    if options.max_retries < 0:
+        raise ConfigError(f"--max-retries {options.max_retries}: must be 0 or more")
     writer = {
         "slurm": _slurm,
         "kubernetes": _kubernetes,

@@ -364,3 +364,26 @@ def test_an_outputs_bucket_that_does_not_exist_is_one_config_line_naming_it(
     scene.write_text("gs://no-such-bucket-jitrender/tex/\n")
     line = one_line(cli("deps", str(scene), env=jitrender_env(job)), 65)
     assert "gs://no-such-bucket-jitrender/tex/: bucket 'no-such-bucket-jitrender'" in line, line
+
+
+@pytest.mark.parametrize("farm", ["slurm", "kubernetes", "gcp-batch", "aws-batch", "openjd"])
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--memory", "0", "--memory 0 bytes: must be at least 1MiB"),
+        ("--time-limit", "0", "--time-limit 0: must be at least 1 second"),
+        ("--time-limit", "-5", "--time-limit -5: must be at least 1 second"),
+        ("--max-retries", "-1", "--max-retries -1: must be 0 or more"),
+    ],
+)
+def test_a_farm_limit_no_farm_can_take_is_78_for_every_farm(
+    tmp_path: Path, farm: str, flag: str, value: str, says: str
+) -> None:
+    """``--time-limit 0`` was written as Slurm's ``--time=00:00:00`` (no limit at all), ``--memory
+    0`` as ``--mem=1M``, ``--max-retries -1`` as a negative backoff limit: refused for every
+    farm, before anything is written or submitted."""
+    job = write_job(tmp_path)
+    args = ["submit", str(job), "--farm", farm, "--dry-run", "--tasks", "2", flag, value]
+    line = one_line(cli(*args, "--bundle-dir", str(tmp_path / "bundle")), 78)
+    assert says in line, line
+    assert not (tmp_path / "bundle").exists()
