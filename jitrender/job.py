@@ -29,6 +29,8 @@ from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from, spli
 from jitrender.sequences import parse_frames
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: much faster
 
 
@@ -359,6 +361,14 @@ def load_job(path: Path) -> Job:
             f"{path}: the document expands to more than {MAX_DOCUMENT_NODES} values "
             "(YAML aliases repeating aliases?); refusing it"
         )
+    yes_no = _yes_no_at(data, [])
+    if yes_no is not None:
+        line = _line_of(yaml.compose(text), yes_no)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(
+            f"{where}: {_format_loc(yes_no)}: YAML read a yes/no word here (yes/no, on/off, "
+            "true/false); write the number or text this key takes, or quote the word"
+        )
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
@@ -376,6 +386,28 @@ def load_job(path: Path) -> Job:
 
 # A job file is a few hundred values; a million means an alias bomb, not a job.
 MAX_DOCUMENT_NODES = 1_000_000
+
+
+def _yes_no_at(data: Any, loc: list[Any]) -> list[Any] | None:
+    """Where a yes/no value stands in a job's data, or None. No key of a job takes one: YAML
+    reads ``yes``, ``on`` and ``true`` as True, which pydantic would take as 1 (``frames: yes``
+    rendered frame 1, ``chunk: true`` meant a frame a task). A stage's ``args`` (an engine's
+    own settings) and an OpenJD ``path_map`` document keep theirs."""
+    if isinstance(data, bool):
+        return loc
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if (key == "args" and loc[:1] == ["stages"]) or (key == "path_map" and not loc):
+                continue
+            found = _yes_no_at(value, [*loc, key])
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found = _yes_no_at(value, [*loc, index])
+            if found is not None:
+                return found
+    return None
 
 
 def _expanded_size_exceeds(data: Any, limit: int) -> bool:

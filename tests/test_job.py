@@ -51,6 +51,12 @@ BAD_CASES = {
     "yaml_syntax": ("frames: [1, 2\nstages: x\n", ": not valid YAML"),
     "not_a_mapping": ("- just\n- a list\n", "a job file is a YAML mapping"),
     "negative_retries": (GOOD + "retries:\n  frame: -1\n", ":10: retries.frame:"),
+    # YAML reads yes/on/true as True, which pydantic took as 1: frame 1, one frame a task.
+    "yes_as_frames": (
+        GOOD.replace("frames: 1-10", "frames: yes"),
+        ":2: frames: YAML read a yes/no word here",
+    ),
+    "true_as_a_count": (GOOD + "chunk: true\n", ":9: chunk: YAML read a yes/no word here"),
 }
 
 
