@@ -25,6 +25,8 @@ from jitrender import __version__
 from jitrender.errors import ConfigError, ExitCode, JitrenderError
 from jitrender.runcmd import extra_path_map as _extra_path_map
 from jitrender.runcmd import frames_of as _frames
+from jitrender.runcmd import json_failure as _json_failure
+from jitrender.runcmd import json_progress as _json_progress
 
 if TYPE_CHECKING:
     from jitrender.headstart import HeadStart
@@ -801,15 +803,15 @@ def main(
             typer.echo(exc.format_message())
             sys.exit(0)
         message = " ".join(exc.format_message().split())
+        if args[:1] == ["run"] and _json_progress(args):  # nothing but JSON lines: this too
+            _json_failure(f"{message} (see --help)", ExitCode.CONFIG)
         typer.echo(f"jitrender: error: {message} (see --help)", err=True)
         sys.exit(int(ExitCode.CONFIG))
     except Abort:
         sys.exit(int(ExitCode.TEMPFAIL))
     except JitrenderError as exc:
+        if args[:1] == ["run"] and _json_progress(args):
+            _json_failure(exc.message, exc.exit_code)
         typer.echo(f"jitrender: error: {exc.message}", err=True)
         sys.exit(int(exc.exit_code))
     sys.exit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()

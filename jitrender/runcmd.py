@@ -148,12 +148,30 @@ def main(args: Sequence[str], stop: Stop | None, head_start: HeadStart | None) -
     try:
         run_command(**parsed, stop=stop, early=head_start)
     except JitrenderError as exc:
+        if parsed["progress"] == "json":
+            json_failure(exc.message, exc.exit_code)
         _say(f"jitrender: error: {exc.message}")
         sys.exit(int(exc.exit_code))
     except KeyboardInterrupt:  # as click's Abort: a line, then "try again"
         _say("")
         sys.exit(int(ExitCode.TEMPFAIL))
     return True
+
+
+def json_progress(args: Sequence[str]) -> bool:
+    """Whether ``run``'s arguments ``args`` ask for ``--progress json``."""
+    import itertools
+
+    return "--progress=json" in args or ("--progress", "json") in itertools.pairwise(args)
+
+
+def json_failure(message: str, code: int) -> NoReturn:
+    """The run's one ``result`` line, failed with ``code``, as ``--progress json`` writes every
+    failure (nothing but JSON lines: a usage error too); then the exit."""
+    from jitrender.progress import JsonProgress
+
+    JsonProgress().event("result", status="failed", exit_code=int(code), error=message)
+    sys.exit(int(code))
 
 
 def _say(line: str) -> None:

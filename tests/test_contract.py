@@ -405,3 +405,21 @@ def test_blender_gpu_without_a_gpu_is_78_naming_what_it_looked_for(
         assert code == 78, out
         assert line in out.splitlines()
         assert report["cache"]["bytes_fetched"] == 0  # refused before fetching the scene
+
+
+@pytest.mark.parametrize(
+    "args", [["--bogus"], ["--task-index", "x"], ["--frames", "9-1"], ["--progress=json", "-h2"]]
+)
+def test_progress_json_usage_errors_are_json_lines_too(tmp_path: Path, args: list[str]) -> None:
+    """``--progress json`` promises nothing but JSON lines on stderr: a usage error (an unknown
+    flag, a value typer refuses) is its one ``result`` line, as any other failure is."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        'frames: 1-2\nstages: [{name: r, command: ["true"]}]\n'
+        f"outputs: {{to: 'file://{tmp_path}/bucket', files: [r.####.exr]}}\n"
+    )
+    result = cli("run", str(job), "--progress", "json", *args)
+    assert result.returncode == 78, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [r["kind"] for r in lines] == ["result"], lines
+    assert lines[0]["status"] == "failed" and lines[0]["exit_code"] == 78, lines
