@@ -67,6 +67,14 @@ class _Reading:
     count_name: str | None = None
 
 
+# What the task count is, in each engine's own words, for the error that asks for it.
+_COUNT_IS = {
+    "Kubernetes Indexed Job": "the Job's completions",
+    "Slurm job array": "the array's size",
+    "AWS Batch array job": "the array job's size",
+}
+
+
 def _value(env: Mapping[str, str], name: str) -> str | None:
     """The variable's value, or None when unset or empty (an exported empty name says nothing)."""
     raw = env.get(name)
@@ -297,9 +305,10 @@ def detect_task(
             f"{reading.index_name}/--task-count",
         )
     if reading.count is None or reading.count_text is None or reading.count_name is None:
+        size = _COUNT_IS.get(reading.engine, "the number of tasks")
         raise ConfigError(
             f"{reading.index_text} ({reading.engine}) but no task count: set "
-            f"{COUNT_VARIABLE} (to the Job's completions) or pass --task-count"
+            f"{COUNT_VARIABLE} (to {size}) or pass --task-count"
         )
     return _checked(
         reading.index,

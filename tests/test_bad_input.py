@@ -387,3 +387,22 @@ def test_a_farm_limit_no_farm_can_take_is_78_for_every_farm(
     line = one_line(cli(*args, "--bundle-dir", str(tmp_path / "bundle")), 78)
     assert says in line, line
     assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "size"),
+    [
+        ("SLURM_ARRAY_TASK_ID", "the array's size"),
+        ("JOB_COMPLETION_INDEX", "the Job's completions"),
+        ("AWS_BATCH_JOB_ARRAY_INDEX", "the array job's size"),
+    ],
+)
+def test_a_farm_index_without_a_count_asks_for_it_in_the_farms_words(
+    tmp_path: Path, variable: str, size: str
+) -> None:
+    job = write_job(tmp_path)
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), **{variable: "1"})
+    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    line = one_line(cli("run", str(job), env=env), 78)
+    assert f"{variable}=1" in line and f"set JITRENDER_TASK_COUNT (to {size})" in line, line
+    assert not (tmp_path / "bucket").exists()
