@@ -268,7 +268,9 @@ def _print_deps_table(document: dict[str, Any]) -> None:
 
     table = Table(title=f"{document['scene']} — {len(document['deps'])} dependencies")
     for column in ("url", "frames", "size", "exists", "source"):
-        table.add_column(column)
+        # A URL or source is folded onto more lines, never cut ("file:///show/te…" named no
+        # file, and a pipe's width is 80).
+        table.add_column(column, overflow="fold" if column in ("url", "source") else "ellipsis")
     for dep in document["deps"]:
         frames = dep["frames"]
         shown = "all" if frames is None else _compact(frames)

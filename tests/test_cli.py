@@ -162,3 +162,18 @@ def test_the_report_is_readable_as_any_file_the_user_writes(
     written = job.root / "reports" / "r.json"
     assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in written.parent.iterdir()] == ["r.json"]
+
+
+def test_the_deps_table_in_a_pipe_shows_every_url_whole(tmp_path: Path) -> None:
+    """Piped (80 columns), the table cut URLs to ``file:///tmp/…/te…``, naming no file; they
+    are folded onto more lines instead, so each one's file name is there."""
+    folder = tmp_path / "a-long-show-folder-name" / "textures-for-the-shot"
+    folder.mkdir(parents=True)
+    (folder / "present-texture.png").write_bytes(b"png")
+    scene = tmp_path / "scene.txt"
+    scene.write_text(f"{folder}/present-texture.png\n{folder}/missing-texture.png\n")
+    result = cli("deps", str(scene))
+    assert result.returncode == 0, result.stderr
+    text = "".join(line.strip("│ ") for line in result.stdout.splitlines())
+    assert "present-texture.png" in text and "missing-texture.png" in text, result.stdout
+    assert "…" not in result.stdout.split("dependencies", 1)[1], result.stdout
