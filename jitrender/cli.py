@@ -317,6 +317,10 @@ def status(
     from jitrender.status import StatusServer, job_status, text_lines
 
     try:
+        if watch and not 0 < interval < float("inf"):  # 0 would ask storage without a pause
+            raise ConfigError(f"--interval {interval!r}: must be a number of seconds above 0")
+        if serve and not 0 <= port <= 65535:
+            raise ConfigError(f"--port {port}: must be 0 (any free port) to 65535")
         job = load_job(job_file)
         frame_list = _frames(job, frames)
         if serve:

@@ -406,3 +406,22 @@ def test_a_farm_index_without_a_count_asks_for_it_in_the_farms_words(
     line = one_line(cli("run", str(job), env=env), 78)
     assert f"{variable}=1" in line and f"set JITRENDER_TASK_COUNT (to {size})" in line, line
     assert not (tmp_path / "bucket").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--watch", "--interval", "0"], "--interval 0.0: must be a number of seconds above 0"),
+        (["--watch", "--interval", "-1"], "--interval -1.0: must be a number of seconds above 0"),
+        (["--serve", "--port", "70000"], "--port 70000: must be 0 (any free port) to 65535"),
+        (["--serve", "--port", "-1"], "--port -1: must be 0 (any free port) to 65535"),
+    ],
+)
+def test_status_watch_and_serve_settings_that_cannot_be_taken_are_78(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    """``--interval -1`` and ``--port 70000`` were tracebacks (exit 1); ``--interval 0`` listed
+    the bucket again and again without a pause."""
+    job = write_job(tmp_path)
+    line = one_line(cli("status", str(job), *args, timeout=30), 78)
+    assert says in line, line
