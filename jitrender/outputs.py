@@ -37,7 +37,7 @@ from typing import Any, Literal
 from jitrender.errors import JitrenderError, TransientError
 from jitrender.progress import Progress
 from jitrender.report import Report
-from jitrender.sequences import expand_frame, find_frame_token, has_frame_token
+from jitrender.sequences import FrameToken, expand_frame, frame_tokens, has_frame_token
 from jitrender.storage import (
     JOB_METADATA_KEY,
     ObjectInfo,
@@ -57,41 +57,73 @@ class OutputPatterns:
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = [p.lstrip("/") for p in patterns]
-        self._regexes = [(_to_regex(p), p) for p in self.patterns]
+        self._regexes = [(*_to_regex(p), p) for p in self.patterns]
         self.per_frame = [p for p in self.patterns if has_frame_token(p)]
 
     def matches(self, relpath: str) -> bool:
-        return not _is_temp(relpath) and any(rx.match(relpath) for rx, _ in self._regexes)
+        return not _is_temp(relpath) and any(
+            _frame_in(rx, tokens, relpath) is not None for rx, tokens, _ in self._regexes
+        )
 
     def expected_for(self, frame: int) -> list[str]:
         """The output files ``frame`` must produce (from patterns with frame tokens)."""
         return [expand_frame(p, frame) for p in self.per_frame]
 
-    def frame_of(self, relpath: str) -> int | None:
-        for rx, _pattern in self._regexes:
-            match = rx.match(relpath)
-            if match is not None and "frame" in rx.groupindex:
-                return int(match["frame"])
+    def written_otherwise(self, frame: int, outputs_dir: Path) -> str | None:
+        """A file below ``outputs_dir`` that a frame-token pattern would take for ``frame`` but
+        for its padding (``r.1.exr`` for ``r.####.exr``), for the error that says what is
+        missing; None where there is none."""
+        for rx, tokens, _pattern in self._regexes:
+            if not tokens:
+                continue
+            for path in outputs_dir.rglob("*"):
+                rel = path.relative_to(outputs_dir).as_posix()
+                match = rx.match(rel)
+                if match is not None and int(match["frame0"]) == frame:
+                    return rel
         return None
+
+    def frame_of(self, relpath: str) -> int | None:
+        for rx, tokens, _pattern in self._regexes:
+            frame = _frame_in(rx, tokens, relpath)
+            if frame is not None and tokens:
+                return frame
+        return None
+
+
+def _frame_in(rx: re.Pattern[str], tokens: list[FrameToken], relpath: str) -> int | bool | None:
+    """The frame ``relpath`` is an output of under a pattern (its regex and frame tokens):
+    every token holds the same frame, written exactly as :func:`expand_frame` writes it
+    (``r.####.exr`` is ``r.0001.exr`` for frame 1, never ``r.1.exr`` nor ``r.00001.exr``).
+    True for a match of a pattern without tokens; None for no match."""
+    match = rx.match(relpath)
+    if match is None:
+        return None
+    if not tokens:
+        return True
+    written = [match[f"frame{i}"] for i in range(len(tokens))]
+    frame = int(written[0])
+    if all(token.format(frame) == text for token, text in zip(tokens, written, strict=True)):
+        return frame
+    return None
 
 
 def _is_temp(relpath: str) -> bool:
     return any(_TEMP_NAME.search(part) for part in relpath.split("/"))
 
 
-def _to_regex(pattern: str) -> re.Pattern[str]:
+def _to_regex(pattern: str) -> tuple[re.Pattern[str], list[FrameToken]]:
+    """The regex of a pattern's globs (``*``, ``?``, ``**/``) with a group ``frame<i>`` for each
+    of its frame tokens, and the tokens (for :func:`_frame_in`'s exact check)."""
+    tokens = frame_tokens(pattern)
+    starts = {token.start: (i, token) for i, token in enumerate(tokens)}
     out = ""
     index = 0
-    token = find_frame_token(pattern)
-    frame_used = False
     while index < len(pattern):
-        if token is not None and index == token.start:
-            out += r"(?P<frame>-?\d+)" if not frame_used else r"-?\d+"
-            frame_used = True
+        if index in starts:
+            i, token = starts[index]
+            out += rf"(?P<frame{i}>-?\d+)"
             index = token.end
-            token = find_frame_token(pattern[index:])
-            if token is not None:
-                token = type(token)(token.start + index, token.end + index, token.padding)
             continue
         if pattern.startswith("**/", index):
             out += r"(?:.*/)?"
@@ -108,7 +140,7 @@ def _to_regex(pattern: str) -> re.Pattern[str]:
         else:
             out += re.escape(pattern[index])
             index += 1
-    return re.compile(out + r"\Z")
+    return re.compile(out + r"\Z"), tokens
 
 
 UploadOutcome = Literal["created", "identical", "kept_previous", "conflict", "overwritten", "error"]
@@ -371,7 +403,9 @@ class Uploader:
             if not (self.outputs_dir / rel).is_file()
         ]
         if missing:
-            return f"did not write outputs/{missing[0]}"
+            near = self.patterns.written_otherwise(frame, self.outputs_dir)
+            hint = f" (it wrote {near}: the frame number padded otherwise)" if near else ""
+            return f"did not write outputs/{missing[0]}{hint}"
         if not self.frame_relpaths(frame):
             wanted = ", ".join(self.patterns.patterns)
             return f"wrote no output matching outputs.files ({wanted})"

@@ -72,6 +72,11 @@ def find_frame_token(path: str, style: str = "any") -> FrameToken | None:
     return found
 
 
+def frame_tokens(path: str, style: str = "any") -> list[FrameToken]:
+    """Every frame token in ``path``, in order: those :func:`expand_frame` replaces."""
+    return [FrameToken(m.start(), m.end(), _padding(m)) for m in _token_regex(style).finditer(path)]
+
+
 def has_frame_token(path: str, style: str = "any") -> bool:
     return find_frame_token(path, style) is not None
 

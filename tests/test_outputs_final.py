@@ -129,3 +129,42 @@ def test_checkpoints_go_to_their_own_prefix_and_only_the_final_pass_to_the_outpu
     )
     checkpoint = bucket_objects(gcs_bucket, "checkpoints/")["checkpoints/beauty.0001.exr"][1]
     assert checkpoint.startswith(b"frame 1 pass ")
+
+
+def _shell_job(root: Path, bucket: str, script: str, files: list[str]) -> RenderJob:
+    import yaml
+
+    job = make_job(root, bucket, "1-2", extra={"outputs": {"to": f"{bucket}/r", "files": files}})
+    body = yaml.safe_load(job.job_file.read_text())
+    body["stages"] = [{"name": "render", "command": ["sh", "-c", script]}]
+    job.job_file.write_text(yaml.safe_dump(body))
+    return job
+
+
+def test_frame_tokens_in_a_folder_and_the_file_name_are_one_frame(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """``f####/r.####.exr`` (a folder per frame, as many renderers write): each frame's file
+    is uploaded under its name. Only the file name's token was read as the frame before, so
+    the folder's ``####`` never matched and every such job failed, uploading nothing."""
+    frame = "$(printf %04d {frame})"
+    script = f"d=$JITRENDER_OUTPUTS/f{frame}; mkdir -p $d; echo {{frame}} > $d/r.{frame}.exr"
+    job = _shell_job(tmp_path / "job", gcs_bucket, script, ["f####/r.####.exr"])
+    code, out, report = run(job)
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    landed = bucket_objects(gcs_bucket, "r/")
+    assert landed["r/f0001/r.0001.exr"][1] == b"1\n" and landed["r/f0002/r.0002.exr"][1] == b"2\n"
+
+
+def test_an_output_padded_otherwise_is_not_taken_for_the_frames_and_the_error_says_so(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A renderer writing ``r.1.exr`` for ``r.####.exr``: the frame fails (as before) and the
+    error names what it wrote; that file is not uploaded (it was, as frame 1's output, though
+    the frame failed)."""
+    script = "echo x > $JITRENDER_OUTPUTS/r.{frame}.exr"
+    job = _shell_job(tmp_path / "job", gcs_bucket, script, ["r.####.exr"])
+    code, out, _ = run(job)
+    assert code == 65, out
+    assert "did not write outputs/r.0001.exr (it wrote r.1.exr: the frame number padded" in out
+    assert [n for n in bucket_objects(gcs_bucket, "r/") if "/_jitrender/" not in n] == []
