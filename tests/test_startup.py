@@ -135,16 +135,14 @@ def test_run_imports_its_storage_client_before_the_job_schema(
     code, out, _ = run(job, env=env)
     assert code == 0, out
     order = _IMPORTED.findall(out)
-    names = ("jitrender.storage", "urllib3", "jitrender.job", "pydantic")
-    missing = [n for n in names if n not in order]
-    assert not missing, [
-        line for line in out.splitlines() if "pydantic" in line or "urllib3" in line
-    ]
-    first = {name: order.index(name) for name in names}
-    assert first["jitrender.storage"] < first["jitrender.job"], order[: first["jitrender.job"] + 1]
-    assert first["urllib3"] < first["jitrender.job"], order[: first["jitrender.job"] + 1]
-    late = [n for n in order[: first["urllib3"]] if n.startswith(("typer", "pydantic", "yaml"))]
-    assert late == [], late
+    missing = [n for n in ("jitrender.storage", "urllib3") if n not in order]
+    assert not missing, [line for line in out.splitlines() if "urllib3" in line]
+    # The schema's first line: any of its modules (a line the head start's thread was writing
+    # meanwhile may garble one of them, so no one name is required).
+    schema = [i for i, n in enumerate(order) if n.startswith(("pydantic", "yaml", "jitrender.job"))]
+    assert schema, order
+    assert order.index("jitrender.storage") < schema[0], order[: schema[0] + 1]
+    assert order.index("urllib3") < schema[0], order[: schema[0] + 1]
     assert [n for n in order if n.startswith(("typer", "jitrender.cli"))] == []
 
 
