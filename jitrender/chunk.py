@@ -58,7 +58,8 @@ class FrameBooks:
             with self._lock:
                 self._uploads[record.relpath] = record
         else:
-            self.progress.event("error", message=f"{record.url}: upload {record.outcome}")
+            why = f": {record.error}" if record.error else ""
+            self.progress.event("error", message=f"{record.url}: upload {record.outcome}{why}")
         frame = self.patterns.frame_of(record.relpath)
         if frame is not None:
             self.mark(frame)

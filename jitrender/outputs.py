@@ -769,6 +769,7 @@ def why_not_uploaded(
     why = "outputs not uploaded"
     errors = [r for r in records if r.outcome == "error"]
     refused = [r for r in errors if patterns.frame_of(r.relpath) == frame]
+    refused += [r for r in errors if patterns.frame_of(r.relpath) is None]  # every frame's
     if refused and refused[0].error:
         why = refused[0].error
     bad = [u for u in conflicts if patterns.frame_of(u) == frame]

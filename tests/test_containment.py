@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from jitrender.agent import hooks_dir
@@ -41,7 +42,10 @@ def job_with_stage(tmp_path: Path, script: str, **extra: Any) -> Path:
     return path
 
 
-def test_a_symlink_in_outputs_is_refused_and_not_uploaded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("files", [["out.####.txt"], ["**/*"]])
+def test_a_symlink_in_outputs_is_refused_and_not_uploaded(tmp_path: Path, files: list[str]) -> None:
+    """The link's refusal is the frame's error, whether its pattern names the frame or not
+    (a glob's: the final line said only "outputs not uploaded", the event "upload error")."""
     secret = tmp_path / "secret.txt"
     secret.write_bytes(SECRET)
     job = job_with_stage(
@@ -49,11 +53,14 @@ def test_a_symlink_in_outputs_is_refused_and_not_uploaded(tmp_path: Path) -> Non
         "import os\n"
         f"os.symlink({str(secret)!r}, os.path.join(os.environ['JITRENDER_OUTPUTS'],"
         " 'out.0001.txt'))\n",
+        outputs={"to": f"file://{tmp_path}/bucket/renders", "files": files},
     )
     result = run_cli(tmp_path, "run", str(job), "--progress", "plain")
     assert result.returncode == 65, result.stderr
     assert "Traceback" not in result.stderr
-    assert "out.0001.txt: is a symlink" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("jitrender: error:") and "out.0001.txt: is a symlink" in last, last
+    assert "upload error: out.0001.txt: is a symlink" in result.stderr
     assert not (tmp_path / "bucket" / "renders" / "out.0001.txt").exists()
 
 
