@@ -48,6 +48,7 @@ from jitrender.storage import (
     with_retries,
 )
 
+_GLOB = re.compile(r"[*?]")  # outputs.files' glob characters
 _TEMP_NAME = re.compile(r"(^\.|\.tmp$|\.part$|~$|\.jitrender-part$)")
 
 
@@ -59,6 +60,12 @@ class OutputPatterns:
         self.patterns = [p.lstrip("/") for p in patterns]
         self._regexes = [(*_to_regex(p), p) for p in self.patterns]
         self.per_frame = [p for p in self.patterns if has_frame_token(p)]
+        # Those whose frame's file has one name (no glob): the file each frame must write. A
+        # frame-token pattern with a glob (``aov_*.####.exr``) asks for at least one file.
+        self._exact = [p for p in self.per_frame if not _GLOB.search(p)]
+        self.per_frame_globs = [
+            (rx, tokens, p) for rx, tokens, p in self._regexes if tokens and _GLOB.search(p)
+        ]
 
     def matches(self, relpath: str) -> bool:
         return not _is_temp(relpath) and any(
@@ -66,20 +73,31 @@ class OutputPatterns:
         )
 
     def expected_for(self, frame: int) -> list[str]:
-        """The output files ``frame`` must produce (from patterns with frame tokens)."""
-        return [expand_frame(p, frame) for p in self.per_frame]
+        """The output files ``frame`` must produce: its name under each frame-token pattern
+        without a glob (a glob's files are checked by :meth:`glob_missing`)."""
+        return [expand_frame(p, frame) for p in self._exact]
+
+    def glob_missing(self, frame: int, relpaths: Iterable[str]) -> str | None:
+        """The first frame-token pattern with a glob that none of ``relpaths`` matches for
+        ``frame`` (each such pattern asks for at least one file), or None."""
+        written = list(relpaths)
+        for rx, tokens, pattern in self.per_frame_globs:
+            if not any(_frame_in(rx, tokens, rel) == frame for rel in written):
+                return pattern
+        return None
 
     def written_otherwise(self, frame: int, outputs_dir: Path) -> str | None:
         """A file below ``outputs_dir`` that a frame-token pattern would take for ``frame`` but
         for its padding (``r.1.exr`` for ``r.####.exr``), for the error that says what is
         missing; None where there is none."""
-        for rx, tokens, _pattern in self._regexes:
-            if not tokens:
+        for rx, tokens, pattern in self._regexes:
+            if not tokens or _GLOB.search(pattern):
                 continue
             for path in outputs_dir.rglob("*"):
                 rel = path.relative_to(outputs_dir).as_posix()
                 match = rx.match(rel)
-                if match is not None and int(match["frame0"]) == frame:
+                exact = _frame_in(rx, tokens, rel) is not None  # (an exact one is no miss)
+                if match is not None and int(match["frame0"]) == frame and not exact:
                     return rel
         return None
 
@@ -406,7 +424,11 @@ class Uploader:
             near = self.patterns.written_otherwise(frame, self.outputs_dir)
             hint = f" (it wrote {near}: the frame number padded otherwise)" if near else ""
             return f"did not write outputs/{missing[0]}{hint}"
-        if not self.frame_relpaths(frame):
+        produced = self.frame_relpaths(frame)
+        glob = self.patterns.glob_missing(frame, produced)
+        if glob is not None:
+            return f"wrote no output matching {glob} for frame {frame}"
+        if not produced:
             wanted = ", ".join(self.patterns.patterns)
             return f"wrote no output matching outputs.files ({wanted})"
         return None

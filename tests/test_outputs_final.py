@@ -168,3 +168,27 @@ def test_an_output_padded_otherwise_is_not_taken_for_the_frames_and_the_error_sa
     assert code == 65, out
     assert "did not write outputs/r.0001.exr (it wrote r.1.exr: the frame number padded" in out
     assert [n for n in bucket_objects(gcs_bucket, "r/") if "/_jitrender/" not in n] == []
+
+
+def test_a_frame_token_pattern_with_a_glob_asks_each_frame_for_at_least_one_file(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """``aov_*.####.exr`` (a file per AOV, names the renderer picks): each frame's files are
+    uploaded and the frame is done; a rerun skips it. Its expected file was the literal
+    ``aov_*.0001.exr`` before, so such jobs always failed. A frame that writes none of them
+    fails naming the pattern."""
+    frame = "$(printf %04d {frame})"
+    script = f"for a in diffuse spec; do echo $a > $JITRENDER_OUTPUTS/aov_$a.{frame}.exr; done"
+    job = _shell_job(tmp_path / "job", gcs_bucket, script, ["aov_*.####.exr"])
+    code, out, report = run(job)
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    landed = bucket_objects(gcs_bucket, "r/")
+    assert {n for n in landed if "/_jitrender/" not in n} == {
+        f"r/aov_{a}.000{f}.exr" for a in ("diffuse", "spec") for f in (1, 2)
+    }
+    code, out, report = run(job, report="again.json")
+    assert code == 0 and report["frames"]["skipped_already_done"] == [1, 2], out
+    script = "echo x > $JITRENDER_OUTPUTS/other.txt"
+    job = _shell_job(tmp_path / "job2", gcs_bucket, script, ["aov_*.####.exr", "other.txt"])
+    code, out, _ = run(job)
+    assert code == 65 and "wrote no output matching aov_*.####.exr for frame 1" in out, out
