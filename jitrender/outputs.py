@@ -57,7 +57,9 @@ class OutputPatterns:
     (``####``, ``%04d``, ``{frame:04d}``…) that make a pattern a per-frame expected output."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
-        self.patterns = [p.lstrip("/") for p in patterns]
+        # "./r.####.exr" and "sub//r.####.exr" are the names users mean (matched as written,
+        # they matched nothing: no output was ever uploaded); ".." is refused at load.
+        self.patterns = ["/".join(s for s in p.split("/") if s not in ("", ".")) for p in patterns]
         self._regexes = [(*_to_regex(p), p) for p in self.patterns]
         self.per_frame = [p for p in self.patterns if has_frame_token(p)]
         # Those whose frame's file has one name (no glob): the file each frame must write. A

@@ -192,3 +192,15 @@ def test_a_frame_token_pattern_with_a_glob_asks_each_frame_for_at_least_one_file
     job = _shell_job(tmp_path / "job2", gcs_bucket, script, ["aov_*.####.exr", "other.txt"])
     code, out, _ = run(job)
     assert code == 65 and "wrote no output matching aov_*.####.exr for frame 1" in out, out
+
+
+def test_a_pattern_written_with_dot_slash_is_the_name_it_means(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """``./r.####.exr`` passed validation but matched no file (compared as written), so no
+    output was ever uploaded and every frame failed."""
+    script = "echo {frame} > $JITRENDER_OUTPUTS/r.$(printf %04d {frame}).exr"
+    job = _shell_job(tmp_path / "job", gcs_bucket, script, ["./r.####.exr"])
+    code, out, report = run(job)
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    assert bucket_objects(gcs_bucket, "r/")["r/r.0002.exr"][1] == b"2\n"
