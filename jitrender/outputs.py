@@ -48,7 +48,10 @@ from jitrender.storage import (
     with_retries,
 )
 
-_GLOB = re.compile(r"[*?]")  # outputs.files' glob characters
+# outputs.files' globs: * and ?, and UDIM/UVTILE tile tokens (a bake's tiles, whose numbers
+# the renderer picks).
+_GLOB = re.compile(r"[*?]|<UDIM>|<udim>|%\(UDIM\)d|<UVTILE>|<uvtile>")
+_TILE = re.compile(r"<UDIM>|<udim>|%\(UDIM\)d|<UVTILE>|<uvtile>")
 _TEMP_NAME = re.compile(r"(^\.|\.tmp$|\.part$|~$|\.jitrender-part$)")
 
 
@@ -144,6 +147,11 @@ def _to_regex(pattern: str) -> tuple[re.Pattern[str], list[FrameToken]]:
             i, token = starts[index]
             out += rf"(?P<frame{i}>-?\d+)"
             index = token.end
+            continue
+        tile = _TILE.match(pattern, index)
+        if tile is not None:
+            out += r"u\d+_v\d+" if tile.group(0).lower() == "<uvtile>" else r"1\d{3}"
+            index = tile.end()
             continue
         if pattern.startswith("**/", index):
             out += r"(?:.*/)?"

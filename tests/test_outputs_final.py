@@ -204,3 +204,18 @@ def test_a_pattern_written_with_dot_slash_is_the_name_it_means(
     code, out, report = run(job)
     assert code == 0 and report["frames"]["done"] == [1, 2], out
     assert bucket_objects(gcs_bucket, "r/")["r/r.0002.exr"][1] == b"2\n"
+
+
+def test_udim_tiles_in_a_frame_pattern_are_the_tiles_the_frame_wrote(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A bake writing ``bake.####.<UDIM>.exr``: each frame's tiles are uploaded and the frame
+    is done. ``<UDIM>`` was taken literally (expected ``bake.0001.<UDIM>.exr``), so such jobs
+    always failed."""
+    frame = "$(printf %04d {frame})"
+    script = f"for t in 1001 1002; do echo $t > $JITRENDER_OUTPUTS/bake.{frame}.$t.exr; done"
+    job = _shell_job(tmp_path / "job", gcs_bucket, script, ["bake.####.<UDIM>.exr"])
+    code, out, report = run(job)
+    assert code == 0 and report["frames"]["done"] == [1, 2], out
+    landed = {n for n in bucket_objects(gcs_bucket, "r/") if "/_jitrender/" not in n}
+    assert landed == {f"r/bake.000{f}.{t}.exr" for f in (1, 2) for t in (1001, 1002)}
