@@ -36,6 +36,7 @@ import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from jitrender.cachelayout import object_file, object_key
 from jitrender.errors import ConfigError, DataError, JitrenderError, TransientError
@@ -97,12 +98,34 @@ def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | N
         if text < 0:
             raise ConfigError(f"{where}: {text!r} is not a size (a number of bytes, 0 or more)")
         return text
-    from pydantic import ByteSize, TypeAdapter, ValidationError
+    from pydantic import ValidationError
 
     try:
-        return int(TypeAdapter(ByteSize).validate_python(str(text)))
+        return int(_byte_size().validate_python(str(text)))
     except ValidationError:
         raise ConfigError(f"{where}: {text!r} is not a size (use e.g. 50GB, 500MiB)") from None
+
+
+@functools.cache
+def _byte_size() -> Any:
+    """pydantic's ``ByteSize`` reader, built once (a ``TypeAdapter`` builds a schema)."""
+    from pydantic import ByteSize, TypeAdapter
+
+    return TypeAdapter(ByteSize)
+
+
+# What a cache folder holds (Cache.__init__ makes them): a folder with other files and none of
+# these is no cache (see holds_no_cache).
+CACHE_ENTRIES = frozenset({"index.sqlite", "objects", "tmp", "locks", "runs"})
+
+
+def holds_no_cache(root: Path) -> bool:
+    """Whether ``root`` is a folder holding files and none of a cache's (a new disk's
+    ``lost+found`` aside): a folder not made yet, or empty, is a node's first cache."""
+    if not root.is_dir():
+        return False
+    names = {entry.name for entry in root.iterdir()} - {"lost+found"}
+    return bool(names) and not names & CACHE_ENTRIES
 
 
 class CacheResult:

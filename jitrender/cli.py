@@ -557,12 +557,16 @@ def _cache_action(
     action: str, cache_dir: Path | None, as_json: bool, max_size: str | None = None
 ) -> dict[str, Any]:
     """Run one maintenance action on the node's cache and print its result."""
-    from jitrender.cache import Cache, parse_size
+    from jitrender.cache import Cache, holds_no_cache, parse_size
     from jitrender.cachelayout import default_cache_dir
 
     try:
         root = cache_dir or default_cache_dir()
-        _must_be_a_cache(root, action)
+        if holds_no_cache(root):  # (--cache-dir /tmp): no cache made among its files
+            raise ConfigError(
+                f"{root}: no jitrender cache there (no index.sqlite, objects/ or runs/), and it "
+                f"holds other files (jitrender cache {action} works on a cache)"
+            )
         cache = Cache(root, parse_size(max_size, "--max-size"))
         result: dict[str, Any] = getattr(cache, action)()
     except JitrenderError as exc:
@@ -575,20 +579,6 @@ def _cache_action(
     else:
         typer.echo(" ".join(f"{k}={v}" for k, v in result.items()))
     return result
-
-
-def _must_be_a_cache(root: Path, action: str) -> None:
-    """A maintenance action works on a cache, or on a folder not made yet (a node's first
-    cache): ``--cache-dir /tmp`` (a folder holding something else) is an error, not a cache
-    made among its files and reported empty."""
-    if not root.is_dir():
-        return
-    names = {entry.name for entry in root.iterdir()} - {"lost+found"}  # a new disk's root
-    if names and not names & {"index.sqlite", "objects", "runs", "locks", "tmp"}:
-        raise ConfigError(
-            f"{root}: no jitrender cache there (no index.sqlite, objects/ or runs/), and it "
-            f"holds other files (jitrender cache {action} works on a cache)"
-        )
 
 
 @cache_app.command("stats")
@@ -801,6 +791,7 @@ def main(
         # First, before the imports that take time and before the job is loaded, and kept
         # until the process exits: a SIGTERM at any moment ends with the report's exit code.
         stop = Stop().hold()
+    json_lines = args[:1] == ["run"] and _json_progress(args)  # its failures: JSON lines too
     try:
         # An int when a command raised Exit.
         code = _app_for(args)(args=args, standalone_mode=False, obj=(stop, head_start))
@@ -809,14 +800,14 @@ def main(
             typer.echo(exc.format_message())
             sys.exit(0)
         message = " ".join(exc.format_message().split())
-        if args[:1] == ["run"] and _json_progress(args):  # nothing but JSON lines: this too
+        if json_lines:
             _json_failure(f"{message} (see --help)", ExitCode.CONFIG)
         typer.echo(f"jitrender: error: {message} (see --help)", err=True)
         sys.exit(int(ExitCode.CONFIG))
     except Abort:
         sys.exit(int(ExitCode.TEMPFAIL))
     except JitrenderError as exc:
-        if args[:1] == ["run"] and _json_progress(args):
+        if json_lines:
             _json_failure(exc.message, exc.exit_code)
         typer.echo(f"jitrender: error: {exc.message}", err=True)
         sys.exit(int(exc.exit_code))

@@ -29,8 +29,6 @@ from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from, spli
 from jitrender.sequences import parse_frames
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
-
-
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: much faster
 
 
@@ -491,24 +489,15 @@ def _near_keys(loc: list[Any]) -> str | None:
     """The keys of the model at ``loc``'s place closest to its last part (a misspelling of one
     of them), quoted (``'a' or 'b'``), or None."""
     import difflib
-    import typing
 
     model: Any = Job
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
+        model = _model_in(field.annotation) if field is not None else None
+        if model is None:
             return None
-        found = [
-            t
-            for t in (field.annotation, *typing.get_args(field.annotation))
-            for t in (t, *typing.get_args(t))
-            if isinstance(t, type) and issubclass(t, BaseModel)
-        ]
-        if not found:
-            return None
-        model = found[0]
     keys = [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
     written = str(loc[-1])
     scored = sorted(
@@ -517,6 +506,19 @@ def _near_keys(loc: list[Any]) -> str | None:
     # The closest, and a second one only where it is as likely ('form': 'from' or 'format').
     close = [k for score, k in scored if score >= 0.6 and score >= scored[0][0] - 0.06][:2]
     return " or ".join(repr(k) for k in close) or None
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model a field's annotation holds (``X``, ``X | None``, ``list[X | str]``), or None."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _format_loc(loc: list[Any]) -> str:

@@ -34,10 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from jitrender.errors import JitrenderError, TransientError
+from jitrender.errors import ConfigError, JitrenderError, NoSuchBucketError, TransientError
 from jitrender.progress import Progress
 from jitrender.report import Report
-from jitrender.sequences import FrameToken, expand_frame, frame_tokens, has_frame_token
+from jitrender.sequences import (
+    FrameToken,
+    expand_frame,
+    frame_tokens,
+    has_frame_token,
+    has_udim_token,
+    tile_regex,
+    udim_token_at,
+)
 from jitrender.storage import (
     JOB_METADATA_KEY,
     ObjectInfo,
@@ -48,10 +56,7 @@ from jitrender.storage import (
     with_retries,
 )
 
-# outputs.files' globs: * and ?, and UDIM/UVTILE tile tokens (a bake's tiles, whose numbers
-# the renderer picks).
-_GLOB = re.compile(r"[*?]|<UDIM>|<udim>|%\(UDIM\)d|<UVTILE>|<uvtile>")
-_TILE = re.compile(r"<UDIM>|<udim>|%\(UDIM\)d|<UVTILE>|<uvtile>")
+_GLOB = re.compile(r"[*?]")  # outputs.files' globs (UDIM/UVTILE tile tokens are ones too)
 _TEMP_NAME = re.compile(r"(^\.|\.tmp$|\.part$|~$|\.jitrender-part$)")
 
 
@@ -67,14 +72,13 @@ class OutputPatterns:
         self.per_frame = [p for p in self.patterns if has_frame_token(p)]
         # Those whose frame's file has one name (no glob): the file each frame must write. A
         # frame-token pattern with a glob (``aov_*.####.exr``) asks for at least one file.
-        self._exact = [p for p in self.per_frame if not _GLOB.search(p)]
-        self.per_frame_globs = [
-            (rx, tokens, p) for rx, tokens, p in self._regexes if tokens and _GLOB.search(p)
-        ]
+        self._exact = [p for p in self.per_frame if not _is_glob(p)]
+        self._globs = [(rx, tokens, p) for rx, tokens, p in self._regexes if tokens and _is_glob(p)]
 
     def matches(self, relpath: str) -> bool:
         return not _is_temp(relpath) and any(
-            _frame_in(rx, tokens, relpath) is not None for rx, tokens, _ in self._regexes
+            (_frame_in(rx, tokens, relpath) if tokens else rx.match(relpath)) is not None
+            for rx, tokens, _ in self._regexes
         )
 
     def expected_for(self, frame: int) -> list[str]:
@@ -86,7 +90,7 @@ class OutputPatterns:
         """The first frame-token pattern with a glob that none of ``relpaths`` matches for
         ``frame`` (each such pattern asks for at least one file), or None."""
         written = list(relpaths)
-        for rx, tokens, pattern in self.per_frame_globs:
+        for rx, tokens, pattern in self._globs:
             if not any(_frame_in(rx, tokens, rel) == frame for rel in written):
                 return pattern
         return None
@@ -95,35 +99,38 @@ class OutputPatterns:
         """A file below ``outputs_dir`` that a frame-token pattern would take for ``frame`` but
         for its padding (``r.1.exr`` for ``r.####.exr``), for the error that says what is
         missing; None where there is none."""
-        for rx, tokens, pattern in self._regexes:
-            if not tokens or _GLOB.search(pattern):
-                continue
-            for path in outputs_dir.rglob("*"):
-                rel = path.relative_to(outputs_dir).as_posix()
+        exact = [(rx, tokens) for rx, tokens, p in self._regexes if tokens and not _is_glob(p)]
+        if not exact:
+            return None
+        for path in outputs_dir.rglob("*"):
+            rel = path.relative_to(outputs_dir).as_posix()
+            for rx, tokens in exact:
                 match = rx.match(rel)
-                exact = _frame_in(rx, tokens, rel) is not None  # (an exact one is no miss)
-                if match is not None and int(match["frame0"]) == frame and not exact:
+                loose = match is not None and int(match["frame0"]) == frame
+                if loose and _frame_in(rx, tokens, rel) is None:  # (an exact name is no miss)
                     return rel
         return None
 
     def frame_of(self, relpath: str) -> int | None:
         for rx, tokens, _pattern in self._regexes:
-            frame = _frame_in(rx, tokens, relpath)
-            if frame is not None and tokens:
+            frame = _frame_in(rx, tokens, relpath) if tokens else None
+            if frame is not None:
                 return frame
         return None
 
 
-def _frame_in(rx: re.Pattern[str], tokens: list[FrameToken], relpath: str) -> int | bool | None:
-    """The frame ``relpath`` is an output of under a pattern (its regex and frame tokens):
-    every token holds the same frame, written exactly as :func:`expand_frame` writes it
-    (``r.####.exr`` is ``r.0001.exr`` for frame 1, never ``r.1.exr`` nor ``r.00001.exr``).
-    True for a match of a pattern without tokens; None for no match."""
+def _is_glob(pattern: str) -> bool:
+    return _GLOB.search(pattern) is not None or has_udim_token(pattern)
+
+
+def _frame_in(rx: re.Pattern[str], tokens: list[FrameToken], relpath: str) -> int | None:
+    """The frame ``relpath`` is an output of under a frame-token pattern (its regex and
+    tokens): every token holds the same frame, written exactly as :func:`expand_frame` writes
+    it (``r.####.exr`` is ``r.0001.exr`` for frame 1, never ``r.1.exr`` nor ``r.00001.exr``).
+    None for no match."""
     match = rx.match(relpath)
     if match is None:
         return None
-    if not tokens:
-        return True
     written = [match[f"frame{i}"] for i in range(len(tokens))]
     frame = int(written[0])
     if all(token.format(frame) == text for token, text in zip(tokens, written, strict=True)):
@@ -148,9 +155,9 @@ def _to_regex(pattern: str) -> tuple[re.Pattern[str], list[FrameToken]]:
             out += rf"(?P<frame{i}>-?\d+)"
             index = token.end
             continue
-        tile = _TILE.match(pattern, index)
+        tile = udim_token_at(pattern, index)
         if tile is not None:
-            out += r"u\d+_v\d+" if tile.group(0).lower() == "<uvtile>" else r"1\d{3}"
+            out += tile_regex(tile.group(0))
             index = tile.end()
             continue
         if pattern.startswith("**/", index):
@@ -725,6 +732,15 @@ class BucketFrames:
 
     done: list[int]  # marked, and every output the marker names is there
     stale: dict[int, ObjectInfo]  # marked, but an output is gone: render again (the marker)
+
+
+def list_outputs(store: Store, outputs_url: str, retry: RetryPolicy) -> list[ObjectInfo]:
+    """Everything below the job's ``outputs.to`` (markers included), with retries. A bucket
+    that is not there is the job's setting to fix: ConfigError (78), naming ``outputs.to``."""
+    try:
+        return with_retries(lambda: store.list(outputs_url + "/"), outputs_url, retry)
+    except NoSuchBucketError as exc:
+        raise ConfigError(f"outputs.to: {exc.message}") from None
 
 
 def frames_in_bucket(

@@ -16,9 +16,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jitrender.errors import ConfigError, DataError, JitrenderError, NoSuchBucketError
+from jitrender.errors import DataError, JitrenderError
 from jitrender.markers import MarkerWriter, marker_prefix, marker_url
-from jitrender.outputs import OutputPatterns, Uploader, frames_in_bucket, outputs_of_other_jobs
+from jitrender.outputs import (
+    OutputPatterns,
+    Uploader,
+    frames_in_bucket,
+    list_outputs,
+    outputs_of_other_jobs,
+)
 from jitrender.progress import Progress
 from jitrender.requeue import requeue_url, requeued_frames
 from jitrender.stagemarks import stages_done
@@ -54,10 +60,7 @@ def decide(
     ``overwrite``."""
     job, store, retry = markers.job, markers.store, markers.retry
     outputs_url, prefix = job.outputs_url, marker_prefix(job)
-    try:
-        listing = with_retries(lambda: store.list(outputs_url + "/"), outputs_url, retry)
-    except NoSuchBucketError as exc:  # the job names it: a setting to fix, not data missing
-        raise ConfigError(f"outputs.to: {exc.message}") from None
+    listing = list_outputs(store, outputs_url, retry)
     listed = {info.url: info for info in listing}
     requests = requeued_frames(listing, prefix) & set(frames)
     redo = set(frames) if rerender else set(requests)

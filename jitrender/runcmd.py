@@ -151,8 +151,7 @@ def main(args: Sequence[str], stop: Stop | None, head_start: HeadStart | None) -
     except JitrenderError as exc:
         if parsed["progress"] == "json":
             json_failure(exc.message, exc.exit_code)
-        _say(f"jitrender: error: {exc.message}")
-        sys.exit(int(exc.exit_code))
+        _fail(exc)
     except KeyboardInterrupt:  # as click's Abort: a line, then "try again"
         _say("")
         sys.exit(int(ExitCode.TEMPFAIL))
@@ -253,6 +252,11 @@ def run_command(
     try:
         if report is not None and report.is_dir():  # found now, not once the work is done
             raise ConfigError(f"--report {report}: is a folder (name the report's file)")
+        if not (0 <= heartbeat_interval < float("inf")):  # nan too: never taken as "none"
+            raise ConfigError(
+                f"--heartbeat-interval (or JITRENDER_HEARTBEAT_INTERVAL): {heartbeat_interval!r}"
+                " is not a number of seconds (0 or more; 0: no heartbeats)"
+            )
         job = load_job(job_file)
         extra = extra_path_map(path_map, path_map_rules)
         head_start = _head_start(job, extra, early, cache_dir)  # before the imports
@@ -293,11 +297,6 @@ def run_command(
             head_start=head_start,
         )
         _refuse_if_unfit(job, cache_dir)
-        if not (0 <= heartbeat_interval < float("inf")):  # nan too: never taken as "none"
-            raise ConfigError(
-                f"--heartbeat-interval (or JITRENDER_HEARTBEAT_INTERVAL): {heartbeat_interval!r}"
-                " is not a number of seconds (0 or more; 0: no heartbeats)"
-            )
         heartbeat = None
         if heartbeat_interval > 0:
             heartbeat = _heartbeat(

@@ -117,16 +117,23 @@ def expand_views(path: str, views: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def udim_token_at(path: str, index: int) -> re.Match[str] | None:
+    """The UDIM/UVTILE token that starts at ``index`` of ``path``, if one does."""
+    return _UDIM_TOKEN.match(path, index)
+
+
+def tile_regex(token: str) -> str:
+    """The regex of the tile numbers a UDIM/UVTILE token stands for."""
+    return r"u\d+_v\d+" if token.lower() == "<uvtile>" else r"1\d{3}"
+
+
 def udim_regex(file_name: str) -> re.Pattern[str]:
     """A regex that matches the names a UDIM/UVTILE file-name pattern stands for."""
     pieces = []
     last = 0
     for match in _UDIM_TOKEN.finditer(file_name):
         pieces.append(re.escape(file_name[last : match.start()]))
-        if match.group(0).lower() == "<uvtile>":
-            pieces.append(r"u\d+_v\d+")
-        else:
-            pieces.append(r"1\d{3}")
+        pieces.append(tile_regex(match.group(0)))
         last = match.end()
     pieces.append(re.escape(file_name[last:]))
     return re.compile("".join(pieces) + r"\Z")

@@ -33,11 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from jitrender.errors import ConfigError, NoSuchBucketError
 from jitrender.heartbeat import STALE_INTERVALS
 from jitrender.job import Job
 from jitrender.markers import marker_prefix
-from jitrender.outputs import OutputPatterns, frames_in_bucket
+from jitrender.outputs import OutputPatterns, frames_in_bucket, list_outputs
 from jitrender.storage import ObjectInfo, RetryPolicy, Stores, with_retries
 
 
@@ -58,10 +57,7 @@ def gather(job: Job, stores: Stores | None = None) -> Observed:
     tasks = f"{prefix}tasks/"
     store = stores.for_url(root)
     retry = RetryPolicy()
-    try:
-        found: list[ObjectInfo] = with_retries(lambda: store.list(root), root, retry)
-    except NoSuchBucketError as exc:  # the job names it: a setting to fix
-        raise ConfigError(f"outputs.to: {exc.message}") from None
+    found = list_outputs(store, job.outputs_url, retry)
     markers = [i for i in found if i.url.startswith(prefix) and not i.url.startswith(tasks)]
     heartbeats = []
 

@@ -225,9 +225,9 @@ def with_retries(
                 f"{url}: a name in this path is longer than the local file system allows"
             ) from None
         kind = classify(exc)
-        if kind == "missing" and isinstance(exc, NoSuchBucket):
-            raise NoSuchBucketError(url, exc.bucket) from exc
         if kind == "missing":
+            if isinstance(exc, NoSuchBucket):
+                raise NoSuchBucketError(url, exc.bucket) from exc
             raise MissingDependencyError(url) from exc
         if kind == "denied":
             raise PermissionDeniedError(f"{url}: permission denied ({exc})") from exc

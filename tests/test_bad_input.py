@@ -27,6 +27,15 @@ def one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
     return lines[0]
 
 
+def node_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """This process's environment for a run on a node of its own: the cache in ``tmp_path``,
+    no preemption watch (no metadata server here) and no heartbeats, then ``settings``."""
+    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
+    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    env.update(settings)
+    return env
+
+
 def write_job(tmp_path: Path, **changes: Any) -> Path:
     job: dict[str, Any] = {
         "frames": "1-2",
@@ -142,9 +151,7 @@ def prefix_job(tmp_path: Path, bucket: str) -> Path:
 
 
 def run_cli(job: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
-    env["JITRENDER_PREEMPTION_WATCH"] = "off"
-    return cli("run", str(job), "--progress", "plain", env=env)
+    return cli("run", str(job), "--progress", "plain", env=node_env(tmp_path))
 
 
 def test_an_object_named_with_dot_dot_under_a_prefix_is_refused_not_placed_outside(
@@ -224,8 +231,7 @@ def test_a_stop_timing_that_is_not_a_number_is_78_before_anything_renders(
 ) -> None:
     """The stop's timings are read only once a run stops; a bad one is refused at start."""
     job = write_job(tmp_path)
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), **{name: value})
-    env["JITRENDER_PREEMPTION_WATCH"] = "off"
+    env = node_env(tmp_path, **{name: value})
     line = one_line(cli("run", str(job), "--progress", "plain", env=env), 78)
     assert f"{name}: {value!r} is not a number of seconds (0 or more)" in line
     assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
@@ -247,7 +253,7 @@ def test_a_node_setting_that_cannot_be_taken_is_78_before_anything_renders(
     at the end of a run (the health thresholds) are refused at start, never silently taken
     as their default (a typo of ``off`` left the watch on; ``0`` was read as 1)."""
     job = write_job(tmp_path)
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), **{name: value})
+    env = node_env(tmp_path, **{name: value})
     line = one_line(cli("run", str(job), "--progress", "plain", env=env), 78)
     assert f"{name}: {value!r} {says}" in line
     assert not (tmp_path / "bucket").exists()  # nothing rendered, nothing delivered
@@ -265,8 +271,7 @@ def test_a_heartbeat_interval_that_is_not_seconds_is_78_before_anything_renders(
     """A negative, NaN or infinite heartbeat interval (the flag, or its variable) was taken as
     "no heartbeats" without a word; it is refused at start, as every bad setting is."""
     job = write_job(tmp_path)
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
-    env["JITRENDER_PREEMPTION_WATCH"] = "off"
+    env = node_env(tmp_path)
     if env_value is not None:
         env["JITRENDER_HEARTBEAT_INTERVAL"] = env_value
     args = ["--heartbeat-interval", flag] if flag is not None else []
@@ -286,8 +291,7 @@ def test_a_cache_size_that_is_not_a_size_is_78_before_anything_renders(
     was taken as one (every run evicted all it could), ``inf`` was a traceback; both are one
     line, naming where the size was written."""
     job = write_job(tmp_path, **({"cache": {"max_size": in_job}} if in_job is not None else {}))
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
-    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    env = node_env(tmp_path)
     args = ["--cache-max-size", flag] if flag is not None else []
     line = one_line(cli("run", str(job), *args, "--progress", "plain", env=env), 78)
     where = "--cache-max-size" if flag is not None else "cache.max_size"
@@ -300,8 +304,7 @@ def test_an_empty_frames_flag_is_78_not_the_whole_job(tmp_path: Path, command: s
     """``--frames "$FRAMES"`` with the variable unset gave ``--frames ""``, which was read as
     no flag at all: every frame of the job rendered (or frame 1 listed) without a word."""
     job = write_job(tmp_path)
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
-    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    env = node_env(tmp_path)
     scene = tmp_path / "scene.txt"
     scene.write_text(f"{tmp_path}/tex.png\n")
     args = [str(job)] if command == "run" else [str(scene)]
@@ -317,8 +320,7 @@ def test_an_empty_path_option_is_78_not_the_current_folder(tmp_path: Path, flag:
     job = write_job(tmp_path)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
-    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    env = node_env(tmp_path)
     line = one_line(cli("run", str(job), f"{flag}=", "--progress", "plain", cwd=cwd, env=env), 78)
     assert f"'{flag}'" in line and "an empty path" in line, line
     assert list(cwd.iterdir()) == [] and not (tmp_path / "bucket").exists()
@@ -326,8 +328,7 @@ def test_an_empty_path_option_is_78_not_the_current_folder(tmp_path: Path, flag:
 
 def test_a_report_path_that_is_a_folder_is_78_before_anything_renders(tmp_path: Path) -> None:
     job = write_job(tmp_path)
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"))
-    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    env = node_env(tmp_path)
     line = one_line(cli("run", str(job), "--report", str(tmp_path), env=env), 78)
     assert f"--report {tmp_path}: is a folder" in line, line
     assert not (tmp_path / "bucket").exists()
@@ -401,8 +402,7 @@ def test_a_farm_index_without_a_count_asks_for_it_in_the_farms_words(
     tmp_path: Path, variable: str, size: str
 ) -> None:
     job = write_job(tmp_path)
-    env = dict(os.environ, JITRENDER_CACHE_DIR=str(tmp_path / "cache"), **{variable: "1"})
-    env.update(JITRENDER_PREEMPTION_WATCH="off", JITRENDER_HEARTBEAT_INTERVAL="0")
+    env = node_env(tmp_path, **{variable: "1"})
     line = one_line(cli("run", str(job), env=env), 78)
     assert f"{variable}=1" in line and f"set JITRENDER_TASK_COUNT (to {size})" in line, line
     assert not (tmp_path / "bucket").exists()

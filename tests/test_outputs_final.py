@@ -131,6 +131,15 @@ def test_checkpoints_go_to_their_own_prefix_and_only_the_final_pass_to_the_outpu
     assert checkpoint.startswith(b"frame 1 pass ")
 
 
+# The stage's frame as a shell writes it at 4 digits (jitrender fills {frame}).
+FRAME4 = "$(printf %04d {frame})"
+
+
+def _outputs(bucket: str) -> dict[str, tuple[int, bytes]]:
+    """The renders below ``r/`` in the bucket, without jitrender's own markers and logs."""
+    return {n: v for n, v in bucket_objects(bucket, "r/").items() if "/_jitrender/" not in n}
+
+
 def _shell_job(root: Path, bucket: str, script: str, files: list[str]) -> RenderJob:
     import yaml
 
@@ -147,12 +156,11 @@ def test_frame_tokens_in_a_folder_and_the_file_name_are_one_frame(
     """``f####/r.####.exr`` (a folder per frame, as many renderers write): each frame's file
     is uploaded under its name. Only the file name's token was read as the frame before, so
     the folder's ``####`` never matched and every such job failed, uploading nothing."""
-    frame = "$(printf %04d {frame})"
-    script = f"d=$JITRENDER_OUTPUTS/f{frame}; mkdir -p $d; echo {{frame}} > $d/r.{frame}.exr"
+    script = f"d=$JITRENDER_OUTPUTS/f{FRAME4}; mkdir -p $d; echo {{frame}} > $d/r.{FRAME4}.exr"
     job = _shell_job(tmp_path / "job", gcs_bucket, script, ["f####/r.####.exr"])
     code, out, report = run(job)
     assert code == 0 and report["frames"]["done"] == [1, 2], out
-    landed = bucket_objects(gcs_bucket, "r/")
+    landed = _outputs(gcs_bucket)
     assert landed["r/f0001/r.0001.exr"][1] == b"1\n" and landed["r/f0002/r.0002.exr"][1] == b"2\n"
 
 
@@ -167,7 +175,7 @@ def test_an_output_padded_otherwise_is_not_taken_for_the_frames_and_the_error_sa
     code, out, _ = run(job)
     assert code == 65, out
     assert "did not write outputs/r.0001.exr (it wrote r.1.exr: the frame number padded" in out
-    assert [n for n in bucket_objects(gcs_bucket, "r/") if "/_jitrender/" not in n] == []
+    assert list(_outputs(gcs_bucket)) == []
 
 
 def test_a_frame_token_pattern_with_a_glob_asks_each_frame_for_at_least_one_file(
@@ -177,13 +185,11 @@ def test_a_frame_token_pattern_with_a_glob_asks_each_frame_for_at_least_one_file
     uploaded and the frame is done; a rerun skips it. Its expected file was the literal
     ``aov_*.0001.exr`` before, so such jobs always failed. A frame that writes none of them
     fails naming the pattern."""
-    frame = "$(printf %04d {frame})"
-    script = f"for a in diffuse spec; do echo $a > $JITRENDER_OUTPUTS/aov_$a.{frame}.exr; done"
+    script = f"for a in diffuse spec; do echo $a > $JITRENDER_OUTPUTS/aov_$a.{FRAME4}.exr; done"
     job = _shell_job(tmp_path / "job", gcs_bucket, script, ["aov_*.####.exr"])
     code, out, report = run(job)
     assert code == 0 and report["frames"]["done"] == [1, 2], out
-    landed = bucket_objects(gcs_bucket, "r/")
-    assert {n for n in landed if "/_jitrender/" not in n} == {
+    assert set(_outputs(gcs_bucket)) == {
         f"r/aov_{a}.000{f}.exr" for a in ("diffuse", "spec") for f in (1, 2)
     }
     code, out, report = run(job, report="again.json")
@@ -199,7 +205,7 @@ def test_a_pattern_written_with_dot_slash_is_the_name_it_means(
 ) -> None:
     """``./r.####.exr`` passed validation but matched no file (compared as written), so no
     output was ever uploaded and every frame failed."""
-    script = "echo {frame} > $JITRENDER_OUTPUTS/r.$(printf %04d {frame}).exr"
+    script = f"echo {{frame}} > $JITRENDER_OUTPUTS/r.{FRAME4}.exr"
     job = _shell_job(tmp_path / "job", gcs_bucket, script, ["./r.####.exr"])
     code, out, report = run(job)
     assert code == 0 and report["frames"]["done"] == [1, 2], out
@@ -212,10 +218,10 @@ def test_udim_tiles_in_a_frame_pattern_are_the_tiles_the_frame_wrote(
     """A bake writing ``bake.####.<UDIM>.exr``: each frame's tiles are uploaded and the frame
     is done. ``<UDIM>`` was taken literally (expected ``bake.0001.<UDIM>.exr``), so such jobs
     always failed."""
-    frame = "$(printf %04d {frame})"
-    script = f"for t in 1001 1002; do echo $t > $JITRENDER_OUTPUTS/bake.{frame}.$t.exr; done"
+    script = f"for t in 1001 1002; do echo $t > $JITRENDER_OUTPUTS/bake.{FRAME4}.$t.exr; done"
     job = _shell_job(tmp_path / "job", gcs_bucket, script, ["bake.####.<UDIM>.exr"])
     code, out, report = run(job)
     assert code == 0 and report["frames"]["done"] == [1, 2], out
-    landed = {n for n in bucket_objects(gcs_bucket, "r/") if "/_jitrender/" not in n}
-    assert landed == {f"r/bake.000{f}.{t}.exr" for f in (1, 2) for t in (1001, 1002)}
+    assert set(_outputs(gcs_bucket)) == {
+        f"r/bake.000{f}.{t}.exr" for f in (1, 2) for t in (1001, 1002)
+    }

@@ -441,14 +441,16 @@ def _clips(state: _Resolve, prim: Any, variables: dict[str, Any]) -> bool:
             new |= _arc(state, manifest.value.path, manifest.layer, variables, source)
         # The layer that authored the clips' paths: an absolute one (a show mount that
         # path_map maps) is aliased as layers are, so USD's clips open it and its values count.
-        authored = keys["templateAssetPath" if "templateAssetPath" in keys else "assetPaths"].layer
+        template = "templateAssetPath" in keys
+        authored = keys["templateAssetPath" if template else "assetPaths"].layer
+        anchored = None
         for (written, url), frames in chosen.items():
             anchored = _anchored(written, authored, variables)
             new |= state.fetch(url, written, source, frames, anchored)
             for frame in frames:
                 state.active_clips.setdefault((str(prim.GetPath()), frame), []).append(url)
-            if anchored is not None and "templateAssetPath" in keys:
-                _template_in_resolve_folder(state, prim, name, keys, variables, anchored, url)
+        if template and anchored is not None:  # (all its clips are in one folder: the last's)
+            _template_in_resolve_folder(state, prim, name, keys, variables, anchored, url)
     return new
 
 

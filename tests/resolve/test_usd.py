@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +82,14 @@ def deps(scene_url: str, frames: str, *extra: str) -> subprocess.CompletedProces
     )
 
 
+def deps_report(scene_url: str, frames: str, *extra: str) -> dict[str, Any]:
+    """``jitrender deps --json``'s document, the command having ended 0."""
+    proc = deps(scene_url, frames, *extra)
+    assert proc.returncode == 0, proc.stderr
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report
+
+
 @pytest.fixture(params=["file", "gs"])
 def bucket(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":
@@ -98,9 +107,7 @@ def test_broken_arcs_are_missing_and_the_rest_resolves(bucket: str) -> None:
     put_object(f"{bucket}/shot/tex/base.png", b"png")
     for tile in ("1001", "1002", "1101"):
         put_object(f"{bucket}/shot/tex/skin.{tile}.png", b"png")
-    proc = deps(f"{bucket}/shot/root.usda", "1-2")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = deps_report(f"{bucket}/shot/root.usda", "1-2")
     found = {d["url"][len(bucket) + 1 :]: d["exists"] for d in report["deps"]}
     assert found == {
         "shot/assets/chair.usda": True,
@@ -186,9 +193,7 @@ def test_layers_named_by_mapped_absolute_paths_are_composed_and_their_own_files_
     put_object(f"{show}/assets/car/tex/decal.png", b"png")
     for tile in ("1001", "1002"):
         put_object(f"{show}/assets/car/tex/paint.{tile}.png", b"png")
-    proc = deps(f"{bucket}/shots/sh010.usda", "1", "--path-map", f"/mnt/show={show}")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = deps_report(f"{bucket}/shots/sh010.usda", "1", "--path-map", f"/mnt/show={show}")
     found = {d["url"][len(show) + 1 :]: d["exists"] for d in report["deps"]}
     assert found == {
         "seq/lighting.usda": True,
@@ -275,9 +280,7 @@ def test_value_clips_named_by_mapped_absolute_paths_give_their_values_per_frame(
         clip += f"        {i}: @../tex/frame.{i}.png@,\n    }}\n}}\n"
         put_object(f"{show}/clips/c.{i}.usda", clip.encode())
         put_object(f"{show}/tex/frame.{i}.png", b"png")
-    proc = deps(f"{bucket}/shots/sh020.usda", "2-3", "--path-map", f"/mnt/show={show}")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = deps_report(f"{bucket}/shots/sh020.usda", "2-3", "--path-map", f"/mnt/show={show}")
     found = {d["url"][len(show) + 1 :]: (d["frames"], d["exists"]) for d in report["deps"]}
     assert found == {
         "clips/manifest.usda": (None, True),
