@@ -1,84 +1,104 @@
-"""The job.yaml schema (version 1), validated with pydantic. Pure: reads the file, nothing else.
+"""The job.yaml schema (version 1): a job's values as plain dataclasses.
 
-Every mistake in a job file becomes one :class:`ConfigError` line that names the file, the
-line, the key and what is wrong; never a traceback.
+A job file is read and checked by :mod:`jitrender.jobcheck` (PyYAML, then pydantic, the
+``Annotated`` constraints below and the ``__post_init__`` checks): every mistake in a job file
+becomes one :class:`ConfigError` line that names the file, the line, the key and what is
+wrong; never a traceback.
 
-Built cheaply, since every command starts by loading a job: annotations are objects, not
-strings (pydantic compiled each string again: 12 ms a start), and default factories are
-lambdas (pydantic inspects a factory's signature; a builtin's is parsed from text).
+The values a job file's bytes were checked into are kept in a small memo on the node (see
+:func:`load_job`): every farm task of a job landing on a node reads the same file, and only the
+first one parses and validates it. The others read the memo and import neither PyYAML nor
+pydantic, which were about 130 ms of every start. The classes are stdlib dataclasses, not
+pydantic models, so that a memo's values are rebuilt without pydantic.
 """
 
 import hashlib
 import json
+import os
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from typing import Annotated, Any, Literal
 
 from jitrender.errors import ConfigError
-from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from, split_url
+from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from
 from jitrender.sequences import parse_frames
 
-_STRICT = ConfigDict(extra="forbid", populate_by_name=True)
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: much faster
+
+class Rule:
+    """A field's pydantic constraints (``Field``'s keywords) and after-validators, read only
+    when pydantic builds the schema: a job read from the memo imports no pydantic."""
+
+    __slots__ = ("checks", "constraints")
+
+    def __init__(self, *checks: Callable[[Any], Any], **constraints: Any) -> None:
+        self.checks = checks
+        self.constraints = constraints
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic import AfterValidator, Field
+
+        marks: list[Any] = [Field(**self.constraints)] if self.constraints else []
+        marks.extend(AfterValidator(check) for check in self.checks)
+        return handler(Annotated[(source, *marks)])
 
 
-class PathRuleSpec(BaseModel):
+def _strict(**more: Any) -> dict[str, Any]:
+    """A model's pydantic config: unknown keys are mistakes."""
+    return {"extra": "forbid", **more}
+
+
+def _alias(name: str) -> str:
+    return "from" if name == "from_" else name
+
+
+@dataclass
+class PathRuleSpec:
     """``from`` (a path prefix as written in scenes) -> ``to`` (a URL prefix)."""
 
-    model_config = _STRICT
-    from_: str = Field(alias="from", min_length=1)
-    to: str = Field(min_length=1)
+    __pydantic_config__ = _strict(populate_by_name=True, alias_generator=_alias)
+    from_: Annotated[str, Rule(min_length=1)]
+    to: Annotated[str, Rule(min_length=1)]
     format: Literal["posix", "windows", "auto"] = "auto"
 
 
-class DepSpec(BaseModel):
+@dataclass
+class DepSpec:
     """An extra dependency listed by hand: one file (may hold frame/UDIM tokens) or a prefix."""
 
-    model_config = _STRICT
+    __pydantic_config__ = _strict()
     path: str | None = None
     prefix: str | None = None
     frames: str | None = None  # the frames that need it; default: every frame
 
-    @model_validator(mode="after")
-    def _one_of(self) -> "DepSpec":
+    def __post_init__(self) -> None:
         if (self.path is None) == (self.prefix is None):
             raise ValueError("give exactly one of 'path' or 'prefix'")
-        return self
 
 
-class SplitSpec(BaseModel):
+def _two_counts(value: list[int] | None) -> list[int] | None:
+    if value is not None and (len(value) != 2 or min(value) < 1):
+        raise ValueError(f"tiles is [columns, rows], each at least 1, not {value}")
+    return value
+
+
+@dataclass
+class SplitSpec:
     """One frame rendered as parts on many tasks: ``tiles: [X, Y]`` regions (each grown by
     ``overscan`` pixels on every inner side) or ``samples: N`` disjoint Cycles sample subsets."""
 
-    model_config = _STRICT
-    tiles: list[int] | None = None
-    overscan: int | None = Field(default=None, ge=0)
-    samples: int | None = Field(default=None, ge=1)
+    __pydantic_config__ = _strict()
+    tiles: Annotated[list[int] | None, Rule(_two_counts)] = None
+    overscan: Annotated[int | None, Rule(ge=0)] = None
+    samples: Annotated[int | None, Rule(ge=1)] = None
 
-    @field_validator("tiles")
-    @classmethod
-    def _two_counts(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (len(value) != 2 or min(value) < 1):
-            raise ValueError(f"tiles is [columns, rows], each at least 1, not {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> "SplitSpec":
+    def __post_init__(self) -> None:
         if (self.tiles is None) == (self.samples is None):
             raise ValueError("give exactly one of 'tiles' or 'samples'")
         if self.overscan is not None and self.tiles is None:
             raise ValueError("'overscan' goes with 'tiles' (sample parts cover the whole frame)")
-        return self
 
     @property
     def parts(self) -> int:
@@ -88,21 +108,21 @@ class SplitSpec(BaseModel):
         return self.samples or 1
 
 
-class StageSpec(BaseModel):
+@dataclass
+class StageSpec:
     """One stage: a command template or a built-in engine, run per frame or once per chunk."""
 
-    model_config = _STRICT
-    name: str = Field(min_length=1)
+    __pydantic_config__ = _strict()
+    name: Annotated[str, Rule(min_length=1)]
     per: Literal["frame", "chunk"] = "frame"
     command: str | list[str] | None = None
     engine: str | None = None
-    args: dict[str, Any] = Field(default_factory=lambda: {})
-    env: dict[str, str] = Field(default_factory=lambda: {})
-    timeout: float | None = Field(default=None, gt=0)
+    args: dict[str, Any] = field(default_factory=lambda: {})
+    env: dict[str, str] = field(default_factory=lambda: {})
+    timeout: Annotated[float | None, Rule(gt=0)] = None
     split: SplitSpec | None = None  # see jitrender.split
 
-    @model_validator(mode="after")
-    def _command_or_engine(self) -> "StageSpec":
+    def __post_init__(self) -> None:
         if self.command is None and self.engine is None:
             raise ValueError("give a 'command' or an 'engine'")
         if self.command is not None and self.engine not in (None, "command"):
@@ -117,99 +137,114 @@ class StageSpec(BaseModel):
         engine = self.args.get("engine", "CYCLES")
         if self.split is not None and str(engine).upper() != "CYCLES":
             raise ValueError(f"split: parts render with Cycles only, not args.engine {engine!r}")
-        return self
 
 
-class OutputsSpec(BaseModel):
+@dataclass
+class OutputsSpec:
     """Which workspace files are outputs (patterns below ``outputs/``) and where they go."""
 
-    model_config = _STRICT
-    to: str = Field(min_length=1)
-    files: list[str] = Field(default_factory=lambda: ["**/*"], min_length=1)
+    __pydantic_config__ = _strict()
+    to: Annotated[str, Rule(min_length=1)]
+    files: Annotated[list[str], Rule(min_length=1)] = field(default_factory=lambda: ["**/*"])
     # A prefix for the passes a checkpointing renderer writes before its final one (optional).
-    checkpoints: str | None = Field(default=None, min_length=1)
+    checkpoints: Annotated[str | None, Rule(min_length=1)] = None
 
 
-class CacheSpec(BaseModel):
-    model_config = _STRICT
+@dataclass
+class CacheSpec:
+    __pydantic_config__ = _strict()
     dir: str | None = None
     max_size: str | int | None = None
 
 
-class RetriesSpec(BaseModel):
+@dataclass
+class RetriesSpec:
     """``frame``: extra attempts per frame. ``storage_deadline``: seconds a storage call keeps
     retrying transient failures (jittered exponential backoff); ``storage``: an optional cap
     on its attempts within that deadline."""
 
-    model_config = _STRICT
-    frame: int = Field(default=1, ge=0, le=100)
-    storage: int | None = Field(default=None, ge=1, le=1000)
-    storage_deadline: float = Field(default=120.0, gt=0, le=3600)
+    __pydantic_config__ = _strict()
+    frame: Annotated[int, Rule(ge=0, le=100)] = 1
+    storage: Annotated[int | None, Rule(ge=1, le=1000)] = None
+    storage_deadline: Annotated[float, Rule(gt=0, le=3600)] = 120.0
 
 
-class Job(BaseModel):
+def _is_openjd(document: dict[str, Any]) -> bool:
+    """An Open Job Description path-mapping document (``{}`` is one: a farm with no rules)."""
+    return not document or "path_mapping_rules" in document or "version" in document
+
+
+def _path_map_readable(
+    value: list[PathRuleSpec] | dict[str, Any],
+) -> list[PathRuleSpec] | dict[str, Any]:
+    """The mapping form ``{FROM: TO}`` or an OpenJD document; never read as nothing."""
+    if not isinstance(value, dict):
+        return value
+    try:
+        if _is_openjd(value):
+            PathMap.from_openjd(value, "path_map")
+        else:
+            PathMap.from_mapping(value, "path_map")
+    except ConfigError as exc:
+        raise ValueError(exc.message.removeprefix("path_map: ")) from None
+    return value
+
+
+def _frames_parse(value: str | int) -> str | int:
+    try:
+        parse_frames(value)
+    except ConfigError as exc:
+        raise ValueError(exc.message.removeprefix("frames: ")) from None
+    return value
+
+
+def _unique_stage_names(stages: list[StageSpec]) -> list[StageSpec]:
+    names = [s.name for s in stages]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+    split = [s.name for s in stages if s.split is not None]
+    if split and len(stages) > 1:
+        raise ValueError(
+            f"stage {split[0]!r} has 'split': a split job has that one render stage only "
+            "(its parts are assembled, denoised and composited by jitrender)"
+        )
+    return stages
+
+
+@dataclass(kw_only=True)
+class Job:
     """A render job. ``source`` is the job file it came from (not part of the schema)."""
 
-    model_config = _STRICT
+    __pydantic_config__ = _strict()
     version: Literal[1] = 1
     name: str | None = None
     scene: str | None = None
     resolver: str = "auto"
-    frames: str | int
-    chunk: int | None = Field(default=None, ge=1)  # frames per farm task, when split by index
-    path_map: list[PathRuleSpec] | dict[str, Any] = Field(default_factory=lambda: [])
-    deps: list[str | DepSpec] = Field(default_factory=lambda: [])
-    stages: list[StageSpec] = Field(min_length=1)
+    frames: Annotated[str | int, Rule(_frames_parse)]
+    chunk: Annotated[int | None, Rule(ge=1)] = None  # frames per farm task, split by index
+    path_map: Annotated[list[PathRuleSpec] | dict[str, Any], Rule(_path_map_readable)] = field(
+        default_factory=lambda: []
+    )
+    deps: list[str | DepSpec] = field(default_factory=lambda: [])
+    stages: Annotated[list[StageSpec], Rule(_unique_stage_names, min_length=1)]
     outputs: OutputsSpec
-    cache: CacheSpec = Field(default_factory=lambda: CacheSpec())
-    retries: RetriesSpec = Field(default_factory=lambda: RetriesSpec())
-    env: dict[str, str] = Field(default_factory=lambda: {})
+    cache: CacheSpec = field(default_factory=CacheSpec)
+    retries: RetriesSpec = field(default_factory=RetriesSpec)
+    env: dict[str, str] = field(default_factory=lambda: {})
 
-    source: Path | None = Field(default=None, exclude=True)
-    # Rules from outside the job (--path-map, a farm's OpenJD rules): see use_path_map().
-    _extra_map: PathMap | None = PrivateAttr(default=None)
-    _map: PathMap | None = PrivateAttr(default=None)
+    def __post_init__(self) -> None:
+        self.source: Path | None = None
+        # Rules from outside the job (--path-map, a farm's OpenJD rules): see use_path_map().
+        self._extra_map: PathMap | None = None
+        self._map: PathMap | None = None
 
-    @field_validator("path_map")
-    @classmethod
-    def _path_map_readable(
-        cls, value: list[PathRuleSpec] | dict[str, Any]
-    ) -> list[PathRuleSpec] | dict[str, Any]:
-        """The mapping form ``{FROM: TO}`` or an OpenJD document; never read as nothing."""
-        if not isinstance(value, dict):
-            return value
-        try:
-            if _is_openjd(value):
-                PathMap.from_openjd(value, "path_map")
-            else:
-                PathMap.from_mapping(value, "path_map")
-        except ConfigError as exc:
-            raise ValueError(exc.message.removeprefix("path_map: ")) from None
-        return value
-
-    @field_validator("frames")
-    @classmethod
-    def _frames_parse(cls, value: str | int) -> str | int:
-        try:
-            parse_frames(value)
-        except ConfigError as exc:
-            raise ValueError(exc.message.removeprefix("frames: ")) from None
-        return value
-
-    @field_validator("stages")
-    @classmethod
-    def _unique_stage_names(cls, stages: list[StageSpec]) -> list[StageSpec]:
-        names = [s.name for s in stages]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
-        split = [s.name for s in stages if s.split is not None]
-        if split and len(stages) > 1:
-            raise ValueError(
-                f"stage {split[0]!r} has 'split': a split job has that one render stage only "
-                "(its parts are assembled, denoised and composited by jitrender)"
-            )
-        return stages
+    def with_values(self, **values: Any) -> "Job":
+        """A copy with some keys set otherwise (``deps --scene``), from the same file."""
+        copy = replace(self, **values)
+        copy.source = self.source
+        copy.use_path_map(self._extra_map)
+        return copy
 
     # -- derived values ------------------------------------------------------------------
 
@@ -300,18 +335,23 @@ class Job(BaseModel):
         (resolver, path mapping, extra deps), each stage's name, granularity, command or
         engine, args and env, the job's env and the outputs (where, which files). Not the
         frame range, the name, stage timeouts, retries, the cache or the task split: editing
-        those keeps the job's markers and outputs."""
-        shape = self.model_dump(
-            mode="json",
-            by_alias=True,
-            exclude={"frames", "cache", "retries", "chunk", "name", "source"},
-        )
+        those keeps the job's markers and outputs. (Markers are named by it: the same job must
+        hash the same in every version; ``tests/test_job_hash.py`` holds hashes to that.)"""
+        shape = asdict(self)
+        if not _plain(shape):  # YAML's dates and the like: as pydantic writes them in JSON
+            from jitrender.jobcheck import json_values
+
+            shape = json_values(self)
+        for key in ("frames", "cache", "retries", "chunk", "name"):
+            shape.pop(key)
+        if isinstance(shape["path_map"], list):
+            for rule in shape["path_map"]:
+                rule["from"] = rule.pop("from_", rule.get("from"))
         for stage in shape["stages"]:
             stage.pop("timeout", None)  # how long to wait changes no pixel
-        shape["scene"] = self.scene_url
-        for stage in shape["stages"]:
             if stage.get("split") is None:
                 stage.pop("split", None)  # unsplit jobs keep the hash they had before split:
+        shape["scene"] = self.scene_url
         shape["outputs"]["to"] = self.outputs_url
         shape["outputs"].pop("checkpoints", None)  # where previews go changes no final pixel
         canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
@@ -329,229 +369,173 @@ class Job(BaseModel):
         return self.source.stem if self.source is not None else "job"
 
 
-def _is_openjd(document: dict[str, Any]) -> bool:
-    """An Open Job Description path-mapping document (``{}`` is one: a farm with no rules)."""
-    return not document or "path_mapping_rules" in document or "version" in document
-
-
 # -- loading -------------------------------------------------------------------------------
 
 
 def load_job(path: Path) -> Job:
-    """Read and validate a job file. Raises :class:`ConfigError` with one line on any mistake."""
+    """Read and validate a job file. Raises :class:`ConfigError` with one line on any mistake.
+
+    A file whose bytes were validated before on this node (by this jitrender and this
+    pydantic) is rebuilt from the memo of its values instead, and is the same job."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: job file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc}") from None
-    try:
-        data = yaml.load(text, Loader=_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a job file is a YAML mapping (key: value lines)")
-    if _expanded_size_exceeds(data, MAX_DOCUMENT_NODES):
-        raise ConfigError(
-            f"{path}: the document expands to more than {MAX_DOCUMENT_NODES} values "
-            "(YAML aliases repeating aliases?); refusing it"
-        )
-    yes_no = _yes_no_at(data, [])
-    if yes_no is not None:
-        line = _line_of(yaml.compose(text), yes_no)
-        where = f"{path}:{line}" if line else str(path)
-        raise ConfigError(
-            f"{where}: {_format_loc(yes_no)}: YAML read a yes/no word here (yes/no, on/off, "
-            "true/false); write the number or text this key takes, or quote the word"
-        )
-    try:
-        job = Job.model_validate(data)
-    except ValidationError as exc:
-        node = yaml.compose(text)  # only now: positions for the error message
-        raise ConfigError(_one_line(path, node, exc)) from None
-    problem = unsafe_paths(job)
-    if problem is not None:
-        loc, message = problem
-        line = _line_of(yaml.compose(text), loc)
-        where = f"{path}:{line}" if line else str(path)
-        raise ConfigError(f"{where}: {_format_loc(loc)}: {message}")
+    memo = _memo_file(data)
+    job = _recalled(memo) if memo is not None else None
+    if job is None:
+        from jitrender.jobcheck import checked_job
+
+        job = checked_job(path, data)
+        if memo is not None:
+            _remember(memo, job)
     job.source = path.resolve()
     return job
 
 
-# A job file is a few hundred values; a million means an alias bomb, not a job.
-MAX_DOCUMENT_NODES = 1_000_000
+# -- the memo of checked jobs ---------------------------------------------------------------
+#
+# One file per job file's bytes, in a folder of this user's in the node's temporary folder
+# (``$JITRENDER_JOB_MEMO_DIR`` to put it elsewhere; set empty, no memo). The name is a hash of
+# the bytes and of what reads them (this jitrender's schema modules, PyYAML and pydantic, by
+# their files' stat), so an edited job file or an upgraded install is read afresh. The folder
+# must be a real folder (not a link) that only this user may write, checked each time: a memo
+# names the commands a job runs. A memo that does not read back as a job, or values that would
+# not survive JSON unchanged (YAML's dates), mean the file is checked as it would be anyway.
+
+MEMO_FILES = 256  # kept; older ones go
 
 
-def _yes_no_at(data: Any, loc: list[Any]) -> list[Any] | None:
-    """Where a yes/no value stands in a job's data, or None. No key of a job takes one: YAML
-    reads ``yes``, ``on`` and ``true`` as True, which pydantic would take as 1 (``frames: yes``
-    rendered frame 1, ``chunk: true`` meant a frame a task). A stage's ``args`` (an engine's
-    own settings) and an OpenJD ``path_map`` document keep theirs."""
-    if isinstance(data, bool):
-        return loc
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if (key == "args" and loc[:1] == ["stages"]) or (key == "path_map" and not loc):
-                continue
-            found = _yes_no_at(value, [*loc, key])
-            if found is not None:
-                return found
-    elif isinstance(data, list):
-        for index, value in enumerate(data):
-            found = _yes_no_at(value, [*loc, index])
-            if found is not None:
-                return found
-    return None
+def _memo_folder() -> Path | None:
+    where = os.environ.get("JITRENDER_JOB_MEMO_DIR")
+    if where is None:
+        if not hasattr(os, "getuid"):
+            return None
+        tmp = os.environ.get("TMPDIR") or "/tmp"
+        where = os.path.join(tmp, f"jitrender-{os.getuid()}-jobs")
+    elif not where:
+        return None  # set empty: no memo
+    return Path(where)
 
 
-def _expanded_size_exceeds(data: Any, limit: int) -> bool:
-    """True when the loaded document, with every alias expanded, holds more than ``limit``
-    values. Counts shared (aliased) containers each time they appear, as any consumer walking
-    the document would, and stops as soon as the limit is passed (so a bomb costs ``limit``)."""
-    count = 0
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        count += 1
-        if count > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            count += len(item) // 1024  # a long string counts by its size too
+def _memo_file(data: bytes) -> Path | None:
+    folder = _memo_folder()
+    if folder is None:
+        return None
+    stamp = hashlib.sha256(b"jitrender job memo 1\0")
+    try:
+        for file in _reader_files():
+            st = os.stat(file)
+            stamp.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    except OSError:
+        return None
+    stamp.update(data)
+    return folder / f"{stamp.hexdigest()[:40]}.json"
+
+
+def _reader_files() -> list[str]:
+    """The files whose code decides what a job file's bytes are read as."""
+    import importlib.util
+
+    files = [__file__, os.path.join(os.path.dirname(__file__), "jobcheck.py")]
+    for package in ("pydantic", "pydantic_core", "yaml"):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise OSError(f"{package} not found")
+        files.append(spec.origin)
+    return files
+
+
+def _folder_is_ours(folder: Path) -> bool:
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    import stat
+
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _recalled(memo: Path) -> Job | None:
+    if not _folder_is_ours(memo.parent):
+        return None
+    try:
+        values = json.loads(memo.read_bytes())
+        job = _rebuilt(Job, values)
+    except Exception:  # any memo that does not read back is no memo
+        return None
+    return job if isinstance(job, Job) else None
+
+
+def _remember(memo: Path, job: Job) -> None:
+    values = asdict(job)
+    if not _plain(values):
+        return
+    text = json.dumps(values, allow_nan=False)  # in order: a dict's order is kept
+    if _rebuilt(Job, json.loads(text)) != job:
+        return
+    folder = memo.parent
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _folder_is_ours(folder):
+            return
+        part = folder / f".{memo.name}.{os.getpid()}.part"
+        part.write_text(text, encoding="utf-8")
+        os.replace(part, memo)
+        names = os.listdir(folder)
+        if len(names) > 2 * MEMO_FILES:
+            _forget_oldest(folder, names)
+    except OSError:
+        return
+
+
+def _forget_oldest(folder: Path, names: list[str]) -> None:
+    aged = []
+    for name in names:
+        try:
+            aged.append((os.stat(folder / name).st_mtime, name))
+        except OSError:
+            continue
+    for _, name in sorted(aged)[: len(aged) - MEMO_FILES]:
+        try:
+            os.unlink(folder / name)
+        except OSError:
+            continue
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is JSON's own: str-keyed dicts, lists, text, finite numbers, bools,
+    None (so it reads back from JSON as the same values)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return value - value == 0  # not inf or nan
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
     return False
 
 
-def unsafe_paths(job: Job) -> tuple[list[str | int], str] | None:
-    """The first output setting that could write outside the outputs prefix, as (key path,
-    what is wrong); None when every one stays inside. Outputs patterns are relative to
-    ``outputs/`` and may not climb out of it; ``outputs.to`` names a bucket and holds no
-    ``.`` or ``..`` segment."""
-    for index, pattern in enumerate(job.outputs.files):
-        posix = pattern.replace("\\", "/")
-        if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
-            return ["outputs", "files", index], (
-                f"{pattern!r} is an absolute path; output patterns are relative to the "
-                "workspace's outputs/ folder"
-            )
-        if ".." in posix.split("/"):
-            return ["outputs", "files", index], (
-                f"{pattern!r} climbs out of outputs/ with '..'; output patterns stay below it"
-            )
-    target = job.outputs.to
-    if is_url(target):
-        scheme, netloc, rest = split_url(target)
-        if scheme != "file" and not netloc:
-            return [
-                "outputs",
-                "to",
-            ], f"{target!r} names no bucket (write e.g. {scheme}://bucket/renders)"
-        if any(part in (".", "..") for part in rest.split("/")):
-            return ["outputs", "to"], (
-                f"{target!r} holds a '.' or '..' segment; name the prefix itself"
-            )
-    return None
-
-
-def _one_line(path: Path, node: yaml.Node | None, exc: ValidationError) -> str:
-    errors = exc.errors()
-    # A misspelt key is the likely cause of a missing one: say it first.
-    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = [part for part in error["loc"] if not (isinstance(part, str) and "[" in part)]
-    loc = [
-        p for p in loc if p not in ("str", "int", "list[PathRuleSpec]", "dict[str,any]", "DepSpec")
-    ]
-    key = _format_loc(loc)
-    line = _line_of(node, loc)
-    where = f"{path}:{line}" if line else str(path)
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        near = _near_keys(loc)
-        message = (
-            f"unknown key (did you mean {near}?)"
-            if near
-            else "unknown key (check its spelling and the job.yaml reference in the README)"
-        )
-    elif error["type"] == "missing":
-        message = "required key is missing"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {key or 'job'}: {message}{more}"
-
-
-def _near_keys(loc: list[Any]) -> str | None:
-    """The keys of the model at ``loc``'s place closest to its last part (a misspelling of one
-    of them), quoted (``'a' or 'b'``), or None."""
-    import difflib
-
-    model: Any = Job
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        model = _model_in(field.annotation) if field is not None else None
-        if model is None:
-            return None
-    keys = [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
-    written = str(loc[-1])
-    scored = sorted(
-        ((difflib.SequenceMatcher(None, written, k).ratio(), k) for k in keys), reverse=True
-    )
-    # The closest, and a second one only where it is as likely ('form': 'from' or 'format').
-    close = [k for score, k in scored if score >= 0.6 and score >= scored[0][0] - 0.06][:2]
-    return " or ".join(repr(k) for k in close) or None
-
-
-def _model_in(annotation: Any) -> Any:
-    """The model a field's annotation holds (``X``, ``X | None``, ``list[X | str]``), or None."""
-    import typing
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _format_loc(loc: list[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part).removesuffix("_")
-    return out
-
-
-def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
-    """The 1-based line of the deepest node along ``loc`` that exists in the YAML."""
-    best = node.start_mark.line + 1 if node is not None else None
-    current = node
-    for part in loc:
-        if isinstance(current, yaml.MappingNode):
-            key = str(part).removesuffix("_")
-            match = next((v for k, v in current.value if getattr(k, "value", None) == key), None)
-            if match is None:
-                key_node = next(
-                    (k for k, _ in current.value if getattr(k, "value", None) == key), None
-                )
-                return key_node.start_mark.line + 1 if key_node is not None else best
-            key_node = next(k for k, v in current.value if v is match)
-            best = key_node.start_mark.line + 1
-            current = match
-        elif isinstance(current, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(current.value):
-                return best
-            current = current.value[part]
-            best = current.start_mark.line + 1
-        else:
-            return best
-    return best
+def _rebuilt(kind: Any, value: Any) -> Any:
+    """``value`` (JSON of :func:`dataclasses.asdict`) as the ``kind`` it was."""
+    if value is None:
+        return None
+    if isinstance(kind, type) and is_dataclass(kind):
+        known = {f.name: f.type for f in fields(kind)}
+        return kind(**{name: _rebuilt(known[name], v) for name, v in value.items()})
+    origin = typing.get_origin(kind)
+    if origin is Annotated:
+        return _rebuilt(typing.get_args(kind)[0], value)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return [_rebuilt(item, v) for v in value]
+    if origin is types.UnionType:
+        for arg in typing.get_args(kind):
+            if isinstance(value, dict) and isinstance(arg, type) and is_dataclass(arg):
+                return _rebuilt(arg, value)
+            if isinstance(value, list) and typing.get_origin(arg) is list:
+                return _rebuilt(arg, value)
+    return value

@@ -35,14 +35,20 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session", autouse=True)
 def own_default_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Runs that name no cache folder use one of this session's (this xdist worker's), not
-    the user's ``~/.cache/jitrender`` shared with other sessions and workers."""
-    saved = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    the user's ``~/.cache/jitrender`` shared with other sessions and workers; so does the
+    memo of checked job files (jitrender.job), in place of the node's temporary folder."""
+    own = {
+        "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg-cache")),
+        "JITRENDER_JOB_MEMO_DIR": str(tmp_path_factory.mktemp("job-memo")),
+    }
+    saved = {name: os.environ.get(name) for name in own}
+    os.environ.update(own)
     yield
-    if saved is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def cli(

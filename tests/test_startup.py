@@ -53,6 +53,8 @@ def test_warm_run_from_gcs_imports_no_download_machinery(
     assert _top(names, (*FETCHING, "fileseq")) == []
     # Its arguments read by jitrender.runcmd: no typer (nor the pydantic adapters it builds).
     assert _top(names, ("typer", "jitrender.cli", "rich")) == []
+    # The job file run before: its values from the memo, not read by PyYAML and pydantic.
+    assert _top(names, ("pydantic", "pydantic_core", "yaml", "jitrender.jobcheck")) == []
 
 
 def test_warm_local_run_imports_no_http_client(local_bucket: str, tmp_path: Path) -> None:
