@@ -37,6 +37,7 @@ from jitrender import resume
 from jitrender.agent import Agent
 from jitrender.cache import Cache, parse_size
 from jitrender.chunk import FrameBooks, StageRunner, run_chunks
+from jitrender.claims import Claims, Holder
 from jitrender.deps import Dependencies
 from jitrender.engines import Workspace
 from jitrender.errors import (
@@ -52,7 +53,7 @@ from jitrender.health import record_run
 from jitrender.inputs import Inputs
 from jitrender.job import Job
 from jitrender.joblogs import LogShipper, ship_run_logs
-from jitrender.markers import MarkerWriter, marker_prefix
+from jitrender.markers import MarkerWriter, marker_prefix, marker_url
 from jitrender.outputs import (
     OutputPatterns,
     OutputsWatch,
@@ -67,7 +68,7 @@ from jitrender.progress import Progress, QuietProgress
 from jitrender.report import FrameFailure, Report
 from jitrender.stagemarks import stage_marker_writer
 from jitrender.stopping import Stop, check_stop_settings, seconds_from_env
-from jitrender.storage import RetryPolicy, Stores
+from jitrender.storage import RetryPolicy, Stores, with_retries
 
 
 @dataclass
@@ -96,6 +97,8 @@ class RunOptions:
     # The scene's stat and connections started while the run's modules imported; its stores
     # are the run's.
     head_start: HeadStart | None = None
+    # Frame claims (jitrender.claims), their lease written every this many seconds; 0: none.
+    claim_interval_s: float = 0.0
     # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
     flush_budget_s: float = field(
         default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
@@ -151,6 +154,8 @@ class JobRun:
         self._outputs_watch: OutputsWatch | None = None  # started ahead of the uploader
         self._agent_ahead: Future[Agent] | None = None  # started ahead of _start_services
         self.resumed = resume.Resume([], [])  # what the resume step left to do
+        self._claims: Claims | None = None
+        self._held: dict[int, Holder] = {}  # frames another live run renders
 
     def execute(self) -> Report:
         started = time.monotonic()
@@ -212,10 +217,18 @@ class JobRun:
                                               rerender=self.options.rerender,
                                               overwrite=self.options.overwrite)  # fmt: skip
         report.skipped_already_done, todo = resumed.skipped, resumed.todo
-        if not todo:
+        if todo and self.options.claim_interval_s > 0 and job.split_stage is None:
+            todo = self._claim(todo)
+        if not todo and not self._held:
             self.progress.event("phase", message="every requested frame is already done")
             self.cache.start_cleaning_leftovers()  # as _start_ahead's, also with nothing to do
             return
+        if todo:
+            self._render_frames(todo)
+        self._wait_for_others()
+
+    def _render_frames(self, todo: list[int]) -> None:
+        job, report = self.job, self.report
         run_dir, _lock_fd = self.cache.new_run_dir(f"{job.display_name}-{self.job_hash[:8]}")
         self.run_dir = run_dir  # removed at the end however the run ends (--keep-workspace)
         scene = run_dir / "inputs" / workspace_relpath(job.scene_url) if job.scene_url else None
@@ -252,6 +265,47 @@ class JobRun:
         # From the first fetch to the last stage's end: what overlapping fetch and render saves.
         report.timings["fetch_render_s"] = time.monotonic() - phase_started
         self._settle(plan)
+
+    # -- claims: the frames another run renders at the same time (see jitrender.claims) ---
+
+    def _claim(self, todo: list[int]) -> list[int]:
+        """Claim ``todo``; the frames this run renders (those no other live run holds)."""
+        self._claims = claims = Claims(marker_prefix(self.job), self.outputs_store, self.retry,
+                                       self.options.claim_interval_s, self.stop)  # fmt: skip
+        self._held = held = claims.take(todo)
+        for holder, frames in _by_holder(held).values():
+            self.progress.event(
+                "warning",
+                message=f"{_frames_text(frames)}: {holder.describe()} is rendering "
+                f"{'them' if len(frames) > 1 else 'it'}; this run renders its other frames, "
+                "then waits",
+            )
+        return [f for f in todo if f not in held]
+
+    def _wait_for_others(self) -> None:
+        """Wait for the frames another run holds (see :meth:`Claims.wait_for`)."""
+        if not self._held or self._claims is None:
+            return
+        store, retry, job = self.outputs_store, self.retry, self.job
+
+        def is_done(frame: int) -> bool:
+            url = marker_url(job, frame)
+            return with_retries(lambda: store.stat(url), url, retry) is not None
+
+        self.progress.event("phase", message=f"waiting for {_frames_text(sorted(self._held))}")
+        done, left = self._claims.wait_for(self._held, is_done, lambda: None)
+        for frame in sorted(done):
+            self.progress.event("frame", frame=frame, status="skipped")
+        self.report.skipped_already_done = sorted({*self.report.skipped_already_done, *done})
+        if left and self.stop.is_set():
+            raise Preempted(f"stopped while another run rendered {_frames_text(sorted(left))}")
+        if left:
+            first = sorted(left)[0]
+            raise TransientError(
+                f"{_frames_text(sorted(left))}: {left[first].describe()} stopped without "
+                f"finishing {'them' if len(left) > 1 else 'it'}; run again to render "
+                f"{'them' if len(left) > 1 else 'it'}"
+            )
 
     def _inputs(self, root: Path) -> Inputs:
         return Inputs(
@@ -435,6 +489,11 @@ class JobRun:
             report.bytes_from_cache = sum(i.size for i in self.inputs.hits)
             report.timings["fetch_s"] = self.inputs.fetch_seconds
         self._watcher.close()
+        if self._claims is not None:  # after the markers: a waiting run looks for those first
+            stopping = self.stop.is_set()
+            self._claims.release(
+                self.stopping.remaining(self.options.flush_budget_s) if stopping else 10.0
+            )
         if self._mount is not None:
             self._mount.stop()
         if self._agent_ahead is not None:  # a run that ended before its services started
@@ -468,6 +527,20 @@ class JobRun:
             self.cache.end_run_dir(self.run_dir, keep=self.options.keep_workspace)
         if self.options.report_path is not None:
             report.write(self.options.report_path)
+
+
+def _by_holder(held: dict[int, Holder]) -> dict[str, tuple[Holder, list[int]]]:
+    grouped: dict[str, tuple[Holder, list[int]]] = {}
+    for frame in sorted(held):
+        grouped.setdefault(held[frame].run, (held[frame], []))[1].append(frame)
+    return grouped
+
+
+def _frames_text(frames: list[int]) -> str:
+    """``frame 3`` or ``frames 3-4``."""
+    from jitrender.sequences import format_frames
+
+    return f"frame{'s' if len(frames) > 1 else ''} {format_frames(frames)}"
 
 
 def _job_dir(job: Job) -> Path | None:

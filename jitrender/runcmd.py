@@ -295,6 +295,7 @@ def run_command(
             mount=mount,
             stop=stop,
             head_start=head_start,
+            claim_interval_s=heartbeat_interval,  # claims' leases: as often as heartbeats
         )
         _refuse_if_unfit(job, cache_dir)
         heartbeat = None

@@ -1,0 +1,337 @@
+"""Frame claims: two runs of the same frames at once render each frame once.
+
+A farm that thinks a task lost (a node that stopped answering but still renders), a
+wrangler who submits a job again while it runs, two tasks whose chunks overlap: without a
+claim, both runs render the frame, and each output goes to whichever upload came first, so a
+frame's files could come from two renders. Before it renders, a run claims each frame it has
+to render in the bucket, beside the job's done markers:
+
+    <outputs>/_jitrender/<hash>/claims/frame.<n>.<k>.json    {"run": <run id>}
+    <outputs>/_jitrender/<hash>/claims/run.<run id>.json     the run's lease
+
+A claim is created create-if-absent, so of two runs claiming a frame at once one gets it. The
+lease says who holds the claims and that it is alive: the host, the process and the time it
+was last written, every heartbeat interval (``--heartbeat-interval``; 0 turns heartbeats and
+claims off). A claim is dead when its run's lease is gone, was not written for its ``ttl``
+(six intervals, at least a minute), or names a process of this machine that no longer exists
+(a killed run retried on the same node takes its frames back at once). A dead claim ``k`` is
+taken over by creating ``k + 1``, create-if-absent again, so two runs taking over a dead run's
+frame cannot both get it.
+
+Frames another live run holds are not rendered: the run renders the rest, then waits for
+them. When their done markers appear, they count as done; when their run stops without
+finishing them (it released or lost its claims), the run ends with exit 75, leaving them to a
+retry. A run releases its claims (and then its lease) when it ends, however it ends, unless
+it is killed outright. Split jobs claim nothing (their tasks render parts of the same frames
+at once; each part is create-if-absent already).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from jitrender.errors import JitrenderError, MissingDependencyError
+from jitrender.storage import ObjectInfo, RetryPolicy, Store, with_retries
+
+CLAIMS_FOLDER = "claims/"
+MIN_TTL_S = 60.0
+LEASE_GRACE_S = 2.0  # how long a claim may be seen without its lease (both being written)
+TTL_INTERVALS = 6
+_CLAIM = re.compile(r"frame\.(-?\d+)\.(\d+)\.json")
+_LEASE = re.compile(r"run\.([A-Za-z0-9_.-]+)\.json")
+_LEASE_ITEM = -(1 << 62)  # take()'s item for the lease write, beside the frames' claims
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot), or "" when it does not exist."""
+    stat = _read(f"/proc/{pid}/stat")
+    # The command name (field 2) may hold spaces and parentheses: count from its end.
+    fields = stat[stat.rfind(")") + 2 :].split() if stat else []
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _machine() -> dict[str, str]:
+    """Who can tell whether a process of this lease is alive: the same host, boot and PID
+    namespace (containers sharing a host name have their own)."""
+    pidns = ""
+    with contextlib.suppress(OSError):
+        pidns = os.readlink("/proc/self/ns/pid")
+    return {
+        "host": socket.gethostname(),
+        "boot": _read("/proc/sys/kernel/random/boot_id"),
+        "pidns": pidns,
+    }
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A claim's run, as its lease describes it."""
+
+    run: str
+    lease: dict[str, object] | None  # None: no lease in the bucket
+
+    def alive(self, machine: dict[str, str], now: float) -> bool:
+        lease = self.lease
+        if lease is None:
+            return False
+        try:
+            refreshed = float(str(lease["refreshed"]))
+            ttl = float(str(lease["ttl"]))
+        except (KeyError, ValueError):
+            return False
+        if now - refreshed > ttl:
+            return False
+        here = all(lease.get(key) == value for key, value in machine.items())
+        if here and machine["boot"] and machine["pidns"]:
+            pid = lease.get("pid")
+            return isinstance(pid, int) and _process_start(pid) == lease.get("pid_start")
+        return True
+
+    def describe(self) -> str:
+        lease = self.lease or {}
+        return f"run {self.run} (host {lease.get('host', '?')}, pid {lease.get('pid', '?')})"
+
+
+class Claims:
+    """This run's claims on the frames of one job (see the module's docstring)."""
+
+    def __init__(
+        self,
+        prefix: str,
+        store: Store,
+        retry: RetryPolicy,
+        interval_s: float,
+        stop: threading.Event,
+    ) -> None:
+        self.folder = prefix + CLAIMS_FOLDER
+        self.store = store
+        self.retry = retry
+        self.interval_s = interval_s
+        self.ttl_s = max(MIN_TTL_S, TTL_INTERVALS * interval_s)
+        self.stop = stop
+        self.machine = _machine()
+        self.run = f"{self.machine['host'][:40]}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.run = re.sub(r"[^A-Za-z0-9_.-]", "_", self.run)
+        self.lease_url = f"{self.folder}run.{self.run}.json"
+        self.held: dict[int, str] = {}  # frame -> the URL of our claim
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- the lease -----------------------------------------------------------------------
+
+    def _lease_bytes(self) -> bytes:
+        pid = os.getpid()
+        lease = {"run": self.run, "pid": pid, "pid_start": _process_start(pid),
+                 "refreshed": time.time(), "ttl": self.ttl_s, **self.machine}  # fmt: skip
+        return json.dumps(lease, sort_keys=True).encode()
+
+    def _write_lease(self) -> None:
+        with self._lock:
+            if self._closed.is_set():
+                return
+            with_retries(
+                lambda: self.store.replace_bytes(self._lease_bytes(), self.lease_url),
+                self.lease_url,
+                self.retry,
+            )
+
+    def _refresh(self) -> None:
+        while not self._closed.wait(self.interval_s):
+            with contextlib.suppress(Exception):  # a missed refresh: the next one comes
+                self._write_lease()
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def take(self, frames: Iterable[int]) -> dict[int, Holder]:
+        """Claim ``frames``; returns those another live run holds (with who holds each).
+
+        The lease and each frame's first claim go out at once (one round trip where nobody
+        else claims the frames); only a frame already claimed costs a look at its claims."""
+        wanted = list(frames)
+        body = json.dumps({"run": self.run}).encode()
+
+        def claim(item: tuple[int, int]) -> tuple[int, str, bool]:
+            frame, k = item
+            if frame == _LEASE_ITEM:
+                self._write_lease()
+                return frame, self.lease_url, True
+            url = f"{self.folder}frame.{frame}.{k}.json"
+            result = with_retries(
+                lambda: self.store.put_bytes_if_absent(body, url), url, self.retry
+            )
+            return frame, url, result.outcome in ("created", "identical")
+
+        # The lease first where the store works one call at a time (a local folder).
+        taken = self._each(claim, [(_LEASE_ITEM, 0), *((f, 0) for f in wanted)])
+        self._thread = threading.Thread(target=self._refresh, name="claims", daemon=True)
+        self._thread.start()
+        claimed = [f for f, _, ours in taken[1:] if not ours]
+        for frame, url, ours in taken[1:]:
+            if ours:
+                self.held[frame] = url
+        others: dict[int, Holder] = {}
+        if not claimed:
+            return others
+        tops, holders = self._survey(claimed)
+        now = time.time()
+        again: list[tuple[int, int]] = []
+        dead_leases: set[str] = set()
+        for frame in claimed:
+            top = tops.get(frame)
+            holder = holders[top[1]] if top is not None else None
+            if holder is not None and holder.alive(self.machine, now):
+                others[frame] = holder
+            else:  # dead (or released since): the next claim
+                again.append((frame, top[0] + 1 if top is not None else 0))
+                if holder is not None and holder.lease is not None:
+                    dead_leases.add(holder.run)
+        for frame, url, ours in self._each(claim, again):
+            if ours:
+                self.held[frame] = url
+                k = int(url.rsplit(".", 2)[1])
+                with contextlib.suppress(JitrenderError, OSError):  # taken over: it goes
+                    if k > 0:
+                        self.store.delete(f"{self.folder}frame.{frame}.{k - 1}.json")
+            else:  # another run claimed it this moment: alive by definition
+                others[frame] = self._holder_of(url)
+        for run in sorted(dead_leases):  # its other claims, if any, are dead without it too
+            with contextlib.suppress(JitrenderError, OSError):
+                self.store.delete(f"{self.folder}run.{run}.json")
+        return others
+
+    def _each(self, work: Callable[[tuple[int, int]], tuple[int, str, bool]],
+              items: list[tuple[int, int]]) -> list[tuple[int, str, bool]]:  # fmt: skip
+        if len(items) <= 1 or not self.store.concurrent_reads:
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(min(16, len(items)), thread_name_prefix="claim") as pool:
+            return list(pool.map(work, items))
+
+    def _survey(self, frames: list[int]) -> tuple[dict[int, tuple[int, str]], dict[str, Holder]]:
+        """The highest claim of each of ``frames`` (its ``k`` and run) and those runs. A run
+        whose claim is there but not its lease is claiming right now (they are written at
+        once): its lease is looked for again after a moment before it counts as dead."""
+        listing = self._listing()
+        wanted = set(frames)
+        top_urls: dict[int, tuple[int, str]] = {}
+        for info in listing:
+            claim = _CLAIM.fullmatch(info.url[len(self.folder) :])
+            if claim is not None and int(claim.group(1)) in wanted:
+                frame, k = int(claim.group(1)), int(claim.group(2))
+                if frame not in top_urls or k > top_urls[frame][0]:
+                    top_urls[frame] = (k, info.url)
+        tops = {frame: (k, self._run_of(url)) for frame, (k, url) in top_urls.items()}
+        runs = {run for _, run in tops.values()}
+        leases = self._leases(listing)
+        if any(run and run not in leases for run in runs):
+            self.stop.wait(LEASE_GRACE_S)
+            leases = self._leases(self._listing())
+        holders = {run: Holder(run, self._lease(leases.get(run))) for run in runs}
+        return tops, holders
+
+    def _listing(self) -> list[ObjectInfo]:
+        return with_retries(lambda: self.store.list(self.folder), self.folder, self.retry)
+
+    def _leases(self, listing: list[ObjectInfo]) -> dict[str, ObjectInfo]:
+        found = {}
+        for info in listing:
+            lease = _LEASE.fullmatch(info.url[len(self.folder) :])
+            if lease is not None:
+                found[lease.group(1)] = info
+        return found
+
+    def _json(self, url: str) -> dict[str, object] | None:
+        """A small JSON object of the claims folder, or None when it is gone (released)."""
+        try:
+            data = json.loads(with_retries(lambda: self.store.read_bytes(url), url, self.retry))
+        except MissingDependencyError:
+            return None
+        except ValueError:  # not JSON: no run of ours wrote it
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _run_of(self, url: str) -> str:
+        """The run a claim names; "" for a claim gone meanwhile: no live run holds it."""
+        data = self._json(url)
+        return str(data.get("run", "")) if data is not None else ""
+
+    def _lease(self, info: ObjectInfo | None) -> dict[str, object] | None:
+        return self._json(info.url) if info is not None else None
+
+    def _holder_of(self, url: str) -> Holder:
+        run = self._run_of(url)
+        return Holder(run, self._json(f"{self.folder}run.{run}.json") if run else None)
+
+    # -- waiting for the others ----------------------------------------------------------
+
+    def wait_for(
+        self, others: dict[int, Holder], is_done: Callable[[int], bool], on_poll: Callable[[], None]
+    ) -> tuple[set[int], dict[int, Holder]]:
+        """Wait until each frame of ``others`` is done, or until a run holding one stops
+        holding it without finishing it, or this run is stopped; returns (the frames done,
+        those not done with their last holder)."""
+        pending = dict(others)
+        done: set[int] = set()
+        pause = min(max(self.interval_s, 1.0), 10.0)
+        while pending and not self.stop.is_set():
+            for frame in sorted(pending):
+                if is_done(frame):
+                    done.add(frame)
+                    del pending[frame]
+            if not pending:
+                break
+            tops, holders = self._survey(sorted(pending))
+            now = time.time()
+            lost: dict[int, Holder] = {}
+            for frame in sorted(pending):
+                top = tops.get(frame)
+                holder = holders[top[1]] if top is not None else None
+                if holder is not None and holder.alive(self.machine, now):
+                    pending[frame] = holder
+                elif is_done(frame):  # finished, then released since the look above
+                    done.add(frame)
+                    del pending[frame]
+                else:
+                    lost[frame] = holder or pending[frame]
+            if lost:
+                return done, lost
+            on_poll()
+            self.stop.wait(pause)
+        return done, pending
+
+    # -- the end -------------------------------------------------------------------------
+
+    def release(self, deadline_s: float = 10.0) -> None:
+        """Delete this run's claims, then its lease (best effort, within ``deadline_s``)."""
+        self._closed.set()
+        with self._lock:  # a refresh in flight ends first: it cannot bring the lease back
+            pass
+        urls = [*self.held.values(), self.lease_url]
+        self.held = {}
+
+        def delete_all() -> None:
+            for url in urls:
+                with contextlib.suppress(JitrenderError, OSError, FileNotFoundError):
+                    self.store.delete(url)
+
+        worker = threading.Thread(target=delete_all, name="claims-release", daemon=True)
+        worker.start()
+        worker.join(deadline_s)

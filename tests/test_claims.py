@@ -1,0 +1,149 @@
+"""Frame claims (jitrender.claims): two runs of the same frames at once render each frame
+once, through ``jitrender run`` against fake-gcs-server; a killed run's frames are taken back
+at once on its node; another node's live claim is waited for, a dead one taken over.
+
+The renderer (tests/renderjobs.py) leaves ``start.<frame>.<pid>`` in the phase folder each
+time it starts a frame: a frame rendered twice leaves two."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.conftest import gcs_client, put_object
+from tests.renderjobs import (
+    RenderJob,
+    bucket_objects,
+    finish,
+    jitrender_env,
+    make_job,
+    run,
+    start_run,
+    wait_for,
+)
+
+
+def _env(job: RenderJob, **more: str) -> dict[str, str]:
+    return jitrender_env(job, JITRENDER_HEARTBEAT_INTERVAL="0.5", **more)
+
+
+def _hash(job: RenderJob) -> str:
+    from jitrender.job import load_job
+
+    return load_job(job.job_file).job_hash()
+
+
+def _plant(job: RenderJob, frame: int, run_id: str, host: str, refreshed: float) -> str:
+    """Another run's claim on ``frame`` and its lease, as a run on ``host`` writes them."""
+    folder = f"{job.outputs_url}/_jitrender/{_hash(job)}/claims"
+    lease = {"run": run_id, "host": host, "boot": "b", "pidns": "p", "pid": 1, "pid_start": "1",
+             "refreshed": refreshed, "ttl": 60.0}  # fmt: skip
+    put_object(f"{folder}/run.{run_id}.json", json.dumps(lease).encode())
+    put_object(f"{folder}/frame.{frame}.0.json", json.dumps({"run": run_id}).encode())
+    return folder
+
+
+def _claim_objects(job: RenderJob) -> list[str]:
+    return sorted(n for n in bucket_objects(job.bucket, "renders/") if "/claims/" in n)
+
+
+def test_two_runs_of_overlapping_frames_at_once_render_each_frame_once(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A run of 1-4 is rendering when a run of 3-6 starts (a farm's second dispatch, chunks
+    that overlap): the second renders 5 and 6, waits for 3 and 4, and both end 0. Each frame
+    was rendered once, every output is whole, and no claim is left in the bucket."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1-6")
+    env = _env(job, RENDER_SLEEP="0.7")
+    first = start_run(job, "--frames", "1-4", env=env, report="first.json")
+    wait_for(lambda: 1 in job.phases("start"))
+    second = start_run(job, "--frames", "3-6", env=env, report="second.json")
+    code_a, out_a = finish(first, timeout=120)
+    code_b, out_b = finish(second, timeout=120)
+    assert code_a == 0, out_a
+    assert code_b == 0, out_b
+    assert job.phases("start") == [1, 2, 3, 4, 5, 6], sorted(os.listdir(job.phase_dir))
+    a = json.loads((job.root / "first.json").read_text())
+    b = json.loads((job.root / "second.json").read_text())
+    assert a["frames"]["done"] == [1, 2, 3, 4]
+    assert b["frames"]["done"] == [5, 6] and b["frames"]["skipped_already_done"] == [3, 4]
+    assert "is rendering them" in out_b and "waiting for frames 3-4" in out_b
+    landed = bucket_objects(gcs_bucket, "renders/")
+    assert all(f"renders/frame.{f:04d}.txt" in landed for f in range(1, 7))
+    assert _claim_objects(job) == []
+
+
+def test_a_killed_runs_frames_are_taken_back_at_once_on_its_node(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A run killed outright (SIGKILL: no release) leaves its claims and lease; the retry on
+    the same node sees that process gone and renders the frames at once, not a minute later
+    when the lease would expire."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    env = _env(job, RENDER_SLEEP="60")
+    first = start_run(job, env=env, report="killed.json")
+    wait_for(lambda: 1 in job.phases("start"))
+    wait_for(lambda: len(_claim_objects(job)) >= 3)  # its lease and two claims
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    for started in job.phase_dir.glob("start.*"):  # its renderer dies with it; if not, now
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(started.name.split(".")[2]), signal.SIGKILL)
+    job.clear_phases()
+    began = time.monotonic()
+    code, out, report = run(job, env=_env(job), report="retry.json")
+    assert code == 0, out
+    assert time.monotonic() - began < 30, out
+    assert report["frames"]["done"] == [1, 2]
+    assert _claim_objects(job) == []
+
+
+def test_another_nodes_live_claim_is_waited_for_and_a_stopped_one_is_exit_75(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """Frame 2 is claimed by a live run on another host: this run renders frame 1 and waits.
+    When that run stops holding frame 2 without its done marker, this one ends 75 naming
+    it, frame 2 not rendered; the retry renders it."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    folder = _plant(job, 2, "elsewhere-7-abcd", "render-node-9", time.time())
+    proc = start_run(job, env=_env(job), report="waiting.json")
+    wait_for(lambda: 1 in job.phases("done"))
+    time.sleep(2)  # waiting: it polls, renders nothing more
+    assert job.phases("start") == [1]
+    client = gcs_client()
+    bucket = client.bucket(job.bucket[len("gs://") :])  # type: ignore[attr-defined]
+    name = folder[len(job.bucket) + 1 :]
+    bucket.blob(f"{name}/frame.2.0.json").delete()
+    bucket.blob(f"{name}/run.elsewhere-7-abcd.json").delete()
+    code, out = finish(proc, timeout=60)
+    assert code == 75, out
+    assert "frame 2: run elsewhere-7-abcd (host render-node-9, pid 1) stopped without" in out
+    assert job.phases("start") == [1]
+    code, out, report = run(job, env=_env(job), report="retry.json")
+    assert code == 0, out
+    assert report["frames"]["done"] == [2] and report["frames"]["skipped_already_done"] == [1]
+
+
+def test_a_claim_whose_lease_was_not_written_for_its_ttl_is_taken_over(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A run on another node died without releasing (its lease last written two minutes ago,
+    its ttl one): its frame is taken over with the next claim; the dead claim and lease go."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    _plant(job, 2, "gone-1-0000", "render-node-3", time.time() - 120)
+    code, out, report = run(job, env=_env(job))
+    assert code == 0, out
+    assert report["frames"]["done"] == [1, 2]
+    assert job.phases("start") == [1, 2]
+    assert _claim_objects(job) == []
+
+
+def test_without_heartbeats_no_claim_is_written(gcs_bucket: str, tmp_path: Path) -> None:
+    job = make_job(tmp_path / "job", gcs_bucket, "1")
+    code, out, _ = run(job, env=jitrender_env(job, JITRENDER_HEARTBEAT_INTERVAL="0"))
+    assert code == 0, out
+    assert _claim_objects(job) == []
