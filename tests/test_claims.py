@@ -147,3 +147,19 @@ def test_without_heartbeats_no_claim_is_written(gcs_bucket: str, tmp_path: Path)
     code, out, _ = run(job, env=jitrender_env(job, JITRENDER_HEARTBEAT_INTERVAL="0"))
     assert code == 0, out
     assert _claim_objects(job) == []
+
+
+def test_a_stopped_run_releases_its_claims_for_the_retry_elsewhere(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """SIGTERM (a Spot VM's preemption notice): the run exits 75 and its claims and lease are
+    gone from the bucket, so the farm's retry on another node starts on the frames at once
+    instead of waiting out the lease."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1-2")
+    proc = start_run(job, env=_env(job, RENDER_SLEEP="60"), report="stopped.json")
+    wait_for(lambda: 1 in job.phases("start"))
+    wait_for(lambda: len(_claim_objects(job)) >= 3)
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc, timeout=30)
+    assert code == 75, out
+    assert _claim_objects(job) == []
