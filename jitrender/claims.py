@@ -208,14 +208,12 @@ class Claims:
             if ours:
                 self.held[frame] = url
                 k = int(url.rsplit(".", 2)[1])
-                with contextlib.suppress(JitrenderError, OSError):  # taken over: it goes
-                    if k > 0:
-                        self.store.delete(f"{self.folder}frame.{frame}.{k - 1}.json")
+                if k > 0:  # taken over: the dead claim goes
+                    self._delete(f"{self.folder}frame.{frame}.{k - 1}.json")
             else:  # another run claimed it this moment: alive by definition
                 others[frame] = self._holder_of(url)
         for run in sorted(dead_leases):  # its other claims, if any, are dead without it too
-            with contextlib.suppress(JitrenderError, OSError):
-                self.store.delete(f"{self.folder}run.{run}.json")
+            self._delete(f"{self.folder}run.{run}.json")
         return others
 
     def _each(self, work: Callable[[tuple[int, int]], tuple[int, str, bool]],
@@ -280,6 +278,11 @@ class Claims:
         run = self._run_of(url)
         return Holder(run, self._json(f"{self.folder}run.{run}.json") if run else None)
 
+    def _delete(self, url: str) -> None:
+        """Best effort: a claim or lease left behind is dead by its lease, later."""
+        with contextlib.suppress(JitrenderError):
+            with_retries(lambda: self.store.delete(url), url, self.retry)
+
     # -- waiting for the others ----------------------------------------------------------
 
     def wait_for(
@@ -329,8 +332,7 @@ class Claims:
 
         def delete_all() -> None:
             for url in urls:
-                with contextlib.suppress(JitrenderError, OSError, FileNotFoundError):
-                    self.store.delete(url)
+                self._delete(url)
 
         worker = threading.Thread(target=delete_all, name="claims-release", daemon=True)
         worker.start()
