@@ -98,12 +98,21 @@ def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | N
         if text < 0:
             raise ConfigError(f"{where}: {text!r} is not a size (a number of bytes, 0 or more)")
         return text
+    from jitrender import memo  # a farm's --cache-max-size 500GB: read by pydantic once
+
+    at = memo.file_for("size", str(text).encode())
+    known = memo.recall(at) if at is not None else None
+    if isinstance(known, int) and not isinstance(known, bool):
+        return known
     from pydantic import ValidationError
 
     try:
-        return int(_byte_size().validate_python(str(text)))
+        size = int(_byte_size().validate_python(str(text)))
     except ValidationError:
         raise ConfigError(f"{where}: {text!r} is not a size (use e.g. 50GB, 500MiB)") from None
+    if at is not None:
+        memo.remember(at, str(size))
+    return size
 
 
 @functools.cache

@@ -14,7 +14,6 @@ pydantic models, so that a memo's values are rebuilt without pydantic.
 
 import hashlib
 import json
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from jitrender import memo
 from jitrender.errors import ConfigError
 from jitrender.paths import PathMap, PathRule, file_url, is_url, rule_from
 from jitrender.sequences import parse_frames
@@ -383,126 +383,40 @@ def load_job(path: Path) -> Job:
         raise ConfigError(f"{path}: job file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc}") from None
-    memo = _memo_file(data)
-    job = _recalled(memo) if memo is not None else None
+    at = memo.file_for("job", data)
+    job = _recalled(at) if at is not None else None
     if job is None:
         from jitrender.jobcheck import checked_job
 
         job = checked_job(path, data)
-        if memo is not None:
-            _remember(memo, job)
+        if at is not None:
+            _remember(at, job)
     job.source = path.resolve()
     return job
 
 
-# -- the memo of checked jobs ---------------------------------------------------------------
-#
-# One file per job file's bytes, in a folder of this user's in the node's temporary folder
-# (``$JITRENDER_JOB_MEMO_DIR`` to put it elsewhere; set empty, no memo). The name is a hash of
-# the bytes and of what reads them (this jitrender's schema modules, PyYAML and pydantic, by
-# their files' stat), so an edited job file or an upgraded install is read afresh. The folder
-# must be a real folder (not a link) that only this user may write, checked each time: a memo
-# names the commands a job runs. A memo that does not read back as a job, or values that would
-# not survive JSON unchanged (YAML's dates), mean the file is checked as it would be anyway.
-
-MEMO_FILES = 256  # kept; older ones go
+# -- the memo of checked jobs (see jitrender.memo) ---------------------------------------
 
 
-def _memo_folder() -> Path | None:
-    where = os.environ.get("JITRENDER_JOB_MEMO_DIR")
-    if where is None:
-        if not hasattr(os, "getuid"):
-            return None
-        tmp = os.environ.get("TMPDIR") or "/tmp"
-        where = os.path.join(tmp, f"jitrender-{os.getuid()}-jobs")
-    elif not where:
-        return None  # set empty: no memo
-    return Path(where)
-
-
-def _memo_file(data: bytes) -> Path | None:
-    folder = _memo_folder()
-    if folder is None:
-        return None
-    stamp = hashlib.sha256(b"jitrender job memo 1\0")
-    try:
-        for file in _reader_files():
-            st = os.stat(file)
-            stamp.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    except OSError:
-        return None
-    stamp.update(data)
-    return folder / f"{stamp.hexdigest()[:40]}.json"
-
-
-def _reader_files() -> list[str]:
-    """The files whose code decides what a job file's bytes are read as."""
-    import importlib.util
-
-    files = [__file__, os.path.join(os.path.dirname(__file__), "jobcheck.py")]
-    for package in ("pydantic", "pydantic_core", "yaml"):
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            raise OSError(f"{package} not found")
-        files.append(spec.origin)
-    return files
-
-
-def _folder_is_ours(folder: Path) -> bool:
-    try:
-        st = os.lstat(folder)
-    except OSError:
-        return False
-    import stat
-
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
-
-
-def _recalled(memo: Path) -> Job | None:
-    if not _folder_is_ours(memo.parent):
+def _recalled(at: Path) -> Job | None:
+    values = memo.recall(at)
+    if values is None:
         return None
     try:
-        values = json.loads(memo.read_bytes())
         job = _rebuilt(Job, values)
     except Exception:  # any memo that does not read back is no memo
         return None
     return job if isinstance(job, Job) else None
 
 
-def _remember(memo: Path, job: Job) -> None:
+def _remember(at: Path, job: Job) -> None:
+    """Keep the job's values where JSON keeps them unchanged (not YAML's dates)."""
     values = asdict(job)
     if not _plain(values):
         return
     text = json.dumps(values, allow_nan=False)  # in order: a dict's order is kept
-    if _rebuilt(Job, json.loads(text)) != job:
-        return
-    folder = memo.parent
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _folder_is_ours(folder):
-            return
-        part = folder / f".{memo.name}.{os.getpid()}.part"
-        part.write_text(text, encoding="utf-8")
-        os.replace(part, memo)
-        names = os.listdir(folder)
-        if len(names) > 2 * MEMO_FILES:
-            _forget_oldest(folder, names)
-    except OSError:
-        return
-
-
-def _forget_oldest(folder: Path, names: list[str]) -> None:
-    aged = []
-    for name in names:
-        try:
-            aged.append((os.stat(folder / name).st_mtime, name))
-        except OSError:
-            continue
-    for _, name in sorted(aged)[: len(aged) - MEMO_FILES]:
-        try:
-            os.unlink(folder / name)
-        except OSError:
-            continue
+    if _rebuilt(Job, json.loads(text)) == job:
+        memo.remember(at, text)
 
 
 def _plain(value: Any) -> bool:

@@ -192,3 +192,20 @@ def test_a_memo_in_a_folder_others_may_write_is_never_read(
     kept.write_text('{"stages": "not a job"')
     code, out, _ = run(job, "--rerender", env=env, report="garbled.json")
     assert code == 0, out
+
+
+def test_a_size_read_once_is_read_from_the_memo(local_bucket: str, tmp_path: Path) -> None:
+    """``--cache-max-size 500GB`` on every task of a farm: read by pydantic's ByteSize the first
+    time, from the memo after; a size that is wrong is said every time."""
+    job = make_job(tmp_path / "job", local_bucket, "1")
+    memo = tmp_path / "memo"
+    env = jitrender_env(job, PYTHONPROFILEIMPORTTIME="1", JITRENDER_JOB_MEMO_DIR=str(memo))
+    code, out, _ = run(job, "--cache-max-size", "500GB", env=env)
+    assert code == 0, out
+    code, out, _ = run(job, "--cache-max-size", "500GB", "--rerender", env=env, report="b.json")
+    assert code == 0, out
+    assert _schema(_imported(out)) == []
+    for attempt in ("c.json", "d.json"):
+        code, out, _ = run(job, "--cache-max-size", "500 parsecs", env=env, report=attempt)
+        assert code == 78, out
+        assert "--cache-max-size: '500 parsecs' is not a size" in out

@@ -1,0 +1,117 @@
+"""The node's memo of what pydantic made of a user's text: a job file's values, a size.
+
+Every ``jitrender run`` reads its job file and, on many farms, a ``--cache-max-size``; reading
+them is PyYAML's and pydantic's work, ~130 ms of every start (the import, the schema). A
+farm's tasks of one job on a node read the same bytes each time: only the first does that
+work, and keeps its result here, as JSON; the others read it back.
+
+One file per (kind, bytes), in a folder of this user's in the node's temporary folder
+(``$JITRENDER_JOB_MEMO_DIR`` to put it elsewhere; set empty, no memo). The name is a hash of
+the kind, the bytes and what reads them (this jitrender's readers, PyYAML, pydantic and
+pydantic-core, by their files' stat), so an edited file or an upgraded install is read
+afresh. The folder must be a real folder (not a link) of this user that group and others may
+not write, checked each time: a job's memo names the commands it runs. Only results are
+kept, never mistakes (those are read, and said, each time).
+"""
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+KEPT = 256  # memo files kept when the folder is pruned (at twice as many)
+_READERS = ("job.py", "jobcheck.py", "cache.py", "memo.py")  # of jitrender
+
+
+def folder() -> Path | None:
+    where = os.environ.get("JITRENDER_JOB_MEMO_DIR")
+    if where is None:
+        if not hasattr(os, "getuid"):
+            return None
+        tmp = os.environ.get("TMPDIR") or "/tmp"
+        where = os.path.join(tmp, f"jitrender-{os.getuid()}-jobs")
+    elif not where:
+        return None  # set empty: no memo
+    return Path(where)
+
+
+def file_for(kind: str, data: bytes) -> Path | None:
+    """Where the memo of ``data`` read as ``kind`` is (or would be); None: no memo here."""
+    where = folder()
+    if where is None:
+        return None
+    stamp = hashlib.sha256(f"jitrender memo 1\0{kind}\0".encode())
+    try:
+        for file in _reader_files():
+            st = os.stat(file)
+            stamp.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    except OSError:
+        return None
+    stamp.update(data)
+    return where / f"{stamp.hexdigest()[:40]}.json"
+
+
+def _reader_files() -> list[str]:
+    """The files whose code decides what a user's text is read as."""
+    import importlib.util
+
+    here = os.path.dirname(__file__)
+    files = [os.path.join(here, name) for name in _READERS]
+    for package in ("pydantic", "pydantic_core", "yaml"):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise OSError(f"{package} not found")
+        files.append(spec.origin)
+    return files
+
+
+def _ours(where: Path) -> bool:
+    try:
+        st = os.lstat(where)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def recall(memo: Path) -> Any:
+    """The JSON value kept at ``memo``; None where there is none (or it is not to be read)."""
+    if not _ours(memo.parent):
+        return None
+    try:
+        return json.loads(memo.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def remember(memo: Path, text: str) -> None:
+    """Keep ``text`` (JSON) at ``memo``, whole or not at all; a memo that cannot be written is
+    none (the next run reads the file again)."""
+    where = memo.parent
+    try:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _ours(where):
+            return
+        part = where / f".{memo.name}.{os.getpid()}.part"
+        part.write_text(text, encoding="utf-8")
+        os.replace(part, memo)
+        names = os.listdir(where)
+        if len(names) > 2 * KEPT:
+            _forget_oldest(where, names)
+    except OSError:
+        return
+
+
+def _forget_oldest(where: Path, names: list[str]) -> None:
+    aged = []
+    for name in names:
+        try:
+            aged.append((os.stat(where / name).st_mtime, name))
+        except OSError:
+            continue
+    for _, name in sorted(aged)[: len(aged) - KEPT]:
+        try:
+            os.unlink(where / name)
+        except OSError:
+            continue
