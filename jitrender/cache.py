@@ -88,10 +88,13 @@ CREATE TRIGGER IF NOT EXISTS entries_removed AFTER DELETE ON entries
 """
 
 
-def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | None:
+def parse_size(
+    text: str | int | None, where: str = "cache.max_size", cache_dir: Path | None = None
+) -> int | None:
     """``50GB``, ``500MiB``, ``1.5 TB``, a plain byte count (pydantic's ``ByteSize``: decimal and
     binary units, any case), or None for no cap. Anything else, a negative or an infinite size
-    included, is a :class:`ConfigError` naming ``where``."""
+    included, is a :class:`ConfigError` naming ``where``. A size read once is read from the
+    memo in ``cache_dir`` after (see :mod:`jitrender.memo`)."""
     if text is None:
         return None
     if isinstance(text, int) and not isinstance(text, bool):
@@ -100,7 +103,7 @@ def parse_size(text: str | int | None, where: str = "cache.max_size") -> int | N
         return text
     from jitrender import memo  # a farm's --cache-max-size 500GB: read by pydantic once
 
-    at = memo.file_for("size", str(text).encode())
+    at = memo.file_for("size", str(text).encode(), cache_dir)
     known = memo.recall(at) if at is not None else None
     if isinstance(known, int) and not isinstance(known, bool):
         return known
@@ -125,7 +128,7 @@ def _byte_size() -> Any:
 
 # What a cache folder holds (Cache.__init__ makes them): a folder with other files and none of
 # these is no cache (see holds_no_cache).
-CACHE_ENTRIES = frozenset({"index.sqlite", "objects", "tmp", "locks", "runs"})
+CACHE_ENTRIES = frozenset({"index.sqlite", "objects", "tmp", "locks", "runs", "memo"})
 
 
 def holds_no_cache(root: Path) -> bool:

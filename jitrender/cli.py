@@ -224,7 +224,7 @@ def deps(
     try:
         extra = _extra_path_map(path_map, path_map_rules)
         if job_file is not None:
-            job = load_job(job_file).with_values(scene=scene, resolver=resolver)
+            job = load_job(job_file, cache_dir).with_values(scene=scene, resolver=resolver)
             frame_list = _frames(job, frames)
             job.use_path_map(extra)  # first: the scene's URL goes through it
             cache = Cache(job.cache_folder(cache_dir), parse_size(job.cache.max_size))

@@ -14,6 +14,7 @@ pydantic models, so that a memo's values are rebuilt without pydantic.
 
 import hashlib
 import json
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -372,24 +373,26 @@ class Job:
 # -- loading -------------------------------------------------------------------------------
 
 
-def load_job(path: Path) -> Job:
+def load_job(path: Path, cache_dir: Path | None = None) -> Job:
     """Read and validate a job file. Raises :class:`ConfigError` with one line on any mistake.
 
     A file whose bytes were validated before on this node (by this jitrender and this
-    pydantic) is rebuilt from the memo of its values instead, and is the same job."""
+    pydantic) is rebuilt from the memo of its values instead, and is the same job. The memo
+    is in the node cache ``cache_dir`` (``--cache-dir``; else ``$JITRENDER_CACHE_DIR`` or the
+    default), and kept only where the job uses that cache."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: job file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc}") from None
-    at = memo.file_for("job", data)
+    at = memo.file_for("job", data, cache_dir)
     job = _recalled(at) if at is not None else None
     if job is None:
         from jitrender.jobcheck import checked_job
 
         job = checked_job(path, data)
-        if at is not None:
+        if at is not None and _uses_memo_cache(job, cache_dir, at):
             _remember(at, job)
     job.source = path.resolve()
     return job
@@ -407,6 +410,14 @@ def _recalled(at: Path) -> Job | None:
     except Exception:  # any memo that does not read back is no memo
         return None
     return job if isinstance(job, Job) else None
+
+
+def _uses_memo_cache(job: Job, cache_dir: Path | None, at: Path) -> bool:
+    """Whether the memo at ``at`` is in the cache the job itself uses (a job naming its own
+    ``cache.dir`` would be looked up in another cache than it fills: none is kept for it)."""
+    if at.parent != memo.folder(cache_dir) or "JITRENDER_JOB_MEMO_DIR" in os.environ:
+        return True
+    return job.cache_folder(cache_dir).absolute() == at.parent.parent.absolute()
 
 
 def _remember(at: Path, job: Job) -> None:

@@ -5,8 +5,10 @@ them is PyYAML's and pydantic's work, ~130 ms of every start (the import, the sc
 farm's tasks of one job on a node read the same bytes each time: only the first does that
 work, and keeps its result here, as JSON; the others read it back.
 
-One file per (kind, bytes), in a folder of this user's in the node's temporary folder
-(``$JITRENDER_JOB_MEMO_DIR`` to put it elsewhere; set empty, no memo). The name is a hash of
+One file per (kind, bytes), in the node's cache, ``<cache>/memo/`` (the cache ``--cache-dir`` or
+``$JITRENDER_CACHE_DIR`` names, else the default one), which outlives the farm's tasks where a
+task's temporary folder does not; ``$JITRENDER_JOB_MEMO_DIR`` puts it elsewhere (set empty: no
+memo). It is written only into a cache that exists already. The name is a hash of
 the kind, the bytes and what reads them (this jitrender's readers, PyYAML, pydantic and
 pydantic-core, by their files' stat), so an edited file or an upgraded install is read
 afresh. The folder must be a real folder (not a link) of this user that group and others may
@@ -25,21 +27,24 @@ KEPT = 256  # memo files kept when the folder is pruned (at twice as many)
 _READERS = ("job.py", "jobcheck.py", "cache.py", "memo.py")  # of jitrender
 
 
-def folder() -> Path | None:
+def folder(cache_dir: Path | None = None) -> Path | None:
+    """The memo folder: ``$JITRENDER_JOB_MEMO_DIR``, else ``memo/`` in ``cache_dir`` (else in
+    the default cache); None: no memo."""
     where = os.environ.get("JITRENDER_JOB_MEMO_DIR")
-    if where is None:
-        if not hasattr(os, "getuid"):
-            return None
-        tmp = os.environ.get("TMPDIR") or "/tmp"
-        where = os.path.join(tmp, f"jitrender-{os.getuid()}-jobs")
-    elif not where:
-        return None  # set empty: no memo
-    return Path(where)
+    if where is not None:
+        return Path(where) if where else None  # set empty: no memo
+    if not hasattr(os, "getuid"):
+        return None
+    if cache_dir is None:
+        from jitrender.cachelayout import default_cache_dir
+
+        cache_dir = default_cache_dir()
+    return cache_dir / "memo"
 
 
-def file_for(kind: str, data: bytes) -> Path | None:
+def file_for(kind: str, data: bytes, cache_dir: Path | None = None) -> Path | None:
     """Where the memo of ``data`` read as ``kind`` is (or would be); None: no memo here."""
-    where = folder()
+    where = folder(cache_dir)
     if where is None:
         return None
     stamp = hashlib.sha256(f"jitrender memo 1\0{kind}\0".encode())
@@ -89,6 +94,8 @@ def remember(memo: Path, text: str) -> None:
     """Keep ``text`` (JSON) at ``memo``, whole or not at all; a memo that cannot be written is
     none (the next run reads the file again)."""
     where = memo.parent
+    if os.environ.get("JITRENDER_JOB_MEMO_DIR") is None and not (where.parent / "objects").is_dir():
+        return  # the cache is not made yet (its first run makes it, with its own modes)
     try:
         where.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _ours(where):

@@ -110,8 +110,9 @@ class RunOptions:
 
 def job_cache(job: Job, options: RunOptions) -> Cache:
     max_bytes = options.cache_max_bytes
-    cap = parse_size(job.cache.max_size) if max_bytes is None else max_bytes
-    return Cache(job.cache_folder(options.cache_dir), cap)
+    folder = job.cache_folder(options.cache_dir)
+    cap = parse_size(job.cache.max_size, cache_dir=folder) if max_bytes is None else max_bytes
+    return Cache(folder, cap)
 
 
 def job_path_map(job: Job, options: RunOptions) -> PathMap:

@@ -257,7 +257,7 @@ def run_command(
                 f"--heartbeat-interval (or JITRENDER_HEARTBEAT_INTERVAL): {heartbeat_interval!r}"
                 " is not a number of seconds (0 or more; 0: no heartbeats)"
             )
-        job = load_job(job_file)
+        job = load_job(job_file, cache_dir)
         extra = extra_path_map(path_map, path_map_rules)
         head_start = _head_start(job, extra, early, cache_dir)  # before the imports
         from jitrender.cache import parse_size
@@ -284,7 +284,7 @@ def run_command(
             frames=frame_list,
             parts=parts,
             cache_dir=cache_dir,
-            cache_max_bytes=parse_size(cache_max_size, "--cache-max-size"),
+            cache_max_bytes=parse_size(cache_max_size, "--cache-max-size", cache_dir),
             report_path=report,
             overwrite=overwrite,
             rerender=rerender,

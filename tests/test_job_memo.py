@@ -209,3 +209,22 @@ def test_a_size_read_once_is_read_from_the_memo(local_bucket: str, tmp_path: Pat
         code, out, _ = run(job, "--cache-max-size", "500 parsecs", env=env, report=attempt)
         assert code == 78, out
         assert "--cache-max-size: '500 parsecs' is not a size" in out
+
+
+def test_the_memo_lives_in_the_node_cache_once_there_is_one(
+    local_bucket: str, tmp_path: Path
+) -> None:
+    """Without ``$JITRENDER_JOB_MEMO_DIR`` the memo is ``<cache>/memo/``, which outlives a
+    farm task's temporary folder: a node's first run makes the cache (the memo does not make
+    it before it, with other modes), its second keeps the job's values, its third reads them."""
+    job = make_job(tmp_path / "job", local_bucket, "1")
+    env = jitrender_env(job, PYTHONPROFILEIMPORTTIME="1")
+    env.pop("JITRENDER_JOB_MEMO_DIR", None)
+    kept = job.cache_dir / "memo"
+    for attempt, (schema, memos) in enumerate([(True, 0), (True, 1), (False, 1)]):
+        args = ("--rerender",) if attempt else ()
+        code, out, _ = run(job, *args, env=env, report=f"{attempt}.json")
+        assert code == 0, out
+        assert bool(_schema(_imported(out))) == schema, attempt
+        assert len(list(kept.glob("*.json"))) == memos, attempt
+    assert (kept.stat().st_mode & 0o777) == 0o700

@@ -168,8 +168,7 @@ def _all_done(job: RenderJob) -> bool:
 def leftovers(cache_dir: Path, tmpdir: Path, job: RenderJob) -> list[str]:
     left = [f"tmp/{p.name}" for p in (cache_dir / "tmp").iterdir()]
     left += [f"runs/{p.name}" for p in (cache_dir / "runs").iterdir()]
-    memo = f"jitrender-{os.getuid()}-jobs"  # the node's memo of checked job files: kept
-    left += [p.name for p in tmpdir.iterdir() if p.name.startswith("jitrender-") and p.name != memo]
+    left += [p.name for p in tmpdir.iterdir() if p.name.startswith("jitrender-")]
     if job.bucket.startswith("file://"):
         bucket = Path(job.bucket.removeprefix("file://"))
         left += [p.name for p in bucket.rglob("*.jitrender-part")]
