@@ -134,6 +134,7 @@ class Claims:
         self.held: dict[int, str] = {}  # frame -> the URL of our claim
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
+        self._releasing: threading.Thread | None = None
         self._lock = threading.Lock()
 
     # -- the lease -----------------------------------------------------------------------
@@ -322,8 +323,10 @@ class Claims:
 
     # -- the end -------------------------------------------------------------------------
 
-    def release(self, deadline_s: float = 10.0) -> None:
-        """Delete this run's claims, then its lease (best effort, within ``deadline_s``)."""
+    def release(self) -> None:
+        """Start deleting this run's claims and its lease, all at once (a claim seen without
+        its lease for a moment is given time, and then is dead: as it is now); best effort.
+        :meth:`released` waits for it."""
         self._closed.set()
         with self._lock:  # a refresh in flight ends first: it cannot bring the lease back
             pass
@@ -331,9 +334,17 @@ class Claims:
         self.held = {}
 
         def delete_all() -> None:
-            for url in urls:
-                self._delete(url)
+            if len(urls) == 1 or not self.store.concurrent_reads:
+                for url in urls:
+                    self._delete(url)
+                return
+            with ThreadPoolExecutor(min(16, len(urls)), thread_name_prefix="unclaim") as pool:
+                list(pool.map(self._delete, urls))
 
-        worker = threading.Thread(target=delete_all, name="claims-release", daemon=True)
-        worker.start()
-        worker.join(deadline_s)
+        self._releasing = threading.Thread(target=delete_all, name="claims-release", daemon=True)
+        self._releasing.start()
+
+    def released(self, deadline_s: float = 10.0) -> None:
+        """Wait (up to ``deadline_s``) for :meth:`release`'s deletes."""
+        if self._releasing is not None:
+            self._releasing.join(max(0.0, deadline_s))

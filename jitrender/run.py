@@ -490,11 +490,6 @@ class JobRun:
             report.bytes_from_cache = sum(i.size for i in self.inputs.hits)
             report.timings["fetch_s"] = self.inputs.fetch_seconds
         self._watcher.close()
-        if self._claims is not None:  # after the markers: a waiting run looks for those first
-            stopping = self.stop.is_set()
-            self._claims.release(
-                self.stopping.remaining(self.options.flush_budget_s) if stopping else 10.0
-            )
         if self._mount is not None:
             self._mount.stop()
         if self._agent_ahead is not None:  # a run that ended before its services started
@@ -509,6 +504,8 @@ class JobRun:
             self.uploader.close(wait=not self.stop.is_set())
         if self._outputs_watch is not None:  # a run that ended before its uploader started
             self._outputs_watch.stop()
+        if self._claims is not None:  # after the markers and the last upload: a waiting run
+            self._claims.release()  # looks for the markers first; meanwhile the rest is put away
         record_run(self.cache.root, self.job.display_name, report)
         if self._logs is not None:  # bounded when stopping: what is left of the flush budget
             left = self.stopping.remaining(self.options.flush_budget_s) - 1.0  # 1 s: the report
@@ -526,6 +523,10 @@ class JobRun:
         if self.run_dir is not None:
             report.workspace = str(self.run_dir)
             self.cache.end_run_dir(self.run_dir, keep=self.options.keep_workspace)
+        if self._claims is not None:
+            self._claims.released(
+                self.stopping.remaining(self.options.flush_budget_s) if stopping else 10.0
+            )
         if self.options.report_path is not None:
             report.write(self.options.report_path)
 
