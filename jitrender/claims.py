@@ -287,7 +287,10 @@ class Claims:
     # -- waiting for the others ----------------------------------------------------------
 
     def wait_for(
-        self, others: dict[int, Holder], is_done: Callable[[int], bool], on_poll: Callable[[], None]
+        self,
+        others: dict[int, Holder],
+        is_done: Callable[[int], bool],
+        on_poll: Callable[[dict[int, Holder]], None],
     ) -> tuple[set[int], dict[int, Holder]]:
         """Wait until each frame of ``others`` is done, or until a run holding one stops
         holding it without finishing it, or this run is stopped; returns (the frames done,
@@ -317,7 +320,7 @@ class Claims:
                     lost[frame] = holder or pending[frame]
             if lost:
                 return done, lost
-            on_poll()
+            on_poll(pending)
             self.stop.wait(pause)
         return done, pending
 

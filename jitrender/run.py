@@ -294,7 +294,16 @@ class JobRun:
             return with_retries(lambda: store.stat(url), url, retry) is not None
 
         self.progress.event("phase", message=f"waiting for {_frames_text(sorted(self._held))}")
-        done, left = self._claims.wait_for(self._held, is_done, lambda: None)
+        said = [time.monotonic()]
+
+        def still_waiting(pending: dict[int, Holder]) -> None:  # a line a minute in the log
+            if time.monotonic() - said[0] >= WAITING_NOTE_S:
+                said[0] = time.monotonic()
+                for holder, frames in _by_holder(pending).values():
+                    self.progress.event("phase", message=f"still waiting for "
+                                        f"{_frames_text(frames)}: {holder.describe()}")  # fmt: skip
+
+        done, left = self._claims.wait_for(self._held, is_done, still_waiting)
         for frame in sorted(done):
             self.progress.event("frame", frame=frame, status="skipped")
         self.report.skipped_already_done = sorted({*self.report.skipped_already_done, *done})
@@ -529,6 +538,9 @@ class JobRun:
             )
         if self.options.report_path is not None:
             report.write(self.options.report_path)
+
+
+WAITING_NOTE_S = 60.0  # how often a run waiting for another's frames says so
 
 
 def _by_holder(held: dict[int, Holder]) -> dict[str, tuple[Holder, list[int]]]:
