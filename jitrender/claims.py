@@ -16,7 +16,9 @@ claims off). A claim is dead when its run's lease is gone, was not written for i
 (six intervals, at least a minute), or names a process of this machine that no longer exists
 (a killed run retried on the same node takes its frames back at once). A dead claim ``k`` is
 taken over by creating ``k + 1``, create-if-absent again, so two runs taking over a dead run's
-frame cannot both get it.
+frame cannot both get it; the claims below a held one stay until its holder releases it (a
+run's first claim, ``0``, is refused while any claim of the frame is there), and a dead run's
+lease stays to say so.
 
 Frames another live run holds are not rendered: the run renders the rest, then waits for
 them. When their done markers appear, they count as done; when their run stops without
@@ -41,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from jitrender.errors import JitrenderError, MissingDependencyError
+from jitrender.sequences import format_frames, parse_frames
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, with_retries
 
 CLAIMS_FOLDER = "claims/"
@@ -105,6 +108,16 @@ class Holder:
             return isinstance(pid, int) and _process_start(pid) == lease.get("pid_start")
         return True
 
+    def frames(self) -> set[int] | None:
+        """The frames the lease says its run claimed; None when it does not say."""
+        text = (self.lease or {}).get("frames")
+        if not isinstance(text, str) or not text:
+            return None
+        try:
+            return set(parse_frames(text))
+        except JitrenderError:
+            return None
+
     def describe(self) -> str:
         lease = self.lease or {}
         return f"run {self.run} (host {lease.get('host', '?')}, pid {lease.get('pid', '?')})"
@@ -132,6 +145,11 @@ class Claims:
         self.run = re.sub(r"[^A-Za-z0-9_.-]", "_", self.run)
         self.lease_url = f"{self.folder}run.{self.run}.json"
         self.held: dict[int, str] = {}  # frame -> the URL of our claim
+        self._below: list[str] = []  # dead claims under ours, deleted before ours
+        self._frames = ""  # the frames this run claims (in its lease)
+        # A dead run's lease -> (the frames it claimed, those this run took from it): the
+        # lease goes at release once no claim of it can be left.
+        self._dead: dict[str, tuple[set[int] | None, set[int]]] = {}
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._releasing: threading.Thread | None = None
@@ -142,7 +160,8 @@ class Claims:
     def _lease_bytes(self) -> bytes:
         pid = os.getpid()
         lease = {"run": self.run, "pid": pid, "pid_start": _process_start(pid),
-                 "refreshed": time.time(), "ttl": self.ttl_s, **self.machine}  # fmt: skip
+                 "refreshed": time.time(), "ttl": self.ttl_s, "frames": self._frames,
+                 **self.machine}  # fmt: skip
         return json.dumps(lease, sort_keys=True).encode()
 
     def _write_lease(self) -> None:
@@ -168,6 +187,7 @@ class Claims:
         The lease and each frame's first claim go out at once (one round trip where nobody
         else claims the frames); only a frame already claimed costs a look at its claims."""
         wanted = list(frames)
+        self._frames = format_frames(wanted)
         body = json.dumps({"run": self.run}).encode()
 
         def claim(item: tuple[int, int]) -> tuple[int, str, bool]:
@@ -195,7 +215,6 @@ class Claims:
         tops, holders = self._survey(claimed)
         now = time.time()
         again: list[tuple[int, int]] = []
-        dead_leases: set[str] = set()
         for frame in claimed:
             top = tops.get(frame)
             holder = holders[top[1]] if top is not None else None
@@ -204,17 +223,19 @@ class Claims:
             else:  # dead (or released since): the next claim
                 again.append((frame, top[0] + 1 if top is not None else 0))
                 if holder is not None and holder.lease is not None:
-                    dead_leases.add(holder.run)
+                    self._dead.setdefault(holder.run, (holder.frames(), set()))
+        took_from = {frame: tops[frame][1] for frame, _ in again if frame in tops}
         for frame, url, ours in self._each(claim, again):
             if ours:
                 self.held[frame] = url
+                if took_from.get(frame) in self._dead:
+                    self._dead[took_from[frame]][1].add(frame)
+                # The claims below stay while this one is held (a claim 0 gone while claim 1
+                # is held would let the next run's first claim through); they go at release.
                 k = int(url.rsplit(".", 2)[1])
-                if k > 0:  # taken over: the dead claim goes
-                    self._delete(f"{self.folder}frame.{frame}.{k - 1}.json")
+                self._below += [f"{self.folder}frame.{frame}.{j}.json" for j in range(k)]
             else:  # another run claimed it this moment: alive by definition
                 others[frame] = self._holder_of(url)
-        for run in sorted(dead_leases):  # its other claims, if any, are dead without it too
-            self._delete(f"{self.folder}run.{run}.json")
         return others
 
     def _each(self, work: Callable[[tuple[int, int]], tuple[int, str, bool]],
@@ -327,22 +348,28 @@ class Claims:
     # -- the end -------------------------------------------------------------------------
 
     def release(self) -> None:
-        """Start deleting this run's claims and its lease, all at once (a claim seen without
-        its lease for a moment is given time, and then is dead: as it is now); best effort.
-        :meth:`released` waits for it."""
+        """Start deleting, best effort: the dead claims below this run's, then its claims,
+        then its lease (each step's deletes at once). Never a claim without the claims
+        below it, nor one without its lease. :meth:`released` waits for it."""
         self._closed.set()
         with self._lock:  # a refresh in flight ends first: it cannot bring the lease back
             pass
-        urls = [*self.held.values(), self.lease_url]
-        self.held = {}
+        gone = [
+            f"{self.folder}run.{run}.json"
+            for run, (theirs, taken) in self._dead.items()
+            if theirs is not None and theirs <= taken  # every claim of it was below ours
+        ]
+        steps = [self._below, [*self.held.values(), *gone], [self.lease_url]]
+        self.held, self._below, self._dead = {}, [], {}
 
         def delete_all() -> None:
-            if len(urls) == 1 or not self.store.concurrent_reads:
-                for url in urls:
-                    self._delete(url)
-                return
-            with ThreadPoolExecutor(min(16, len(urls)), thread_name_prefix="unclaim") as pool:
-                list(pool.map(self._delete, urls))
+            for urls in steps:
+                if len(urls) <= 1 or not self.store.concurrent_reads:
+                    for url in urls:
+                        self._delete(url)
+                    continue
+                with ThreadPoolExecutor(min(16, len(urls)), thread_name_prefix="unclaim") as pool:
+                    list(pool.map(self._delete, urls))
 
         self._releasing = threading.Thread(target=delete_all, name="claims-release", daemon=True)
         self._releasing.start()

@@ -41,7 +41,7 @@ def _plant(job: RenderJob, frame: int, run_id: str, host: str, refreshed: float)
     """Another run's claim on ``frame`` and its lease, as a run on ``host`` writes them."""
     folder = f"{job.outputs_url}/_jitrender/{_hash(job)}/claims"
     lease = {"run": run_id, "host": host, "boot": "b", "pidns": "p", "pid": 1, "pid_start": "1",
-             "refreshed": refreshed, "ttl": 60.0}  # fmt: skip
+             "refreshed": refreshed, "ttl": 60.0, "frames": str(frame)}  # fmt: skip
     put_object(f"{folder}/run.{run_id}.json", json.dumps(lease).encode())
     put_object(f"{folder}/frame.{frame}.0.json", json.dumps({"run": run_id}).encode())
     return folder
@@ -132,7 +132,8 @@ def test_a_claim_whose_lease_was_not_written_for_its_ttl_is_taken_over(
     gcs_bucket: str, tmp_path: Path
 ) -> None:
     """A run on another node died without releasing (its lease last written two minutes ago,
-    its ttl one): its frame is taken over with the next claim; the dead claim and lease go."""
+    its ttl one): its frame is taken over with the next claim; at the end the dead claim goes,
+    and its lease with it (the only frame it names was taken over)."""
     job = make_job(tmp_path / "job", gcs_bucket, "1-2")
     _plant(job, 2, "gone-1-0000", "render-node-3", time.time() - 120)
     code, out, report = run(job, env=_env(job))
@@ -162,4 +163,26 @@ def test_a_stopped_run_releases_its_claims_for_the_retry_elsewhere(
     proc.send_signal(signal.SIGTERM)
     code, out = finish(proc, timeout=30)
     assert code == 75, out
+    assert _claim_objects(job) == []
+
+
+def test_a_frame_taken_over_is_not_claimed_afresh_by_a_third_run(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """A dead run's claim 0 is taken over with claim 1; while that run renders, a third run's
+    first claim (0) must still be refused: the dead claim stays below the held one until its
+    holder releases both. The third run waits, the frame is rendered once."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1")
+    _plant(job, 1, "gone-2-0000", "render-node-4", time.time() - 120)
+    env = _env(job, RENDER_SLEEP="2")
+    taker = start_run(job, env=env, report="taker.json")
+    wait_for(lambda: 1 in job.phases("start"))
+    third = start_run(job, env=env, report="third.json")
+    code_a, out_a = finish(taker, timeout=60)
+    code_b, out_b = finish(third, timeout=60)
+    assert code_a == 0, out_a
+    assert code_b == 0, out_b
+    assert job.phases("start") == [1], sorted(os.listdir(job.phase_dir))
+    third_report = json.loads((job.root / "third.json").read_text())
+    assert third_report["frames"]["skipped_already_done"] == [1]
     assert _claim_objects(job) == []
