@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from jitrender.errors import JitrenderError, MissingDependencyError
+from jitrender.errors import JitrenderError, MissingDependencyError, PermissionDeniedError
 from jitrender.sequences import format_frames, parse_frames
 from jitrender.storage import ObjectInfo, RetryPolicy, Store, with_retries
 
@@ -133,8 +133,10 @@ class Claims:
         retry: RetryPolicy,
         interval_s: float,
         stop: threading.Event,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.folder = prefix + CLAIMS_FOLDER
+        self.warn = warn
         self.store = store
         self.retry = retry
         self.interval_s = interval_s
@@ -175,9 +177,21 @@ class Claims:
             )
 
     def _refresh(self) -> None:
+        warned = False
         while not self._closed.wait(self.interval_s):
-            with contextlib.suppress(Exception):  # a missed refresh: the next one comes
+            try:
                 self._write_lease()
+            except PermissionDeniedError as exc:  # create-only credentials (objectCreator)
+                if not warned and self.warn is not None:
+                    self.warn(
+                        f"frame claims: cannot rewrite this run's lease ({exc.message}); "
+                        f"after {self.ttl_s:.0f} s other runs may take its frames as a dead "
+                        "run's (give the credentials delete on the outputs prefix, or run with "
+                        "--heartbeat-interval 0)"
+                    )
+                warned = True
+            except Exception:  # a missed refresh: the next one comes
+                continue
 
     # -- claiming ------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ A job file is read and checked by :mod:`jitrender.jobcheck` (PyYAML, then pydant
 becomes one :class:`ConfigError` line that names the file, the line, the key and what is
 wrong; never a traceback.
 
-The values a job file's bytes were checked into are kept in a small memo on the node (see
-:func:`load_job`): every farm task of a job landing on a node reads the same file, and only the
+The values a job file's bytes were checked into are kept in a memo in the node cache (see
+:mod:`jitrender.memo`): every farm task of a job landing on a node reads the same file, and only the
 first one parses and validates it. The others read the memo and import neither PyYAML nor
 pydantic, which were about 130 ms of every start. The classes are stdlib dataclasses, not
 pydantic models, so that a memo's values are rebuilt without pydantic.

@@ -271,8 +271,12 @@ class JobRun:
 
     def _claim(self, todo: list[int]) -> list[int]:
         """Claim ``todo``; the frames this run renders (those no other live run holds)."""
-        self._claims = claims = Claims(marker_prefix(self.job), self.outputs_store, self.retry,
-                                       self.options.claim_interval_s, self.stop)  # fmt: skip
+        progress = self.progress
+        self._claims = claims = Claims(
+            marker_prefix(self.job), self.outputs_store, self.retry,
+            self.options.claim_interval_s, self.stop,
+            warn=lambda message: progress.event("warning", message=message),
+        )  # fmt: skip
         self._held = held = claims.take(todo)
         for holder, frames in _by_holder(held).values():
             self.progress.event(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import gcs_client, put_object
+from tests.faultproxy import Fault, FaultProxy, Request
 from tests.renderjobs import (
     RenderJob,
     bucket_objects,
@@ -186,3 +187,27 @@ def test_a_frame_taken_over_is_not_claimed_afresh_by_a_third_run(
     third_report = json.loads((job.root / "third.json").read_text())
     assert third_report["frames"]["skipped_already_done"] == [1]
     assert _claim_objects(job) == []
+
+
+def test_a_lease_the_credentials_cannot_rewrite_is_said_once(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """Create-only credentials (GCS's objectCreator role) write the lease once but cannot
+    rewrite it: the run goes on and says, once, that other runs may take its frames after the
+    lease's ttl (through a proxy answering 403 to every later write of the lease)."""
+    job = make_job(tmp_path / "job", gcs_bucket, "1")
+    writes: list[str] = []
+
+    def refuse_rewrites(request: Request) -> Fault | None:
+        if request.is_upload and request.names("/claims/run."):
+            writes.append(request.path)
+            return Fault("status", status=403) if len(writes) > 1 else None
+        return None
+
+    proxy.rules.append(refuse_rewrites)
+    env = _env(job, STORAGE_EMULATOR_HOST=proxy.url, RENDER_SLEEP="2.5")
+    code, out, report = run(job, env=env)
+    assert code == 0, out
+    assert report["frames"]["done"] == [1]
+    assert len(writes) >= 3, writes  # every 0.5 s
+    assert out.count("frame claims: cannot rewrite this run's lease") == 1, out
