@@ -86,9 +86,28 @@ PathMapRules = Annotated[
 ]
 
 
+# Set by main() when the command line asks for --json: a failure is a JSON document on stdout
+# too (the one document --json promises), beside its line on stderr; ``run``'s says its
+# ``status`` as a report does.
+_JSON_FAILURES = [False, False]
+
+
 def _fail(error: JitrenderError) -> NoReturn:
+    _json_document_of(error.message, error.exit_code)
     typer.echo(f"jitrender: error: {error.message}", err=True)
     raise typer.Exit(int(error.exit_code))
+
+
+def _json_document_of(message: str, code: int) -> None:
+    if _JSON_FAILURES[0]:
+        status = {"status": "failed"} if _JSON_FAILURES[1] else {}
+        _print_json({"ok": False, **status, "exit_code": int(code), "error": message})
+
+
+def _asks_json(args: list[str]) -> bool:
+    """Whether ``--json`` is among the options (not after a ``--``)."""
+    options = args[: args.index("--")] if "--" in args else args
+    return "--json" in options
 
 
 def _print_json(data: Any) -> None:
@@ -534,9 +553,7 @@ def validate(
         root = Path(tempfile.gettempdir()) / "jitrender-validate"
         check_job(job, frame_list, planned_workspace(job, root))
     except JitrenderError as exc:
-        if as_json:
-            _print_json({"ok": False, "exit_code": int(exc.exit_code), "error": exc.message})
-        _fail(exc)
+        _fail(exc)  # with --json, its document too
     if as_json:
         _print_json(
             {
@@ -792,6 +809,7 @@ def main(
         # until the process exits: a SIGTERM at any moment ends with the report's exit code.
         stop = Stop().hold()
     json_lines = args[:1] == ["run"] and _json_progress(args)  # its failures: JSON lines too
+    _JSON_FAILURES[:] = [_asks_json(args), args[:1] == ["run"]]
     try:
         # An int when a command raised Exit.
         code = _app_for(args)(args=args, standalone_mode=False, obj=(stop, head_start))
@@ -800,6 +818,7 @@ def main(
             typer.echo(exc.format_message())
             sys.exit(0)
         message = " ".join(exc.format_message().split())
+        _json_document_of(f"{message} (see --help)", ExitCode.CONFIG)
         if json_lines:
             _json_failure(f"{message} (see --help)", ExitCode.CONFIG)
         typer.echo(f"jitrender: error: {message} (see --help)", err=True)
@@ -807,6 +826,7 @@ def main(
     except Abort:
         sys.exit(int(ExitCode.TEMPFAIL))
     except JitrenderError as exc:
+        _json_document_of(exc.message, exc.exit_code)
         if json_lines:
             _json_failure(exc.message, exc.exit_code)
         typer.echo(f"jitrender: error: {exc.message}", err=True)

@@ -149,6 +149,8 @@ def main(args: Sequence[str], stop: Stop | None, head_start: HeadStart | None) -
     try:
         run_command(**parsed, stop=stop, early=head_start)
     except JitrenderError as exc:
+        if parsed["as_json"]:
+            _json_document(exc)
         if parsed["progress"] == "json":
             json_failure(exc.message, exc.exit_code)
         _fail(exc)
@@ -179,7 +181,21 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _fail(error: JitrenderError) -> NoReturn:
+def _json_document(error: JitrenderError) -> None:
+    """``--json``'s one document on stdout for a run that did not start: ``status`` failed,
+    its exit code and error, as a report says them."""
+    import json
+
+    document = {"ok": False, "status": "failed", "exit_code": int(error.exit_code),
+                "error": error.message}  # fmt: skip
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(error: JitrenderError, as_json: bool = False) -> NoReturn:
+    """The one line on stderr (with ``--json``, the document on stdout first); the exit."""
+    if as_json:
+        _json_document(error)
     _say(f"jitrender: error: {error.message}")
     sys.exit(int(error.exit_code))
 
@@ -247,7 +263,8 @@ def run_command(
     from jitrender.progress import make_progress
 
     if progress not in ("auto", "rich", "plain", "json", "quiet"):
-        _fail(ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet"))
+        wrong = ConfigError(f"--progress {progress!r}: use auto, rich, plain, json or quiet")
+        _fail(wrong, as_json)
     stream = make_progress(progress)  # type: ignore[arg-type]
     try:
         if report is not None and report.is_dir():  # found now, not once the work is done
@@ -307,11 +324,13 @@ def run_command(
             heartbeat.start()
     except JitrenderError as exc:
         if progress == "json":  # only JSON lines on stderr, the failure included
+            if as_json:
+                _json_document(exc)
             stream.event("result", status="failed", exit_code=int(exc.exit_code), error=exc.message)
             stream.close()
             sys.exit(int(exc.exit_code))
         stream.close()
-        _fail(exc)
+        _fail(exc, as_json)
     final, error_text = "failed", cast(str | None, "internal error")  # unless run_job returns
     try:
         result = run_job(job, options)

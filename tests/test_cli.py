@@ -177,3 +177,31 @@ def test_the_deps_table_in_a_pipe_shows_every_url_whole(tmp_path: Path) -> None:
     text = "".join(line.strip("│ ") for line in result.stdout.splitlines())
     assert "present-texture.png" in text and "missing-texture.png" in text, result.stdout
     assert "…" not in result.stdout.split("dependencies", 1)[1], result.stdout
+
+
+def test_every_json_command_that_fails_prints_one_json_document(tmp_path: Path) -> None:
+    """``--json`` promises one JSON document on stdout: a failure (a usage error typer finds,
+    a missing job file, a folder that is no cache) is one too, ``{"ok": false, "exit_code",
+    "error"}`` (``run``'s with ``status`` "failed", as its report says it), beside the usual
+    line on stderr, with the same exit code."""
+    missing = str(tmp_path / "missing.yaml")
+    crowded = tmp_path / "crowded"
+    crowded.mkdir()
+    (crowded / "notes.txt").write_text("not a cache")
+    cases = [
+        (["deps", "--json", "--bogus"], False),
+        (["deps", missing, "--json"], False),
+        (["status", missing, "--json"], False),
+        (["validate", missing, "--json"], False),
+        (["cache", "stats", "--json", "--cache-dir", str(crowded)], False),
+        (["run", missing, "--json"], True),
+        (["run", missing, "--json", "--progress", "json"], True),
+        (["run", missing, "--json", "--bogus"], True),  # read by typer, not jitrender.runcmd
+    ]
+    for args, is_run in cases:
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 78, (args, result.stderr)
+        document = json.loads(result.stdout)  # one document, nothing else
+        assert document["ok"] is False and document["exit_code"] == 78, (args, document)
+        assert ("status" in document) == is_run and document.get("status", "failed") == "failed"
+        assert document["error"] in result.stderr, (args, result.stderr)
