@@ -1212,10 +1212,18 @@ class Cache:
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
 
     def clear(self) -> dict[str, int]:
-        """Evict everything that no running job is using."""
+        """Evict everything that no running job is using, and forget the memo of job files
+        and sizes read (``memo/``, see :mod:`jitrender.memo`): each is read afresh."""
         cleaned = self.clean_leftovers(kept_too=True)
         evicted, evicted_bytes = self.evict_to(0)
-        return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes}
+        forgotten = 0
+        with contextlib.suppress(FileNotFoundError):
+            for kept in (self.root / "memo").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    kept.unlink()
+                    forgotten += 1
+        return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes,
+                "memo_forgotten": forgotten}  # fmt: skip
 
     # -- workspaces ------------------------------------------------------------------------
 

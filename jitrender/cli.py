@@ -625,7 +625,7 @@ def cache_prune(
 
 @cache_app.command("clear")
 def cache_clear(cache_dir: CacheDir = None, as_json: JsonFlag = False) -> None:
-    """Evict every entry no running job is using."""
+    """Evict every entry no running job is using; forget the memo of job files read."""
     _cache_action("clear", cache_dir, as_json)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jitrender.job import load_job
+from tests.conftest import cli
 from tests.renderjobs import jitrender_env, make_job, run
 
 _IMPORTED = re.compile(r"import time:\s+\d+ \|\s+\d+ \|[ ]*([\w.]+)")
@@ -228,3 +229,9 @@ def test_the_memo_lives_in_the_node_cache_once_there_is_one(
         assert bool(_schema(_imported(out))) == schema, attempt
         assert len(list(kept.glob("*.json"))) == memos, attempt
     assert (kept.stat().st_mode & 0o777) == 0o700
+    cleared = cli("cache", "clear", "--json", env=env)  # forgets it: read afresh next time
+    assert cleared.returncode == 0, cleared.stderr
+    assert json.loads(cleared.stdout)["memo_forgotten"] == 1
+    code, out, _ = run(job, "--rerender", env=env, report="after-clear.json")
+    assert code == 0, out
+    assert "pydantic" in _schema(_imported(out))
