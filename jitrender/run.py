@@ -99,6 +99,8 @@ class RunOptions:
     head_start: HeadStart | None = None
     # Frame claims (jitrender.claims), their lease written every this many seconds; 0: none.
     claim_interval_s: float = 0.0
+    # Frames whose holder stops without them are rendered by this run (else: exit 75).
+    render_lost: bool = True
     # How long a stopping run may spend flushing uploads and markers (GKE Spot gives ~15 s).
     flush_budget_s: float = field(
         default_factory=lambda: seconds_from_env("JITRENDER_FLUSH_BUDGET_S", 8.0)
@@ -157,6 +159,7 @@ class JobRun:
         self.resumed = resume.Resume([], [])  # what the resume step left to do
         self._claims: Claims | None = None
         self._held: dict[int, Holder] = {}  # frames another live run renders
+        self._inner: Report | None = None  # the run of frames whose holder stopped
 
     def execute(self) -> Report:
         started = time.monotonic()
@@ -313,13 +316,36 @@ class JobRun:
         self.report.skipped_already_done = sorted({*self.report.skipped_already_done, *done})
         if left and self.stop.is_set():
             raise Preempted(f"stopped while another run rendered {_frames_text(sorted(left))}")
-        if left:
-            first = sorted(left)[0]
-            raise TransientError(
-                f"{_frames_text(sorted(left))}: {left[first].describe()} stopped without "
-                f"finishing {'them' if len(left) > 1 else 'it'}; run again to render "
-                f"{'them' if len(left) > 1 else 'it'}"
+        if not left:
+            return
+        first = sorted(left)[0]
+        them = "them" if len(left) > 1 else "it"
+        gone = f"{_frames_text(sorted(left))}: {left[first].describe()} stopped without finishing"
+        if not self.options.render_lost:  # a run for such frames already: the retry's turn
+            raise TransientError(f"{gone} {them}; run again to render {them}")
+        self.progress.event("warning", message=f"{gone} {them}; this run renders {them}")
+        self._render_lost(sorted(left))
+
+    def _render_lost(self, frames: list[int]) -> None:
+        """Render ``frames`` (whose holder stopped without them) in a run of their own, in
+        this process: it claims them as any run does (another run may be taking them over
+        too), and its report joins this one's. Its own lost frames are left to the retry."""
+        options = replace(self.options, frames=frames, report_path=None, head_start=None,
+                          rerender=False, render_lost=False)  # fmt: skip
+        last_words = self.stopping.last_words
+        try:
+            inner = JobRun(self.job, options).execute()
+        finally:
+            self.stopping.last_words, self.stopping.progress = last_words, self.progress
+        self._inner = inner
+        if inner.exit_code == int(ExitCode.TEMPFAIL):
+            raise (Preempted if inner.status == "preempted" else TransientError)(
+                inner.error or "stopped"
             )
+        if inner.exit_code != int(ExitCode.OK):
+            failed = JitrenderError(inner.error or f"exit {inner.exit_code}")
+            failed.exit_code = ExitCode(inner.exit_code)
+            raise failed
 
     def _inputs(self, root: Path) -> Inputs:
         return Inputs(
@@ -502,6 +528,8 @@ class JobRun:
             report.bytes_fetched = sum(i.size for i in self.inputs.fetched)
             report.bytes_from_cache = sum(i.size for i in self.inputs.hits)
             report.timings["fetch_s"] = self.inputs.fetch_seconds
+        if self._inner is not None:
+            _merge(report, self._inner)
         self._watcher.close()
         if self._mount is not None:
             self._mount.stop()
@@ -545,6 +573,24 @@ class JobRun:
 
 
 WAITING_NOTE_S = 60.0  # how often a run waiting for another's frames says so
+
+
+def _merge(report: Report, inner: Report) -> None:
+    """``inner`` (a run of this one's, for frames another run stopped holding) into ``report``."""
+    report.done = sorted({*report.done, *inner.done})
+    report.skipped_already_done = sorted({*report.skipped_already_done,
+                                          *inner.skipped_already_done})  # fmt: skip
+    report.failures += inner.failures
+    report.missing += inner.missing
+    report.unresolved += inner.unresolved
+    report.output_urls += inner.output_urls
+    report.conflicts += inner.conflicts
+    for name in ("deps_count", "bytes_needed", "hits", "misses", "bytes_fetched",
+                 "bytes_from_cache", "output_bytes"):  # fmt: skip
+        setattr(report, name, getattr(report, name) + getattr(inner, name))
+    for name, seconds in inner.timings.items():
+        if name != "wall_s":
+            report.timings[name] = report.timings.get(name, 0.0) + seconds
 
 
 def _by_holder(held: dict[int, Holder]) -> dict[str, tuple[Holder, list[int]]]:
