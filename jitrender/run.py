@@ -333,8 +333,10 @@ class JobRun:
         options = replace(self.options, frames=frames, report_path=None, head_start=None,
                           rerender=False, render_lost=False)  # fmt: skip
         last_words = self.stopping.last_words
+        lost = JobRun(self.job, options)
+        self.stopping.last_words = last_words  # a second signal: this run's report, as ever
         try:
-            inner = JobRun(self.job, options).execute()
+            inner = lost.execute()
         finally:
             self.stopping.last_words, self.stopping.progress = last_words, self.progress
         self._inner = inner
