@@ -24,9 +24,9 @@ Frames another live run holds are not rendered: the run renders the rest, then w
 them. When their done markers appear, they count as done; when their run stops without
 finishing them (it released or lost its claims), ``jitrender.run`` renders them in a run of
 their own in the same process, which claims them again (and leaves any it loses that way to
-the retry, exit 75). A run releases its claims (and then its lease) when it ends, however it ends, unless
-it is killed outright. Split jobs claim nothing (their tasks render parts of the same frames
-at once; each part is create-if-absent already).
+the retry, exit 75). A run releases its claims (and then its lease) when it ends, however it
+ends, unless it is killed outright. Split jobs claim nothing (their tasks render parts of the
+same frames at once; each part is create-if-absent already).
 """
 
 from __future__ import annotations
