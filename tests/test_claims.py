@@ -14,6 +14,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import gcs_client, put_object
 from tests.faultproxy import Fault, FaultProxy, Request
 from tests.renderjobs import (
@@ -49,16 +51,30 @@ def _plant(job: RenderJob, frame: int, run_id: str, host: str, refreshed: float)
 
 
 def _claim_objects(job: RenderJob) -> list[str]:
+    """The claims and leases in the job's bucket (gs:// or a local folder)."""
+    if job.bucket.startswith("file://"):
+        root = Path(job.bucket[len("file://") :])
+        found = (str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        return sorted(n for n in found if "/claims/" in n)
     return sorted(n for n in bucket_objects(job.bucket, "renders/") if "/claims/" in n)
 
 
+def _outputs(job: RenderJob) -> set[str]:
+    if job.bucket.startswith("file://"):
+        root = Path(job.bucket[len("file://") :])
+        return {str(p.relative_to(root)) for p in (root / "renders").glob("frame.*.txt")}
+    return set(bucket_objects(job.bucket, "renders/"))
+
+
+@pytest.mark.parametrize("where", ["gcs_bucket", "local_bucket"])
 def test_two_runs_of_overlapping_frames_at_once_render_each_frame_once(
-    gcs_bucket: str, tmp_path: Path
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A run of 1-4 is rendering when a run of 3-6 starts (a farm's second dispatch, chunks
     that overlap): the second renders 5 and 6, waits for 3 and 4, and both end 0. Each frame
-    was rendered once, every output is whole, and no claim is left in the bucket."""
-    job = make_job(tmp_path / "job", gcs_bucket, "1-6")
+    was rendered once, every output is there, and no claim is left in the bucket: on GCS and
+    on a local folder as the bucket (claims created with link(), as outputs are)."""
+    job = make_job(tmp_path / "job", request.getfixturevalue(where), "1-6")
     env = _env(job, RENDER_SLEEP="0.7")
     first = start_run(job, "--frames", "1-4", env=env, report="first.json")
     wait_for(lambda: 1 in job.phases("start"))
@@ -73,8 +89,8 @@ def test_two_runs_of_overlapping_frames_at_once_render_each_frame_once(
     assert a["frames"]["done"] == [1, 2, 3, 4]
     assert b["frames"]["done"] == [5, 6] and b["frames"]["skipped_already_done"] == [3, 4]
     assert "is rendering them" in out_b and "waiting for frames 3-4" in out_b
-    landed = bucket_objects(gcs_bucket, "renders/")
-    assert all(f"renders/frame.{f:04d}.txt" in landed for f in range(1, 7))
+    landed = _outputs(job)
+    assert all(f"renders/frame.{f:04d}.txt" in landed for f in range(1, 7)), landed
     assert _claim_objects(job) == []
 
 
