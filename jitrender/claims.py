@@ -51,7 +51,7 @@ CLAIMS_FOLDER = "claims/"
 MIN_TTL_S = 60.0
 LEASE_GRACE_S = 2.0  # how long a claim may be seen without its lease (both being written)
 TTL_INTERVALS = 6
-_CLAIM = re.compile(r"frame\.(-?\d+)\.(\d+)\.json")
+CLAIM_NAME = re.compile(r"frame\.(-?\d+)\.(\d+)\.json")  # below CLAIMS_FOLDER: frame, k
 _LEASE = re.compile(r"run\.([A-Za-z0-9_.-]+)\.json")
 _LEASE_ITEM = -(1 << 62)  # take()'s item for the lease write, beside the frames' claims
 
@@ -268,7 +268,7 @@ class Claims:
         wanted = set(frames)
         top_urls: dict[int, tuple[int, str]] = {}
         for info in listing:
-            claim = _CLAIM.fullmatch(info.url[len(self.folder) :])
+            claim = CLAIM_NAME.fullmatch(info.url[len(self.folder) :])
             if claim is not None and int(claim.group(1)) in wanted:
                 frame, k = int(claim.group(1)), int(claim.group(2))
                 if frame not in top_urls or k > top_urls[frame][0]:

@@ -6,7 +6,7 @@ pure function of what was read and the clock, so tests can call it without a buc
 document (``jitrender status --json`` and ``GET /api/jobs/<hash>/status``)::
 
     job, job_hash, time, complete
-    frames    {requested, done, running, failed, pending, missing}   # lists of frame numbers
+    frames    {requested, done, running, failed, pending, missing, claimed}   # frame lists
     counts    {requested, done, running, failed, pending}
     render_s  {frame: seconds}            # from the heartbeats' per-frame timings
     timeline  [{frame, task, started, fetch_s, render_s, upload_s, bytes}]
@@ -18,7 +18,9 @@ document (``jitrender status --json`` and ``GET /api/jobs/<hash>/status``)::
 
 A frame is ``done`` once its marker exists; ``failed`` when a task gave up on it (and it is
 not done); ``running`` when a task whose heartbeat is fresh has it in progress; ``pending``
-otherwise. ``missing`` is every frame not done (the older document's key).
+otherwise. ``missing`` is every frame not done (the older document's key). ``claimed``: frames
+not done that a run claims (jitrender.claims), read from the claims' names: a run holds them,
+or held them and died (until its claim is taken over).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
+from jitrender.claims import CLAIM_NAME, CLAIMS_FOLDER
 from jitrender.heartbeat import STALE_INTERVALS
 from jitrender.job import Job
 from jitrender.markers import marker_prefix
@@ -47,6 +50,7 @@ class Observed:
     markers: list[ObjectInfo]
     heartbeats: list[dict[str, Any]]
     outputs: list[ObjectInfo]
+    claimed: frozenset[int] = frozenset()  # frames with a claim (jitrender.claims) in the bucket
 
 
 def gather(job: Job, stores: Stores | None = None) -> Observed:
@@ -69,7 +73,20 @@ def gather(job: Job, stores: Stores | None = None) -> Observed:
             with contextlib.suppress(OSError, ValueError):  # one being rewritten: next look
                 heartbeats.append(json.loads(read(info.url)))
     outputs = [i for i in found if not i.url.startswith(root + "_jitrender/")]
-    return Observed(markers, heartbeats, outputs)
+    return Observed(markers, heartbeats, outputs, claimed_frames(found, prefix))
+
+
+def claimed_frames(listing: Sequence[ObjectInfo], prefix: str) -> frozenset[int]:
+    """The frames a claim names in ``listing`` (from the names alone: held now, or by a run
+    that died and whose claim is not taken over yet)."""
+    folder = f"{prefix}{CLAIMS_FOLDER}"
+    found = set()
+    for info in listing:
+        if info.url.startswith(folder):
+            claim = CLAIM_NAME.fullmatch(info.url[len(folder) :])
+            if claim is not None:
+                found.add(int(claim.group(1)))
+    return frozenset(found)
 
 
 def summarise(
@@ -128,6 +145,7 @@ def summarise(
             "failed": sorted(failed),
             "pending": pending,
             "missing": [f for f in requested if f not in done],
+            "claimed": sorted(f for f in seen.claimed if f in wanted and f not in done),
         },
         "counts": {
             "requested": len(requested),

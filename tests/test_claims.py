@@ -23,6 +23,7 @@ from tests.renderjobs import (
     bucket_objects,
     finish,
     jitrender_env,
+    job_cli,
     make_job,
     run,
     start_run,
@@ -132,6 +133,9 @@ def test_another_nodes_live_claim_is_waited_for_and_a_stopped_ones_frame_rendere
     wait_for(lambda: 1 in job.phases("done"))
     time.sleep(2)  # waiting: it polls, renders nothing more
     assert job.phases("start") == [1]
+    status = job_cli(job, "status", str(job.job_file), "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["frames"]["claimed"] == [2]  # frame 1: done
     client = gcs_client()
     bucket = client.bucket(job.bucket[len("gs://") :])  # type: ignore[attr-defined]
     name = folder[len(job.bucket) + 1 :]
