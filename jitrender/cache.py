@@ -38,6 +38,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from jitrender import memo
 from jitrender.cachelayout import object_file, object_key
 from jitrender.errors import ConfigError, DataError, JitrenderError, TransientError
 from jitrender.storage import (
@@ -101,10 +102,9 @@ def parse_size(
         if text < 0:
             raise ConfigError(f"{where}: {text!r} is not a size (a number of bytes, 0 or more)")
         return text
-    from jitrender import memo  # a farm's --cache-max-size 500GB: read by pydantic once
-
-    at = memo.file_for("size", str(text).encode(), cache_dir)
-    known = memo.recall(at) if at is not None else None
+    # A farm's --cache-max-size 500GB: read by pydantic once per node, from the memo after.
+    kept = memo.at("size", str(text).encode(), cache_dir)
+    known = kept.recall() if kept is not None else None
     if isinstance(known, int) and not isinstance(known, bool):
         return known
     from pydantic import ValidationError
@@ -113,8 +113,8 @@ def parse_size(
         size = int(_byte_size().validate_python(str(text)))
     except ValidationError:
         raise ConfigError(f"{where}: {text!r} is not a size (use e.g. 50GB, 500MiB)") from None
-    if at is not None:
-        memo.remember(at, str(size))
+    if kept is not None:
+        kept.remember(str(size))
     return size
 
 
@@ -128,7 +128,7 @@ def _byte_size() -> Any:
 
 # What a cache folder holds (Cache.__init__ makes them): a folder with other files and none of
 # these is no cache (see holds_no_cache).
-CACHE_ENTRIES = frozenset({"index.sqlite", "objects", "tmp", "locks", "runs", "memo"})
+CACHE_ENTRIES = frozenset({"index.sqlite", "objects", "tmp", "locks", "runs", memo.FOLDER})
 
 
 def holds_no_cache(root: Path) -> bool:
@@ -1216,14 +1216,8 @@ class Cache:
         and sizes read (``memo/``, see :mod:`jitrender.memo`): each is read afresh."""
         cleaned = self.clean_leftovers(kept_too=True)
         evicted, evicted_bytes = self.evict_to(0)
-        forgotten = 0
-        with contextlib.suppress(FileNotFoundError):
-            for kept in (self.root / "memo").iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    kept.unlink()
-                    forgotten += 1
         return {**cleaned, "evicted": evicted, "evicted_bytes": evicted_bytes,
-                "memo_forgotten": forgotten}  # fmt: skip
+                "memo_forgotten": memo.forget(self.root)}  # fmt: skip
 
     # -- workspaces ------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ same frames at once; each part is create-if-absent already).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -39,9 +40,10 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from jitrender.errors import JitrenderError, MissingDependencyError, PermissionDeniedError
 from jitrender.sequences import format_frames, parse_frames
@@ -51,9 +53,21 @@ CLAIMS_FOLDER = "claims/"
 MIN_TTL_S = 60.0
 LEASE_GRACE_S = 2.0  # how long a claim may be seen without its lease (both being written)
 TTL_INTERVALS = 6
-CLAIM_NAME = re.compile(r"frame\.(-?\d+)\.(\d+)\.json")  # below CLAIMS_FOLDER: frame, k
+_CLAIM = re.compile(r"frame\.(-?\d+)\.(\d+)\.json")  # below CLAIMS_FOLDER: frame, k
 _LEASE = re.compile(r"run\.([A-Za-z0-9_.-]+)\.json")
-_LEASE_ITEM = -(1 << 62)  # take()'s item for the lease write, beside the frames' claims
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def claims_in(listing: Iterable[ObjectInfo], folder: str) -> Iterator[tuple[int, int, ObjectInfo]]:
+    """(frame, k, object) of each claim in a listing of (or holding) the claims ``folder``."""
+    for info in listing:
+        if info.url.startswith(folder):
+            claim = _CLAIM.fullmatch(info.url[len(folder) :])
+            if claim is not None:
+                yield int(claim.group(1)), int(claim.group(2)), info
 
 
 def _read(path: str) -> str:
@@ -154,7 +168,6 @@ class Claims:
         # lease goes at release once no claim of it can be left.
         self._dead: dict[str, tuple[set[int] | None, set[int]]] = {}
         self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
         self._releasing: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -207,9 +220,6 @@ class Claims:
 
         def claim(item: tuple[int, int]) -> tuple[int, str, bool]:
             frame, k = item
-            if frame == _LEASE_ITEM:
-                self._write_lease()
-                return frame, self.lease_url, True
             url = f"{self.folder}frame.{frame}.{k}.json"
             result = with_retries(
                 lambda: self.store.put_bytes_if_absent(body, url), url, self.retry
@@ -217,11 +227,12 @@ class Claims:
             return frame, url, result.outcome in ("created", "identical")
 
         # The lease first where the store works one call at a time (a local folder).
-        taken = self._each(claim, [(_LEASE_ITEM, 0), *((f, 0) for f in wanted)])
-        self._thread = threading.Thread(target=self._refresh, name="claims", daemon=True)
-        self._thread.start()
-        claimed = [f for f, _, ours in taken[1:] if not ours]
-        for frame, url, ours in taken[1:]:
+        calls: list[Callable[[], object]] = [self._write_lease]
+        calls += [functools.partial(claim, (f, 0)) for f in wanted]
+        taken = cast(list[tuple[int, str, bool]], self._each(lambda call: call(), calls)[1:])
+        threading.Thread(target=self._refresh, name="claims", daemon=True).start()
+        claimed = [f for f, _, ours in taken if not ours]
+        for frame, url, ours in taken:
             if ours:
                 self.held[frame] = url
         others: dict[int, Holder] = {}
@@ -253,11 +264,12 @@ class Claims:
                 others[frame] = self._holder_of(url)
         return others
 
-    def _each(self, work: Callable[[tuple[int, int]], tuple[int, str, bool]],
-              items: list[tuple[int, int]]) -> list[tuple[int, str, bool]]:  # fmt: skip
+    def _each(self, work: Callable[[T], R], items: list[T]) -> list[R]:
+        """``work`` on every item, at once where the store takes calls in parallel (one at a
+        time on a local folder, where each is this process's CPU)."""
         if len(items) <= 1 or not self.store.concurrent_reads:
             return [work(item) for item in items]
-        with ThreadPoolExecutor(min(16, len(items)), thread_name_prefix="claim") as pool:
+        with ThreadPoolExecutor(min(16, len(items)), thread_name_prefix="claims") as pool:
             return list(pool.map(work, items))
 
     def _survey(self, frames: list[int]) -> tuple[dict[int, tuple[int, str]], dict[str, Holder]]:
@@ -267,12 +279,9 @@ class Claims:
         listing = self._listing()
         wanted = set(frames)
         top_urls: dict[int, tuple[int, str]] = {}
-        for info in listing:
-            claim = CLAIM_NAME.fullmatch(info.url[len(self.folder) :])
-            if claim is not None and int(claim.group(1)) in wanted:
-                frame, k = int(claim.group(1)), int(claim.group(2))
-                if frame not in top_urls or k > top_urls[frame][0]:
-                    top_urls[frame] = (k, info.url)
+        for frame, k, info in claims_in(listing, self.folder):
+            if frame in wanted and (frame not in top_urls or k > top_urls[frame][0]):
+                top_urls[frame] = (k, info.url)
         tops = {frame: (k, self._run_of(url)) for frame, (k, url) in top_urls.items()}
         runs = {run for _, run in tops.values()}
         leases = self._leases(listing)
@@ -379,12 +388,7 @@ class Claims:
 
         def delete_all() -> None:
             for urls in steps:
-                if len(urls) <= 1 or not self.store.concurrent_reads:
-                    for url in urls:
-                        self._delete(url)
-                    continue
-                with ThreadPoolExecutor(min(16, len(urls)), thread_name_prefix="unclaim") as pool:
-                    list(pool.map(self._delete, urls))
+                self._each(self._delete, urls)
 
         self._releasing = threading.Thread(target=delete_all, name="claims-release", daemon=True)
         self._releasing.start()

@@ -25,6 +25,7 @@ from jitrender import __version__
 from jitrender.errors import ConfigError, ExitCode, JitrenderError
 from jitrender.runcmd import extra_path_map as _extra_path_map
 from jitrender.runcmd import frames_of as _frames
+from jitrender.runcmd import json_document as _json_document
 from jitrender.runcmd import json_failure as _json_failure
 from jitrender.runcmd import json_progress as _json_progress
 
@@ -86,9 +87,8 @@ PathMapRules = Annotated[
 ]
 
 
-# Set by main() when the command line asks for --json: a failure is a JSON document on stdout
-# too (the one document --json promises), beside its line on stderr; ``run``'s says its
-# ``status`` as a report does.
+# Set by main(): whether the command line asks for --json (a failure is then its JSON document
+# on stdout too, beside the line on stderr), and whether the command is ``run``.
 _JSON_FAILURES = [False, False]
 
 
@@ -100,8 +100,7 @@ def _fail(error: JitrenderError) -> NoReturn:
 
 def _json_document_of(message: str, code: int) -> None:
     if _JSON_FAILURES[0]:
-        status = {"status": "failed"} if _JSON_FAILURES[1] else {}
-        _print_json({"ok": False, **status, "exit_code": int(code), "error": message})
+        _json_document(message, code, run=_JSON_FAILURES[1])
 
 
 def _asks_json(args: list[str]) -> bool:

@@ -14,7 +14,6 @@ pydantic models, so that a memo's values are rebuilt without pydantic.
 
 import hashlib
 import json
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -386,14 +385,17 @@ def load_job(path: Path, cache_dir: Path | None = None) -> Job:
         raise ConfigError(f"{path}: job file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc}") from None
-    at = memo.file_for("job", data, cache_dir)
-    job = _recalled(at) if at is not None else None
+    kept = memo.at("job", data, cache_dir)
+    job = _recalled(kept) if kept is not None else None
     if job is None:
         from jitrender.jobcheck import checked_job
 
         job = checked_job(path, data)
-        if at is not None and _uses_memo_cache(job, cache_dir, at):
-            _remember(at, job)
+        # Not for a job whose own cache.dir is another cache than the one looked in.
+        if kept is not None and (
+            kept.cache is None or kept.cache.absolute() == job.cache_folder(cache_dir).absolute()
+        ):
+            _remember(kept, job)
     job.source = path.resolve()
     return job
 
@@ -401,8 +403,8 @@ def load_job(path: Path, cache_dir: Path | None = None) -> Job:
 # -- the memo of checked jobs (see jitrender.memo) ---------------------------------------
 
 
-def _recalled(at: Path) -> Job | None:
-    values = memo.recall(at)
+def _recalled(kept: memo.Memo) -> Job | None:
+    values = kept.recall()
     if values is None:
         return None
     try:
@@ -412,22 +414,14 @@ def _recalled(at: Path) -> Job | None:
     return job if isinstance(job, Job) else None
 
 
-def _uses_memo_cache(job: Job, cache_dir: Path | None, at: Path) -> bool:
-    """Whether the memo at ``at`` is in the cache the job itself uses (a job naming its own
-    ``cache.dir`` would be looked up in another cache than it fills: none is kept for it)."""
-    if at.parent != memo.folder(cache_dir) or "JITRENDER_JOB_MEMO_DIR" in os.environ:
-        return True
-    return job.cache_folder(cache_dir).absolute() == at.parent.parent.absolute()
-
-
-def _remember(at: Path, job: Job) -> None:
+def _remember(kept: memo.Memo, job: Job) -> None:
     """Keep the job's values where JSON keeps them unchanged (not YAML's dates)."""
     values = asdict(job)
     if not _plain(values):
         return
     text = json.dumps(values, allow_nan=False)  # in order: a dict's order is kept
     if _rebuilt(Job, json.loads(text)) == job:
-        memo.remember(at, text)
+        kept.remember(text)
 
 
 def _plain(value: Any) -> bool:

@@ -16,37 +16,73 @@ not write, checked each time: a job's memo names the commands it runs. Only resu
 kept, never mistakes (those are read, and said, each time).
 """
 
+import functools
 import hashlib
 import json
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+FOLDER = "memo"  # in the node cache
 KEPT = 256  # memo files kept when the folder is pruned (at twice as many)
 _READERS = ("job.py", "jobcheck.py", "cache.py", "memo.py")  # of jitrender
 
 
-def folder(cache_dir: Path | None = None) -> Path | None:
-    """The memo folder: ``$JITRENDER_JOB_MEMO_DIR``, else ``memo/`` in ``cache_dir`` (else in
-    the default cache); None: no memo."""
-    where = os.environ.get("JITRENDER_JOB_MEMO_DIR")
-    if where is not None:
-        return Path(where) if where else None  # set empty: no memo
-    if not hasattr(os, "getuid"):
-        return None
-    if cache_dir is None:
-        from jitrender.cachelayout import default_cache_dir
+@dataclass(frozen=True)
+class Memo:
+    """Where the memo of one text read as one kind is (or would be), and the node cache it is
+    in (None: a folder ``$JITRENDER_JOB_MEMO_DIR`` names, made as needed)."""
 
-        cache_dir = default_cache_dir()
-    return cache_dir / "memo"
+    path: Path
+    cache: Path | None
+
+    def recall(self) -> Any:
+        """The JSON value kept here; None where there is none (or it is not to be read)."""
+        if not _ours(self.path.parent):
+            return None
+        try:
+            return json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def remember(self, text: str) -> None:
+        """Keep ``text`` (JSON) here, whole or not at all; a memo that cannot be written is
+        none (the next run reads the file again). Never into a cache not made yet (its first
+        run makes it, with its own modes)."""
+        where = self.path.parent
+        if self.cache is not None and not (self.cache / "objects").is_dir():
+            return
+        try:
+            where.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _ours(where):
+                return
+            part = where / f".{self.path.name}.{os.getpid()}.part"
+            part.write_text(text, encoding="utf-8")
+            os.replace(part, self.path)
+            names = os.listdir(where)
+            if len(names) > 2 * KEPT:
+                _forget_oldest(where, names)
+        except OSError:
+            return
 
 
-def file_for(kind: str, data: bytes, cache_dir: Path | None = None) -> Path | None:
-    """Where the memo of ``data`` read as ``kind`` is (or would be); None: no memo here."""
-    where = folder(cache_dir)
-    if where is None:
-        return None
+def at(kind: str, data: bytes, cache_dir: Path | None = None) -> Memo | None:
+    """The memo of ``data`` read as ``kind``: in ``$JITRENDER_JOB_MEMO_DIR``, else in
+    ``memo/`` of ``cache_dir`` (else of the default cache); None: no memo here."""
+    named = os.environ.get("JITRENDER_JOB_MEMO_DIR")
+    if named == "" or not hasattr(os, "getuid"):
+        return None  # set empty: no memo
+    cache: Path | None = None
+    if named is not None:
+        where = Path(named)
+    else:
+        if cache_dir is None:
+            from jitrender.cachelayout import default_cache_dir
+
+            cache_dir = default_cache_dir()
+        cache, where = cache_dir, cache_dir / FOLDER
     stamp = hashlib.sha256(f"jitrender memo 1\0{kind}\0".encode())
     try:
         for file in _reader_files():
@@ -55,11 +91,29 @@ def file_for(kind: str, data: bytes, cache_dir: Path | None = None) -> Path | No
     except OSError:
         return None
     stamp.update(data)
-    return where / f"{stamp.hexdigest()[:40]}.json"
+    return Memo(where / f"{stamp.hexdigest()[:40]}.json", cache)
 
 
-def _reader_files() -> list[str]:
-    """The files whose code decides what a user's text is read as."""
+def forget(cache: Path) -> int:
+    """Delete the memo files in the node cache ``cache``; how many there were."""
+    forgotten = 0
+    try:
+        kept = list((cache / FOLDER).iterdir())
+    except FileNotFoundError:
+        return 0
+    for path in kept:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        forgotten += 1
+    return forgotten
+
+
+@functools.cache
+def _reader_files() -> tuple[str, ...]:
+    """The files whose code decides what a user's text is read as (found once a process;
+    their stat is read each time)."""
     import importlib.util
 
     here = os.path.dirname(__file__)
@@ -69,7 +123,7 @@ def _reader_files() -> list[str]:
         if spec is None or spec.origin is None:
             raise OSError(f"{package} not found")
         files.append(spec.origin)
-    return files
+    return tuple(files)
 
 
 def _ours(where: Path) -> bool:
@@ -78,36 +132,6 @@ def _ours(where: Path) -> bool:
     except OSError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
-
-
-def recall(memo: Path) -> Any:
-    """The JSON value kept at ``memo``; None where there is none (or it is not to be read)."""
-    if not _ours(memo.parent):
-        return None
-    try:
-        return json.loads(memo.read_bytes())
-    except (OSError, ValueError):
-        return None
-
-
-def remember(memo: Path, text: str) -> None:
-    """Keep ``text`` (JSON) at ``memo``, whole or not at all; a memo that cannot be written is
-    none (the next run reads the file again)."""
-    where = memo.parent
-    if os.environ.get("JITRENDER_JOB_MEMO_DIR") is None and not (where.parent / "objects").is_dir():
-        return  # the cache is not made yet (its first run makes it, with its own modes)
-    try:
-        where.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _ours(where):
-            return
-        part = where / f".{memo.name}.{os.getpid()}.part"
-        part.write_text(text, encoding="utf-8")
-        os.replace(part, memo)
-        names = os.listdir(where)
-        if len(names) > 2 * KEPT:
-            _forget_oldest(where, names)
-    except OSError:
-        return
 
 
 def _forget_oldest(where: Path, names: list[str]) -> None:

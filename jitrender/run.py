@@ -285,8 +285,7 @@ class JobRun:
             self.progress.event(
                 "warning",
                 message=f"{_frames_text(frames)}: {holder.describe()} is rendering "
-                f"{'them' if len(frames) > 1 else 'it'}; this run renders its other frames, "
-                "then waits",
+                f"{_them(frames)}; this run renders its other frames, then waits",
             )
         return [f for f in todo if f not in held]
 
@@ -318,8 +317,7 @@ class JobRun:
             raise Preempted(f"stopped while another run rendered {_frames_text(sorted(left))}")
         if not left:
             return
-        first = sorted(left)[0]
-        them = "them" if len(left) > 1 else "it"
+        first, them = sorted(left)[0], _them(list(left))
         gone = f"{_frames_text(sorted(left))}: {left[first].describe()} stopped without finishing"
         if not self.options.render_lost:  # a run for such frames already: the retry's turn
             raise TransientError(f"{gone} {them}; run again to render {them}")
@@ -332,14 +330,9 @@ class JobRun:
         too), and its report joins this one's. Its own lost frames are left to the retry."""
         options = replace(self.options, frames=frames, report_path=None, head_start=None,
                           rerender=False, render_lost=False)  # fmt: skip
-        last_words = self.stopping.last_words
-        lost = JobRun(self.job, options)
-        self.stopping.last_words = last_words  # a second signal: this run's report, as ever
-        try:
-            inner = lost.execute()
-        finally:
-            self.stopping.last_words, self.stopping.progress = last_words, self.progress
-        self._inner = inner
+        lost = JobRun(self.job, options)  # (it reports through this run's progress)
+        self.stopping.last_words = self._last_words  # a second signal: this run's report
+        self._inner = inner = lost.execute()
         if inner.exit_code == int(ExitCode.TEMPFAIL):
             raise (Preempted if inner.status == "preempted" else TransientError)(
                 inner.error or "stopped"
@@ -600,6 +593,10 @@ def _by_holder(held: dict[int, Holder]) -> dict[str, tuple[Holder, list[int]]]:
     for frame in sorted(held):
         grouped.setdefault(held[frame].run, (held[frame], []))[1].append(frame)
     return grouped
+
+
+def _them(frames: list[int]) -> str:
+    return "them" if len(frames) > 1 else "it"
 
 
 def _frames_text(frames: list[int]) -> str:

@@ -150,7 +150,7 @@ def main(args: Sequence[str], stop: Stop | None, head_start: HeadStart | None) -
         run_command(**parsed, stop=stop, early=head_start)
     except JitrenderError as exc:
         if parsed["as_json"]:
-            _json_document(exc)
+            json_document(exc.message, exc.exit_code)
         if parsed["progress"] == "json":
             json_failure(exc.message, exc.exit_code)
         _fail(exc)
@@ -181,13 +181,13 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _json_document(error: JitrenderError) -> None:
-    """``--json``'s one document on stdout for a run that did not start: ``status`` failed,
-    its exit code and error, as a report says them."""
+def json_document(message: str, code: int, *, run: bool = True) -> None:
+    """``--json``'s one document on stdout for a command that failed: ``{"ok": false,
+    "exit_code", "error"}``; a ``run``'s with ``status`` failed, as a report says it."""
     import json
 
-    document = {"ok": False, "status": "failed", "exit_code": int(error.exit_code),
-                "error": error.message}  # fmt: skip
+    status = {"status": "failed"} if run else {}
+    document = {"ok": False, **status, "exit_code": int(code), "error": message}
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
     sys.stdout.flush()
 
@@ -195,7 +195,7 @@ def _json_document(error: JitrenderError) -> None:
 def _fail(error: JitrenderError, as_json: bool = False) -> NoReturn:
     """The one line on stderr (with ``--json``, the document on stdout first); the exit."""
     if as_json:
-        _json_document(error)
+        json_document(error.message, error.exit_code)
     _say(f"jitrender: error: {error.message}")
     sys.exit(int(error.exit_code))
 
@@ -325,7 +325,7 @@ def run_command(
     except JitrenderError as exc:
         if progress == "json":  # only JSON lines on stderr, the failure included
             if as_json:
-                _json_document(exc)
+                json_document(exc.message, exc.exit_code)
             stream.event("result", status="failed", exit_code=int(exc.exit_code), error=exc.message)
             stream.close()
             sys.exit(int(exc.exit_code))

@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from jitrender.claims import CLAIM_NAME, CLAIMS_FOLDER
+from jitrender.claims import CLAIMS_FOLDER, claims_in
 from jitrender.heartbeat import STALE_INTERVALS
 from jitrender.job import Job
 from jitrender.markers import marker_prefix
@@ -73,20 +73,8 @@ def gather(job: Job, stores: Stores | None = None) -> Observed:
             with contextlib.suppress(OSError, ValueError):  # one being rewritten: next look
                 heartbeats.append(json.loads(read(info.url)))
     outputs = [i for i in found if not i.url.startswith(root + "_jitrender/")]
-    return Observed(markers, heartbeats, outputs, claimed_frames(found, prefix))
-
-
-def claimed_frames(listing: Sequence[ObjectInfo], prefix: str) -> frozenset[int]:
-    """The frames a claim names in ``listing`` (from the names alone: held now, or by a run
-    that died and whose claim is not taken over yet)."""
-    folder = f"{prefix}{CLAIMS_FOLDER}"
-    found = set()
-    for info in listing:
-        if info.url.startswith(folder):
-            claim = CLAIM_NAME.fullmatch(info.url[len(folder) :])
-            if claim is not None:
-                found.add(int(claim.group(1)))
-    return frozenset(found)
+    claimed = frozenset(frame for frame, _, _ in claims_in(found, prefix + CLAIMS_FOLDER))
+    return Observed(markers, heartbeats, outputs, claimed)
 
 
 def summarise(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -53,6 +54,19 @@ tmp.write_bytes(body)
 os.replace(tmp, out)
 (phase / f"done.{frame}.{os.getpid()}").write_text("")
 """
+
+
+# A module's line of ``-X importtime`` (PYTHONPROFILEIMPORTTIME) on a process's stderr. Not
+# anchored to a line's start: a line another thread was writing may hold one (seen once in a
+# loaded whole-suite run, where typer's line was not found).
+IMPORTED = re.compile(r"import time:\s+\d+ \|\s+\d+ \|[ ]*([\w.]+)")
+
+
+def imported_modules(output: str) -> set[str]:
+    """The modules a ``jitrender`` process run with ``PYTHONPROFILEIMPORTTIME=1`` imported."""
+    names = set(IMPORTED.findall(output))
+    assert "jitrender.errors" in names, output[-2000:]  # the variable reached the process
+    return names
 
 
 def expected_output(frame: int, deps: bytes) -> bytes:

@@ -17,9 +17,9 @@ import pytest
 
 from jitrender.job import load_job
 from tests.conftest import cli
+from tests.renderjobs import imported_modules as _imported
 from tests.renderjobs import jitrender_env, make_job, run
 
-_IMPORTED = re.compile(r"import time:\s+\d+ \|\s+\d+ \|[ ]*([\w.]+)")
 _SCHEMA = ("pydantic", "pydantic_core", "yaml", "annotated_types", "jitrender.jobcheck")
 
 GOLDEN = {
@@ -119,12 +119,6 @@ def test_a_memo_keeps_the_order_of_an_engines_args(
     order = ["engine", "samples", "denoise", "scale", "passes", "nested"]
     assert list(load_job(job_file).stages[1].args) == order
     assert list(load_job(job_file).stages[1].args) == order  # from the memo
-
-
-def _imported(out: str) -> set[str]:
-    names = set(_IMPORTED.findall(out))
-    assert "jitrender.errors" in names, out[-2000:]
-    return names
 
 
 def _schema(names: set[str]) -> list[str]:

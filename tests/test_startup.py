@@ -8,26 +8,18 @@ builder's (tests/renderjobs.py): what they hold does not matter here, only where
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import ROOT, gcs_client, put_object
+from tests.renderjobs import IMPORTED as _IMPORTED
 from tests.renderjobs import bucket_objects, expected_output, jitrender_env, make_job, run
+from tests.renderjobs import imported_modules as _imported
 
 # Imported by a run that downloads (or by no run at all): never by a warm one.
 FETCHING = ("aiohttp", "asyncio", "gcsfs", "google.cloud.storage", "OpenImageIO", "numpy")
-# Not anchored to a line's start: a line another thread was writing may hold one (seen once in a
-# loaded whole-suite run, where typer's line was not found).
-_IMPORTED = re.compile(r"import time:\s+\d+ \|\s+\d+ \|[ ]*([\w.]+)")
-
-
-def _imported(output: str) -> set[str]:
-    names = set(_IMPORTED.findall(output))
-    assert "jitrender.errors" in names, output[-2000:]  # the variable reached the process
-    return names
 
 
 def _top(names: set[str], wanted: tuple[str, ...]) -> list[str]:
