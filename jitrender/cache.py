@@ -126,6 +126,10 @@ def _byte_size() -> Any:
     return TypeAdapter(ByteSize)
 
 
+class IndexFull(TransientError):
+    """The index could not be written: the cache's disk is full."""
+
+
 # What a cache folder holds (Cache.__init__ makes them): a folder with other files and none of
 # these is no cache (see holds_no_cache).
 CACHE_ENTRIES = frozenset({"index.sqlite", "objects", "tmp", "locks", "runs", memo.FOLDER})
@@ -296,7 +300,7 @@ class Cache:
             except sqlite3.OperationalError as exc:
                 if "full" not in str(exc):
                     raise
-                raise TransientError(
+                raise IndexFull(
                     f"{self.root}/index.sqlite: no space left on the cache's disk ({exc})"
                 ) from None
 
@@ -608,7 +612,7 @@ class Cache:
             if found is not None:  # another process fetched it while we waited
                 return CacheResult(found, False, 0)
             final = self._download_locked(info, store, key, body)
-        self._record([info])  # indexed at once, so every process's eviction counts it
+        self._record_new(info)  # indexed at once, so every process's eviction counts it
         self._maybe_evict(keep=(key,))
         return CacheResult(final, True, info.size)
 
@@ -658,9 +662,17 @@ class Cache:
             self.link_into(path, dest)  # pinned (link count 2) before eviction can look again
         if found is not None:
             return CacheResult(path, result.fetched, result.bytes_fetched)
-        self._record([info])
+        self._record_new(info)
         self._maybe_evict()
         return CacheResult(path, True, info.size)
+
+    def _record_new(self, info: ObjectInfo) -> None:
+        """Index ``info``'s new file. A full disk (filled by a download beside this one, often)
+        is told as a download's is: the folder and the bytes the job needs there."""
+        try:
+            self._record([info])
+        except IndexFull:
+            raise self.no_space(info) from None
 
     def no_space(self, info: ObjectInfo) -> TransientError:
         """The one-line error for a download that found the cache's disk full. Exit 75: a
