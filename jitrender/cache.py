@@ -182,7 +182,9 @@ class Cache:
     enough, but any number may share one folder."""
 
     def __init__(self, root: Path, max_bytes: int | None = None) -> None:
-        self.root = Path(root)
+        # Absolute (symlinks kept): a stage runs in its workspace, and a relative --cache-dir
+        # would name its inputs and outputs folders from the wrong place.
+        self.root = Path(os.path.abspath(root))
         self.max_bytes = max_bytes
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"

@@ -257,3 +257,18 @@ def test_warm_run_indexes_its_hits_while_the_stage_runs_and_counts_them_once(
     assert uses == [2] * 21 and hits == 21  # the cold run's use, then this run's
     stats = json.loads(cli("cache", "stats", "--cache-dir", str(cache), "--json").stdout)
     assert stats["hits"] == 21 and stats["misses"] == 21  # recorded once, not again at close
+
+
+def test_a_relative_cache_dir_names_the_stage_folders_from_where_jitrender_ran(
+    local_bucket: str, tmp_path: Path
+) -> None:
+    """`--cache-dir cache` is the folder beside the shell, whatever folder a stage runs in."""
+    make_show(local_bucket, frames=2)
+    job = write_job(tmp_path, local_bucket, frames="1-2")
+    result = cli(
+        "run", str(job), "--cache-dir", "cache", "--json", "--progress", "plain", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["frames"]["done"] == [1, 2]
+    assert (tmp_path / "cache" / "objects").is_dir()
+    assert (Path(local_bucket.removeprefix("file://")) / "renders/job/r.0002.exr").is_file()
