@@ -118,12 +118,13 @@ def parse_size(
     return size
 
 
-@functools.cache
 def _byte_size() -> Any:
-    """pydantic's ``ByteSize`` reader, built once (a ``TypeAdapter`` builds a schema)."""
-    from pydantic import ByteSize, TypeAdapter
+    """pydantic's ``ByteSize`` reader (see :mod:`jitrender.adapters`)."""
+    from pydantic import ByteSize
 
-    return TypeAdapter(ByteSize)
+    from jitrender.adapters import adapter
+
+    return adapter(ByteSize)
 
 
 class IndexFull(TransientError):

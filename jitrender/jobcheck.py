@@ -7,14 +7,14 @@ what is wrong.
 
 import dataclasses
 import difflib
-import functools
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from jitrender.adapters import adapter
 from jitrender.errors import ConfigError
 from jitrender.job import Job
 from jitrender.paths import is_url, split_url
@@ -29,9 +29,8 @@ _UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")
 _MISSING = ("missing", "missing_argument", "missing_keyword_only_argument")
 
 
-@functools.cache
 def _adapter() -> TypeAdapter[Job]:
-    return TypeAdapter(Job)
+    return cast("TypeAdapter[Job]", adapter(Job))
 
 
 def checked_job(path: Path, data: bytes) -> Job:

@@ -24,11 +24,10 @@ loaded.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -218,22 +217,6 @@ def extra_path_map(pairs: list[str] | None, rules: Path | None) -> Any:
     return extra if extra else None
 
 
-@contextlib.contextmanager
-def pydantic_plugins_off() -> Iterator[None]:
-    """No pydantic plugins for models built meanwhile, as typer builds its own: looking for
-    them reads every installed package's entry points (~8 ms a start). A value the user set
-    is kept."""
-    name = "PYDANTIC_DISABLE_PLUGINS"
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = "__all__"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-
-
 def run_command(
     *,
     job_file: Path,
@@ -258,8 +241,7 @@ def run_command(
     """Render a job: resolve, fetch just in time, run its stages, upload outputs exactly once.
     Ends with SystemExit carrying the run's exit code. ``stop``: the signals
     :mod:`jitrender.entry` holds; ``early``: the storage requests it started."""
-    with pydantic_plugins_off():  # the job's models, built without a scan for plugins
-        from jitrender.job import load_job
+    from jitrender.job import load_job
     from jitrender.progress import make_progress
 
     if progress not in ("auto", "rich", "plain", "json", "quiet"):

@@ -8,6 +8,7 @@ builder's (tests/renderjobs.py): what they hold does not matter here, only where
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,31 @@ def test_run_collects_garbage_again_once_its_modules_are_imported(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[-1] == "gc True True", result.stdout
+
+
+# Installed in the jitrender process by PYTHONPATH: says each file it opens on stderr.
+_OPENS = """import sys
+sys.addaudithook(lambda event, args: event == "open" and print("opened", args[0], file=sys.stderr))
+"""
+
+
+def test_a_run_reading_a_new_job_file_scans_no_installed_packages(
+    local_bucket: str, tmp_path: Path
+) -> None:
+    """pydantic looks for plugins in every installed package's entry points when it builds a
+    reader: not for the job file's, nor for a size's (they want none)."""
+    extra = {"outputs": {"to": f"{local_bucket}/renders", "files": ["frame.####.txt"]}}
+    job = make_job(
+        tmp_path / "job", local_bucket, "1", extra=extra | {"cache": {"max_size": "1GB"}}
+    )
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_OPENS)
+    env = jitrender_env(job, PYTHONPROFILEIMPORTTIME="1", JITRENDER_JOB_MEMO_DIR="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    code, out, _ = run(job, env=env)
+    assert code == 0, out
+    assert "jitrender.jobcheck" in _imported(out)  # read afresh, by pydantic
+    opened = [line for line in out.splitlines() if line.startswith("opened ")]
+    assert any("jitrender" in line for line in opened)  # (the hook ran)
+    assert [line for line in opened if "entry_points" in line] == []
