@@ -117,8 +117,8 @@ class StageSpec:
     per: Literal["frame", "chunk"] = "frame"
     command: str | list[str] | None = None
     engine: str | None = None
-    args: dict[str, Any] = field(default_factory=lambda: {})
-    env: dict[str, str] = field(default_factory=lambda: {})
+    args: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     timeout: Annotated[float | None, Rule(gt=0)] = None
     split: SplitSpec | None = None  # see jitrender.split
 
@@ -139,13 +139,17 @@ class StageSpec:
             raise ValueError(f"split: parts render with Cycles only, not args.engine {engine!r}")
 
 
+def _every_file() -> list[str]:
+    return ["**/*"]
+
+
 @dataclass
 class OutputsSpec:
     """Which workspace files are outputs (patterns below ``outputs/``) and where they go."""
 
     __pydantic_config__ = _strict()
     to: Annotated[str, Rule(min_length=1)]
-    files: Annotated[list[str], Rule(min_length=1)] = field(default_factory=lambda: ["**/*"])
+    files: Annotated[list[str], Rule(min_length=1)] = field(default_factory=_every_file)
     # A prefix for the passes a checkpointing renderer writes before its final one (optional).
     checkpoints: Annotated[str | None, Rule(min_length=1)] = None
 
@@ -224,14 +228,14 @@ class Job:
     frames: Annotated[str | int, Rule(_frames_parse)]
     chunk: Annotated[int | None, Rule(ge=1)] = None  # frames per farm task, split by index
     path_map: Annotated[list[PathRuleSpec] | dict[str, Any], Rule(_path_map_readable)] = field(
-        default_factory=lambda: []
+        default_factory=list
     )
-    deps: list[str | DepSpec] = field(default_factory=lambda: [])
+    deps: list[str | DepSpec] = field(default_factory=list)
     stages: Annotated[list[StageSpec], Rule(_unique_stage_names, min_length=1)]
     outputs: OutputsSpec
     cache: CacheSpec = field(default_factory=CacheSpec)
     retries: RetriesSpec = field(default_factory=RetriesSpec)
-    env: dict[str, str] = field(default_factory=lambda: {})
+    env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.source: Path | None = None

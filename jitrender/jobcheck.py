@@ -1,4 +1,5 @@
-"""Reading a job file's bytes into a :class:`~jitrender.job.Job`: PyYAML, then pydantic.
+"""Reading a job file's bytes into a :class:`~jitrender.job.Job`: PyYAML, then pydantic
+(its validator of the job classes: see :func:`jitrender.adapters.reader`).
 
 Imported only for a job file not checked before on this node (see :func:`jitrender.job.load_job`).
 Every mistake becomes one :class:`ConfigError` line naming the file, the line, the key and
@@ -12,9 +13,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ValidationError
 
-from jitrender.adapters import adapter
+from jitrender.adapters import reader
 from jitrender.errors import ConfigError
 from jitrender.job import Job
 from jitrender.paths import is_url, split_url
@@ -27,10 +28,6 @@ MAX_DOCUMENT_NODES = 1_000_000
 # pydantic's error types for a key no model has, and for one left out.
 _UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")
 _MISSING = ("missing", "missing_argument", "missing_keyword_only_argument")
-
-
-def _adapter() -> TypeAdapter[Job]:
-    return cast("TypeAdapter[Job]", adapter(Job))
 
 
 def checked_job(path: Path, data: bytes) -> Job:
@@ -62,7 +59,7 @@ def checked_job(path: Path, data: bytes) -> Job:
             "true/false); write the number or text this key takes, or quote the word"
         )
     try:
-        job = _adapter().validate_python(document)
+        job = cast(Job, reader(Job)[0].validate_python(document))
     except ValidationError as exc:
         node = yaml.compose(text)  # only now: positions for the error message
         raise ConfigError(_one_line(path, node, exc)) from None
@@ -77,7 +74,7 @@ def checked_job(path: Path, data: bytes) -> Job:
 
 def json_values(job: Job) -> dict[str, Any]:
     """The job's values as pydantic writes them in JSON (dates as ISO text, and so on)."""
-    values: dict[str, Any] = _adapter().dump_python(job, mode="json", by_alias=True)
+    values: dict[str, Any] = reader(Job)[1].to_python(job, mode="json", by_alias=True)
     return values
 
 
