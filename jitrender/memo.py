@@ -5,15 +5,15 @@ them is PyYAML's and pydantic's work, ~130 ms of every start (the import, the sc
 farm's tasks of one job on a node read the same bytes each time: only the first does that
 work, and keeps its result here, as JSON; the others read it back.
 
-One file per (kind, bytes), in the node's cache, ``<cache>/memo/`` (the cache ``--cache-dir`` or
-``$JITRENDER_CACHE_DIR`` names, else the default one), which outlives the farm's tasks where a
-task's temporary folder does not; ``$JITRENDER_JOB_MEMO_DIR`` puts it elsewhere (set empty: no
-memo). It is written only into a cache that exists already. The name is a hash of
-the kind, the bytes and what reads them (this jitrender's readers, PyYAML, pydantic and
-pydantic-core, by their files' stat), so an edited file or an upgraded install is read
-afresh. The folder must be a real folder (not a link) of this user that group and others may
-not write, checked each time: a job's memo names the commands it runs. Only results are
-kept, never mistakes (those are read, and said, each time).
+One file per (kind, bytes), in the node's cache, ``<cache>/memo/`` (the cache ``--cache-dir``
+or ``$JITRENDER_CACHE_DIR`` names, else the default one), which outlives the farm's tasks where
+a task's temporary folder does not; ``$JITRENDER_JOB_MEMO_DIR`` puts it elsewhere (set empty:
+no memo; a folder there that cannot hold one is a mistake, exit 78). It is written only into a
+cache that exists already. The name is a hash of the kind, the bytes and what reads them (this
+jitrender's readers, PyYAML, pydantic and pydantic-core, by their files' stat), so an edited
+file or an upgraded install is read afresh. The folder must be a real folder (not a link) of
+this user that group and others may not write, checked each time: a job's memo names the
+commands it runs. Only results are kept, never mistakes (those are read, and said, each time).
 """
 
 import functools
@@ -27,7 +27,7 @@ from typing import Any
 
 FOLDER = "memo"  # in the node cache
 KEPT = 256  # memo files kept when the folder is pruned (at twice as many)
-_READERS = ("job.py", "jobcheck.py", "cache.py", "memo.py")  # of jitrender
+_READERS = ("job.py", "jobcheck.py", "adapters.py", "cache.py", "memo.py")  # of jitrender
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,14 @@ def at(kind: str, data: bytes, cache_dir: Path | None = None) -> Memo | None:
     cache: Path | None = None
     if named is not None:
         where = Path(named)
+        problem = _unusable(where)
+        if problem is not None:  # a setting is never ignored: said, before any work
+            from jitrender.errors import ConfigError
+
+            raise ConfigError(
+                f"JITRENDER_JOB_MEMO_DIR: {named}: {problem}; name a folder of this user that "
+                "group and others cannot write, or set it empty for no memo"
+            )
     else:
         if cache_dir is None:
             from jitrender.cachelayout import default_cache_dir
@@ -124,6 +132,30 @@ def _reader_files() -> tuple[str, ...]:
             raise OSError(f"{package} not found")
         files.append(spec.origin)
     return tuple(files)
+
+
+def _unusable(where: Path) -> str | None:
+    """Why the folder ``$JITRENDER_JOB_MEMO_DIR`` names cannot hold a memo (it is made where
+    missing); None where it can."""
+    try:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        pass  # a file, or a link to one: said below
+    except OSError as exc:
+        return f"cannot make the folder ({exc.strerror})"
+    try:
+        st = os.lstat(where)
+    except OSError as exc:
+        return f"cannot read the folder ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a link (name the folder itself)"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a folder"
+    if st.st_uid != os.getuid():
+        return "belongs to another user"
+    if st.st_mode & 0o022:
+        return "group or others may write it"
+    return None
 
 
 def _ours(where: Path) -> bool:

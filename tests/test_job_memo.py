@@ -162,12 +162,13 @@ def test_an_edited_job_file_is_checked_again(local_bucket: str, tmp_path: Path) 
     assert re.search(r"job\.yaml:\d+: chunk: Input should be greater than or equal to 1", out)
 
 
-def test_a_memo_in_a_folder_others_may_write_is_never_read(
+def test_a_memo_folder_others_may_write_is_a_mistake_never_a_memo(
     local_bucket: str, tmp_path: Path
 ) -> None:
-    """A memo names the commands a job runs: one left in a folder another user could write
-    (or a link to one) is not believed; the job file is checked again, and its own command
-    runs. A memo that does not read back as a job is no memo either."""
+    """A memo names the commands a job runs: ``$JITRENDER_JOB_MEMO_DIR`` naming a folder
+    another user could write (or a link, or a file) is a mistake said before anything runs,
+    never a memo believed nor a setting ignored. A memo that does not read back as a job is
+    no memo: the job file is checked again."""
     job = make_job(tmp_path / "job", local_bucket, "1")
     memo = tmp_path / "memo"
     env = jitrender_env(job, JITRENDER_JOB_MEMO_DIR=str(memo))
@@ -179,10 +180,20 @@ def test_a_memo_in_a_folder_others_may_write_is_never_read(
     values["stages"][0]["command"] = ["touch", str(planted)]
     kept.write_text(json.dumps(values))
     os.chmod(memo, 0o777)
-    code, out, report = run(job, "--rerender", env=env, report="shared.json")
-    assert code == 0, out
-    assert not planted.exists()
-    assert report["frames"]["done"] == [1]  # by its own renderer
+    code, out, _ = run(job, "--rerender", env=env, report="shared.json")
+    assert code == 78, out
+    assert f"JITRENDER_JOB_MEMO_DIR: {memo}: group or others may write it" in out
+    assert "Traceback" not in out and not planted.exists()
+    for wrong, problem in (
+        (tmp_path / "a-file", "is not a folder"),
+        (tmp_path / "a-link", "is a link"),
+    ):
+        if wrong.name == "a-file":
+            wrong.write_text("")
+        else:
+            wrong.symlink_to(memo)
+        code, out, _ = run(job, "--rerender", env=env | {"JITRENDER_JOB_MEMO_DIR": str(wrong)})
+        assert code == 78 and f"JITRENDER_JOB_MEMO_DIR: {wrong}: {problem}" in out, out
     os.chmod(memo, 0o700)
     kept.write_text('{"stages": "not a job"')
     code, out, _ = run(job, "--rerender", env=env, report="garbled.json")
