@@ -12,6 +12,7 @@ document (``jitrender status --json`` and ``GET /api/jobs/<hash>/status``)::
     timeline  [{frame, task, started, fetch_s, render_s, upload_s, bytes}]
     eta_s     seconds until every pending frame is done at the current pace, or null
     tasks     [{task, node, pid, attempt, state, frame, stage, age_s, stalled, ...}]
+    claims    [{run, host, pid, frames, age_s, ttl_s, lapsed}]   # the claiming runs' leases
     stalled   [task names whose running heartbeat is older than 3 intervals]
     failures  [{task, frame, why}]
     outputs   {count, bytes}
@@ -20,7 +21,10 @@ A frame is ``done`` once its marker exists; ``failed`` when a task gave up on it
 not done); ``running`` when a task whose heartbeat is fresh has it in progress; ``pending``
 otherwise. ``missing`` is every frame not done (the older document's key). ``claimed``: frames
 not done that a run claims (jitrender.claims), read from the claims' names: a run holds them,
-or held them and died (until its claim is taken over).
+or held them and died (until its claim is taken over). ``claims`` says who: each claiming run's
+lease (one read each), how long ago its run last rewrote it, and whether that is past its
+``ttl`` (a run that stopped without releasing, or cannot reach the bucket: its frames are
+taken over by the next run that wants them).
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ class Observed:
     heartbeats: list[dict[str, Any]]
     outputs: list[ObjectInfo]
     claimed: frozenset[int] = frozenset()  # frames with a claim (jitrender.claims) in the bucket
+    leases: tuple[dict[str, Any], ...] = ()  # the claiming runs' leases (jitrender.claims)
 
 
 def gather(job: Job, stores: Stores | None = None) -> Observed:
-    """List the job's outputs prefix once and read every task heartbeat of this job's hash."""
+    """List the job's outputs prefix once and read every task heartbeat and claim lease of this
+    job's hash."""
     stores = stores or Stores()
     root = job.outputs_url + "/"
     prefix = marker_prefix(job)
@@ -73,8 +79,16 @@ def gather(job: Job, stores: Stores | None = None) -> Observed:
             with contextlib.suppress(OSError, ValueError):  # one being rewritten: next look
                 heartbeats.append(json.loads(read(info.url)))
     outputs = [i for i in found if not i.url.startswith(root + "_jitrender/")]
-    claimed = frozenset(frame for frame, _, _ in claims_in(found, prefix + CLAIMS_FOLDER))
-    return Observed(markers, heartbeats, outputs, claimed)
+    claims = prefix + CLAIMS_FOLDER
+    claimed = frozenset(frame for frame, _, _ in claims_in(found, claims))
+    leases = []
+    for info in found:  # one a claiming run (released with its claims): a few at most
+        if info.url.startswith(claims + "run.") and info.url.endswith(".json"):
+            with contextlib.suppress(OSError, ValueError):  # gone meanwhile: released
+                lease = json.loads(read(info.url))
+                if isinstance(lease, dict):
+                    leases.append(lease)
+    return Observed(markers, heartbeats, outputs, claimed, tuple(leases))
 
 
 def summarise(
@@ -146,11 +160,39 @@ def summarise(
         "timeline": timeline,
         "eta_s": _eta(timeline, len(pending) + len(running), len(live)),
         "tasks": tasks,
+        "claims": sorted((_claim_row(lease, now) for lease in seen.leases), key=_by_run),
         "stalled": [t["task"] for t in tasks if t["stalled"]],
         "failures": failures,
         "outputs": {"count": len(seen.outputs), "bytes": sum(i.size for i in seen.outputs)},
     }
     return document
+
+
+def _claim_row(lease: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """Who holds claims: a run's lease, its age, and whether it has lapsed (its run wrote it
+    last more than ``ttl`` seconds ago: another run takes its frames over)."""
+    age: float | None = None
+    lapsed: bool | None = None
+    try:
+        refreshed, ttl = float(lease["refreshed"]), float(lease["ttl"])
+    except (KeyError, TypeError, ValueError):
+        pass  # (a lease this jitrender did not write: shown as it is)
+    else:
+        age = max(0.0, now - refreshed)
+        lapsed = age > ttl
+    return {
+        "run": lease.get("run"),
+        "host": lease.get("host"),
+        "pid": lease.get("pid"),
+        "frames": lease.get("frames"),
+        "age_s": None if age is None else round(age, 1),
+        "ttl_s": lease.get("ttl"),
+        "lapsed": lapsed,
+    }
+
+
+def _by_run(row: Mapping[str, Any]) -> str:
+    return str(row["run"])
 
 
 def _int_or(value: Any) -> int:
@@ -205,7 +247,8 @@ def job_status(job: Job, frames: Sequence[int], stores: Stores | None = None) ->
 
 
 def text_lines(document: Mapping[str, Any]) -> list[str]:
-    """The status for a terminal: counts, tasks, stalled tasks and failure lines."""
+    """The status for a terminal: counts, tasks, stalled tasks, claiming runs and failure
+    lines."""
     from jitrender.sequences import format_frames
 
     frames, counts = document["frames"], document["counts"]
@@ -224,6 +267,14 @@ def text_lines(document: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"  task {task['task']:<4} {task['state']:<10} {task['node']} pid {task['pid']} "
             f"attempt {task['attempt']} {where}{flag}".rstrip()
+        )
+    for claim in document.get("claims", []):
+        age = claim["age_s"]
+        when = f"lease {age:.0f} s old" if age is not None else "lease unreadable"
+        flag = ", LAPSED: its frames go to the next run" if claim["lapsed"] else ""
+        lines.append(
+            f"  claims:  frames {claim['frames']} by run {claim['run']} on {claim['host']} "
+            f"pid {claim['pid']} ({when}{flag})"
         )
     for failure in document["failures"]:
         frame = f"frame {failure['frame']}: " if failure.get("frame") is not None else ""

@@ -135,7 +135,15 @@ def test_another_nodes_live_claim_is_waited_for_and_a_stopped_ones_frame_rendere
     assert job.phases("start") == [1]
     status = job_cli(job, "status", str(job.job_file), "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["frames"]["claimed"] == [2]  # frame 1: done
+    document = json.loads(status.stdout)
+    assert document["frames"]["claimed"] == [2]  # frame 1: done
+    # Who holds it: the other host's run (and this waiting run, whose lease claims frame 1).
+    rows = {row["run"]: row for row in document["claims"]}
+    other = rows["elsewhere-7-abcd"]
+    assert (other["host"], other["frames"], other["lapsed"]) == ("render-node-9", "2", False)
+    assert len(rows) == 2 and all(row["age_s"] < 60 for row in rows.values())
+    text = job_cli(job, "status", str(job.job_file)).stdout
+    assert "claims:  frames 2 by run elsewhere-7-abcd on render-node-9 pid 1" in text
     client = gcs_client()
     bucket = client.bucket(job.bucket[len("gs://") :])  # type: ignore[attr-defined]
     name = folder[len(job.bucket) + 1 :]

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from jitrender.job import load_job
-from jitrender.status import Observed, summarise
+from jitrender.status import Observed, summarise, text_lines
 from tests.conftest import gcs_client
 from tests.renderjobs import RenderJob, jitrender_env, make_job, start_run, wait_for
 
@@ -221,6 +221,22 @@ def test_summarise_marks_a_running_task_stalled_after_three_intervals() -> None:
     stale = summarise(job, [1001, 1002], seen, now=1031.0)
     assert fresh["stalled"] == [] and fresh["frames"]["running"] == [1001]
     assert stale["stalled"] == ["0"] and stale["frames"]["pending"] == [1001, 1002]
+
+
+def test_summarise_says_a_claiming_run_whose_lease_is_past_its_ttl_has_lapsed() -> None:
+    job = load_job(Path(__file__).resolve().parent.parent / "examples" / "farm" / "job.yaml")
+    lease = {"run": "n-7-ab", "host": "n", "pid": 7, "frames": "1001", "refreshed": 1000.0,
+             "ttl": 60.0}  # fmt: skip
+    seen = Observed([], [], [], frozenset({1001}), (lease, {"run": "odd"}))
+    held = summarise(job, [1001], seen, now=1059.0)["claims"]
+    lapsed = summarise(job, [1001], seen, now=1061.0)["claims"]
+    assert [(c["run"], c["age_s"], c["lapsed"]) for c in held] == [
+        ("n-7-ab", 59.0, False),
+        ("odd", None, None),
+    ]
+    assert lapsed[0]["lapsed"] is True
+    text = "\n".join(text_lines(summarise(job, [1001], seen, now=1061.0)))
+    assert "claims:  frames 1001 by run n-7-ab on n pid 7 (lease 61 s old, LAPSED" in text
 
 
 def test_task_state_times_each_frame_from_the_runs_events() -> None:
