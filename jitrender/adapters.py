@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import sys
 from typing import Any
+
+from jitrender.memo import code_stamp, package_files
 
 _PLUGINS = "PYDANTIC_DISABLE_PLUGINS"
 _NAME = "$name"  # a class or function written by name (no key of a core schema)
@@ -80,26 +81,12 @@ def _schema_file(kind: type) -> tuple[str, str] | None:
         return None
     try:
         compiled = importlib.util.cache_from_source(source)
-        stamp = hashlib.sha256(f"jitrender schema 1\0{kind.__qualname__}\0".encode())
-        for file in (source, __file__, *_pydantic_files()):
-            st = os.stat(file)
-            stamp.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        files = (source, __file__, *package_files("pydantic", "pydantic_core"))
+        stamp = code_stamp(f"jitrender schema 1\0{kind.__qualname__}", files)
     except (OSError, NotImplementedError, ValueError):
         return None
     base = compiled.removesuffix(".pyc")
-    return f"{base}.{kind.__qualname__}.schema.json", stamp.hexdigest()
-
-
-@functools.cache
-def _pydantic_files() -> tuple[str, ...]:
-    """pydantic's and pydantic-core's package files (found without importing them)."""
-    files = []
-    for package in ("pydantic", "pydantic_core"):
-        spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            raise OSError(f"{package} not found")
-        files.append(spec.origin)
-    return tuple(files)
+    return f"{base}.{kind.__qualname__}.schema.json", stamp
 
 
 def _recalled(where: tuple[str, str], kind: type) -> Any:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,15 +92,11 @@ def at(kind: str, data: bytes, cache_dir: Path | None = None) -> Memo | None:
 
             cache_dir = default_cache_dir()
         cache, where = cache_dir, cache_dir / FOLDER
-    stamp = hashlib.sha256(f"jitrender memo 1\0{kind}\0".encode())
     try:
-        for file in _reader_files():
-            st = os.stat(file)
-            stamp.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        stamp = code_stamp(f"jitrender memo 1\0{kind}", _reader_files(), data)
     except OSError:
         return None
-    stamp.update(data)
-    return Memo(where / f"{stamp.hexdigest()[:40]}.json", cache)
+    return Memo(where / f"{stamp[:40]}.json", cache)
 
 
 def forget(cache: Path) -> int:
@@ -122,11 +119,33 @@ def forget(cache: Path) -> int:
 def _reader_files() -> tuple[str, ...]:
     """The files whose code decides what a user's text is read as (found once a process;
     their stat is read each time)."""
+    here = os.path.dirname(__file__)
+    return (
+        *(os.path.join(here, name) for name in _READERS),
+        *package_files("pydantic", "pydantic_core", "yaml"),
+    )
+
+
+def code_stamp(label: str, files: Iterable[str], data: bytes = b"") -> str:
+    """A hash (hex) of ``label``, of ``files``' names and stat (size, time written), and of
+    ``data``: it changes when any of that code is edited or upgraded. OSError where a file is
+    gone."""
+    stamp = hashlib.sha256(f"{label}\0".encode())
+    for file in files:
+        st = os.stat(file)
+        stamp.update(f"{file}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    stamp.update(data)
+    return stamp.hexdigest()
+
+
+@functools.cache
+def package_files(*packages: str) -> tuple[str, ...]:
+    """The ``__init__`` files of ``packages``, found without importing them (OSError where one
+    is not installed)."""
     import importlib.util
 
-    here = os.path.dirname(__file__)
-    files = [os.path.join(here, name) for name in _READERS]
-    for package in ("pydantic", "pydantic_core", "yaml"):
+    files = []
+    for package in packages:
         spec = importlib.util.find_spec(package)
         if spec is None or spec.origin is None:
             raise OSError(f"{package} not found")
@@ -143,6 +162,12 @@ def _unusable(where: Path) -> str | None:
         pass  # a file, or a link to one: said below
     except OSError as exc:
         return f"cannot make the folder ({exc.strerror})"
+    return _not_ours(where)
+
+
+def _not_ours(where: Path) -> str | None:
+    """Why ``where`` is not a real folder of this user that group and others cannot write;
+    None where it is."""
     try:
         st = os.lstat(where)
     except OSError as exc:
@@ -159,11 +184,7 @@ def _unusable(where: Path) -> str | None:
 
 
 def _ours(where: Path) -> bool:
-    try:
-        st = os.lstat(where)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+    return _not_ours(where) is None
 
 
 def _forget_oldest(where: Path, names: list[str]) -> None:

@@ -69,25 +69,28 @@ def gather(job: Job, stores: Stores | None = None) -> Observed:
     retry = RetryPolicy()
     found = list_outputs(store, job.outputs_url, retry)
     markers = [i for i in found if i.url.startswith(prefix) and not i.url.startswith(tasks)]
-    heartbeats = []
+    claims = prefix + CLAIMS_FOLDER
+    heartbeats: list[dict[str, Any]] = []
+    leases: list[dict[str, Any]] = []  # one a claiming run's (released with its claims): a few
 
     def read(url: str) -> bytes:
         return with_retries(lambda: store.read_bytes(url), url, retry)
 
     for info in found:
-        if info.url.startswith(tasks) and info.url.endswith(".json"):
-            with contextlib.suppress(OSError, ValueError):  # one being rewritten: next look
-                heartbeats.append(json.loads(read(info.url)))
+        if not info.url.endswith(".json"):
+            continue
+        if info.url.startswith(tasks):
+            into = heartbeats
+        elif info.url.startswith(claims + "run."):
+            into = leases
+        else:
+            continue
+        with contextlib.suppress(OSError, ValueError):  # being rewritten, or gone: next look
+            document = json.loads(read(info.url))
+            if isinstance(document, dict):
+                into.append(document)
     outputs = [i for i in found if not i.url.startswith(root + "_jitrender/")]
-    claims = prefix + CLAIMS_FOLDER
     claimed = frozenset(frame for frame, _, _ in claims_in(found, claims))
-    leases = []
-    for info in found:  # one a claiming run (released with its claims): a few at most
-        if info.url.startswith(claims + "run.") and info.url.endswith(".json"):
-            with contextlib.suppress(OSError, ValueError):  # gone meanwhile: released
-                lease = json.loads(read(info.url))
-                if isinstance(lease, dict):
-                    leases.append(lease)
     return Observed(markers, heartbeats, outputs, claimed, tuple(leases))
 
 
