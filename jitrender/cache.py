@@ -4,6 +4,7 @@ Layout below the cache folder (mode 0700)::
 
     objects/ab/<sha256>     immutable object bytes, named by (url, generation); present = verified
     tmp/                    downloads in progress (``<sha>.<pid>.<rand>``); never read as data
+                            (a small object is an unnamed file in its objects/ab until linked)
     locks/stripes           one download per object across processes: an open-file-description
                             lock on one byte per key stripe (Linux); elsewhere flock on one of
                             4096 ``locks/<n>.lock`` stripe files
@@ -31,6 +32,7 @@ import shutil
 import sqlite3
 import stat
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -199,6 +201,8 @@ class Cache:
             for folder in (self.objects, self.tmp, self.locks, self.runs):
                 folder.mkdir(exist_ok=True, mode=0o700)
                 check_private_folder(folder, follow=False)
+            for folder in (self.objects, self.runs):
+                spread_subfolders(folder)
             for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
                 _check_own_file(self.root / name)
         except OSError as exc:
@@ -720,7 +724,7 @@ class Cache:
         """:meth:`_install` of a download held in memory (see :meth:`Download.install_bytes`)."""
         if self._tmpfile:
             try:
-                fd = os.open(self._tmp_dir, _TMPFILE_FLAGS, 0o400)  # read-only from the start
+                fd = self._unnamed_file(key[:2])
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                     raise
@@ -746,6 +750,24 @@ class Cache:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(part)
+
+    def _unnamed_file(self, prefix: str) -> int:
+        """A new unnamed file (``O_TMPFILE``, read-only from the start) in the folder its
+        object will be linked into, ``objects/<prefix>``: a file's inode is allocated near
+        its folder's, and the object folders are spread over the file system
+        (:func:`spread_subfolders`); one ``tmp/`` for every object put them all in one ext4
+        group, where each new file scans past the group's recently deleted inodes (ext4
+        without a journal, a common choice for a node's scratch disk: 2 of the 3.6 s of CPU
+        of 2,000 small objects were that scan, measured with ``perf``)."""
+        for _attempt in range(3):
+            folder = self._object_dir(prefix)
+            try:
+                return os.open(".", _TMPFILE_FLAGS, 0o400, dir_fd=folder)
+            except (FileNotFoundError, PermissionError):
+                if os.fstat(folder).st_nlink:  # (a removed folder: ENOENT, or ext4's EPERM)
+                    raise
+                self._forget_object_dir(prefix, folder)  # removed since it was opened
+        return os.open(".", _TMPFILE_FLAGS, 0o400, dir_fd=self._object_dir(prefix))
 
     def _link_unnamed(self, fd: int, key: str) -> str:
         """Give the unnamed file ``fd`` its object name: linkat from ``/proc``
@@ -1367,6 +1389,35 @@ def _close_all(held: dict[str, int], stale: list[int]) -> None:
             os.close(fd)
     held.clear()
     stale.clear()
+
+
+# linux/fs.h: FS_IOC_GETFLAGS and FS_IOC_SETFLAGS (_IOR/_IOW 'f' 1/2 of a long, 64-bit ABIs)
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
+_LINUX = sys.platform == "linux" and struct.calcsize("l") == 8
+
+
+def spread_subfolders(folder: str | Path) -> None:
+    """Mark ``folder`` as the top of a hierarchy for ext4's Orlov allocator (``chattr +T``):
+    the folders made in it are spread over the file system's block groups rather than packed
+    into its own, and so are the files later made in them. Best effort: a file system
+    without the flag (tmpfs, xfs, btrfs, NFS) is left as it is, as is any system but Linux."""
+    if not _LINUX:
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        flags = bytearray(8)  # (the kernel reads and writes an int at its start)
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
+        value = struct.unpack_from("=i", flags)[0]
+        if not value & _FS_TOPDIR_FL:
+            struct.pack_into("=i", flags, 0, value | _FS_TOPDIR_FL)
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_private_folder(folder: str | Path, *, follow: bool) -> None:

@@ -218,6 +218,30 @@ def test_small_objects_with_equal_bytes_each_arrive_whole_through_the_cli(
     verified = cli("cache", "verify", "--json", env=env)
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout) == {"checked": 61, "bad": 0, "orphans_removed": 0}
+    assert not list((cache / "tmp").iterdir())  # (unnamed files, made in their objects/ab)
+    # The object and workspace folders spread their subfolders over the file system (ext4:
+    # chattr +T), so the small objects' inodes are not all allocated in one block group.
+    for folder in (cache / "objects", cache / "runs"):
+        flags = _inode_flags(folder)
+        if flags is None:
+            pytest.skip(f"{tmp_path}: its file system has no inode flags (not ext4)")
+        assert flags & 0x00020000, f"{folder}: not marked as a top folder (lsattr -d: T)"
+
+
+def _inode_flags(folder: Path) -> int | None:
+    """``lsattr -d folder`` as a number (FS_IOC_GETFLAGS), or None where there are none."""
+    import fcntl
+    import struct
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, 0x80086601, buf)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int(struct.unpack_from("=i", buf)[0])
 
 
 def test_two_runs_at_once_on_one_cache_download_each_small_object_once_and_both_see_it_whole(
