@@ -38,6 +38,7 @@ from jitrender.cache import Cache, CacheResult, Download
 from jitrender.errors import Preempted
 from jitrender.storage import ChecksumMismatch, ObjectInfo, RetryPolicy, Store, with_retries
 from jitrender.transport import http_settings, verify
+from jitrender.writes import write_all
 
 # Requests in flight at once (obstore's connection pool keeps as many connections).
 CONCURRENCY = 64
@@ -414,7 +415,7 @@ class AsyncFetcher:
             fd = _create(part)
             try:
                 async for piece in response.stream(min_chunk_size=PIECE_BYTES):
-                    _write_all(fd, piece)
+                    write_all(fd, piece)
                     crc = google_crc32c.extend(crc, piece)
                     size += len(piece)
             finally:
@@ -447,9 +448,3 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 def _create(part: str) -> int:
     return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

@@ -52,6 +52,7 @@ from jitrender.storage import (
 )
 from jitrender.transfer import RangedDownloader
 from jitrender.transport import route, verify
+from jitrender.writes import write_all
 
 # An object's bytes already at hand (a head start's download), asked for on a miss: or None.
 Held = Callable[[], bytes | None] | None
@@ -731,7 +732,7 @@ class Cache:
                 self._tmpfile = False  # a file system (or kernel) without unnamed files
             else:
                 try:
-                    _write_all(fd, body)
+                    write_all(fd, body)
                     return self._link_unnamed(fd, key)
                 except FileNotFoundError:
                     if os.path.exists("/proc/self/fd"):
@@ -743,7 +744,7 @@ class Cache:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             try:
-                _write_all(fd, body)
+                write_all(fd, body)
             finally:
                 os.close(fd)
             return self._install(part, key)
@@ -1365,12 +1366,6 @@ class Download:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the lock
             self._fd = None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _open_dir_or_refuse(path: str, flags: int) -> int:

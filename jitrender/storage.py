@@ -39,6 +39,7 @@ from jitrender.errors import (
 )
 from jitrender.paths import local_path_of, split_url
 from jitrender.registry import Registry
+from jitrender.writes import slices
 
 T = TypeVar("T")
 
@@ -93,7 +94,9 @@ class Crc32cWriter:
     def write(self, data: bytes) -> int:
         self._crc.update(data)
         self.size += len(data)
-        return self.raw.write(data)
+        for piece in slices(data):  # (small folios: see jitrender.writes)
+            self.raw.write(piece)
+        return len(data)
 
     def flush(self) -> None:
         self.raw.flush()

@@ -31,6 +31,7 @@ import google_crc32c
 
 from jitrender.errors import Preempted
 from jitrender.storage import ChecksumMismatch, ObjectInfo, Store
+from jitrender.writes import pwrite_all
 
 # Objects at least this large are fetched as ranges: measured on the Overlap benchmark, one
 # object at a time over several connections beats 16 objects sharing the link.
@@ -115,12 +116,7 @@ class _Range:
         if offset + len(data) > self.end:
             raise ChecksumMismatch("server sent more bytes than the range asked for")
         self.crc = google_crc32c.extend(self.crc, data)
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.download.fd, view, offset)
-            offset += written
-            view = view[written:]
-        self.offset = offset
+        self.offset = pwrite_all(self.download.fd, data, offset)
         return len(data)
 
     def flush(self) -> None:

@@ -1,0 +1,43 @@
+"""Downloaded bytes into files, in slices the page cache takes cheaply.
+
+Linux sizes a page-cache folio by the write that makes it (ext4's large folios, 6.x): one
+``write`` of 4 MiB asks for 2 MiB folios. On a virtual machine whose balloon reports free
+memory to its host (Firecracker here; free page reporting works on such large blocks), those
+blocks' first touch costs the host's page faults, charged to the copy into the page cache.
+Measured on this machine, 923 MB written by one process after the memory had been reported
+(``perf``: ``copy_folio_from_iter_atomic``): in 4 MiB writes 4.7 s of system CPU, 1 MiB 4.2 s,
+512 KiB 2.9 s, 256 KiB 0.25 s, 128 KiB 0.21 s. rclone writes 32 KiB at a time and never paid
+it; jitrender's shot of 71 files spent 2.3-5 s of its 3-6 s of CPU there. A slice of
+``SLICE_BYTES`` costs one more syscall per 128 KiB, nothing measurable, on any machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+SLICE_BYTES = 128 << 10
+
+
+def slices(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+    """``data`` as views of at most ``SLICE_BYTES`` (no copies)."""
+    view = memoryview(data)
+    for start in range(0, len(view), SLICE_BYTES):
+        yield view[start : start + SLICE_BYTES]
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` at ``fd``'s position, a slice at a time."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:SLICE_BYTES]) :]
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+    """Write all of ``data`` at ``offset``, a slice at a time; the offset after it."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view[:SLICE_BYTES], offset)
+        offset += written
+        view = view[written:]
+    return offset
