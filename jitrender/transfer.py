@@ -116,7 +116,8 @@ class _Range:
         if offset + len(data) > self.end:
             raise ChecksumMismatch("server sent more bytes than the range asked for")
         self.crc = google_crc32c.extend(self.crc, data)
-        self.offset = pwrite_all(self.download.fd, data, offset)
+        with self.download.write_lock:
+            self.offset = pwrite_all(self.download.fd, data, offset)
         return len(data)
 
     def flush(self) -> None:
@@ -151,6 +152,11 @@ class _Download:
         self.error: BaseException | None = None
         self.remaining = count
         self.lock = threading.Lock()
+        # One range's write into the file at a time: ext4 takes the file's lock for each
+        # write, and ranges writing at once spun on it in the kernel (perf: 24% of the
+        # samples in rwsem_spin_on_owner, 4 x 512 MiB); waiting here sleeps instead. Measured
+        # through the link (ab, 2 x 3 rounds): CPU 8.3 and 6.5 s -> 5.0 and 4.8 s.
+        self.write_lock = threading.Lock()
         self.done = threading.Event()
 
     def settle(self, result: ChunkResult | None, error: BaseException | None) -> None:
