@@ -637,9 +637,9 @@ class Cache:
             else:
                 if route(info, store) == "ranged":  # concurrent ranges, checksum combined
                     verify(info, info.size, self.ranged.download(info, store, Path(part)))
+                    final = self._install(part, key)
                 else:
-                    self._download_whole(info, store, part)
-                final = self._install(part, key)
+                    final = self._download_whole_into_place(info, store, key, part)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise self.no_space(info) from None
@@ -723,23 +723,9 @@ class Cache:
 
     def _install_bytes(self, body: bytes, key: str) -> str:
         """:meth:`_install` of a download held in memory (see :meth:`Download.install_bytes`)."""
-        if self._tmpfile:
-            try:
-                fd = self._unnamed_file(key[:2])
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                    raise
-                self._tmpfile = False  # a file system (or kernel) without unnamed files
-            else:
-                try:
-                    write_all(fd, body)
-                    return self._link_unnamed(fd, key)
-                except FileNotFoundError:
-                    if os.path.exists("/proc/self/fd"):
-                        raise
-                    self._tmpfile = False  # no /proc to link through: named files from now on
-                finally:
-                    os.close(fd)
+        final = self._publish_unnamed(key, lambda fd: write_all(fd, body))
+        if final is not None:
+            return final
         part = self._part_path(key)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -751,6 +737,52 @@ class Cache:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(part)
+
+    def _download_whole_into_place(
+        self, info: ObjectInfo, store: Store, key: str, part: str
+    ) -> str:
+        """Download ``info`` in one stream and publish it as ``key``'s object (the path
+        returned): an unnamed file in its ``objects/ab``, linked once verified, as a small
+        body's (:meth:`_publish_unnamed`); else the temp name ``part``, renamed."""
+
+        def write(fd: int) -> None:
+            with open(fd, "wb", closefd=False) as handle:
+                writer = Crc32cWriter(handle)
+                store.download(info, writer)  # type: ignore[arg-type]
+            verify(info, writer.size, writer.digest_b64())
+
+        final = self._publish_unnamed(key, write)
+        if final is not None:
+            return final
+        self._download_whole(info, store, part)
+        return self._install(part, key)
+
+    def _publish_unnamed(self, key: str, write: Callable[[int], None]) -> str | None:
+        """``write(fd)`` the object's bytes into a new unnamed file (Linux's ``O_TMPFILE``,
+        read-only from the start) and link it, whole, as ``key``'s object: nothing is ever
+        visible under a temp name and a killed process leaves nothing behind; no rename or
+        chmod. None where the file system or kernel has no unnamed files (or no ``/proc`` to
+        link one through): the caller then writes a temp name and renames it. What ``write``
+        raises (a checksum mismatch) leaves nothing."""
+        if not self._tmpfile:
+            return None
+        try:
+            fd = self._unnamed_file(key[:2])
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            self._tmpfile = False  # a file system (or kernel) without unnamed files
+            return None
+        try:
+            write(fd)
+            return self._link_unnamed(fd, key)
+        except FileNotFoundError:
+            if os.path.exists("/proc/self/fd"):
+                raise
+            self._tmpfile = False  # no /proc to link through: named files from now on
+            return None
+        finally:
+            os.close(fd)
 
     def _unnamed_file(self, prefix: str) -> int:
         """A new unnamed file (``O_TMPFILE``, read-only from the start) in the folder its

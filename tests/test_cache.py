@@ -21,6 +21,7 @@ import pytest
 from jitrender.cache import Cache, run_is_live
 from jitrender.errors import DataError
 from jitrender.storage import GCSStore, LocalStore, ObjectInfo
+from jitrender.transfer import LARGE_OBJECT_BYTES
 from tests.conftest import put_object
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,16 +133,19 @@ def test_eight_processes_on_both_fetch_paths_download_each_object_once(
 
 STALL_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import sys, threading, time
     from pathlib import Path
     from jitrender.cache import Cache
     from jitrender.storage import LocalStore
 
+    said = threading.Lock()  # (a ranged download's pieces stall on several threads)
+
     class StallingStore(LocalStore):
         def download(self, info, sink, start=0, end=None):
-            sink.write(b"x" * (info.size // 2))
+            sink.write(b"x" * (((info.size if end is None else end) - start) // 2))
             sink.flush()
-            print("half", flush=True)
+            if said.acquire(blocking=False):
+                print("half", flush=True)
             time.sleep(600)
 
     store = StallingStore()
@@ -151,12 +155,18 @@ STALL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_download_killed_half_way_leaves_no_entry(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize("size", [1_000_000, 9 << 20], ids=["whole", "ranged"])
+def test_download_killed_half_way_leaves_no_entry(
+    tmp_path: Path, cache_dir: Path, size: int
+) -> None:
     """The store stalls after half the bytes (standing in for a network that hangs) and the
-    process is SIGKILLed: the real cache must show nothing, and a retry must succeed."""
+    process is SIGKILLed: the real cache must show nothing, and a retry must succeed. A whole
+    download was an unnamed file (nothing is left at all); a ranged one leaves its temp file,
+    which the next clean-up removes."""
     source = tmp_path / "bucket" / "big.exr"
     source.parent.mkdir()
-    source.write_bytes(os.urandom(1_000_000))
+    source.write_bytes(os.urandom(size))
+    left = 1 if size >= LARGE_OBJECT_BYTES else 0
     url = f"file://{source}"
     proc = subprocess.Popen(
         [sys.executable, "-c", STALL_SCRIPT, str(cache_dir), url],
@@ -173,10 +183,10 @@ def test_download_killed_half_way_leaves_no_entry(tmp_path: Path, cache_dir: Pat
     cache = Cache(cache_dir)
     assert cache.lookup(info) is None
     assert list(cache.objects.glob("*/*")) == []
-    assert len(list(cache.tmp.iterdir())) == 1  # the partial file, never visible as data
+    assert len(list(cache.tmp.iterdir())) == left  # a partial file, never visible as data
     result = cache.fetch(info, store)  # the dead process's lock died with it
     assert result.fetched and result.path.read_bytes() == source.read_bytes()
-    assert cache.clean_leftovers()["partial_downloads_removed"] == 1
+    assert cache.clean_leftovers()["partial_downloads_removed"] == left
 
 
 def test_eviction_keeps_cap_and_never_breaks_a_running_job(tmp_path: Path, cache_dir: Path) -> None:
