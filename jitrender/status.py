@@ -40,6 +40,7 @@ from importlib import resources
 from typing import Any
 
 from jitrender.claims import CLAIMS_FOLDER, claims_in
+from jitrender.errors import MissingDependencyError
 from jitrender.heartbeat import STALE_INTERVALS
 from jitrender.job import Job
 from jitrender.markers import marker_prefix
@@ -85,7 +86,8 @@ def gather(job: Job, stores: Stores | None = None) -> Observed:
             into = leases
         else:
             continue
-        with contextlib.suppress(OSError, ValueError):  # being rewritten, or gone: next look
+        # Gone since the listing (a run's end), or not JSON: the next look sees what is there.
+        with contextlib.suppress(OSError, ValueError, MissingDependencyError):
             document = json.loads(read(info.url))
             if isinstance(document, dict):
                 into.append(document)

@@ -329,14 +329,26 @@ class Store(ABC):
         raise ConfigError(f"{url}: this storage ({type(self).__name__}) cannot delete objects")
 
     def read_bytes(self, url: str) -> bytes:
+        """The object's bytes as they are now (FileNotFoundError where there is none). One
+        rewritten between its stat and its download (a heartbeat, a claim's lease: the
+        generation the stat named is gone) is read again at its new one, up to 3 times: a
+        reader must never take a lease being renewed for a lease released."""
         import io
 
-        info = self.stat(url)
-        if info is None:
-            raise FileNotFoundError(url)
-        buffer = io.BytesIO()
-        self.download(info, buffer)
-        return buffer.getvalue()
+        attempt = 0
+        while True:
+            attempt += 1
+            info = self.stat(url)
+            if info is None:
+                raise FileNotFoundError(url)
+            buffer = io.BytesIO()
+            try:
+                self.download(info, buffer)
+            except Exception as exc:
+                if attempt < 3 and classify(exc) == "missing":
+                    continue
+                raise
+            return buffer.getvalue()
 
 
 def _compare(

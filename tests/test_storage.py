@@ -132,3 +132,26 @@ def test_gcs_upload_above_the_multipart_limit_keeps_the_resumable_path(
     # (fake-gcs-server ignores ifGenerationMatch on resumable uploads: no repeat tried here.)
     assert store.read_bytes(url) == big.read_bytes()
     assert store.put_bytes_if_absent(b"small", url).outcome == "conflict"
+
+
+def test_read_bytes_of_an_object_rewritten_after_its_stat_reads_the_new_bytes(
+    gcs_bucket: str,
+) -> None:
+    """A lease renewed (rewritten: a new generation) between a reader's stat and its download
+    is read again at the new generation, never taken for a lease released (the old
+    generation's download is a 404 on the real API server). Where it is really gone, the
+    reader is told so."""
+    url = f"{gcs_bucket}/claims/run.a.json"
+    put_object(url, b'{"refreshed": 1}')
+    rewrites = [b'{"refreshed": 2}']
+
+    class RenewedMeanwhile(GCSStore):
+        def stat(self, url: str):  # type: ignore[no-untyped-def]
+            info = super().stat(url)
+            if rewrites:  # the holder renews its lease just after this stat
+                put_object(url, rewrites.pop())
+            return info
+
+    assert RenewedMeanwhile().read_bytes(url) == b'{"refreshed": 2}'
+    with pytest.raises(FileNotFoundError):
+        GCSStore().read_bytes(f"{gcs_bucket}/claims/run.gone.json")
