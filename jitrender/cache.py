@@ -639,7 +639,7 @@ class Cache:
                     verify(info, info.size, self.ranged.download(info, store, Path(part)))
                     final = self._install(part, key)
                 else:
-                    final = self._download_whole_into_place(info, store, key, part)
+                    final = self._publish(key, functools.partial(_stream_into, info, store))
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise self.no_space(info) from None
@@ -723,39 +723,26 @@ class Cache:
 
     def _install_bytes(self, body: bytes, key: str) -> str:
         """:meth:`_install` of a download held in memory (see :meth:`Download.install_bytes`)."""
-        final = self._publish_unnamed(key, lambda fd: write_all(fd, body))
+        return self._publish(key, lambda fd: write_all(fd, body))
+
+    def _publish(self, key: str, write: Callable[[int], None]) -> str:
+        """``write(fd)`` the object's bytes (checking them) and publish them as ``key``'s
+        object (the path returned): an unnamed file (:meth:`_publish_unnamed`), else a temp
+        name renamed into place (:meth:`_install`), removed whatever happens."""
+        final = self._publish_unnamed(key, write)
         if final is not None:
             return final
         part = self._part_path(key)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             try:
-                write_all(fd, body)
+                write(fd)
             finally:
                 os.close(fd)
             return self._install(part, key)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(part)
-
-    def _download_whole_into_place(
-        self, info: ObjectInfo, store: Store, key: str, part: str
-    ) -> str:
-        """Download ``info`` in one stream and publish it as ``key``'s object (the path
-        returned): an unnamed file in its ``objects/ab``, linked once verified, as a small
-        body's (:meth:`_publish_unnamed`); else the temp name ``part``, renamed."""
-
-        def write(fd: int) -> None:
-            with open(fd, "wb", closefd=False) as handle:
-                writer = Crc32cWriter(handle)
-                store.download(info, writer)  # type: ignore[arg-type]
-            verify(info, writer.size, writer.digest_b64())
-
-        final = self._publish_unnamed(key, write)
-        if final is not None:
-            return final
-        self._download_whole(info, store, part)
-        return self._install(part, key)
 
     def _publish_unnamed(self, key: str, write: Callable[[int], None]) -> str | None:
         """``write(fd)`` the object's bytes into a new unnamed file (Linux's ``O_TMPFILE``,
@@ -868,14 +855,6 @@ class Cache:
         if infos:
             self._record(infos)
             self._maybe_evict(keep={self.key(i) for i in infos})
-
-    @staticmethod
-    def _download_whole(info: ObjectInfo, store: Store, part: str) -> None:
-        with open(part, "xb") as handle:
-            writer = Crc32cWriter(handle)
-            store.download(info, writer)  # type: ignore[arg-type]
-            handle.flush()
-        verify(info, writer.size, writer.digest_b64())
 
     def link_into(self, cached: Path | str, dest: Path | str) -> None:
         """Hardlink a cached object to ``dest`` (a copy when the workspace is on another
@@ -1416,6 +1395,15 @@ def _close_all(held: dict[str, int], stale: list[int]) -> None:
             os.close(fd)
     held.clear()
     stale.clear()
+
+
+def _stream_into(info: ObjectInfo, store: Store, fd: int) -> None:
+    """Download all of ``info`` into the new file ``fd`` in one stream, checked as it goes
+    (its size and crc32c verified at the end: a mismatch raises)."""
+    with open(fd, "wb", closefd=False) as handle:
+        writer = Crc32cWriter(handle)
+        store.download(info, writer)  # type: ignore[arg-type]
+    verify(info, writer.size, writer.digest_b64())
 
 
 # linux/fs.h: FS_IOC_GETFLAGS and FS_IOC_SETFLAGS (_IOR/_IOW 'f' 1/2 of a long, 64-bit ABIs)
