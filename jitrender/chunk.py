@@ -24,6 +24,9 @@ from jitrender.progress import Progress
 from jitrender.report import FrameFailure
 from jitrender.stages import StageOutcome, run_invocation
 
+# Markers written at once, at most, when several frames are marked together.
+MARKER_WRITERS = 8
+
 
 class FrameBooks:
     """Each frame's state in one run. Thread-safe; :meth:`uploaded` is the uploader's
@@ -90,10 +93,12 @@ class FrameBooks:
             except JitrenderError as exc:
                 self.progress.event("warning", message=f"{stage} of frame {frame}: {exc}")
 
-    def stages_done(self, frame: int) -> None:
+    def stages_done(self, frames: Collection[int]) -> None:
+        """``frames``' stages are all done: each is marked once its outputs are uploaded
+        (those already uploaded now, see :meth:`mark_all`)."""
         with self._lock:
-            self._stages_done.add(frame)
-        self.mark(frame)
+            self._stages_done.update(frames)
+        self.mark_all(frames)
 
     def failed(self, failure: FrameFailure) -> None:
         with self._lock:
@@ -102,15 +107,42 @@ class FrameBooks:
 
     def mark(self, frame: int) -> None:
         """Write ``frame``'s marker if its stages are done and every output is uploaded."""
+        outputs = self._ready(frame)
+        if outputs is not None:
+            self._write_marker(frame, outputs)
+
+    def mark_all(self, frames: Collection[int]) -> None:
+        """:meth:`mark` of each of ``frames``, the markers written concurrently: a chunk's
+        frames finish together, and each marker is a request (one after another, a 100-frame
+        chunk's would cost 100 round trips to the bucket)."""
+        ready = [
+            (frame, outputs) for frame in frames if (outputs := self._ready(frame)) is not None
+        ]
+        if len(ready) <= 1:
+            for frame, outputs in ready:
+                self._write_marker(frame, outputs)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(MARKER_WRITERS, len(ready)), "marker") as writers:
+            writes = [writers.submit(self._write_marker, f, outputs) for f, outputs in ready]
+        for write in writes:
+            write.result()  # what is not a storage error is raised here, as when serial
+
+    def _ready(self, frame: int) -> dict[str, str | None] | None:
+        """``frame``'s outputs (URL -> crc32c) where its marker is due now, claimed for the
+        caller to write; None where it is not due (stages or uploads pending, or claimed)."""
         with self._lock:
             if frame in self._claimed or frame not in self._stages_done:
-                return
+                return None
             expected = sorted({*self.expected.get(frame, ()), *self.produced(frame)})
             records = [self._uploads.get(rel) for rel in expected]
             if any(r is None for r in records):
-                return
+                return None
             self._claimed.add(frame)  # no second thread writes it meanwhile
-        outputs = {r.url: r.crc32c for r in records if r is not None}
+        return {r.url: r.crc32c for r in records if r is not None}
+
+    def _write_marker(self, frame: int, outputs: dict[str, str | None]) -> None:
         try:
             self.markers.write(frame, outputs)
         except JitrenderError as exc:
@@ -339,8 +371,7 @@ class Chunk:
             return failures
         finally:
             if self.last:
-                for frame in self.finished:
-                    self.books.stages_done(frame)
+                self.books.stages_done(self.finished)
             if completed:
                 for failure in failures.values():
                     self.books.failed(failure)

@@ -15,6 +15,12 @@ A small scene (``BODY_MAX``) that the node's cache does not hold at the stat's g
 also downloaded, pinned to that generation and checked against the stat's size and crc32c,
 and kept in memory: the run installs those bytes into its cache (:meth:`body`) instead of a
 serial download before the resolve can parse it. Nothing is written until then.
+
+A manifest scene's listings are made ahead too: its folder lines', its plain files' (one
+ranged listing per busy folder), and its frame lines' for the frames the run says it renders
+(:meth:`want_frames`, called as soon as the job is read). A scene the node lacks marks a cold
+run: the connections its listings and first fetches need are opened beside the scene's
+download rather than after the listings.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import time
 
 TYPE_CHECKING = False  # typing's constant, not its import: see jitrender.stopping
 if TYPE_CHECKING:  # the thread imports them: the process's first milliseconds start it
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from jitrender.storage import ObjectInfo, Stores
@@ -43,6 +49,9 @@ BODY_MAX = 1 << 20
 BODY_WAIT_S = 1.0
 # A manifest's listings made ahead, at most (a bigger one's are left to the run).
 LIST_AHEAD_MAX = 64
+# Frame lines are listed ahead for at most this many frames (a sequence's range listing then
+# comes in one page of 1,000 objects; a bigger task's are left to the run).
+FRAMES_AHEAD_MAX = 1000
 
 
 class HeadStart:
@@ -80,6 +89,10 @@ class HeadStart:
         self._listed: dict[str, list[ObjectInfo]] = {}
         self._list_stats: list[ObjectInfo] = []
         self._listings_done = threading.Event()
+        # The frames the run renders, once it has read the job (want_frames): a manifest's
+        # frame lines are listed ahead for them too.
+        self._frames: tuple[int, ...] | None = None
+        self._frames_given = threading.Event()
         self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
 
     @classmethod
@@ -111,6 +124,14 @@ class HeadStart:
         self._read.wait(timeout)
         return url in self._asked
 
+    def want_frames(self, frames: Sequence[int]) -> None:
+        """The frames the run renders (this task's, known once the job is read): a manifest
+        scene's frame lines are listed ahead for them as well (up to ``FRAMES_AHEAD_MAX``
+        frames; the thread waits up to ``BODY_WAIT_S`` for them where the manifest has such
+        lines). A guess like the rest: the run's resolve asks for whatever it lacks."""
+        self._frames = tuple(frames)
+        self._frames_given.set()
+
     def _run(self) -> None:
         try:
             if self._run_args is not None:
@@ -138,6 +159,15 @@ class HeadStart:
             # The stats are what the run waits for; the connections it only finds in its pool.
             self._fetching = {i.url for i in self._found if self._wants_body(i)}
             self._stated.set()
+            if self._fetching:
+                # A scene the node lacks: a cold run, whose listings and first fetches follow
+                # the scene's download within milliseconds. Their connections open now,
+                # beside that download (one round trip each saved off the first bytes; a
+                # warm run, whose scene is cached, opens them only after its own requests).
+                for store, url in stores:
+                    threading.Thread(
+                        target=_quietly, args=(store.preconnect, url, PRECONNECT), daemon=True
+                    ).start()
             for info in list(self._found):
                 if info.url in self._fetching:
                     with contextlib.suppress(Exception):  # the run downloads it itself
@@ -204,6 +234,11 @@ class HeadStart:
         lines = [line for _, line in manifest_entries(text) if line.startswith("gs://")]
         folders = dict.fromkeys(line.rstrip("/") + "/" for line in lines if line.endswith("/"))
         files = [line for line in lines if not line.endswith("/") and not TOKEN_CHAR.search(line)]
+        if any(TOKEN_CHAR.search(line) for line in lines):
+            # The run says which frames as soon as it has read the job: long before its
+            # resolve, which waits for these listings anyway.
+            self._frames_given.wait(BODY_WAIT_S)
+        files += _frame_files(lines, self._frames)
         groups, alone = listing_groups(dict.fromkeys(files))
         ranges = [listing for listing, _ in groups]
         count = len(folders) + len(ranges) + len(alone)  # (files alone in a folder: a stat each)
@@ -274,6 +309,31 @@ class HeadStart:
 # line of JSON. Read without a YAML parser (a parse costs milliseconds per file, and every
 # file argument is read); a scene written any other way is left to the run.
 _SCENE = r"""^(?:scene|[ \t]*"scene")[ \t]*:[ \t]+(["']?)(gs://[^\s"'#,]+)\1[ \t]*(?:[#,].*)?$"""
+
+
+def _frame_files(lines: Sequence[str], frames: Sequence[int] | None) -> list[str]:
+    """The files that a manifest's frame lines (``gs://`` URLs holding frame tokens, as the
+    manifest resolver reads them, and no tile or view token) name for ``frames``; none for
+    more than ``FRAMES_AHEAD_MAX`` frames or before the frames are known."""
+    if not frames or len(frames) > FRAMES_AHEAD_MAX:
+        return []
+    from jitrender.manifestlines import TOKEN_CHAR
+    from jitrender.sequences import expand_frame, has_frame_token, has_udim_token, has_view_token
+
+    out: list[str] = []
+    for line in lines:
+        if line.endswith("/") or not TOKEN_CHAR.search(line):
+            continue
+        if has_udim_token(line) or has_view_token(line) or not has_frame_token(line):
+            continue  # tiles and views: the resolve lists or names them itself
+        out.extend(dict.fromkeys(expand_frame(line, frame) for frame in frames))
+    return out
+
+
+def _quietly(call: Callable[..., object], *args: object) -> None:
+    """``call(*args)``, any failure ignored (the run does the same work itself, retried)."""
+    with contextlib.suppress(Exception):
+        call(*args)
 
 
 class _Capped:

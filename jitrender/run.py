@@ -482,8 +482,7 @@ class JobRun:
             budget = self.stopping.remaining(self.options.flush_budget_s)
             self.markers.deadline = time.monotonic() + budget
             flushed = flushed or uploader.wait(budget)
-        for frame in plan.frames:
-            books.mark(frame)
+        books.mark_all(plan.frames)
         report.timings["upload_s"] = uploader.upload_seconds
         report.timings["upload_tail_s"] = time.monotonic() - t0
         collect_outputs(uploader, report, self.progress)

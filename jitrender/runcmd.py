@@ -259,15 +259,10 @@ def run_command(
         job = load_job(job_file, cache_dir)
         extra = extra_path_map(path_map, path_map_rules)
         head_start = _head_start(job, extra, early, cache_dir)  # before the imports
-        from jitrender.cache import parse_size
         from jitrender.farm import detect_task, task_frames, task_parts
-        from jitrender.heartbeat import TaskProgress
-        from jitrender.run import RunOptions, run_job
 
-        if early is not None:  # started by jitrender.entry, which paused garbage collection
-            from jitrender.entry import imports_done
-
-            imports_done()
+        # This task's frames, before the run's imports: the head start lists a manifest's
+        # frame lines for them while those go on.
         frame_list = frames_of(job, frames)
         slot = detect_task(task_index, task_count, os.environ)
         task, parts = None, None
@@ -279,6 +274,16 @@ def run_command(
         elif slot is not None:
             frame_list = task_frames(frame_list, slot, job.chunk)
             task = {"index": slot.index, "count": slot.count, "source": slot.source}
+        if head_start is not None:
+            head_start.want_frames(frame_list)
+        from jitrender.cache import parse_size
+        from jitrender.heartbeat import TaskProgress
+        from jitrender.run import RunOptions, run_job
+
+        if early is not None:  # started by jitrender.entry, which paused garbage collection
+            from jitrender.entry import imports_done
+
+            imports_done()
         options = RunOptions(
             frames=frame_list,
             parts=parts,

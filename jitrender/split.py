@@ -347,5 +347,5 @@ class SplitRender:
         except DataError as exc:
             return FrameFailure(frame, "assemble", exc.message)
         if failure is None:
-            self.books.stages_done(frame)
+            self.books.stages_done((frame,))
         return failure

@@ -759,13 +759,20 @@ class _GcsReader:
         from concurrent.futures import ThreadPoolExecutor
 
         pool = self.pool().connection_from_url(self.base)
-        # Every slot taken before any goes back: else one connection is handed round.
-        conns = [pool._get_conn() for _ in range(min(count, self._pool_size))]
+        # Every slot taken before any goes back: else one connection is handed round. The
+        # open ones go back at once (microseconds later): a request made meanwhile, as the
+        # head start's download of the scene, still finds its warm connection.
+        taken = [pool._get_conn() for _ in range(min(count, self._pool_size))]
+        conns = [conn for conn in taken if not conn.is_connected]
+        for conn in taken:
+            if conn.is_connected:
+                pool._put_conn(conn)
+        if not conns:
+            return
 
         def connect(conn: Any) -> None:
             try:
-                if not conn.is_connected:  # a new one; an idle one stays as it is
-                    conn.connect()
+                conn.connect()
             except OSError:
                 conn.close()  # it reconnects when next used, as urllib3's own do
 

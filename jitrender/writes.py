@@ -7,8 +7,11 @@ blocks' first touch costs the host's page faults, charged to the copy into the p
 Measured on this machine, 923 MB written by one process after the memory had been reported
 (``perf``: ``copy_folio_from_iter_atomic``): in 4 MiB writes 4.7 s of system CPU, 1 MiB 4.2 s,
 512 KiB 2.9 s, 256 KiB 0.25 s, 128 KiB 0.21 s. rclone writes 32 KiB at a time and never paid
-it; jitrender's shot of 71 files spent 2.3-5 s of its 3-6 s of CPU there. A slice of
-``SLICE_BYTES`` costs one more syscall per 128 KiB, nothing measurable, on any machine.
+it; jitrender's shot of 71 files spent 2.3-5 s of its 3-6 s of CPU there. In ``make bench``,
+where every tool's 923 MB is deleted after its round, 128 KiB slices still paid it in part:
+the shot's CPU 1.64-2.33 s in 128 KiB slices, 1.29-1.40 s in 32 KiB ones (two runs of each,
+3 rounds, on one machine; wall 2.72 -> 2.65 s); 4 x 512 MiB the same in both (2.26 s). A
+slice of ``SLICE_BYTES`` costs one more syscall per 32 KiB, nothing measurable next to that.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-SLICE_BYTES = 128 << 10
+SLICE_BYTES = 32 << 10
 
 
 def slices(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:

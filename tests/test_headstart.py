@@ -34,11 +34,11 @@ from tests.renderjobs import (
 from tests.renderjobs import start_run as start
 
 
-def _scene_job(root: Path, bucket: str, **extra: object) -> RenderJob:
+def _scene_job(root: Path, bucket: str, frames: str = "1-2", **extra: object) -> RenderJob:
     """The shared job, its dependencies named by a manifest scene in ``bucket``."""
     lines = f"{bucket}/assets/lut.bin\n{bucket}/assets/tex.####.bin\n"
     put_object(f"{bucket}/scenes/shot.txt", lines.encode())
-    return make_job(root, bucket, "1-2", extra={"scene": f"{bucket}/scenes/shot.txt", **extra})
+    return make_job(root, bucket, frames, extra={"scene": f"{bucket}/scenes/shot.txt", **extra})
 
 
 def _is_scene_stat(request: Request) -> bool:
@@ -69,6 +69,33 @@ def test_scene_stat_is_the_runs_first_request_and_made_once(
     requests = _after_warmup(proxy)
     assert _is_scene_stat(requests[0]), [r.path for r in requests[:5]]
     assert sum(map(_is_scene_stat, requests)) == 1, [r.path for r in requests]
+
+
+def test_a_manifests_frame_lines_are_listed_ahead_once_for_this_tasks_frames(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """The run tells the head start its task's frames as soon as the job is read: the frame
+    line's one ranged listing (for those frames only) and the plain file's stat go out right
+    after the scene's download, before the run's own first request, and are not made again."""
+    job = _scene_job(tmp_path / "job", gcs_bucket, "1-20")
+    env = jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url)
+    code, out, report = run(job, "--task-index", "1", "--task-count", "2", env=env)
+    frames = report["frames"]["requested"]
+    assert code == 0 and report["frames"]["done"] == frames, out
+    assert 8 <= len(frames) < 20, frames  # this task's: a ranged listing, not the job's 20
+
+    def asks_about_assets(request: Request) -> bool:  # a stat or a listing (JSON API)
+        return request.path.startswith("/storage/v1/") and "assets/" in request.path
+
+    requests = _after_warmup(proxy)
+    paths = [r.path for r in requests]
+    assert _is_scene_stat(requests[0]) and _is_scene_get(requests[1]), paths[:6]
+    # The plain file and the task's frames share a folder: one ranged listing holds them all,
+    # the head start's, right after the scene's download (before the run's markers listing).
+    asked = [r.path for r in requests if asks_about_assets(r)]
+    assert len(asked) == 1 and asked[0] == paths[2], paths[:6]
+    assert "prefix=assets/" in asked[0] and "startOffset=assets/lut.bin" in asked[0], asked
+    assert report["cache"]["fetch_ratio"] == 1.0
 
 
 def test_a_mapped_scene_path_gets_its_head_start_once_the_job_is_read(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import yaml
 
 from jitrender.storage import GCSStore
 from tests.conftest import cli, put_object
+from tests.faultproxy import Fault, FaultProxy, Request
+from tests.renderjobs import finish, jitrender_env, make_job, start_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -272,3 +275,49 @@ def test_a_relative_cache_dir_names_the_stage_folders_from_where_jitrender_ran(
     assert json.loads(result.stdout)["frames"]["done"] == [1, 2]
     assert (tmp_path / "cache" / "objects").is_dir()
     assert (Path(local_bucket.removeprefix("file://")) / "renders/job/r.0002.exr").is_file()
+
+
+def test_a_chunks_frame_markers_are_written_at_once_not_one_after_another(
+    gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    """A chunk's frames finish together: their markers (a request each) go out concurrently.
+    Here each frame's output is final (renamed into place) and uploaded while the chunk still
+    runs, so all four markers are due when it ends. The first is held at the proxy; the others
+    must arrive while it waits (one after another, none would)."""
+    chunk = (
+        'for f in $(echo "$JITRENDER_FRAMES" | tr , " "); do'
+        ' echo $f > "$2/.frame.$f.tmp" && mv "$2/.frame.$f.tmp" "$2/frame.$f.txt"; done; sleep 2'
+    )
+    stage = {"name": "render", "per": "chunk", "command": ["sh", "-c", chunk, "sh", "{inputs}",
+                                                            "{outputs}"]}  # fmt: skip
+    job = make_job(tmp_path / "job", gcs_bucket, "1-4",
+                   extra={"stages": [stage], "outputs": {"to": f"{gcs_bucket}/renders",
+                                                         "files": ["frame.#.txt"]}})  # fmt: skip
+
+    def is_marker(request: Request) -> bool:
+        return request.is_upload and request.names("_jitrender/") and request.names(".json")
+
+    hold = Fault("hold", forward=True)
+    held: list[Request] = []
+
+    def first_marker_held(request: Request) -> Fault | None:
+        if held or not is_marker(request):
+            return None
+        held.append(request)
+        return hold
+
+    proxy.rules.append(first_marker_held)
+    proc = start_run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
+    try:
+        assert hold.held.wait(60), "no marker was written"
+        deadline = time.monotonic() + 20
+        while sum(map(is_marker, list(proxy.requests))) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        others = sum(map(is_marker, list(proxy.requests))) - 1
+    finally:
+        hold.release.set()
+    code, out = finish(proc)
+    assert code == 0, out
+    assert others == 3, f"{others} other markers came while the first was held"
+    report = json.loads((job.root / "report.json").read_text())
+    assert report["frames"]["done"] == [1, 2, 3, 4]
