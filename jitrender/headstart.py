@@ -238,10 +238,13 @@ class HeadStart:
             # The run says which frames as soon as it has read the job: long before its
             # resolve, which waits for these listings anyway.
             self._frames_given.wait(BODY_WAIT_S)
-        files += _frame_files(lines, self._frames)
-        groups, alone = listing_groups(dict.fromkeys(files))
-        ranges = [listing for listing, _ in groups]
-        count = len(folders) + len(ranges) + len(alone)  # (files alone in a folder: a stat each)
+        # With the frame lines' files where they fit under the cap, else without them.
+        for wanted in (files + _frame_files(lines, self._frames), files):
+            groups, alone = listing_groups(dict.fromkeys(wanted))
+            ranges = [listing for listing, _ in groups]
+            count = len(folders) + len(ranges) + len(alone)  # (alone in a folder: a stat each)
+            if count <= LIST_AHEAD_MAX:
+                break
         if not count or count > LIST_AHEAD_MAX:
             return
         store = self.stores.for_url

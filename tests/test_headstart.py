@@ -288,3 +288,26 @@ def _sigterm_while_held(
         hold.release.set()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_frame_lines_name_the_frames_files_and_nothing_the_resolve_must_list() -> None:
+    """The pure part: which files a manifest's frame lines name for the task's frames, as the
+    manifest resolver expands them; tiles, views and too many frames are left to the run."""
+    from jitrender.headstart import FRAMES_AHEAD_MAX, _frame_files
+
+    lines = [
+        "gs://b/shot/beauty.####.exr",
+        "gs://b/shot/depth.%04d.exr",
+        "gs://b/tex/wood.<UDIM>.tx",
+        "gs://b/plates/%V/plate.####.exr",
+        "gs://b/lut.cube",
+        "gs://b/shot/",
+    ]
+    assert _frame_files(lines, (1001, 1002)) == [
+        "gs://b/shot/beauty.1001.exr",
+        "gs://b/shot/beauty.1002.exr",
+        "gs://b/shot/depth.1001.exr",
+        "gs://b/shot/depth.1002.exr",
+    ]
+    assert _frame_files(lines, None) == [] and _frame_files(lines, ()) == []
+    assert _frame_files(lines, range(1, FRAMES_AHEAD_MAX + 2)) == []
