@@ -51,9 +51,8 @@ PIECE_BYTES = 1 << 20  # a body is written in pieces of this size (a small objec
 # GIL round (perf: a sixth of the samples in futex wake-ups and task switches); 2,000 x
 # 64 KiB through the link stand-in, 10 interleaved rounds: 4 writers 1.77 s and 1.60 s of CPU,
 # 1 writer 1.67 s and 1.46 s.
-WRITERS = max(
-    1, min(4, len(os.sched_getaffinity(0)) // 2 if hasattr(os, "sched_getaffinity") else 1)
-)
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+WRITERS = max(1, min(4, (_CPUS or 2) // 2))
 WRITE_BACKLOG = 64 << 20
 
 

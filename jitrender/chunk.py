@@ -107,9 +107,7 @@ class FrameBooks:
 
     def mark(self, frame: int) -> None:
         """Write ``frame``'s marker if its stages are done and every output is uploaded."""
-        outputs = self._ready(frame)
-        if outputs is not None:
-            self._write_marker(frame, outputs)
+        self.mark_all((frame,))
 
     def mark_all(self, frames: Collection[int]) -> None:
         """:meth:`mark` of each of ``frames``, the markers written concurrently: a chunk's

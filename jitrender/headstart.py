@@ -234,12 +234,13 @@ class HeadStart:
         lines = [line for _, line in manifest_entries(text) if line.startswith("gs://")]
         folders = dict.fromkeys(line.rstrip("/") + "/" for line in lines if line.endswith("/"))
         files = [line for line in lines if not line.endswith("/") and not TOKEN_CHAR.search(line)]
-        if any(TOKEN_CHAR.search(line) for line in lines):
+        frame_lines = [line for line in lines if _is_frame_line(line)]
+        if frame_lines:
             # The run says which frames as soon as it has read the job: long before its
             # resolve, which waits for these listings anyway.
             self._frames_given.wait(BODY_WAIT_S)
         # With the frame lines' files where they fit under the cap, else without them.
-        for wanted in (files + _frame_files(lines, self._frames), files):
+        for wanted in (files + _frame_files(frame_lines, self._frames), files):
             groups, alone = listing_groups(dict.fromkeys(wanted))
             ranges = [listing for listing, _ in groups]
             count = len(folders) + len(ranges) + len(alone)  # (alone in a folder: a stat each)
@@ -314,22 +315,30 @@ class HeadStart:
 _SCENE = r"""^(?:scene|[ \t]*"scene")[ \t]*:[ \t]+(["']?)(gs://[^\s"'#,]+)\1[ \t]*(?:[#,].*)?$"""
 
 
+def _is_frame_line(line: str) -> bool:
+    """A manifest line naming one file per frame: a frame token, and no tile or view token
+    (tiles and views the resolve lists or names itself)."""
+    from jitrender.manifestlines import TOKEN_CHAR
+
+    if line.endswith("/") or not TOKEN_CHAR.search(line):  # most lines: no token at all
+        return False
+    from jitrender.sequences import has_frame_token, has_udim_token, has_view_token
+
+    return has_frame_token(line) and not has_udim_token(line) and not has_view_token(line)
+
+
 def _frame_files(lines: Sequence[str], frames: Sequence[int] | None) -> list[str]:
     """The files that a manifest's frame lines (``gs://`` URLs holding frame tokens, as the
     manifest resolver reads them, and no tile or view token) name for ``frames``; none for
     more than ``FRAMES_AHEAD_MAX`` frames or before the frames are known."""
     if not frames or len(frames) > FRAMES_AHEAD_MAX:
         return []
-    from jitrender.manifestlines import TOKEN_CHAR
-    from jitrender.sequences import expand_frame, has_frame_token, has_udim_token, has_view_token
+    from jitrender.sequences import expand_frame
 
     out: list[str] = []
     for line in lines:
-        if line.endswith("/") or not TOKEN_CHAR.search(line):
-            continue
-        if has_udim_token(line) or has_view_token(line) or not has_frame_token(line):
-            continue  # tiles and views: the resolve lists or names them itself
-        out.extend(dict.fromkeys(expand_frame(line, frame) for frame in frames))
+        if _is_frame_line(line):
+            out.extend(dict.fromkeys(expand_frame(line, frame) for frame in frames))
     return out
 
 

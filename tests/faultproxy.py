@@ -67,6 +67,21 @@ class Fault:
 Rule = Callable[[Request], Fault | None]
 
 
+def hold_first(proxy: FaultProxy, matches: Callable[[Request], bool]) -> Fault:
+    """Hold the first request ``matches`` accepts until the test releases it (then forward it)."""
+    hold = Fault("hold", forward=True)
+    taken: list[Request] = []
+
+    def rule(request: Request) -> Fault | None:
+        if taken or not matches(request):
+            return None
+        taken.append(request)
+        return hold
+
+    proxy.rules.append(rule)
+    return hold
+
+
 def first_only(matches: Callable[[Request], bool], kind: str) -> tuple[Rule, list[Request]]:
     """A rule giving a ``kind`` fault to the first request ``matches`` accepts (later ones
     pass), and the list that request is put in once it has come."""

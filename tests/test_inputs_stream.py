@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from jitrender.inputs import _LocalNames
 from jitrender.paths import workspace_relstr
 from jitrender.transfer import listing_groups, listing_ranges
 from tests.conftest import gcs_client, put_object
-from tests.faultproxy import MAX_HOLD_S, Fault, FaultProxy, Request, first_only
+from tests.faultproxy import MAX_HOLD_S, Fault, FaultProxy, Request, first_only, hold_first
 from tests.renderjobs import (
     RenderJob,
     bucket_objects,
@@ -71,21 +70,6 @@ def _is_lut_download(request: Request) -> bool:
     )
 
 
-def _held(proxy: FaultProxy, matches: Callable[[Request], bool]) -> Fault:
-    """Hold the first request ``matches`` accepts until the test releases it (then forward it)."""
-    hold = Fault("hold", forward=True)
-    taken: list[Request] = []
-
-    def rule(request: Request) -> Fault | None:
-        if taken or not matches(request):
-            return None
-        taken.append(request)
-        return hold
-
-    proxy.rules.append(rule)
-    return hold
-
-
 def _outputs_right(job: RenderJob) -> None:
     found = bucket_objects(job.bucket, "renders/")
     for frame in job.frames:
@@ -100,7 +84,7 @@ def test_the_first_download_goes_out_while_a_sequence_listing_is_still_held(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
     job = _manifest_job(tmp_path / "job", gcs_bucket)
-    hold = _held(proxy, _is_sequence_listing)
+    hold = hold_first(proxy, _is_sequence_listing)
     proc = start_run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
     try:
         assert hold.held.wait(30), "the sequence was never listed"
@@ -125,7 +109,7 @@ def test_a_warm_run_links_what_it_knows_while_a_listing_is_held_and_ends_right(
     code, out, _ = run(job, env=env)
     assert code == 0, out
     job.clear_phases()
-    hold = _held(proxy, _is_sequence_listing)
+    hold = hold_first(proxy, _is_sequence_listing)
     proc = start_run(job, "--rerender", env=env)
     try:
         assert hold.held.wait(30), "the sequence was never listed"
@@ -151,7 +135,7 @@ def test_a_manifests_folder_and_sequence_listings_go_out_together(
 ) -> None:
     """The sequence's listing is asked before the folder's answers: one round trip, not two."""
     job = _manifest_job(tmp_path / "job", gcs_bucket)
-    hold = _held(proxy, _is_folder_listing)
+    hold = hold_first(proxy, _is_folder_listing)
     proc = start_run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
     try:
         assert hold.held.wait(30), "the folder was never listed"

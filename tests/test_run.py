@@ -12,7 +12,7 @@ import yaml
 
 from jitrender.storage import GCSStore
 from tests.conftest import cli, put_object
-from tests.faultproxy import Fault, FaultProxy, Request
+from tests.faultproxy import FaultProxy, Request, hold_first
 from tests.renderjobs import finish, jitrender_env, make_job, start_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,16 +297,7 @@ def test_a_chunks_frame_markers_are_written_at_once_not_one_after_another(
     def is_marker(request: Request) -> bool:
         return request.is_upload and request.names("_jitrender/") and request.names(".json")
 
-    hold = Fault("hold", forward=True)
-    held: list[Request] = []
-
-    def first_marker_held(request: Request) -> Fault | None:
-        if held or not is_marker(request):
-            return None
-        held.append(request)
-        return hold
-
-    proxy.rules.append(first_marker_held)
+    hold = hold_first(proxy, is_marker)
     proc = start_run(job, env=jitrender_env(job, STORAGE_EMULATOR_HOST=proxy.url))
     try:
         assert hold.held.wait(60), "no marker was written"
