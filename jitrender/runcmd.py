@@ -381,7 +381,11 @@ def _head_start(
     from jitrender.storage import Stores
 
     stores = early.stores if early else Stores()
-    return HeadStart(stores, urls=[url], cache_dir=job.cache_folder(cache_dir)).start()
+    late = HeadStart(stores, urls=[url], cache_dir=job.cache_folder(cache_dir)).start()
+    # Its thread imports its HTTP client alone first, as jitrender.entry lets the early one:
+    # shared with the run's own imports, its stat went out after the run's first request.
+    late.imported.wait(5.0)  # imports only: bounded against the unforeseen
+    return late
 
 
 def _refuse_if_unfit(job: Any, cache_dir: Path | None) -> None:
