@@ -122,9 +122,13 @@ class Inputs:
         self._aio: AsyncFetcher | None = None  # see _async()
         # One admission policy for every prefetch: in the order asked, bytes in flight capped.
         self._budget = InflightBudget(prefetch_bytes)
-        self._queue: queue.SimpleQueue[tuple[str, Future[Path]] | None] = queue.SimpleQueue()
+        # (url, its claim, its size where stat'ed)
+        self._queue: queue.SimpleQueue[tuple[str, Future[Path], int] | None] = queue.SimpleQueue()
         self._dispatcher: threading.Thread | None = None
         self._waiting = 0  # fetches queued for the dispatcher (later ones queue behind them)
+        self._waiting_bytes = 0  # their sizes, where stat'ed
+        # The ranged downloader's end game: the bytes this run's prefetch has still to ask for.
+        cache.ranged.pending = self._bytes_to_come
         self._prefetch_started = 0.0
         self._pending: set[str] = set()  # planned URLs this run's prefetch still fetches
         # The hits recorded in the index early (by the feed, while the stages run); close
@@ -592,14 +596,17 @@ class Inputs:
         except BaseException as exc:
             self._failed(url, future, exc)
             return
+        known = self._known.get(url)
+        size = known.size if known is not None else 0
         with self._lock:
             self._waiting += 1
+            self._waiting_bytes += size
             if self._dispatcher is None:
                 self._dispatcher = threading.Thread(
                     target=self._dispatch, name="jitrender-prefetch", daemon=True
                 )
                 self._dispatcher.start()
-        self._queue.put((url, future))
+        self._queue.put((url, future, size))
 
     def _dispatch(self) -> None:
         """Admit queued fetches one by one, in order, each once the byte budget allows."""
@@ -607,7 +614,7 @@ class Inputs:
             item = self._queue.get()
             if item is None:
                 return
-            url, future = item
+            url, future, size = item
             try:
                 self._admit(url, future, wait=True)
             except BaseException as exc:
@@ -615,6 +622,13 @@ class Inputs:
             finally:
                 with self._lock:
                     self._waiting -= 1
+                    self._waiting_bytes -= size
+
+    def _bytes_to_come(self) -> int:
+        """The bytes this run's prefetch has still to ask for: those waiting for admission
+        and those admitted whose requests are not made yet (the byte budget's). Read without
+        locks: the ranged downloader asks holding its own."""
+        return self._waiting_bytes + self._budget.inflight
 
     def _stopping(self) -> bool:
         return self._closed or self.stop.is_set()

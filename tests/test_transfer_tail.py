@@ -77,6 +77,34 @@ def test_ranges_taken_while_others_are_queued_are_not_shared(
     assert asked[3:] in ([(3 * MiB, 4 * MiB)], [(3 * MiB, 7 * MiB // 2), (7 * MiB // 2, 4 * MiB)])
 
 
+def test_in_the_end_game_the_last_ranges_are_cut_into_pieces_even_with_no_worker_free(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    # One worker (never a free one to share with), 2 MiB ranges: while more bytes are still
+    # to be asked for than the worker keeps busy, each range is one request; once the owner
+    # says few are left (pending), the range taken is cut into piece_bytes pieces.
+    data = os.urandom(6 * MiB)
+    url = f"{gcs_bucket}/plates/endgame.exr"
+    put_object(url, data)
+    store = _Recording()
+    info = store.stat(url)
+    assert info is not None
+    ranged = RangedDownloader(chunk_bytes=2 * MiB, workers=1, piece_bytes=MiB)
+    left = [info.size]
+
+    def started(size: int) -> None:
+        left[0] -= size
+
+    ranged.pending = lambda: left[0]
+    with ranged.scheduled(ranged.reserve(), started):
+        assert ranged.download(info, store, tmp_path / "endgame.part") == info.crc32c
+    ranged.close()
+    assert (tmp_path / "endgame.part").read_bytes() == data
+    # 6 MiB to come > 1 worker x 2 MiB, 4 MiB too; at the last range 2 MiB: cut in two.
+    assert sorted(store.asked) == [(0, 2 * MiB), (2 * MiB, 4 * MiB), (4 * MiB, 5 * MiB),
+                                   (5 * MiB, 6 * MiB)]  # fmt: skip
+
+
 def test_a_run_fetches_a_lone_large_object_over_several_connections(
     gcs_bucket: str, tmp_path: Path, proxy: FaultProxy
 ) -> None:
