@@ -39,15 +39,21 @@ class _Recording(GCSStore):
         super().download(info, sink, start, end)
 
 
-def test_a_lone_range_is_shared_out_among_free_workers_before_it_is_asked_for(
-    gcs_bucket: str, tmp_path: Path
-) -> None:
-    data = os.urandom(4 * MiB + 3)
-    url = f"{gcs_bucket}/plates/lone.exr"
+def _stored(bucket: str, name: str, size: int) -> tuple[bytes, _Recording, ObjectInfo]:
+    """``size`` random bytes put at ``bucket/plates/name``; a recording store and their stat."""
+    data = os.urandom(size)
+    url = f"{bucket}/plates/{name}"
     put_object(url, data)
     store = _Recording()
     info = store.stat(url)
     assert info is not None
+    return data, store, info
+
+
+def test_a_lone_range_is_shared_out_among_free_workers_before_it_is_asked_for(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    data, store, info = _stored(gcs_bucket, "lone.exr", 4 * MiB + 3)
     ranged = RangedDownloader(chunk_bytes=info.size, workers=4, piece_bytes=MiB)
     digest = ranged.download(info, store, tmp_path / "lone.part")
     ranged.close()
@@ -62,12 +68,7 @@ def test_ranges_taken_while_others_are_queued_are_not_shared(
 ) -> None:
     # Two workers, four ranges: the first three are taken with others still queued (nothing
     # to share: each is one request); only the last may be shared with a free worker.
-    data = os.urandom(4 * MiB)
-    url = f"{gcs_bucket}/plates/busy.exr"
-    put_object(url, data)
-    store = _Recording()
-    info = store.stat(url)
-    assert info is not None
+    data, store, info = _stored(gcs_bucket, "busy.exr", 4 * MiB)
     ranged = RangedDownloader(chunk_bytes=MiB, workers=2, piece_bytes=MiB // 2)
     assert ranged.download(info, store, tmp_path / "busy.part") == info.crc32c
     ranged.close()
@@ -83,12 +84,7 @@ def test_in_the_end_game_the_last_ranges_are_cut_into_pieces_even_with_no_worker
     # One worker (never a free one to share with), 2 MiB ranges: while more bytes are still
     # to be asked for than the worker keeps busy, each range is one request; once the owner
     # says few are left (pending), the range taken is cut into piece_bytes pieces.
-    data = os.urandom(6 * MiB)
-    url = f"{gcs_bucket}/plates/endgame.exr"
-    put_object(url, data)
-    store = _Recording()
-    info = store.stat(url)
-    assert info is not None
+    data, store, info = _stored(gcs_bucket, "endgame.exr", 6 * MiB)
     ranged = RangedDownloader(chunk_bytes=2 * MiB, workers=1, piece_bytes=MiB)
     left = [info.size]
 
