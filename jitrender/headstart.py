@@ -142,6 +142,9 @@ class HeadStart:
                 self._asked = _scenes_named(self._job_files)
             self._read.set()
             if any(url.startswith("gs://") for url in self._asked):
+                from jitrender.preopen import open_early
+
+                open_early()  # the first request's connection, while its client imports
                 with contextlib.suppress(ImportError):  # the run says what is missing
                     import urllib3  # noqa: F401  (gs:// reads' HTTP client: most of the wait)
 

@@ -720,17 +720,43 @@ _DEFAULT_CONTENT_TYPE = "application/octet-stream"  # google-cloud-storage's, wh
 _LIST_FIELDS = "items(name,size,generation,crc32c,metadata),nextPageToken"
 
 
+def _preopened_pools() -> dict[str, Any]:
+    """urllib3's pool classes for http and https, whose new connections take the socket that
+    :func:`jitrender.preopen.open_early` opened to their host where there is one."""
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    from jitrender import preopen
+
+    class Connection(HTTPConnection):
+        def _new_conn(self) -> Any:
+            sock = preopen.take(self._dns_host, self.port, self.socket_options, self.timeout)
+            return sock if sock is not None else super()._new_conn()
+
+    class SecureConnection(HTTPSConnection):
+        def _new_conn(self) -> Any:
+            sock = preopen.take(self._dns_host, self.port, self.socket_options, self.timeout)
+            return sock if sock is not None else super()._new_conn()
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Connection
+
+    class SecurePool(HTTPSConnectionPool):
+        ConnectionCls = SecureConnection
+
+    return {"http": Pool, "https": SecurePool}
+
+
 class _GcsReader:
     """GCS's read requests (object metadata, listings, media GETs) over one urllib3 pool with
     google-auth credentials: no google-cloud-storage on the read path (importing it costs
     ~0.5 s of CPU at every start) and no Blob wrappers per listed object. Thread-safe."""
 
     def __init__(self, pool_size: int) -> None:
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        if emulator and "://" not in emulator:
-            emulator = f"http://{emulator}"
-        self.base = (emulator or "https://storage.googleapis.com").rstrip("/")
-        self.anonymous = bool(emulator)
+        from jitrender.preopen import api_base
+
+        self.base = api_base()
+        self.anonymous = bool(os.environ.get("STORAGE_EMULATOR_HOST"))
         self._pool_size = pool_size
         self._pool: Any = None
         self._credentials: dict[tuple[str, ...], Any] = {}  # by scopes: read-only, read-write
@@ -750,6 +776,8 @@ class _GcsReader:
                     retries=False,  # with_retries decides, by classify()
                     timeout=urllib3.Timeout(connect=30, read=read_timeout_s()),
                 )
+                # The first connection takes the socket the head start opened early, if any.
+                self._pool.pool_classes_by_scheme = _preopened_pools()
             return self._pool
 
     def preconnect(self, count: int) -> None:

@@ -34,6 +34,7 @@ class Request:
     path: str  # with its query, percent-decoded
     body: bytes
     range: str = ""  # the Range header, where one was sent
+    connection: int = -1  # which connection it came on: its index in FaultProxy.connections
 
     @property
     def is_upload(self) -> bool:
@@ -115,6 +116,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.counts: Counter[str] = Counter()
         self.requests: list[Request] = []
+        self.connections: list[float] = []  # when each connection was accepted (monotonic)
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -171,6 +173,12 @@ class FaultProxy:
 
             def log_message(self, format: str, *args: object) -> None:
                 return
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy._lock:
+                    self.serial = len(proxy.connections)
+                    proxy.connections.append(time.monotonic())
 
             def handle(self) -> None:
                 try:
@@ -241,7 +249,11 @@ class FaultProxy:
             def _proxy(self) -> None:
                 body = self._body()
                 request = Request(
-                    self.command, unquote(self.path), body, self.headers.get("Range", "")
+                    self.command,
+                    unquote(self.path),
+                    body,
+                    self.headers.get("Range", ""),
+                    self.serial,
                 )
                 fault = proxy._choose(request)
                 kind = fault.kind if fault is not None else "pass"
