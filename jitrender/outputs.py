@@ -218,6 +218,7 @@ class Uploader:
         checkpoints_url: str | None = None,
     ) -> None:
         self.outputs_dir = outputs_dir
+        self._real_dir: Path | None = None  # outputs_dir with its links resolved (once)
         self.outputs_url = outputs_url.rstrip("/")
         self.store = store
         self.patterns = patterns
@@ -458,10 +459,19 @@ class Uploader:
         try:
             relpath = path.relative_to(self.outputs_dir).as_posix()
             st = path.lstat()
-            inside = path.resolve().is_relative_to(self.outputs_dir.resolve())
         except (ValueError, FileNotFoundError):
             return
+        state = (st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if self._submitted.get(relpath) == state:
+                return  # as it was submitted (the sweep after the stage's own, the watcher's)
         if not self.patterns.matches(relpath):
+            return
+        try:
+            if self._real_dir is None:  # the folder exists once a file is in it
+                self._real_dir = self.outputs_dir.resolve()
+            inside = path.resolve().is_relative_to(self._real_dir)
+        except FileNotFoundError:
             return
         if stat.S_ISLNK(st.st_mode) or not inside:
             # A link could point at any file on the node: refuse it rather than upload that.
@@ -471,7 +481,6 @@ class Uploader:
                 "are uploaded, never what a link points at",
             )
             return
-        state = (st.st_size, st.st_mtime_ns)
         with self._lock:
             if watched and not self._watching:
                 return  # the pool may be shut down already

@@ -485,16 +485,44 @@ class LocalStore(Store):
     def put_if_absent(
         self, source: Path, url: str, metadata: Metadata = None, *, overwrite: bool = False
     ) -> PutResult:
+        def fill(writer: Crc32cWriter) -> None:
+            with open(source, "rb") as src:
+                while chunk := src.read(4 << 20):
+                    writer.write(chunk)
+
+        def compare(existing: ObjectInfo | None) -> PutResult:
+            return _compare(source, existing, url, lambda: open(local_path_of(url), "rb"))
+
+        return self._create(url, fill, compare, metadata, overwrite)
+
+    def put_bytes_if_absent(self, data: bytes, url: str, metadata: Metadata = None) -> PutResult:
+        """As the base class, but the bytes go straight into the part file next to the object
+        (never a file in ``$TMPDIR`` first): a killed process's part is removed by the next
+        put there."""
+        return self._create(
+            url, lambda writer: writer.write(data), lambda e: _compare_bytes(data, e), metadata
+        )
+
+    def _create(
+        self,
+        url: str,
+        fill: Callable[[Crc32cWriter], object],
+        compare: Callable[[ObjectInfo | None], PutResult],
+        metadata: Metadata,
+        overwrite: bool = False,
+    ) -> PutResult:
+        """The object at ``url`` from what ``fill`` writes into a part file beside it (synced,
+        then linked: create-if-absent), or with ``overwrite`` renamed over it; ``compare``
+        says what a refused create found."""
         final = local_path_of(url)
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_parts(final)
         part = final.with_name(f".{final.name}.{_part_owner()}.{random.getrandbits(32):08x}")
         part = part.with_name(part.name + _PART_SUFFIX)
         try:
-            with open(source, "rb") as src, open(part, "xb") as dst:
+            with open(part, "xb") as dst:
                 writer = Crc32cWriter(dst)
-                while chunk := src.read(4 << 20):
-                    writer.write(chunk)
+                fill(writer)
                 dst.flush()
                 os.fsync(dst.fileno())
             _write_xattrs(part, metadata or {})
@@ -507,27 +535,12 @@ class LocalStore(Store):
             try:
                 os.link(part, final)
             except FileExistsError:
-                return _compare(source, self.stat(url), url, lambda: open(final, "rb"))
+                return compare(self.stat(url))
             _write_crc_tag(final, _local_generation(final.stat()), writer.digest_b64())
             return PutResult("created", self.stat(url))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
-
-    def put_bytes_if_absent(self, data: bytes, url: str, metadata: Metadata = None) -> PutResult:
-        """As the base class, but the bytes wait in a part file next to the object (never in
-        ``$TMPDIR``): a killed process's part is removed by the next put there."""
-        final = local_path_of(url)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        source = final.with_name(
-            f".{final.name}.{_part_owner()}.{random.getrandbits(32):08x}.src{_PART_SUFFIX}"
-        )
-        try:
-            source.write_bytes(data)
-            return self.put_if_absent(source, url, metadata)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                source.unlink()
 
     def replace_bytes(self, data: bytes, url: str) -> None:
         """As the base class; the part file waits next to the object, never in ``$TMPDIR``."""

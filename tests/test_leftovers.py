@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jitrender.storage import GCSStore, LocalStore
+from jitrender.storage import GCSStore, LocalStore, crc32c_of_bytes
 from tests.conftest import cli
 from tests.renderjobs import jitrender_env, make_job, start_run, wait_for
 
@@ -67,6 +67,9 @@ def test_small_uploads_use_no_temp_file(
         assert store.put_bytes_if_absent(b"{}", url).outcome == "identical"
         assert store.put_bytes_if_absent(b"{ }", url).outcome == "conflict"
         assert store.read_bytes(url) == b"{}"
+        info = store.stat(url)  # written in one go, tagged as from a file: checksum, metadata
+        assert info is not None and info.crc32c == crc32c_of_bytes(b"{}")
+        assert info.metadata.get("k") == "v"
     assert [p.name for p in (tmp_path / "bucket" / "markers").iterdir()] == ["1.json"]
 
 
