@@ -525,19 +525,23 @@ class LocalStore(Store):
                 fill(writer)
                 dst.flush()
                 os.fsync(dst.fileno())
-            _write_xattrs(part, metadata or {})
-            # Below, the object is tagged with its checksum from birth, as a GCS object is.
+                st = os.fstat(dst.fileno())  # its generation: a link or rename keeps it
+            stored = _write_xattrs(part, metadata or {})
+            # The object as created, without reading it back: its size and generation, the
+            # checksum it is tagged with from birth (as a GCS object is), the metadata stored.
+            generation, crc = _local_generation(st), writer.digest_b64()
+            created = ObjectInfo(url, st.st_size, generation, crc, stored)
             if overwrite:
                 existed = final.exists()
                 os.replace(part, final)
-                _write_crc_tag(final, _local_generation(final.stat()), writer.digest_b64())
-                return PutResult("overwritten" if existed else "created", self.stat(url))
+                _write_crc_tag(final, generation, crc)
+                return PutResult("overwritten" if existed else "created", created)
             try:
                 os.link(part, final)
             except FileExistsError:
                 return compare(self.stat(url))
-            _write_crc_tag(final, _local_generation(final.stat()), writer.digest_b64())
-            return PutResult("created", self.stat(url))
+            _write_crc_tag(final, generation, crc)
+            return PutResult("created", created)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
@@ -677,10 +681,14 @@ def _write_crc_tag(path: Path, generation: str, crc: str) -> None:
         os.replace(temp, sidecar)
 
 
-def _write_xattrs(path: Path, metadata: Mapping[str, str]) -> None:
+def _write_xattrs(path: Path, metadata: Mapping[str, str]) -> dict[str, str]:
+    """Best effort (a file system without user xattrs keeps none); what was stored."""
+    stored = {}
     for key, value in metadata.items():
         with contextlib.suppress(OSError, AttributeError):
             os.setxattr(path, _XATTR_PREFIX + key, value.encode())
+            stored[key] = value
+    return stored
 
 
 def _read_xattrs(path: Path) -> dict[str, str]:
