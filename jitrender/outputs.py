@@ -687,7 +687,15 @@ def _stop_observer(observer: Any) -> None:
 
 
 def _observe(folder: Path, target: Uploader | OutputsWatch) -> Any:
-    """A started watchdog observer of ``folder`` (recursive) telling ``target``."""
+    """A started watch of ``folder`` (recursive) telling ``target``: Linux's inotify read by
+    :mod:`jitrender.inotify`, else (another system, inotify's limits reached) a watchdog
+    observer."""
+    try:
+        from jitrender.inotify import InotifyWatch
+
+        return InotifyWatch(folder, target.closed, target.renamed)
+    except (OSError, AttributeError):  # no inotify here, or none left: watchdog says why
+        pass
     from watchdog.observers import Observer  # here: status and deps never watch
 
     observer = Observer()
