@@ -276,8 +276,17 @@ class Chunk:
         if outcome.ok:
             why = self.runner.uploader.check_frame(frame) if self.last else None
             return None if why is None else FrameFailure(frame, spec.name, why)
-        if self.salvage and self.books.patterns.per_frame and missing is None and self.last:
-            return None  # this frame's outputs were finished before the failure
+        # This frame's outputs were finished before the failure: its exact names are on disk
+        # (the failure removed what was not final), and a glob pattern's files, which no name
+        # says, are among those it made final.
+        if (
+            self.salvage
+            and self.books.patterns.per_frame
+            and missing is None
+            and self.last
+            and self.runner.uploader.check_frame(frame) is None
+        ):
+            return None
         if (
             self.salvage
             and not self.last

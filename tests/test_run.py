@@ -220,6 +220,45 @@ def test_chunk_stage_and_failed_frame_report(gcs_bucket: str, tmp_path: Path) ->
     assert failure["frame"] == 3 and "renderer crashed on frame 3" in failure["why"]
 
 
+def test_frames_renamed_in_from_scratch_and_into_new_folders_are_final_before_a_crash(
+    gcs_bucket: str, tmp_path: Path
+) -> None:
+    """The renames the outputs watch must see, whatever the renderer's habit: a frame
+    rendered in ``{scratch}`` and renamed into ``outputs/``, and one renamed into a folder the
+    renderer made during the run. Both are final when they land, so a crash after them leaves
+    them uploaded (and only the crashed frame to render again)."""
+    make_show(gcs_bucket, frames=3)
+    chunk = (
+        "import sys, pathlib, time\n"
+        "out, scratch = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])\n"
+        "for f in sys.argv[1].split(','):\n"
+        "    time.sleep(0.3)\n"
+        "    if f == '3': sys.exit('renderer crashed on frame 3')\n"
+        "    folder = out / f'shot{{f}}'  # a folder of its own, made now\n"
+        "    folder.mkdir()\n"
+        "    time.sleep(0.2)  # (a rename in the instant after the mkdir: before its watch)\n"
+        "    tmp = scratch / f'r.{{int(f):04d}}.exr'\n"
+        "    tmp.write_bytes(b'frame' + f.encode())\n"
+        "    tmp.rename(folder / f'r.{{int(f):04d}}.exr')\n"
+    )
+    stages = [
+        {
+            "name": "render",
+            "per": "chunk",
+            "command": [sys.executable, "-c", chunk, "{frame_list}", "{outputs}", "{scratch}"],
+        }
+    ]
+    outputs = {"to": f"{gcs_bucket}/renders/job", "files": ["shot*/r.####.exr"]}
+    job = write_job(tmp_path, gcs_bucket, frames="1-3", stages=stages, outputs=outputs)
+    code, report, err = jitrender(str(job), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 65, err
+    assert report["frames"]["done"] == [1, 2]
+    assert report["frames"]["failed"] == [3]
+    prefix = f"{gcs_bucket}/renders/job/"
+    names = sorted(i.url.removeprefix(prefix) for i in GCSStore().list(prefix))
+    assert [n for n in names if n.endswith(".exr")] == ["shot1/r.0001.exr", "shot2/r.0002.exr"]
+
+
 # The stage's view of the cache index while it runs: each entry's uses, and the hits counter
 # (looked at until the hits are there, 10 s at most: the feed records them as the stage starts).
 _INDEX_PEEK = """
