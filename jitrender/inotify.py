@@ -131,9 +131,12 @@ class InotifyWatch:
             callback(Path(path))
 
     def _run(self) -> None:
+        poller = select.poll()  # (not select(): a busy run's descriptors pass 1,024)
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         try:
             while True:
-                ready = select.select([self._fd, self._wake_r], [], [])[0]
+                ready = {fd for fd, _ in poller.poll()}
                 if self._wake_r in ready:
                     return
                 try:

@@ -129,3 +129,32 @@ def test_without_inotify_the_outputs_watch_is_watchdogs(
     finally:
         observer.stop()
         observer.join(5)
+
+
+def test_the_watch_works_with_descriptors_past_1024(tmp_path: Path) -> None:
+    """A busy run holds many sockets and files: select() fails past descriptor 1,023."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fillers = []
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        fillers.append(null)
+        while fillers[-1] < 1030:
+            fillers.append(os.dup(null))
+        folder, heard, watch = _watch(tmp_path)
+        try:
+            assert watch._fd > 1024
+            (folder / ".r.tmp").write_bytes(b"1")
+            os.replace(folder / ".r.tmp", folder / "r.exr")
+            assert ("renamed", str(folder / "r.exr")) in heard.wait_for(2)
+        finally:
+            watch.stop()
+            watch.join(5)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -143,3 +143,53 @@ def test_the_runs_agent_started_while_it_resolved_answers_a_frames_files(
             f"{local_bucket}/assets/lut.bin",
             f"{local_bucket}/assets/tex.{frame:04d}.bin",
         ]
+
+
+def test_a_run_holding_over_1024_descriptors_waits_for_its_stages_and_watches_its_outputs(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    """A busy run (sockets, cache files, a host process that passed it descriptors) gets
+    descriptor numbers past 1,024, where select() refuses them: the stage's end is waited for
+    and the outputs folder watched all the same. Here the run starts with 3-1,030 taken."""
+    import resource
+    import subprocess
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit here is {hard}")
+    render = (
+        "import os, sys\n"
+        "out = os.environ['JITRENDER_OUTPUTS']\n"
+        "tmp = os.path.join(out, f'.frame.{sys.argv[1]}.tmp')\n"
+        "open(tmp, 'w').write('done')\n"
+        "os.replace(tmp, os.path.join(out, f'frame.{int(sys.argv[1]):04d}.txt'))\n"
+    )
+    script = tmp_path / "render.py"
+    script.write_text(render)
+    command = [sys.executable, str(script), "{frame}"]
+    job = make_job(tmp_path / "job", local_bucket, "1-2", texture_size=100,
+                   extra={"stages": [{"name": "render", "command": command}]})  # fmt: skip
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    taken: list[int] = []
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        taken.append(null)
+        while taken[-1] < 1030:
+            taken.append(os.dup(null))
+        argv = [sys.executable, "-m", "jitrender.cli", "run", str(job.job_file),
+                "--progress", "plain", "--report", str(job.root / "report.json")]  # fmt: skip
+        proc = subprocess.Popen(argv, env=jitrender_env(job), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, pass_fds=taken)  # fmt: skip
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    code, out = finish(proc)
+    assert code == 0, out
+    report = json.loads((job.root / "report.json").read_text())
+    assert report["frames"]["done"] == [1, 2]
+    renders = Path(local_bucket.removeprefix("file://"), "renders")
+    assert sorted(p.name for p in renders.glob("frame.*.txt")) == [
+        "frame.0001.txt",
+        "frame.0002.txt",
+    ]
