@@ -53,6 +53,7 @@ CLAIMS_FOLDER = "claims/"
 MIN_TTL_S = 60.0
 LEASE_GRACE_S = 2.0  # how long a claim may be seen without its lease (both being written)
 TTL_INTERVALS = 6
+FIRST_LOOK_S = 0.25  # a waiting run's second look at the frames another holds; then doubling
 _CLAIM = re.compile(r"frame\.(-?\d+)\.(\d+)\.json")  # below CLAIMS_FOLDER: frame, k
 _LEASE = re.compile(r"run\.([A-Za-z0-9_.-]+)\.json")
 
@@ -342,7 +343,11 @@ class Claims:
         those not done with their last holder)."""
         pending = dict(others)
         done: set[int] = set()
-        pause = min(max(self.interval_s, 1.0), 10.0)
+        # Looked at soon, then less and less often, up to once an interval (at most 10 s): a
+        # holder about to finish (a duplicate dispatch of the same chunk) is seen within a
+        # fraction of the wait so far, a long one costs the requests of one look an interval.
+        most = min(max(self.interval_s, 1.0), 10.0)
+        pause = min(FIRST_LOOK_S, most)
         while pending and not self.stop.is_set():
             for frame in sorted(pending):
                 if is_done(frame):
@@ -367,6 +372,7 @@ class Claims:
                 return done, lost
             on_poll(pending)
             self.stop.wait(pause)
+            pause = min(pause * 2, most)
         return done, pending
 
     # -- the end -------------------------------------------------------------------------

@@ -242,3 +242,25 @@ def test_a_lease_the_credentials_cannot_rewrite_is_said_once(
     assert report["frames"]["done"] == [1]
     assert len(writes) >= 3, writes  # every 0.5 s
     assert out.count("frame claims: cannot rewrite this run's lease") == 1, out
+
+
+def test_a_run_waiting_for_a_holder_about_to_finish_ends_soon_after_it(
+    tmp_path: Path, local_bucket: str
+) -> None:
+    """The same chunk dispatched twice on a node, heartbeats at their default 10 s: the second
+    run waits for the first's frames, and learns that they are done within a fraction of its
+    wait so far (looked at after 0.25 s, then doubling), not at its next 10 s look."""
+    job = make_job(tmp_path / "job", local_bucket, "1-2")
+    env = jitrender_env(job, JITRENDER_HEARTBEAT_INTERVAL="10", RENDER_SLEEP="1.0")
+    first = start_run(job, env=env, report="first.json")
+    wait_for(lambda: 1 in job.phases("start"))
+    second = start_run(job, env=env, report="second.json")
+    code_a, out_a = finish(first, timeout=120)
+    first_ended = time.monotonic()
+    code_b, out_b = finish(second, timeout=120)
+    lag = time.monotonic() - first_ended
+    assert (code_a, code_b) == (0, 0), out_a + out_b
+    b = json.loads((job.root / "second.json").read_text())
+    assert b["frames"]["skipped_already_done"] == [1, 2] and b["frames"]["done"] == []
+    assert job.phases("start") == [1, 2]  # each frame rendered once
+    assert lag < 5.0, f"the waiting run ended {lag:.1f} s after the holder"
