@@ -230,13 +230,6 @@ class StageRunner:
             self.uploader.stage_failed()
         return outcome
 
-    def missing_output(self, frame: int, expected: Sequence[str]) -> str | None:
-        """The first expected output of ``frame`` not in ``outputs/``, or None."""
-        for rel in expected:
-            if not (self.workspace.outputs / rel).is_file():
-                return rel
-        return None
-
 
 class Chunk:
     """One frame (a per-frame stage group) or a chunk of frames (a chunk stage) through one
@@ -271,21 +264,12 @@ class Chunk:
         self.finished: list[int] = []
 
     def _failure(self, frame: int, spec: StageSpec, outcome: StageOutcome) -> FrameFailure | None:
-        expected = self.books.expected.get(frame, ())
-        missing = self.runner.missing_output(frame, expected) if self.last or self.salvage else None
         if outcome.ok:
             why = self.runner.uploader.check_frame(frame) if self.last else None
             return None if why is None else FrameFailure(frame, spec.name, why)
-        # This frame's outputs were finished before the failure: its exact names are on disk
-        # (the failure removed what was not final), and a glob pattern's files, which no name
-        # says, are among those it made final.
-        if (
-            self.salvage
-            and self.books.patterns.per_frame
-            and missing is None
-            and self.last
-            and self.runner.uploader.check_frame(frame) is None
-        ):
+        if self.salvage and self.books.patterns.per_frame and self.last and self._written(frame):
+            # Its outputs were final before the failure (which removed the rest): its exact
+            # names are on disk, a glob pattern's files among those it made final.
             return None
         if (
             self.salvage

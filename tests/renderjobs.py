@@ -4,13 +4,14 @@ watch and steer through environment variables, and bucket inspection."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,11 @@ def job_cli(
 
 
 def start_run(
-    job: RenderJob, *args: str, env: Mapping[str, str] | None = None, report: str = "report.json"
+    job: RenderJob,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    report: str = "report.json",
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
@@ -223,6 +228,7 @@ def start_run(
         env=dict(env if env is not None else jitrender_env(job)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        pass_fds=pass_fds,
     )
 
 
@@ -293,3 +299,27 @@ def assert_exactly_once(job: RenderJob, before: dict[str, tuple[int, bytes]]) ->
         assert data == expected_output(frame, job.frame_inputs(frame))
     for name, (generation, _data) in before.items():
         assert after[name][0] == generation, f"{name} was overwritten"
+
+
+@contextlib.contextmanager
+def descriptors_taken(through: int = 1030) -> Iterator[list[int]]:
+    """Descriptors 3 (or the lowest free) to ``through`` held open (the descriptor limit raised
+    for them), so that the next one opened, here or in a child given them, is past it: where
+    select() refuses descriptors past 1,023. Skips where the hard limit is too low."""
+    import resource
+
+    import pytest
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < through + 200:
+        pytest.skip(f"the descriptor limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, through + 200), hard))
+    taken = [os.open(os.devnull, os.O_RDONLY)]
+    try:
+        while taken[-1] < through:
+            taken.append(os.dup(taken[0]))
+        yield taken
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

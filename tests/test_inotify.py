@@ -16,6 +16,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linu
 
 from jitrender import inotify, outputs  # noqa: E402
 from jitrender.inotify import InotifyWatch  # noqa: E402
+from tests.renderjobs import descriptors_taken  # noqa: E402
 
 
 class Heard:
@@ -45,6 +46,12 @@ def _watch(tmp_path: Path) -> tuple[Path, Heard, InotifyWatch]:
     folder.mkdir()
     heard = Heard()
     return folder, heard, InotifyWatch(folder, heard.closed, heard.renamed)
+
+
+def _rename_is_heard(folder: Path, heard: Heard) -> None:
+    (folder / ".r.tmp").write_bytes(b"1")
+    os.replace(folder / ".r.tmp", folder / "r.exr")
+    assert ("renamed", str(folder / "r.exr")) in heard.wait_for(2)
 
 
 def test_writes_and_renames_are_told_in_the_order_they_happened(tmp_path: Path) -> None:
@@ -123,9 +130,7 @@ def test_without_inotify_the_outputs_watch_is_watchdogs(
     observer = outputs._observe(folder, heard)  # type: ignore[arg-type]
     try:
         assert type(observer).__module__.startswith("watchdog")
-        (folder / ".r.tmp").write_bytes(b"1")
-        os.replace(folder / ".r.tmp", folder / "r.exr")
-        assert ("renamed", str(folder / "r.exr")) in heard.wait_for(2)
+        _rename_is_heard(folder, heard)
     finally:
         observer.stop()
         observer.join(5)
@@ -133,28 +138,11 @@ def test_without_inotify_the_outputs_watch_is_watchdogs(
 
 def test_the_watch_works_with_descriptors_past_1024(tmp_path: Path) -> None:
     """A busy run holds many sockets and files: select() fails past descriptor 1,023."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1200:
-        pytest.skip(f"the descriptor limit here is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
-    fillers = []
-    try:
-        null = os.open(os.devnull, os.O_RDONLY)
-        fillers.append(null)
-        while fillers[-1] < 1030:
-            fillers.append(os.dup(null))
+    with descriptors_taken():
         folder, heard, watch = _watch(tmp_path)
         try:
             assert watch._fd > 1024
-            (folder / ".r.tmp").write_bytes(b"1")
-            os.replace(folder / ".r.tmp", folder / "r.exr")
-            assert ("renamed", str(folder / "r.exr")) in heard.wait_for(2)
+            _rename_is_heard(folder, heard)
         finally:
             watch.stop()
             watch.join(5)
-    finally:
-        for fd in fillers:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

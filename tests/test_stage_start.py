@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.renderjobs import finish, jitrender_env, make_job, run, start_run
+from tests.renderjobs import descriptors_taken, finish, jitrender_env, make_job, run, start_run
 
 PROBE = r"""
 import ctypes, json, os, pathlib, sys
@@ -151,12 +151,6 @@ def test_a_run_holding_over_1024_descriptors_waits_for_its_stages_and_watches_it
     """A busy run (sockets, cache files, a host process that passed it descriptors) gets
     descriptor numbers past 1,024, where select() refuses them: the stage's end is waited for
     and the outputs folder watched all the same. Here the run starts with 3-1,030 taken."""
-    import resource
-    import subprocess
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1200:
-        pytest.skip(f"the descriptor limit here is {hard}")
     render = (
         "import os, sys\n"
         "out = os.environ['JITRENDER_OUTPUTS']\n"
@@ -169,21 +163,8 @@ def test_a_run_holding_over_1024_descriptors_waits_for_its_stages_and_watches_it
     command = [sys.executable, str(script), "{frame}"]
     job = make_job(tmp_path / "job", local_bucket, "1-2", texture_size=100,
                    extra={"stages": [{"name": "render", "command": command}]})  # fmt: skip
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
-    taken: list[int] = []
-    try:
-        null = os.open(os.devnull, os.O_RDONLY)
-        taken.append(null)
-        while taken[-1] < 1030:
-            taken.append(os.dup(null))
-        argv = [sys.executable, "-m", "jitrender.cli", "run", str(job.job_file),
-                "--progress", "plain", "--report", str(job.root / "report.json")]  # fmt: skip
-        proc = subprocess.Popen(argv, env=jitrender_env(job), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, pass_fds=taken)  # fmt: skip
-    finally:
-        for fd in taken:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with descriptors_taken() as taken:
+        proc = start_run(job, pass_fds=tuple(taken))
     code, out = finish(proc)
     assert code == 0, out
     report = json.loads((job.root / "report.json").read_text())
