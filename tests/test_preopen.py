@@ -36,24 +36,41 @@ def _until(check: object, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def test_the_first_request_goes_out_on_the_connection_opened_early(
+def test_the_first_requests_go_out_on_the_connections_opened_early(
     gcs_bucket: str, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     put_object(f"{gcs_bucket}/scene.txt", b"x")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-    preopen.open_early()
-    _until(lambda: len(proxy.connections) == 1)  # accepted, and not a request on it yet
+    preopen.open_early(count=3)
+    _until(lambda: len(proxy.connections) == 3)  # accepted, and not a request on them yet
     assert proxy.requests == []
     store = GCSStore()
     first = store.stat(f"{gcs_bucket}/scene.txt")
     second = store.stat(f"{gcs_bucket}/scene.txt")
     assert first is not None and first.size == 1 and second == first
     assert [r.connection for r in proxy.requests] == [0, 0]  # kept alive and reused
-    assert len(proxy.connections) == 1
-    # Taken once: a second pool (say, after the settings change) connects as usual.
+    # Each taken once: a second pool (say, after the settings change) takes the next one, a
+    # third the last; then a pool connects as usual.
+    GCSStore().stat(f"{gcs_bucket}/scene.txt")
+    GCSStore().stat(f"{gcs_bucket}/scene.txt")
+    assert len(proxy.connections) == 3
+    assert sorted(r.connection for r in proxy.requests[2:]) == [1, 2]
     assert preopen.take(*_address(proxy)) is None
     GCSStore().stat(f"{gcs_bucket}/scene.txt")
-    assert proxy.requests[-1].connection == 1
+    assert proxy.requests[-1].connection == 3
+
+
+def test_a_connection_opened_early_and_left_too_long_is_closed_not_handed_out(
+    gcs_bucket: str, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_object(f"{gcs_bucket}/scene.txt", b"x")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    preopen.open_early(count=2)
+    _until(lambda: len(proxy.connections) == 2)
+    monkeypatch.setattr(preopen, "FRESH_S", 0.0)  # both older than that now
+    assert preopen.take(*_address(proxy)) is None
+    GCSStore().stat(f"{gcs_bucket}/scene.txt")
+    assert [r.connection for r in proxy.requests] == [2]  # a connection of the pool's own
 
 
 def test_where_the_early_connection_fails_the_pool_connects_as_always(
