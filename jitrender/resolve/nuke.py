@@ -5,18 +5,23 @@ What a caller may rely on:
 - The node graph is followed. The render computes the Writes the job's ``nuke`` stage names
   (``args.write``, Nuke's ``-X``; :attr:`ResolveContext.render_nodes`), else every enabled
   Write, DeepWrite and WriteGeo; a precomp script computes its Output node. From those the
-  requested frames are carried upstream (inputs from the script's node stack, group
-  Output/Input nodes, gizmo members), through TimeOffset (``time_offset``,
-  ``reverse_input``), FrameHold (``first_frame``, ``increment``), FrameRange (frames pass
-  through), TimeClip (Read's time controls), Retime (``input.*``/``output.*`` ranges,
+  requested frames are carried upstream (inputs from the script's node stack, group Output/Input
+  nodes, gizmo members; a published LiveGroup, saved without its members, passes its inputs on
+  at the same frames), through TimeOffset (``time_offset``, ``reverse_input``), FrameHold
+  (``first_frame``, saved as ``firstFrame`` by Nuke 13, and ``increment``), FrameRange (frames
+  pass through), TimeClip (Read's time controls), Retime (``input.*``/``output.*`` ranges,
   ``speed``, ``reverse``, ``before``/``after``; a frame between two input frames reads both),
-  AppendClip (``firstFrame``, ``cross_dissolve``) and TimeWarp (a static ``lookup``), Switch
-  (``which``, clamped) and Dissolve (the two inputs ``which`` lies between). A disabled node
-  passes its input 0 only. A time knob that needs Nuke (an animated curve) is reported and
-  the input's whole frame range is listed; a ``which`` that needs Nuke reads every input.
-  Reads that feed only Viewers, disabled Writes or nothing are not listed. A script with no
-  Write node at all (a toolset) renders nothing with ``nuke -x``: then every enabled
-  file-reading node is listed, as a pre-flight of the whole script.
+  AppendClip (``firstFrame``, ``cross_dissolve``), TimeWarp (a static ``lookup``), TimeEcho (the
+  ``framesbehind`` frames up to and including the frame), FrameBlend (``numframes`` up to the
+  frame, or spread over ``startframe``..``endframe`` with ``userange``), VectorGenerator (the
+  frame and its two neighbours), ContactSheet with ``splitinputs`` (``startframe``..
+  ``endframe`` of every input, at every frame), Switch (``which``, clamped) and Dissolve (the
+  two inputs ``which`` lies between). A disabled node passes its input 0 only. A time knob that
+  needs Nuke (an animated curve) is reported and the input's whole frame range is listed; a
+  ``which`` that needs Nuke reads every input. Reads that feed only Viewers, disabled Writes or
+  nothing are not listed. A script with no Write node at all (a toolset) renders nothing with
+  ``nuke -x``: then every enabled file-reading node is listed, as a pre-flight of the whole
+  script.
 - Frame tokens are Nuke's own: ``#`` (one digit each) and ``%0Nd``; ``@`` is a literal.
 - A knob the script does not set takes Nuke's default (an unset file knob is empty, a numeric
   user knob 0); a bare knob name in an expression falls back to the enclosing group's knob.
@@ -117,6 +122,9 @@ _KNOB_DEFAULTS: dict[str, dict[str, str]] = {
     "TimeClip": {"before": "hold", "after": "hold", "frame_mode": "expression", "frame": ""},
     "Retime": {"speed": "1", "reverse": "false", "before": "hold", "after": "hold"},
     "AppendClip": {"firstFrame": "1", "fadeIn": "0", "fadeOut": "0", "cross_dissolve": "0"},
+    "TimeEcho": {"framesbehind": "1"},
+    "ContactSheet": {"startframe": "-1", "endframe": "-1"},
+    "FrameBlend": {"numframes": "5", "startframe": "-1", "endframe": "-1", "userange": "false"},
     "Switch": {"which": "0"},
     "Dissolve": {"which": "0"},
     "Input": {"number": "0"},
@@ -128,6 +136,9 @@ _FALSE_WORDS = ("false", "0", "no", "off", "")
 # A time knob that needs Nuke makes the walk ask for the input's whole range; beyond this
 # many frames it passes the frames through instead.
 MAX_RANGE_FRAMES = 100_000
+# A node that reads many input frames for each frame (TimeEcho, FrameBlend) reading more than
+# this many is taken as needing Nuke (its input's whole range is listed, and reported).
+MAX_FRAMES_PER_FRAME = 10_000
 _HOLD_MODES = ("hold", "loop", "bounce", "black")
 _FRAME_MODES = ("expression", "startat", "offset")
 # Write's and Precomp's "missing frames" (on_error) when reading their rendered files back.
@@ -254,7 +265,8 @@ class ScriptResolver:
     # -- evaluation ------------------------------------------------------------------------
 
     def source(self, node: Node, knob: str) -> str:
-        return f"{self.prefix}{node.path}.{knob}"
+        # The Root's ``name`` knob is the script's path, not a node name: call it Root.
+        return f"{self.prefix}{'Root' if node is self.root else node.path}.{knob}"
 
     def tcl(self, here: Node) -> TclContext:
         return TclContext(self.root_name, lambda ref: self.lookup(ref, here), self.environ)
@@ -744,9 +756,17 @@ class ScriptResolver:
             first = inputs[0] if inputs else None
             if first is None:
                 return []
-            return [(first, self._retimed(node, wanted, timing, first))]
+            retimed = self._retimed(node, wanted, timing, first)
+            found = [(first, retimed)]
+            # FrameBlend's mask applies at the frame itself; VectorGenerator's matte helps the
+            # motion estimation between the same frames as its source.
+            extra = retimed if base == "VectorGenerator" else wanted
+            found.extend((n, extra) for n in inputs[1:] if n is not None)
+            return found
         if base == "AppendClip":
             return self._append_clip(node, wanted)
+        if base == "ContactSheet" and node.flag("splitinputs"):
+            return self._contact_sheet_frames(node, wanted)
         if base in ("Switch", "Dissolve"):
             return self._switch(node, wanted, base == "Dissolve")
         return [(n, wanted) for n in inputs if n is not None]
@@ -819,6 +839,24 @@ class ScriptResolver:
             for index, input_frame in hits:
                 asked[index].setdefault(input_frame, set()).update(renders)
         return [(clip, a) for clip, a in zip(clips, asked, strict=True) if a]
+
+    def _contact_sheet_frames(
+        self, node: Node, wanted: FrameRequests
+    ) -> list[tuple[Node, FrameRequests]]:
+        """ContactSheet with "Use frames instead of inputs" (``splitinputs``): "the FrameRange
+        specified is read from each input" (``startframe``..``endframe``), whatever the frame
+        (Foundry's ContactSheet reference)."""
+        inputs = [n for n in node.inputs if n is not None]
+        renders = set().union(*wanted.values())
+        try:
+            first = _whole_frame(self.value_at(node, "startframe", self.ctx.frames[0]))
+            last = _whole_frame(self.value_at(node, "endframe", self.ctx.frames[0]))
+            if abs(last - first) >= MAX_RANGE_FRAMES:
+                raise NotEvaluable(f"frame range {first}-{last} is too long to list")
+        except NotEvaluable as exc:
+            return [(n, self._whole_range(node, wanted, n, exc.why)) for n in inputs]
+        asked: FrameRequests = {f: renders for f in range(min(first, last), max(first, last) + 1)}
+        return [(n, asked) for n in inputs]
 
     def _switch(
         self, node: Node, wanted: FrameRequests, dissolve: bool
@@ -1131,7 +1169,10 @@ def _time_offset(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
 def _frame_hold(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
     """FrameHold: ``first_frame`` at every frame, or with ``increment`` N every Nth frame
     from it (1, 6, 11 … for first_frame 1, increment 5)."""
-    first = resolver.value_at(node, "first_frame", frame)
+    # Nuke 13 saves the "first frame" control as ``firstFrame``; older versions (and Foundry's
+    # reference) call it ``first_frame``.
+    saved_as_13 = "firstFrame" in node.knobs and "first_frame" not in node.knobs
+    first = resolver.value_at(node, "firstFrame" if saved_as_13 else "first_frame", frame)
     step = _whole_frame(resolver.value_at(node, "increment", frame))
     if step <= 0:
         return [_whole_frame(first)]
@@ -1214,7 +1255,51 @@ def _time_warp(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
     return sorted({_whole_frame(math.floor(source)), _whole_frame(math.ceil(source))})
 
 
+def _time_echo(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """TimeEcho merges ``framesbehind`` frames (default 1) "counting backwards from the
+    current frame (and including the current frame)": 4 at frame 10 reads 7-10 (Foundry's
+    TimeEcho reference)."""
+    count = max(1, _whole_frame(resolver.value_at(node, "framesbehind", frame)))
+    if count > MAX_FRAMES_PER_FRAME:
+        raise NotEvaluable(f"framesbehind {count} is more frames than can be listed")
+    return list(range(frame - count + 1, frame + 1))
+
+
+def _frame_blend(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """FrameBlend (Foundry's reference): without Custom (``userange``) it blends "Number of
+    frames-1 previous frames and the current frame" (``numframes``, default 5); with it, the
+    ``numframes`` frames "evenly distributed across" ``startframe``..``endframe``, the same for
+    every output frame (a position between two frames reads both)."""
+    count = max(1, _whole_frame(resolver.value_at(node, "numframes", frame)))
+    if count > MAX_FRAMES_PER_FRAME:
+        raise NotEvaluable(f"numframes {count} is more frames than can be listed")
+    if not node.flag("userange"):
+        return list(range(frame - count + 1, frame + 1))
+    start = resolver.value_at(node, "startframe", frame)
+    end = resolver.value_at(node, "endframe", frame)
+    if not (math.isfinite(start) and math.isfinite(end)) or abs(end - start) > MAX_RANGE_FRAMES:
+        raise NotEvaluable(f"FrameBlend range {start}-{end} cannot be listed")
+    if count == 1:
+        positions = [start]
+    else:
+        positions = [start + (end - start) * i / (count - 1) for i in range(count)]
+    found: set[int] = set()
+    for position in positions:
+        found.update((_whole_frame(math.floor(position)), _whole_frame(math.ceil(position))))
+    return sorted(found)
+
+
+def _vector_generator(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
+    """VectorGenerator outputs, for each frame, forward vectors (the next frame warped onto it)
+    and backward vectors (the previous frame warped onto it) (Foundry's VectorGenerator
+    reference): it reads the frames either side as well as the frame itself."""
+    return [frame - 1, frame, frame + 1]
+
+
 _TIMING: dict[str, Timing] = {
+    "TimeEcho": _time_echo,
+    "FrameBlend": _frame_blend,
+    "VectorGenerator": _vector_generator,
     "TimeOffset": _time_offset,
     "FrameHold": _frame_hold,
     "FrameRange": _pass_through,

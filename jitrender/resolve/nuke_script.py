@@ -226,6 +226,12 @@ class Node:
         return f"{self.group.path}.{self.name}"
 
     def is_group(self) -> bool:
+        """Whether the script holds the node's members (and an ``end_group``) after its block.
+        A published LiveGroup does not: Foundry's LiveGroup reference says publishing "does not
+        add the contents of the LiveGroup to the current script", they are read from its
+        ``file``; only an editable one is saved with its nodes."""
+        if self.cls == "LiveGroup" and self.flag("published"):
+            return False
         return self.cls in GROUP_CLASSES
 
     def flag(self, knob: str) -> bool:

@@ -3,7 +3,9 @@
 Understood: ``[value X]``/``[knob X]`` (``root.name``, ``root.project_directory``,
 ``Node.knob``, ``parent.knob``, ``this.knob``), ``[file dirname|tail|rootname|extension|join
 ...]``, ``[getenv X]``, ``$env(X)``, ``[python nuke.script_directory()]`` (also braced, and
-``nuke.root().name()``, ``os.environ[...]``/``os.getenv(...)``), ``[expr ...]`` of plain
+``nuke.root().name()``, ``nuke.toNode("N").knob("k").value()``, ``os.environ[...]``/
+``os.getenv(...)``), ``[split]``/``[join]``/``[lindex]``/``[lrange]``/``[llength]`` and
+``[file split]`` as the TCL manual defines them, ``[expr ...]`` of plain
 arithmetic, and numeric expressions (``frame+499``, ``{parent.first}``). Everything else
 raises :class:`NotEvaluable` with the reason, so the resolver can report it instead of
 guessing. Other ``$name`` words are left as written (``$F4`` is a frame token, not TCL).
@@ -19,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from jitrender.errors import SceneParseError
-from jitrender.resolve.nuke_script import Scanner, unescape_braced
+from jitrender.resolve.nuke_script import Scanner, tcl_list, unescape_braced
 
 # Expression loops (a knob whose value asks for itself) stop here.
 MAX_DEPTH = 32
@@ -147,6 +149,8 @@ def _command(command: str, ctx: TclContext, depth: int) -> str:
         return value
     if name == "file" and args:
         return _file_command(args[0], args[1:], command)
+    if name in _LIST_COMMANDS:
+        return _LIST_COMMANDS[name](args, command)
     if name == "python":
         code = " ".join(a for a in args if a != "-exec")
         return _python(code, ctx)
@@ -160,6 +164,8 @@ def _command(command: str, ctx: TclContext, depth: int) -> str:
 def _file_command(sub: str, args: list[str], command: str) -> str:
     if sub == "join" and args:
         return posixpath.join(*args)
+    if sub == "split" and len(args) == 1:
+        return _list_text(_file_split(args[0]))
     if len(args) != 1:
         raise NotEvaluable(f"[{command}]: 'file {sub}' takes one path")
     path = args[0]
@@ -173,6 +179,113 @@ def _file_command(sub: str, args: list[str], command: str) -> str:
     if sub == "extension":
         return _split_extension(path)[1]
     raise NotEvaluable(f"'file {sub}' needs Nuke to evaluate")
+
+
+def _file_split(path: str) -> list[str]:
+    """TCL's ``file split``: the path's components, an absolute path's root (``/``, ``C:/``)
+    first; repeated separators count once."""
+    root = ""
+    rest = path
+    drive = re.match(r"[A-Za-z]:[/\\]", path)
+    if drive is not None:
+        root, rest = path[:2] + "/", path[3:]
+    elif path.startswith("/"):
+        root, rest = "/", path.lstrip("/")
+    parts = [p for p in re.split(r"[/\\]+", rest) if p]
+    return ([root] if root else []) + parts
+
+
+# -- TCL lists (split, join, lindex, lrange, llength), as the TCL manual defines them --------
+
+_SIMPLE_ELEMENT = re.compile(r'[^\s{}\[\]"\\$;]+')
+
+
+def _list_text(items: list[str]) -> str:
+    """``items`` as a TCL list: elements that need it in braces."""
+    out = []
+    for item in items:
+        if _SIMPLE_ELEMENT.fullmatch(item) and not item.startswith("#"):
+            out.append(item)
+        elif "{" in item or "}" in item or item.endswith("\\"):
+            raise NotEvaluable(f"list element {item!r} needs TCL's own quoting")
+        else:
+            out.append("{" + item + "}")
+    return " ".join(out)
+
+
+def _list_items(text: str) -> list[str]:
+    try:
+        return tcl_list(text)
+    except SceneParseError as exc:
+        raise NotEvaluable(f"{text[:80]!r} is not a TCL list: {exc.message}") from None
+
+
+def _list_index(text: str, length: int) -> int:
+    """A TCL list index: ``N``, ``end``, ``end-N``, ``end+N``, ``N+M``, ``N-M``."""
+    found = re.fullmatch(r"\s*(end|[+-]?\d+)(?:([+-])(\d+))?\s*", text)
+    if found is None:
+        raise NotEvaluable(f"bad list index {text!r}")
+    base = length - 1 if found.group(1) == "end" else int(found.group(1))
+    if found.group(2):
+        base += int(found.group(3)) if found.group(2) == "+" else -int(found.group(3))
+    return base
+
+
+def _tcl_split(args: list[str], command: str) -> str:
+    if len(args) not in (1, 2):
+        raise NotEvaluable(f"[{command}]: split takes a string and optional split characters")
+    text = args[0]
+    chars = args[1] if len(args) == 2 else " \t\n\r"
+    if chars == "":
+        return _list_text(list(text))
+    items = re.split("[" + re.escape(chars) + "]", text)
+    return _list_text(items)
+
+
+def _tcl_join(args: list[str], command: str) -> str:
+    if len(args) not in (1, 2):
+        raise NotEvaluable(f"[{command}]: join takes a list and an optional separator")
+    return (args[1] if len(args) == 2 else " ").join(_list_items(args[0]))
+
+
+def _tcl_lindex(args: list[str], command: str) -> str:
+    """``lindex list ?index ...?``: each index (or a list of them) picks an element of the
+    element before; out of range gives an empty string."""
+    if not args:
+        raise NotEvaluable(f"[{command}]: lindex takes a list")
+    indices = _list_items(args[1]) if len(args) == 2 else args[1:]
+    value = args[0]
+    for index in indices:
+        items = _list_items(value)
+        position = _list_index(index, len(items))
+        if not 0 <= position < len(items):
+            return ""
+        value = items[position]
+    return value
+
+
+def _tcl_lrange(args: list[str], command: str) -> str:
+    if len(args) != 3:
+        raise NotEvaluable(f"[{command}]: lrange takes a list, a first and a last index")
+    items = _list_items(args[0])
+    first = max(0, _list_index(args[1], len(items)))
+    last = min(len(items) - 1, _list_index(args[2], len(items)))
+    return _list_text(items[first : last + 1]) if first <= last else ""
+
+
+def _tcl_llength(args: list[str], command: str) -> str:
+    if len(args) != 1:
+        raise NotEvaluable(f"[{command}]: llength takes one list")
+    return str(len(_list_items(args[0])))
+
+
+_LIST_COMMANDS: dict[str, Callable[[list[str], str], str]] = {
+    "split": _tcl_split,
+    "join": _tcl_join,
+    "lindex": _tcl_lindex,
+    "lrange": _tcl_lrange,
+    "llength": _tcl_llength,
+}
 
 
 def _split_extension(path: str) -> tuple[str, str]:
@@ -194,12 +307,24 @@ _PY_ENV = re.compile(
 )
 
 
+# nuke.toNode("Node").knob("k").value() / nuke.toNode('Node')['k'].getValue(): the knob's value,
+# as [value Node.k] gives it (Python's Node.knob(name) and node[name] are the same knob).
+_PY_KNOB = re.compile(
+    r"nuke\.toNode\((['\"])(?P<node>[\w.]+)\1\)"
+    r"(?:\.knob\((['\"])(?P<a>\w+)\3\)|\[(['\"])(?P<b>\w+)\5\])"
+    r"\.(?:value|getValue|evaluate)\(\)"
+)
+
+
 def _python(code: str, ctx: TclContext) -> str:
     code = code.strip()
     if _PY_SCRIPT_DIRECTORY.fullmatch(code):
         return posixpath.dirname(ctx.root_name)
     if _PY_ROOT_NAME.fullmatch(code):
         return ctx.root_name
+    knob = _PY_KNOB.fullmatch(code)
+    if knob is not None:
+        return ctx.lookup(f"{knob.group('node')}.{knob.group('a') or knob.group('b')}")
     env = _PY_ENV.fullmatch(code)
     if env is not None:
         return _getenv(env.group("a") or env.group("b"), ctx)
