@@ -44,8 +44,8 @@ from jitrender.paths import is_url, split_url, url_dirname, workspace_relpath
 from jitrender.resolve import register
 from jitrender.resolve.base import ResolveContext
 
-_HASHES = re.compile(r"#+")
 _UDIM = re.compile(r"<UDIM>", re.IGNORECASE)
+_FORMAT_ARGS = ":SDF_FORMAT_ARGS:"
 _ASSET_TYPES = (Sdf.ValueTypeNames.Asset, Sdf.ValueTypeNames.AssetArray)
 # Enough rounds for any real arc chain; a cycle cannot loop because each round must fetch.
 _MAX_ROUNDS = 200
@@ -80,6 +80,9 @@ class _Resolve:
     # resolve folder, set in each stage's session layer (USD keeps only template clips that
     # resolve on disk, which an in-memory alias does not).
     templates: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Layers tried to see whether a search path finds them, not yet recorded by ``fetch``.
+    pending: set[str] = field(default_factory=set)
+    listed: dict[str, set[str]] = field(default_factory=dict)  # folder URL -> names in it
     out: Dependencies = field(default_factory=Dependencies)
 
     # -- local files <-> URLs -------------------------------------------------------------
@@ -97,10 +100,13 @@ class _Resolve:
         scheme, netloc, rest = rel.parts[0], rel.parts[1], "/".join(rel.parts[2:])
         return f"{scheme}://{'' if netloc == '_' else netloc}/{rest}"
 
-    def target(self, written: str, layer: Any, variables: dict[str, Any]) -> str | None:
+    def target(
+        self, written: str, layer: Any, variables: dict[str, Any] | None, search: str | None = None
+    ) -> str | None:
         """The URL an asset path authored in ``layer`` names (``None``: inside a package, or
-        nothing)."""
-        path = _evaluate(written, variables)
+        nothing). ``search``: ``"layer"`` or ``"asset"`` to look a search path up as USD's
+        default resolver does where it does not exist next to ``layer`` (:meth:`searched`)."""
+        path = _without_format_args(_evaluate(written, variables))
         if not path:
             return None
         if "[" in layer.identifier and not (is_url(path) or path.startswith(("/", "../"))):
@@ -111,7 +117,74 @@ class _Resolve:
         base = self.url_of(layer.realPath) if layer.realPath else None
         if base is None:
             base = self.ctx.scene_url
-        return self.ctx.map(path, relative_to=url_dirname(base))
+        url = self.ctx.map(path, relative_to=url_dirname(base))
+        if search is not None and _is_search_path(path):
+            return self.searched(path, url, fetch=search == "layer")
+        return url
+
+    def searched(self, path: str, url: str, *, fetch: bool) -> str:
+        """ArDefaultResolver's search paths: an asset path that is relative but not
+        file-relative (``sub/a.usd``, not ``./sub/a.usd``) and does not exist anchored to its
+        layer (``url``) is looked for in the stage's resolver context -- the root layer's
+        folder -- then in ``PXR_AR_DEFAULT_SEARCH_PATH``; the first that exists is read.
+        ``url`` where none does (reported missing as written). ``fetch``: a layer (fetched to
+        see, as it will be read); else a file checked in its folder's listing."""
+        if _UDIM.search(path) or self.exists(url, fetch=fetch):
+            return url
+        for folder in self._search_folders():
+            try:
+                candidate = self.ctx.map(path, relative_to=folder)
+            except ValueError:
+                continue
+            if candidate != url and self.exists(candidate, fetch=fetch):
+                return candidate
+        return url
+
+    def _search_folders(self) -> list[str]:
+        folders = [self.ctx.scene_folder_url]
+        env = self.ctx.env.get("PXR_AR_DEFAULT_SEARCH_PATH")
+        if env is None:
+            env = os.environ.get("PXR_AR_DEFAULT_SEARCH_PATH", "")
+        for entry in env.split(os.pathsep):
+            if not entry.strip():
+                continue
+            try:
+                folders.append(self.ctx.map(entry.strip().rstrip("/") or "/"))
+            except ValueError:
+                continue
+        return folders
+
+    def exists(self, url: str, *, fetch: bool) -> bool:
+        """Whether ``url`` exists in storage: a layer is fetched (kept for ``fetch``), another
+        file is looked up in its folder's listing."""
+        if url in self.tried:
+            return self.tried[url]
+        if fetch:
+            self.pending.add(url)  # (fetch records it, found or not, when it is the one read)
+            return self._get(url)
+        if "[" in url:
+            url = url.split("[", 1)[0]
+        return posixpath.basename(split_url(url)[2]) in self.names(url_dirname(url))
+
+    def names(self, folder: str) -> set[str]:
+        """The names of the objects directly in ``folder`` (listed once per resolve)."""
+        found = self.listed.get(folder)
+        if found is None:
+            found = self.listed[folder] = set(self.ctx.names_in_folder(folder))
+        return found
+
+    def _get(self, url: str) -> bool:
+        """Fetch ``url`` once into the resolve folder; whether it exists."""
+        try:
+            local = self.ctx.fetch(url)
+        except (MissingDependencyError, FileNotFoundError):
+            self.tried[url] = False
+            return False
+        self.tried[url] = True
+        self.url_of_local[str(Path(local).resolve())] = url
+        self.url_of_local[str(local)] = url
+        self.local_of_url[url] = str(local)
+        return True
 
     def fetch(
         self,
@@ -124,26 +197,23 @@ class _Resolve:
         """Fetch a layer (once); record it as a dependency. True when it was new and exists.
         ``anchored``: the path composition asks for (the arc's path anchored to its layer), to
         which the layer is aliased where it is a node path outside the resolve folder."""
-        if url in self.tried:
+        if url in self.tried and url not in self.pending:
             if frames is not None:
                 self.add(written, url, source, frames)
             if anchored is not None and self.tried[url] and anchored not in self.aliases:
                 return self._alias(anchored, url)  # the same layer named another way
             return False
         self.add(written, url, source, frames)
-        try:
-            local = self.ctx.fetch(url)
-        except (MissingDependencyError, FileNotFoundError):
-            self.tried[url] = False
+        if url in self.pending:  # tried by a search-path lookup: new to composition
+            self.pending.discard(url)
+            if not self.tried[url]:
+                return False
+        elif not self._get(url):
             return False
-        self.tried[url] = True
-        self.url_of_local[str(Path(local).resolve())] = url
-        self.url_of_local[str(local)] = url
-        self.local_of_url[url] = str(local)
         if anchored is not None:
             self._alias(anchored, url)
         if url.lower().endswith(".mtlx"):
-            self._materialx(url, Path(local), frames)
+            self._materialx(url, Path(self.local_of_url[url]), frames)
         return True
 
     def _alias(self, anchored: str, url: str) -> bool:
@@ -213,13 +283,24 @@ class _Resolve:
 
     def _materialx(self, url: str, local: Path, frames: Sequence[int] | None) -> None:
         """A MaterialX document: the files its ``filename`` inputs name (``fileprefix``
-        inherited from enclosing elements)."""
+        inherited from enclosing elements), and the documents its top-level ``xi:include``
+        elements include (MaterialX reads them, relative to the including document, when USD
+        loads it), each with its own files."""
         try:
-            tree = ElementTree.parse(local)
+            root = _parse_materialx(local)
         except ElementTree.ParseError as exc:
             self.out.unresolved.append(Unresolved(url, "", f"MaterialX does not parse: {exc}"))
             return
         folder = url_dirname(url)
+        for child in root:
+            href = child.get("href")
+            if isinstance(child.tag, str) and child.tag.endswith("}include") and href:
+                try:
+                    included = self.ctx.map(href, relative_to=folder)
+                except ValueError as exc:
+                    self.out.unresolved.append(Unresolved(url, href, str(exc)))
+                else:
+                    self.fetch(included, href, f"{url} xi:include", frames)
 
         def walk(element: ElementTree.Element, prefix: str) -> None:
             prefix = prefix + element.get("fileprefix", "")
@@ -234,7 +315,27 @@ class _Resolve:
             for child in element:
                 walk(child, prefix)
 
-        walk(tree.getroot(), "")
+        walk(root, "")
+
+
+def _parse_materialx(local: Path) -> ElementTree.Element:
+    """A MaterialX document's root element. MaterialX's own reader ignores XML namespaces, so
+    documents often use ``xi:include`` without declaring ``xmlns:xi``: such prefixes are
+    declared here before parsing rather than failing the document."""
+    try:
+        return ElementTree.parse(local).getroot()
+    except ElementTree.ParseError:
+        text = local.read_text(encoding="utf-8", errors="replace")
+    prefixes = set(re.findall(r"</?([A-Za-z_][\w.-]*):[A-Za-z_]", text))
+    prefixes |= set(re.findall(r"\s([A-Za-z_][\w.-]*):[A-Za-z_][\w.-]*\s*=", text))
+    declared = set(re.findall(r"xmlns:([A-Za-z_][\w.-]*)\s*=", text))
+    missing = sorted(prefixes - declared - {"xml", "xmlns"})
+    start = re.search(r"<[A-Za-z_][\w.:-]*", text)
+    if not missing or start is None:
+        raise ElementTree.ParseError("unbound prefix")
+    declarations = "".join(f' xmlns:{name}="urn:undeclared:{name}"' for name in missing)
+    patched = text[: start.end()] + declarations + text[start.end() :]
+    return ElementTree.fromstring(patched)
 
 
 @register("usd", ".usd", ".usda", ".usdc", ".usdz")
@@ -316,8 +417,12 @@ def _compose(state: _Resolve) -> Any:
             if layer.identifier in state.scanned:
                 continue
             state.scanned.add(layer.identifier)
-            for written in layer.subLayerPaths:
-                new |= _arc(state, written, layer, variables, f"layer {_name(layer)} subLayers")
+            sublayers = list(layer.subLayerPaths)
+            own = variables
+            if any(_is_expression(written) for written in sublayers):
+                own = _layer_variables(stage, layer, variables)
+            for written in sublayers:
+                new |= _arc(state, written, layer, own, f"layer {_name(layer)} subLayers")
         for prim in _all_prims(stage):
             for spec in prim.GetPrimStack():
                 # Layers do not change between rounds: each spec's arcs are read once.
@@ -325,24 +430,31 @@ def _compose(state: _Resolve) -> Any:
                 if key in state.scanned:
                     continue
                 state.scanned.add(key)
-                for ref in spec.referenceList.GetAddedOrExplicitItems():
+                references = spec.referenceList.GetAddedOrExplicitItems()
+                payloads = spec.payloadList.GetAddedOrExplicitItems()
+                own = variables
+                if any(_is_expression(arc.assetPath) for arc in (*references, *payloads)):
+                    own = _spec_variables(prim, spec, variables)
+                for ref in references:
                     source = f"layer {prim.GetPath()} references"
-                    new |= _arc(state, ref.assetPath, spec.layer, variables, source)
-                for payload in spec.payloadList.GetAddedOrExplicitItems():
+                    new |= _arc(state, ref.assetPath, spec.layer, own, source)
+                for payload in payloads:
                     source = f"layer {prim.GetPath()} payload"
-                    new |= _arc(state, payload.assetPath, spec.layer, variables, source)
-            new |= _clips(state, prim, variables)
+                    new |= _arc(state, payload.assetPath, spec.layer, own, source)
+            new |= _clips(state, prim, None)
         if not new:
             return stage
         del stage
     raise SceneParseError(f"{state.ctx.scene_url}: composition did not settle")
 
 
-def _arc(state: _Resolve, written: str, layer: Any, variables: dict[str, Any], source: str) -> bool:
+def _arc(
+    state: _Resolve, written: str, layer: Any, variables: dict[str, Any] | None, source: str
+) -> bool:
     if not written:
         return False
     try:
-        url = state.target(written, layer, variables)
+        url = state.target(written, layer, variables, search="layer")
     except ValueError as exc:
         state.out.unresolved.append(Unresolved(source, written, str(exc)))
         return False
@@ -352,12 +464,28 @@ def _arc(state: _Resolve, written: str, layer: Any, variables: dict[str, Any], s
     return state.fetch(url, written, source, None, anchored)
 
 
-def _anchored(written: str, layer: Any, variables: dict[str, Any]) -> str | None:
+def _without_format_args(path: str) -> str:
+    """The file an asset path names: Sdf's ``file.usd:SDF_FORMAT_ARGS:key=value`` opens
+    ``file.usd`` with those arguments for its file format."""
+    return path.split(_FORMAT_ARGS, 1)[0]
+
+
+def _is_search_path(path: str) -> bool:
+    """ArDefaultResolver's search path: relative, and not file-relative (``./``, ``../``)."""
+    return bool(path) and not (
+        path.startswith(("/", "./", "../", "\\"))
+        or is_url(path)
+        or "[" in path
+        or re.match(r"[A-Za-z]:[\\/]", path) is not None
+    )
+
+
+def _anchored(written: str, layer: Any, variables: dict[str, Any] | None) -> str | None:
     """The path composition opens for an arc ``written`` in ``layer`` (Sdf's own anchoring): a
     node path, None for a URL, a package's inner file or a path left relative (an anonymous
     layer's)."""
     path = _evaluate(written, variables)
-    if not path or is_url(path) or "[" in path:
+    if not path or is_url(path) or "[" in path or _FORMAT_ARGS in path:
         return None
     anchored = str(layer.ComputeAbsolutePath(path))
     return anchored if anchored.startswith("/") and "[" not in anchored else None
@@ -365,6 +493,41 @@ def _anchored(written: str, layer: Any, variables: dict[str, Any]) -> str | None
 
 def _name(layer: Any) -> str:
     return str(layer.realPath or layer.identifier).rsplit("/", 1)[-1]
+
+
+def _is_expression(written: str) -> bool:
+    return written.startswith("`") and written.endswith("`")
+
+
+def _node_variables(node: Any) -> dict[str, Any]:
+    """The expression variables a prim index node's layer stack evaluates paths with (Pcp
+    composes the root layer's ``expressionVariables`` of each referenced layer stack under
+    those of the layer stack that references it)."""
+    return dict(node.layerStack.expressionVariables.GetVariables())
+
+
+def _spec_variables(prim: Any, spec: Any, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The expression variables of the layer stack that holds ``spec`` in ``prim``'s index."""
+    identifier = spec.layer.identifier
+    for node in _nodes(prim.GetPrimIndex().rootNode):
+        if node.path == spec.path and any(
+            layer.identifier == identifier for layer in node.layerStack.layers
+        ):
+            return _node_variables(node)
+    return fallback
+
+
+def _layer_variables(stage: Any, layer: Any, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The expression variables of the layer stack ``layer`` is in (its sublayer paths are
+    evaluated with them): the stage's own for its root layer stack."""
+    identifier = layer.identifier
+    if any(member.identifier == identifier for member in stage.GetLayerStack(True)):
+        return fallback
+    for prim in _all_prims(stage):
+        for node in _nodes(prim.GetPrimIndex().rootNode):
+            if any(member.identifier == identifier for member in node.layerStack.layers):
+                return _node_variables(node)
+    return fallback
 
 
 def _stage_variables(stage: Any) -> dict[str, Any]:
@@ -375,10 +538,11 @@ def _stage_variables(stage: Any) -> dict[str, Any]:
     return variables
 
 
-def _evaluate(written: str, variables: dict[str, Any]) -> str:
+def _evaluate(written: str, variables: dict[str, Any] | None) -> str:
     """An asset path as USD reads it: a ``\\`...\\``` expression evaluated with the stage's
-    variables."""
-    if not (written.startswith("`") and written.endswith("`")):
+    variables; ``variables`` None: taken literally (USD evaluates no expression in value
+    clips' asset paths, templates or manifests)."""
+    if variables is None or not _is_expression(written):
         return written
     result = Sdf.VariableExpression(written).Evaluate(variables)
     value = result.value
@@ -406,27 +570,68 @@ class _ClipKey:
     offset: Any
 
 
+_ANCHOR = "_anchor"  # (not a USD key) the layer a clip set's asset paths are anchored to
+
+
 def _clip_keys(prim: Any) -> dict[str, dict[str, _ClipKey]]:
-    """Clip sets authored on ``prim``: each key from the strongest spec that authors it."""
+    """Clip sets on ``prim`` as USD composes them (Usd_ComputeClipSetDefinitionsForPrimIndex):
+    in each node of its prim index, strong to weak, the sets its layer stack's ``clips`` name
+    that its ``clipSets`` list op keeps (``delete clipSets`` drops one there), each key from
+    the strongest opinion; ``_ANCHOR``: the strongest layer authoring ``assetPaths`` or
+    ``templateAssetPath`` (the one USD anchors the set's asset paths to). A set with no
+    anchor is ignored, as USD ignores it."""
     sets: dict[str, dict[str, _ClipKey]] = {}
-    for spec, offset in prim.GetPrimStackWithLayerOffsets():
-        if not spec.HasInfo("clips"):
+    for node in _nodes(prim.GetPrimIndex().rootNode):
+        if node.isInert or not node.hasSpecs:
             continue
-        for name, keys in dict(spec.GetInfo("clips")).items():
-            composed = sets.setdefault(name, {})
-            for key, value in dict(keys).items():
-                composed.setdefault(key, _ClipKey(value, spec.layer, offset))
-    return sets
+        stack = node.layerStack
+        layers, offsets = list(stack.layers), list(stack.layerOffsets)
+        to_root = node.mapToRoot.timeOffset
+        in_node: dict[str, dict[str, _ClipKey]] = {}
+        kept: list[str] = []
+        for index in reversed(range(len(layers))):  # weak to strong
+            layer = layers[index]
+            spec = layer.GetPrimAtPath(node.path)
+            if spec is None:
+                continue
+            offset = to_root * (offsets[index] if index < len(offsets) else Sdf.LayerOffset())
+            if spec.HasInfo("clips"):
+                names = []
+                for name, keys in dict(spec.GetInfo("clips")).items():
+                    if not name or not isinstance(keys, dict):
+                        continue
+                    composed = in_node.setdefault(name, {})
+                    for key, value in keys.items():
+                        composed[key] = _ClipKey(value, layer, offset)
+                    if "assetPaths" in keys or "templateAssetPath" in keys:
+                        composed[_ANCHOR] = _ClipKey(None, layer, offset)
+                    names.append(name)
+                kept += [name for name in sorted(names) if name not in kept]
+            if spec.HasInfo("clipSets"):
+                kept = list(spec.GetInfo("clipSets").ApplyOperations(kept))
+        for name, keys in in_node.items():
+            if name in kept:
+                composed = sets.setdefault(name, {})
+                for key, value in keys.items():
+                    composed.setdefault(key, value)
+    return {name: keys for name, keys in sets.items() if _ANCHOR in keys}
 
 
-def _clips(state: _Resolve, prim: Any, variables: dict[str, Any]) -> bool:
+def _nodes(node: Any) -> Iterator[Any]:
+    """A prim index's nodes, strong to weak."""
+    yield node
+    for child in node.children:
+        yield from _nodes(child)
+
+
+def _clips(state: _Resolve, prim: Any, variables: dict[str, Any] | None) -> bool:
     """Fetch the clip each clip set activates at each requested frame, and its manifest."""
     if not prim.HasMetadata("clips"):
         return False
     new = False
     for name, keys in _clip_keys(prim).items():
         source = f"clip {prim.GetPath()} clips[{name}]"
-        if "templateAssetPath" in keys:
+        if "assetPaths" not in keys and "templateAssetPath" in keys:
             if not all(k in keys for k in _TEMPLATE_KEYS):
                 continue  # incomplete: USD ignores the set
             chosen = _template_active(state, keys, variables, source)
@@ -436,13 +641,14 @@ def _clips(state: _Resolve, prim: Any, variables: dict[str, Any]) -> bool:
             chosen = _explicit_active(state, keys, variables, source)
         if not chosen:
             continue
+        # The layer the set's paths (clips, manifest) are anchored to: an absolute one (a show
+        # mount that path_map maps) is aliased as layers are, so USD's clips open it and its
+        # values count.
+        authored = keys[_ANCHOR].layer
         manifest = keys.get("manifestAssetPath")
-        if manifest is not None and manifest.value.path:
-            new |= _arc(state, manifest.value.path, manifest.layer, variables, source)
-        # The layer that authored the clips' paths: an absolute one (a show mount that
-        # path_map maps) is aliased as layers are, so USD's clips open it and its values count.
-        template = "templateAssetPath" in keys
-        authored = keys["templateAssetPath" if template else "assetPaths"].layer
+        if manifest is not None and str(getattr(manifest.value, "path", "")):
+            new |= _arc(state, manifest.value.path, authored, variables, source)
+        template = "assetPaths" not in keys
         anchored = None
         for (written, url), frames in chosen.items():
             anchored = _anchored(written, authored, variables)
@@ -459,7 +665,7 @@ def _template_in_resolve_folder(
     prim: Any,
     clip_set: str,
     keys: dict[str, _ClipKey],
-    variables: dict[str, Any],
+    variables: dict[str, Any] | None,
     anchored: str,
     url: str,
 ) -> None:
@@ -487,22 +693,48 @@ def _active_at(starts: Sequence[tuple[float, int]], frame: float) -> int:
     return index
 
 
+def _valid_prim_path(keys: dict[str, _ClipKey]) -> bool:
+    """USD's check of a clip set's ``primPath``: an absolute prim path."""
+    text = keys["primPath"].value
+    if not isinstance(text, str) or not text or not Sdf.Path.IsValidPathString(text):
+        return False
+    path = Sdf.Path(text)
+    return bool(path.IsAbsolutePath() and path.IsPrimPath())
+
+
+def _valid_explicit(keys: dict[str, _ClipKey]) -> bool:
+    """USD's validation of an explicit clip set (Usd_ClipSet::New): a set that fails it is not
+    used at all -- an empty asset path, an ``active`` index out of range, two clips active at
+    one time, or more than two ``times`` entries at one stage time."""
+    paths = list(keys["assetPaths"].value or [])
+    active = list(keys["active"].value or [])
+    if not _valid_prim_path(keys) or any(not str(getattr(p, "path", "")) for p in paths):
+        return False
+    if any(not 0 <= int(a[1]) < len(paths) for a in active):
+        return False
+    if len({float(a[0]) for a in active}) != len(active):
+        return False
+    times = keys.get("times")
+    stage_times = [float(t[0]) for t in (times.value or [])] if times is not None else []
+    return all(stage_times.count(t) <= 2 for t in set(stage_times))
+
+
 def _explicit_active(
-    state: _Resolve, keys: dict[str, _ClipKey], variables: dict[str, Any], source: str
+    state: _Resolve, keys: dict[str, _ClipKey], variables: dict[str, Any] | None, source: str
 ) -> dict[tuple[str, str], list[int]]:
     paths = keys["assetPaths"]
     active = keys["active"]
-    starts = sorted((float(active.offset * float(a[0])), int(a[1])) for a in active.value)
     chosen: dict[tuple[str, str], list[int]] = {}
+    if not _valid_explicit(keys):
+        return chosen  # USD rejects the whole set
+    starts = sorted((float(active.offset * float(a[0])), int(a[1])) for a in active.value)
     if not starts:
         return chosen
     for frame in state.ctx.frames:
         index = _active_at(starts, frame)
-        if not 0 <= index < len(paths.value):
-            continue
         written = paths.value[index].path
         try:
-            url = state.target(written, paths.layer, variables)
+            url = state.target(written, keys[_ANCHOR].layer, variables, search="layer")
         except ValueError as exc:
             state.out.unresolved.append(Unresolved(source, written, str(exc)))
             continue
@@ -512,11 +744,12 @@ def _explicit_active(
 
 
 def _template_active(
-    state: _Resolve, keys: dict[str, _ClipKey], variables: dict[str, Any], source: str
+    state: _Resolve, keys: dict[str, _ClipKey], variables: dict[str, Any] | None, source: str
 ) -> dict[tuple[str, str], list[int]]:
     """Template clips: one per stride from start to end, kept only where the file exists in
     storage (as USD keeps only those it can resolve), active from its time plus the offset."""
     template = keys["templateAssetPath"]
+    anchor = keys[_ANCHOR]
     start = float(keys["templateStartTime"].value)
     end = float(keys["templateEndTime"].value)
     stride = float(keys["templateStride"].value)
@@ -525,30 +758,40 @@ def _template_active(
     )
     chosen: dict[tuple[str, str], list[int]] = {}
     written_template = str(getattr(template.value, "path", template.value))
-    if stride <= 0 or end < start:
+    if stride <= 0 or end < start or not _valid_prim_path(keys):
         return chosen
     try:
-        url_template = state.target(written_template, template.layer, variables)
+        url_template = state.target(written_template, anchor.layer, variables)
     except ValueError as exc:
         state.out.unresolved.append(Unresolved(source, written_template, str(exc)))
         return chosen
     if url_template is None:
         return chosen
-    folder = url_dirname(url_template)
-    names = set(state.ctx.names_in_folder(folder))
+    names = state.names(url_dirname(url_template))
+    # A search-path template: each clip not next to its layer is looked for as USD's default
+    # resolver looks (the root layer's folder, then PXR_AR_DEFAULT_SEARCH_PATH).
+    path = _without_format_args(_evaluate(written_template, variables))
+    searched: list[str] = []
+    if _is_search_path(path) and "[" not in anchor.layer.identifier:
+        for search_folder in state._search_folders():
+            with contextlib.suppress(ValueError):
+                searched.append(state.ctx.map(path, relative_to=search_folder))
     clips: list[tuple[float, str, str]] = []
+    if _fill_template(written_template, start) is None or abs(active_offset) > stride:
+        return chosen  # USD derives no clips from it
     count = math.floor((end - start) / stride + 1e-9)
     for step in range(count + 1):
         time = start + step * stride
-        url = _fill_template(url_template, time)
-        if url.rsplit("/", 1)[-1] in names:
-            clips.append(
-                (
-                    float(template.offset * (time + active_offset)),
-                    _fill_template(written_template, time),
-                    url,
-                )
-            )
+        url = _fill_template(url_template, time) or ""
+        found = url.rsplit("/", 1)[-1] in names
+        for other in searched if not found else []:
+            candidate = _fill_template(other, time) or ""
+            if candidate.rsplit("/", 1)[-1] in state.names(url_dirname(candidate)):
+                url, found = candidate, True
+                break
+        if found:
+            written = _fill_template(written_template, time) or written_template
+            clips.append((float(anchor.offset * (time + active_offset)), written, url))
     if not clips:
         return chosen
     starts = [(t, i) for i, (t, _, _) in enumerate(clips)]
@@ -558,27 +801,22 @@ def _template_active(
     return chosen
 
 
-def _fill_template(template: str, time: float) -> str:
-    """``clip.###.usd`` -> ``clip.012.usd``; ``clip.###.##.usd`` also fills the sub-frame."""
-    runs = list(_HASHES.finditer(template))
-    if not runs:
-        return template
-    if len(runs) > 1:
-        whole, fraction = runs[-2], runs[-1]
-        width = len(fraction.group(0))
-        scaled = round(time * 10**width)
-        integer, decimal = divmod(scaled, 10**width)
-        return (
-            template[: whole.start()]
-            + str(integer).zfill(len(whole.group(0)))
-            + template[whole.end() : fraction.start()]
-            + str(decimal).zfill(width)
-            + template[fraction.end() :]
-        )
-    run = runs[-1]
-    return (
-        template[: run.start()] + str(round(time)).zfill(len(run.group(0))) + template[run.end() :]
-    )
+def _fill_template(template: str, time: float) -> str | None:
+    """A template clip's path at ``time``, as USD derives it (_DeriveClipInfo): the file name
+    is split at dots; one part made only of ``#`` takes the integer part of the time
+    (truncated, ``%0Nd``), a second one right after it the decimals (``%.Nf``). None: not a
+    template USD accepts (no such part, more than two, or two apart)."""
+    path, args, rest = template.partition(_FORMAT_ARGS)
+    folder, slash, name = path.rpartition("/")
+    parts = [part for part in name.split(".") if part]
+    hashes = [i for i, part in enumerate(parts) if set(part) == {"#"}]
+    if len(hashes) not in (1, 2) or (len(hashes) == 2 and hashes[1] != hashes[0] + 1):
+        return None
+    parts[hashes[0]] = f"{int(time):0{len(parts[hashes[0]])}d}"
+    if len(hashes) == 2:
+        decimals = f"{time:.{len(parts[hashes[1]])}f}"
+        parts[hashes[1]] = decimals[decimals.find(".") + 1 :]
+    return folder + slash + ".".join(parts) + args + rest
 
 
 # -- what the composed stage reads ------------------------------------------------------
@@ -632,7 +870,11 @@ def _attribute_value(
                 continue
         layer = _value_layer(state, attr, time)
         try:
-            url = state.target(item.evaluatedPath or written, layer, variables) if layer else None
+            url = (
+                state.target(item.evaluatedPath or written, layer, variables, search="asset")
+                if layer
+                else None
+            )
         except ValueError as exc:
             state.out.unresolved.append(Unresolved(source, written, str(exc)))
             continue
