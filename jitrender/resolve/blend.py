@@ -18,7 +18,11 @@ needs:
 
 In the main file, the datablocks a chain of pointers reaches from a scene count (in node
 trees, only nodes that feed an output), and every library; not orphans, nor what only brushes
-use (:func:`_used_by_scenes`). In a library, only what the linking file asks for. Paths Blender
+use, nor objects disabled in renders that are only members of a collection, nor the 3D scene of
+a scene whose render runs no render engine (an active sequencer, or a compositor without a
+Render Layers node) (:func:`_used_by_scenes`). In a library, only what the linking file asks
+for. Old files' ``Main``-list links and per-face images, and their Smoke and Fluidsim modifiers
+(replaced on load), need nothing. Paths Blender
 derives from the file's own name (point-cache folders) use the name in ``scene_url``. A
 datablock that does not read (a dangling pointer) is one ``unresolved`` entry.
 """
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zstandard
 from blender_asset_tracer import blendfile, cdefs
 from blender_asset_tracer.blendfile import exceptions as bat_exceptions
 from blender_asset_tracer.blendfile import iterators
@@ -83,6 +88,7 @@ _PARSE_ERRORS: tuple[type[BaseException], ...] = (
     AssertionError,
     AttributeError,
     UnicodeDecodeError,
+    zstandard.ZstdError,  # a zstd-compressed file (Blender 3.0+) whose frames do not decode
 )
 _POINT_CACHE_NAME = re.compile(r"_(?P<frame>\d{6})_\d{2}\.[^.]+$")
 _LAST_DIGITS = re.compile(r"(\d+)(?!.*\d)")
@@ -218,12 +224,18 @@ def _block_usages(block: Block, library: str) -> tuple[list[Any], list[Unresolve
         try:
             kind = int(modifier[b"modifier", b"type"])
             handler = modifier_walkers.modifier_handlers.get(kind)
-            if handler is None or _has_no_bakes(modifier, kind):
+            if handler is None or kind in _REPLACED_ON_LOAD or _has_no_bakes(modifier, kind):
                 continue
             usages.extend(handler(owner, modifier, name))
         except _PARSE_ERRORS as exc:
             broken.append(_unreadable(name, library, exc))
     return usages, broken
+
+
+# Smoke and Fluidsim modifiers (before Blender 2.82): Blender replaces each with a new Fluid
+# modifier when it reads the file (``modifier_replace_with_fluid``), whose cache folder is a new
+# default one; the old point cache or ``surfdataPath`` files are never read.
+_REPLACED_ON_LOAD = frozenset({cdefs.eModifierType_Smokesim, cdefs.eModifierType_Fluidsim})
 
 
 def _has_no_bakes(modifier: Block, kind: int) -> bool:
@@ -313,36 +325,181 @@ def _used_by_scenes(bfile: Any) -> set[int]:
     order = "<" if bfile.header.is_little_endian else ">"
     word = f"{order}{'Q' if size == 8 else 'I'}"
     addresses = bfile.block_from_addr
-    queue = [block for block in bfile.blocks if block.code == b"SC"]
-    used = {block.addr_old for block in queue}
+    version = int(bfile.header.version)
+    # Each queued block with the scene whose render-less part reached it (see below), if any.
+    queue: list[tuple[Block, int | None]] = [
+        (block, None) for block in bfile.blocks if block.code == b"SC"
+    ]
+    used = {block.addr_old for block, _ in queue}
+    # Scenes whose render runs no render engine (_scene_without_render): only their sequencer or
+    # compositor is followed, unless another scene renders them (a background set, a scene
+    # strip, a Render Layers node), which follows them whole.
+    without_render: set[int] = set()
+    rendered_by_others: set[int] = set()
     pointing: dict[bytes, bool] = {}
+    links: dict[bytes, tuple[int, ...]] = {}
 
-    def reach(target: Block) -> None:
+    def reach(target: Block, origin: int | None) -> None:
+        if target.code == b"SC" and origin != target.addr_old:
+            rendered_by_others.add(target.addr_old)
+            if target.addr_old in without_render:
+                without_render.discard(target.addr_old)
+                queue.append((target, None))
         if target.addr_old not in used:
             used.add(target.addr_old)
-            queue.append(target)
+            queue.append((target, origin))
 
     while queue:
-        block = queue.pop()
+        block, origin = queue.pop()
+        if block.code == b"SC" and block.addr_old not in rendered_by_others:
+            try:
+                parts = _scene_without_render(block, version)
+            except _PARSE_ERRORS:
+                parts = None  # unreadable render settings: follow the whole scene
+            if parts is not None:
+                without_render.add(block.addr_old)
+                for part in parts:
+                    reach(part, block.addr_old)
+                continue
         if block.dna_type_name == "bNodeTree":
             for node in _live_nodes(block):
-                reach(node)
+                reach(node, origin)
+        if block.dna_type_name in _NOT_FOLLOWED:
+            continue
         if block.dna_type.fields:
             if not _may_point(block.dna_type, pointing):
                 continue  # a struct without pointers (vertices, say): nothing to follow
         elif block.size > _RAW_SCAN_LIMIT:
             continue  # untyped data this large is geometry or pixels, not a pointer array
-        data = block.raw_data()
+        data = bytearray(block.raw_data())
         data = data[: len(data) - len(data) % size]
+        for offset in _id_links(block, size, links):
+            data[offset : offset + size] = bytes(size)
         for (value,) in set(struct.iter_unpack(word, data)):
             target = addresses.get(value) if value else None
             if target is None or target.code in _NOT_RENDERED:
                 continue
             if block.code in _NO_TEXTURE_SLOTS and target.dna_type_name == "MTex":
                 continue
+            if block.dna_type_name in _MEMBERSHIPS and _hidden_from_render(target):
+                continue
             if target.dna_type_name != "bNode":  # nodes count only when live (above)
-                reach(target)
+                reach(target, origin)
     return used
+
+
+def _hidden_from_render(block: Block) -> bool:
+    """An object with Disable in Renders (``OB_HIDE_RENDER`` of ``visibility_flag``, before
+    Blender 3.0 ``OB_RESTRICT_RENDER`` of ``restrictflag``: the same bit)."""
+    if block.code != b"OB":
+        return False
+    flag = _field(block, (b"visibility_flag", b"restrictflag"), 0)
+    return bool(int(flag) & _OB_HIDE_RENDER)
+
+
+# Where an object is a member of a collection (or a 2.7x group, or a scene or view layer's
+# object list): a render skips members that are disabled in renders, in the scene and in the
+# collections it instances (FOREACH_COLLECTION_VISIBLE_OBJECT_RECURSIVE). Other pointers to
+# such an object (a modifier's, a particle system's instance object) still count.
+_MEMBERSHIPS = frozenset({"CollectionObject", "Base", "GroupObject"})
+_OB_HIDE_RENDER = 1 << 2
+
+
+def _scene_without_render(scene: Block, version: int) -> list[Block] | None:
+    """What a render of ``scene`` reads when it runs no render engine for the scene's own view
+    layers (``do_render_full_pipeline``, Blender 5.0): ``None`` when it does. It does not when
+
+    - the video sequencer is active (``RE_seq_render_active``: Sequencer on in the post
+      processing options and a top-level strip that is not a sound strip and not muted): only
+      the strips are rendered, not the 3D scene; or
+    - compositing is on and the compositor's node tree has no unmuted Render Layers node (or
+      Cryptomatte node reading the render) of this scene (``compositor_needs_render``): only
+      the compositor's nodes run. Files before Blender 5.0 turn compositing off with the
+      compositor's Use Nodes (``do_version_scene_remove_use_nodes``).
+
+    The blocks returned are where that render reads from (the sequencer, or the compositor's
+    node tree)."""
+    scemode = int(scene.get((b"r", b"scemode"), default=0))
+    editing = scene.get_pointer(b"ed", default=None)
+    if scemode & _R_DOSEQ and editing is not None and _sequencer_renders(editing):
+        return [editing]
+    tree = _compositor_tree(scene)
+    if tree is None or not scemode & _R_DOCOMP:
+        return None
+    if version < 500 and scene.dna_type.has_field(b"use_nodes") and not int(scene[b"use_nodes"]):
+        return None  # compositing off: the render engine runs
+    for node in iterators.listbase(tree.get_pointer((b"nodes", b"first"))):
+        if int(node[b"flag"]) & _NODE_MUTED:
+            continue
+        idname = _text(bytes(node[b"idname"])) if node.dna_type.has_field(b"idname") else ""
+        if idname == "CompositorNodeRLayers" or (
+            idname == "CompositorNodeCryptomatteV2"
+            and int(node[b"custom1"]) == _CRYPTOMATTE_SOURCE_RENDER
+        ):
+            source = node.get_pointer(b"id", default=None)
+            if source is None or source.addr_old == scene.addr_old:
+                return None
+    return [tree]
+
+
+def _sequencer_renders(editing: Block) -> bool:
+    """Whether a top-level strip of the sequencer is neither a sound strip nor muted."""
+    channels = _channels(editing)
+    for strip in iterators.listbase(editing.get_pointer((b"seqbase", b"first"))):
+        if int(strip[b"type"]) == STRIP_TYPE_SOUND_RAM or int(strip[b"flag"]) & STRIP_MUTE:
+            continue
+        channel = int(_field(strip, (b"channel", b"machine"), 0))
+        if 0 <= channel < len(channels) and int(channels[channel][b"flag"]) & CHANNEL_MUTE:
+            continue
+        return True
+    return False
+
+
+def _compositor_tree(scene: Block) -> Block | None:
+    """The compositor's node tree: ``compositing_node_group`` (Blender 5.0), or the embedded
+    ``nodetree`` of older files."""
+    for name in (b"compositing_node_group", b"nodetree"):
+        if scene.dna_type.has_field(name):
+            tree = scene.get_pointer(name, default=None)
+            if tree is not None:
+                return tree
+    return None
+
+
+_R_DOSEQ = 1 << 0  # RenderData.scemode
+_R_DOCOMP = 1 << 6
+_NODE_MUTED = 1 << 9  # bNode.flag
+_CRYPTOMATTE_SOURCE_RENDER = 0  # bNode.custom1 of a Cryptomatte node
+
+
+def _id_links(block: Block, size: int, known: dict[bytes, tuple[int, ...]]) -> tuple[int, ...]:
+    """Offsets, in an ID block, of the ``ID`` header's pointers that are not references: the
+    links of the ``Main`` list the datablock was in (``next``/``prev``, written as they were in
+    memory, so they name the neighbouring datablocks of the same kind, used or not) and runtime
+    pointers (``newid``, ``orig_id``). Blender rebuilds these on load and renders nothing through
+    them. Memoised in ``known`` by struct name."""
+    struct_type = block.dna_type
+    name = bytes(struct_type.dna_type_id)
+    if name not in known:
+        offsets: list[int] = []
+        fields = struct_type.fields
+        if name == b"ID":  # a linked datablock's placeholder
+            for member in _ID_LINKS:
+                if struct_type.has_field(member):
+                    offsets.append(struct_type.field_from_path(size, (member,))[1])
+        elif fields and fields[0].name.name_only == b"id":
+            header = fields[0].dna_type
+            for member in _ID_LINKS if header.dna_type_id == b"ID" else ():
+                if header.has_field(member):
+                    offsets.append(struct_type.field_from_path(size, (b"id", member))[1])
+        known[name] = tuple(offsets)
+    return known[name]
+
+
+_ID_LINKS = (b"next", b"prev", b"newid", b"orig_id")
+# Structs whose pointers Blender no longer follows: the per-face images of Blender 2.7x meshes
+# (``MTexPoly``/``MTFace`` layers: Blender 2.80 and later keep only their UVs).
+_NOT_FOLLOWED = frozenset({"MTexPoly", "MTFace"})
 
 
 # Blender 4+ writes pointer arrays (a mesh's materials, say) as untyped ``raw_data`` blocks,
@@ -406,7 +563,12 @@ _NODE_LINK_MUTED = 1 << 4  # bNodeLink.flag
 
 
 # Datablocks a render never reads through: brushes (and what only they use), screens, windows.
-_NOT_RENDERED = frozenset({b"BR", b"SR", b"WM", b"WS", b"PL", b"PC"})
+# File blocks that are no datablock (file globals: the window's scene and view layer; render
+# info; thumbnail) are never a pointer's target: their "old address" is a small number that
+# ordinary integers equal.
+_NOT_RENDERED = frozenset(
+    {b"BR", b"SR", b"WM", b"WS", b"PL", b"PC", b"GLOB", b"REND", b"TEST", b"USER", b"DNA1"}
+)
 # Blender Internal texture slots of materials, lights and worlds (files before 2.80): Blender
 # 2.80 and later drop them on load, so the textures only they use are never read.
 _NO_TEXTURE_SLOTS = frozenset({b"MA", b"LA", b"WO"})
