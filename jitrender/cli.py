@@ -28,6 +28,7 @@ from jitrender.runcmd import frames_of as _frames
 from jitrender.runcmd import json_document as _json_document
 from jitrender.runcmd import json_failure as _json_failure
 from jitrender.runcmd import json_progress as _json_progress
+from jitrender.runcmd import same_file as _same_file
 
 if TYPE_CHECKING:
     from jitrender.headstart import HeadStart
@@ -240,6 +241,8 @@ def deps(
     from jitrender.sequences import parse_frames
 
     try:
+        if allow_unresolved and not check:
+            raise ConfigError("--allow-unresolved: goes with --check (give both)")
         extra = _extra_path_map(path_map, path_map_rules)
         if job_file is not None:
             job = load_job(job_file, cache_dir).with_values(scene=scene, resolver=resolver)
@@ -319,12 +322,18 @@ def status(
     watch: Annotated[
         bool, typer.Option("--watch", help="Look again every --interval s until complete.")
     ] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between looks.")] = 5.0,
+    interval: Annotated[
+        float | None, typer.Option("--interval", help="Seconds between looks (default 5).")
+    ] = None,
     serve: Annotated[
         bool, typer.Option("--serve", help="Serve the status page and its JSON API.")
     ] = False,
-    port: Annotated[int, typer.Option("--port", help="Port for --serve (0: any free).")] = 8470,
-    host: Annotated[str, typer.Option("--host", help="Address for --serve.")] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port for --serve (0: any free; default 8470).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address for --serve (default 127.0.0.1).")
+    ] = None,
 ) -> None:
     """Job-wide status from the bucket: frames done / running / failed / pending (markers),
     tasks and their heartbeats (stalled or lost after 3 intervals), render times, ETA, failure
@@ -335,6 +344,20 @@ def status(
     from jitrender.status import StatusServer, job_status, text_lines
 
     try:
+        # An option that only goes with another is refused without it, never taken and unused.
+        if interval is not None and not watch:
+            raise ConfigError(f"--interval {interval!r}: goes with --watch (give both)")
+        for flag, value in (("--port", port), ("--host", host)):
+            if value is not None and not serve:
+                raise ConfigError(f"{flag} {value}: goes with --serve (give both)")
+        if serve and (watch or as_json):
+            raise ConfigError(
+                f"--serve with {'--watch' if watch else '--json'}: the page serves its JSON "
+                "and looks again itself; give --serve alone"
+            )
+        interval = 5.0 if interval is None else interval
+        port = 8470 if port is None else port
+        host = "127.0.0.1" if host is None else host
         if watch and not 0 < interval < float("inf"):  # 0 would ask storage without a pause
             raise ConfigError(f"--interval {interval!r}: must be a number of seconds above 0")
         if serve and not 0 <= port <= 65535:
@@ -513,7 +536,18 @@ def submit(
             project=project,
             region=region,
         )
-        document = farms.farm_job(job, options)
+        document = farms.farm_job(job, options)  # the farm and its limits, then:
+        farms.check_farm_options(
+            farm,
+            {
+                "--queue": queue,
+                "--image": image,
+                "--log-dir": log_dir,
+                "--bundle-dir": bundle_dir,
+                "--project": project,
+                "--region": region,
+            },
+        )
         if dry_run:
             if document.farm == "openjd" and bundle_dir is not None:
                 farms.write_bundle(bundle_dir, document)
@@ -540,6 +574,7 @@ def validate(
     """Check a job without running it: every check `run` makes before it fetches (the job
     file, path mapping, output patterns, resolver and its extra, each stage's command and
     engine arguments). Exit 78 with the same line `run` would print."""
+    import os
     import tempfile
 
     from jitrender.job import load_job
@@ -549,6 +584,12 @@ def validate(
         job = load_job(job_file)
         job.use_path_map(_extra_path_map(path_map, path_map_rules))
         frame_list = _frames(job, frames)
+        # The cache run would use ($JITRENDER_CACHE_DIR before the job's cache.dir, as run):
+        # a file there is run's 78 too.
+        named = os.environ.get("JITRENDER_CACHE_DIR")
+        folder = job.cache_folder(Path(named) if named else None)
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder}: cannot use as cache folder: it is not a folder")
         root = Path(tempfile.gettempdir()) / "jitrender-validate"
         check_job(job, frame_list, planned_workspace(job, root))
     except JitrenderError as exc:
@@ -646,7 +687,10 @@ def health(
     from jitrender.health import NodeHealth
 
     try:
-        node = NodeHealth(cache_dir or default_cache_dir())
+        root = cache_dir or default_cache_dir()
+        if root.exists() and not root.is_dir():  # else read as a node with no record: healthy
+            raise ConfigError(f"{root}: not a folder (the cache folder holds health.json)")
+        node = NodeHealth(root)
     except ConfigError as exc:  # a threshold that is not a number
         _fail(exc)
     try:
@@ -700,6 +744,8 @@ def assemble(
         job = load_job(job_file)
         if job.split_stage is None:
             raise ConfigError(f"{job_file}: no stage has 'split': there is nothing to assemble")
+        if report is not None and _same_file(report, job_file):
+            raise ConfigError(f"--report {report}: is the job file (name another file)")
         frame_list = _frames(job, frames)
         options = RunOptions(
             frames=frame_list,

@@ -64,6 +64,17 @@ class PathRuleSpec:
     format: Literal["posix", "windows", "auto"] = "auto"
 
 
+def _env_checked(env: dict[str, str]) -> dict[str, str]:
+    """Environment names and values a process can be given: a name is not empty and holds no
+    '=' or NUL; a value holds no NUL (else the stage could not start: a traceback, exit 70)."""
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"{name!r} is not an environment variable name")
+        if "\0" in value:
+            raise ValueError(f"{name}: a value cannot hold a NUL character")
+    return env
+
+
 @dataclass
 class DepSpec:
     """An extra dependency listed by hand: one file (may hold frame/UDIM tokens) or a prefix."""
@@ -76,6 +87,11 @@ class DepSpec:
     def __post_init__(self) -> None:
         if (self.path is None) == (self.prefix is None):
             raise ValueError("give exactly one of 'path' or 'prefix'")
+        if self.frames is not None:  # checked now, as the job's own frames are (not at fetch)
+            try:
+                _frames_parse(self.frames)
+            except ValueError as exc:
+                raise ValueError(f"frames: {exc}") from None
 
 
 def _two_counts(value: list[int] | None) -> list[int] | None:
@@ -118,17 +134,29 @@ class StageSpec:
     command: str | list[str] | None = None
     engine: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)
+    env: Annotated[dict[str, str], Rule(_env_checked)] = field(default_factory=dict)
     timeout: Annotated[float | None, Rule(gt=0)] = None
     split: SplitSpec | None = None  # see jitrender.split
 
     def __post_init__(self) -> None:
+        problem = _stage_name_problem(self.name)
+        if problem is not None:
+            raise ValueError(problem)
         if self.command is None and self.engine is None:
             raise ValueError("give a 'command' or an 'engine'")
+        if isinstance(self.command, str) and not self.command.strip():
+            raise ValueError("'command' is empty")
+        if self.engine in (None, "command") and self.args:
+            raise ValueError(
+                f"args ({', '.join(map(str, self.args))}): the 'command' engine takes no args "
+                "(write the values into 'command')"
+            )
         if self.command is not None and self.engine not in (None, "command"):
             raise ValueError(f"'command' goes with engine 'command', not {self.engine!r}")
         if isinstance(self.command, list) and not self.command:
             raise ValueError("'command' is an empty list")
+        if isinstance(self.command, list) and not self.command[0].strip():
+            raise ValueError("'command' names no program: its first item is empty")
         if self.split is not None and (self.engine != "blender" or self.per != "frame"):
             raise ValueError(
                 f"split: only a per-frame 'blender' engine stage renders parts, not "
@@ -137,6 +165,18 @@ class StageSpec:
         engine = self.args.get("engine", "CYCLES")
         if self.split is not None and str(engine).upper() != "CYCLES":
             raise ValueError(f"split: parts render with Cycles only, not args.engine {engine!r}")
+
+
+def _stage_name_problem(name: str) -> str | None:
+    """What makes ``name`` unfit to name a stage, or None. A stage's name is part of its log
+    files' and stage markers' names: a '/' would put them in other folders (``../x``: outside
+    the workspace's logs/), so names are plain words."""
+    if name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
+        return (
+            f"name {name!r}: a stage's name is a plain word (no slash or backslash, no control "
+            "characters, not only dots); it names the stage's log files and markers"
+        )
+    return None
 
 
 def _every_file() -> list[str]:
@@ -222,7 +262,7 @@ class Job:
 
     __pydantic_config__ = _strict()
     version: Literal[1] = 1
-    name: str | None = None
+    name: Annotated[str | None, Rule(min_length=1)] = None
     scene: str | None = None
     resolver: str = "auto"
     frames: Annotated[str | int, Rule(_frames_parse)]
@@ -235,7 +275,7 @@ class Job:
     outputs: OutputsSpec
     cache: CacheSpec = field(default_factory=CacheSpec)
     retries: RetriesSpec = field(default_factory=RetriesSpec)
-    env: dict[str, str] = field(default_factory=dict)
+    env: Annotated[dict[str, str], Rule(_env_checked)] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.source: Path | None = None

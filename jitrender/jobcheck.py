@@ -18,9 +18,38 @@ from pydantic_core import ValidationError
 from jitrender.adapters import reader
 from jitrender.errors import ConfigError
 from jitrender.job import Job
-from jitrender.paths import is_url, split_url
+from jitrender.paths import is_url, location_problem, split_url
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: much faster
+_BASE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: much faster
+
+
+class _Loader(_BASE_LOADER):  # type: ignore[misc]
+    """The safe loader, refusing a key written twice in one mapping: YAML keeps the last one,
+    so the first would be a setting read and then ignored."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            merge = key_node.tag == "tag:yaml.org,2002:merge"
+            if merge or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the constructor below says so
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (first on line {first.start_mark.line + 1}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+_LOADER = _Loader
 
 # A job file is a few hundred values; a million means an alias bomb, not a job.
 MAX_DOCUMENT_NODES = 1_000_000
@@ -35,13 +64,19 @@ def checked_job(path: Path, data: bytes) -> Job:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: cannot read job file: {exc}") from None
+        at = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{at}: cannot read job file: byte {data[exc.start]:#04x} is not UTF-8 text "
+            f"({exc.reason}); save the file as UTF-8"
+        ) from None
     try:
         document = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is not None and text[mark.index : mark.index + 1] == "\t":
+            problem += " (a tab: YAML indents with spaces)"
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: a job file is a YAML mapping (key: value lines)")
@@ -64,12 +99,35 @@ def checked_job(path: Path, data: bytes) -> Job:
         node = yaml.compose(text)  # only now: positions for the error message
         raise ConfigError(_one_line(path, node, exc)) from None
     problem = unsafe_paths(job)
+    if problem is None:
+        problem = _size_problem(job.cache.max_size)
     if problem is not None:
         loc, message = problem
         line = _line_of(yaml.compose(text), loc)
         where = f"{path}:{line}" if line else str(path)
         raise ConfigError(f"{where}: {_format_loc(loc)}: {message}")
     return job
+
+
+def _size_problem(size: str | int | None) -> tuple[list[str | int], str] | None:
+    """``cache.max_size`` read as :func:`jitrender.cache.parse_size` reads it (without its memo
+    of sizes read), now: with the file's line, before the run starts."""
+    if size is None:
+        return None
+    from jitrender.cache import parse_size
+
+    try:
+        if isinstance(size, int):
+            parse_size(size)
+        else:
+            from jitrender.cache import _byte_size
+
+            _byte_size().validate_python(size)
+    except ConfigError as exc:
+        return ["cache", "max_size"], exc.message.removeprefix("cache.max_size: ")
+    except ValueError:  # pydantic's ValidationError
+        return ["cache", "max_size"], f"{size!r} is not a size (use e.g. 50GB, 500MiB)"
+    return None
 
 
 def json_values(job: Job) -> dict[str, Any]:
@@ -137,25 +195,53 @@ def unsafe_paths(job: Job) -> tuple[list[str | int], str] | None:
             return ["outputs", "files", index], (
                 f"{pattern!r} climbs out of outputs/ with '..'; output patterns stay below it"
             )
-    target = job.outputs.to
-    if is_url(target):
-        scheme, netloc, rest = split_url(target)
-        if scheme != "file" and not netloc:
-            return [
-                "outputs",
-                "to",
-            ], f"{target!r} names no bucket (write e.g. {scheme}://bucket/renders)"
-        if any(part in (".", "..") for part in rest.split("/")):
-            return ["outputs", "to"], (
-                f"{target!r} holds a '.' or '..' segment; name the prefix itself"
-            )
+    for key in ("to", "checkpoints"):
+        target = getattr(job.outputs, key)
+        if target is None:
+            continue
+        problem: str | None = location_problem(target, "renders")
+        if problem is None and is_url(target):
+            rest = split_url(target)[2]
+            if any(part in (".", "..") for part in rest.split("/")):
+                problem = f"{target!r} holds a '.' or '..' segment; name the prefix itself"
+        if problem is not None:
+            return ["outputs", key], problem
+    if job.scene is not None:
+        problem = location_problem(job.scene, "shots/comp.nk")
+        if problem is not None:
+            return ["scene"], problem
+    if isinstance(job.path_map, list):
+        for index, rule in enumerate(job.path_map):
+            problem = location_problem(rule.to, "show")
+            if problem is not None:
+                return ["path_map", index, "to"], problem
+    elif "path_mapping_rules" not in job.path_map and "version" not in job.path_map:
+        for source, dest in job.path_map.items():  # FROM: TO (an OpenJD map's are node paths)
+            problem = location_problem(dest, "show") if isinstance(dest, str) else None
+            if problem is not None:
+                return ["path_map", source], problem
+    for index, dep in enumerate(job.deps):
+        named: list[tuple[str, str | None]]
+        if isinstance(dep, str):
+            named = [("", dep)]
+        else:
+            named = [("path", dep.path), ("prefix", dep.prefix)]
+        for name, value in named:
+            problem = location_problem(value, "plates/a.####.exr") if value else None
+            if problem is not None:
+                return ["deps", index, *([name] if name else [])], problem
     return None
 
 
 def _one_line(path: Path, node: yaml.Node | None, exc: ValidationError) -> str:
     errors = exc.errors()
-    # A misspelt key is the likely cause of a missing one: say it first.
-    error = next((e for e in errors if e["type"] in _UNKNOWN), errors[0])
+    # A misspelt key is the likely cause of a missing one: say it first; then a check of the
+    # job's own (a value error), before a type the value is not (a dep given as a mapping is
+    # not a string either: its own check says what is wrong).
+    error = next(
+        (e for e in errors if e["type"] in _UNKNOWN),
+        next((e for e in errors if e["type"] == "value_error"), errors[0]),
+    )
     loc = [part for part in error["loc"] if not (isinstance(part, str) and "[" in part)]
     loc = [
         p for p in loc if p not in ("str", "int", "list[PathRuleSpec]", "dict[str,any]", "DepSpec")

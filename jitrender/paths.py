@@ -24,6 +24,37 @@ NAME_MAX = 255
 PathFormat = Literal["posix", "windows"]
 
 
+# A scheme and a colon, then not the two slashes of a URL (``gs:/show``, ``gs:show``): read as
+# a relative path, it put outputs in a local folder named ``gs:``.
+_ALMOST_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:(?!//)")
+# The characters of a GCS bucket name (a space or a capital letter is never one).
+_GCS_BUCKET = re.compile(r"^[a-z0-9._-]+$")
+
+
+def location_problem(value: str, example: str) -> str | None:
+    """What is wrong with a URL or path a job names (scene, deps, outputs, a path mapping's
+    destination), or None; ``example`` is a path to show in the URL it suggests."""
+    if value.startswith("~"):
+        return (
+            f"{value!r}: '~' is not expanded here (it would be read as a folder named '~'); "
+            "write the absolute path or a URL"
+        )
+    if not is_url(value):
+        if _ALMOST_URL.match(value):  # (a drive letter is one letter: never a scheme)
+            scheme = value.split(":", 1)[0]
+            return f"{value!r} is not a URL (write {scheme}://bucket/{example})"
+        return None
+    scheme, netloc, _ = split_url(value)
+    if scheme != "file" and not netloc:
+        return f"{value!r} names no bucket (write e.g. {scheme}://bucket/{example})"
+    if scheme == "gs" and not _GCS_BUCKET.match(netloc):
+        return (
+            f"{value!r}: {netloc!r} is not a GCS bucket name (lowercase letters, digits, '-', "
+            "'_' and '.')"
+        )
+    return None
+
+
 def is_url(value: str) -> bool:
     return _URL_RE.match(value) is not None and not _DRIVE_RE.match(value)
 
@@ -251,6 +282,9 @@ class PathMap:
             source, sep, dest = pair.partition("=")
             if not sep or not source or not dest:
                 raise ConfigError(f"--path-map {pair!r}: expected FROM=TO")
+            problem = location_problem(dest, "show")
+            if problem is not None:
+                raise ConfigError(f"--path-map {pair!r}: {problem}")
             rules.append(rule_from(source, dest))
         return cls(rules)
 
@@ -258,6 +292,11 @@ class PathMap:
     def from_openjd(cls, document: Mapping[str, Any], where: str = "path mapping") -> PathMap:
         """From Open Job Description path-mapping rules (``pathmapping-1.0`` JSON). An empty
         document (``{}``, what a farm writes when it has no rules) means no rules."""
+        if not isinstance(document, Mapping):
+            raise ConfigError(
+                f"{where}: expected an Open Job Description document (a JSON object with "
+                f"'version' and 'path_mapping_rules'), not {type(document).__name__}"
+            )
         unknown = sorted(str(k) for k in document if k not in ("version", "path_mapping_rules"))
         if unknown:
             raise ConfigError(
@@ -274,11 +313,13 @@ class PathMap:
         for index, item in enumerate(rules_json):
             try:
                 fmt = str(item["source_path_format"]).lower()
-                source, dest = str(item["source_path"]), str(item["destination_path"])
+                source, dest = item["source_path"], item["destination_path"]
+                if not (isinstance(source, str) and source and isinstance(dest, str) and dest):
+                    raise TypeError("a path that is not text")
             except (KeyError, TypeError):
                 raise ConfigError(
                     f"{where}: path_mapping_rules[{index}] needs source_path_format, "
-                    "source_path and destination_path"
+                    "source_path and destination_path (the paths as non-empty strings)"
                 ) from None
             if fmt not in ("posix", "windows"):
                 raise ConfigError(

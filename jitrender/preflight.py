@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from jitrender.engines import StageCall, Workspace, engine_named
 from jitrender.errors import ConfigError
 from jitrender.job import Job
-from jitrender.paths import workspace_relpath
+from jitrender.paths import split_url, workspace_relpath
 
 
 def planned_workspace(job: Job, root: Path) -> Workspace:
@@ -43,10 +43,15 @@ def check_resolver(job: Job) -> None:
 
     scene_url = job.scene_url
     if scene_url is None:
-        if not job.deps and job.resolver != "auto":
+        if job.resolver != "auto":  # (with deps: too: they are read as listed, never by it)
             raise ConfigError(f"{job.source}: resolver {job.resolver!r} needs a 'scene'")
         return
-    resolver_for(job.resolver, scene_url)
+    try:
+        resolver_for(job.resolver, scene_url)
+    except ConfigError as exc:
+        if job.resolver == "auto":  # the line names the scene's URL and what to set
+            raise
+        raise ConfigError(f"{job.source or 'job'}: {exc.message}") from None
 
 
 def check_stages(job: Job, frames: list[int], workspace: Workspace) -> None:
@@ -58,12 +63,45 @@ def check_stages(job: Job, frames: list[int], workspace: Workspace) -> None:
         engine_named(spec.engine or "command")(call)
 
 
+def check_storage(job: Job) -> None:
+    """Every URL the job names (scene, deps, outputs, checkpoints) has a storage backend on this
+    node: a scheme no backend takes is refused now (``validate`` too), not when it is first
+    used (``outputs.checkpoints`` then was dropped unseen: it is best effort)."""
+    urls: list[tuple[str, str | None]] = [
+        ("scene", job.scene_url),
+        ("outputs.to", job.outputs_url),
+        ("outputs.checkpoints", job.checkpoints_url),
+    ]
+    for index, dep in enumerate(job.deps):
+        value = dep if isinstance(dep, str) else (dep.path or dep.prefix)
+        urls.append((f"deps[{index}]", job.resolve_url(value) if value else None))
+    for key, url in urls:
+        if url is None:
+            continue
+        scheme = split_url(url)[0]
+        if scheme in ("file", "gs"):  # the built-in stores
+            continue
+        from jitrender.storage import _STORE_FACTORIES
+
+        if _STORE_FACTORIES.get(scheme) is not None:
+            continue
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(
+                f"{job.source or 'job'}: {key}: {url}: no storage backend for {scheme}:// ({exc})"
+            ) from None
+
+
 def check_job(job: Job, frames: list[int], workspace: Workspace) -> None:
     """Every check :func:`jitrender.run.run_job` makes before fetching; raises
     :class:`ConfigError` (one line) on the first problem."""
     from jitrender.cache import parse_size
 
     job.path_mapping()
+    check_storage(job)
     parse_size(job.cache.max_size)  # the same line run gives
     check_outputs(job)
     check_resolver(job)

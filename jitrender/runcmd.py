@@ -251,6 +251,8 @@ def run_command(
     try:
         if report is not None and report.is_dir():  # found now, not once the work is done
             raise ConfigError(f"--report {report}: is a folder (name the report's file)")
+        if report is not None and same_file(report, job_file):  # the report replaced it
+            raise ConfigError(f"--report {report}: is the job file (name another file)")
         if not (0 <= heartbeat_interval < float("inf")):  # nan too: never taken as "none"
             raise ConfigError(
                 f"--heartbeat-interval (or JITRENDER_HEARTBEAT_INTERVAL): {heartbeat_interval!r}"
@@ -259,6 +261,10 @@ def run_command(
         job = load_job(job_file, cache_dir)
         extra = extra_path_map(path_map, path_map_rules)
         head_start = _head_start(job, extra, early, cache_dir)  # before the imports
+        if not job.outputs_url.startswith(("file://", "gs://")):
+            from jitrender.preflight import check_storage  # the line `validate` gives
+
+            check_storage(job)
         from jitrender.farm import detect_task, task_frames, task_parts
 
         # This task's frames, before the run's imports: the head start lists a manifest's
@@ -359,6 +365,14 @@ def run_command(
         sys.stderr.flush()
         os._exit(result.exit_code)
     sys.exit(result.exit_code)
+
+
+def same_file(one: Path, other: Path) -> bool:
+    """Whether the two paths name one file (a report written there would replace the other)."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:  # either is not there (yet): not the same file
+        return False
 
 
 def _head_start(

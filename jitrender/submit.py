@@ -122,6 +122,30 @@ def plan_tasks(job: Job, tasks: int | None, chunk: int | None) -> TaskPlan:
     return TaskPlan(-(-frames // job.chunk), frames, job.chunk)
 
 
+# The options only some farms read: given for another farm, they would be taken and unused.
+FARM_OPTIONS: dict[str, tuple[str, ...]] = {
+    "--queue": ("slurm", "aws-batch"),
+    "--image": ("kubernetes", "gcp-batch", "aws-batch"),
+    "--log-dir": ("slurm",),
+    "--bundle-dir": ("openjd",),
+    "--project": ("gcp-batch",),
+    "--region": ("gcp-batch", "aws-batch"),
+}
+
+
+def check_farm_options(farm: str, given: dict[str, object]) -> None:
+    """Refuse an option (``given``: flag -> value, None where not given) that ``farm`` does
+    not read, naming the farms that do."""
+    if farm not in FARMS:
+        raise ConfigError(f"--farm {farm!r}: use one of {', '.join(FARMS)}")
+    for flag, value in given.items():
+        farms = FARM_OPTIONS[flag]
+        if value is not None and farm not in farms:
+            raise ConfigError(
+                f"{flag} {value}: --farm {farm} does not use it (it is for {', '.join(farms)})"
+            )
+
+
 def farm_job(job: Job, options: SubmitOptions) -> FarmJob:
     """The farm's document for ``job`` (no I/O). Raises :class:`ConfigError` for an unknown
     farm or options the farm cannot express."""
