@@ -54,6 +54,11 @@ class FrameBooks:
         # Writes a stage marker (stage, frame, outputs); None: no stage markers.
         self.stage_marker: Callable[[str, int, list[str]], None] | None = None
         self._stage_pending: dict[tuple[str, int], list[str]] = {}
+        # While the job's last stage renders a chunk: (that stage, whether a frame it has
+        # finished produced what outputs.files asks for). Such a frame is marked as soon as
+        # its outputs are uploaded, not when the chunk's process ends (see Chunk.run).
+        self._finishing: tuple[str, Callable[[int], bool]] | None = None
+        self._early: set[int] = set()  # such frames, not marked yet
 
     def uploaded(self, record: UploadRecord) -> None:
         if record.outcome in UPLOADED:
@@ -66,11 +71,31 @@ class FrameBooks:
         frame = self.patterns.frame_of(record.relpath)
         if frame is not None:
             self.mark(frame)
+        with self._lock:
+            early, self._early = self._early, set()
+        if early:
+            self.mark_all(early)
         self._mark_stages()
+
+    def finishing(self, stage: str | None, complete: Callable[[int], bool] | None = None) -> None:
+        """``stage``, the job's last, renders a chunk now (None: it no longer does): a frame
+        it finishes and moves on from, for which ``complete`` holds, is done (marked once its
+        outputs are uploaded), as a chunk stopped or failed after it would count it."""
+        with self._lock:
+            self._finishing = None if stage is None or complete is None else (stage, complete)
 
     def stage_finished(self, stage: str, frame: int, relpaths: list[str]) -> None:
         """A stage finished a frame (the uploader's ``on_stage_frame``): its marker is
-        written once ``relpaths`` are all uploaded."""
+        written once ``relpaths`` are all uploaded; a frame the job's last stage finished
+        is marked (see :meth:`finishing`)."""
+        with self._lock:
+            finishing = self._finishing
+        if finishing is not None and finishing[0] == stage and finishing[1](frame):
+            # Marked by the upload that follows (the next frame's), never here: this is the
+            # watcher's thread, which must not wait on storage.
+            with self._lock:
+                self._stages_done.add(frame)
+                self._early.add(frame)
         if self.stage_marker is None:
             return
         with self._lock:
@@ -331,6 +356,12 @@ class Chunk:
             self.finished += [f for f in self.frames if f in done and self._checked(f)]
         failures: dict[int, FrameFailure] = {}
         completed = False
+        last_spec = self.group.specs[-1]
+        if self.last and self.salvage and self.books.patterns.per_frame:
+            # Frames the renderer moves on from are final (see _failure): each is marked
+            # as it lands, so status, progress and a SIGKILLed run's retry see it done.
+            chunk = set(self.frames)
+            self.books.finishing(last_spec.name, lambda f: f in chunk and self._written(f))
         try:
             for attempt in range(self.attempts):
                 if not remaining:
@@ -362,6 +393,7 @@ class Chunk:
             return failures
         finally:
             if self.last:
+                self.books.finishing(None)
                 self.books.stages_done(self.finished)
             if completed:
                 for failure in failures.values():

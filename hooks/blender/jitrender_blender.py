@@ -50,6 +50,33 @@ bl_info = {
 PREFIX = "jitrender:"
 EXIT_DATA = 65
 
+# Datablocks a render never reads through (the resolver's _NOT_RENDERED): a file only these use
+# is neither fetched nor a reason to fail a frame. A Blender 2.7x file's default texture paint
+# brush keeps its texture's image alive with a user, whether that image's file exists or not.
+_NOT_RENDERED_TYPES = ("Brush", "Palette", "PaintCurve", "WorkSpace", "Screen", "WindowManager")
+
+
+def rendered_blocks() -> set[Any]:
+    """The datablocks a chain of users (Blender's ``user_map``, walked upwards) links to a
+    scene: what a render of one of the open file's scenes may read. Those only a brush, a
+    workspace, a screen or a palette uses are left out, as the run's resolver leaves them out."""
+    users = bpy.data.user_map()
+    skipped = tuple(getattr(bpy.types, name) for name in _NOT_RENDERED_TYPES)
+    found: set[Any] = set()
+    for block in users:
+        seen = {block}
+        stack = [block]
+        while stack:
+            current = stack.pop()
+            if isinstance(current, bpy.types.Scene) or current in found:
+                found.add(block)
+                break
+            for user in users.get(current, ()):
+                if not isinstance(user, skipped) and user not in seen:
+                    seen.add(user)
+                    stack.append(user)
+    return found
+
 
 def say(message: str) -> None:
     print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
@@ -62,6 +89,7 @@ class Session:
         self.resolver = resolver
         self.missing: dict[str, str] = {}  # datablock -> message, for files every frame needs
         self.frame_missing: dict[int, list[str]] = {}
+        self.rendered: set[Any] | None = None  # rendered_blocks() of the open file
 
     # -- after load ---------------------------------------------------------------------
 
@@ -102,6 +130,7 @@ class Session:
                 lib.filepath = local
                 lib.reload()
                 changed += 1
+        self.rendered = rendered_blocks()  # after the reloads: they replace the linked blocks
         for image in data.images:
             if image.packed_file is not None or image.source not in ("FILE", "SEQUENCE", "MOVIE"):
                 if image.source == "TILED" and image.packed_file is None:
@@ -132,7 +161,7 @@ class Session:
     def _set(self, block: Any, attribute: str, who: str, fetch: bool = True) -> int:
         if getattr(block, "library", None) is not None:
             return 0  # linked data: its paths live in the library file
-        if block.users - int(getattr(block, "use_fake_user", False)) <= 0:
+        if self.rendered is not None and block not in self.rendered:
             return 0  # nothing renders it: neither fetch it nor fail a frame over it
         written = getattr(block, attribute)
         local = self._local(who, written, None, fetch)

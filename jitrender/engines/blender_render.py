@@ -205,9 +205,42 @@ def _absolute(bpy: Any, image: Any, written: str) -> Path:
     return Path(os.path.normpath(bpy.path.abspath(written, library=image.library)))
 
 
-def images_read(bpy: Any, frame: int) -> list[ImageRead]:
-    """Every image file the file's images with users read at ``frame``: single files, each
-    tile of a UDIM set, and the one file of an image sequence each of its users needs."""
+# Datablocks a render never reads through (as the resolver's _NOT_RENDERED): an image or
+# texture only these use is not read by a render. A Blender 2.7x file's default texture paint
+# brush keeps its texture (and that texture's image) alive with a user, file or no file.
+_NOT_RENDERED_TYPES = ("Brush", "Palette", "PaintCurve", "WorkSpace", "Screen", "WindowManager")
+
+
+def rendered_images(bpy: Any) -> set[Any]:
+    """The images a chain of users links to a scene (Blender's ``user_map``, walked upwards
+    from each image): what a render of one of the file's scenes may read. Images only a brush
+    (or a workspace, screen, palette) uses are left out, as the resolver leaves them out."""
+    users = bpy.data.user_map()
+    skipped = tuple(getattr(bpy.types, name) for name in _NOT_RENDERED_TYPES)
+
+    def reaches_scene(block: Any) -> bool:
+        # A walk with a visited set: user graphs have cycles (an object parented to another).
+        seen = {block}
+        stack = [block]
+        while stack:
+            for user in users.get(stack.pop(), ()):
+                if isinstance(user, bpy.types.Scene):
+                    return True
+                if isinstance(user, skipped) or user in seen:
+                    continue
+                seen.add(user)
+                stack.append(user)
+        return False
+
+    return {image for image in bpy.data.images if reaches_scene(image)}
+
+
+def images_read(bpy: Any, frame: int, rendered: set[Any] | None = None) -> list[ImageRead]:
+    """Every image file the file's rendered images (:func:`rendered_images`, or the set
+    given) read at ``frame``: single files, each tile of a UDIM set, and the one file of an
+    image sequence each of its users needs."""
+    if rendered is None:
+        rendered = rendered_images(bpy)
     reads: dict[Path, ImageRead] = {}
 
     def add(image: Any, user: str, written: str) -> None:
@@ -221,7 +254,7 @@ def images_read(bpy: Any, frame: int) -> list[ImageRead]:
 
     frames = blend_frames()
     for image in bpy.data.images:
-        if image.users - int(image.use_fake_user) <= 0 or image.packed_file is not None:
+        if image.packed_file is not None or image not in rendered:
             continue
         if image.source in ("FILE", "MOVIE"):
             add(image, "", image.filepath)
@@ -244,9 +277,10 @@ def images_read(bpy: Any, frame: int) -> list[ImageRead]:
     return list(reads.values())
 
 
-def check_images(bpy: Any, frame: int) -> None:
+def check_images(bpy: Any, frame: int, rendered: set[Any] | None = None) -> None:
     """Raise :class:`FrameDataError` naming the first image file missing for ``frame``."""
-    missing = [read for read in images_read(bpy, frame) if not read.path.is_file()]
+    reads = images_read(bpy, frame, rendered)
+    missing = [read for read in reads if not read.path.is_file()]
     if missing:
         first = missing[0]
         who = f" (read by {first.user})" if first.user else ""
@@ -334,11 +368,14 @@ def say(message: str, *, error: bool = False) -> None:
     print(f"{PREFIX} {message}", file=stream, flush=True)
 
 
-def render_frame(bpy: Any, scene: Any, frame: int, final: Path) -> float:
-    """Render ``frame`` to ``final`` via a hidden temporary file and a rename; the seconds."""
+def render_frame(
+    bpy: Any, scene: Any, frame: int, final: Path, rendered: set[Any] | None = None
+) -> float:
+    """Render ``frame`` to ``final`` via a hidden temporary file and a rename; the seconds.
+    ``rendered``: the scene's :func:`rendered_images`, when the caller has them already."""
     started = time.monotonic()
     scene.frame_set(frame)
-    check_images(bpy, frame)
+    check_images(bpy, frame, rendered)
     write_still(bpy, scene, final)
     return time.monotonic() - started
 
@@ -394,10 +431,11 @@ def render(bpy: Any, options: argparse.Namespace) -> int:
         say(f"frame {frame} done {final} {seconds:.2f}s")
         return 0
     failed: dict[int, str] = {}
+    rendered = rendered_images(bpy)  # the users of images do not change from frame to frame
     for frame in options.frames:
         final = outputs / output_name(options.output, frame)
         try:
-            seconds = render_frame(bpy, scene, frame, final)
+            seconds = render_frame(bpy, scene, frame, final, rendered)
         except FrameDataError as exc:
             failed[frame] = str(exc)
             say(f"frame {frame} failed: {exc}", error=True)
