@@ -26,6 +26,9 @@ from jitrender.stages import StageOutcome, run_invocation
 
 # Markers written at once, at most, when several frames are marked together.
 MARKER_WRITERS = 8
+# The built-in engines' "the frame's data is wrong" exit (missing image, no camera, scene not
+# found: see jitrender.engines.blender_render): another attempt on this node gives the same.
+_DATA_ERROR_EXIT = {"blender": 65}
 
 
 class FrameBooks:
@@ -389,6 +392,8 @@ class Chunk:
                 self._warn(failures, spec, outcome)
                 if self.runner.stop.is_set():
                     raise Preempted("stopped by signal")
+                if failures and outcome.returncode == _DATA_ERROR_EXIT.get(spec.engine or ""):
+                    break  # the engine says the data is wrong: no attempt can mend that
             completed = True
             return failures
         finally:

@@ -424,3 +424,64 @@ def test_jitrender_run_renders_a_public_sequencer_only_scene_that_has_no_camera(
     for frame, rgb in ((2, GREEN), (3, BLUE)):  # frame 1 shows 000210, frame 2 000211, ...
         image = read_png(tmp_path / "out" / f"edit.{frame:04d}.png")
         assert_close(colour_at(image, 16, 9), rgb)
+
+
+BUILD_CAMERALESS_SCENE = textwrap.dedent(
+    """
+    import sys
+    import bpy
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.mesh.primitive_plane_add()
+    assert bpy.context.scene.camera is None
+    bpy.ops.wm.save_as_mainfile(filepath=sys.argv[1])
+    """
+)
+
+
+def test_a_frame_whose_data_the_engine_calls_wrong_is_not_rendered_again(
+    tmp_path: Path,
+) -> None:
+    """The engine's exit 65 (here: the scene has no camera) is the same on every attempt: the
+    frames fail at once, with the engine's line, instead of loading the scene
+    ``retries.frame`` more times."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    script = tmp_path / "build.py"
+    script.write_text(BUILD_CAMERALESS_SCENE)
+    scene = bucket / "plane.blend"
+    subprocess.run([sys.executable, str(script), str(scene)], check=True, capture_output=True)
+    job = {
+        "name": "nocam",
+        "scene": scene.as_uri(),
+        "frames": "1-2",
+        "retries": {"frame": 2},
+        "stages": [
+            {
+                "name": "render",
+                "engine": "blender",
+                "per": "chunk",
+                "args": {"output": "p.####.png", "resolution": [8, 8], "threads": 1},
+            }
+        ],
+        "outputs": {"to": (tmp_path / "out").as_uri(), "files": ["p.####.png"]},
+        "cache": {"dir": str(tmp_path / "cache")},
+    }
+    job_file = tmp_path / "nocam.yaml"
+    job_file.write_text(json.dumps(job))
+    env = {k: v for k, v in os.environ.items() if k != "JITRENDER_BLENDER"}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job_file), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+    assert result.returncode == 65, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["frames"]["failed"] == [1, 2]
+    assert "camera" in report["error"]
+    assert result.stderr.count("stage_start") == 1  # one attempt, not 1 + retries.frame
