@@ -10,7 +10,13 @@ needs:
 - linked libraries, recursively: each library is fetched and only the datablocks this file
   links from it (and what they use) are followed; cycles are cut;
 - sounds, fonts, movie clips, volumes, cache files (Alembic/USD), IES lights, external mesh
-  data, and simulation caches (point caches, fluid, ocean, geometry-nodes bakes) per frame;
+  data, and simulation caches (point caches, fluid, ocean, geometry-nodes bakes) per frame; a
+  cache-file sequence's file for a frame only if it exists (Blender skips a missing one); a
+  cloth's point cache from after its start frame (its end frame past the end), a particle
+  system's from its start frame (:func:`_point_cache_rule`);
+- a sequence whose frame settings are animated (keyframes or drivers on an image user's
+  Offset/Start/Frames/Cyclic, a volume's or cache file's frame settings): every file of it in
+  storage for every frame, and one ``unresolved`` entry (:func:`_whole_sequence`);
 - video-sequencer strips, read from their DNA (BAT names only an image strip's first file):
   per frame, the element an image strip shows there and the movie a movie strip plays; sound
   strips whole; nothing for muted strips
@@ -30,6 +36,7 @@ datablock that does not read (a dangling pointer) is one ``unresolved`` entry.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import posixpath
 import re
 import struct
@@ -177,6 +184,8 @@ def _parse_open(ctx: ResolveContext, bfile: Any, names: set[bytes] | None) -> _P
         if names is not None:
             blocks.append(lib)  # a library used by a library: its file is a dependency too
     users = _image_users(blocks)
+    cache_kinds = _point_cache_kinds(blocks)
+    animated = _animated_sequences(bfile, blocks)
     seen: set[int] = set()
     for block in blocks:
         if block.addr_old in seen:
@@ -197,10 +206,103 @@ def _parse_open(ctx: ResolveContext, bfile: Any, names: set[bytes] | None) -> _P
                 continue
             source = _source(usage.block_name, library)
             handler = _HANDLERS.get(usage.block.code)
-            if handler is None:
+            if usage.block.addr_old in animated:
+                handler = _whole_sequence
+            elif handler is None and usage.is_sequence and _is_point_cache(usage.block):
+                handler = functools.partial(
+                    _cache_folder, frame_rule=_point_cache_rule(usage.block, cache_kinds)
+                )
+            elif handler is None:
                 handler = _cache_folder if usage.is_sequence else _single
             parsed.deps.extend(handler(ctx, usage.block, written, source, users))
     return parsed
+
+
+# An animated (keyframed or driven) property that picks a sequence's frame: an image user's
+# (on a node, ``nodes["Name"].image_user.frame_offset``; a compositor Image node's own; a
+# texture's ``image_user.…``), or a volume's or cache file's own.
+_NODE_FRAME_SETTING = re.compile(
+    rb'^nodes\["((?:[^"\\]|\\.)*)"\]\.(?:image_user\.)?'
+    rb"(?:frame_offset|frame_start|frame_duration|use_cyclic)$"
+)
+_ID_FRAME_SETTING = re.compile(
+    rb"^(?:image_user\.)?(?:frame_offset|frame_start|frame_duration|use_cyclic|sequence_mode"
+    rb"|is_sequence|override_frame|frame)$"
+)
+
+
+def _animated_sequences(bfile: Any, blocks: list[Block]) -> set[int]:
+    """Addresses of the image, volume and cache-file blocks whose frame settings an F-curve
+    (keyframes or a driver) animates somewhere in the file: which file a frame reads is then
+    not computed (:func:`_whole_sequence`). A node is known by its name, in any node tree."""
+    node_names: set[bytes] = set()
+    id_level = False
+    for block in bfile.blocks:
+        if block.dna_type_name != "FCurve":
+            continue
+        for index in range(max(int(block.count), 1)):
+            try:
+                address = int(block.get(b"rna_path", array_index=index))
+            except _PARSE_ERRORS:
+                continue
+            target = bfile.block_from_addr.get(address) if address else None
+            if target is None:
+                continue
+            path = bytes(target.raw_data()).split(b"\0", 1)[0]
+            found = _NODE_FRAME_SETTING.match(path)
+            if found is not None:
+                node_names.add(found.group(1).replace(b'\\"', b'"'))
+            elif _ID_FRAME_SETTING.match(path):
+                id_level = True
+    if not node_names and not id_level:
+        return set()
+    out: set[int] = set()
+    for block in blocks:
+        animated = block.get_pointer(b"adt", default=None) is not None
+        if block.code in (b"VO", b"CF") and id_level and animated:
+            out.add(block.addr_old)
+        if block.code == b"TE" and id_level and animated:
+            image = block.get_pointer(b"ima", default=None)
+            if image is not None:
+                out.add(image.addr_old)
+        for tree in [block] if block.code == b"NT" else _embedded_trees(block):
+            if tree.get_pointer(b"adt", default=None) is None:
+                continue
+            for node in iterators.listbase(tree.get_pointer((b"nodes", b"first"))):
+                image = node.get_pointer(b"id", default=None)
+                name = bytes(node[b"name"]).split(b"\0", 1)[0]
+                if image is not None and image.code == b"IM" and name in node_names:
+                    out.add(image.addr_old)
+    return out
+
+
+def _whole_sequence(
+    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+) -> Dependencies:
+    """A sequence whose frame settings are animated: every file of it in storage, for every
+    frame, and one ``unresolved`` entry saying so."""
+    why = "sequence frame settings are animated (keyframes or drivers): every file is listed"
+    found = sequence_pattern(written)
+    kind = block.get(b"source", default=cdefs.IMA_SRC_SEQUENCE) if block.code == b"IM" else None
+    sequence = kind in (None, cdefs.IMA_SRC_SEQUENCE) and bool(
+        block.get(b"is_sequence", default=1) if block.code != b"IM" else 1
+    )
+    if found is None or not sequence:
+        return _files(ctx, written, source, None)
+    try:
+        pattern_url = ctx.map(found[0], blender=True)
+    except ValueError as exc:
+        return Dependencies([], [Unresolved(source, written, str(exc))])
+    name = url_basename(pattern_url)
+    head, _, tail = name.partition("#" * name.count("#"))
+    matcher = re.compile(re.escape(head) + r"\d+" + re.escape(tail) + "$")
+    folder = url_dirname(pattern_url)
+    out = Dependencies([], [Unresolved(source, written, why)])
+    for other in sorted(ctx.names_in_folder(folder)):
+        if matcher.match(other):
+            url = folder.rstrip("/") + "/" + other
+            out.deps.append(Dependency(written, url, None, source))
+    return out
 
 
 def _block_usages(block: Block, library: str) -> tuple[list[Any], list[Unresolved]]:
@@ -742,9 +844,13 @@ def _cache_file(
     if not block.get(b"is_sequence", default=0):
         return _files(ctx, written, source, None)
     override, own_frame = bool(block[b"override_frame"]), float(block[b"frame"])
-    return _sequence_files(
-        ctx, written, source, lambda f: cache_file_frame(f, override=override, frame=own_frame)
-    )
+    # BKE_cachefile_filepath_get: a frame whose file does not exist keeps the open archive (or
+    # none) and the render goes on, so only the files that exist are needed.
+    optional: dict[int, set[int]] = {}
+    for frame in ctx.frames:
+        number = cache_file_frame(frame, override=override, frame=own_frame)
+        optional.setdefault(number, set()).add(frame)
+    return _numbered(ctx, written, source, {}, optional)
 
 
 def _sequence_files(
@@ -948,11 +1054,17 @@ def _literal_file(
 
 
 def _cache_folder(
-    ctx: ResolveContext, block: Block, written: str, source: str, users: dict[int, list[ImageUser]]
+    ctx: ResolveContext,
+    block: Block,
+    written: str,
+    source: str,
+    users: dict[int, list[ImageUser]],
+    frame_rule: Callable[[int], int | None] | None = None,
 ) -> Dependencies:
     """A simulation cache (point cache, fluid, ocean, bake folder): one listing, then per frame
     the file of that frame, or the nearest cached frames either side (Blender interpolates
-    between them); files without a frame number are needed by every frame."""
+    between them); files without a frame number are needed by every frame. ``frame_rule``
+    gives the cache frame a scene frame reads (``None``: none), for point caches."""
     path = _slashes(written)
     if "*" in posixpath.basename(path):
         folder, pattern = posixpath.dirname(path), posixpath.basename(path)
@@ -980,13 +1092,64 @@ def _cache_folder(
     cached = sorted(by_frame)
     needs: dict[str, set[int]] = {}
     for frame in ctx.frames:
-        for number in _nearest(cached, frame):
+        looked_up = frame if frame_rule is None else frame_rule(frame)
+        if looked_up is None:
+            continue
+        for number in _nearest(cached, looked_up):
             for url in by_frame[number]:
                 needs.setdefault(url, set()).add(frame)
     out.deps.extend(
         Dependency(written, url, tuple(sorted(frames)), source) for url, frames in needs.items()
     )
     return out
+
+
+_CLOTH, _PARTICLES = "cloth", "particles"
+
+
+def _is_point_cache(block: Block) -> bool:
+    return bool(block.dna_type_name == "PointCache")
+
+
+def _point_cache_kinds(blocks: Iterable[Block]) -> dict[int, str]:
+    """PointCache address -> the kind of simulation that owns it (cloth modifiers and particle
+    systems: those whose frame rules differ, see :func:`_point_cache_rule`)."""
+    kinds: dict[int, str] = {}
+    for block in blocks:
+        if block.code != b"OB":
+            continue
+        try:
+            for modifier in iterators.modifiers(block):
+                kind = int(modifier[b"modifier", b"type"])
+                if kind == cdefs.eModifierType_Cloth:
+                    cache = modifier.get_pointer(b"point_cache", default=None)
+                    if cache is not None:
+                        kinds[cache.addr_old] = _CLOTH
+                elif kind == cdefs.eModifierType_ParticleSystem:
+                    psys = modifier.get_pointer(b"psys", default=None)
+                    cache = None if psys is None else psys.get_pointer(b"pointcache", default=None)
+                    if cache is not None:
+                        kinds[cache.addr_old] = _PARTICLES
+        except _PARSE_ERRORS:
+            continue
+    return kinds
+
+
+def _point_cache_rule(cache: Block, kinds: dict[int, str]) -> Callable[[int], int | None] | None:
+    """The cache frame a scene frame reads from a point cache, as Blender 5.0 does (``strace``
+    of a baked disk cache): a cloth reads nothing up to its cache's start frame (before it the
+    simulation is off, at it the cloth is at rest) and its end frame after the end; a particle
+    system reads its start frame before the start. Other caches: the frame itself."""
+    kind = kinds.get(cache.addr_old)
+    try:
+        start, end = int(cache[b"startframe"]), int(cache[b"endframe"])
+    except _PARSE_ERRORS:
+        return None
+    if kind == _CLOTH:
+        return lambda frame: None if frame <= start else min(frame, end)
+    if kind == _PARTICLES:
+        return lambda frame: max(frame, start)
+    return None
 
 
 def _cache_frame_number(name: str) -> int | None:
