@@ -33,7 +33,9 @@ What a caller may rely on:
   ReadGeo/ReadGeo2, Camera/Axis/Light (only with ``read_from_file true``),
   OCIOFileTransform, OCIOCDLTransform (with ``read_from_file``), Vectorfield
   (``vfield_file``), AudioRead, Precomp and LiveGroup (the referenced script is resolved
-  too), and the Root's custom OCIO config with the LUTs it references.
+  too), and the Root's custom OCIO config with the LUTs it references. A ParticleCache with
+  ``particle_cache_read_from_file`` reads sub-frame cache files whose names need Nuke: it is
+  reported in ``unresolved``.
 - Read-like nodes map each render frame to the file frame it reads: ``frame_mode``
   ``expression`` (the default; ``frame`` empty means the render frame itself), ``start at``
   (file frame ``first`` shows at render frame ``frame``) or ``offset`` (file frame = render
@@ -174,6 +176,7 @@ _BUILTIN_CLASS_NAMES = """
     AdjBBox BlackOutside Card3D CornerPin2D Crop LensDistortion Mirror PlanarTracker
     Reconcile3D Reformat SphericalTransform Stabilize2D Tracker Transform TransformMasked
     CameraShake TVIscale CameraTracker CameraSolver PointCloudGenerator ModelBuilder
+    ModelBuilderGeo
     DepthGenerator PoissonMesh
     Axis Camera Light DirectLight Spotlight Environment EnvironmentLight Card Cube Cylinder
     Sphere Scene ScanlineRender RayRender PrmanRender MergeGeo TransformGeo ApplyMaterial
@@ -184,7 +187,7 @@ _BUILTIN_CLASS_NAMES = """
     ParticleGravity ParticleMotionAlign ParticleSpawn ParticleSpeedLimit ParticleTurbulence
     ParticleVortex ParticleWind ParticleDirection ParticleExpression ParticleKill
     ParticleLookAt ParticleMerge ParticlePointForce ParticleCylinderFlow ParticleShockWave
-    ParticleToImage ParticleToGeo ParticleAttractToSphere ParticleBlinkScript
+    ParticleToImage ParticleToGeo ParticleAttractToSphere ParticleBlinkScript ParticleCache
     GeoScene GeoCard GeoCube GeoCylinder GeoSphere GeoPlane GeoImport GeoExport GeoMerge
     GeoTransform GeoReference GeoBindMaterial GeoCollection GeoDuplicate GeoInstance
     GeoVisibility GeoPrune GeoDrawMode GeoPointsToMesh GeoRadialDistort GeoDisplace
@@ -358,6 +361,25 @@ class ScriptResolver:
         """An integer knob (a frame number), literal or expression."""
         raw = node.knobs.get(knob, default)
         return _whole_frame(parse_number(raw or "0", lambda ref: self.lookup(ref, node), None))
+
+    def knob_on(self, node: Node, knob: str, frame: int | None) -> bool:
+        """A checkbox knob: as written (``true``/``1``), else its expression's value, non-zero
+        meaning on (``userange {{parent.customframerange}}``); unset, the class default (off).
+        An expression that needs Nuke raises :class:`NotEvaluable`."""
+        raw = node.knobs.get(knob)
+        if raw is None:
+            raw = _knob_default(node.cls, knob) or "false"
+        text = raw.strip()
+        if text.lower() in _TRUE_WORDS:
+            return True
+        if text.lower() in _FALSE_WORDS:
+            return False
+        if knob in node.braced:
+            return parse_number(text, lambda ref: self.lookup(ref, node), frame) != 0
+        try:
+            return float(text) != 0
+        except ValueError:
+            return False
 
     def choice(self, node: Node, knob: str, options: tuple[str, ...]) -> str:
         raw = node.knobs.get(knob, options[0]).strip().lower().replace(" ", "").replace("_", "")
@@ -1158,7 +1180,7 @@ def _time_offset(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
     """TimeOffset: input frame = frame - ``time_offset``; ``reverse_input`` plays the input's
     range backwards first."""
     shifted = _whole_frame(frame - resolver.value_at(node, "time_offset", frame))
-    if node.flag("reverse_input"):
+    if resolver.knob_on(node, "reverse_input", frame):
         found = resolver.frame_range(node.inputs[0]) if node.inputs[0] is not None else None
         if found is None:
             raise NotEvaluable("reverse_input needs the input's frame range")
@@ -1192,7 +1214,7 @@ def _time_clip(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
     found = _clip_frame(resolver, node, frame, first, last)
     if found is None:
         return []
-    return [first + last - found if node.flag("reverse") else found]
+    return [first + last - found if resolver.knob_on(node, "reverse", frame) else found]
 
 
 def _retime_ranges(resolver: ScriptResolver, node: Node) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -1234,7 +1256,7 @@ def _retime(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
         if mode != "continue":
             held = held_frame(frame, out_first, out_last, mode, mode)
             position = held if held is not None else frame
-    if node.flag("reverse"):
+    if resolver.knob_on(node, "reverse", frame):
         source = in_last - (position - out_first) * speed
     else:
         source = in_first + (position - out_first) * speed
@@ -1273,7 +1295,7 @@ def _frame_blend(resolver: ScriptResolver, node: Node, frame: int) -> list[int]:
     count = max(1, _whole_frame(resolver.value_at(node, "numframes", frame)))
     if count > MAX_FRAMES_PER_FRAME:
         raise NotEvaluable(f"numframes {count} is more frames than can be listed")
-    if not node.flag("userange"):
+    if not resolver.knob_on(node, "userange", frame):
         return list(range(frame - count + 1, frame + 1))
     start = resolver.value_at(node, "startframe", frame)
     end = resolver.value_at(node, "endframe", frame)
@@ -1330,9 +1352,38 @@ def _plain_file(resolver: ScriptResolver, node: Node) -> Dependencies:
     "OCIOCDLTransform",
 )  # fmt: skip
 def _read_from_file(resolver: ScriptResolver, node: Node) -> Dependencies:
-    if not node.flag("read_from_file"):
+    """The ``file`` with ``read_from_file`` on, set or by expression (a gizmo's ReadGeo or
+    Camera linked to its parent's checkbox); one that needs Nuke is reported and taken as on,
+    so the file is listed."""
+    try:
+        reading = resolver.knob_on(node, "read_from_file", None)
+    except NotEvaluable as exc:
+        why = f"{exc.why}; taken as on, so the file is listed"
+        raw = node.knobs.get("read_from_file", "")
+        found = resolver.files(node, "file")
+        found.unresolved.append(Unresolved(resolver.source(node, "read_from_file"), raw, why))
+        return found
+    if not reading:
         return Dependencies()
     return resolver.files(node, "file")
+
+
+@_handles("ParticleCache")
+def _particle_cache(resolver: ScriptResolver, node: Node) -> Dependencies:
+    """ParticleCache reads its ``file`` (``.nkpc``) only with ``particle_cache_read_from_file``
+    (default off; Foundry's ParticleCache reference), and then the sub-frame files Nuke wrote
+    beside each frame (``particle_cache.0001.01.nkpc``...), whose names depend on what it
+    rendered: reported, not listed. Its particle inputs are still computed either way."""
+    if not node.flag("particle_cache_read_from_file"):
+        return Dependencies()
+    raw = node.knobs.get("file", "")
+    if not raw.strip():
+        return Dependencies()
+    why = (
+        "ParticleCache reads the cache files it rendered, sub-frames included "
+        "(particle_cache.0001.01.nkpc), whose names need Nuke: they are not listed"
+    )
+    return Dependencies([], [Unresolved(resolver.source(node, "file"), raw, why)])
 
 
 @_handles("Vectorfield")
