@@ -238,6 +238,22 @@ class Uploader:
         self._observer: Any = None
         self._watching = True  # until stop_watching: the watcher's reports are taken
         self._frames: tuple[int, ...] = ()  # the running stage call's frames
+        self._running = False  # between stage_started and the stage's end
+        self._called: set[int] = set()  # the frames of every stage call so far
+        # The run's frames (set by the run): between stage calls, a file of one of them is
+        # its (a split frame's assembled image is submitted outside any call).
+        self.run_frames: set[int] = set()
+        # Frame-token files of frames no stage call of this run was for: never uploaded (the
+        # task that owns the frame renders it; a stray copy would win its create-if-absent).
+        self.outside_frames: list[str] = []
+        # A frame's files all come from one attempt: files a failed call made final are
+        # replaced (once) by the next call's version of them, not kept beside its other files.
+        self._call_files: set[str] = set()  # what the running call made final
+        self._failed_final: set[str] = set()  # made final by a call that then failed
+        self._replace: set[str] = set()  # the next upload of these replaces the object
+        # A renamed file written again in place: is the bucket's copy still what is there?
+        self._uploaded_as: dict[str, tuple[int, int, int, int]] = {}  # relpath -> identity
+        self._rechecks: list[Future[None]] = []
         self._stage = ""  # the running stage call's stage
         self._produced: dict[int, set[str]] = {}  # frame -> its final outputs
         self._stage_outputs: dict[tuple[str, int], set[str]] = {}  # (stage, frame) -> outputs
@@ -279,13 +295,19 @@ class Uploader:
         theirs."""
         with self._lock:
             self._frames, self._stage = tuple(frames), stage
+            self._called.update(frames)
+            self._running = True
+            self._call_files = set()
 
     def stage_succeeded(self) -> None:
         """The writer exited 0: everything it wrote is final; submit it all. The stage has
         finished each of its frames."""
+        self._fence()  # its last closes are told (and rechecked) before the sweep
+        self._wait_rechecks()
         self.sweep()
         with self._lock:
             stage, frames = self._stage, self._frames
+            self._running = False
         self._finish_stage_frames([(stage, f) for f in frames])
 
     def _finish_stage_frames(self, pairs: list[tuple[str, int]]) -> None:
@@ -327,6 +349,10 @@ class Uploader:
         early pass. Delete them so that nothing can ever upload them; a retry rewrites them.
         Files renamed into place before the failure were final and are kept."""
         self._fence()  # rename events still in the watcher's queue are handled first
+        self._wait_rechecks()
+        with self._lock:
+            self._running = False
+            self._failed_final |= self._call_files
         if not self.outputs_dir.is_dir():
             return
         for path in sorted(self.outputs_dir.rglob("*")):
@@ -359,16 +385,57 @@ class Uploader:
             with self._lock:
                 self._fences.pop(name + ".done", None)
 
+    def _wait_rechecks(self) -> None:
+        with self._lock:
+            rechecks, self._rechecks = self._rechecks, []
+        for future in rechecks:
+            with contextlib.suppress(Exception):
+                future.result()
+
+    def _recheck(self, path: Path, relpath: str, prior: Future[UploadRecord] | None) -> None:
+        """``relpath``, renamed into place and uploaded, was then written in place: unless the
+        bucket's object is what the file holds now, void it (it may be a snapshot of the
+        rewrite half done); the file then counts as written in place."""
+        if prior is not None:
+            with contextlib.suppress(Exception):
+                prior.result()
+        with self._lock:
+            record = self.records.get(relpath)
+            seen = self._uploaded_as.get(relpath)
+        if record is None or record.outcome not in ("created", "overwritten"):
+            return
+        if seen is not None and _identity(path) == seen:
+            return
+        try:
+            self._void(path, relpath, record.url)
+        except (JitrenderError, OSError) as exc:  # the object stays: the frame must not pass
+            message = exc.message if isinstance(exc, JitrenderError) else str(exc)
+            failed = UploadRecord(relpath, record.url, "error", record.size, error=message)
+            with self._lock:
+                self.records[relpath] = failed
+            if self.on_uploaded is not None:
+                self.on_uploaded(failed)
+            return
+        with self._lock:
+            if self.records.get(relpath) is record:
+                del self.records[relpath]
+
     def closed(self, path: Path) -> None:
         """A writer closed a file it wrote in place: not final (see the module docstring);
-        with ``checkpoints_url`` a copy of this pass goes there, one copy in flight per file."""
-        if self.checkpoints_url is None:
-            return
+        with ``checkpoints_url`` a copy of this pass goes there, one copy in flight per file.
+        A file renamed into place by the running call and then written again is rechecked."""
         try:
             relpath = path.relative_to(self.outputs_dir).as_posix()
         except ValueError:
             return
         if not self.patterns.matches(relpath):
+            return
+        with self._lock:
+            if self._running and self._watching and relpath in self._call_files:
+                prior = self._future_of.get(relpath)
+                with contextlib.suppress(RuntimeError):  # (the pool is shut down)
+                    self._rechecks.append(self._pool.submit(self._recheck, path, relpath, prior))
+        if self.checkpoints_url is None:
             return
         with self._lock:
             if relpath in self._submitted or not self._watching:
@@ -487,11 +554,23 @@ class Uploader:
             previous = self._submitted.get(relpath)
             if previous == state:
                 return
-            if previous is not None:
+            frame = self.patterns.frame_of(relpath)
+            ours = self._frames if self._running else self._called | self.run_frames
+            if frame is not None and frame not in ours:
+                # Not this call's frame: its own call (if this run has one) takes the file.
+                if not self._running and relpath not in self.outside_frames:
+                    self.outside_frames.append(relpath)
+                return
+            again = self._running and relpath in self._failed_final
+            if previous is not None and not again:
                 self.changed_after_upload.append(relpath)
                 return
+            prior = self._future_of.get(relpath) if again else None
+            if again:  # a failed attempt's file, made again: this version replaces it
+                self._failed_final.discard(relpath)
+                self._replace.add(relpath)
             self._submitted[relpath] = state
-            frame = self.patterns.frame_of(relpath)
+            self._call_files.add(relpath)
             owners = (frame,) if frame is not None else self._frames
             for owner in owners:
                 self._produced.setdefault(owner, set()).add(relpath)
@@ -502,7 +581,7 @@ class Uploader:
             if frame is not None and frame in self._frames:
                 before = self._frames[: self._frames.index(frame)]
                 moved_on = [(self._stage, f) for f in before]
-            future = self._pool.submit(self._upload, path, relpath)
+            future = self._pool.submit(self._upload, path, relpath, prior)
             self._futures.append(future)
             self._future_of[relpath] = future
         if moved_on:
@@ -522,16 +601,35 @@ class Uploader:
         if self.on_uploaded is not None:
             self.on_uploaded(record)
 
-    def _upload(self, path: Path, relpath: str) -> UploadRecord:
+    def _upload(
+        self, path: Path, relpath: str, prior: Future[UploadRecord] | None = None
+    ) -> UploadRecord:
+        if prior is not None:  # the upload this one replaces settles first (it ran earlier)
+            with contextlib.suppress(Exception):
+                prior.result()
         url = f"{self.outputs_url}/{relpath}"
         started = time.monotonic()
         metadata = {JOB_METADATA_KEY: self.job_hash}
         frame = self.patterns.frame_of(relpath)
         if frame is not None:
             metadata["jitrender-frame"] = str(frame)
-        size = path.stat().st_size
+        with self._lock:
+            submitted = self._submitted.get(relpath)
+        before = _identity(path)
+        if before is None:
+            self._forget(relpath)
+            return UploadRecord(relpath, url, "error", 0, error="deleted before its upload")
+        size = before[0]
+        if before is not None and before[:2] != submitted:
+            # Written again in place since it was renamed into place: no longer the final
+            # file the rename said it was, but one written in place (final at the stage's end).
+            self._void(path, relpath, None)
+            return UploadRecord(relpath, url, "error", size, error="changed before its upload")
         try:
-            replace = self.overwrite or frame in self.overwrite_frames
+            with self._lock:
+                again = relpath in self._replace
+                self._replace.discard(relpath)
+            replace = self.overwrite or frame in self.overwrite_frames or again
             result = with_retries(
                 lambda: self._put(path, url, metadata, replace),
                 url,
@@ -539,6 +637,18 @@ class Uploader:
             )
             outcome: UploadOutcome = result.outcome
             info: ObjectInfo | None = result.info
+            after = _identity(path)
+            same_file = after is not None and before is not None and after[3] == before[3]
+            rewritten = same_file and after != before
+            wrote = outcome in ("created", "overwritten")
+            if wrote and (rewritten or (info is not None and info.size != size)):
+                # Rewritten in place while it was read (renamed into place, then truncated
+                # or written again): the object may be part of one version, part of another.
+                self._void(path, relpath, url)
+                return UploadRecord(relpath, url, "error", size, error="changed while uploading")
+            if wrote and before is not None:
+                with self._lock:
+                    self._uploaded_as[relpath] = before
             ours = info is not None and info.metadata.get(JOB_METADATA_KEY) == self.job_hash
             if outcome == "conflict" and ours:
                 outcome = "kept_previous"
@@ -546,6 +656,9 @@ class Uploader:
                 self._keep_stored(path, relpath, info)
             record = UploadRecord(relpath, url, outcome, size, info.crc32c if info else None)
         except (JitrenderError, OSError) as exc:
+            if _identity(path) is None:  # the writer deleted it (or its failed stage did)
+                self._forget(relpath)
+                return UploadRecord(relpath, url, "error", size, error="deleted while uploading")
             message = exc.message if isinstance(exc, JitrenderError) else str(exc)
             transient = isinstance(exc, TransientError)
             record = UploadRecord(relpath, url, "error", size, error=message, transient=transient)
@@ -555,6 +668,27 @@ class Uploader:
         if self.on_uploaded is not None:
             self.on_uploaded(record)
         return record
+
+    def _forget(self, relpath: str) -> None:
+        """A file made final was deleted before it could be uploaded: it is no output (a
+        frame that needs it says so: :meth:`check_frame`)."""
+        with self._lock:
+            self._submitted.pop(relpath, None)
+            self._call_files.discard(relpath)
+            for produced in (*self._produced.values(), *self._stage_outputs.values()):
+                produced.discard(relpath)
+
+    def _void(self, path: Path, relpath: str, url: str | None) -> None:
+        """The object just made at ``url`` (if any) is torn: remove it, and let the file count
+        as one written in place (final when its stage ends, deleted if the stage fails)."""
+        if url is not None:
+            with_retries(lambda: self.store.delete(url), url, self.retry)
+        with self._lock:
+            self._submitted.pop(relpath, None)
+            running = self._running and self._watching
+        if not running:  # no stage end will sweep it: the writer is done, upload it now
+            with contextlib.suppress(RuntimeError):  # (the pool is shut down)
+                self.submit(path)
 
     def _keep_stored(self, path: Path, relpath: str, info: ObjectInfo) -> None:
         """An earlier attempt's object stays at the URL: make the local file that object, so
@@ -679,6 +813,15 @@ class OutputsWatch:
     def renamed(self, path: Path) -> None:
         if self._target is not None:
             self._target.renamed(path)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when a file is written: size, mtime, ctime, inode (None when gone)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _stop_observer(observer: Any) -> None:
@@ -852,6 +995,13 @@ def collect_outputs(uploader: Uploader, report: Report, progress: Progress) -> N
             report.output_bytes += record.size
         elif record.outcome == "conflict":
             report.conflicts.append(record.relpath)
+    if uploader.outside_frames:
+        progress.event(
+            "warning",
+            message=f"outputs/{uploader.outside_frames[0]} (and "
+            f"{len(uploader.outside_frames) - 1} more) belong to frames this run did not "
+            "render: not uploaded",
+        )
     if uploader.changed_after_upload:
         changed = uploader.changed_after_upload[0]
         progress.event(

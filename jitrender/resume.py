@@ -74,6 +74,7 @@ def decide(
     for frame, stale in in_bucket.stale.items():
         progress.event("warning", message=f"frame {frame}: outputs missing; re-rendering")
         delete_object(markers, stale.url)
+        redo.add(frame)  # rendered whole again: its remaining outputs replaced, not kept
     skipped = set(in_bucket.done)
     for frame in rest:  # uploaded by a killed run but not marked: mark them now
         urls = [f"{outputs_url}/{rel}" for rel in patterns.expected_for(frame)]

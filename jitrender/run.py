@@ -428,6 +428,7 @@ class JobRun:
             workers=self.options.upload_workers,
             checkpoints_url=self.job.checkpoints_url,
         )
+        self.uploader.run_frames = set(plan.frames)
         books.produced = self.uploader.frame_relpaths
         books.stage_marker = stage_marker_writer(self.outputs_store, self.retry,
                                                  marker_prefix(self.job), self.job_hash,
