@@ -5,47 +5,9 @@ Foundry's documentation."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-ROOT = "Root {\n inputs 0\n first_frame 1\n last_frame 100\n}\n"
-
-
-def deps(tmp_path: Path, script: str, frames: str, name: str = "comp.nk") -> dict[str, object]:
-    """``jitrender deps`` on ``script`` saved as ``tmp_path/name``, as JSON."""
-    scene = tmp_path / name
-    scene.parent.mkdir(parents=True, exist_ok=True)
-    scene.write_text(script)
-    args = [sys.executable, "-m", "jitrender.cli", "deps", str(scene), "--frames", frames]
-    args += ["--json", "--cache-dir", str(tmp_path / "cache")]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert result.returncode in (0, 65), result.stderr
-    document: dict[str, object] = json.loads(result.stdout)
-    assert "deps" in document, document
-    return document
-
-
-def files_per_frame(document: dict[str, object], tmp_path: Path) -> dict[int, set[str]]:
-    """Each requested frame -> the listed files (relative to ``tmp_path`` where inside it)."""
-    frames: list[int] = document["frames"]  # type: ignore[assignment]
-    out: dict[int, set[str]] = {f: set() for f in frames}
-    for dep in document["deps"]:  # type: ignore[attr-defined]
-        url: str = dep["url"]
-        path = url.removeprefix("file://").removeprefix(f"{tmp_path}/")
-        for frame in dep["frames"] if dep["frames"] is not None else frames:
-            out[frame].add(path)
-    return out
-
-
-def make(tmp_path: Path, *names: str) -> None:
-    for name in names:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"x")
-
+from tests.resolve.test_nuke_audit import ROOT, deps, files_per_frame, make
 
 # ParticleCache is one of Nuke's own nodes (Foundry's ParticleCache reference; the
 # nukescripts.renderpanel.cache_particles_panel function renders one). kernowkid/NUKE_PATH's
