@@ -353,6 +353,21 @@ def test_a_sequencer_only_scene_without_a_camera_renders_its_strips(
         assert_close(colour_at(image, 16, 12), rgb)
 
 
+def run_job(job: Mapping[str, Any], job_file: Path) -> subprocess.CompletedProcess[str]:
+    """``jitrender run JOB --json`` of ``job`` written to ``job_file`` (JSON is YAML), with
+    Blender from the bpy module: no ``blender`` binary on PATH, no ``JITRENDER_BLENDER``."""
+    job_file.write_text(json.dumps(job))
+    env = {k: v for k, v in os.environ.items() if k != "JITRENDER_BLENDER"}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin"
+    return subprocess.run(
+        [sys.executable, "-m", "jitrender.cli", "run", str(job_file), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
 def png_bytes(rgb: tuple[int, int, int], width: int = 8, height: int = 8) -> bytes:
     """A solid 8-bit RGB PNG."""
 
@@ -406,18 +421,7 @@ def test_jitrender_run_renders_a_public_sequencer_only_scene_that_has_no_camera(
         "outputs": {"to": f"file://{tmp_path}/out/", "files": ["edit.####.png"]},
         "cache": {"dir": str(tmp_path / "cache")},
     }
-    job_file = tmp_path / "edit.yaml"
-    job_file.write_text(json.dumps(job))  # JSON is YAML
-
-    env = {k: v for k, v in os.environ.items() if k != "JITRENDER_BLENDER"}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin"
-    result = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "run", str(job_file), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    result = run_job(job, tmp_path / "edit.yaml")
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout)["frames"]["done"] == [2, 3]
@@ -467,18 +471,8 @@ def test_a_frame_whose_data_the_engine_calls_wrong_is_not_rendered_again(
         "outputs": {"to": (tmp_path / "out").as_uri(), "files": ["p.####.png"]},
         "cache": {"dir": str(tmp_path / "cache")},
     }
-    job_file = tmp_path / "nocam.yaml"
-    job_file.write_text(json.dumps(job))
-    env = {k: v for k, v in os.environ.items() if k != "JITRENDER_BLENDER"}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin"
 
-    result = subprocess.run(
-        [sys.executable, "-m", "jitrender.cli", "run", str(job_file), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    result = run_job(job, tmp_path / "nocam.yaml")
 
     assert result.returncode == 65, result.stderr[-3000:]
     report = json.loads(result.stdout)

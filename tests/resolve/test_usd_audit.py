@@ -5,19 +5,15 @@ reads."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("pxr.Usd")
 from tests.conftest import put_object
+from tests.resolve.test_usd_corpus import deps_json
 from tests.resolve.usd_oracle import Case, expected
 
-ROOT = Path(__file__).resolve().parents[2]
 CLIP = '#usda 1.0\ndef "C"\n{\n    double attr.timeSamples = { 0: 5 }\n}\n'
 
 
@@ -33,26 +29,7 @@ def deps(bucket: Path, scene: str, frames: tuple[int, ...], **env: str) -> dict[
 
 
 def deps_of(scene_url: str, frames: tuple[int, ...], **env: str) -> dict[str, object]:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jitrender.cli",
-            "deps",
-            scene_url,
-            "--frames",
-            ",".join(map(str, frames)),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report: dict[str, object] = json.loads(proc.stdout)
-    return report
+    return deps_json(scene_url, frames, **env)[0]
 
 
 def listed(report: dict[str, object], bucket: Path, frames: tuple[int, ...]) -> dict[int, set[str]]:

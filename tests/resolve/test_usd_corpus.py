@@ -32,7 +32,11 @@ ON_GCS = ("ou_clips_sparse", "ou_clips_subint", "wg_shaderball", "ou_shade_udim"
 pytestmark = pytest.mark.slow
 
 
-def deps_json(scene_url: str, frames: tuple[int, ...]) -> tuple[dict[str, object], float]:
+def deps_json(
+    scene_url: str, frames: tuple[int, ...], **env: str
+) -> tuple[dict[str, object], float]:
+    """``jitrender deps --json`` of ``scene_url`` (``env`` added to the environment): the
+    report and the seconds it took."""
     started = time.monotonic()
     proc = subprocess.run(
         [
@@ -49,7 +53,7 @@ def deps_json(scene_url: str, frames: tuple[int, ...]) -> tuple[dict[str, object
         text=True,
         timeout=120,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-2000:]
