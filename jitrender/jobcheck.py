@@ -110,14 +110,24 @@ def checked_job(path: Path, data: bytes) -> Job:
 
 
 def _size_problem(size: str | int | None) -> tuple[list[str | int], str] | None:
-    """``cache.max_size`` read now as the run reads it (:func:`jitrender.cache.parse_size`), so
-    that its line names the file's line, before the run starts."""
+    """``cache.max_size`` read as :func:`jitrender.cache.parse_size` reads it, now: with the
+    file's line, before the run starts. Not through ``parse_size`` itself for text: that
+    remembers each size it reads in the node's memo, and checking a job writes no memo."""
+    if size is None:
+        return None
     from jitrender.cache import parse_size
 
     try:
-        parse_size(size)
+        if isinstance(size, int):
+            parse_size(size)
+        else:
+            from jitrender.cache import _byte_size
+
+            _byte_size().validate_python(size)
     except ConfigError as exc:
         return ["cache", "max_size"], exc.message.removeprefix("cache.max_size: ")
+    except ValueError:  # pydantic's ValidationError
+        return ["cache", "max_size"], f"{size!r} is not a size (use e.g. 50GB, 500MiB)"
     return None
 
 
